@@ -1,0 +1,112 @@
+"""The one error hierarchy of Seawall.
+
+Rules:
+- Every error we raise on purpose is a ``SeawallError``; anything else is a bug.
+- Each class says whose fault it is (``fault``: "local" for us/our host, "remote" for a
+  peer, "user" for bad input) and maps to exactly one HTTP status and one CLI exit code.
+  The mapping lives here and nowhere else: the API handler and the CLI main read it.
+"""
+
+from __future__ import annotations
+
+
+class SeawallError(Exception):
+    """Base class. ``http_status`` and ``exit_code`` are read by the API and CLI shells."""
+
+    http_status = 500
+    exit_code = 1
+    fault = "local"
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(SeawallError):
+    """The caller asked for something malformed or out of range."""
+
+    http_status = 400
+    exit_code = 2
+    fault = "user"
+    code = "invalid_input"
+
+
+class NotFound(SeawallError):
+    http_status = 404
+    exit_code = 3
+    fault = "user"
+    code = "not_found"
+
+
+class Conflict(SeawallError):
+    """The request is valid but the current state forbids it (already exists, busy...)."""
+
+    http_status = 409
+    exit_code = 4
+    fault = "user"
+    code = "conflict"
+
+
+class NotReady(SeawallError):
+    """What was asked for does not exist *yet* (e.g. a checkpoint not replicated)."""
+
+    http_status = 409
+    exit_code = 5
+    fault = "user"
+    code = "not_ready"
+
+
+class Unauthorized(SeawallError):
+    http_status = 401
+    exit_code = 6
+    fault = "user"
+    code = "unauthorized"
+
+
+class PeerError(SeawallError):
+    """A peer (agent or site manager) failed or could not be reached."""
+
+    http_status = 502
+    exit_code = 7
+    fault = "remote"
+    code = "peer_error"
+
+
+class ProtocolViolation(SeawallError):
+    """Bytes from a peer broke a protocol rule (bad magic, checksum, sequence...)."""
+
+    http_status = 502
+    exit_code = 7
+    fault = "remote"
+    code = "protocol_violation"
+
+
+class CorruptData(SeawallError):
+    """Stored data failed its checksum."""
+
+    http_status = 500
+    exit_code = 8
+    fault = "local"
+    code = "corrupt_data"
+
+
+ERROR_CLASSES: dict[str, type[SeawallError]] = {
+    cls.code: cls
+    for cls in (
+        SeawallError,
+        InvalidInput,
+        NotFound,
+        Conflict,
+        NotReady,
+        Unauthorized,
+        PeerError,
+        ProtocolViolation,
+        CorruptData,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> SeawallError:
+    """Rebuild an error received over HTTP as the same class (unknown codes: PeerError)."""
+    return ERROR_CLASSES.get(code, PeerError)(message)

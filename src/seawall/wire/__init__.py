@@ -1,0 +1,1 @@
+"""The replication wire protocol: stream records, frames, and the connection state machine."""

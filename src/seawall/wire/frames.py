@@ -1,0 +1,281 @@
+"""Frames: the envelope of everything on the replication wire and in journal segments.
+
+Layout (big-endian), fixed by ``FRAME_HEADER`` (24 bytes)::
+
+    magic "SWAL" | version u8 | kind u8 | codec u8 | flags u8 |
+    body_length u32 | body_hash u64 (xxh3-64 of the body as stored) |
+    header_crc u32 (crc32 of the 20 bytes before it)
+
+A ``RECORDS`` body is::
+
+    count u32 | count x record header (records.RECORD_HEADER_FORMAT) |
+    blob = codec(concatenated payloads of the records, in order)
+
+Rules and invariants:
+- A frame is self-checking: the header has its own CRC (so a torn or garbled length is
+  caught before we trust it) and the body its hash. Anything that fails is ``CorruptData``.
+- The journal stores ``RECORDS`` frames byte for byte as received: compressed data stays
+  compressed, and the record directory is readable without decompressing.
+- Records in one frame have consecutive ``seq``.
+- Control frames (HELLO, WELCOME, ACK, ERROR) have JSON bodies except ACK (``>Q``).
+
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lz4.block
+import xxhash
+import zstandard
+
+from seawall.errors import CorruptData
+from seawall.wire.records import (
+    RECORD_HEADER_FORMAT,
+    RECORD_HEADER_SIZE,
+    Record,
+    RecordHeader,
+    RecordKind,
+    payload_hash,
+    validate_header,
+)
+
+MAGIC = b"SWAL"
+VERSION = 1
+FRAME_HEADER = struct.Struct(">4sBBBBIQI")
+assert FRAME_HEADER.size == 24
+_CRC_COVERED = FRAME_HEADER.size - 4
+
+RECORD_HEADER = struct.Struct(RECORD_HEADER_FORMAT)
+assert RECORD_HEADER.size == RECORD_HEADER_SIZE
+_COUNT = struct.Struct(">I")
+_ACK = struct.Struct(">Q")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Largest body we accept; a larger length field is corruption, not a big frame."""
+
+
+class FrameKind(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    RECORDS = 3
+    ACK = 4
+    ERROR = 5
+
+
+class Codec(enum.IntEnum):
+    NONE = 0
+    ZSTD = 1
+    LZ4 = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    kind: FrameKind
+    codec: Codec
+    flags: int
+    body_length: int
+    body_hash: int
+
+    @property
+    def frame_length(self) -> int:
+        return FRAME_HEADER.size + self.body_length
+
+
+def parse_header(buffer: bytes | bytearray | memoryview, position: int = 0) -> FrameHeader:
+    """Parse and check the 24-byte header at ``position`` (the caller ensures it is there)."""
+    magic, version, kind, codec, flags, body_length, body_hash, header_crc = (
+        FRAME_HEADER.unpack_from(buffer, position)
+    )
+    if magic != MAGIC:
+        raise CorruptData(f"bad frame magic {bytes(magic)!r}")
+    if zlib.crc32(buffer[position : position + _CRC_COVERED]) != header_crc:
+        raise CorruptData("frame header checksum mismatch")
+    if version != VERSION:
+        raise CorruptData(f"unsupported frame version {version}")
+    try:
+        frame_kind = FrameKind(kind)
+        frame_codec = Codec(codec)
+    except ValueError as exc:
+        raise CorruptData(f"bad frame kind/codec: {exc}") from None
+    if body_length > MAX_BODY_BYTES:
+        raise CorruptData(f"frame body of {body_length} bytes")
+    return FrameHeader(frame_kind, frame_codec, flags, body_length, body_hash)
+
+
+def check_body(header: FrameHeader, body: bytes | bytearray | memoryview) -> None:
+    if len(body) != header.body_length or xxhash.xxh3_64_intdigest(body) != header.body_hash:
+        raise CorruptData("frame body checksum mismatch")
+
+
+def encode_frame(kind: FrameKind, body: bytes, codec: Codec = Codec.NONE, flags: int = 0) -> bytes:
+    head = FRAME_HEADER.pack(
+        MAGIC, VERSION, kind, codec, flags, len(body), xxhash.xxh3_64_intdigest(body), 0
+    )
+    crc = zlib.crc32(head[:_CRC_COVERED])
+    return head[:_CRC_COVERED] + struct.pack(">I", crc) + body
+
+
+# --- compression -------------------------------------------------------------------------
+
+
+class Compressor:
+    """Compresses blobs with one codec and level; keeps its context for reuse (not thread-safe)."""
+
+    def __init__(self, codec: Codec, level: int = 1) -> None:
+        self.codec = codec
+        self.level = level
+        self._zstd = zstandard.ZstdCompressor(level=level) if codec == Codec.ZSTD else None
+
+    def compress(self, blob: bytes) -> bytes:
+        if self._zstd is not None:
+            return self._zstd.compress(blob)
+        if self.codec == Codec.LZ4:
+            return bytes(lz4.block.compress(blob, store_size=True))
+        return blob
+
+
+_ZSTD_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+def decompress(codec: Codec, stored: bytes | memoryview, raw_length: int) -> bytes:
+    try:
+        if codec == Codec.ZSTD:
+            out = _ZSTD_DECOMPRESSOR.decompress(stored, max_output_size=raw_length)
+        elif codec == Codec.LZ4:
+            out = lz4.block.decompress(stored)
+        else:
+            out = bytes(stored)
+    except (zstandard.ZstdError, lz4.block.LZ4BlockError) as exc:
+        raise CorruptData(f"cannot decompress frame payloads: {exc}") from None
+    if len(out) != raw_length:
+        raise CorruptData("decompressed payloads have the wrong length")
+    return out
+
+
+# --- RECORDS bodies --------------------------------------------------------------------
+
+
+def encode_records(records: Sequence[Record], compressor: Compressor) -> bytes:
+    """A complete RECORDS frame for ``records`` (consecutive seq), payloads compressed."""
+    parts = [_COUNT.pack(len(records))]
+    for record in records:
+        parts.append(
+            RECORD_HEADER.pack(
+                record.seq,
+                record.time_ns,
+                record.offset,
+                record.length,
+                len(record.payload),
+                record.volume,
+                record.kind,
+                0,
+                payload_hash(record.payload),
+            )
+        )
+    blob = b"".join(record.payload for record in records)
+    codec = compressor.codec if blob else Codec.NONE
+    stored = compressor.compress(blob) if blob else b""
+    if codec != Codec.NONE and len(stored) >= len(blob):
+        codec, stored = Codec.NONE, blob  # incompressible: store as is, save the reader work
+    parts.append(stored)
+    return encode_frame(FrameKind.RECORDS, b"".join(parts), codec)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsDirectory:
+    """The record headers of a RECORDS body and where its blob starts (no decompression)."""
+
+    headers: tuple[RecordHeader, ...]
+    blob_offset: int
+    raw_blob_length: int
+
+
+def read_directory(body: bytes | bytearray | memoryview) -> RecordsDirectory:
+    if len(body) < _COUNT.size:
+        raise CorruptData("records frame too short")
+    (count,) = _COUNT.unpack_from(body, 0)
+    blob_offset = _COUNT.size + count * RECORD_HEADER.size
+    if blob_offset > len(body):
+        raise CorruptData("records frame shorter than its directory")
+    headers = []
+    raw_length = 0
+    previous_seq = -1
+    for index in range(count):
+        seq, time_ns, offset, length, payload_length, volume, kind, _flags, p_hash = (
+            RECORD_HEADER.unpack_from(body, _COUNT.size + index * RECORD_HEADER.size)
+        )
+        try:
+            record_kind = RecordKind(kind)
+        except ValueError:
+            raise CorruptData(f"record {seq}: unknown kind {kind}") from None
+        if previous_seq >= 0 and seq != previous_seq + 1:
+            raise CorruptData(f"records frame seq jumps from {previous_seq} to {seq}")
+        previous_seq = seq
+        header = RecordHeader(
+            seq, time_ns, record_kind, volume, offset, length, payload_length, p_hash
+        )
+        validate_header(header)
+        headers.append(header)
+        raw_length += payload_length
+    if count == 0:
+        raise CorruptData("records frame with no record")
+    return RecordsDirectory(tuple(headers), blob_offset, raw_length)
+
+
+def read_payloads(
+    header: FrameHeader, body: bytes | bytearray | memoryview, directory: RecordsDirectory
+) -> bytes:
+    """The decompressed concatenation of all payloads of the frame."""
+    return decompress(header.codec, memoryview(body)[directory.blob_offset :],
+                      directory.raw_blob_length)
+
+
+def decode_records(header: FrameHeader, body: bytes | bytearray | memoryview) -> list[Record]:
+    """All records of a RECORDS body, each payload checked against its hash."""
+    directory = read_directory(body)
+    blob = read_payloads(header, body, directory)
+    records = []
+    position = 0
+    for h in directory.headers:
+        payload = blob[position : position + h.payload_length]
+        position += h.payload_length
+        if payload_hash(payload) != h.payload_hash:
+            raise CorruptData(f"record {h.seq}: payload checksum mismatch")
+        records.append(Record(h.seq, h.time_ns, h.kind, h.volume, h.offset, h.length, payload))
+    return records
+
+
+# --- control bodies ----------------------------------------------------------------------
+
+
+def encode_json(kind: FrameKind, message: dict[str, Any]) -> bytes:
+    return encode_frame(kind, json.dumps(message, separators=(",", ":")).encode())
+
+
+def decode_json(body: bytes | bytearray | memoryview) -> dict[str, Any]:
+    try:
+        value = json.loads(bytes(body))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptData(f"bad control frame body: {exc}") from None
+    if not isinstance(value, dict):
+        raise CorruptData("control frame body is not an object")
+    return value
+
+
+def encode_ack(seq: int) -> bytes:
+    return encode_frame(FrameKind.ACK, _ACK.pack(seq))
+
+
+def decode_ack(body: bytes | bytearray | memoryview) -> int:
+    if len(body) != _ACK.size:
+        raise CorruptData("bad ACK body")
+    (seq,) = _ACK.unpack_from(body)
+    return int(seq)
