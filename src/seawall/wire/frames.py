@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,18 +143,42 @@ class Compressor:
         return blob
 
 
-_ZSTD_DECOMPRESSOR = zstandard.ZstdDecompressor()
+_LZ4_SIZE_PREFIX_BYTES = 4
+_thread_state = threading.local()
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    # A zstd context releases the GIL while it works and must not be shared between threads
+    # (journal readers and the replica applier decompress concurrently): one per thread.
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_thread_state, "zstd", None)
+    if decompressor is None:
+        decompressor = _thread_state.zstd = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 def decompress(codec: Codec, stored: bytes | memoryview, raw_length: int) -> bytes:
+    """Decompress a payload blob that must come out ``raw_length`` bytes long.
+
+    The size the compressed data announces is checked against ``raw_length`` before any
+    output is allocated, so a hostile frame cannot make us allocate more than its record
+    directory said (our compressors always record the size).
+    """
     try:
         if codec == Codec.ZSTD:
-            out = _ZSTD_DECOMPRESSOR.decompress(stored, max_output_size=raw_length)
+            if zstandard.frame_content_size(stored) != raw_length:
+                raise CorruptData("zstd content size does not match the record directory")
+            out = _zstd_decompressor().decompress(stored)
         elif codec == Codec.LZ4:
+            announced = bytes(stored[:_LZ4_SIZE_PREFIX_BYTES])
+            if len(announced) < _LZ4_SIZE_PREFIX_BYTES or (
+                int.from_bytes(announced, "little") != raw_length
+            ):
+                raise CorruptData("lz4 size prefix does not match the record directory")
             out = lz4.block.decompress(stored)
         else:
             out = bytes(stored)
-    except (zstandard.ZstdError, lz4.block.LZ4BlockError) as exc:
+    except (zstandard.ZstdError, lz4.block.LZ4BlockError, ValueError) as exc:
+        # lz4 raises ValueError for some truncated inputs.
         raise CorruptData(f"cannot decompress frame payloads: {exc}") from None
     if len(out) != raw_length:
         raise CorruptData("decompressed payloads have the wrong length")
@@ -263,7 +288,9 @@ def encode_json(kind: FrameKind, message: dict[str, Any]) -> bytes:
 def decode_json(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         value = json.loads(bytes(body))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and over-long integers; json recurses per
+        # nesting level, so a deeply nested hostile body raises RecursionError.
         raise CorruptData(f"bad control frame body: {exc}") from None
     if not isinstance(value, dict):
         raise CorruptData("control frame body is not an object")

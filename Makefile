@@ -1,0 +1,33 @@
+# The two commands of the quick start. Both set up what they need on a fresh Debian 12
+# machine (Python 3.11, root): the Debian packages, then .venv with the package.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv
+
+.PHONY: demo test setup debs lint bench clean
+
+demo: setup
+	$(BIN)/seawall demo
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+setup: debs $(VENV)/.installed
+
+debs:
+	@bash scripts/install-debs.sh $(DEB_PACKAGES)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+bench: setup
+	$(BIN)/python bench/nbd_writes.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

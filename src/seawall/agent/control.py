@@ -1,0 +1,101 @@
+"""The agent's control API: HTTP over a Unix socket, for its site manager only.
+
+Every route is ``async def`` on purpose: it then runs in the agent's one event loop, like
+the NBD requests, so a checkpoint record is ordered with writes without any lock.
+
+Routes parse, call ``Agent``, and return what it returns; errors map in ``seawall.http``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from seawall.agent.service import Agent
+from seawall.agent.state import ProtectionSpec, RecoverySpec
+from seawall.http import install_error_handler
+
+
+class VolumeCreate(BaseModel):
+    name: str
+    size_bytes: int = Field(gt=0)
+
+
+class VolumeAdd(BaseModel):
+    name: str
+    path: Path
+
+
+class CheckpointTag(BaseModel):
+    name: str = ""
+
+
+class ExportCreate(BaseModel):
+    group_id: str
+    volume: str
+    checkpoint: str = "latest"
+
+
+def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
+    app = FastAPI(title="Seawall agent", docs_url=None, redoc_url=None)
+    install_error_handler(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "agent_id": agent.agent_id}
+
+    @app.get("/volumes")
+    async def list_volumes() -> list[dict[str, Any]]:
+        return agent.list_volumes()
+
+    @app.post("/volumes")
+    async def create_volume(body: VolumeCreate) -> dict[str, Any]:
+        return agent.create_volume(body.name, body.size_bytes)
+
+    @app.post("/volumes/add")
+    async def add_volume(body: VolumeAdd) -> dict[str, Any]:
+        return agent.add_volume(body.name, body.path)
+
+    @app.put("/protected/{group_id}")
+    async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:
+        return agent.protect(body)
+
+    @app.put("/recovering/{group_id}")
+    async def recover(group_id: str, body: RecoverySpec) -> dict[str, Any]:
+        return agent.recover(body)
+
+    @app.get("/groups/{group_id}/status")
+    async def group_status(group_id: str) -> dict[str, Any]:
+        return agent.group_status(group_id)
+
+    @app.get("/groups/{group_id}/checkpoints")
+    async def checkpoints(group_id: str) -> list[dict[str, Any]]:
+        return agent.checkpoints(group_id)
+
+    @app.post("/groups/{group_id}/checkpoints")
+    async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
+        entry = agent.protected_group(group_id).tag_checkpoint(body.name)
+        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
+
+    @app.get("/exports")
+    async def list_exports() -> list[dict[str, Any]]:
+        return agent.list_exports()
+
+    @app.post("/exports")
+    async def create_export(body: ExportCreate) -> dict[str, Any]:
+        return agent.create_export(body.group_id, body.volume, body.checkpoint)
+
+    @app.delete("/exports/{name}")
+    async def stop_export(name: str) -> dict[str, Any]:
+        return agent.stop_export(name)
+
+    @app.post("/shutdown")
+    async def stop() -> dict[str, str]:
+        shutdown.set()
+        return {"status": "stopping"}
+
+    return app

@@ -1,0 +1,328 @@
+"""The agent's NBD front end: an asyncio shell around ``seawall.nbd.NbdServerConnection``.
+
+Rules and invariants:
+- No protocol logic here: the core validates every request and answers the ones it
+  rejects; this shell only calls the backend for the request events and sends replies.
+- Reads, writes, write-zeroes and trims run synchronously in the event loop and are
+  answered at once. FLUSH and FUA requests are answered when ``backend.flush()`` has
+  completed, so replies can go out of order (clients match them by cookie).
+- A FUA/FLUSH is covered by a backend flush that *starts* after the request arrived;
+  concurrent flushes of one backend are coalesced on that rule (``_FlushCoalescer``).
+- All replies produced by one ``data_received`` go out in one ``transport.write``.
+- A backend exception becomes an NBD error reply (``OSError`` by errno, anything else
+  EIO) and is logged; the connection and the server keep running.
+- Loop-agnostic: uvloop is chosen (or not) by the process entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from typing import Protocol, cast
+
+from seawall.nbd.constants import EIO, nbd_errno_for
+from seawall.nbd.events import (
+    NEED_DATA,
+    Disconnect,
+    ExportInfo,
+    ExportSelected,
+    FlushRequest,
+    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    SimpleReply,
+    TrimRequest,
+    WriteRequest,
+    WriteZeroesRequest,
+)
+from seawall.nbd.server import NbdServerConnection
+
+log = logging.getLogger(__name__)
+
+
+class ExportBackend(Protocol):
+    info: ExportInfo
+
+    def read(self, offset: int, length: int) -> bytes: ...  # synchronous, in the event loop
+
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...  # into the page cache
+
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+
+    def trim(self, offset: int, length: int) -> None: ...
+
+    async def flush(self) -> None: ...  # durable when it returns
+
+
+class BackendCatalog(Protocol):
+    def backend(self, name: str) -> ExportBackend | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+class _CatalogExports:
+    """The ``ExportCatalog`` the protocol core sees, read live from the backends."""
+
+    def __init__(self, catalog: BackendCatalog) -> None:
+        self._catalog = catalog
+
+    def lookup(self, name: str) -> ExportInfo | None:
+        backend = self._catalog.backend(name)
+        return backend.info if backend is not None else None
+
+    def names(self) -> list[str]:
+        return self._catalog.names()
+
+
+class _FlushCoalescer:
+    """Lets every waiter share a backend flush that started after it asked.
+
+    While a flush runs, new callers join one *next* flush that starts when the running
+    one ends; joining the running one would be wrong (it may predate their writes).
+    """
+
+    def __init__(self, backend: ExportBackend) -> None:
+        self.backend = backend
+        self._running: asyncio.Task[None] | None = None
+        self._next: asyncio.Task[None] | None = None
+
+    async def flush(self) -> None:
+        if self._next is None:
+            if self._running is None:
+                self._running = asyncio.ensure_future(self._run(None))
+                await asyncio.shield(self._running)
+                return
+            self._next = asyncio.ensure_future(self._run(self._running))
+        await asyncio.shield(self._next)
+
+    async def _run(self, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after
+            self._running, self._next = self._next, None
+        try:
+            await self.backend.flush()
+        finally:
+            if self._running is not None and self._running is asyncio.current_task():
+                self._running = None
+
+
+class _NbdProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, frontend: NbdFrontend) -> None:
+        self._frontend = frontend
+        self._conn = NbdServerConnection(frontend.exports)
+        self._transport: asyncio.Transport | None = None
+        self._backend: ExportBackend | None = None
+        self._flusher: _FlushCoalescer | None = None
+        self.export_name: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._close_when_idle = False
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence a cast, not a check.
+        self._transport = cast(asyncio.Transport, transport)
+        self._frontend.connections.add(self)
+        self._transport.write(self._conn.initial_bytes())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._frontend.connections.discard(self)
+        for task in self._tasks:
+            task.cancel()
+        self._transport = None
+
+    def eof_received(self) -> bool | None:
+        # Keep the write side open: replies to outstanding FLUSH/FUA requests still go out,
+        # then ``_close_if_idle`` closes the transport.
+        self.data_received(b"")
+        return True
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._close_when_idle:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        conn.receive_data(data)
+        out: list[bytes] = []
+        backend = self._backend
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            # Hot path first: writes, then reads. (``type(x) is C`` also narrows for mypy.)
+            if type(event) is WriteRequest:
+                assert backend is not None
+                try:
+                    backend.write(event.offset, event.data)
+                except Exception as exc:
+                    out.append(conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
+                    continue
+                if event.fua:
+                    self._reply_after_flush(event.cookie)
+                else:
+                    out.append(conn.send(SimpleReply(event.cookie)))
+            elif type(event) is ReadRequest:
+                assert backend is not None
+                try:
+                    payload = backend.read(event.offset, event.length)
+                    if len(payload) != event.length:
+                        raise OSError(EIO, f"backend read {len(payload)} of {event.length} bytes")
+                except Exception as exc:
+                    out.append(conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
+                    continue
+                out.append(conn.send(ReadReply(event.cookie, payload)))
+            elif type(event) is FlushRequest:
+                self._reply_after_flush(event.cookie)
+            elif type(event) is WriteZeroesRequest or type(event) is TrimRequest:
+                assert backend is not None
+                try:
+                    if type(event) is WriteZeroesRequest:
+                        backend.write_zeroes(event.offset, event.length)
+                    else:
+                        backend.trim(event.offset, event.length)
+                except Exception as exc:
+                    out.append(conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
+                    continue
+                if event.fua:
+                    self._reply_after_flush(event.cookie)
+                else:
+                    out.append(conn.send(SimpleReply(event.cookie)))
+            elif type(event) is ExportSelected:
+                backend = self._select(event.info)
+                if backend is None:
+                    break
+            elif type(event) is Disconnect:
+                self._close_when_idle = True
+                break
+            elif type(event) is ProtocolError:
+                log.warning("NBD client on %s: %s; closing", self.export_name, event.message)
+                self._close_when_idle = True
+                break
+        queued = conn.data_to_send()
+        if queued:
+            out.append(queued)
+        self._write(out[0] if len(out) == 1 else b"".join(out))
+        if self._close_when_idle:
+            self._close_if_idle()
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _select(self, info: ExportInfo) -> ExportBackend | None:
+        backend = self._frontend.catalog.backend(info.name)
+        if backend is None:
+            log.warning("NBD export %r vanished during the handshake", info.name)
+            self._close_when_idle = True
+            return None
+        self._backend = backend
+        self._flusher = self._frontend.flusher_for(info.name, backend)
+        self.export_name = info.name
+        return backend
+
+    def _reply_after_flush(self, cookie: int) -> None:
+        task = asyncio.ensure_future(self._flush_then_reply(cookie))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _flush_then_reply(self, cookie: int) -> None:
+        assert self._flusher is not None
+        error = 0
+        try:
+            await self._flusher.flush()
+        except Exception as exc:
+            error = _nbd_error(exc, f"flush of {self.export_name}")
+        self._write(self._conn.send(SimpleReply(cookie, error)))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._close_when_idle:
+            self._close_if_idle()
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _close_if_idle(self) -> None:
+        # proto.md: on NBD_CMD_DISC the server handles all outstanding requests first.
+        if self._transport is None:
+            return
+        self._transport.pause_reading()
+        if not self._tasks:
+            self._transport.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _nbd_error(exc: Exception, what: object) -> int:
+    if isinstance(exc, OSError):
+        log.warning("NBD backend error on %s: %s", what, exc)
+        return nbd_errno_for(exc.errno)
+    log.exception("NBD backend failure on %s", what)
+    return EIO
+
+
+class NbdFrontend:
+    """NBD server for the agent's exports, over a Unix socket and optionally TCP."""
+
+    def __init__(self, catalog: BackendCatalog) -> None:
+        self.catalog = catalog
+        self.exports = _CatalogExports(catalog)
+        self.connections: set[_NbdProtocol] = set()
+        self._servers: list[asyncio.Server] = []
+        self._flushers: dict[str, _FlushCoalescer] = {}
+
+    async def start_unix(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket left by a previous run
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _NbdProtocol(self), path)
+        self._servers.append(server)
+        log.info("NBD front end listening on unix:%s", path)
+
+    async def start_tcp(self, host: str, port: int) -> int:
+        """Listen on TCP; returns the bound port (useful with ``port=0``)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _NbdProtocol(self), host, port)
+        self._servers.append(server)
+        bound_port = int(server.sockets[0].getsockname()[1])
+        log.info("NBD front end listening on %s:%d", host, bound_port)
+        return bound_port
+
+    def flusher_for(self, name: str, backend: ExportBackend) -> _FlushCoalescer:
+        flusher = self._flushers.get(name)
+        if flusher is None or flusher.backend is not backend:
+            flusher = self._flushers[name] = _FlushCoalescer(backend)
+        return flusher
+
+    def disconnect_export(self, name: str) -> int:
+        """Close every connection bound to export ``name``; returns how many."""
+        bound = [conn for conn in self.connections if conn.export_name == name]
+        for conn in bound:
+            conn.close()
+        self._flushers.pop(name, None)
+        return len(bound)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._flushers.clear()

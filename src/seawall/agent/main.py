@@ -1,0 +1,66 @@
+"""``seawall agent run``: the agent process (data path + control API on a Unix socket).
+
+It runs on uvloop when available, stops cleanly on SIGTERM/SIGINT or ``POST /shutdown``,
+and writes its pid to ``run/agent.pid`` so a restarted manager can find it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Generator
+
+import uvicorn
+import uvloop
+
+from seawall.agent.control import create_control_app
+from seawall.agent.service import Agent
+from seawall.config import SiteConfig
+
+log = logging.getLogger("seawall.agent")
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside our loop: signals are ours (they stop the data path cleanly)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(config: SiteConfig) -> None:
+    agent = Agent(config)
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.set)
+    await agent.start()
+    socket_path = config.agent_socket
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    server = _QuietServer(
+        uvicorn.Config(create_control_app(agent, shutdown), uds=str(socket_path),
+                       log_level="warning", lifespan="off")
+    )
+    pid_path = config.run_dir / "agent.pid"
+    pid_path.write_text(f"{os.getpid()}\n")
+    control = asyncio.create_task(server.serve())
+    log.info("agent %s serving NBD on %s, replication on %s:%d", config.name,
+             config.nbd_socket, config.replication_host, config.replication_port)
+    try:
+        await shutdown.wait()
+    finally:
+        log.info("agent stopping")
+        server.should_exit = True
+        await control
+        await agent.stop()
+        with contextlib.suppress(FileNotFoundError):
+            pid_path.unlink()
+
+
+def run_agent(config: SiteConfig) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config))

@@ -1,0 +1,117 @@
+"""The recovery side's replication listener: frames in, journal appends, durable ACKs out.
+
+Rules and invariants:
+- A session starts with HELLO naming a group this agent was told to recover (by its
+  manager); anything else is refused with an ERROR frame and the connection closed.
+- WELCOME carries the journal's durable seq, after syncing whatever an earlier session
+  appended, so the sender resumes exactly after what is on disk.
+- Frames are appended as received; after each batch read from the socket the journal is
+  fsynced once (group commit, in a worker thread) and only then ACKed.
+- A newer session for a group replaces the older one (the sender reconnected).
+- A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from seawall.agent.recovery import RecoveryGroup
+from seawall.errors import SeawallError
+from seawall.wire.protocol import (
+    Ack,
+    ConnectionClosed,
+    Error,
+    Hello,
+    NeedData,
+    RecordsFrame,
+    Role,
+    Welcome,
+    WireConnection,
+)
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 1 << 20
+
+
+class ReplicationServer:
+    def __init__(self, lookup: Callable[[str], RecoveryGroup | None]) -> None:
+        self._lookup = lookup
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions.values()):
+            task.cancel()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = WireConnection(Role.RECEIVER)
+        peer = writer.get_extra_info("peername")
+        try:
+            hello = await self._next_event(connection, reader)
+            if not isinstance(hello, Hello):
+                return
+            group = self._lookup(hello.group_id)
+            if group is None:
+                writer.write(connection.send(Error("unknown_group",
+                                                   f"no recovery group {hello.group_id}")))
+                await writer.drain()
+                return
+            previous = self._sessions.get(hello.group_id)
+            if previous is not None:
+                previous.cancel()
+            current = asyncio.current_task()
+            assert current is not None
+            self._sessions[hello.group_id] = current
+            async with group.lock:
+                await self._session(group, connection, reader, writer)
+        except asyncio.CancelledError:
+            pass
+        except (OSError, SeawallError) as exc:
+            log.warning("replication session from %s ended: %s", peer, exc)
+            with contextlib.suppress(SeawallError):  # unless it is closed already
+                writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
+        finally:
+            writer.close()
+
+    async def _session(
+        self, group: RecoveryGroup, connection: WireConnection,
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    ) -> None:
+        journal = group.journal
+        await asyncio.to_thread(journal.sync)
+        writer.write(connection.send(Welcome(journal.durable_seq)))
+        group.connected = True
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK_BYTES)
+                connection.receive_data(data)
+                appended = False
+                while not isinstance(event := connection.next_event(), NeedData):
+                    if isinstance(event, RecordsFrame):
+                        journal.append_frame(event.frame, event.directory)
+                        group.received_bytes += len(event.frame)
+                        appended = True
+                    elif isinstance(event, ConnectionClosed | Error):
+                        return
+                if appended:
+                    await asyncio.to_thread(journal.sync)
+                    writer.write(connection.send(Ack(journal.durable_seq)))
+                    await writer.drain()
+        finally:
+            group.connected = False
+
+    async def _next_event(self, connection: WireConnection, reader: asyncio.StreamReader) -> object:
+        while True:
+            event = connection.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            connection.receive_data(await reader.read(READ_CHUNK_BYTES))

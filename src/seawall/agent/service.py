@@ -1,0 +1,226 @@
+"""The agent: one object that owns a host's data path and the state it must remember.
+
+Rules and invariants:
+- ``agent/state.json`` is written (atomically) before an operation is acknowledged, so a
+  restarted agent serves the same volumes and resumes the same groups by itself.
+- A volume belongs to at most one protection group; a group's volumes are captured from
+  the moment the recovery site answers (see ``ProtectedGroup``).
+- This class does orchestration only; protocols live in ``nbd``/``wire``, storage in
+  ``journal``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from seawall.agent.exports import ExportRecord, ExportRegistry
+from seawall.agent.frontend import ExportBackend, NbdFrontend
+from seawall.agent.protection import ProtectedGroup
+from seawall.agent.receiver import ReplicationServer
+from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.shipper import Shipper
+from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
+from seawall.agent.volumes import FileVolume, create_volume_file
+from seawall.config import SiteConfig
+from seawall.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self.agent_id = config.site_id
+        self._state_path = config.agent_dir / "state.json"
+        self.state = AgentState.load(self._state_path)
+        self.volumes: dict[str, FileVolume] = {}
+        self.protected: dict[str, tuple[ProtectedGroup, Shipper]] = {}
+        self.recovering: dict[str, RecoveryGroup] = {}
+        self.exports = ExportRegistry()
+        self.frontend = NbdFrontend(self)
+        self.replication = ReplicationServer(self.recovering.get)
+
+    # --- BackendCatalog for the NBD front end -------------------------------------------
+
+    def backend(self, name: str) -> ExportBackend | None:
+        if name in self.volumes:
+            return self.volumes[name]
+        record = self.exports.exports.get(name)
+        return record.backend if record is not None else None
+
+    def names(self) -> list[str]:
+        return [*self.volumes, *self.exports.exports]
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for spec in self.state.volumes:
+            self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+        for recovery in self.state.recovering:
+            self._open_recovery(recovery)
+        for protection in self.state.protected:
+            self._start_protection(protection)
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        await self.frontend.start_unix(str(self.config.nbd_socket))
+        if self.config.nbd_tcp_host and self.config.nbd_tcp_port:
+            await self.frontend.start_tcp(self.config.nbd_tcp_host, self.config.nbd_tcp_port)
+        await self.replication.start(self.config.replication_host, self.config.replication_port)
+        log.info("agent up: %d volumes, %d protected, %d recovering groups",
+                 len(self.volumes), len(self.protected), len(self.recovering))
+
+    async def stop(self) -> None:
+        await self.replication.close()
+        for group, shipper in self.protected.values():
+            await shipper.stop()
+            await group.stop()
+        await self.frontend.close()
+        for volume in self.volumes.values():
+            volume.close()
+        for recovery in self.recovering.values():
+            recovery.close()
+
+    def _save(self) -> None:
+        self.state.save(self._state_path)
+
+    # --- volumes -----------------------------------------------------------------------
+
+    def _new_volume_spec(self, name: str, path: Path, size_bytes: int, owned: bool) -> VolumeSpec:
+        if name in self.volumes:
+            raise Conflict(f"volume {name!r} already exists")
+        try:
+            return VolumeSpec(name=name, path=path, size_bytes=size_bytes, owned=owned)
+        except ValueError:
+            raise InvalidInput(
+                f"invalid volume name {name!r}: letters, digits, '.', '_' and '-' only"
+            ) from None
+
+    def create_volume(self, name: str, size_bytes: int) -> dict[str, Any]:
+        path = self.config.volumes_dir / f"{name}.raw"
+        spec = self._new_volume_spec(name, path, size_bytes, owned=True)
+        create_volume_file(path, size_bytes)
+        return self._register_volume(spec)
+
+    def add_volume(self, name: str, path: Path) -> dict[str, Any]:
+        path = path.resolve()
+        if not path.exists():
+            raise NotFound(f"{path} does not exist")
+        if any(v.path == path for v in self.state.volumes):
+            raise Conflict(f"{path} is already a volume")
+        volume = FileVolume(name, path)
+        try:
+            spec = self._new_volume_spec(name, path, volume.size_bytes, owned=False)
+        except Exception:
+            volume.close()
+            raise
+        self.volumes[name] = volume
+        self.state.volumes.append(spec)
+        self._save()
+        return self.describe_volume(name)
+
+    def _register_volume(self, spec: VolumeSpec) -> dict[str, Any]:
+        self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+        self.state.volumes.append(spec)
+        self._save()
+        return self.describe_volume(spec.name)
+
+    def describe_volume(self, name: str) -> dict[str, Any]:
+        volume = self.volumes.get(name)
+        if volume is None:
+            raise NotFound(f"no volume named {name!r}")
+        group = next((g.spec.name for g, _ in self.protected.values()
+                      if any(v.name == name for v in g.spec.volumes)), None)
+        return {
+            "name": name,
+            "size": volume.size_bytes,
+            "path": str(volume.path),
+            "nbd_uri": f"nbd+unix:///{name}?socket={self.config.nbd_socket}",
+            "group": group,
+        }
+
+    def list_volumes(self) -> list[dict[str, Any]]:
+        return [self.describe_volume(name) for name in self.volumes]
+
+    # --- protection (protected side) ---------------------------------------------------
+
+    def protect(self, spec: ProtectionSpec) -> dict[str, Any]:
+        if spec.group_id in self.protected:
+            raise Conflict(f"group {spec.name} is already protected here")
+        for volume in spec.volumes:
+            current = self.describe_volume(volume.name)
+            if current["group"] is not None:
+                raise Conflict(f"volume {volume.name} is already in group {current['group']}")
+        self.state.protected.append(spec)
+        self._save()
+        self._start_protection(spec)
+        return self.protected[spec.group_id][0].status()
+
+    def _start_protection(self, spec: ProtectionSpec) -> None:
+        volumes = [self.volumes[v.name] for v in spec.volumes]
+        group = ProtectedGroup(spec, volumes, self.config.agent_dir / "groups" / spec.group_id)
+        shipper = Shipper(group, self.config.site_id)
+        group.start()
+        shipper.start()
+        self.protected[spec.group_id] = (group, shipper)
+
+    def protected_group(self, group_id: str) -> ProtectedGroup:
+        entry = self.protected.get(group_id)
+        if entry is None:
+            raise NotFound(f"group {group_id} is not protected by this agent")
+        return entry[0]
+
+    # --- recovery side -----------------------------------------------------------------
+
+    def recover(self, spec: RecoverySpec) -> dict[str, Any]:
+        if spec.group_id in self.recovering:
+            raise Conflict(f"group {spec.name} is already recovered here")
+        self.state.recovering.append(spec)
+        self._open_recovery(spec)
+        self._save()
+        return self.recovering[spec.group_id].status()
+
+    def _open_recovery(self, spec: RecoverySpec) -> None:
+        self.recovering[spec.group_id] = RecoveryGroup(
+            spec, self.config.journals_dir / spec.group_id
+        )
+
+    def recovery_group(self, group_id: str) -> RecoveryGroup:
+        group = self.recovering.get(group_id)
+        if group is None:
+            raise NotFound(f"group {group_id} is not recovered by this agent")
+        return group
+
+    # --- groups, either side -----------------------------------------------------------
+
+    def group_status(self, group_id: str) -> dict[str, Any]:
+        if group_id in self.protected:
+            return self.protected[group_id][0].status()
+        return self.recovery_group(group_id).status()
+
+    def checkpoints(self, group_id: str) -> list[dict[str, Any]]:
+        if group_id in self.protected:
+            return self.protected[group_id][0].checkpoint_list()
+        return self.recovery_group(group_id).checkpoint_list()
+
+    # --- exports -----------------------------------------------------------------------
+
+    def create_export(self, group_id: str, volume: str, checkpoint: str) -> dict[str, Any]:
+        record = self.exports.create(self.recovery_group(group_id), volume, checkpoint)
+        return self._describe_export(record)
+
+    def stop_export(self, name: str) -> dict[str, Any]:
+        record = self.exports.remove(name)
+        self.frontend.disconnect_export(name)
+        return self._describe_export(record)
+
+    def list_exports(self) -> list[dict[str, Any]]:
+        return [self._describe_export(r) for r in self.exports.exports.values()]
+
+    def _describe_export(self, record: ExportRecord) -> dict[str, Any]:
+        return record.describe(str(self.config.nbd_socket))
+
+
+def new_group_id() -> str:
+    return str(uuid.uuid4())

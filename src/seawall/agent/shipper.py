@@ -1,0 +1,172 @@
+"""Ships a protected group's stream to the recovery site's agent, and keeps doing so.
+
+Rules and invariants:
+- One session at a time: connect, HELLO, WELCOME (the recovery site's durable seq), then
+  send frames from there on while reading ACKs. Any failure ends the session; the loop
+  reconnects with capped exponential backoff and resumes from the new WELCOME, so nothing
+  is lost (the stream keeps every unacknowledged record) and nothing is applied twice
+  (the receiver's journal only takes the next seq).
+- At most ``WINDOW_BYTES`` of payload are in flight beyond the last ACK.
+- Frames are built (compressed, hashed) in a worker thread, off the event loop that serves
+  the volumes' NBD requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from seawall.agent.protection import ProtectedGroup
+from seawall.errors import ProtocolViolation, SeawallError
+from seawall.wire.frames import Codec, Compressor
+from seawall.wire.protocol import (
+    Ack,
+    ConnectionClosed,
+    Error,
+    Hello,
+    NeedData,
+    RecordsFrame,
+    Role,
+    VolumeSpec,
+    Welcome,
+    WireConnection,
+)
+from seawall.wire.records import Record
+
+log = logging.getLogger(__name__)
+
+FRAME_MAX_BYTES = 1 << 20
+FRAME_MAX_RECORDS = 1024
+WINDOW_BYTES = 32 << 20
+READ_CHUNK_BYTES = 1 << 16
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+
+CODECS = {"zstd": Codec.ZSTD, "lz4": Codec.LZ4, "none": Codec.NONE}
+
+
+class Shipper:
+    def __init__(self, group: ProtectedGroup, source_site: str) -> None:
+        self.group = group
+        self.source_site = source_site
+        self._compressor = Compressor(CODECS[group.spec.codec])
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
+        self._task: asyncio.Task[None] | None = None
+        self.sent_bytes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        backoff_s = BACKOFF_INITIAL_S
+        while True:
+            try:
+                await self._session()
+                backoff_s = BACKOFF_INITIAL_S
+            except (TimeoutError, OSError, SeawallError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if self.group.link_up:
+                    log.warning("group %s: link lost: %s", self.group.spec.name, reason)
+                    backoff_s = BACKOFF_INITIAL_S
+                self.group.on_disconnected(reason)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    def _hello(self) -> Hello:
+        spec = self.group.spec
+        volumes = tuple(VolumeSpec(v.index, v.name, v.size_bytes) for v in spec.volumes)
+        return Hello(group_id=spec.group_id, source_site=self.source_site, volumes=volumes)
+
+    async def _session(self) -> None:
+        spec = self.group.spec
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(spec.target_host, spec.target_port), CONNECT_TIMEOUT_S
+        )
+        connection = WireConnection(Role.SENDER)
+        try:
+            writer.write(connection.send(self._hello()))
+            welcome = await asyncio.wait_for(
+                self._next_event(connection, reader), CONNECT_TIMEOUT_S
+            )
+            if not isinstance(welcome, Welcome):
+                raise ProtocolViolation(f"expected WELCOME, got {welcome!r}")
+            log.info("group %s: connected, recovery site durable at %d", spec.name,
+                     welcome.durable_seq)
+            self.group.on_connected(welcome.durable_seq)
+            sender = asyncio.create_task(self._send_loop(connection, writer,
+                                                         welcome.durable_seq + 1))
+            try:
+                await self._receive_loop(connection, reader, sender)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+        finally:
+            writer.close()
+
+    async def _next_event(self, connection: WireConnection, reader: asyncio.StreamReader) -> object:
+        while True:
+            event = connection.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            connection.receive_data(await reader.read(READ_CHUNK_BYTES))
+
+    async def _receive_loop(
+        self, connection: WireConnection, reader: asyncio.StreamReader,
+        sender: asyncio.Task[None],
+    ) -> None:
+        read_task: asyncio.Task[object] | None = None
+        while True:
+            read_task = asyncio.create_task(self._next_event(connection, reader))
+            done, _ = await asyncio.wait({read_task, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:
+                read_task.cancel()
+                sender.result()  # re-raise what ended the sender
+                return
+            event = read_task.result()
+            if isinstance(event, Ack):
+                self.group.acknowledge(event.durable_seq)
+            elif isinstance(event, Error):
+                raise ProtocolViolation(f"recovery site refused: {event.code}: {event.message}")
+            elif isinstance(event, ConnectionClosed):
+                raise ConnectionResetError("recovery site closed the connection")
+            else:
+                raise ProtocolViolation(f"unexpected {event!r}")
+
+    async def _send_loop(
+        self, connection: WireConnection, writer: asyncio.StreamWriter, next_seq: int
+    ) -> None:
+        stream = self.group.stream
+        loop = asyncio.get_running_loop()
+        in_flight: deque[tuple[int, int]] = deque()  # (last seq, bytes) of unacked frames
+        in_flight_bytes = 0
+        while True:
+            while in_flight and in_flight[0][0] <= stream.acked_seq:
+                in_flight_bytes -= in_flight.popleft()[1]
+            batch = stream.pending(next_seq, FRAME_MAX_BYTES, FRAME_MAX_RECORDS)
+            if not batch or in_flight_bytes > WINDOW_BYTES:
+                waiter = self.group.acked if batch else self.group.stream_changed
+                waiter.clear()
+                await waiter.wait()
+                continue
+            frame = await loop.run_in_executor(self._executor, self._build, batch)
+            writer.write(connection.send(frame))
+            self.sent_bytes += len(frame.frame)
+            in_flight.append((batch[-1].seq, len(frame.frame)))
+            in_flight_bytes += len(frame.frame)
+            next_seq = batch[-1].seq + 1
+            await writer.drain()
+
+    def _build(self, batch: list[Record]) -> RecordsFrame:
+        return RecordsFrame.build(batch, self._compressor)

@@ -1,0 +1,66 @@
+"""What an agent must remember across restarts: its volumes and the groups it serves.
+
+The agent keeps protecting while its manager is down, so it owns this state itself
+(``agent/state.json``, replaced atomically). The manager's rows about the same things are
+caches it can rebuild from here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from seawall.atomic import atomic_write_json
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class VolumeSpec(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    size_bytes: int
+    owned: bool = True  # created by us (in the data dir) rather than added
+
+
+class GroupVolume(BaseModel):
+    index: int
+    name: str
+    size_bytes: int
+
+
+class ProtectionSpec(BaseModel):
+    """A group this agent protects: its volumes are captured and shipped to ``target``."""
+
+    group_id: str
+    name: str
+    volumes: list[GroupVolume]
+    target_host: str
+    target_port: int
+    checkpoint_interval_s: float = 5.0
+    codec: str = "zstd"
+
+
+class RecoverySpec(BaseModel):
+    """A group this agent receives: it keeps the journal and replicas."""
+
+    group_id: str
+    name: str
+    source_site: str
+    volumes: list[GroupVolume]
+
+
+class AgentState(BaseModel):
+    volumes: list[VolumeSpec] = []
+    protected: list[ProtectionSpec] = []
+    recovering: list[RecoverySpec] = []
+
+    @classmethod
+    def load(cls, path: Path) -> AgentState:
+        if not path.exists():
+            return cls()
+        return cls.model_validate(json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.model_dump(mode="json"))

@@ -1,0 +1,1 @@
+"""The ``seawall`` command line."""

@@ -1,0 +1,301 @@
+"""The ``seawall`` command: parse, call a manager (or start a process), print.
+
+Errors: every ``SeawallError`` becomes one line on stderr and its class's exit code, here
+and nowhere else. Commands that talk to a site manager take ``--url`` or ``SEAWALL_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.config import SiteConfig
+from seawall.errors import InvalidInput, SeawallError
+from seawall.http import JsonClient
+from seawall.units import parse_duration_s, parse_size_bytes
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Seawall: continuous data protection and disaster recovery.")
+site_app = typer.Typer(no_args_is_help=True, help="Create and run sites.")
+volume_app = typer.Typer(no_args_is_help=True, help="Volumes served by the site's agent.")
+group_app = typer.Typer(no_args_is_help=True, help="Protection groups.")
+checkpoint_app = typer.Typer(no_args_is_help=True, help="Checkpoints of a group.")
+peer_app = typer.Typer(no_args_is_help=True, help="Paired sites.")
+agent_app = typer.Typer(no_args_is_help=True, help="Run an agent.")
+manager_app = typer.Typer(no_args_is_help=True, help="Run a site manager alone.")
+for sub, name in ((site_app, "site"), (volume_app, "volume"), (group_app, "group"),
+                  (checkpoint_app, "checkpoint"), (peer_app, "peer"), (agent_app, "agent"),
+                  (manager_app, "manager")):
+    app.add_typer(sub, name=name)
+
+UrlOption = Annotated[str | None, typer.Option("--url", envvar="SEAWALL_URL",
+                                               help="Site manager URL (or SEAWALL_URL).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
+
+
+def manager(url: str | None) -> JsonClient:
+    if not url:
+        raise InvalidInput("no site manager given: use --url URL or set SEAWALL_URL")
+    return JsonClient(url.rstrip("/"), timeout_s=120.0, what="site manager")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("SEAWALL_LOG", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(processName)s[%(process)d] %(name)s "
+                               "%(levelname)s %(message)s")
+
+
+# --- sites -----------------------------------------------------------------------------
+
+
+@site_app.command("init")
+def site_init(
+    name: Annotated[str, typer.Option(help="Site name, unique among paired sites.")],
+    data: DataOption,
+    api: Annotated[str, typer.Option(help="HOST:PORT of the REST API.")] = "127.0.0.1:7000",
+    replication: Annotated[str, typer.Option(
+        help="HOST:PORT where the agent receives replication.")] = "127.0.0.1:7001",
+) -> None:
+    """Create a site: configuration, identity, database."""
+    config = SiteConfig.create(name, data, api, replication)
+    console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
+                  f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
+
+
+@site_app.command("run")
+def site_run(data: DataOption) -> None:
+    """Run the site manager and the site's agent (foreground; Ctrl-C stops both)."""
+    from seawall.manager.runner import run_site
+
+    setup_logging()
+    run_site(SiteConfig.load(data))
+
+
+@site_app.command("token")
+def site_token(url: UrlOption = None) -> None:
+    """Print a single-use pairing token (valid 1 h) for another site to pair with this one."""
+    print(manager(url).post("/api/v1/pairing/token")["token"])
+
+
+@app.command("pair")
+def pair(
+    peer_url: Annotated[str, typer.Argument(help="URL of the other site's manager.")],
+    token: Annotated[str, typer.Option(help="Token printed by `seawall site token` there.")],
+    url: UrlOption = None,
+) -> None:
+    """Pair this site (--url) with the site at PEER_URL."""
+    peer = manager(url).post("/api/v1/pairing", {"peer_url": peer_url, "token": token})
+    console.print(f"paired with site [bold]{peer['name']}[/] ({peer['api_url']})")
+
+
+@peer_app.command("list")
+def peer_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """List paired sites."""
+    peers = manager(url).get("/api/v1/peers")
+    if json_output:
+        print_json(peers)
+    else:
+        print_table(peers, ["name", "api_url", "replication", "paired_at"])
+
+
+# --- volumes ---------------------------------------------------------------------------
+
+
+@volume_app.command("create")
+def volume_create(
+    name: str, size: Annotated[str, typer.Option(help="Size, e.g. 256M or 10G.")],
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Create a file-backed volume in the site's data directory."""
+    volume = manager(url).post("/api/v1/volumes", {"name": name,
+                                                   "size_bytes": parse_size_bytes(size)})
+    _print_one(volume, json_output, f"volume {name} created: {volume['nbd_uri']}")
+
+
+@volume_app.command("add")
+def volume_add(
+    name: str, path: Annotated[Path, typer.Option(help="A raw file or block device.")],
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Serve an existing raw file or block device as a volume."""
+    volume = manager(url).post("/api/v1/volumes/add", {"name": name, "path": str(path)})
+    _print_one(volume, json_output, f"volume {name} added: {volume['nbd_uri']}")
+
+
+@volume_app.command("list")
+def volume_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """List volumes with their size and NBD URI."""
+    volumes = manager(url).get("/api/v1/volumes")
+    if json_output:
+        print_json(volumes)
+    else:
+        print_table(volumes, ["name", "size", "group", "nbd_uri"])
+
+
+def _print_one(value: dict[str, Any], json_output: bool, text: str) -> None:
+    if json_output:
+        print_json(value)
+    else:
+        console.print(text)
+
+
+# --- groups ----------------------------------------------------------------------------
+
+
+@group_app.command("create")
+def group_create(
+    name: str,
+    volume: Annotated[list[str], typer.Option("--volume", help="A volume (repeatable).")],
+    to: Annotated[str, typer.Option("--to", help="Name of the paired recovery site.")],
+    checkpoint_interval: Annotated[str, typer.Option(help="Periodic checkpoints.")] = "5s",
+    history: Annotated[str, typer.Option(help="Journal history, 1h to 30d.")] = "24h",
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Protect volumes of this site to a paired site."""
+    group = manager(url).post("/api/v1/groups", {
+        "name": name, "volumes": volume, "to": to,
+        "checkpoint_interval_s": parse_duration_s(checkpoint_interval),
+        "history_s": parse_duration_s(history),
+    })
+    _print_one(group, json_output, f"group {name} created; initial sync to {to} started")
+
+
+@group_app.command("list")
+def group_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """List protection groups of this site (either role)."""
+    groups = manager(url).get("/api/v1/groups")
+    if json_output:
+        print_json(groups)
+    else:
+        for group in groups:
+            group["volumes"] = ",".join(v["name"] for v in group["volumes"])
+        print_table(groups, ["name", "role", "peer", "volumes", "checkpoint_interval_s"])
+
+
+@group_app.command("status")
+def group_status(name: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """State, RPO, positions and sync progress of a group."""
+    group = manager(url).get(f"/api/v1/groups/{name}")
+    if json_output:
+        print_json(group)
+        return
+    status = group["status"]
+    rows = [{"field": key, "value": value} for key, value in status.items() if key != "sync"]
+    if status.get("sync"):
+        rows += [{"field": f"sync.{k}", "value": v} for k, v in status["sync"].items()]
+    print_table(rows, ["field", "value"])
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+@checkpoint_app.command("tag")
+def checkpoint_tag(
+    group: str, name: Annotated[str, typer.Option("--name", help="A label for it.")] = "",
+    url: UrlOption = None,
+) -> None:
+    """Insert a tagged checkpoint now; prints its id."""
+    print(manager(url).post(f"/api/v1/groups/{group}/checkpoints", {"name": name})["id"])
+
+
+@checkpoint_app.command("list")
+def checkpoint_list(group: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """Checkpoints of a group, and whether each has reached the recovery site."""
+    checkpoints = manager(url).get(f"/api/v1/groups/{group}/checkpoints")
+    if json_output:
+        print_json(checkpoints)
+        return
+    for checkpoint in checkpoints:
+        checkpoint["time"] = time_text(checkpoint["time_ns"])
+    print_table(checkpoints, ["id", "time", "name", "replicated"])
+
+
+# --- exports ---------------------------------------------------------------------------
+
+
+@app.command("export")
+def export(
+    group: Annotated[str | None, typer.Argument()] = None,
+    volume: Annotated[str | None, typer.Argument()] = None,
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint id, or 'latest'.")] = "latest",
+    stop: Annotated[str | None, typer.Option("--stop", help="End the export at URI.")] = None,
+    list_all: Annotated[bool, typer.Option("--list", help="List exports.")] = False,
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Export VOLUME of GROUP at a checkpoint as a read-only NBD image; prints its URI."""
+    client = manager(url)
+    if list_all:
+        exports = client.get("/api/v1/exports")
+        if json_output:
+            print_json(exports)
+        else:
+            print_table(exports, ["group", "volume", "checkpoint_id", "uri"])
+    elif stop:
+        client.post("/api/v1/exports/stop", {"uri": stop})
+        console.print("export stopped")
+    elif group and volume:
+        result = client.post("/api/v1/exports", {"group": group, "volume": volume,
+                                                 "checkpoint": checkpoint})
+        if json_output:
+            print_json(result)
+        else:
+            print(result["uri"])
+    else:
+        raise InvalidInput("give GROUP VOLUME [--checkpoint ID], or --stop URI, or --list")
+
+
+# --- processes and the demo ------------------------------------------------------------
+
+
+@agent_app.command("run")
+def agent_run(data: DataOption) -> None:
+    """Run the agent of the site in DATA (normally started by `seawall site run`)."""
+    from seawall.agent.main import run_agent
+
+    setup_logging()
+    run_agent(SiteConfig.load(data))
+
+
+@manager_app.command("run")
+def manager_run(data: DataOption) -> None:
+    """Run the site manager alone (its agent runs separately)."""
+    from seawall.manager.runner import run_manager
+
+    setup_logging()
+    run_manager(SiteConfig.load(data))
+
+
+@app.command("demo")
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory.")] = False,
+) -> None:
+    """Two sites on localhost: protect, write, tag, export, verify byte for byte."""
+    from seawall.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except SeawallError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,106 @@
+"""A site's configuration: one frozen object per process, read from ``DATA/site.json``.
+
+Invariants: ``site init`` writes the file once (atomically); every path a process uses is
+derived here from the data directory, so the manager, the agent and the CLI agree on them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from seawall.atomic import atomic_write_json
+from seawall.errors import Conflict, InvalidInput, NotFound
+
+CONFIG_NAME = "site.json"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    site_id: str
+    data_dir: Path
+    api_host: str
+    api_port: int
+    replication_host: str
+    replication_port: int
+    nbd_tcp_host: str | None = None
+    nbd_tcp_port: int | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def agent_socket(self) -> Path:
+        """HTTP control API of the site's agent (Unix socket)."""
+        return self.run_dir / "agent.sock"
+
+    @property
+    def nbd_socket(self) -> Path:
+        return self.run_dir / "nbd.sock"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.data_dir / "agent"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir / "volumes"
+
+    @property
+    def journals_dir(self) -> Path:
+        return self.data_dir / "journals"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'manager.db'}"
+
+    @classmethod
+    def create(
+        cls, name: str, data_dir: Path, api: str, replication: str
+    ) -> SiteConfig:
+        data_dir = data_dir.resolve()
+        if (data_dir / CONFIG_NAME).exists():
+            raise Conflict(f"{data_dir} already holds a site")
+        api_host, api_port = parse_host_port(api)
+        replication_host, replication_port = parse_host_port(replication)
+        try:
+            config = cls(
+                name=name,
+                site_id=str(uuid.uuid4()),
+                data_dir=data_dir,
+                api_host=api_host,
+                api_port=api_port,
+                replication_host=replication_host,
+                replication_port=replication_port,
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"invalid site settings: {exc}") from None
+        for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
+                          config.journals_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"))
+        return config
+
+    @classmethod
+    def load(cls, data_dir: Path) -> SiteConfig:
+        path = data_dir.resolve() / CONFIG_NAME
+        if not path.exists():
+            raise NotFound(f"no site in {data_dir} (run `seawall site init` first)")
+        return cls.model_validate(json.loads(path.read_text()))

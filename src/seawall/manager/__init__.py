@@ -1,0 +1,1 @@
+"""The site manager: REST API, database, pairing, and orchestration of the site's agent."""

@@ -1,0 +1,107 @@
+"""Pairing of two site managers with a single-use, expiring token.
+
+Rules: a token is shown once (only its SHA-256 is stored), works once, and expires after
+``TOKEN_LIFETIME``. Pairing is symmetric: the site that presents a token learns the peer
+from its answer, and the peer learns the presenter from the request. A failed pairing
+changes nothing on either side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from seawall.config import SiteConfig
+from seawall.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from seawall.manager.clients import peer_client
+from seawall.manager.models import PairingToken, Peer
+
+TOKEN_LIFETIME = timedelta(hours=1)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class SiteService:
+    def __init__(self, config: SiteConfig, sessions: sessionmaker[Session]) -> None:
+        self.config = config
+        self.sessions = sessions
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "site_id": self.config.site_id,
+            "name": self.config.name,
+            "api_url": self.config.api_url,
+            "replication_host": self.config.replication_host,
+            "replication_port": self.config.replication_port,
+        }
+
+    def new_token(self) -> str:
+        token = f"swpt_{secrets.token_urlsafe(24)}"
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            session.add(PairingToken(token_hash=_hash(token), created_at=now,
+                                     expires_at=now + TOKEN_LIFETIME))
+        return token
+
+    def accept(self, token: str, peer: dict[str, Any]) -> dict[str, Any]:
+        """A peer presents our token: check it, remember the peer, burn the token."""
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            row = session.get(PairingToken, _hash(token))
+            if row is None or row.used_at is not None or _aware(row.expires_at) < now:
+                raise Unauthorized("pairing token is invalid, expired or already used")
+            if peer["site_id"] == self.config.site_id:
+                raise InvalidInput("a site cannot pair with itself")
+            self._store_peer(session, peer, now)
+            row.used_at = now
+        return self.info()
+
+    def pair(self, peer_url: str, token: str) -> dict[str, Any]:
+        """Present ``token`` to the manager at ``peer_url`` and remember it on success."""
+        client = peer_client(peer_url.rstrip("/"))
+        try:
+            peer = client.post("/api/v1/pairing/accept", {"token": token, "site": self.info()})
+        finally:
+            client.close()
+        with self.sessions.begin() as session:
+            self._store_peer(session, peer, datetime.now(UTC))
+        return dict(peer)
+
+    def _store_peer(self, session: Session, peer: dict[str, Any], now: datetime) -> None:
+        existing = session.get(Peer, peer["site_id"])
+        clash = session.scalar(select(Peer).where(Peer.name == peer["name"]))
+        if clash is not None and clash.site_id != peer["site_id"]:
+            raise Conflict(f"another peer is already named {peer['name']!r}")
+        if existing is None:
+            existing = Peer(site_id=peer["site_id"], paired_at=now)
+            session.add(existing)
+        existing.name = peer["name"]
+        existing.api_url = peer["api_url"]
+        existing.replication_host = peer["replication_host"]
+        existing.replication_port = int(peer["replication_port"])
+
+    def peers(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [
+                {"site_id": p.site_id, "name": p.name, "api_url": p.api_url,
+                 "replication": f"{p.replication_host}:{p.replication_port}",
+                 "paired_at": _aware(p.paired_at).isoformat()}
+                for p in session.scalars(select(Peer).order_by(Peer.name))
+            ]
+
+    def peer_by_name(self, session: Session, name: str) -> Peer:
+        peer = session.scalar(select(Peer).where(Peer.name == name))
+        if peer is None:
+            raise NotFound(f"no paired site named {name!r} (see `seawall peer list`)")
+        return peer

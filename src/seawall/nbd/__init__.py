@@ -1,0 +1,57 @@
+"""The NBD protocol: a sans-IO server and client (fixed newstyle, simple replies).
+
+- ``server``: ``NbdServerConnection`` — the state machine the agent's front end drives.
+- ``client``: ``NbdClientConnection`` (sans-IO) and ``parse_nbd_uri``.
+- ``blocking``: ``NbdClient``, a small blocking client over a socket.
+- ``events``: the events, ``ExportInfo`` and the ``ExportCatalog`` protocol.
+- ``constants``: wire constants and structs.
+
+No module here does I/O except ``blocking``; the asyncio shell is
+``seawall.agent.frontend``.
+"""
+
+from seawall.nbd.blocking import NbdClient
+from seawall.nbd.client import NbdAddress, NbdClientConnection, Negotiated, parse_nbd_uri
+from seawall.nbd.events import (
+    NEED_DATA,
+    Disconnect,
+    ExportCatalog,
+    ExportInfo,
+    ExportSelected,
+    FlushRequest,
+    LocalProtocolError,
+    NbdError,
+    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    SimpleReply,
+    TrimRequest,
+    WriteRequest,
+    WriteZeroesRequest,
+)
+from seawall.nbd.server import NbdServerConnection, ServerState
+
+__all__ = [
+    "NEED_DATA",
+    "Disconnect",
+    "ExportCatalog",
+    "ExportInfo",
+    "ExportSelected",
+    "FlushRequest",
+    "LocalProtocolError",
+    "NbdAddress",
+    "NbdClient",
+    "NbdClientConnection",
+    "NbdError",
+    "NbdServerConnection",
+    "Negotiated",
+    "ProtocolError",
+    "ReadReply",
+    "ReadRequest",
+    "ServerState",
+    "SimpleReply",
+    "TrimRequest",
+    "WriteRequest",
+    "WriteZeroesRequest",
+    "parse_nbd_uri",
+]

@@ -1,0 +1,395 @@
+"""Sans-IO NBD client core, plus ``parse_nbd_uri``.
+
+The core is explicit rather than scripted, so tests can walk every handshake path::
+
+    client = NbdClientConnection()
+    client.receive_data(greeting)            # -> ServerGreeting
+    out = client.send_client_flags()
+    out = client.send_go("disk", (INFO_BLOCK_SIZE,))
+    ...                                      # -> OptionReply..., Negotiated
+    out = client.send(WriteRequest(cookie=1, offset=0, data=b"..."))
+    ...                                      # -> SimpleReply(cookie=1)
+
+Rules:
+- One option in flight at a time (proto.md: the client waits for the final reply).
+- Only simple replies are understood (we never negotiate structured replies); anything
+  else, or a reply to a cookie we did not send, is a ``ProtocolError``.
+- The blocking convenience client lives in ``seawall.nbd.blocking``.
+
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from seawall.errors import InvalidInput
+from seawall.nbd.constants import (
+    CLIENT_FLAG_FIXED_NEWSTYLE,
+    CLIENT_FLAG_NO_ZEROES,
+    CLIENT_FLAGS,
+    CMD_DISC,
+    CMD_FLAG_FUA,
+    CMD_FLAG_NO_HOLE,
+    CMD_FLUSH,
+    CMD_READ,
+    CMD_TRIM,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    EXPORT_NAME_REPLY,
+    FLAG_NO_ZEROES,
+    GREETING,
+    IHAVEOPT,
+    INFO_BLOCK_SIZE,
+    INFO_BLOCK_SIZE_STRUCT,
+    INFO_EXPORT,
+    INFO_EXPORT_STRUCT,
+    NBDMAGIC,
+    OPT_ABORT,
+    OPT_EXPORT_NAME,
+    OPT_GO,
+    OPT_INFO,
+    OPT_LIST,
+    OPTION_HEADER,
+    OPTION_REPLY_HEADER,
+    OPTION_REPLY_MAGIC,
+    REP_ACK,
+    REP_FLAG_ERROR,
+    REP_INFO,
+    REQUEST,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY,
+    SIMPLE_REPLY_MAGIC,
+    TFLAG_READ_ONLY,
+    U16,
+    U32,
+)
+from seawall.nbd.events import (
+    NEED_DATA,
+    Disconnect,
+    FlushRequest,
+    LocalProtocolError,
+    NeedData,
+    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    SimpleReply,
+    TrimRequest,
+    WriteRequest,
+    WriteZeroesRequest,
+)
+
+DEFAULT_NBD_PORT = 10809
+_MAX_OPTION_REPLY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ServerGreeting:
+    handshake_flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class OptionReply:
+    option: int
+    reply_type: int
+    data: bytes
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.reply_type & REP_FLAG_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """Transmission has started on ``export_name``."""
+
+    export_name: str
+    size_bytes: int
+    transmission_flags: int
+    min_block_bytes: int = 1
+    preferred_block_bytes: int = 4096
+    max_block_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.transmission_flags & TFLAG_READ_ONLY)
+
+
+ClientEvent = ServerGreeting | OptionReply | Negotiated | ReadReply | SimpleReply | ProtocolError
+ClientRequest = (
+    ReadRequest | WriteRequest | FlushRequest | TrimRequest | WriteZeroesRequest | Disconnect
+)
+
+
+class ClientState(enum.Enum):
+    AWAIT_GREETING = "await_greeting"
+    AWAIT_FLAGS_SENT = "await_flags_sent"
+    OPTIONS = "options"
+    AWAIT_OPTION_REPLY = "await_option_reply"
+    AWAIT_EXPORT_REPLY = "await_export_reply"
+    TRANSMISSION = "transmission"
+    CLOSED = "closed"
+
+
+class NbdClientConnection:
+    """The client half of one NBD connection. See the module docstring."""
+
+    def __init__(self) -> None:
+        self.state = ClientState.AWAIT_GREETING
+        self._buf = bytearray()
+        self._pos = 0
+        self._server_no_zeroes = False
+        self._no_zeroes = False
+        self._option = 0
+        self._option_name = ""
+        self._info: dict[str, int] = {}
+        # cookie -> number of data bytes a successful reply carries (reads), else 0.
+        self._pending: dict[int, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_client_flags(self, no_zeroes: bool = True, fixed_newstyle: bool = True) -> bytes:
+        self._expect(ClientState.AWAIT_FLAGS_SENT)
+        self._no_zeroes = no_zeroes and self._server_no_zeroes
+        flags = (CLIENT_FLAG_FIXED_NEWSTYLE if fixed_newstyle else 0) | (
+            CLIENT_FLAG_NO_ZEROES if self._no_zeroes else 0
+        )
+        self.state = ClientState.OPTIONS
+        return CLIENT_FLAGS.pack(flags)
+
+    def send_option(self, option: int, data: bytes = b"") -> bytes:
+        """Any option; its replies come back as ``OptionReply`` events until a final one."""
+        self._expect(ClientState.OPTIONS)
+        self._option = option
+        self.state = ClientState.AWAIT_OPTION_REPLY
+        return OPTION_HEADER.pack(IHAVEOPT, option, len(data)) + data
+
+    def send_info(self, name: str, info_types: tuple[int, ...] = (INFO_BLOCK_SIZE,)) -> bytes:
+        return self._send_info_or_go(OPT_INFO, name, info_types)
+
+    def send_go(self, name: str, info_types: tuple[int, ...] = (INFO_BLOCK_SIZE,)) -> bytes:
+        return self._send_info_or_go(OPT_GO, name, info_types)
+
+    def send_list(self) -> bytes:
+        return self.send_option(OPT_LIST)
+
+    def send_abort(self) -> bytes:
+        return self.send_option(OPT_ABORT)
+
+    def send_export_name(self, name: str) -> bytes:
+        self._expect(ClientState.OPTIONS)
+        self._option_name = name
+        self.state = ClientState.AWAIT_EXPORT_REPLY
+        raw = name.encode()
+        return OPTION_HEADER.pack(IHAVEOPT, OPT_EXPORT_NAME, len(raw)) + raw
+
+    def send(self, request: ClientRequest) -> bytes:
+        """Encode a transmission request and remember its cookie."""
+        if type(request) is WriteRequest:
+            flags = CMD_FLAG_FUA if request.fua else 0
+            return self.send_request(
+                CMD_WRITE, request.cookie, request.offset, len(request.data), flags, request.data
+            )
+        if type(request) is ReadRequest:
+            return self.send_request(
+                CMD_READ,
+                request.cookie,
+                request.offset,
+                request.length,
+                request.flags,
+                reply_data_length=request.length,
+            )
+        if type(request) is FlushRequest:
+            return self.send_request(CMD_FLUSH, request.cookie, 0, 0)
+        if type(request) is TrimRequest:
+            flags = CMD_FLAG_FUA if request.fua else 0
+            return self.send_request(
+                CMD_TRIM, request.cookie, request.offset, request.length, flags
+            )
+        if type(request) is WriteZeroesRequest:
+            flags = (CMD_FLAG_FUA if request.fua else 0) | (
+                CMD_FLAG_NO_HOLE if request.no_hole else 0
+            )
+            return self.send_request(
+                CMD_WRITE_ZEROES, request.cookie, request.offset, request.length, flags
+            )
+        if type(request) is Disconnect:
+            self._expect(ClientState.TRANSMISSION)
+            self.state = ClientState.CLOSED
+            return REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0)
+        raise LocalProtocolError(f"cannot send {type(request).__name__}")
+
+    def send_request(
+        self,
+        command: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        flags: int = 0,
+        payload: bytes | memoryview = b"",
+        reply_data_length: int = 0,
+    ) -> bytes:
+        """Low level: any request header (+ payload); the reply is matched by ``cookie``."""
+        self._expect(ClientState.TRANSMISSION)
+        if cookie in self._pending:
+            raise LocalProtocolError(f"cookie {cookie} is already in flight")
+        self._pending[cookie] = reply_data_length
+        header = REQUEST.pack(REQUEST_MAGIC, flags, command, cookie, offset, length)
+        return header + payload if payload else header
+
+    def _send_info_or_go(self, option: int, name: str, info_types: tuple[int, ...]) -> bytes:
+        raw = name.encode()
+        data = b"".join(
+            [U32.pack(len(raw)), raw, U16.pack(len(info_types))]
+            + [U16.pack(info_type) for info_type in info_types]
+        )
+        self._option_name = name
+        self._info = {}
+        return self.send_option(option, data)
+
+    def _expect(self, state: ClientState) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"client is in state {self.state}, not {state}")
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> ClientEvent | NeedData:
+        buf = self._buf
+        available = len(buf) - self._pos
+        state = self.state
+        if state is ClientState.TRANSMISSION or (state is ClientState.CLOSED and self._pending):
+            if available < SIMPLE_REPLY.size:
+                return NEED_DATA
+            magic, error, cookie = SIMPLE_REPLY.unpack_from(buf, self._pos)
+            if magic != SIMPLE_REPLY_MAGIC:
+                return self._fail(f"bad reply magic 0x{magic:08x}")
+            if cookie not in self._pending:
+                return self._fail(f"reply to unknown cookie {cookie}")
+            data_length = self._pending[cookie] if error == 0 else 0
+            if available < SIMPLE_REPLY.size + data_length:
+                return NEED_DATA
+            start = self._pos + SIMPLE_REPLY.size
+            self._pos = start + data_length
+            del self._pending[cookie]
+            if data_length:
+                return ReadReply(cookie, bytes(buf[start : start + data_length]))
+            return SimpleReply(cookie, error)
+        if state is ClientState.AWAIT_GREETING:
+            if available < GREETING.size:
+                return NEED_DATA
+            magic, opt_magic, flags = GREETING.unpack_from(buf, self._pos)
+            self._pos += GREETING.size
+            if magic != NBDMAGIC or opt_magic != IHAVEOPT:
+                return self._fail("not a newstyle NBD server")
+            self._server_no_zeroes = bool(flags & FLAG_NO_ZEROES)
+            self.state = ClientState.AWAIT_FLAGS_SENT
+            return ServerGreeting(flags)
+        if state is ClientState.AWAIT_OPTION_REPLY:
+            return self._next_option_reply(available)
+        if state is ClientState.AWAIT_EXPORT_REPLY:
+            needed = EXPORT_NAME_REPLY.size + (0 if self._no_zeroes else 124)
+            if available < needed:
+                return NEED_DATA
+            size_bytes, tflags = EXPORT_NAME_REPLY.unpack_from(buf, self._pos)
+            self._pos += needed
+            self.state = ClientState.TRANSMISSION
+            return Negotiated(self._option_name, size_bytes, tflags)
+        return NEED_DATA
+
+    def _next_option_reply(self, available: int) -> ClientEvent | NeedData:
+        if available < OPTION_REPLY_HEADER.size:
+            return NEED_DATA
+        magic, option, reply_type, length = OPTION_REPLY_HEADER.unpack_from(self._buf, self._pos)
+        if magic != OPTION_REPLY_MAGIC or option != self._option:
+            return self._fail("bad option reply header")
+        if length > _MAX_OPTION_REPLY_BYTES:
+            return self._fail(f"option reply of {length} bytes is too large")
+        if available < OPTION_REPLY_HEADER.size + length:
+            return NEED_DATA
+        start = self._pos + OPTION_REPLY_HEADER.size
+        data = bytes(self._buf[start : start + length])
+        self._pos = start + length
+        if reply_type == REP_INFO and option in (OPT_INFO, OPT_GO):
+            self._record_info(data)
+        final = reply_type == REP_ACK or bool(reply_type & REP_FLAG_ERROR)
+        if not final:
+            return OptionReply(option, reply_type, data)
+        if option == OPT_GO and reply_type == REP_ACK:
+            if "size" not in self._info:
+                return self._fail("NBD_OPT_GO succeeded without NBD_INFO_EXPORT")
+            self.state = ClientState.TRANSMISSION
+            return Negotiated(
+                self._option_name,
+                self._info["size"],
+                self._info["flags"],
+                self._info.get("min", 1),
+                self._info.get("preferred", 4096),
+                self._info.get("max", 32 * 1024 * 1024),
+            )
+        self.state = ClientState.CLOSED if option == OPT_ABORT else ClientState.OPTIONS
+        return OptionReply(option, reply_type, data)
+
+    def _record_info(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        (info_type,) = U16.unpack_from(data, 0)
+        if info_type == INFO_EXPORT and len(data) == INFO_EXPORT_STRUCT.size:
+            _, self._info["size"], self._info["flags"] = INFO_EXPORT_STRUCT.unpack(data)
+        elif info_type == INFO_BLOCK_SIZE and len(data) == INFO_BLOCK_SIZE_STRUCT.size:
+            _, minimum, preferred, maximum = INFO_BLOCK_SIZE_STRUCT.unpack(data)
+            self._info.update(min=minimum, preferred=preferred, max=maximum)
+
+    def _fail(self, message: str) -> ProtocolError:
+        self.state = ClientState.CLOSED
+        self._pending.clear()
+        self._buf.clear()
+        self._pos = 0
+        return ProtocolError(message)
+
+
+# --- URIs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NbdAddress:
+    """Where an NBD export is: a Unix socket path, or a TCP host and port."""
+
+    export_name: str
+    socket_path: str | None = None
+    host: str | None = None
+    port: int = DEFAULT_NBD_PORT
+
+
+def parse_nbd_uri(uri: str) -> NbdAddress:
+    """Parse ``nbd+unix:///NAME?socket=PATH`` or ``nbd://HOST[:PORT]/NAME``.
+
+    A string without a scheme is taken as a Unix socket path with the default ("") export.
+    """
+    if "://" not in uri:
+        return NbdAddress(export_name="", socket_path=uri)
+    parts = urlsplit(uri)
+    name = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if parts.scheme == "nbd+unix":
+        sockets = parse_qs(parts.query).get("socket")
+        if not sockets:
+            raise InvalidInput(f"{uri!r}: nbd+unix URIs need ?socket=PATH")
+        return NbdAddress(export_name=name, socket_path=sockets[0])
+    if parts.scheme == "nbd":
+        if not parts.hostname:
+            raise InvalidInput(f"{uri!r}: nbd URIs need a host")
+        return NbdAddress(
+            export_name=name, host=parts.hostname, port=parts.port or DEFAULT_NBD_PORT
+        )
+    raise InvalidInput(f"{uri!r}: unsupported scheme {parts.scheme!r} (nbd, nbd+unix)")

@@ -1,0 +1,172 @@
+"""Events and value types shared by the sans-IO NBD server and client.
+
+Rules:
+- Events are frozen, slotted dataclasses: cheap to build on the hot path, safe to pass
+  between the core and its shell.
+- Requests (``ReadRequest``...) are what a server emits and what a client sends; replies
+  (``ReadReply``, ``SimpleReply``) are what a server sends and a client emits.
+- ``NEED_DATA`` is the one sentinel returned by ``next_event`` when more bytes are needed.
+- ``Disconnect`` means the client ended the session politely (NBD_CMD_DISC, NBD_OPT_ABORT,
+  or end of stream between messages). ``ProtocolError`` means the core wants the
+  connection dropped (the peer broke a MUST, or we cannot continue). After either, the
+  connection accepts no more input.
+- ``WriteRequest.data`` always holds the whole payload, as an immutable ``bytes`` that the
+  receiver may keep (no view into a reused buffer).
+
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from seawall.errors import SeawallError
+from seawall.nbd.constants import MAX_PAYLOAD_BYTES
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Literal[NeedData.NEED_DATA] = NeedData.NEED_DATA
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExportInfo:
+    """What a client learns about an export during the handshake."""
+
+    name: str
+    size_bytes: int
+    read_only: bool
+    description: str = ""
+    min_block_bytes: int = 1
+    preferred_block_bytes: int = 4096
+    max_block_bytes: int = MAX_PAYLOAD_BYTES
+
+    def __post_init__(self) -> None:
+        if self.size_bytes < 0 or self.size_bytes >= 1 << 63:
+            raise ValueError(f"export size out of range: {self.size_bytes}")
+        # The block-size rules of proto.md: min and preferred are powers of two, min <= 64 KiB,
+        # preferred >= min, max a multiple of min.
+        if not _is_power_of_two(self.min_block_bytes) or self.min_block_bytes > 65536:
+            raise ValueError(f"bad minimum block size {self.min_block_bytes}")
+        if (
+            not _is_power_of_two(self.preferred_block_bytes)
+            or self.preferred_block_bytes < self.min_block_bytes
+        ):
+            raise ValueError(f"bad preferred block size {self.preferred_block_bytes}")
+        if self.max_block_bytes % self.min_block_bytes or self.max_block_bytes > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"bad maximum block size {self.max_block_bytes}")
+
+
+class ExportCatalog(Protocol):
+    """The exports a server connection may hand out (looked up during the handshake)."""
+
+    def lookup(self, name: str) -> ExportInfo | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+class NbdError(SeawallError):
+    """An NBD peer answered a request or option with an error (client side)."""
+
+    fault = "remote"
+    code = "nbd_error"
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class LocalProtocolError(SeawallError):
+    """Our own code misused a connection (sent something illegal in its current state)."""
+
+    code = "nbd_local_protocol_error"
+
+
+# --- server-side events (client-side requests) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSelected:
+    """The handshake is over; the connection now serves ``info``."""
+
+    info: ExportInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    cookie: int
+    offset: int
+    length: int
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    cookie: int
+    offset: int
+    data: bytes | memoryview
+    fua: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRequest:
+    cookie: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrimRequest:
+    cookie: int
+    offset: int
+    length: int
+    fua: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteZeroesRequest:
+    cookie: int
+    offset: int
+    length: int
+    fua: bool = False
+    no_hole: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    reason: str = "client disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    message: str
+
+
+# --- replies ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    """A successful read: ``data`` is exactly the requested length."""
+
+    cookie: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleReply:
+    """A reply without payload: success (``error == 0``) or an NBD error value."""
+
+    cookie: int
+    error: int = 0
+
+
+Request = ReadRequest | WriteRequest | FlushRequest | TrimRequest | WriteZeroesRequest
+ServerEvent = ExportSelected | Request | Disconnect | ProtocolError
+Reply = ReadReply | SimpleReply

@@ -1,0 +1,404 @@
+"""Sans-IO NBD server connection (fixed newstyle, simple replies), in the h11 style.
+
+Use::
+
+    conn = NbdServerConnection(catalog)
+    transport.write(conn.initial_bytes())
+    # on every chunk received (b"" at end of stream):
+    conn.receive_data(chunk)
+    while (event := conn.next_event()) is not NEED_DATA:
+        ...  # answer requests with conn.send(ReadReply(...) / SimpleReply(...)) -> bytes
+    transport.write(conn.data_to_send() + <the bytes returned by send>)
+
+Rules and invariants:
+- The core answers everything it can decide alone and queues those bytes itself: the
+  whole handshake (option replies, the EXPORT_NAME reply) and every request it rejects
+  (out of range, read-only, bad flags, unknown command, zero length no-ops, CACHE). The
+  shell fetches them with ``data_to_send()``; it only answers the request events.
+- Replies may go out in any order (clients match them by cookie), so the shell may
+  concatenate ``data_to_send()`` and its own replies in either order. During the
+  handshake only the core writes.
+- A ``WriteRequest`` is emitted only once its whole payload has arrived. A rejected
+  WRITE still has its payload consumed, so the stream stays in sync.
+- A WRITE whose length exceeds ``MAX_PAYLOAD_BYTES`` cannot be skipped safely (we will not
+  buffer it): the core queues EINVAL for it and emits ``ProtocolError``.
+- Error values follow proto.md: ENOSPC for writes (WRITE, WRITE_ZEROES) beyond the end,
+  EINVAL for other out-of-range requests, EPERM for writes/trims on a read-only export,
+  EINVAL for unknown commands and flags not documented for the command. Zero-length
+  requests (left unspecified by the spec) succeed as no-ops when ``offset <= size``.
+- After ``Disconnect`` or ``ProtocolError`` the connection takes no more input; replies to
+  requests already emitted may still be sent.
+- Receiving is O(n): a ``bytearray`` with a read position, compacted once per
+  ``receive_data`` call, and ``struct.unpack_from`` on it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from seawall.nbd import handshake
+from seawall.nbd.constants import (
+    CLIENT_FLAG_FIXED_NEWSTYLE,
+    CLIENT_FLAG_NO_ZEROES,
+    CLIENT_FLAGS,
+    CMD_CACHE,
+    CMD_DISC,
+    CMD_FLAG_FUA,
+    CMD_FLAG_NO_HOLE,
+    CMD_FLUSH,
+    CMD_READ,
+    CMD_TRIM,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    EINVAL,
+    ENOSPC,
+    EPERM,
+    FLAG_FIXED_NEWSTYLE,
+    FLAG_NO_ZEROES,
+    GREETING,
+    IHAVEOPT,
+    KNOWN_CLIENT_FLAGS,
+    MAX_OPTION_BYTES,
+    MAX_PAYLOAD_BYTES,
+    NBDMAGIC,
+    OPT_ABORT,
+    OPT_EXPORT_NAME,
+    OPT_GO,
+    OPT_INFO,
+    OPT_LIST,
+    OPTION_HEADER,
+    REP_ACK,
+    REP_ERR_INVALID,
+    REP_ERR_UNKNOWN,
+    REP_ERR_UNSUP,
+    REP_SERVER,
+    REQUEST,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY,
+    SIMPLE_REPLY_MAGIC,
+)
+from seawall.nbd.events import (
+    NEED_DATA,
+    Disconnect,
+    ExportCatalog,
+    ExportInfo,
+    ExportSelected,
+    FlushRequest,
+    LocalProtocolError,
+    NeedData,
+    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    Reply,
+    ServerEvent,
+    SimpleReply,
+    TrimRequest,
+    WriteRequest,
+    WriteZeroesRequest,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "ExportCatalog",
+    "ExportInfo",
+    "NbdServerConnection",
+    "ServerState",
+]
+
+_REQUEST_SIZE = REQUEST.size
+# Compact the receive buffer once this much has been consumed (a memmove of the tail).
+_COMPACT_AFTER_BYTES = 256 * 1024
+_WRITE_ZEROES_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
+
+
+class ServerState(enum.Enum):
+    AWAIT_CLIENT_FLAGS = "await_client_flags"
+    OPTIONS = "options"
+    TRANSMISSION = "transmission"
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.AWAIT_CLIENT_FLAGS: frozenset({ServerState.OPTIONS, ServerState.CLOSED}),
+    ServerState.OPTIONS: frozenset({ServerState.TRANSMISSION, ServerState.CLOSED}),
+    ServerState.TRANSMISSION: frozenset({ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset(),
+}
+
+
+class NbdServerConnection:
+    """One client connection, from greeting to disconnect. See the module docstring."""
+
+    def __init__(self, exports: ExportCatalog) -> None:
+        self._exports = exports
+        self._state = ServerState.AWAIT_CLIENT_FLAGS
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._out = bytearray()
+        self._fixed_newstyle = False
+        self._no_zeroes = False
+        self._export: ExportInfo | None = None
+        self._size_bytes = 0
+        self._read_only = True
+        # Lengths of reads emitted but not yet answered: a read reply must carry exactly
+        # that many bytes or the client loses sync.
+        self._read_lengths: dict[int, int] = {}
+
+    # --- public API --------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def export(self) -> ExportInfo | None:
+        return self._export
+
+    def initial_bytes(self) -> bytes:
+        return GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if self._state is ServerState.CLOSED:
+            return
+        if not data:
+            self._eof = True
+            return
+        buf = self._buf
+        pos = self._pos
+        if pos:
+            if pos == len(buf):
+                buf.clear()
+                self._pos = 0
+            elif pos >= _COMPACT_AFTER_BYTES:
+                del buf[:pos]
+                self._pos = 0
+        buf += data
+
+    def data_to_send(self) -> bytes:
+        """Bytes the core queued itself (handshake, rejected requests); drains the queue."""
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def send(self, event: Reply) -> bytes:
+        """Encode the reply to a request event. Cheap: one pack (and one concatenation)."""
+        if self._export is None:
+            raise LocalProtocolError("no reply can be sent before an export is selected")
+        if type(event) is SimpleReply:
+            if self._read_lengths:
+                length = self._read_lengths.pop(event.cookie, None)
+                if length is not None and event.error == 0 and length:
+                    raise LocalProtocolError("a successful read reply must carry its data")
+            return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, event.error, event.cookie)
+        if type(event) is ReadReply:
+            expected = self._read_lengths.pop(event.cookie, None)
+            if expected is not None and expected != len(event.data):
+                raise LocalProtocolError(
+                    f"read reply of {len(event.data)} bytes for a {expected}-byte request"
+                )
+            return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, 0, event.cookie) + event.data
+        raise LocalProtocolError(f"cannot send {type(event).__name__}")
+
+    def next_event(self) -> ServerEvent | NeedData:
+        if self._state is ServerState.TRANSMISSION:
+            return self._next_request()
+        return self._next_handshake_event()
+
+    # --- transmission (the hot path) ---------------------------------------------------
+
+    def _next_request(self) -> ServerEvent | NeedData:
+        buf = self._buf
+        while True:
+            pos = self._pos
+            available = len(buf) - pos
+            if available < _REQUEST_SIZE:
+                return self._need_data()
+            magic, flags, command, cookie, offset, length = REQUEST.unpack_from(buf, pos)
+            if magic != REQUEST_MAGIC:
+                return self._fail(f"bad request magic 0x{magic:08x}")
+            end = offset + length
+            if command == CMD_WRITE:
+                if length > MAX_PAYLOAD_BYTES:
+                    self._queue_reply(cookie, EINVAL)
+                    return self._fail(f"write payload of {length} bytes is too large")
+                stop = pos + _REQUEST_SIZE + length
+                if len(buf) < stop:
+                    return self._need_data()
+                self._pos = stop
+                if flags & ~CMD_FLAG_FUA:
+                    error = EINVAL
+                elif self._read_only:
+                    error = EPERM
+                elif end > self._size_bytes:
+                    error = ENOSPC
+                elif length:
+                    data = bytes(buf[pos + _REQUEST_SIZE : stop])
+                    return WriteRequest(cookie, offset, data, flags == CMD_FLAG_FUA)
+                else:
+                    error = 0
+                self._queue_reply(cookie, error)
+                continue
+
+            self._pos = pos + _REQUEST_SIZE
+            if command == CMD_READ:
+                if flags & ~CMD_FLAG_FUA or length > MAX_PAYLOAD_BYTES or end > self._size_bytes:
+                    error = EINVAL
+                elif length:
+                    self._read_lengths[cookie] = length
+                    return ReadRequest(cookie, offset, length, flags)
+                else:
+                    error = 0
+            elif command == CMD_FLUSH:
+                if flags & ~CMD_FLAG_FUA or offset or length:
+                    error = EINVAL
+                else:
+                    return FlushRequest(cookie)
+            elif command in (CMD_WRITE_ZEROES, CMD_TRIM):
+                is_zeroes = command == CMD_WRITE_ZEROES
+                if flags & ~(_WRITE_ZEROES_FLAGS if is_zeroes else CMD_FLAG_FUA):
+                    error = EINVAL
+                elif self._read_only:
+                    error = EPERM
+                elif end > self._size_bytes:
+                    error = ENOSPC if is_zeroes else EINVAL
+                elif not length:
+                    error = 0
+                elif is_zeroes:
+                    return WriteZeroesRequest(
+                        cookie,
+                        offset,
+                        length,
+                        bool(flags & CMD_FLAG_FUA),
+                        bool(flags & CMD_FLAG_NO_HOLE),
+                    )
+                else:
+                    return TrimRequest(cookie, offset, length, bool(flags & CMD_FLAG_FUA))
+            elif command == CMD_DISC:
+                self._move(ServerState.CLOSED)
+                return Disconnect("NBD_CMD_DISC")
+            elif command == CMD_CACHE:
+                # A prefetch hint: the backends have nothing to prefetch, so the core
+                # validates and acknowledges it.
+                error = EINVAL if flags & ~CMD_FLAG_FUA or end > self._size_bytes else 0
+            else:
+                # Unknown commands, and BLOCK_STATUS (no metadata context is negotiated).
+                error = EINVAL
+            self._queue_reply(cookie, error)
+
+    def _queue_reply(self, cookie: int, error: int) -> None:
+        self._out += SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, cookie)
+
+    # --- handshake ---------------------------------------------------------------------
+
+    def _next_handshake_event(self) -> ServerEvent | NeedData:
+        buf = self._buf
+        while True:
+            state = self._state
+            available = len(buf) - self._pos
+            if state is ServerState.AWAIT_CLIENT_FLAGS:
+                if available < CLIENT_FLAGS.size:
+                    return self._need_data()
+                (client_flags,) = CLIENT_FLAGS.unpack_from(buf, self._pos)
+                self._pos += CLIENT_FLAGS.size
+                if client_flags & ~KNOWN_CLIENT_FLAGS:
+                    return self._fail(f"unknown client flags 0x{client_flags:08x}")
+                self._fixed_newstyle = bool(client_flags & CLIENT_FLAG_FIXED_NEWSTYLE)
+                self._no_zeroes = bool(client_flags & CLIENT_FLAG_NO_ZEROES)
+                self._move(ServerState.OPTIONS)
+            elif state is ServerState.OPTIONS:
+                if available < OPTION_HEADER.size:
+                    return self._need_data()
+                magic, option, length = OPTION_HEADER.unpack_from(buf, self._pos)
+                if magic != IHAVEOPT:
+                    return self._fail(f"bad option magic 0x{magic:016x}")
+                if length > MAX_OPTION_BYTES:
+                    return self._fail(f"option {option} data of {length} bytes is too large")
+                if available < OPTION_HEADER.size + length:
+                    return self._need_data()
+                start = self._pos + OPTION_HEADER.size
+                data = bytes(buf[start : start + length])
+                self._pos = start + length
+                event = self._handle_option(option, data)
+                if event is not None:
+                    return event
+            elif state is ServerState.TRANSMISSION:
+                return self._next_request()
+            else:
+                return NEED_DATA
+
+    def _handle_option(self, option: int, data: bytes) -> ServerEvent | None:
+        if not self._fixed_newstyle and option != OPT_EXPORT_NAME:
+            # Without fixed newstyle, the client cannot understand option replies.
+            return self._fail(f"option {option} without fixed newstyle negotiation")
+        if option == OPT_EXPORT_NAME:
+            name = handshake.decode_name(data)
+            info = self._exports.lookup(name) if name is not None else None
+            if info is None:
+                # EXPORT_NAME cannot carry an error: proto.md says terminate the session.
+                return self._fail(f"unknown export {name!r} requested with NBD_OPT_EXPORT_NAME")
+            self._out += handshake.export_name_reply(info, self._no_zeroes)
+            return self._enter_transmission(info)
+        if option == OPT_ABORT:
+            self._reply(option, REP_ACK)
+            self._move(ServerState.CLOSED)
+            return Disconnect("NBD_OPT_ABORT")
+        if option == OPT_LIST:
+            if data:
+                self._reply(option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
+                return None
+            for name in self._exports.names():
+                self._reply(option, REP_SERVER, handshake.server_entry(name))
+            self._reply(option, REP_ACK)
+            return None
+        if option in (OPT_INFO, OPT_GO):
+            request = handshake.decode_info_request(data)
+            if request is None:
+                self._reply(option, REP_ERR_INVALID, b"malformed INFO/GO request")
+                return None
+            info = self._exports.lookup(request.name)
+            if info is None:
+                self._reply(option, REP_ERR_UNKNOWN, f"unknown export {request.name!r}".encode())
+                return None
+            self._out += handshake.info_replies(option, info, request.info_types)
+            self._reply(option, REP_ACK)
+            return self._enter_transmission(info) if option == OPT_GO else None
+        # STARTTLS, STRUCTURED_REPLY, the META_CONTEXT options, EXTENDED_HEADERS and
+        # anything unknown: refuse and keep negotiating.
+        self._reply(option, REP_ERR_UNSUP)
+        return None
+
+    def _reply(self, option: int, reply_type: int, payload: bytes = b"") -> None:
+        self._out += handshake.option_reply(option, reply_type, payload)
+
+    def _enter_transmission(self, info: ExportInfo) -> ExportSelected:
+        self._export = info
+        self._size_bytes = info.size_bytes
+        self._read_only = info.read_only
+        self._move(ServerState.TRANSMISSION)
+        return ExportSelected(info)
+
+    # --- shared ------------------------------------------------------------------------
+
+    def _need_data(self) -> ServerEvent | NeedData:
+        if not self._eof:
+            return NEED_DATA
+        if self._pos < len(self._buf):
+            return self._fail("connection closed in the middle of a message")
+        self._move(ServerState.CLOSED)
+        return Disconnect("end of stream")
+
+    def _fail(self, message: str) -> ProtocolError:
+        self._move(ServerState.CLOSED)
+        return ProtocolError(message)
+
+    def _move(self, new_state: ServerState) -> None:
+        if new_state not in _TRANSITIONS[self._state]:
+            raise LocalProtocolError(f"illegal NBD transition {self._state} -> {new_state}")
+        self._state = new_state
+        if new_state is ServerState.CLOSED:
+            self._buf.clear()
+            self._pos = 0

@@ -1,0 +1,1 @@
+"""Test helpers: the fault-injection proxy and wire session builders (not tests)."""
