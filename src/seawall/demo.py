@@ -27,7 +27,7 @@ from seawall.nbd.blocking import NbdClient
 
 VOLUME_BYTES = 256 << 20
 WORKLOAD_S = 4.0
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def step(text: str) -> None:

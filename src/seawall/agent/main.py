@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Generator
 
 import uvicorn
 import uvloop
@@ -19,16 +18,9 @@ import uvloop
 from seawall.agent.control import create_control_app
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
+from seawall.serving import Server
 
 log = logging.getLogger("seawall.agent")
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn inside our loop: signals are ours (they stop the data path cleanly)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 async def serve(config: SiteConfig) -> None:
@@ -41,9 +33,10 @@ async def serve(config: SiteConfig) -> None:
     socket_path = config.agent_socket
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    server = _QuietServer(
+    server = Server(
         uvicorn.Config(create_control_app(agent, shutdown), uds=str(socket_path),
-                       log_level="warning", lifespan="off")
+                       log_level="warning", lifespan="off"),
+        handle_signals=False,
     )
     pid_path = config.run_dir / "agent.pid"
     pid_path.write_text(f"{os.getpid()}\n")

@@ -37,10 +37,7 @@ class RecoveryGroup:
 
     def resolve_checkpoint(self, checkpoint: str) -> CheckpointInfo:
         if checkpoint == "latest":
-            latest = self.journal.latest_checkpoint()
-            if latest is None:
-                raise NotReady(f"group {self.spec.name} has no checkpoint here yet")
-            return latest
+            return self.journal.latest_checkpoint()
         try:
             seq = int(checkpoint)
         except ValueError:
@@ -55,7 +52,10 @@ class RecoveryGroup:
         ]
 
     def status(self) -> dict[str, Any]:
-        latest = self.journal.latest_checkpoint()
+        try:
+            latest: CheckpointInfo | None = self.journal.latest_checkpoint()
+        except NotReady:
+            latest = None
         return {
             "group_id": self.spec.group_id,
             "name": self.spec.name,

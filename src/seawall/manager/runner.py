@@ -22,6 +22,7 @@ from seawall.config import SiteConfig
 from seawall.errors import PeerError, SeawallError
 from seawall.manager.app import create_app
 from seawall.manager.clients import agent_client
+from seawall.serving import Server
 
 log = logging.getLogger("seawall.site")
 
@@ -93,8 +94,9 @@ def _signal(pid: int, signum: int) -> bool:
 
 
 def run_manager(config: SiteConfig) -> None:
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host=config.api_host,
-                                          port=config.api_port, log_level="warning"))
+    server = Server(uvicorn.Config(create_app(config), host=config.api_host,
+                                   port=config.api_port, log_level="warning"),
+                    handle_signals=True)
     log.info("site manager %s listening on %s", config.name, config.api_url)
     server.run()
 

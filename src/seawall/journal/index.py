@@ -1,0 +1,122 @@
+"""The in-memory index of a journal: a cache of the segments, rebuilt from them on open.
+
+Rules and invariants:
+- Nothing here is persisted; ``Journal.open`` rebuilds it by scanning the segments.
+- Entries are only ever appended, in seq order, so an entry number stays valid for the
+  life of the index and a view can keep entry numbers while new frames arrive.
+- Entries are compact: parallel typed arrays (about 50 bytes per record), no object per
+  record. Payloads are located, never decompressed, at indexing time.
+- A payload's blob offset is its offset in the *decompressed* payload blob of its frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable
+
+from seawall.journal.segments import FrameLocation
+from seawall.wire.records import RecordKind
+
+DEFAULT_BLOB_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class FrameTable:
+    """Every stored frame by frame number: where it is and where its payload blob starts."""
+
+    __slots__ = ("blob_offsets", "lengths", "positions", "raw_blob_lengths", "segment_ids")
+
+    def __init__(self) -> None:
+        self.segment_ids = array("Q")
+        self.positions = array("Q")
+        self.lengths = array("Q")
+        self.blob_offsets = array("Q")  # within the frame body
+        self.raw_blob_lengths = array("Q")
+
+    def add(self, location: FrameLocation, blob_offset: int, raw_blob_length: int) -> int:
+        self.segment_ids.append(location.segment_id)
+        self.positions.append(location.position)
+        self.lengths.append(location.length)
+        self.blob_offsets.append(blob_offset)
+        self.raw_blob_lengths.append(raw_blob_length)
+        return len(self.segment_ids) - 1
+
+
+class VolumeIndex:
+    """The WRITE and ZERO records of one volume in seq order, one entry number each."""
+
+    __slots__ = (
+        "blob_offsets",
+        "frames",
+        "kinds",
+        "lengths",
+        "offsets",
+        "payload_hashes",
+        "seqs",
+        "verified",
+    )
+
+    def __init__(self) -> None:
+        self.seqs = array("Q")
+        self.offsets = array("Q")
+        self.lengths = array("Q")
+        self.kinds = array("B")
+        self.frames = array("Q")
+        self.blob_offsets = array("Q")
+        self.payload_hashes = array("Q")
+        self.verified = bytearray()  # 1 once the payload matched its hash
+
+    def add(
+        self,
+        seq: int,
+        kind: RecordKind,
+        offset: int,
+        length: int,
+        frame: int,
+        blob_offset: int,
+        payload_hash: int,
+    ) -> None:
+        self.seqs.append(seq)
+        self.offsets.append(offset)
+        self.lengths.append(length)
+        self.kinds.append(kind)
+        self.frames.append(frame)
+        self.blob_offsets.append(blob_offset)
+        self.payload_hashes.append(payload_hash)
+        self.verified.append(0)
+
+    def count_through(self, seq: int) -> int:
+        """How many entries have a seq <= ``seq`` (they are the first ones)."""
+        return bisect_right(self.seqs, seq)
+
+
+class BlobCache:
+    """A small LRU of decompressed payload blobs keyed by (segment id, frame position).
+
+    Bounded by bytes, safe to use from several threads; two threads missing on the same
+    key both load it (rare, and cheaper than holding a lock across disk reads).
+    """
+
+    def __init__(self, capacity_bytes: int = DEFAULT_BLOB_CACHE_BYTES) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._blobs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._size_bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int], load: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            blob = self._blobs.get(key)
+            if blob is not None:
+                self._blobs.move_to_end(key)
+                return blob
+        blob = load()
+        with self._lock:
+            if key not in self._blobs:
+                self._blobs[key] = blob
+                self._size_bytes += len(blob)
+            while self._size_bytes > self.capacity_bytes and len(self._blobs) > 1:
+                _key, evicted = self._blobs.popitem(last=False)
+                self._size_bytes -= len(evicted)
+        return blob
