@@ -37,6 +37,15 @@ class SiteConfig(BaseModel):
     replication_port: int
     nbd_tcp_host: str | None = None
     nbd_tcp_port: int | None = None
+    advertise_replication_host: str | None = None
+    advertise_replication_port: int | None = None
+
+    @property
+    def advertised_replication(self) -> tuple[str, int]:
+        """Where peers should connect for replication (differs behind NAT or a proxy)."""
+        if self.advertise_replication_host and self.advertise_replication_port:
+            return self.advertise_replication_host, self.advertise_replication_port
+        return self.replication_host, self.replication_port
 
     @property
     def api_url(self) -> str:
@@ -73,13 +82,16 @@ class SiteConfig(BaseModel):
 
     @classmethod
     def create(
-        cls, name: str, data_dir: Path, api: str, replication: str
+        cls, name: str, data_dir: Path, api: str, replication: str,
+        advertise_replication: str | None = None, nbd_tcp: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
             raise Conflict(f"{data_dir} already holds a site")
         api_host, api_port = parse_host_port(api)
         replication_host, replication_port = parse_host_port(replication)
+        advertised = parse_host_port(advertise_replication) if advertise_replication else None
+        nbd_tcp_address = parse_host_port(nbd_tcp) if nbd_tcp else None
         try:
             config = cls(
                 name=name,
@@ -89,6 +101,10 @@ class SiteConfig(BaseModel):
                 api_port=api_port,
                 replication_host=replication_host,
                 replication_port=replication_port,
+                advertise_replication_host=advertised[0] if advertised else None,
+                advertise_replication_port=advertised[1] if advertised else None,
+                nbd_tcp_host=nbd_tcp_address[0] if nbd_tcp_address else None,
+                nbd_tcp_port=nbd_tcp_address[1] if nbd_tcp_address else None,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None

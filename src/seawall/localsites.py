@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from seawall.config import SiteConfig
+from seawall.config import CONFIG_NAME, SiteConfig
 from seawall.errors import PeerError, SeawallError
 from seawall.http import JsonClient
 
@@ -31,14 +31,20 @@ def free_port() -> int:
 
 
 class LocalSite:
-    def __init__(self, name: str, directory: Path, log: TextIO | None = None) -> None:
+    def __init__(self, name: str, directory: Path, log: TextIO | None = None,
+                 advertise_replication: str | None = None) -> None:
+        """A new site in ``directory``, or the existing one if it holds a site already."""
         self.name = name
         self.directory = directory
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
-        self.config = SiteConfig.create(
-            name, directory, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        )
+        if (directory / CONFIG_NAME).exists():
+            self.config = SiteConfig.load(directory)
+        else:
+            self.config = SiteConfig.create(
+                name, directory, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                advertise_replication,
+            )
         self.url = self.config.api_url
         self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}")
 

@@ -62,9 +62,14 @@ def site_init(
     api: Annotated[str, typer.Option(help="HOST:PORT of the REST API.")] = "127.0.0.1:7000",
     replication: Annotated[str, typer.Option(
         help="HOST:PORT where the agent receives replication.")] = "127.0.0.1:7001",
+    advertise_replication: Annotated[str | None, typer.Option(
+        help="HOST:PORT peers connect to for replication, if not --replication "
+             "(NAT, a separate replication network).")] = None,
+    nbd_tcp: Annotated[str | None, typer.Option(
+        help="Also serve volumes over NBD on this TCP HOST:PORT.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
-    config = SiteConfig.create(name, data, api, replication)
+    config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
 

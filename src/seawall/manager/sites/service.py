@@ -38,12 +38,13 @@ class SiteService:
         self.sessions = sessions
 
     def info(self) -> dict[str, Any]:
+        replication_host, replication_port = self.config.advertised_replication
         return {
             "site_id": self.config.site_id,
             "name": self.config.name,
             "api_url": self.config.api_url,
-            "replication_host": self.config.replication_host,
-            "replication_port": self.config.replication_port,
+            "replication_host": replication_host,
+            "replication_port": replication_port,
         }
 
     def new_token(self) -> str:
