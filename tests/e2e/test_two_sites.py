@@ -128,12 +128,37 @@ def test_protect_replicate_and_verify_checkpoints(sites: tuple[LocalSite, LocalS
         seawall(dr, "export", "--stop", export_uri)
 
 
-def test_unknown_checkpoint_and_wrong_site_are_clear_errors(
-    sites: tuple[LocalSite, LocalSite],
+def test_pairing_and_errors_change_nothing(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
 ) -> None:
     prod, dr = sites
-    prod.pair_with(dr)
+    wrong = seawall(prod, "pair", dr.url, "--token", "swpt_not-a-token", check=False)
+    assert wrong.returncode == 6 and "token" in wrong.stderr
+    assert json.loads(seawall(prod, "peer", "list", "--json").stdout) == []
+    assert json.loads(seawall(dr, "peer", "list", "--json").stdout) == []
+    token = seawall(dr, "site", "token").stdout.strip()
+    seawall(prod, "pair", dr.url, "--token", token)
+    reused = seawall(prod, "pair", dr.url, "--token", token, check=False)
+    assert reused.returncode == 6
+    assert [p["name"] for p in json.loads(seawall(prod, "peer", "list", "--json").stdout)] == [
+        "dr"]
+    assert [p["name"] for p in json.loads(seawall(dr, "peer", "list", "--json").stdout)] == [
+        "prod"]
+
     seawall(prod, "volume", "create", "disk0", "--size", "1M")
+    existing = tmp_path / "existing.raw"
+    existing.write_bytes(b"\x5a" * (1 << 20))
+    added = json.loads(seawall(prod, "volume", "add", "disk1", "--path", str(existing),
+                               "--json").stdout)
+    assert added["size"] == 1 << 20
+    with NbdClient(added["nbd_uri"]) as client:
+        assert client.read(0, 4096) == b"\x5a" * 4096
+    duplicate = seawall(prod, "volume", "create", "disk0", "--size", "1M", check=False)
+    assert duplicate.returncode == 4
+    no_peer = seawall(prod, "group", "create", "g", "--volume", "disk0", "--to", "nowhere",
+                      check=False)
+    assert no_peer.returncode == 3 and "nowhere" in no_peer.stderr
+    assert json.loads(seawall(prod, "group", "list", "--json").stdout) == []
     seawall(prod, "group", "create", "app", "--volume", "disk0", "--to", "dr")
     missing = seawall(dr, "export", "app", "disk0", "--checkpoint", "999999", check=False)
     assert missing.returncode != 0 and "999999" in missing.stderr

@@ -132,13 +132,18 @@ class Agent:
             raise NotFound(f"no volume named {name!r}")
         group = next((g.spec.name for g, _ in self.protected.values()
                       if any(v.name == name for v in g.spec.volumes)), None)
-        return {
+        description = {
             "name": name,
             "size": volume.size_bytes,
             "path": str(volume.path),
             "nbd_uri": f"nbd+unix:///{name}?socket={self.config.nbd_socket}",
             "group": group,
         }
+        if self.config.nbd_tcp_host and self.config.nbd_tcp_port:
+            description["nbd_tcp_uri"] = (
+                f"nbd://{self.config.nbd_tcp_host}:{self.config.nbd_tcp_port}/{name}"
+            )
+        return description
 
     def list_volumes(self) -> list[dict[str, Any]]:
         return [self.describe_volume(name) for name in self.volumes]
