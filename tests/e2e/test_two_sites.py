@@ -161,7 +161,7 @@ def test_pairing_and_errors_change_nothing(
     assert json.loads(seawall(prod, "group", "list", "--json").stdout) == []
     seawall(prod, "group", "create", "app", "--volume", "disk0", "--to", "dr")
     missing = seawall(dr, "export", "app", "disk0", "--checkpoint", "999999", check=False)
-    assert missing.returncode != 0 and "999999" in missing.stderr
+    assert missing.returncode == 5 and "has not reached the recovery site" in missing.stderr
     wrong_site = seawall(prod, "export", "app", "disk0", check=False)
     assert wrong_site.returncode != 0 and "recovery site" in wrong_site.stderr
     bad_size = seawall(prod, "volume", "create", "disk1", "--size", "lots", check=False)

@@ -296,14 +296,15 @@ class Journal:
 
     def checkpoint(self, seq: int) -> CheckpointInfo:
         """The consistent, durable checkpoint ``seq``; NotFound / NotReady otherwise."""
+        if seq > self._durable_seq:
+            raise NotReady(
+                f"checkpoint {seq} has not reached the recovery site (yet): its journal is "
+                f"durable up to seq {self._durable_seq}"
+            )
         index = bisect_left(self._checkpoint_seqs, seq)
         if index == len(self._checkpoint_seqs) or self._checkpoint_seqs[index] != seq:
             raise NotFound(f"no checkpoint {seq} in journal {self.directory}")
         entry = self._checkpoints[index]
-        if seq > self._durable_seq:
-            raise NotReady(
-                f"checkpoint {seq} is not durable yet (durable up to {self._durable_seq})"
-            )
         if entry.sync_state == SyncState.IN_SYNC:
             raise NotReady(f"checkpoint {seq} lies inside a sync window: not consistent")
         if entry.sync_state == SyncState.NEVER_SYNCED:
