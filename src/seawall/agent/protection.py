@@ -27,7 +27,7 @@ from typing import Any
 
 from seawall.agent.state import ProtectionSpec
 from seawall.agent.stream import GroupStream
-from seawall.agent.volumes import FileVolume
+from seawall.agent.volumes import CaptureHook, FileVolume
 from seawall.errors import InvalidInput, NotReady
 from seawall.wire.records import MAX_PAYLOAD_BYTES, Record, RecordKind
 
@@ -127,7 +127,7 @@ class ProtectedGroup:
 
     # --- capture -----------------------------------------------------------------------
 
-    def _capture_hook(self, volume_index: int) -> Any:
+    def _capture_hook(self, volume_index: int) -> CaptureHook:
         stream = self.stream
         changed = self.stream_changed
 

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 
 from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.wire_io import read_event
 from seawall.errors import SeawallError
 from seawall.wire.protocol import (
     Ack,
@@ -56,7 +57,7 @@ class ReplicationServer:
         connection = WireConnection(Role.RECEIVER)
         peer = writer.get_extra_info("peername")
         try:
-            hello = await self._next_event(connection, reader)
+            hello = await read_event(connection, reader, READ_CHUNK_BYTES)
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)
@@ -108,10 +109,3 @@ class ReplicationServer:
                     await writer.drain()
         finally:
             group.connected = False
-
-    async def _next_event(self, connection: WireConnection, reader: asyncio.StreamReader) -> object:
-        while True:
-            event = connection.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            connection.receive_data(await reader.read(READ_CHUNK_BYTES))

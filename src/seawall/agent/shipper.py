@@ -20,14 +20,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from seawall.agent.protection import ProtectedGroup
+from seawall.agent.wire_io import read_event
 from seawall.errors import ProtocolViolation, SeawallError
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,
     Error,
+    Event,
     Hello,
-    NeedData,
     RecordsFrame,
     Role,
     VolumeSpec,
@@ -97,7 +98,7 @@ class Shipper:
         try:
             writer.write(connection.send(self._hello()))
             welcome = await asyncio.wait_for(
-                self._next_event(connection, reader), CONNECT_TIMEOUT_S
+                read_event(connection, reader, READ_CHUNK_BYTES), CONNECT_TIMEOUT_S
             )
             if not isinstance(welcome, Welcome):
                 raise ProtocolViolation(f"expected WELCOME, got {welcome!r}")
@@ -115,20 +116,13 @@ class Shipper:
         finally:
             writer.close()
 
-    async def _next_event(self, connection: WireConnection, reader: asyncio.StreamReader) -> object:
-        while True:
-            event = connection.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            connection.receive_data(await reader.read(READ_CHUNK_BYTES))
-
     async def _receive_loop(
         self, connection: WireConnection, reader: asyncio.StreamReader,
         sender: asyncio.Task[None],
     ) -> None:
-        read_task: asyncio.Task[object] | None = None
+        read_task: asyncio.Task[Event] | None = None
         while True:
-            read_task = asyncio.create_task(self._next_event(connection, reader))
+            read_task = asyncio.create_task(read_event(connection, reader, READ_CHUNK_BYTES))
             done, _ = await asyncio.wait({read_task, sender}, return_when=asyncio.FIRST_COMPLETED)
             if sender in done:
                 read_task.cancel()
