@@ -78,7 +78,9 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
 
     @app.post("/groups/{group_id}/checkpoints")
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
-        entry = agent.protected_group(group_id).tag_checkpoint(body.name)
+        group = agent.protected_group(group_id)
+        entry = group.tag_checkpoint(body.name)
+        await group.persist_checkpoints()
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 
     @app.get("/exports")

@@ -9,7 +9,11 @@ Rules and invariants:
   PROTECTING (outside any sync window), so every checkpoint is crash-consistent.
 - Checkpoint ids are the checkpoint records' seq numbers: the same at both sites.
 - If the recovery site's position cannot be resumed from (we restarted, or it lost data),
-  the stream is repositioned and a full sync starts; buffered checkpoints are marked lost.
+  the stream is repositioned and a full sync starts; buffered checkpoints are marked lost
+  (durably). Numbering then resumes above every checkpoint id ever issued — the stream
+  opens with SYNC_BEGIN, which may jump forward — so an id a user was given is never
+  reused for another point in time. Tagged checkpoints are fsynced to the checkpoint log
+  before their id is returned.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from seawall.agent.state import ProtectionSpec
 from seawall.agent.stream import GroupStream
 from seawall.agent.volumes import CaptureHook, FileVolume
+from seawall.atomic import atomic_write
 from seawall.errors import InvalidInput, NotReady
 from seawall.wire.records import MAX_PAYLOAD_BYTES, Record, RecordKind
 
@@ -61,6 +66,10 @@ class SyncProgress:
     total_bytes: int = 0
     done_bytes: int = 0
     started_ns: int = 0
+
+
+def _log_line(entry: CheckpointEntry) -> bytes:
+    return json.dumps(asdict(entry)).encode() + b"\n"
 
 
 class ProtectedGroup:
@@ -106,11 +115,17 @@ class ProtectedGroup:
         if self.stream.can_resume_from(durable_seq) and self.state is not GroupState.ERROR:
             self.acknowledge(durable_seq)
             return
-        log.info("group %s: full sync from seq %d", self.spec.name, durable_seq + 1)
-        for entry in self.checkpoints:
-            if entry.seq > durable_seq:
-                entry.lost = True
-        self.stream.position(durable_seq)
+        lost = [c for c in self.checkpoints if c.seq > durable_seq and not c.lost]
+        for entry in lost:
+            entry.lost = True
+        if lost:
+            atomic_write(self._checkpoint_log,
+                         b"".join(_log_line(entry) for entry in self.checkpoints))
+        issued = max((c.seq for c in self.checkpoints), default=0)
+        self.stream.position(max(durable_seq, issued))
+        self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
+        log.info("group %s: full sync from seq %d (recovery site durable at %d)",
+                 self.spec.name, self.stream.last_seq, durable_seq)
         for index, volume in enumerate(self.volumes):
             volume.capture = self._capture_hook(index)
         if self._sync_task is not None:
@@ -150,7 +165,6 @@ class ProtectedGroup:
         self.state = GroupState.INITIAL_SYNC
         total = sum(volume.size_bytes for volume in self.volumes)
         self.sync = SyncProgress(total_bytes=total, started_ns=time.time_ns())
-        self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
         zeros = bytes(SYNC_CHUNK_BYTES)
         for index, volume in enumerate(self.volumes):
             for offset in range(0, volume.size_bytes, SYNC_CHUNK_BYTES):
@@ -187,10 +201,18 @@ class ProtectedGroup:
                                             len(name.encode()), name.encode())
         entry = CheckpointEntry(record.seq, now_ns, name, tagged)
         self.checkpoints.append(entry)
-        with open(self._checkpoint_log, "a") as handle:
-            handle.write(json.dumps(asdict(entry)) + "\n")
+        with open(self._checkpoint_log, "ab") as handle:
+            handle.write(_log_line(entry))
         self.stream_changed.set()
         return entry
+
+    async def persist_checkpoints(self) -> None:
+        """Make the checkpoint log durable (before a tagged id is handed out)."""
+        def sync() -> None:
+            with open(self._checkpoint_log, "rb") as handle:
+                os.fdatasync(handle.fileno())
+
+        await asyncio.to_thread(sync)
 
     async def _checkpoint_timer(self) -> None:
         while True:

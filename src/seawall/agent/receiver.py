@@ -78,8 +78,9 @@ class ReplicationServer:
             pass
         except (OSError, SeawallError) as exc:
             log.warning("replication session from %s ended: %s", peer, exc)
-            with contextlib.suppress(SeawallError):  # unless it is closed already
-                writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
+            if not writer.is_closing():
+                with contextlib.suppress(SeawallError):  # the connection may be closed already
+                    writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
         finally:
             writer.close()
 

@@ -75,8 +75,11 @@ class Shipper:
             try:
                 await self._session()
                 backoff_s = BACKOFF_INITIAL_S
-            except (TimeoutError, OSError, SeawallError) as exc:
+            except Exception as exc:  # the shipper must outlive any failure of a session
                 reason = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, TimeoutError | OSError | SeawallError):
+                    log.error("group %s: unexpected session failure", self.group.spec.name,
+                              exc_info=exc)
                 if self.group.link_up:
                     log.warning("group %s: link lost: %s", self.group.spec.name, reason)
                     backoff_s = BACKOFF_INITIAL_S
@@ -155,6 +158,8 @@ class Shipper:
                 await waiter.wait()
                 continue
             frame = await loop.run_in_executor(self._executor, self._build, batch)
+            if writer.is_closing():  # uvloop raises RuntimeError on a closed transport
+                raise ConnectionResetError("replication connection closed")
             writer.write(connection.send(frame))
             self.sent_bytes += len(frame.frame)
             in_flight.append((batch[-1].seq, len(frame.frame)))

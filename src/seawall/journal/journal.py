@@ -57,7 +57,7 @@ from seawall.wire.frames import (
     decompress,
     parse_header,
 )
-from seawall.wire.records import RecordHeader, RecordKind, payload_hash
+from seawall.wire.records import RecordHeader, RecordKind, follows, payload_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ class Journal:
         if header.kind != FrameKind.RECORDS:
             raise ProtocolViolation(f"a {header.kind.name} frame cannot go into a journal")
         first_seq = directory.headers[0].seq
-        if first_seq != self.written_seq + 1:
+        if not follows(self.written_seq, directory.headers[0]):
             raise ProtocolViolation(
                 f"frame starts at seq {first_seq}, the journal expects {self.written_seq + 1}"
             )

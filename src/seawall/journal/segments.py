@@ -34,6 +34,7 @@ from seawall.wire.frames import (
     parse_header,
     read_directory,
 )
+from seawall.wire.records import follows
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class SegmentStore:
         with open(path, "rb") as handle:
             if not self._header_valid(handle.read(SEGMENT_HEADER.size), segment_id):
                 return 0, expected_seq, False
-            if segment_id != expected_seq:
+            if segment_id < expected_seq:
                 return 0, expected_seq, False
             position = SEGMENT_HEADER.size
             while True:
@@ -258,7 +259,11 @@ class SegmentStore:
                         exc.message,
                     )
                     return position, expected_seq, False
-                if directory.headers[0].seq != expected_seq:
+                first = directory.headers[0]
+                opens_segment = position == SEGMENT_HEADER.size
+                if (opens_segment and first.seq != segment_id) or not follows(
+                    expected_seq - 1, first
+                ):
                     return position, expected_seq, False
                 on_frame(FrameLocation(segment_id, position, header.frame_length), directory)
                 position += header.frame_length

@@ -63,6 +63,7 @@ from seawall.wire.events import (
     decode_event,
     encode_event,
 )
+from seawall.wire.records import follows
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -309,7 +310,7 @@ class WireConnection:
         self._state = self._next_state(event_type, direction, ProtocolViolation)
 
     def _check_continuity(self, event: RecordsFrame, error: type[SeawallError]) -> None:
-        if event.first_seq != self._last_seq + 1:
+        if not follows(self._last_seq, event.directory.headers[0]):
             raise error(
                 f"records frame starts at seq {event.first_seq}, expected {self._last_seq + 1}"
             )

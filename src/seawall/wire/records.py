@@ -8,6 +8,10 @@ Rules and invariants:
 - ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name.
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
+- Seqs are consecutive, with one exception (``follows``): a frame that opens with
+  SYNC_BEGIN may jump forward. A restarted protected agent numbers on above every seq it
+  ever issued, so no checkpoint id is ever reused; the jump is harmless because nothing
+  inside a sync window is offered.
 - ``payload_hash`` is xxh3-64 of the uncompressed payload, computed where the record was
   captured and checked wherever it is decompressed: an end-to-end check across codecs.
 
@@ -92,6 +96,13 @@ def checkpoint_record(seq: int, time_ns: int, name: str) -> Record:
 
 def checkpoint_name(record: Record) -> str:
     return record.payload.decode(errors="replace")
+
+
+def follows(last_seq: int, first: RecordHeader) -> bool:
+    """Whether a frame whose first record is ``first`` may come after seq ``last_seq``."""
+    if first.seq == last_seq + 1:
+        return True
+    return first.kind == RecordKind.SYNC_BEGIN and first.seq > last_seq + 1
 
 
 def validate_header(header: RecordHeader) -> None:

@@ -1,0 +1,534 @@
+"""Real faults under write load: kill -9 of a manager and of agents, and a faulty link.
+
+A writer thread keeps writing random data through NBD into the protected volume and
+mirrors every acknowledged write into a reference model (a bytearray). Checkpoints are
+tagged between two writes (the writer's lock held), and the model's sha256 at that moment
+is what the checkpoint must hold. A write whose outcome a crash made unknown is written
+again, whole, once the agent is back, before anything else is written or tagged, so the
+model stays equal to the volume.
+
+After each fault and the recovery from it, every checkpoint the recovery site lists and
+whose content we know is exported there and read back: it must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seawall.atomic import atomic_write_json
+from seawall.config import CONFIG_NAME
+from seawall.errors import NotReady
+from seawall.localsites import LocalSite, free_port
+from seawall.nbd.blocking import NbdClient
+from seawall.nbd.events import NbdError
+from support.faultproxy import FaultProxy, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+GROUP = "app"
+VOLUME = "disk0"
+VOLUME_BYTES = 16 << 20
+WRITE_LENGTHS = (4096, 4096, 16384, 65536, 262144)
+WRITE_PAUSE_S = 0.002
+"""Between two writes of the writer thread: keeps the load high but bounded on 2 cores."""
+CHECKPOINT_INTERVAL_S = 0.5
+FULL_SYNC_LOG = f"group {GROUP}: full sync from seq"
+
+AgentPid = Callable[[LocalSite], "int | None"]
+KillAgent = Callable[[LocalSite], int]
+
+
+def seawall(site: LocalSite, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
+        env={**os.environ, "SEAWALL_URL": site.url}, timeout=60,
+    )
+    assert result.returncode == 0, f"seawall {' '.join(args)} failed: {result.stderr}"
+    return result
+
+
+class Writer:
+    """Random writes into the protected volume through NBD, mirrored into ``model``."""
+
+    def __init__(self, uri: str, seed: int) -> None:
+        self.uri = uri
+        self.model = bytearray(VOLUME_BYTES)
+        self.lock = threading.Lock()  # held for one write + model update, or for a tag
+        self.writes = 0
+        self.failures = 0
+        self.crash: BaseException | None = None
+        self._rng = random.Random(seed)
+        self._pending: tuple[int, bytes, bool] | None = None  # (offset, data, zeroes)
+        self._client: NbdClient | None = None
+        self._stop = threading.Event()
+
+    def write(self, count: int) -> None:
+        """``count`` writes in the calling thread (no fault expected)."""
+        for _ in range(count):
+            with self.lock:
+                self._write_one()
+
+    def _write_one(self) -> None:
+        if self._pending is None:
+            length = self._rng.choice(WRITE_LENGTHS)
+            offset = self._rng.randrange(0, VOLUME_BYTES - length + 1, 4096)
+            zeroes = self._rng.random() < 0.05
+            self._pending = (offset, bytes(length) if zeroes else self._rng.randbytes(length),
+                             zeroes)
+        offset, data, zeroes = self._pending
+        if self._client is None:
+            self._client = NbdClient(self.uri, timeout_s=10.0).connect()
+        if zeroes:
+            self._client.write_zeroes(offset, len(data))
+        else:
+            self._client.write(offset, data)
+        self.model[offset : offset + len(data)] = data
+        self._pending = None
+        self.writes += 1
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(NbdError, OSError):
+                self._client.close()
+            self._client = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.lock:
+                    self._write_one()
+            except (NbdError, OSError):
+                # The agent is gone (or restarting): the pending write is retried, whole.
+                self.failures += 1
+                self._drop_client()
+                self._stop.wait(0.05)
+                continue
+            except BaseException as exc:
+                self.crash = exc
+                return
+            self._stop.wait(WRITE_PAUSE_S)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Writer]:
+        """Write in a background thread for the duration of the block."""
+        thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._stop.clear()
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(30)
+            self._drop_client()
+        assert not thread.is_alive(), "the writer thread hangs"
+        assert self.crash is None, f"the writer crashed: {self.crash!r}"
+
+    def _settled(self, timeout_s: float) -> threading.Lock:
+        """Take the lock at a point where the model equals the volume (no unknown write)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.lock.acquire()
+            if self._pending is None:
+                return self.lock
+            self.lock.release()
+            assert time.monotonic() < deadline, "a write stays unknown: the agent is not back"
+            time.sleep(0.02)
+
+    def checkpoint(self, site: LocalSite, name: str, timeout_s: float = 30.0) -> tuple[int, str]:
+        """Tag a checkpoint between two writes; returns its id and the model's sha256."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lock = self._settled(timeout_s)
+            try:
+                entry = site.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})
+                return int(entry["id"]), hashlib.sha256(self.model).hexdigest()
+            except NotReady:  # a resync is running: checkpoints resume after it
+                assert time.monotonic() < deadline, "checkpoints did not resume in time"
+            finally:
+                lock.release()
+            time.sleep(0.05)
+
+    def quiet(self, duration_s: float) -> QuietWindow:
+        """No write for ``duration_s``: any checkpoint made meanwhile holds the model."""
+        lock = self._settled(30.0)
+        try:
+            start_ns = time.time_ns()
+            sha256 = hashlib.sha256(self.model).hexdigest()
+            time.sleep(duration_s)
+            return QuietWindow(start_ns, time.time_ns(), sha256)
+        finally:
+            lock.release()
+
+
+@dataclass(frozen=True)
+class QuietWindow:
+    start_ns: int
+    end_ns: int
+    sha256: str
+
+    def holds(self, checkpoint: dict[str, Any]) -> bool:
+        return self.start_ns < int(checkpoint["time_ns"]) < self.end_ns
+
+
+def protect(prod: LocalSite, dr: LocalSite, seed: int, pair: bool = True) -> Writer:
+    """Pair, create a volume with data on it, protect it, wait for the initial sync."""
+    if pair:
+        prod.pair_with(dr)
+    volume = prod.api.post("/api/v1/volumes", {"name": VOLUME, "size_bytes": VOLUME_BYTES})
+    writer = Writer(volume["nbd_uri"], seed)
+    writer.write(50)  # data from before protection: the initial sync must carry it
+    prod.api.post("/api/v1/groups", {"name": GROUP, "volumes": [VOLUME], "to": dr.name,
+                                     "checkpoint_interval_s": CHECKPOINT_INTERVAL_S})
+    prod.wait_protecting(GROUP, timeout_s=30)
+    return writer
+
+
+def listed(site: LocalSite) -> dict[int, dict[str, Any]]:
+    return {int(c["id"]): c for c in site.api.get(f"/api/v1/groups/{GROUP}/checkpoints")}
+
+
+def export_sha256(dr: LocalSite, checkpoint: int) -> str:
+    export = dr.api.post("/api/v1/exports", {"group": GROUP, "volume": VOLUME,
+                                             "checkpoint": str(checkpoint)})
+    try:
+        digest = hashlib.sha256()
+        with NbdClient(export["uri"]) as client:
+            assert client.size == VOLUME_BYTES
+            for offset in range(0, VOLUME_BYTES, 4 << 20):
+                digest.update(client.read(offset, 4 << 20))
+        return digest.hexdigest()
+    finally:
+        dr.api.post("/api/v1/exports/stop", {"uri": export["uri"]})
+
+
+def verify(dr: LocalSite, expected: dict[int, str]) -> None:
+    """Every checkpoint in ``expected`` is listed, consistent, and exports its content."""
+    at_dr = listed(dr)
+    for checkpoint, sha256 in sorted(expected.items()):
+        assert checkpoint in at_dr, f"checkpoint {checkpoint} is not at the recovery site"
+        assert at_dr[checkpoint]["consistent"], f"checkpoint {checkpoint} is not consistent"
+        assert export_sha256(dr, checkpoint) == sha256, f"checkpoint {checkpoint} differs"
+
+
+def wait_all(dr: LocalSite, checkpoints: list[int]) -> None:
+    if checkpoints:  # seq order: the newest there means all of them there
+        dr.wait_checkpoint(GROUP, max(checkpoints), timeout_s=30)
+
+
+def disagreements(prod: LocalSite, dr: LocalSite) -> list[str]:
+    """Ids must be unique at the protected site, and what it calls replicated is at dr."""
+    raw = prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")
+    ids = [int(c["id"]) for c in raw]
+    problems = []
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        problems.append(f"checkpoint ids repeat at the protected site: {repeated}")
+    at_dr = listed(dr)
+    for checkpoint in raw:
+        other = at_dr.get(int(checkpoint["id"]))
+        if checkpoint["replicated"] and (other is None or other["name"] != checkpoint["name"]):
+            problems.append(f"prod says {checkpoint} is replicated; dr has {other}")
+    return problems
+
+
+def full_syncs(log_path: Path) -> int:
+    return log_path.read_text().count(FULL_SYNC_LOG)
+
+
+# --- a. the protected site's manager crashes ------------------------------------------
+
+
+def test_manager_crash_keeps_data_path_and_checkpoints(
+    sites: tuple[LocalSite, LocalSite], agent_pid: AgentPid, tmp_path: Path,
+) -> None:
+    prod, dr = sites
+    writer = protect(prod, dr, seed=11)
+    expected: dict[int, str] = {}
+    with writer.running():
+        time.sleep(0.3)
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"before-crash-{index}")
+            expected[checkpoint] = sha256
+            time.sleep(0.2)
+        pid = agent_pid(prod)
+        assert prod.process is not None
+        prod.process.kill()
+        prod.process.wait()
+        writes_at_crash = writer.writes
+        time.sleep(0.5)
+        # The agent alone: it serves NBD, replicates, and makes periodic checkpoints.
+        quiet = writer.quiet(4 * CHECKPOINT_INTERVAL_S)
+        time.sleep(0.5)
+        assert writer.writes > writes_at_crash + 20, "writes stalled without the manager"
+        assert agent_pid(prod) == pid
+        prod.start()  # a new manager on the same directory adopts the running agent
+        assert agent_pid(prod) == pid, "the restarted manager replaced the agent"
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"after-restart-{index}")
+            expected[checkpoint] = sha256
+            time.sleep(0.2)
+    assert writer.failures == 0, "NBD writes failed while only the manager was down"
+
+    wait_all(dr, list(expected))
+    at_dr = listed(dr)
+    in_quiet = [c for c, info in at_dr.items() if quiet.holds(info)]
+    assert len(in_quiet) >= 2, "no periodic checkpoint while the manager was down"
+    expected.update(dict.fromkeys(in_quiet, quiet.sha256))
+    verify(dr, expected)
+
+    status = prod.group_status(GROUP)
+    assert status["state"] == "protecting" and status["link_up"]
+    at_prod = {c["id"]: c for c in json.loads(
+        seawall(prod, "checkpoint", "list", GROUP, "--json").stdout)}
+    for checkpoint in expected:
+        assert at_prod[checkpoint]["replicated"] and not at_prod[checkpoint]["lost"]
+    assert full_syncs(tmp_path / "sites.log") == 1, "a manager crash must not cause a resync"
+    assert not disagreements(prod, dr)
+
+
+# --- b. the recovery site's agent is killed -------------------------------------------
+
+
+def test_recovery_agent_kill_resumes_without_loss(
+    sites: tuple[LocalSite, LocalSite], kill_agent: KillAgent, tmp_path: Path,
+) -> None:
+    prod, dr = sites
+    writer = protect(prod, dr, seed=22)
+    expected: dict[int, str] = {}
+    with writer.running():
+        time.sleep(0.3)
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"before-kill-{index}")
+            expected[checkpoint] = sha256
+        dr.wait_checkpoint(GROUP, min(expected))
+        time.sleep(0.3)  # frames in flight and being journaled
+        kill_agent(dr)
+        time.sleep(0.3)
+        checkpoint, sha256 = writer.checkpoint(prod, "while-dr-down")
+        expected[checkpoint] = sha256
+        assert listed(prod)[checkpoint]["replicated"] is False
+        writes_before_restart = writer.writes
+        # dr's manager still runs and does not restart an agent by itself: restart the site.
+        dr.stop()
+        dr.start()
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"after-restart-{index}")
+            expected[checkpoint] = sha256
+            time.sleep(0.2)
+        assert writer.writes > writes_before_restart
+    assert writer.failures == 0, "writes at the protected site failed when dr's agent died"
+
+    wait_all(dr, list(expected))
+    tagged_at_dr = {c for c, info in listed(dr).items() if info["name"]}
+    assert tagged_at_dr == set(expected), "a tagged checkpoint went missing"
+    verify(dr, expected)
+    assert not any(c["lost"] for c in listed(prod).values())
+    assert full_syncs(tmp_path / "sites.log") == 1, "resume from the durable seq, no resync"
+    assert not disagreements(prod, dr)
+
+
+# --- c. the protected site's agent is killed ------------------------------------------
+
+
+def test_protected_agent_kill_resyncs_and_keeps_old_checkpoints(
+    sites: tuple[LocalSite, LocalSite], kill_agent: KillAgent, tmp_path: Path,
+) -> None:
+    prod, dr = sites
+    writer = protect(prod, dr, seed=33)
+    before: dict[int, str] = {}
+    after: dict[int, str] = {}
+    with writer.running():
+        time.sleep(0.3)
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"before-kill-{index}")
+            before[checkpoint] = sha256
+        dr.wait_checkpoint(GROUP, max(before))
+        checkpoint, sha256 = writer.checkpoint(prod, "just-before-kill")  # maybe not shipped
+        before[checkpoint] = sha256
+        kill_agent(prod)
+        time.sleep(0.5)
+        assert writer.failures > 0, "the writer did not notice the agent's death"
+        prod.stop()
+        prod.start()  # a new agent: its stream cannot resume, so the group resyncs
+        states: list[str] = []
+        deadline = time.monotonic() + 30
+        while not states or states[-1] != "protecting":
+            assert time.monotonic() < deadline, f"no protection after restart: {states}"
+            state = prod.group_status(GROUP)["state"]
+            if not states or states[-1] != state:
+                states.append(state)
+            time.sleep(0.01)
+        assert set(states) <= {"initial-sync", "protecting"}, states
+        for index in range(2):
+            checkpoint, sha256 = writer.checkpoint(prod, f"after-resync-{index}")
+            after[checkpoint] = sha256
+            time.sleep(0.2)
+    status = prod.group_status(GROUP)
+    assert status["sync"]["total_bytes"] == status["sync"]["done_bytes"] == VOLUME_BYTES
+    assert full_syncs(tmp_path / "sites.log") == 2
+
+    wait_all(dr, list(after))
+    at_dr = listed(dr)
+    survivors = {c: sha for c, sha in before.items() if c in at_dr}
+    assert set(list(before)[:2]) <= set(survivors), "replicated checkpoints were lost"
+    verify(dr, survivors | after)
+    assert not disagreements(prod, dr)
+
+
+# --- d. a faulty link between the sites -------------------------------------------------
+
+
+def move_replication_listener(site: LocalSite) -> tuple[int, int]:
+    """Let the site's agent listen on a new port; returns (advertised port, new port).
+
+    The protected site dials the replication address it learned at pairing. To put a
+    proxy in that path without a product hook, the stopped site is re-configured to listen
+    elsewhere, and the proxy takes the advertised port (as a port forward in a NAT would).
+    """
+    path = site.config.data_dir / CONFIG_NAME
+    config = json.loads(path.read_text())
+    advertised, moved = int(config["replication_port"]), free_port()
+    config["replication_port"] = moved
+    atomic_write_json(path, config)
+    return advertised, moved
+
+
+@contextlib.contextmanager
+def proxied_protection(
+    prod: LocalSite, dr: LocalSite, seed: int,
+) -> Iterator[tuple[FaultProxy, Writer]]:
+    """Protection whose replication link runs through a ``FaultProxy``."""
+    prod.pair_with(dr)
+    dr.stop()
+    advertised, moved = move_replication_listener(dr)
+    dr.start()
+    with FaultProxy("127.0.0.1", moved, listen_port=advertised) as proxy:
+        writer = protect(prod, dr, seed=seed, pair=False)
+        assert proxy.connections_accepted >= 1, "replication does not go through the proxy"
+        yield proxy, writer
+
+
+def check_link_outcome(prod: LocalSite, dr: LocalSite, writer: Writer,
+                       expected: dict[int, str], log_path: Path) -> None:
+    assert writer.failures == 0, "link faults must never fail a protected write"
+    wait_all(dr, list(expected))
+    tagged_at_dr = {c for c, info in listed(dr).items() if info["name"]}
+    assert tagged_at_dr == set(expected), "a tagged checkpoint went missing"
+    verify(dr, expected)
+    assert not any(c["lost"] for c in listed(prod).values())
+    assert full_syncs(log_path) == 1, "link faults must resume, not resync"
+    assert not disagreements(prod, dr)
+
+
+def test_slow_and_stalled_link_loses_nothing(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    """Latency, a bandwidth cap and a stall (blackhole): the session survives all three."""
+    prod, dr = sites
+    expected: dict[int, str] = {}
+    with proxied_protection(prod, dr, seed=44) as (proxy, writer):
+        with writer.running():
+            time.sleep(0.3)
+            expected.update([writer.checkpoint(prod, "clean")])
+            proxy.latency_s = 0.03
+            proxy.bandwidth_bytes_per_s = 2 << 20
+            time.sleep(1.5)
+            expected.update([writer.checkpoint(prod, "slow")])
+            proxy.latency_s = 0.0
+            proxy.bandwidth_bytes_per_s = None
+            time.sleep(0.3)
+            proxy.blackhole = True
+            time.sleep(1.0)
+            stalled = writer.checkpoint(prod, "stalled")
+            expected.update([stalled])
+            assert not listed(prod)[stalled[0]]["replicated"]
+            proxy.blackhole = False
+            time.sleep(0.3)
+            expected.update([writer.checkpoint(prod, "end")])
+        wait_all(dr, list(expected))
+        accepted = proxy.connections_accepted
+    assert accepted == 1, "a slow or stalled link must not need a new session"
+    check_link_outcome(prod, dr, writer, expected, tmp_path / "sites.log")
+
+
+
+
+def test_link_resets_refusals_and_corruption_lose_nothing(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    """Cut connections, refused reconnects and corrupted frames: resume, never resync."""
+    prod, dr = sites
+    expected: dict[int, str] = {}
+    with proxied_protection(prod, dr, seed=55) as (proxy, writer):
+        with writer.running():
+            time.sleep(0.3)
+            expected.update([writer.checkpoint(prod, "clean")])
+            for index in range(4):
+                proxy.cut()
+                time.sleep(0.4)
+                expected.update([writer.checkpoint(prod, f"after-cut-{index}")])
+            proxy.drop_new_connections = True
+            proxy.cut()
+            time.sleep(1.0)
+            refused = writer.checkpoint(prod, "while-refused")
+            expected.update([refused])
+            assert not listed(prod)[refused[0]]["replicated"]
+            proxy.drop_new_connections = False
+            for index in range(2):
+                proxy.corrupt_next(100)
+                time.sleep(0.6)
+                expected.update([writer.checkpoint(prod, f"after-corruption-{index}")])
+        wait_all(dr, list(expected))
+        assert wait_until(lambda: proxy.connections_accepted >= 6, timeout_s=10)
+    check_link_outcome(prod, dr, writer, expected, tmp_path / "sites.log")
+
+
+# --- e. checkpoint ids across a restart of the protected agent --------------------------
+
+
+def test_protected_agent_restart_never_reuses_checkpoint_ids(
+    sites: tuple[LocalSite, LocalSite], kill_agent: KillAgent,
+) -> None:
+    """Ids handed out but lost in a crash stay lost; new checkpoints get new ids."""
+    prod, dr = sites
+    writer = protect(prod, dr, seed=66)
+    replicated, _ = writer.checkpoint(prod, "replicated")
+    dr.wait_checkpoint(GROUP, replicated)
+    dr.stop()
+    doomed = [writer.checkpoint(prod, f"doomed-{index}")[0] for index in range(5)]
+    kill_agent(prod)
+    prod.stop()
+    prod.start()
+    dr.start()
+    prod.wait_protecting(GROUP, timeout_s=30)
+    later: dict[int, str] = {}
+    for index in range(3):
+        checkpoint, sha256 = writer.checkpoint(prod, f"later-{index}")
+        later[checkpoint] = sha256
+    assert min(later) > max(doomed), "a checkpoint id was handed out twice"
+    wait_all(dr, list(later))
+    verify(dr, later)
+    for restart in ("after the crash", "after a clean restart"):
+        at_prod = listed(prod)
+        for checkpoint in doomed:
+            assert at_prod[checkpoint]["lost"], f"{checkpoint} not lost {restart}"
+            assert not at_prod[checkpoint]["replicated"]
+        assert not disagreements(prod, dr), restart
+        prod.stop()
+        prod.start()
+        prod.wait_protecting(GROUP, timeout_s=30)
+    assert not set(doomed) & set(listed(dr)), "a lost checkpoint id exists at dr"
