@@ -165,14 +165,29 @@ class ProtectedGroup:
         self.state = GroupState.INITIAL_SYNC
         total = sum(volume.size_bytes for volume in self.volumes)
         self.sync = SyncProgress(total_bytes=total, started_ns=time.time_ns())
-        zeros = bytes(SYNC_CHUNK_BYTES)
         for index, volume in enumerate(self.volumes):
+            await self._sync_volume(index, volume)
+        self.stream.append(RecordKind.SYNC_END, time.time_ns())
+        self.stream_changed.set()
+        self.state = GroupState.PROTECTING
+        log.info("group %s: sync complete, protecting", self.spec.name)
+
+    async def _sync_volume(self, index: int, volume: FileVolume) -> None:
+        zeros = bytes(SYNC_CHUNK_BYTES)
+        # A scan must leave no page cache behind: cached read pages make every later small
+        # write to them ~10x slower (4 KiB pwrite 6 us fresh, 60 us after a buffered read,
+        # on ext4 here). Per-chunk DONTNEED alone misses pages still under readahead, so
+        # the scan reads through its own descriptor with readahead off.
+        fd = os.open(volume.path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for offset in range(0, volume.size_bytes, SYNC_CHUNK_BYTES):
                 while self.stream.buffered_bytes > SYNC_BUFFER_LIMIT_BYTES:
                     self.acked.clear()
                     await self.acked.wait()
                 length = min(SYNC_CHUNK_BYTES, volume.size_bytes - offset)
-                data = os.pread(volume.fd, length, offset)
+                data = os.pread(fd, length, offset)
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
                 if data == zeros[:length]:
                     self.stream.append(RecordKind.ZERO, time.time_ns(), index, offset, length)
                 else:
@@ -181,10 +196,8 @@ class ProtectedGroup:
                 self.sync.done_bytes += length
                 self.stream_changed.set()
                 await asyncio.sleep(0)
-        self.stream.append(RecordKind.SYNC_END, time.time_ns())
-        self.stream_changed.set()
-        self.state = GroupState.PROTECTING
-        log.info("group %s: sync complete, protecting", self.spec.name)
+        finally:
+            os.close(fd)
 
     # --- checkpoints -------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FRAME_MAX_BYTES = 1 << 20
 FRAME_MAX_RECORDS = 1024
 WINDOW_BYTES = 32 << 20
+COALESCE_S = 0.002
 READ_CHUNK_BYTES = 1 << 16
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
@@ -156,6 +157,10 @@ class Shipper:
                 waiter = self.group.acked if batch else self.group.stream_changed
                 waiter.clear()
                 await waiter.wait()
+                if in_flight:
+                    # Something is on the wire already: let writes gather for a moment, so
+                    # that frames carry many records (the cost is per frame on both sides).
+                    await asyncio.sleep(COALESCE_S)
                 continue
             frame = await loop.run_in_executor(self._executor, self._build, batch)
             if writer.is_closing():  # uvloop raises RuntimeError on a closed transport

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -62,8 +63,10 @@ class RecordHeader:
     payload_hash: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """A record with its payload. A NamedTuple, not a dataclass: one is made per captured
+    write on the hot path, and a tuple is built three times faster."""
+
     seq: int
     time_ns: int
     kind: RecordKind
