@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from seawall.localsites import LocalSite
+from support.cli import seawall
 
 CLIENTS = ("qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
 pytestmark = [
@@ -37,15 +36,6 @@ FIRST = ["write -P 0x11 0 1M", "write -P 0x22 4M 512k", "write -P 0x5a 15M 1M"]
 SECOND = ["write -P 0x33 512k 2M", "write -z 4M 256k", "write -P 0x44 10M 64k"]
 """Written after the first checkpoint: overlaps its patterns, zeroes part of one."""
 
-
-def seawall(site: LocalSite, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
-        env={**os.environ, "SEAWALL_URL": site.url}, timeout=60,
-    )
-    if check:
-        assert result.returncode == 0, f"seawall {' '.join(args)} failed: {result.stderr}"
-    return result
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -16,10 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +32,7 @@ from seawall.errors import NotReady
 from seawall.localsites import LocalSite, free_port
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
+from support.cli import seawall
 from support.faultproxy import FaultProxy, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -51,14 +49,6 @@ FULL_SYNC_LOG = f"group {GROUP}: full sync from seq"
 AgentPid = Callable[[LocalSite], "int | None"]
 KillAgent = Callable[[LocalSite], int]
 
-
-def seawall(site: LocalSite, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
-        env={**os.environ, "SEAWALL_URL": site.url}, timeout=60,
-    )
-    assert result.returncode == 0, f"seawall {' '.join(args)} failed: {result.stderr}"
-    return result
 
 
 class Writer:

@@ -10,46 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
+from support.cli import seawall
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 32 << 20
 
 
-def seawall(site: LocalSite, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
-        env={**os.environ, "SEAWALL_URL": site.url}, timeout=120,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"seawall {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[tuple[LocalSite, LocalSite]]:
-    log = (tmp_path / "sites.log").open("w")
-    prod = LocalSite("prod", tmp_path / "prod", log)
-    dr = LocalSite("dr", tmp_path / "dr", log)
-    try:
-        prod.start()
-        dr.start()
-        yield prod, dr
-    finally:
-        prod.stop()
-        dr.stop()
-        log.close()
 
 
 def export_sha256(uri: str) -> str:

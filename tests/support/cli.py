@@ -1,0 +1,20 @@
+"""Running the real ``seawall`` command against a site, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from seawall.localsites import LocalSite
+
+
+def seawall(site: LocalSite, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``seawall ARGS`` with ``SEAWALL_URL`` set to ``site``; asserts success when ``check``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
+        env={**os.environ, "SEAWALL_URL": site.url}, timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, f"seawall {' '.join(args)} failed: {result.stderr}"
+    return result
