@@ -37,6 +37,8 @@ class SiteConfig(BaseModel):
     replication_port: int
     nbd_tcp_host: str | None = None
     nbd_tcp_port: int | None = None
+    buffer_bytes: int = Field(default=512 << 20, ge=1 << 20)
+    """The agent's memory budget for unsent writes, shared by its protected groups."""
     advertise_replication_host: str | None = None
     advertise_replication_port: int | None = None
 
@@ -84,6 +86,7 @@ class SiteConfig(BaseModel):
     def create(
         cls, name: str, data_dir: Path, api: str, replication: str,
         advertise_replication: str | None = None, nbd_tcp: str | None = None,
+        buffer_bytes: int = 512 << 20,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -105,6 +108,7 @@ class SiteConfig(BaseModel):
                 advertise_replication_port=advertised[1] if advertised else None,
                 nbd_tcp_host=nbd_tcp_address[0] if nbd_tcp_address else None,
                 nbd_tcp_port=nbd_tcp_address[1] if nbd_tcp_address else None,
+                buffer_bytes=buffer_bytes,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None

@@ -78,3 +78,17 @@ def test_random_appends_and_acks_match_a_model(sizes: list[int], data: st.DataOb
             model = [(seq, s) for seq, s in model if seq > ack]
         assert [r.seq for r in stream.pending(0, 1 << 30, 1 << 30)] == [seq for seq, _ in model]
         assert stream.buffered_bytes == sum(s + RECORD_OVERHEAD_BYTES for _, s in model)
+
+
+def test_a_gap_after_the_durable_position_still_resumes() -> None:
+    """After a restart numbering jumps above every issued id; resuming must still work."""
+    stream = GroupStream()
+    stream.position(18, first_seq=40)
+    assert stream.append(RecordKind.SYNC_BEGIN, 0).seq == 40
+    stream.append(RecordKind.WRITE, 0, 0, 0, 1, b"x")
+    assert stream.acked_seq == 18
+    assert stream.can_resume_from(18)  # nothing arrived yet: resend from the SYNC_BEGIN
+    assert [r.seq for r in stream.pending(19, 1 << 20, 10)] == [40, 41]
+    stream.acknowledge(40)
+    assert [r.seq for r in stream.pending(41, 1 << 20, 10)] == [41]
+    assert not stream.can_resume_from(18)

@@ -7,6 +7,10 @@ Rules and invariants:
   one step of the event loop, so the stream order stays the volume's order.
 - A sync is bracketed by SYNC_BEGIN/SYNC_END records; checkpoints are only created while
   PROTECTING (outside any sync window), so every checkpoint is crash-consistent.
+- Memory is bounded: when the unacknowledged records pass ``buffer_limit_bytes`` the
+  stream is dropped and the link reset; the next session finds the stream unpositioned
+  and runs a full sync (the bitmap sync of a later version will ship less). Nothing is
+  lost: the volume holds every write, the sync reads it.
 - Checkpoint ids are the checkpoint records' seq numbers: the same at both sites.
 - If the recovery site's position cannot be resumed from (we restarted, or it lost data),
   the stream is repositioned and a full sync starts; buffered checkpoints are marked lost
@@ -73,8 +77,12 @@ def _log_line(entry: CheckpointEntry) -> bytes:
 
 
 class ProtectedGroup:
-    def __init__(self, spec: ProtectionSpec, volumes: list[FileVolume], state_dir: Path) -> None:
+    def __init__(self, spec: ProtectionSpec, volumes: list[FileVolume], state_dir: Path,
+                 buffer_limit_bytes: int) -> None:
         self.spec = spec
+        self.buffer_limit_bytes = buffer_limit_bytes
+        self.overflows = 0
+        self.link_reset = asyncio.Event()
         self.volumes = volumes
         self.stream = GroupStream()
         self.state = GroupState.INITIAL_SYNC
@@ -122,7 +130,7 @@ class ProtectedGroup:
             atomic_write(self._checkpoint_log,
                          b"".join(_log_line(entry) for entry in self.checkpoints))
         issued = max((c.seq for c in self.checkpoints), default=0)
-        self.stream.position(max(durable_seq, issued))
+        self.stream.position(durable_seq, first_seq=issued + 1)
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
         log.info("group %s: full sync from seq %d (recovery site durable at %d)",
                  self.spec.name, self.stream.last_seq, durable_seq)
@@ -158,8 +166,25 @@ class ProtectedGroup:
             self.written_bytes += length
             self.write_count += 1
             changed.set()
+            if stream.buffered_bytes > self.buffer_limit_bytes:
+                self._overflow()
 
         return capture
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+        log.warning("group %s: buffer of %d bytes full, dropping it: full resync follows",
+                    self.spec.name, self.buffer_limit_bytes)
+        for volume in self.volumes:
+            volume.capture = None
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        self.stream.reset()
+        self.state = GroupState.INITIAL_SYNC
+        self.last_error = "buffer overflow: full resync"
+        self.link_reset.set()
+        self.stream_changed.set()
+        self.acked.set()
 
     async def _full_sync(self) -> None:
         self.state = GroupState.INITIAL_SYNC
@@ -274,6 +299,8 @@ class ProtectedGroup:
             "acked_seq": self.stream.acked_seq,
             "last_seq": self.stream.last_seq,
             "buffered_bytes": self.stream.buffered_bytes,
+            "buffer_limit_bytes": self.buffer_limit_bytes,
+            "overflows": self.overflows,
             "buffered_records": self.stream.record_count,
             "written_bytes": self.written_bytes,
             "write_count": self.write_count,

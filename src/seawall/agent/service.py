@@ -164,7 +164,11 @@ class Agent:
 
     def _start_protection(self, spec: ProtectionSpec) -> None:
         volumes = [self.volumes[v.name] for v in spec.volumes]
-        group = ProtectedGroup(spec, volumes, self.config.agent_dir / "groups" / spec.group_id)
+        share = self.config.buffer_bytes // max(1, len(self.state.protected))
+        group = ProtectedGroup(spec, volumes, self.config.agent_dir / "groups" / spec.group_id,
+                               buffer_limit_bytes=share)
+        for other, _ in self.protected.values():
+            other.buffer_limit_bytes = share
         shipper = Shipper(group, self.config.site_id)
         group.start()
         shipper.start()

@@ -108,6 +108,7 @@ class Shipper:
                 raise ProtocolViolation(f"expected WELCOME, got {welcome!r}")
             log.info("group %s: connected, recovery site durable at %d", spec.name,
                      welcome.durable_seq)
+            self.group.link_reset.clear()  # whatever it asked for, this new session does
             self.group.on_connected(welcome.durable_seq)
             sender = asyncio.create_task(self._send_loop(connection, writer,
                                                          welcome.durable_seq + 1))
@@ -150,6 +151,9 @@ class Shipper:
         in_flight: deque[tuple[int, int]] = deque()  # (last seq, bytes) of unacked frames
         in_flight_bytes = 0
         while True:
+            if self.group.link_reset.is_set():
+                self.group.link_reset.clear()
+                raise ConnectionResetError("buffer overflow: reconnecting for a full resync")
             while in_flight and in_flight[0][0] <= stream.acked_seq:
                 in_flight_bytes -= in_flight.popleft()[1]
             batch = stream.pending(next_seq, FRAME_MAX_BYTES, FRAME_MAX_RECORDS)

@@ -41,14 +41,25 @@ class GroupStream:
     def record_count(self) -> int:
         return len(self._records) - self._head
 
-    def position(self, durable_seq: int) -> None:
-        """Start numbering after the recovery site's ``durable_seq``, dropping all records."""
+    def position(self, durable_seq: int, first_seq: int = 0) -> None:
+        """Number from ``first_seq`` (at least ``durable_seq + 1``), dropping all records.
+
+        ``durable_seq`` is the recovery site's position; a larger ``first_seq`` leaves a
+        gap that only a SYNC_BEGIN record may open (see ``records.follows``).
+        """
         self._records = []
         self._head = 0
-        self._first_seq = durable_seq + 1
+        self._first_seq = max(durable_seq + 1, first_seq)
         self.acked_seq = durable_seq
         self.buffered_bytes = 0
         self.positioned = True
+
+    def reset(self) -> None:
+        """Forget every record and the position (after an overflow: a resync follows)."""
+        self._records = []
+        self._head = 0
+        self.buffered_bytes = 0
+        self.positioned = False
 
     def can_resume_from(self, durable_seq: int) -> bool:
         """Whether the records after ``durable_seq`` are all still here (else: resync)."""
@@ -79,10 +90,13 @@ class GroupStream:
         return batch
 
     def acknowledge(self, seq: int) -> None:
-        if seq <= self.acked_seq:
+        if seq <= self.acked_seq or not self.positioned:
             return
         if seq > self.last_seq:
             raise ProtocolViolation(f"ack of seq {seq} beyond the last record {self.last_seq}")
+        if seq < self._first_seq:  # inside the gap before the first record: nothing to drop
+            self.acked_seq = seq
+            return
         end = self._head + (seq - self._first_seq) + 1
         for index in range(self._head, end):
             self.buffered_bytes -= len(self._records[index].payload) + RECORD_OVERHEAD_BYTES

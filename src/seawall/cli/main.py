@@ -67,9 +67,13 @@ def site_init(
              "(NAT, a separate replication network).")] = None,
     nbd_tcp: Annotated[str | None, typer.Option(
         help="Also serve volumes over NBD on this TCP HOST:PORT.")] = None,
+    buffer: Annotated[str, typer.Option(
+        help="Memory for unsent writes, shared by the agent's groups; past it a group "
+             "resynchronises.")] = "512M",
 ) -> None:
     """Create a site: configuration, identity, database."""
-    config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp)
+    config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp,
+                               parse_size_bytes(buffer))
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
 
