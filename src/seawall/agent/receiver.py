@@ -61,11 +61,12 @@ class ReplicationServer:
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)
-            if group is None:
-                writer.write(connection.send(Error("unknown_group",
-                                                   f"no recovery group {hello.group_id}")))
+            refusal = self._refusal(hello, group)
+            if refusal is not None:
+                writer.write(connection.send(refusal))
                 await writer.drain()
                 return
+            assert group is not None
             previous = self._sessions.get(hello.group_id)
             if previous is not None:
                 previous.cancel()
@@ -83,6 +84,19 @@ class ReplicationServer:
                     writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
         finally:
             writer.close()
+
+    @staticmethod
+    def _refusal(hello: Hello, group: RecoveryGroup | None) -> Error | None:
+        """Why a session for ``hello`` must not start here, if it must not."""
+        if group is None:
+            return Error("unknown_group", f"no recovery group {hello.group_id}")
+        expected = {(v.index, v.name, v.size_bytes) for v in group.spec.volumes}
+        offered = {(v.index, v.name, v.size_bytes) for v in hello.volumes}
+        if offered != expected:
+            return Error("volume_mismatch",
+                         f"group {group.spec.name}: volumes {sorted(offered)} do not match "
+                         f"the recovery site's {sorted(expected)}")
+        return None
 
     async def _session(
         self, group: RecoveryGroup, connection: WireConnection,
