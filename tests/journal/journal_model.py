@@ -11,6 +11,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from seawall.errors import NotFound
 from seawall.journal import Journal
 from seawall.wire.frames import (
     FRAME_HEADER,
@@ -151,9 +154,17 @@ def open_journal(root: Path, stream: Stream, **options: object) -> Journal:
 
 
 def assert_checkpoints_match(journal: Journal, stream: Stream, durable_seq: int) -> int:
-    """Every checkpoint the journal offers reads back as the model says; returns how many."""
+    """Every checkpoint the journal offers reads back as the model says; returns how many.
+
+    Checkpoints at or below the journal's base must be refused as aged out.
+    """
     offered = journal.checkpoints()
-    expected = [cp for cp in stream.checkpoints if cp.seq <= durable_seq]
+    base_seq = journal.base_seq
+    expected = [cp for cp in stream.checkpoints if base_seq < cp.seq <= durable_seq]
+    for aged in stream.checkpoints:
+        if aged.seq <= base_seq and aged.consistent:
+            with pytest.raises(NotFound, match="aged out"):
+                journal.checkpoint(aged.seq)
     assert [(c.seq, c.name, c.consistent) for c in offered] == [
         (c.seq, c.name, c.consistent) for c in expected
     ]
@@ -162,9 +173,9 @@ def assert_checkpoints_match(journal: Journal, stream: Stream, durable_seq: int)
         if not info.consistent:
             continue
         for volume, image in stream.by_seq[info.seq].images.items():
-            view = journal.view(volume, info.seq)
-            assert view.size_bytes == len(image)
-            assert view.read(0, len(image)) == image, (info.seq, volume)
+            with journal.view(volume, info.seq) as view:
+                assert view.size_bytes == len(image)
+                assert view.read(0, len(image)) == image, (info.seq, volume)
             checked += 1
     return checked
 

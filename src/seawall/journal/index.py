@@ -3,7 +3,11 @@
 Rules and invariants:
 - Nothing here is persisted; ``Journal.open`` rebuilds it by scanning the segments.
 - Entries are only ever appended, in seq order, so an entry number stays valid for the
-  life of the index and a view can keep entry numbers while new frames arrive.
+  life of an index object and a view can keep entry numbers while new frames arrive.
+- Retention never edits an index in place: ``without_through`` builds a *new* object
+  without the applied entries and the journal swaps it in, so a view built on the old
+  object keeps consistent entry numbers. Frame numbers are global (``FrameTable.first``
+  is the number of the first frame still held); a frame below it has been applied.
 - Entries are compact: parallel typed arrays (about 50 bytes per record), no object per
   record. Payloads are located, never decompressed, at indexing time.
 - A payload's blob offset is its offset in the *decompressed* payload blob of its frame.
@@ -24,24 +28,75 @@ DEFAULT_BLOB_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class FrameTable:
-    """Every stored frame by frame number: where it is and where its payload blob starts."""
+    """Every unapplied frame by (global) frame number: where it is, what it holds.
 
-    __slots__ = ("blob_offsets", "lengths", "positions", "raw_blob_lengths", "segment_ids")
+    Frame ``n`` is at position ``n - first`` of the arrays. ``sync_states`` holds the
+    group's sync state *after* the frame, as an index into the caller's list of states.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "blob_offsets",
+        "first",
+        "last_seqs",
+        "lengths",
+        "max_times",
+        "min_times",
+        "positions",
+        "raw_blob_lengths",
+        "record_counts",
+        "segment_ids",
+        "sync_states",
+    )
+
+    def __init__(self, first: int = 0) -> None:
+        self.first = first
         self.segment_ids = array("Q")
         self.positions = array("Q")
         self.lengths = array("Q")
         self.blob_offsets = array("Q")  # within the frame body
         self.raw_blob_lengths = array("Q")
+        self.last_seqs = array("Q")
+        self.min_times = array("Q")
+        self.max_times = array("Q")
+        self.record_counts = array("Q")
+        self.sync_states = array("B")
 
-    def add(self, location: FrameLocation, blob_offset: int, raw_blob_length: int) -> int:
+    def __len__(self) -> int:
+        return len(self.segment_ids)
+
+    def add(
+        self,
+        location: FrameLocation,
+        blob_offset: int,
+        raw_blob_length: int,
+        times: tuple[int, int, int],
+        last_seq: int,
+        sync_state: int,
+    ) -> int:
+        """Append a frame; ``times`` = (oldest, newest, record count). Its global number."""
         self.segment_ids.append(location.segment_id)
         self.positions.append(location.position)
         self.lengths.append(location.length)
         self.blob_offsets.append(blob_offset)
         self.raw_blob_lengths.append(raw_blob_length)
-        return len(self.segment_ids) - 1
+        self.min_times.append(times[0])
+        self.max_times.append(times[1])
+        self.record_counts.append(times[2])
+        self.last_seqs.append(last_seq)
+        self.sync_states.append(sync_state)
+        return self.first + len(self.segment_ids) - 1
+
+    def count_through(self, seq: int) -> int:
+        """How many held frames end at or before ``seq`` (they are the first ones)."""
+        return bisect_right(self.last_seqs, seq)
+
+    def without_first(self, count: int) -> FrameTable:
+        """A new table without the first ``count`` held frames (numbers unchanged)."""
+        table = FrameTable(self.first + count)
+        for name in self.__slots__:
+            if name != "first":
+                setattr(table, name, getattr(self, name)[count:])
+        return table
 
 
 class VolumeIndex:
@@ -90,6 +145,14 @@ class VolumeIndex:
     def count_through(self, seq: int) -> int:
         """How many entries have a seq <= ``seq`` (they are the first ones)."""
         return bisect_right(self.seqs, seq)
+
+    def without_through(self, seq: int) -> VolumeIndex:
+        """A new index without the entries of seq <= ``seq`` (entry numbers shift down)."""
+        count = self.count_through(seq)
+        index = VolumeIndex()
+        for name in self.__slots__:
+            setattr(index, name, getattr(self, name)[count:])
+        return index
 
 
 class BlobCache:

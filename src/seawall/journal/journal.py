@@ -12,20 +12,36 @@ Rules and invariants:
   inside a SYNC_BEGIN..SYNC_END window at its seq. Only checkpoints with
   ``seq <= durable_seq`` are offered.
 - The base (``base_seq`` and the sync state there) comes from the state file (see
-  ``seawall.journal.state``); retention will advance it.
-- Threads: ``append_frame``, ``checkpoints``/``checkpoint`` and ``view`` are called from
-  one thread (the receiver's loop); ``sync`` may run in a worker thread meanwhile; reads of
-  a ``PointInTimeView`` may run in any thread.
+  ``seawall.journal.state``): the replicas hold the volumes as of ``base_seq``. The index
+  holds only frames after the base; checkpoints at or below it are not offered (NotFound:
+  aged out of the journal's history).
+- Retention (``apply_through`` / ``apply_older_than``) applies whole frames, up to a
+  durable frame boundary, in this order (crash rule): (1) state file gets the intent
+  ``applying_through_seq``; (2) replicas written and fsynced; (3) state file gets the new
+  base, no intent; (4) index swapped; (5) segments whose frames are all <= base deleted,
+  oldest first. A crash before (3) leaves the intent, and ``open`` replays the apply
+  before offering anything (same bytes again); a crash after (3) leaves applied segments
+  that ``open`` deletes or skips. So checkpoints between the old and new base are never
+  offered over a half-written replica.
+- Views: apply refuses (``Conflict``) while a view of a checkpoint <= the new base is open
+  (tracked in a weak set; ``PointInTimeView.close`` or dropping the view releases it). A
+  view of a later checkpoint stays correct across an apply: its entries at or below the
+  base are read from the replica, which holds exactly their bytes there.
+- Threads: ``append_frame``, ``checkpoints``/``checkpoint``, ``view`` and the ``apply_*``
+  calls come from one thread (the receiver's loop); ``sync`` may run in a worker thread
+  meanwhile; reads of a ``PointInTimeView`` may run in any thread, also during an apply.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import weakref
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from seawall.errors import (
+    Conflict,
     CorruptData,
     InvalidInput,
     NotFound,
@@ -35,6 +51,7 @@ from seawall.errors import (
 )
 from seawall.journal.index import BlobCache, FrameTable, VolumeIndex
 from seawall.journal.readers import ReadPool
+from seawall.journal.retention import apply_to_replicas
 from seawall.journal.segments import (
     DEFAULT_SEGMENT_LIMIT_BYTES,
     FaultHook,
@@ -47,6 +64,7 @@ from seawall.journal.state import (
     SyncState,
     ensure_replica,
     load_or_create_state,
+    write_state,
 )
 from seawall.journal.view import PointInTimeView
 from seawall.wire.frames import (
@@ -80,6 +98,13 @@ class JournalStats:
     written_seq: int
 
 
+_SYNC_STATES = tuple(SyncState)  # FrameTable.sync_states holds indexes into this
+
+
+def _no_fault(name: str) -> None:
+    del name
+
+
 class _CheckpointEntry(NamedTuple):
     seq: int
     time_ns: int
@@ -102,6 +127,10 @@ class Journal:
     ) -> None:
         self.directory = directory
         self.base_seq = state.base_seq
+        self._journal_id = state.journal_id
+        self._base_sync_state = state.base_sync_state
+        self._fault: FaultHook = _no_fault
+        self._views: weakref.WeakSet[PointInTimeView] = weakref.WeakSet()
         self._volume_sizes = dict(volume_sizes)
         self._volumes = {volume: VolumeIndex() for volume in volume_sizes}
         self._frames = FrameTable()
@@ -140,6 +169,7 @@ class Journal:
             ensure_replica(path, volume_sizes[volume])
         state = load_or_create_state(directory)
         journal = cls(directory, volume_sizes, replica_paths, state)
+        journal._fault = faults or _no_fault
         try:
             journal._store = SegmentStore.open(
                 directory,
@@ -149,10 +179,12 @@ class Journal:
                 segment_limit_bytes=segment_limit_bytes,
                 faults=faults,
             )
+            journal._durable_seq = journal._store.last_seq
+            if state.applying_through_seq is not None:
+                journal._finish_interrupted_apply(state.applying_through_seq)
         except BaseException:
             journal.close()
             raise
-        journal._durable_seq = journal._store.last_seq
         return journal
 
     def close(self) -> None:
@@ -178,6 +210,10 @@ class Journal:
     def durable_seq(self) -> int:
         """Seq of the last record known to be fsynced: what may be acknowledged."""
         return self._durable_seq
+
+    def oldest_time_ns(self) -> int | None:
+        """Time of the oldest record not yet applied (None when there is none)."""
+        return self._oldest_time_ns
 
     def stats(self) -> JournalStats:
         return JournalStats(
@@ -249,7 +285,7 @@ class Journal:
         self._index_frame(location, directory)
 
     def _index_frame(self, location: FrameLocation, directory: RecordsDirectory) -> None:
-        frame = self._frames.add(location, directory.blob_offset, directory.raw_blob_length)
+        frame = self._frames.first + len(self._frames)  # its number once added below
         blob_offset = 0
         for record in directory.headers:
             kind = record.kind
@@ -282,6 +318,14 @@ class Journal:
         self._record_count += len(directory.headers)
         times = [record.time_ns for record in directory.headers]
         oldest, newest = min(times), max(times)
+        self._frames.add(
+            location,
+            directory.blob_offset,
+            directory.raw_blob_length,
+            (oldest, newest, len(directory.headers)),
+            directory.headers[-1].seq,
+            _SYNC_STATES.index(self._sync_state),
+        )
         if self._oldest_time_ns is None or oldest < self._oldest_time_ns:
             self._oldest_time_ns = oldest
         if self._newest_time_ns is None or newest > self._newest_time_ns:
@@ -296,6 +340,11 @@ class Journal:
 
     def checkpoint(self, seq: int) -> CheckpointInfo:
         """The consistent, durable checkpoint ``seq``; NotFound / NotReady otherwise."""
+        if seq <= self.base_seq:
+            raise NotFound(
+                f"checkpoint {seq} aged out of the journal's history: the journal of "
+                f"{self.directory} starts after seq {self.base_seq}"
+            )
         if seq > self._durable_seq:
             raise NotReady(
                 f"checkpoint {seq} has not reached the recovery site (yet): its journal is "
@@ -321,7 +370,13 @@ class Journal:
 
     def view(self, volume: int, checkpoint_seq: int) -> PointInTimeView:
         """Read-only image of ``volume`` as of consistent checkpoint ``checkpoint_seq``."""
-        return PointInTimeView(self, volume, checkpoint_seq)
+        view = PointInTimeView(self, volume, checkpoint_seq)
+        self._views.add(view)
+        return view
+
+    def release_view(self, view: PointInTimeView) -> None:
+        """Forget ``view`` (apply no longer waits for it); ``PointInTimeView.close`` calls this."""
+        self._views.discard(view)
 
     def _info(self, entry: _CheckpointEntry) -> CheckpointInfo:
         name = self._checkpoint_names.get(entry.seq)
@@ -331,6 +386,82 @@ class Journal:
                 raise CorruptData(f"checkpoint {entry.seq}: name checksum mismatch")
             name = self._checkpoint_names[entry.seq] = bytes(raw).decode(errors="replace")
         return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED)
+
+    # --- retention ----------------------------------------------------------------------
+
+    def apply_through(self, seq: int) -> int:
+        """Apply the frames ending at or before ``min(seq, durable_seq)``; the new base_seq.
+
+        Whole frames only (the largest frame boundary <= seq); see the module doc for the
+        crash rule. Conflict while a view of a checkpoint <= that boundary is open.
+        """
+        return self._apply(self._frames.count_through(min(seq, self._durable_seq)))
+
+    def apply_older_than(self, time_ns: int) -> int:
+        """Apply the longest run of oldest durable frames whose records are all older than
+        ``time_ns``; the new base_seq. Costs O(1) when the oldest frame is too young."""
+        frames = self._frames
+        durable = frames.count_through(self._durable_seq)
+        count = 0
+        while count < durable and frames.max_times[count] < time_ns:
+            count += 1
+        return self._apply(count)
+
+    def _apply(self, frame_count: int) -> int:
+        if frame_count == 0:
+            return self.base_seq
+        frames = self._frames
+        boundary = frames.last_seqs[frame_count - 1]
+        for view in list(self._views):
+            if view.checkpoint_seq <= boundary:
+                raise Conflict(
+                    f"cannot apply journal {self.directory} through seq {boundary}: a view of "
+                    f"checkpoint {view.checkpoint_seq} (volume {view.volume}) is open"
+                )
+        base_sync_state = _SYNC_STATES[frames.sync_states[frame_count - 1]]
+        write_state(
+            self.directory,
+            JournalState(self._journal_id, self.base_seq, self._base_sync_state, boundary),
+        )
+        self._fault("apply_after_intent_write")
+        apply_to_replicas(
+            self._volumes, self._replica_paths, boundary, self.record_payload, self._fault
+        )
+        write_state(self.directory, JournalState(self._journal_id, boundary, base_sync_state))
+        self._fault("apply_after_state_write")
+        # Base first: a view reading concurrently falls back to the replica for its entries
+        # <= base once their frames go (see PointInTimeView.read).
+        self.base_seq, self._base_sync_state = boundary, base_sync_state
+        self._forget_through(frame_count)
+        self.store.drop_through(boundary)
+        return boundary
+
+    def _forget_through(self, frame_count: int) -> None:
+        """Swap in indexes without the first ``frame_count`` frames (now applied)."""
+        frames = self._frames
+        boundary = frames.last_seqs[frame_count - 1]
+        self._record_count -= sum(frames.record_counts[:frame_count])
+        frames = self._frames = frames.without_first(frame_count)
+        self._volumes = {v: index.without_through(boundary) for v, index in self._volumes.items()}
+        kept = bisect_right(self._checkpoint_seqs, boundary)
+        for entry in self._checkpoints[:kept]:
+            self._checkpoint_names.pop(entry.seq, None)
+        self._checkpoints = self._checkpoints[kept:]
+        self._checkpoint_seqs = self._checkpoint_seqs[kept:]
+        self._oldest_time_ns = min(frames.min_times) if len(frames) else None
+        self._newest_time_ns = max(frames.max_times) if len(frames) else None
+
+    def _finish_interrupted_apply(self, through_seq: int) -> None:
+        """Replay an apply that a crash cut short (its intent is in the state file)."""
+        if through_seq <= self.base_seq:
+            return
+        count = self._frames.count_through(through_seq)
+        if count == 0 or self._frames.last_seqs[count - 1] != through_seq:
+            raise CorruptData(
+                f"journal {self.directory}: an apply through seq {through_seq} was cut short "
+                "and its frames are gone; the replicas are in an unknown state"
+            )
+        self._apply(count)
 
     # --- what views read ----------------------------------------------------------------
 
@@ -347,9 +478,11 @@ class Journal:
     def read_replica(self, volume: int, offset: int, length: int) -> bytes:
         return self._replica_reads.pread(volume, self._replica_paths[volume], length, offset)
 
-    def record_payload(self, volume: int, entry: int) -> memoryview:
-        """The payload of a WRITE entry of ``volume``, checked against its hash once."""
-        index = self._volumes[volume]
+    def record_payload(self, index: VolumeIndex, entry: int) -> memoryview:
+        """The payload of a WRITE entry of a volume index, checked against its hash once.
+
+        CorruptData if its frame is gone; a reader then checks whether it was applied.
+        """
         payload = self._payload(
             index.frames[entry], index.blob_offsets[entry], index.lengths[entry]
         )
@@ -363,15 +496,18 @@ class Journal:
 
     def _payload(self, frame: int, blob_offset: int, length: int) -> memoryview:
         frames = self._frames
-        key = (frames.segment_ids[frame], frames.positions[frame])
+        held = frame - frames.first
+        if held < 0:
+            raise CorruptData(f"journal {self.directory}: frame {frame} is applied")
+        key = (frames.segment_ids[held], frames.positions[held])
 
         def load() -> bytes:
-            data = self.store.read(key[0], key[1], frames.lengths[frame])
+            data = self.store.read(key[0], key[1], frames.lengths[held])
             header = parse_header(data)
             body = memoryview(data)[FRAME_HEADER.size :]
             check_body(header, body)
             return decompress(
-                header.codec, body[frames.blob_offsets[frame] :], frames.raw_blob_lengths[frame]
+                header.codec, body[frames.blob_offsets[held] :], frames.raw_blob_lengths[held]
             )
 
         blob = self._blobs.get(key, load)

@@ -4,6 +4,8 @@ Rules and invariants:
 - At most ``capacity`` descriptors stay open while idle; least recently used idle ones are
   closed first. A descriptor in use by a reader is never closed under it (reference count),
   so the pool may briefly exceed its capacity when every descriptor is busy.
+- ``discard`` forgets a file (e.g. a deleted journal segment, whose space is freed only
+  when its last descriptor closes): closed at once if idle, else when its last reader ends.
 - Safe from any thread; the lock is held only to find or open a descriptor, never while
   reading, so slow reads do not serialise.
 """
@@ -29,7 +31,8 @@ class ReadPool:
 
     def pread(self, key: Hashable, path: Path, length: int, position: int) -> bytes:
         """Exactly ``length`` bytes at ``position`` of ``path`` (CorruptData if it is short)."""
-        fd = self._acquire(key, path)
+        handle = self._acquire(key, path)
+        fd = handle[0]
         try:
             data = os.pread(fd, length, position)
             while len(data) < length:
@@ -40,9 +43,18 @@ class ReadPool:
             return data
         finally:
             with self._lock:
-                self._handles[key][1] -= 1
+                handle[1] -= 1
+                if handle[1] == 0 and self._handles.get(key) is not handle:
+                    os.close(fd)  # discarded while in use
 
-    def _acquire(self, key: Hashable, path: Path) -> int:
+    def discard(self, key: Hashable) -> None:
+        """Close (now, or after its last reader) the descriptor of ``key``."""
+        with self._lock:
+            handle = self._handles.pop(key, None)
+            if handle is not None and handle[1] == 0:
+                os.close(handle[0])
+
+    def _acquire(self, key: Hashable, path: Path) -> list[int]:
         with self._lock:
             handle = self._handles.get(key)
             if handle is None:
@@ -57,7 +69,7 @@ class ReadPool:
                     os.close(fd)
                     del self._handles[other_key]
                     excess -= 1
-            return handle[0]
+            return handle
 
     def close(self) -> None:
         with self._lock:

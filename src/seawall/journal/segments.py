@@ -6,7 +6,9 @@ views) is rebuilt from it. ``SegmentStore``'s docstring has the full rules; in s
 - Layout: ``seg-<first_seq:020d>.swj`` = ``SEGMENT_HEADER`` (40 bytes: magic, version,
   journal id, first seq, CRC32) + verbatim RECORDS frames, seqs contiguous across files.
 - Crash rule: on open, everything after the last valid frame is truncated (ftruncate +
-  fsync) and any later segment is removed, with a log line.
+  fsync) and any later segment is removed, with a log line. Segments wholly at or below
+  the base (applied to the replicas, left by a crash mid-delete) are removed; frames at or
+  below the base are skipped, never indexed.
 - Roll rule: a new segment is started only after the previous one is fsynced and no longer
   written, so a torn segment is always the last one.
 """
@@ -84,12 +86,13 @@ FrameVisitor = Callable[[FrameLocation, RecordsDirectory], None]
 
 
 class _Segment:
-    __slots__ = ("path", "segment_id", "size_bytes", "write_fd")
+    __slots__ = ("last_seq", "path", "segment_id", "size_bytes", "write_fd")
 
-    def __init__(self, segment_id: int, path: Path, size_bytes: int) -> None:
+    def __init__(self, segment_id: int, path: Path, size_bytes: int, last_seq: int) -> None:
         self.segment_id = segment_id
         self.path = path
         self.size_bytes = size_bytes
+        self.last_seq = last_seq  # of its last frame (segment_id - 1 while it has none)
         self.write_fd: int | None = None
 
 
@@ -102,7 +105,10 @@ class SegmentStore:
     ``seawall.wire.frames``: 24-byte self-checking header, body with record directory and
     compressed payload blob), stored byte for byte as received, back to back, no padding.
     Seqs run without a gap from the first frame of the first segment to the last frame of
-    the last segment.
+    the last segment, except the forward gap a SYNC_BEGIN record may open
+    (``wire.records.follows``). The first segment starts at or before ``base_seq + 1``
+    (retention deletes segments only when every frame in them is applied), or later with
+    a SYNC_BEGIN gap. Every frame of a segment has a seq below the next segment's id.
 
     Crash rule: on open every segment is scanned in order. A frame is valid when its header
     CRC holds, its body hash holds, its record directory parses and its first seq is the
@@ -112,7 +118,10 @@ class SegmentStore:
     construction such a later segment cannot exist: we roll to a new segment only once the
     previous one is fsynced and no longer written, so a surviving later segment after a
     torn one means outside damage. After the scan every segment is fsynced, so what
-    survived is durable.
+    survived is durable. Base rule: a segment followed by one whose id is <= base_seq + 1
+    holds only applied frames and is removed unscanned (finishing a delete a crash cut
+    short); in the first remaining segment, frames ending at or below base_seq are checked
+    for continuity but not passed to ``on_frame``.
 
     Threads: ``append`` runs in the event-loop thread, ``sync`` in one worker thread at a
     time (group commit), ``read`` in any thread. ``sync`` fsyncs only the segments written
@@ -174,9 +183,16 @@ class SegmentStore:
             if match:
                 found.append((int(match.group(1)), path))
         found.sort()
-        expected_seq = base_seq + 1
-        broken = False
         changed_directory = False
+        # Base rule: a segment followed by one starting at or before base_seq + 1 is applied.
+        while len(found) > 1 and found[1][0] <= base_seq + 1:
+            logger.info("journal %s: removing applied %s", self.directory, found[0][1].name)
+            found.pop(0)[1].unlink()
+            changed_directory = True
+        expected_seq = base_seq + 1
+        if found and found[0][0] <= base_seq:
+            expected_seq = found[0][0]
+        broken = False
         for segment_id, path in found:
             if broken:
                 logger.error(
@@ -188,7 +204,7 @@ class SegmentStore:
                 changed_directory = True
                 continue
             valid_bytes, expected_seq, complete = self._scan(
-                path, segment_id, expected_seq, on_frame
+                path, segment_id, expected_seq, base_seq, on_frame
             )
             if valid_bytes == 0:
                 logger.warning(
@@ -207,7 +223,7 @@ class SegmentStore:
                     valid_bytes,
                 )
                 broken = True
-            self._segments[segment_id] = _Segment(segment_id, path, valid_bytes)
+            self._segments[segment_id] = _Segment(segment_id, path, valid_bytes, expected_seq - 1)
         for segment in self._segments.values():
             fd = os.open(segment.path, os.O_RDWR)
             try:
@@ -219,14 +235,19 @@ class SegmentStore:
             self._bytes_on_disk += segment.size_bytes
         if changed_directory:
             fsync_directory(self.directory)
-        self._last_seq = expected_seq - 1
+        self._last_seq = max(expected_seq - 1, base_seq)
         if self._segments:
             self._active = self._segments[max(self._segments)]
             self._active.write_fd = os.open(self._active.path, os.O_RDWR)
             self._roll_pending = self._active.size_bytes >= self.segment_limit_bytes
 
     def _scan(
-        self, path: Path, segment_id: int, expected_seq: int, on_frame: FrameVisitor
+        self,
+        path: Path,
+        segment_id: int,
+        expected_seq: int,
+        base_seq: int,
+        on_frame: FrameVisitor,
     ) -> tuple[int, int, bool]:
         """(bytes worth keeping, next expected seq, whether the whole file was valid).
 
@@ -265,9 +286,14 @@ class SegmentStore:
                     expected_seq - 1, first
                 ):
                     return position, expected_seq, False
-                on_frame(FrameLocation(segment_id, position, header.frame_length), directory)
+                last = directory.headers[-1].seq
+                if last > base_seq:
+                    if first.seq <= base_seq:
+                        return position, expected_seq, False  # straddles the base: damage
+                    location = FrameLocation(segment_id, position, header.frame_length)
+                    on_frame(location, directory)
                 position += header.frame_length
-                expected_seq = directory.headers[-1].seq + 1
+                expected_seq = last + 1
 
     def _header_valid(self, head: bytes, segment_id: int) -> bool:
         if len(head) < SEGMENT_HEADER.size:
@@ -318,7 +344,7 @@ class SegmentStore:
             segment.size_bytes += len(frame)
             self._bytes_on_disk += len(frame)
             self._dirty.add(segment)
-            self._last_seq = directory.headers[-1].seq
+            self._last_seq = segment.last_seq = directory.headers[-1].seq
         self._fault("after_append_before_sync")
         return FrameLocation(segment.segment_id, position, len(frame))
 
@@ -346,7 +372,7 @@ class SegmentStore:
         if self._active is not None and self._active.write_fd is not None:
             os.close(self._active.write_fd)
             self._active.write_fd = None
-        segment = _Segment(first_seq, path, SEGMENT_HEADER.size)
+        segment = _Segment(first_seq, path, SEGMENT_HEADER.size, first_seq - 1)
         segment.write_fd = fd
         self._segments[first_seq] = segment
         self._active = segment
@@ -387,6 +413,37 @@ class SegmentStore:
                     self._roll_pending = True
         self._fault("after_sync")
         return synced_seq
+
+    def drop_through(self, seq: int) -> int:
+        """Delete, oldest first, every segment whose frames all end at or before ``seq``.
+
+        The caller guarantees those frames are applied and durable. The active segment goes
+        too when it qualifies (it then has nothing unsynced: its frames are <= ``seq``);
+        the next append starts a new one. Returns how many segments were deleted.
+        """
+        self._check_usable()
+        deleted = 0
+        with self._sync_lock, self._lock:
+            for segment_id in sorted(self._segments):
+                segment = self._segments[segment_id]
+                if segment.last_seq > seq or segment.last_seq < segment_id:
+                    break  # an empty segment is only ever the newest one: keep it
+                if segment.write_fd is not None:
+                    os.close(segment.write_fd)
+                    segment.write_fd = None
+                if segment is self._active:
+                    self._active = None
+                self._readers.discard(segment_id)
+                segment.path.unlink()
+                del self._segments[segment_id]
+                self._dirty.discard(segment)
+                self._bytes_on_disk -= segment.size_bytes
+                deleted += 1
+                if deleted == 1:
+                    self._fault("apply_mid_segment_delete")
+            if deleted:
+                fsync_directory(self.directory)
+        return deleted
 
     def _check_usable(self) -> None:
         if self._failed is not None:

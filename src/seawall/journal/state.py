@@ -5,8 +5,11 @@ Rules and invariants:
   holds what the segments cannot say: the journal id (stamped in every segment header, so a
   segment from another journal is never taken for ours) and the *base*: ``base_seq``, the
   seq the replicas reflect (0 for a new group), and the group's sync state at that seq.
-  Journal retention (apply the oldest records to the replicas, then free their segments)
-  will advance the base here, with the same helper.
+- Retention (``Journal.apply_through``) rewrites it twice per apply, with the same helper:
+  first the *intent* (``applying_through_seq``: the replicas are about to take the frames
+  up to that seq, so they may hold any mix of states in between), then, after the replica
+  fsync, the new base with no intent. An intent found on open is finished (replayed)
+  before anything is offered; replaying a frame writes the same bytes again.
 - A replica is a sparse file exactly as large as its volume; one of another size is a
   configuration conflict, never silently resized.
 - Sync states follow ``SYNC_TRANSITIONS``; a pair not in the table is illegal.
@@ -49,6 +52,20 @@ class JournalState:
     journal_id: bytes
     base_seq: int
     base_sync_state: SyncState
+    applying_through_seq: int | None = None
+
+
+def write_state(directory: Path, state: JournalState) -> None:
+    """Durably replace the state file (atomic: the old or the new one survives a crash)."""
+    value: dict[str, object] = {
+        "format": STATE_FORMAT,
+        "journal_id": state.journal_id.hex(),
+        "base_seq": state.base_seq,
+        "base_sync_state": state.base_sync_state.value,
+    }
+    if state.applying_through_seq is not None:
+        value["applying_through_seq"] = state.applying_through_seq
+    atomic_write_json(directory / STATE_FILE_NAME, value)
 
 
 def ensure_replica(path: Path, size_bytes: int) -> None:
@@ -71,21 +88,20 @@ def load_or_create_state(directory: Path) -> JournalState:
     if not path.exists():
         if any(directory.glob("seg-*.swj")):
             raise CorruptData(f"journal {directory} has segments but no {STATE_FILE_NAME}")
-        state = {
-            "format": STATE_FORMAT,
-            "journal_id": os.urandom(JOURNAL_ID_BYTES).hex(),
-            "base_seq": 0,
-            "base_sync_state": SyncState.NEVER_SYNCED.value,
-        }
-        atomic_write_json(path, state)
+        write_state(
+            directory,
+            JournalState(os.urandom(JOURNAL_ID_BYTES), 0, SyncState.NEVER_SYNCED),
+        )
     try:
         state = json.loads(path.read_text())
         if state["format"] != STATE_FORMAT:
             raise CorruptData(f"{path}: unknown format {state['format']}")
+        applying = state.get("applying_through_seq")
         return JournalState(
             bytes.fromhex(state["journal_id"]),
             int(state["base_seq"]),
             SyncState(state["base_sync_state"]),
+            None if applying is None else int(applying),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptData(f"{path}: unreadable journal state: {exc}") from None

@@ -7,14 +7,19 @@ Rules and invariants:
   into an ``ExtentMap`` of entry numbers; data is fetched at ``read`` time from the
   replica, as zeros, or from the journal (decompressed blobs are cached by the journal).
 - A view never looks at entries past its checkpoint, so it stays correct while frames keep
-  arriving; entry numbers are stable because the index only appends.
+  arriving; entry numbers are stable because it keeps the index object it was built on
+  (retention swaps in new ones, never edits one).
+- Across an apply to a base below the checkpoint (the journal refuses one at or above it
+  while the view is open), an entry at or below the journal's base is read from the
+  replica: no record between it and the checkpoint covers those bytes, so the replica at
+  the base holds exactly them. ``close`` releases the view so applies may pass it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seawall.errors import InvalidInput
+from seawall.errors import CorruptData, InvalidInput
 from seawall.journal.extents import ExtentMap
 from seawall.wire.records import RecordKind
 
@@ -41,21 +46,39 @@ class PointInTimeView:
         """How many journal extents overlay the replica (a measure of the view's cost)."""
         return len(self._extents)
 
+    def close(self) -> None:
+        """Release the view: the journal may then apply past its checkpoint."""
+        self._journal.release_view(self)
+
+    def __enter__(self) -> PointInTimeView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of the volume as of the checkpoint."""
         if offset < 0 or length < 0 or offset + length > self.size_bytes:
             raise InvalidInput(
                 f"read [{offset}, +{length}) outside volume {self.volume} ({self.size_bytes} bytes)"
             )
-        journal, kinds = self._journal, self._index.kinds
+        journal, index = self._journal, self._index
+        kinds, seqs = index.kinds, index.seqs
         parts: list[bytes | memoryview] = []
         for piece in self._extents.lookup(offset, length):
             entry = piece.source
-            if entry is None:
+            if entry is None or seqs[entry] <= journal.base_seq:
                 parts.append(journal.read_replica(self.volume, piece.offset, piece.length))
             elif kinds[entry] == RecordKind.ZERO:
                 parts.append(bytes(piece.length))
             else:
-                payload = journal.record_payload(self.volume, entry)
+                try:
+                    payload = journal.record_payload(index, entry)
+                except CorruptData:
+                    if seqs[entry] > journal.base_seq:
+                        raise
+                    # Applied while we looked it up: the replica has these bytes now.
+                    parts.append(journal.read_replica(self.volume, piece.offset, piece.length))
+                    continue
                 parts.append(payload[piece.source_offset : piece.source_offset + piece.length])
         return b"".join(parts)
