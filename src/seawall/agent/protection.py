@@ -38,22 +38,21 @@ from seawall.agent.stream import GroupStream
 from seawall.agent.volumes import CaptureHook, FileVolume
 from seawall.atomic import atomic_write
 from seawall.errors import InvalidInput, NotReady
-from seawall.wire.records import MAX_PAYLOAD_BYTES, Record, RecordKind
+from seawall.wire.records import MAX_PAYLOAD_BYTES, RecordKind
 
 log = logging.getLogger(__name__)
 
 SYNC_CHUNK_BYTES = 1 << 20
 SYNC_BUFFER_LIMIT_BYTES = 64 << 20
-"""The full sync pauses while this much is waiting to be acknowledged."""
+"""The full sync pauses while this much (or half the group's buffer) awaits its ACK."""
 CAPTURE_SPLIT_BYTES = 1 << 20
+assert MAX_PAYLOAD_BYTES >= CAPTURE_SPLIT_BYTES
 MAX_CHECKPOINT_NAME_BYTES = 512
 
 
 class GroupState(enum.Enum):
     INITIAL_SYNC = "initial-sync"
     PROTECTING = "protecting"
-    PAUSED = "paused"
-    ERROR = "error"
 
 
 @dataclass
@@ -120,7 +119,7 @@ class ProtectedGroup:
     def on_connected(self, durable_seq: int) -> None:
         """The recovery site is durable up to ``durable_seq``: resume, or resync."""
         self.link_up = True
-        if self.stream.can_resume_from(durable_seq) and self.state is not GroupState.ERROR:
+        if self.stream.can_resume_from(durable_seq):
             self.acknowledge(durable_seq)
             return
         lost = [c for c in self.checkpoints if c.seq > durable_seq and not c.lost]
@@ -203,11 +202,14 @@ class ProtectedGroup:
         # write to them ~10x slower (4 KiB pwrite 6 us fresh, 60 us after a buffered read,
         # on ext4 here). Per-chunk DONTNEED alone misses pages still under readahead, so
         # the scan reads through its own descriptor with readahead off.
+        # Pausing well below the group's buffer bound leaves room for the writes captured
+        # meanwhile: a sync that filled the buffer itself would overflow and restart forever.
+        pause_bytes = min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2)
         fd = os.open(volume.path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for offset in range(0, volume.size_bytes, SYNC_CHUNK_BYTES):
-                while self.stream.buffered_bytes > SYNC_BUFFER_LIMIT_BYTES:
+                while self.stream.buffered_bytes > pause_bytes:
                     self.acked.clear()
                     await self.acked.wait()
                 length = min(SYNC_CHUNK_BYTES, volume.size_bytes - offset)
@@ -235,8 +237,8 @@ class ProtectedGroup:
                 "it is protecting"
             )
         now_ns = time.time_ns()
-        record: Record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0, 0,
-                                            len(name.encode()), name.encode())
+        encoded = name.encode()
+        record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0, 0, len(encoded), encoded)
         entry = CheckpointEntry(record.seq, now_ns, name, tagged)
         self.checkpoints.append(entry)
         with open(self._checkpoint_log, "ab") as handle:
@@ -284,8 +286,8 @@ class ProtectedGroup:
     # --- status ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        acked = [c for c in self.checkpoints if c.seq <= self.stream.acked_seq and not c.lost]
-        newest_ns = acked[-1].time_ns if acked else None
+        newest_ns = next((c.time_ns for c in reversed(self.checkpoints)
+                          if c.seq <= self.stream.acked_seq and not c.lost), None)
         elapsed_s = (time.time_ns() - self.sync.started_ns) / 1e9 if self.sync.started_ns else 0
         rate = self.sync.done_bytes / elapsed_s if elapsed_s > 0 else 0.0
         remaining = self.sync.total_bytes - self.sync.done_bytes
@@ -314,5 +316,3 @@ class ProtectedGroup:
             },
         }
 
-
-assert MAX_PAYLOAD_BYTES >= CAPTURE_SPLIT_BYTES

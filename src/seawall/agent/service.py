@@ -12,7 +12,6 @@ Rules and invariants:
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from seawall.agent.receiver import ReplicationServer
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.shipper import Shipper
 from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
-from seawall.agent.volumes import FileVolume, create_volume_file
+from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
 
@@ -109,16 +108,8 @@ class Agent:
             raise NotFound(f"{path} does not exist")
         if any(v.path == path for v in self.state.volumes):
             raise Conflict(f"{path} is already a volume")
-        volume = FileVolume(name, path)
-        try:
-            spec = self._new_volume_spec(name, path, volume.size_bytes, owned=False)
-        except Exception:
-            volume.close()
-            raise
-        self.volumes[name] = volume
-        self.state.volumes.append(spec)
-        self._save()
-        return self.describe_volume(name)
+        spec = self._new_volume_spec(name, path, device_size_bytes(path), owned=False)
+        return self._register_volume(spec)
 
     def _register_volume(self, spec: VolumeSpec) -> dict[str, Any]:
         self.volumes[spec.name] = FileVolume(spec.name, spec.path)
@@ -230,6 +221,3 @@ class Agent:
     def _describe_export(self, record: ExportRecord) -> dict[str, Any]:
         return record.describe(str(self.config.nbd_socket))
 
-
-def new_group_id() -> str:
-    return str(uuid.uuid4())

@@ -58,7 +58,6 @@ class Shipper:
         self._compressor = Compressor(CODECS[group.spec.codec])
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
         self._task: asyncio.Task[None] | None = None
-        self.sent_bytes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -170,7 +169,6 @@ class Shipper:
             if writer.is_closing():  # uvloop raises RuntimeError on a closed transport
                 raise ConnectionResetError("replication connection closed")
             writer.write(connection.send(frame))
-            self.sent_bytes += len(frame.frame)
             in_flight.append((batch[-1].seq, len(frame.frame)))
             in_flight_bytes += len(frame.frame)
             next_seq = batch[-1].seq + 1
