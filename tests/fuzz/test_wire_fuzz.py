@@ -1,7 +1,7 @@
 """Fuzzing the wire protocol: whatever a peer sends, the only error is ProtocolViolation.
 
-And whatever a peer sends, a RecordsFrame handed out is byte for byte one the sender built:
-mutated streams may be cut short, never accepted wrong.
+And whatever a peer sends, a RecordsFrame (or a hash request or answer) handed out is
+exactly one the peer built: mutated streams may be cut short, never accepted wrong.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from hypothesis import strategies as st
 
 from seawall.errors import ProtocolViolation
 from seawall.wire import frames
+from seawall.wire.events import encode_event
 from seawall.wire.frames import Codec, FrameKind
 from seawall.wire.protocol import (
     ConnectionClosed,
     Event,
+    Hashes,
+    HashRequest,
     NeedData,
     RecordsFrame,
     Role,
@@ -104,3 +107,32 @@ def test_mutated_streams_never_yield_a_wrong_frame(data: bytes, chunk_sizes: lis
     received = [event for event in feed_hostile(receiver, data, chunk_sizes)
                 if isinstance(event, RecordsFrame)]
     assert received == SENT[: len(received)]
+
+
+REQUESTS = [HashRequest(0, 0, 8192, 4096), HashRequest(1, 4096, 1 << 20, 1 << 20)]
+MIXED: list[RecordsFrame | HashRequest] = [SENT[0], REQUESTS[0], SENT[1], REQUESTS[1],
+                                           SENT[2]]
+MIXED_STREAM = b"".join(encode_event(event) for event in MIXED)
+ANSWERS = [Hashes(0, 0, 8192, 4096, 0, bytes(range(32))),
+           Hashes(1, 4096, 1 << 20, 1 << 20, 0, bytes(16))]
+ANSWER_STREAM = b"".join(encode_event(event) for event in ANSWERS)
+
+
+@settings(wire_settings, max_examples=300)
+@given(mutated(MIXED_STREAM), chunkings)
+def test_mutated_streams_with_hash_requests_never_yield_a_wrong_event(
+    data: bytes, chunk_sizes: list[int]
+) -> None:
+    _, receiver = streaming_pair(0)
+    received = feed_hostile(receiver, data, chunk_sizes)
+    assert received == MIXED[: len(received)]
+
+
+@settings(wire_settings, max_examples=300)
+@given(mutated(ANSWER_STREAM), chunkings)
+def test_mutated_answers_never_yield_a_wrong_event(data: bytes, chunk_sizes: list[int]) -> None:
+    sender, receiver = streaming_pair(0)
+    for request in REQUESTS:
+        receiver.receive_data(sender.send(request))
+    received = feed_hostile(sender, data, chunk_sizes)
+    assert received == ANSWERS[: len(received)]

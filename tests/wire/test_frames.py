@@ -76,6 +76,29 @@ def test_ack_round_trips(seq: int) -> None:
     assert frames.decode_ack(body) == seq
 
 
+@wire_settings
+@given(st.integers(0, 2**16 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=100))
+def test_hash_bodies_round_trip(volume: int, offset: int, length: int, block_bytes: int,
+                                at_seq: int, digests: bytes) -> None:
+    # Only the layout: the values are checked a level up, in seawall.wire.events.
+    header, body = split(frames.encode_hash_request(volume, offset, length, block_bytes))
+    assert (header.kind, header.codec) == (FrameKind.HASH_REQUEST, Codec.NONE)
+    assert frames.decode_hash_request(body) == (volume, offset, length, block_bytes)
+    header, body = split(frames.encode_hashes(volume, offset, length, block_bytes, at_seq,
+                                              digests))
+    assert (header.kind, header.codec) == (FrameKind.HASHES, Codec.NONE)
+    assert frames.decode_hashes(body) == (volume, offset, length, block_bytes, at_seq, digests)
+
+
+def test_hash_bodies_of_wrong_size_are_corrupt() -> None:
+    for body in (b"", bytes(frames.HASH_REQUEST.size - 1), bytes(frames.HASH_REQUEST.size + 1)):
+        with pytest.raises(CorruptData, match="HASH_REQUEST body"):
+            frames.decode_hash_request(body)
+    with pytest.raises(CorruptData, match="HASHES body"):
+        frames.decode_hashes(bytes(frames.HASHES_HEAD.size - 1))
+
+
 @settings(wire_settings, max_examples=30)
 @given(record_batches(max_records=3), codecs, st.data())
 def test_any_single_flipped_byte_is_caught(

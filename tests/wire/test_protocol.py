@@ -17,6 +17,8 @@ from seawall.wire.protocol import (
     Direction,
     Error,
     Event,
+    Hashes,
+    HashRequest,
     Hello,
     LocalProtocolError,
     NeedData,
@@ -124,17 +126,25 @@ def test_error_from_exception_carries_code_and_message() -> None:
 
 # --- the transition table, exhaustively ------------------------------------------------------
 
+HASH_REQUEST = HashRequest(0, 0, 8192, 4096)
+HASHES = Hashes(0, 0, 8192, 4096, 0, bytes(32))
+
 FRAME_EVENTS: dict[type[Event], Event] = {
     Hello: HELLO,
     Welcome: Welcome(0),
     RecordsFrame: frame_of(1),
     Ack: Ack(0),
+    HashRequest: HASH_REQUEST,
+    Hashes: HASHES,
     Error: Error("oops", "something"),
 }
 
 
 def connection_in(role: Role, state: State) -> WireConnection:
-    """A fresh connection driven into ``state`` by legal moves (Welcome(0) when needed)."""
+    """A fresh connection driven into ``state`` by legal moves (Welcome(0) when needed).
+
+    Once streaming, ``HASH_REQUEST`` is pending on both sides, so that ``HASHES`` may go.
+    """
     sender, receiver = WireConnection(Role.SENDER), WireConnection(Role.RECEIVER)
     me = sender if role == Role.SENDER else receiver
     if state in (State.SEND_HELLO, State.AWAIT_HELLO):
@@ -143,6 +153,7 @@ def connection_in(role: Role, state: State) -> WireConnection:
     if state in (State.AWAIT_WELCOME, State.SEND_WELCOME):
         return me
     feed(sender, receiver.send(Welcome(0)))
+    feed(receiver, sender.send(HASH_REQUEST))
     if state == State.CLOSED:
         me.send(Error("bye", ""))
     elif state == State.ERROR:

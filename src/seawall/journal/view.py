@@ -1,5 +1,9 @@
 """PointInTimeView: one volume as it was at a consistent checkpoint (read-only).
 
+A *head view* (``Journal.head_view``, for delta-sync hashing only, never offered to users)
+shows the volume at any durable seq instead; ``checkpoint_seq`` is then that seq, and
+every rule below holds for it the same way.
+
 Rules and invariants:
 - The image is the replica with every WRITE/ZERO record of the volume with
   ``seq <= checkpoint_seq`` laid over it in seq order (later records win).
@@ -28,8 +32,12 @@ if TYPE_CHECKING:
 
 
 class PointInTimeView:
-    def __init__(self, journal: Journal, volume: int, checkpoint_seq: int) -> None:
-        journal.checkpoint(checkpoint_seq)  # NotFound / NotReady unless durable and consistent
+    def __init__(
+        self, journal: Journal, volume: int, checkpoint_seq: int, *, head: bool = False
+    ) -> None:
+        """``head=True`` only from ``Journal.head_view``, which checked the seq itself."""
+        if not head:
+            journal.checkpoint(checkpoint_seq)  # NotFound / NotReady unless durable, consistent
         self.volume = volume
         self.checkpoint_seq = checkpoint_seq
         self.size_bytes = journal.volume_size(volume)

@@ -11,6 +11,10 @@ Rules and invariants:
   bad value is the peer's fault: ``CorruptData`` here, a protocol violation above).
 - Sequence numbers are unsigned 64-bit; volume indexes are unsigned 16-bit, as in the
   record header.
+- Delta sync (``HashRequest`` / ``Hashes``): a range is non-empty, at most
+  ``MAX_HASH_REQUEST_BYTES``, and ends within 2**64; blocks are a power of two in
+  [``MIN_HASH_BLOCK_BYTES``, ``MAX_HASH_BLOCK_BYTES``]; ``Hashes`` carries exactly one
+  ``DIGEST_BYTES`` digest per block, the last block of the range possibly short.
 - A ``RecordsFrame`` keeps the exact frame bytes: the receiver appends them verbatim to its
   journal, so what it acknowledges is precisely what the sender built.
 - Control frames carry no compression (``Codec.NONE``).
@@ -27,7 +31,14 @@ from typing import Any
 
 from seawall.errors import CorruptData, SeawallError
 from seawall.wire import frames
-from seawall.wire.frames import Codec, Compressor, FrameHeader, FrameKind, RecordsDirectory
+from seawall.wire.frames import (
+    DIGEST_BYTES,
+    Codec,
+    Compressor,
+    FrameHeader,
+    FrameKind,
+    RecordsDirectory,
+)
 from seawall.wire.records import Record
 
 PROTOCOL_VERSION = 1
@@ -35,6 +46,11 @@ PROTOCOL_VERSION = 1
 
 MAX_SEQ = 2**64 - 1
 MAX_VOLUME_INDEX = 2**16 - 1
+
+MAX_HASH_REQUEST_BYTES = 64 * 1024 * 1024
+"""Largest range one HashRequest may cover (its digests stay far below a frame's limit)."""
+MIN_HASH_BLOCK_BYTES = 4096
+MAX_HASH_BLOCK_BYTES = 1024 * 1024
 
 
 class LocalProtocolError(SeawallError):
@@ -110,6 +126,39 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class HashRequest:
+    """Sender -> receiver (delta sync): the digests of ``[offset, offset + length)`` of
+    ``volume`` in the recovery site's image, one per block of ``block_bytes``."""
+
+    volume: int
+    offset: int
+    length: int
+    block_bytes: int
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.length // self.block_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    """Receiver -> sender: the answer to the HashRequest for the same range; ``digests``
+    describe the image at durable seq ``at_seq``, ``DIGEST_BYTES`` per block."""
+
+    volume: int
+    offset: int
+    length: int
+    block_bytes: int
+    at_seq: int
+    digests: bytes
+
+    @property
+    def request(self) -> HashRequest:
+        """The request these digests answer."""
+        return HashRequest(self.volume, self.offset, self.length, self.block_bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Either side: why the session ends. The connection is closed after it."""
 
@@ -131,8 +180,8 @@ class NeedData:
     """``next_event`` needs more bytes before it can return an event (not a frame)."""
 
 
-Event = Hello | Welcome | RecordsFrame | Ack | Error | ConnectionClosed
-FrameEvent = Hello | Welcome | RecordsFrame | Ack | Error
+Event = Hello | Welcome | RecordsFrame | Ack | HashRequest | Hashes | Error | ConnectionClosed
+FrameEvent = Hello | Welcome | RecordsFrame | Ack | HashRequest | Hashes | Error
 """The events that travel as a frame (``ConnectionClosed`` is the absence of frames)."""
 
 
@@ -152,6 +201,28 @@ def _check_seq(name: str, value: object) -> None:
 def _check_str(name: str, value: object, *, allow_empty: bool = True) -> None:
     if not isinstance(value, str) or (not allow_empty and not value):
         raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}string")
+
+
+def _check_hash_range(event: HashRequest | Hashes) -> None:
+    if not _is_int(event.volume) or not 0 <= event.volume <= MAX_VOLUME_INDEX:
+        raise ValueError(f"volume must be in [0, 65535], not {event.volume!r}")
+    _check_seq("offset", event.offset)
+    if not _is_int(event.length) or not 0 < event.length <= MAX_HASH_REQUEST_BYTES:
+        raise ValueError(
+            f"length must be in [1, {MAX_HASH_REQUEST_BYTES}] bytes, not {event.length!r}"
+        )
+    if event.offset + event.length > MAX_SEQ + 1:
+        raise ValueError(f"range [{event.offset}, +{event.length}) ends past 2**64")
+    block_bytes = event.block_bytes
+    if (
+        not _is_int(block_bytes)
+        or not MIN_HASH_BLOCK_BYTES <= block_bytes <= MAX_HASH_BLOCK_BYTES
+        or block_bytes & (block_bytes - 1)
+    ):
+        raise ValueError(
+            f"block_bytes must be a power of two in [{MIN_HASH_BLOCK_BYTES}, "
+            f"{MAX_HASH_BLOCK_BYTES}], not {block_bytes!r}"
+        )
 
 
 def check_event(event: FrameEvent) -> None:
@@ -177,6 +248,17 @@ def check_event(event: FrameEvent) -> None:
                 raise ValueError(f"volume size_bytes must be >= 0, not {volume.size_bytes!r}")
     elif isinstance(event, Welcome | Ack):
         _check_seq("durable_seq", event.durable_seq)
+    elif isinstance(event, HashRequest):
+        _check_hash_range(event)
+    elif isinstance(event, Hashes):
+        _check_hash_range(event)
+        _check_seq("at_seq", event.at_seq)
+        expected_bytes = event.request.block_count * DIGEST_BYTES
+        if not isinstance(event.digests, bytes) or len(event.digests) != expected_bytes:
+            raise ValueError(
+                f"digests must be {expected_bytes} bytes for {event.request.block_count} "
+                "blocks"
+            )
     elif isinstance(event, Error):
         _check_str("code", event.code, allow_empty=False)
         _check_str("message", event.message)
@@ -208,6 +290,15 @@ def encode_event(event: FrameEvent) -> bytes:
         return frames.encode_json(FrameKind.WELCOME, {"durable_seq": event.durable_seq})
     if isinstance(event, Ack):
         return frames.encode_ack(event.durable_seq)
+    if isinstance(event, HashRequest):
+        return frames.encode_hash_request(
+            event.volume, event.offset, event.length, event.block_bytes
+        )
+    if isinstance(event, Hashes):
+        return frames.encode_hashes(
+            event.volume, event.offset, event.length, event.block_bytes, event.at_seq,
+            event.digests,
+        )
     return frames.encode_json(FrameKind.ERROR, {"code": event.code, "message": event.message})
 
 
@@ -232,6 +323,10 @@ def decode_event(header: FrameHeader, frame: bytes) -> FrameEvent:
         event = Welcome(**_fields(bytes(body), ("durable_seq",)))
     elif header.kind == FrameKind.ERROR:
         event = Error(**_fields(bytes(body), ("code", "message")))
+    elif header.kind == FrameKind.HASH_REQUEST:
+        event = HashRequest(*frames.decode_hash_request(body))
+    elif header.kind == FrameKind.HASHES:
+        event = Hashes(*frames.decode_hashes(body))
     else:
         fields = _fields(bytes(body), ("group_id", "source_site", "volumes", "protocol_version"))
         volumes = fields["volumes"]

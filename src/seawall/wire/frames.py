@@ -11,13 +11,21 @@ A ``RECORDS`` body is::
     count u32 | count x record header (records.RECORD_HEADER_FORMAT) |
     blob = codec(concatenated payloads of the records, in order)
 
+Delta-sync bodies (binary: digests are bytes)::
+
+    HASH_REQUEST  volume u16 | offset u64 | length u64 | block_bytes u32
+    HASHES        volume u16 | offset u64 | length u64 | block_bytes u32 | at_seq u64 |
+                  ceil(length / block_bytes) x digest (DIGEST_BYTES each, xxh3-128)
+
 Rules and invariants:
 - A frame is self-checking: the header has its own CRC (so a torn or garbled length is
   caught before we trust it) and the body its hash. Anything that fails is ``CorruptData``.
 - The journal stores ``RECORDS`` frames byte for byte as received: compressed data stays
   compressed, and the record directory is readable without decompressing.
 - Records in one frame have consecutive ``seq``.
-- Control frames (HELLO, WELCOME, ACK, ERROR) have JSON bodies except ACK (``>Q``).
+- Control frames (HELLO, WELCOME, ERROR) have JSON bodies; ACK (``>Q``) and the
+  delta-sync frames have ``struct`` bodies. This module only packs and unpacks them;
+  ``seawall.wire.events`` checks the values.
 
 Pure code: no I/O.
 """
@@ -58,6 +66,13 @@ RECORD_HEADER = struct.Struct(RECORD_HEADER_FORMAT)
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
 _COUNT = struct.Struct(">I")
 _ACK = struct.Struct(">Q")
+HASH_REQUEST = struct.Struct(">HQQI")
+assert HASH_REQUEST.size == 22
+HASHES_HEAD = struct.Struct(">HQQIQ")
+assert HASHES_HEAD.size == 30
+
+DIGEST_BYTES = 16
+"""Size of one block digest in a HASHES frame (xxh3-128; see ``seawall.sync.digests``)."""
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Largest body we accept; a larger length field is corruption, not a big frame."""
@@ -69,6 +84,8 @@ class FrameKind(enum.IntEnum):
     RECORDS = 3
     ACK = 4
     ERROR = 5
+    HASH_REQUEST = 6
+    HASHES = 7
 
 
 class Codec(enum.IntEnum):
@@ -306,3 +323,30 @@ def decode_ack(body: bytes | bytearray | memoryview) -> int:
         raise CorruptData("bad ACK body")
     (seq,) = _ACK.unpack_from(body)
     return int(seq)
+
+
+def encode_hash_request(volume: int, offset: int, length: int, block_bytes: int) -> bytes:
+    return encode_frame(FrameKind.HASH_REQUEST,
+                        HASH_REQUEST.pack(volume, offset, length, block_bytes))
+
+
+def decode_hash_request(body: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+    """(volume, offset, length, block_bytes) of a HASH_REQUEST body."""
+    if len(body) != HASH_REQUEST.size:
+        raise CorruptData(f"HASH_REQUEST body of {len(body)} bytes")
+    volume, offset, length, block_bytes = HASH_REQUEST.unpack_from(body)
+    return volume, offset, length, block_bytes
+
+
+def encode_hashes(volume: int, offset: int, length: int, block_bytes: int, at_seq: int,
+                  digests: bytes) -> bytes:
+    head = HASHES_HEAD.pack(volume, offset, length, block_bytes, at_seq)
+    return encode_frame(FrameKind.HASHES, head + digests)
+
+
+def decode_hashes(body: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, bytes]:
+    """(volume, offset, length, block_bytes, at_seq, digests) of a HASHES body."""
+    if len(body) < HASHES_HEAD.size:
+        raise CorruptData(f"HASHES body of {len(body)} bytes")
+    volume, offset, length, block_bytes, at_seq = HASHES_HEAD.unpack_from(body)
+    return volume, offset, length, block_bytes, at_seq, bytes(body[HASHES_HEAD.size :])

@@ -9,6 +9,9 @@ agent::
     RecordsFrame(n+1 .. a)        ----->
     RecordsFrame(a+1 .. b)        ----->
                                   <-----  Ack(a) ... Ack(b)
+    HashRequest(volume, range)    ----->                        (delta sync, any time
+                                  <-----  Hashes(range, at_seq,  while streaming, mixed
+                                                 digests)       with records and acks)
     Error(code, message)          <---->  (either side, then the connection is closed)
 
 ``WireConnection`` takes bytes in (``receive_data``), hands events out (``next_event``) and
@@ -26,6 +29,12 @@ Rules and invariants:
 - Acks never go backwards (the ``Welcome`` value is the first one) and never name a seq
   that was not sent yet. The sender checks the acks it receives, the receiver those it
   sends.
+- Delta sync: every ``HashRequest`` gets exactly one ``Hashes`` for the same range, in
+  request order; at most ``MAX_PENDING_HASH_REQUESTS`` are unanswered at a time (bounding
+  what the receiver holds for one session). ``at_seq`` never exceeds the highest durable
+  seq announced so far (Welcome or Ack): digests describe a durable image. The exchange
+  does not touch the records' sequence or the acks. The sender checks the answers it
+  receives, the receiver those it sends, as for acks.
 - Every frame is checked (header CRC, body hash, record directory) before it becomes an
   event; ``CorruptData`` from ``frames`` surfaces as ``ProtocolViolation`` with its reason,
   so a corrupt frame is never handed out, and the sender resends it on a new connection.
@@ -43,6 +52,7 @@ when its 24 bytes are there, and the body is waited for without looking at it ag
 from __future__ import annotations
 
 import enum
+from collections import deque
 
 from seawall.errors import CorruptData, ProtocolViolation, SeawallError
 from seawall.wire import frames
@@ -53,6 +63,8 @@ from seawall.wire.events import (
     Error,
     Event,
     FrameEvent,
+    Hashes,
+    HashRequest,
     Hello,
     LocalProtocolError,
     NeedData,
@@ -66,6 +78,7 @@ from seawall.wire.events import (
 from seawall.wire.records import follows
 
 __all__ = [
+    "MAX_PENDING_HASH_REQUESTS",
     "PROTOCOL_VERSION",
     "TRANSITIONS",
     "Ack",
@@ -73,6 +86,8 @@ __all__ = [
     "Direction",
     "Error",
     "Event",
+    "HashRequest",
+    "Hashes",
     "Hello",
     "LocalProtocolError",
     "NeedData",
@@ -100,7 +115,7 @@ class State(enum.Enum):
     AWAIT_WELCOME = "await_welcome"
     """Sender: sent Hello, waits for Welcome."""
     STREAMING = "streaming"
-    """Records flow from sender to receiver, acks back."""
+    """Records flow from sender to receiver, acks back; hash requests and answers too."""
     CLOSED = "closed"
     """An Error went either way, or the peer hung up."""
     ERROR = "error"
@@ -124,10 +139,14 @@ TRANSITIONS: dict[tuple[Role, State, type[Event], Direction], State] = {
     (_S, State.AWAIT_WELCOME, Welcome, _IN): State.STREAMING,
     (_S, State.STREAMING, RecordsFrame, _OUT): State.STREAMING,
     (_S, State.STREAMING, Ack, _IN): State.STREAMING,
+    (_S, State.STREAMING, HashRequest, _OUT): State.STREAMING,
+    (_S, State.STREAMING, Hashes, _IN): State.STREAMING,
     (_R, State.AWAIT_HELLO, Hello, _IN): State.SEND_WELCOME,
     (_R, State.SEND_WELCOME, Welcome, _OUT): State.STREAMING,
     (_R, State.STREAMING, RecordsFrame, _IN): State.STREAMING,
     (_R, State.STREAMING, Ack, _OUT): State.STREAMING,
+    (_R, State.STREAMING, HashRequest, _IN): State.STREAMING,
+    (_R, State.STREAMING, Hashes, _OUT): State.STREAMING,
     # Either side may end a live session with an Error, in either direction.
     **{
         (role, state, Error, direction): State.CLOSED
@@ -145,6 +164,9 @@ TRANSITIONS: dict[tuple[Role, State, type[Event], Direction], State] = {
     (_S, State.ERROR, Error, _OUT): State.ERROR,
     (_R, State.ERROR, Error, _OUT): State.ERROR,
 }
+
+MAX_PENDING_HASH_REQUESTS = 64
+"""Most HashRequests a sender may have unanswered (64 x 64 MiB ranges at most)."""
 
 _COMPACT_MIN_BYTES = 1024 * 1024
 """Consumed bytes are dropped from the buffer only past this size (and past half of it)."""
@@ -165,6 +187,8 @@ class WireConnection:
         # last durable seq announced by Welcome or Ack. Both start at the Welcome value.
         self._last_seq = 0
         self._acked_seq = 0
+        # HashRequests sent (sender) or received (receiver) and not answered yet, oldest first.
+        self._hash_requests: deque[HashRequest] = deque()
 
     @property
     def state(self) -> State:
@@ -179,6 +203,11 @@ class WireConnection:
     def acked_seq(self) -> int:
         """The highest durable seq announced on this connection (Welcome, then Acks)."""
         return self._acked_seq
+
+    @property
+    def pending_hash_requests(self) -> int:
+        """HashRequests sent (sender) or received (receiver) and not answered yet."""
+        return len(self._hash_requests)
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -262,6 +291,12 @@ class WireConnection:
         elif isinstance(event, Ack):
             self._check_ack(event, ProtocolViolation)
             self._acked_seq = event.durable_seq
+        elif isinstance(event, HashRequest):
+            self._check_room(ProtocolViolation)
+            self._hash_requests.append(event)
+        elif isinstance(event, Hashes):
+            self._check_answer(event, ProtocolViolation)
+            self._hash_requests.popleft()
 
     def _fail(self, violation: ProtocolViolation) -> None:
         self._violation = violation
@@ -289,6 +324,12 @@ class WireConnection:
         elif isinstance(event, Ack):
             self._check_ack(event, LocalProtocolError)
             self._acked_seq = event.durable_seq
+        elif isinstance(event, HashRequest):
+            self._check_room(LocalProtocolError)
+            self._hash_requests.append(event)
+        elif isinstance(event, Hashes):
+            self._check_answer(event, LocalProtocolError)
+            self._hash_requests.popleft()
         self._state = new_state
         return encode_event(event)
 
@@ -320,3 +361,18 @@ class WireConnection:
             raise error(f"ack goes back from {self._acked_seq} to {event.durable_seq}")
         if event.durable_seq > self._last_seq:
             raise error(f"ack of seq {event.durable_seq} beyond last seq {self._last_seq}")
+
+    def _check_room(self, error: type[SeawallError]) -> None:
+        if len(self._hash_requests) >= MAX_PENDING_HASH_REQUESTS:
+            raise error(f"more than {MAX_PENDING_HASH_REQUESTS} hash requests unanswered")
+
+    def _check_answer(self, event: Hashes, error: type[SeawallError]) -> None:
+        if not self._hash_requests:
+            raise error(f"hashes for volume {event.volume} answer no hash request")
+        expected = self._hash_requests[0]
+        if event.request != expected:
+            raise error(f"hashes answer {event.request}, the oldest request is {expected}")
+        if event.at_seq > self._acked_seq:
+            raise error(
+                f"hashes at seq {event.at_seq}, beyond durable seq {self._acked_seq}"
+            )

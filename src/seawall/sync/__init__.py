@@ -1,0 +1,1 @@
+"""Resynchronisation: dirty maps, sync plans, delta digests."""
