@@ -91,6 +91,15 @@ class CorruptData(SeawallError):
     code = "corrupt_data"
 
 
+class JournalFull(SeawallError):
+    """The journal's filesystem is out of space: nothing was stored; retry once there is room."""
+
+    http_status = 507
+    exit_code = 9
+    fault = "local"
+    code = "journal_full"
+
+
 ERROR_CLASSES: dict[str, type[SeawallError]] = {
     cls.code: cls
     for cls in (
@@ -103,6 +112,7 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         PeerError,
         ProtocolViolation,
         CorruptData,
+        JournalFull,
     )
 }
 

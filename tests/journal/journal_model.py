@@ -68,6 +68,8 @@ def make_stream(
     max_records_per_frame: int = 12,
     codecs: tuple[Codec, ...] = (Codec.NONE, Codec.ZSTD, Codec.LZ4),
     volume_sizes: dict[int, int] = VOLUME_SIZES,
+    start_time_ns: int = 1_000_000,
+    max_step_ns: int = 10_000,
 ) -> Stream:
     rnd = random.Random(seed)
     # Volume 7's replica starts with data, so views must read it through the gaps.
@@ -82,14 +84,14 @@ def make_stream(
     synced = False
     in_sync = False
     seq = 0
-    time_ns = 1_000_000
+    time_ns = start_time_ns
 
     def add(record: Record) -> None:
         records.append(record)
 
     while len(records) < record_count:
         seq += 1
-        time_ns += rnd.randrange(1, 10_000)
+        time_ns += rnd.randrange(1, max_step_ns)
         roll = rnd.random()
         if not synced and not in_sync and seq > 3:
             add(Record(seq, time_ns, RecordKind.SYNC_BEGIN))

@@ -10,7 +10,7 @@ import pytest
 from journal_model import Stream, assert_checkpoints_match, make_stream, open_journal
 
 from seawall.journal import FAULT_POINTS
-from seawall.journal.segments import SEGMENT_HEADER, segment_file_name
+from seawall.journal.segment_format import SEGMENT_HEADER, segment_file_name
 from seawall.wire.frames import Codec
 
 

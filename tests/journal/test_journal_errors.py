@@ -16,7 +16,7 @@ from seawall.errors import (
     ProtocolViolation,
 )
 from seawall.journal import Journal
-from seawall.journal.segments import SEGMENT_HEADER, segment_file_name
+from seawall.journal.segment_format import SEGMENT_HEADER, segment_file_name
 from seawall.wire.frames import (
     Codec,
     Compressor,

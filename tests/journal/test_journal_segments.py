@@ -9,7 +9,7 @@ from pathlib import Path
 from journal_model import make_stream, open_journal
 
 from seawall.journal.readers import ReadPool
-from seawall.journal.segments import SEGMENT_HEADER, SEGMENT_MAGIC, segment_file_name
+from seawall.journal.segment_format import SEGMENT_HEADER, SEGMENT_MAGIC, segment_file_name
 
 
 def test_segment_of_another_journal_is_not_taken(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """A protection group on its recovery side: the journal, the replicas, checkpoint lookups.
 
-Invariant: the journal is the truth. Everything this class reports (positions,
-checkpoints, RPO) is read from the journal's index, rebuilt from segments on open.
+Invariants:
+- The journal is the truth. Everything this class reports (positions, checkpoints, RPO,
+  retention) is read from the journal's index, rebuilt from segments on open.
+- Retention runs from ``start`` to ``stop`` (``JournalAging``, under the group's
+  ``RetentionPolicy``); the policy also sizes the journal's segments.
 """
 
 from __future__ import annotations
@@ -11,20 +14,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seawall.agent.aging import JournalAging
 from seawall.agent.state import RecoverySpec
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
+from seawall.journal.policy import RetentionPolicy
 
 
 class RecoveryGroup:
     def __init__(self, spec: RecoverySpec, directory: Path) -> None:
         self.spec = spec
         self.directory = directory
+        policy = RetentionPolicy(spec.history_s, spec.journal_max_bytes)
         self.journal = Journal.open(
             directory / "journal",
             {v.index: v.size_bytes for v in spec.volumes},
             {v.index: directory / "replicas" / f"{v.name}.raw" for v in spec.volumes},
+            segment_limit_bytes=policy.segment_limit_bytes,
         )
+        self.aging = JournalAging(self.journal, policy, spec.name)
         self.lock = asyncio.Lock()  # one replication session at a time
         self.connected = False
         self.received_bytes = 0
@@ -56,6 +64,7 @@ class RecoveryGroup:
             latest: CheckpointInfo | None = self.journal.latest_checkpoint()
         except NotReady:
             latest = None
+        now_ns = time.time_ns()
         return {
             "group_id": self.spec.group_id,
             "name": self.spec.name,
@@ -64,8 +73,17 @@ class RecoveryGroup:
             "durable_seq": self.journal.durable_seq,
             "received_bytes": self.received_bytes,
             "newest_checkpoint_ns": latest.time_ns if latest else None,
-            "rpo_s": (time.time_ns() - latest.time_ns) / 1e9 if latest else None,
+            "rpo_s": (now_ns - latest.time_ns) / 1e9 if latest else None,
+            **self.aging.status(now_ns),
         }
+
+    def start(self) -> None:
+        """Start retention (needs a running event loop)."""
+        self.aging.start()
+
+    async def stop(self) -> None:
+        """Stop retention, waiting for an apply under way."""
+        await self.aging.stop()
 
     def close(self) -> None:
         self.journal.close()

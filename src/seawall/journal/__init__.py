@@ -3,7 +3,8 @@
 from seawall.journal.extents import ExtentMap, Piece
 from seawall.journal.journal import CheckpointInfo, Journal, JournalStats
 from seawall.journal.retention import APPLY_FAULT_POINTS
-from seawall.journal.segments import FAULT_POINTS, FrameLocation, SegmentStore
+from seawall.journal.segment_format import FrameLocation
+from seawall.journal.segments import FAULT_POINTS, SegmentStore
 from seawall.journal.state import SyncState
 from seawall.journal.view import PointInTimeView
 

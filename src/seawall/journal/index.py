@@ -8,6 +8,8 @@ Rules and invariants:
   without the applied entries and the journal swaps it in, so a view built on the old
   object keeps consistent entry numbers. Frame numbers are global (``FrameTable.first``
   is the number of the first frame still held); a frame below it has been applied.
+- Only ``drop_after`` edits in place: it removes entries past the durable seq after a
+  failed fsync, and no view looks past the durable seq.
 - Entries are compact: parallel typed arrays (about 50 bytes per record), no object per
   record. Payloads are located, never decompressed, at indexing time.
 - A payload's blob offset is its offset in the *decompressed* payload blob of its frame.
@@ -21,7 +23,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 
-from seawall.journal.segments import FrameLocation
+from seawall.journal.segment_format import FrameLocation
 from seawall.wire.records import RecordKind
 
 DEFAULT_BLOB_CACHE_BYTES = 64 * 1024 * 1024
@@ -98,6 +100,12 @@ class FrameTable:
                 setattr(table, name, getattr(self, name)[count:])
         return table
 
+    def drop_after(self, count: int) -> None:
+        """Keep only the first ``count`` held frames, in place (frames never made durable)."""
+        for name in self.__slots__:
+            if name != "first":
+                del getattr(self, name)[count:]
+
 
 class VolumeIndex:
     """The WRITE and ZERO records of one volume in seq order, one entry number each."""
@@ -153,6 +161,12 @@ class VolumeIndex:
         for name in self.__slots__:
             setattr(index, name, getattr(self, name)[count:])
         return index
+
+    def drop_after(self, seq: int) -> None:
+        """Remove the entries of seq > ``seq`` in place: entry numbers up to there stay."""
+        count = self.count_through(seq)
+        for name in self.__slots__:
+            del getattr(self, name)[count:]
 
 
 class BlobCache:

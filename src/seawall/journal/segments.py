@@ -1,57 +1,32 @@
 """Journal segment files: RECORDS frames exactly as received, appended back to back.
 
-This is the I/O shell that owns the bytes of a journal; everything above it (the index,
-views) is rebuilt from it. ``SegmentStore``'s docstring has the full rules; in short:
-
-- Layout: ``seg-<first_seq:020d>.swj`` = ``SEGMENT_HEADER`` (40 bytes: magic, version,
-  journal id, first seq, CRC32) + verbatim RECORDS frames, seqs contiguous across files.
-- Crash rule: on open, everything after the last valid frame is truncated (ftruncate +
-  fsync) and any later segment is removed, with a log line. Segments wholly at or below
-  the base (applied to the replicas, left by a crash mid-delete) are removed; frames at or
-  below the base are skipped, never indexed.
-- Roll rule: a new segment is started only after the previous one is fsynced and no longer
-  written, so a torn segment is always the last one.
+The I/O shell that owns the bytes of a journal; everything above it (the index, views) is
+rebuilt from it. The rules (layout, crash, roll, failure, threads) are in ``SegmentStore``'s
+docstring; the layout is ``segment_format``'s, the repair on open ``segment_scan``'s.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import struct
 import threading
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from seawall.atomic import fsync_directory
 from seawall.errors import CorruptData, SeawallError
 from seawall.journal.readers import ReadPool
-from seawall.wire.frames import (
-    FRAME_HEADER,
-    FrameKind,
-    RecordsDirectory,
-    check_body,
-    parse_header,
-    read_directory,
+from seawall.journal.segment_format import (
+    JOURNAL_ID_BYTES,
+    SEGMENT_HEADER,
+    FrameLocation,
+    FrameVisitor,
+    pack_segment_header,
+    segment_file_name,
 )
-from seawall.wire.records import follows
-
-logger = logging.getLogger(__name__)
-
-SEGMENT_MAGIC = b"SWJSEG\r\n"
-SEGMENT_VERSION = 1
-# magic | version u16 | reserved u16 | journal_id 16 bytes | first_seq u64 |
-# header_crc u32 (crc32 of the 36 bytes before it)
-SEGMENT_HEADER = struct.Struct(">8sHH16sQI")
-assert SEGMENT_HEADER.size == 40
-_SEGMENT_CRC_COVERED = SEGMENT_HEADER.size - 4
-JOURNAL_ID_BYTES = 16
+from seawall.journal.segment_scan import recover_segments
+from seawall.wire.frames import RecordsDirectory
 
 DEFAULT_SEGMENT_LIMIT_BYTES = 64 * 1024 * 1024
-
-_SEGMENT_NAME = re.compile(r"^seg-(\d{20})\.swj$")
 
 FaultHook = Callable[[str], None]
 """Called with a fault point's name when execution passes it (crash tests exit there)."""
@@ -69,64 +44,59 @@ def _no_fault(name: str) -> None:
     del name
 
 
-def segment_file_name(segment_id: int) -> str:
-    return f"seg-{segment_id:020d}.swj"
-
-
-@dataclass(frozen=True, slots=True)
-class FrameLocation:
-    """Where one stored frame lives: segment (= its first seq), byte position, frame length."""
-
-    segment_id: int
-    position: int
-    length: int
-
-
-FrameVisitor = Callable[[FrameLocation, RecordsDirectory], None]
-
-
 class _Segment:
-    __slots__ = ("last_seq", "path", "segment_id", "size_bytes", "write_fd")
+    __slots__ = (
+        "durable_bytes",
+        "durable_last_seq",
+        "last_seq",
+        "path",
+        "segment_id",
+        "size_bytes",
+        "write_fd",
+    )
 
-    def __init__(self, segment_id: int, path: Path, size_bytes: int, last_seq: int) -> None:
+    def __init__(
+        self, segment_id: int, path: Path, size_bytes: int, last_seq: int, durable: bool
+    ) -> None:
         self.segment_id = segment_id
         self.path = path
         self.size_bytes = size_bytes
         self.last_seq = last_seq  # of its last frame (segment_id - 1 while it has none)
+        # What the last good fsync covered (0: the file itself may not survive a crash).
+        self.durable_bytes = size_bytes if durable else 0
+        self.durable_last_seq = last_seq
         self.write_fd: int | None = None
 
 
 class SegmentStore:
     """The append-only segment files of one journal directory.
 
-    On-disk layout: files ``seg-<first_seq:020d>.swj``; the number is the segment id and
-    the seq of its first record. Each file is one ``SEGMENT_HEADER`` (magic, version,
-    journal id, first_seq, CRC32 of the header) followed by RECORDS frames (see
-    ``seawall.wire.frames``: 24-byte self-checking header, body with record directory and
-    compressed payload blob), stored byte for byte as received, back to back, no padding.
-    Seqs run without a gap from the first frame of the first segment to the last frame of
-    the last segment, except the forward gap a SYNC_BEGIN record may open
+    On-disk layout (``segment_format``): files ``seg-<first_seq:020d>.swj``, each one
+    ``SEGMENT_HEADER`` followed by RECORDS frames stored byte for byte as received. Seqs
+    run without a gap from the first frame of the first segment to the last frame of the
+    last segment, except the forward gap a SYNC_BEGIN record may open
     (``wire.records.follows``). The first segment starts at or before ``base_seq + 1``
     (retention deletes segments only when every frame in them is applied), or later with
     a SYNC_BEGIN gap. Every frame of a segment has a seq below the next segment's id.
 
-    Crash rule: on open every segment is scanned in order. A frame is valid when its header
-    CRC holds, its body hash holds, its record directory parses and its first seq is the
-    last frame's last seq + 1. Everything after the last valid frame is discarded: the
-    segment is truncated there (ftruncate + fsync), a segment whose own header is bad or
-    does not continue the seqs is removed, and so is every segment after it (logged). By
-    construction such a later segment cannot exist: we roll to a new segment only once the
-    previous one is fsynced and no longer written, so a surviving later segment after a
-    torn one means outside damage. After the scan every segment is fsynced, so what
-    survived is durable. Base rule: a segment followed by one whose id is <= base_seq + 1
-    holds only applied frames and is removed unscanned (finishing a delete a crash cut
-    short); in the first remaining segment, frames ending at or below base_seq are checked
-    for continuity but not passed to ``on_frame``.
+    Crash rule: see ``segment_scan`` (truncate after the last valid frame, remove what
+    follows a damaged segment, remove applied segments, fsync the survivors).
+
+    Failure rule: when a write fails (e.g. ENOSPC), the segment is truncated back to where
+    the frame began, nothing is counted and the error is raised: the same frame may be
+    appended again later. A new segment whose header cannot be written is removed. When an
+    fsync fails, the kernel may have dropped pages written since the last good fsync, so
+    the store refuses every call until ``rollback_unsynced`` truncates each segment back to
+    its last fsynced length and removes segments created since (the caller then drops the
+    same frames from its index). If even that fails, the journal must be reopened.
+
+    Roll rule: a new segment is started only once the previous one is fsynced and no longer
+    written (``sync`` marks the roll only when the full active segment had no write since
+    its fsync began), so a torn segment is always the last one.
 
     Threads: ``append`` runs in the event-loop thread, ``sync`` in one worker thread at a
-    time (group commit), ``read`` in any thread. ``sync`` fsyncs only the segments written
-    since the last sync and rolls (marks the next ``append`` to start a new segment) only
-    when the full active segment had no write since the fsync began.
+    time (group commit; it fsyncs only the segments written since the last sync), ``read``
+    in any thread, ``drop_through`` in any one thread at a time.
     """
 
     def __init__(
@@ -144,15 +114,15 @@ class SegmentStore:
         self._active: _Segment | None = None
         self._roll_pending = False
         self._last_seq = 0
+        self._durable_seq = 0
         self._bytes_on_disk = 0
         self._lock = threading.Lock()  # guards segment bookkeeping and the dirty set
         self._sync_lock = threading.Lock()  # one sync at a time
         self._dirty: set[_Segment] = set()
         self._directory_dirty = False
         self._readers = ReadPool()
-        self._failed: str | None = None
-
-    # --- open and recovery ------------------------------------------------------------
+        self._failed: str | None = None  # the store must be reopened
+        self._sync_failed: str | None = None  # rollback_unsynced must run first
 
     @classmethod
     def open(
@@ -173,139 +143,25 @@ class SegmentStore:
         if segment_limit_bytes <= SEGMENT_HEADER.size:
             raise ValueError("segment limit must leave room for frames")
         store = cls(directory, journal_id, segment_limit_bytes, faults or _no_fault)
-        store._recover(base_seq, on_frame)
+        survivors, last_seq = recover_segments(directory, journal_id, base_seq, on_frame)
+        for found in survivors:
+            store._segments[found.segment_id] = _Segment(
+                found.segment_id, found.path, found.size_bytes, found.last_seq, durable=True
+            )
+            store._bytes_on_disk += found.size_bytes
+        store._last_seq = store._durable_seq = last_seq
+        store._reopen_active()
         return store
 
-    def _recover(self, base_seq: int, on_frame: FrameVisitor) -> None:
-        found = []
-        for path in self.directory.iterdir():
-            match = _SEGMENT_NAME.match(path.name)
-            if match:
-                found.append((int(match.group(1)), path))
-        found.sort()
-        changed_directory = False
-        # Base rule: a segment followed by one starting at or before base_seq + 1 is applied.
-        while len(found) > 1 and found[1][0] <= base_seq + 1:
-            logger.info("journal %s: removing applied %s", self.directory, found[0][1].name)
-            found.pop(0)[1].unlink()
-            changed_directory = True
-        expected_seq = base_seq + 1
-        if found and found[0][0] <= base_seq:
-            expected_seq = found[0][0]
-        broken = False
-        for segment_id, path in found:
-            if broken:
-                logger.error(
-                    "journal %s: removing %s, it follows a damaged segment",
-                    self.directory,
-                    path.name,
-                )
-                path.unlink()
-                changed_directory = True
-                continue
-            valid_bytes, expected_seq, complete = self._scan(
-                path, segment_id, expected_seq, base_seq, on_frame
-            )
-            if valid_bytes == 0:
-                logger.warning(
-                    "journal %s: removing %s, its header is torn or out of sequence",
-                    self.directory,
-                    path.name,
-                )
-                path.unlink()
-                changed_directory = broken = True
-                continue
-            if not complete:
-                logger.warning(
-                    "journal %s: truncating %s after byte %d (torn or corrupt tail)",
-                    self.directory,
-                    path.name,
-                    valid_bytes,
-                )
-                broken = True
-            self._segments[segment_id] = _Segment(segment_id, path, valid_bytes, expected_seq - 1)
-        for segment in self._segments.values():
-            fd = os.open(segment.path, os.O_RDWR)
-            try:
-                if os.fstat(fd).st_size != segment.size_bytes:
-                    os.ftruncate(fd, segment.size_bytes)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._bytes_on_disk += segment.size_bytes
-        if changed_directory:
-            fsync_directory(self.directory)
-        self._last_seq = max(expected_seq - 1, base_seq)
+    def _reopen_active(self) -> None:
+        """Make the newest segment (durable as a whole) the one appends continue."""
         if self._segments:
             self._active = self._segments[max(self._segments)]
-            self._active.write_fd = os.open(self._active.path, os.O_RDWR)
+            if self._active.write_fd is None:
+                self._active.write_fd = os.open(self._active.path, os.O_RDWR)
             self._roll_pending = self._active.size_bytes >= self.segment_limit_bytes
-
-    def _scan(
-        self,
-        path: Path,
-        segment_id: int,
-        expected_seq: int,
-        base_seq: int,
-        on_frame: FrameVisitor,
-    ) -> tuple[int, int, bool]:
-        """(bytes worth keeping, next expected seq, whether the whole file was valid).
-
-        Zero bytes worth keeping means the segment header itself is bad.
-        """
-        with open(path, "rb") as handle:
-            if not self._header_valid(handle.read(SEGMENT_HEADER.size), segment_id):
-                return 0, expected_seq, False
-            if segment_id < expected_seq:
-                return 0, expected_seq, False
-            position = SEGMENT_HEADER.size
-            while True:
-                head = handle.read(FRAME_HEADER.size)
-                if not head:
-                    return position, expected_seq, True
-                try:
-                    if len(head) < FRAME_HEADER.size:
-                        raise CorruptData("torn frame header")
-                    header = parse_header(head)
-                    if header.kind != FrameKind.RECORDS:
-                        raise CorruptData(f"{header.kind.name} frame in a journal segment")
-                    body = handle.read(header.body_length)
-                    check_body(header, body)
-                    directory = read_directory(body)
-                except CorruptData as exc:
-                    logger.info(
-                        "journal segment %s: frame at %d invalid: %s",
-                        path.name,
-                        position,
-                        exc.message,
-                    )
-                    return position, expected_seq, False
-                first = directory.headers[0]
-                opens_segment = position == SEGMENT_HEADER.size
-                if (opens_segment and first.seq != segment_id) or not follows(
-                    expected_seq - 1, first
-                ):
-                    return position, expected_seq, False
-                last = directory.headers[-1].seq
-                if last > base_seq:
-                    if first.seq <= base_seq:
-                        return position, expected_seq, False  # straddles the base: damage
-                    location = FrameLocation(segment_id, position, header.frame_length)
-                    on_frame(location, directory)
-                position += header.frame_length
-                expected_seq = last + 1
-
-    def _header_valid(self, head: bytes, segment_id: int) -> bool:
-        if len(head) < SEGMENT_HEADER.size:
-            return False
-        magic, version, _reserved, journal_id, first_seq, crc = SEGMENT_HEADER.unpack(head)
-        return bool(
-            magic == SEGMENT_MAGIC
-            and zlib.crc32(head[:_SEGMENT_CRC_COVERED]) == crc
-            and version == SEGMENT_VERSION
-            and journal_id == self.journal_id
-            and first_seq == segment_id
-        )
+        else:
+            self._active = None
 
     # --- writing ----------------------------------------------------------------------
 
@@ -322,12 +178,27 @@ class SegmentStore:
     def segment_count(self) -> int:
         return len(self._segments)
 
+    def segment_spans(self) -> list[tuple[int, int]]:
+        """(last seq, size in bytes) of every segment, oldest first."""
+        with self._lock:
+            return [(s.last_seq, s.size_bytes) for _id, s in sorted(self._segments.items())]
+
     def append(self, frame: bytes, directory: RecordsDirectory) -> FrameLocation:
         """Write a checked RECORDS frame at the end of the journal (not yet durable)."""
-        self._check_usable()
+        first_seq = directory.headers[0].seq
         with self._lock:
+            self._check_usable()
+            active = self._active
+            if (
+                active is not None
+                and active.last_seq < active.segment_id  # no frame in it yet
+                and active.segment_id != first_seq
+            ):
+                # Left by a failed write, named for a frame that never came (the sender
+                # went on from another seq): its name would not match its first frame.
+                self._remove_newest(active)
             if self._active is None or self._roll_pending:
-                self._start_segment(directory.headers[0].seq)
+                self._start_segment(first_seq)
             segment = self._active
             assert segment is not None and segment.write_fd is not None
             position = segment.size_bytes
@@ -337,10 +208,13 @@ class SegmentStore:
                 self._write_all(segment.write_fd, memoryview(frame)[:half], position)
                 self._fault("mid_frame_write")
                 self._write_all(segment.write_fd, memoryview(frame)[half:], position + half)
-            except OSError:
+            except OSError as exc:
                 # Leave no half frame behind that a later, shorter append would not cover.
-                os.ftruncate(segment.write_fd, position)
-                raise
+                try:
+                    os.ftruncate(segment.write_fd, position)
+                except OSError as truncate_exc:
+                    self._failed = f"cannot cut a failed write back: {truncate_exc}"
+                raise exc
             segment.size_bytes += len(frame)
             self._bytes_on_disk += len(frame)
             self._dirty.add(segment)
@@ -358,12 +232,9 @@ class SegmentStore:
     def _start_segment(self, first_seq: int) -> None:
         """Open a new active segment (caller holds the lock; the old one is durable)."""
         path = self.directory / segment_file_name(first_seq)
-        head = SEGMENT_HEADER.pack(
-            SEGMENT_MAGIC, SEGMENT_VERSION, 0, self.journal_id, first_seq, 0
-        )[:_SEGMENT_CRC_COVERED]
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            self._write_all(fd, memoryview(head + struct.pack(">I", zlib.crc32(head))), 0)
+            self._write_all(fd, memoryview(pack_segment_header(self.journal_id, first_seq)), 0)
         except OSError:
             # Remove the half-made file, or the next attempt would find its name taken.
             os.close(fd)
@@ -372,7 +243,7 @@ class SegmentStore:
         if self._active is not None and self._active.write_fd is not None:
             os.close(self._active.write_fd)
             self._active.write_fd = None
-        segment = _Segment(first_seq, path, SEGMENT_HEADER.size, first_seq - 1)
+        segment = _Segment(first_seq, path, SEGMENT_HEADER.size, first_seq - 1, durable=False)
         segment.write_fd = fd
         self._segments[first_seq] = segment
         self._active = segment
@@ -382,12 +253,29 @@ class SegmentStore:
         self._directory_dirty = True
         self._fault("after_segment_create")
 
+    def _remove_newest(self, segment: _Segment) -> None:
+        """Delete the newest segment, whose frames are none or not durable (lock held)."""
+        if segment.write_fd is not None:
+            os.close(segment.write_fd)
+            segment.write_fd = None
+        segment.path.unlink()
+        del self._segments[segment.segment_id]
+        self._dirty.discard(segment)
+        self._bytes_on_disk -= segment.size_bytes
+        self._directory_dirty = True
+        self._reopen_active()
+
     def sync(self) -> int:
-        """Make everything appended before this call durable; return its last seq."""
-        self._check_usable()
+        """Make everything appended before this call durable; return its last seq.
+
+        Raises the OSError of a failed fsync; the store then refuses work until
+        ``rollback_unsynced`` ran (see the failure rule).
+        """
         with self._sync_lock:
             with self._lock:
+                self._check_usable()
                 dirty = sorted(self._dirty, key=lambda segment: segment.segment_id)
+                covered = [(segment, segment.size_bytes, segment.last_seq) for segment in dirty]
                 self._dirty.clear()
                 directory_dirty, self._directory_dirty = self._directory_dirty, False
                 synced_seq = self._last_seq
@@ -399,11 +287,14 @@ class SegmentStore:
                 if directory_dirty:
                     fsync_directory(self.directory)
             except OSError as exc:
-                # After a failed fsync the kernel may have dropped the dirty pages: nothing
-                # written since the last good sync can be trusted until a reopen rescans.
-                self._failed = f"fsync failed: {exc}"
-                raise SeawallError(f"journal {self.directory}: {self._failed}") from exc
+                with self._lock:
+                    self._sync_failed = f"fsync failed: {exc}"
+                raise
             with self._lock:
+                for segment, size_bytes, last_seq in covered:
+                    segment.durable_bytes = max(segment.durable_bytes, size_bytes)
+                    segment.durable_last_seq = max(segment.durable_last_seq, last_seq)
+                self._durable_seq = max(self._durable_seq, synced_seq)
                 active = self._active
                 if (
                     active is not None
@@ -414,6 +305,45 @@ class SegmentStore:
         self._fault("after_sync")
         return synced_seq
 
+    def rollback_unsynced(self) -> int:
+        """After a failed ``sync``: forget everything written since the last good one.
+
+        Truncates each segment to its last fsynced length and removes segments no fsync
+        covered; returns the last durable seq (the new ``last_seq``). If this fails too,
+        the store is closed for good (reopen the journal).
+        """
+        with self._sync_lock, self._lock:
+            if self._sync_failed is None:
+                return self._last_seq
+            try:
+                removed = False
+                for segment_id in sorted(self._segments, reverse=True):
+                    segment = self._segments[segment_id]
+                    if segment.durable_bytes == 0:
+                        self._remove_newest(segment)
+                        removed = True
+                    elif segment.size_bytes > segment.durable_bytes:
+                        fd = os.open(segment.path, os.O_RDWR)
+                        try:
+                            os.ftruncate(fd, segment.durable_bytes)
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                        self._bytes_on_disk -= segment.size_bytes - segment.durable_bytes
+                        segment.size_bytes = segment.durable_bytes
+                        segment.last_seq = segment.durable_last_seq
+                if removed:
+                    fsync_directory(self.directory)
+                self._dirty.clear()
+                self._directory_dirty = False
+                self._last_seq = self._durable_seq
+                self._reopen_active()
+            except OSError as exc:
+                self._failed = f"{self._sync_failed}, and the rollback failed: {exc}"
+                raise SeawallError(f"journal {self.directory}: {self._failed}") from exc
+            self._sync_failed = None
+            return self._last_seq
+
     def drop_through(self, seq: int) -> int:
         """Delete, oldest first, every segment whose frames all end at or before ``seq``.
 
@@ -421,9 +351,9 @@ class SegmentStore:
         too when it qualifies (it then has nothing unsynced: its frames are <= ``seq``);
         the next append starts a new one. Returns how many segments were deleted.
         """
-        self._check_usable()
         deleted = 0
         with self._sync_lock, self._lock:
+            self._check_usable()
             for segment_id in sorted(self._segments):
                 segment = self._segments[segment_id]
                 if segment.last_seq > seq or segment.last_seq < segment_id:
@@ -446,8 +376,13 @@ class SegmentStore:
         return deleted
 
     def _check_usable(self) -> None:
+        """Refuse work in a failed state (caller holds the lock)."""
         if self._failed is not None:
             raise SeawallError(f"journal {self.directory} must be reopened: {self._failed}")
+        if self._sync_failed is not None:
+            raise SeawallError(
+                f"journal {self.directory}: {self._sync_failed}; unsynced frames not yet cut away"
+            )
 
     # --- reading ----------------------------------------------------------------------
 

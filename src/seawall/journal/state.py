@@ -25,7 +25,7 @@ from pathlib import Path
 
 from seawall.atomic import atomic_write_json, fsync_directory
 from seawall.errors import Conflict, CorruptData
-from seawall.journal.segments import JOURNAL_ID_BYTES
+from seawall.journal.segment_format import JOURNAL_ID_BYTES
 from seawall.wire.records import RecordKind
 
 STATE_FILE_NAME = "journal.json"
