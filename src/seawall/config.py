@@ -10,10 +10,11 @@ import json
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.wan.schedule import parse_schedule
 
 CONFIG_NAME = "site.json"
 
@@ -41,6 +42,24 @@ class SiteConfig(BaseModel):
     """The agent's memory budget for unsent writes, shared by its protected groups."""
     advertise_replication_host: str | None = None
     advertise_replication_port: int | None = None
+    throttle_bytes_per_s: int | None = Field(default=None, gt=0)
+    """Replication bandwidth of the whole site, shared by its groups; None is unlimited."""
+    throttle_schedule: str | None = None
+    """Rates by time of day over ``throttle_bytes_per_s`` (syntax: ``seawall.wan.schedule``)."""
+
+    @field_validator("throttle_schedule")
+    @classmethod
+    def _check_schedule(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_schedule(text)  # InvalidInput, with a message naming the bad entry
+        return text
+
+    def with_overrides(self, **settings: object) -> SiteConfig:
+        """This configuration with some settings replaced for one process (``agent run``)."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **settings})
+        except ValueError as exc:
+            raise InvalidInput(f"invalid site settings: {exc}") from None
 
     @property
     def advertised_replication(self) -> tuple[str, int]:
@@ -86,7 +105,8 @@ class SiteConfig(BaseModel):
     def create(
         cls, name: str, data_dir: Path, api: str, replication: str,
         advertise_replication: str | None = None, nbd_tcp: str | None = None,
-        buffer_bytes: int = 512 << 20,
+        buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
+        throttle_schedule: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -109,6 +129,8 @@ class SiteConfig(BaseModel):
                 nbd_tcp_host=nbd_tcp_address[0] if nbd_tcp_address else None,
                 nbd_tcp_port=nbd_tcp_address[1] if nbd_tcp_address else None,
                 buffer_bytes=buffer_bytes,
+                throttle_bytes_per_s=throttle_bytes_per_s,
+                throttle_schedule=throttle_schedule,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
