@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,7 @@ WRITE_LENGTHS = (4096, 4096, 16384, 65536, 262144)
 WRITE_PAUSE_S = 0.002
 """Between two writes of the writer thread: keeps the load high but bounded on 2 cores."""
 CHECKPOINT_INTERVAL_S = 0.5
-FULL_SYNC_LOG = f"group {GROUP}: full sync from seq"
+SYNC_LOG = re.compile(rf"group {GROUP}: (initial|bitmap|delta)-sync from seq")
 
 AgentPid = Callable[[LocalSite], "int | None"]
 KillAgent = Callable[[LocalSite], int]
@@ -235,8 +236,8 @@ def disagreements(prod: LocalSite, dr: LocalSite) -> list[str]:
     return problems
 
 
-def full_syncs(log_path: Path) -> int:
-    return log_path.read_text().count(FULL_SYNC_LOG)
+def syncs(log_path: Path) -> int:
+    return len(SYNC_LOG.findall(log_path.read_text()))
 
 
 # --- a. the protected site's manager crashes ------------------------------------------
@@ -286,7 +287,7 @@ def test_manager_crash_keeps_data_path_and_checkpoints(
         seawall(prod, "checkpoint", "list", GROUP, "--json").stdout)}
     for checkpoint in expected:
         assert at_prod[checkpoint]["replicated"] and not at_prod[checkpoint]["lost"]
-    assert full_syncs(tmp_path / "sites.log") == 1, "a manager crash must not cause a resync"
+    assert syncs(tmp_path / "sites.log") == 1, "a manager crash must not cause a resync"
     assert not disagreements(prod, dr)
 
 
@@ -327,7 +328,7 @@ def test_recovery_agent_kill_resumes_without_loss(
     assert tagged_at_dr == set(expected), "a tagged checkpoint went missing"
     verify(dr, expected)
     assert not any(c["lost"] for c in listed(prod).values())
-    assert full_syncs(tmp_path / "sites.log") == 1, "resume from the durable seq, no resync"
+    assert syncs(tmp_path / "sites.log") == 1, "resume from the durable seq, no resync"
     assert not disagreements(prod, dr)
 
 
@@ -362,14 +363,16 @@ def test_protected_agent_kill_resyncs_and_keeps_old_checkpoints(
             if not states or states[-1] != state:
                 states.append(state)
             time.sleep(0.01)
-        assert set(states) <= {"initial-sync", "protecting"}, states
+        assert set(states) <= {"delta-sync", "protecting"}, states  # no bitmap survives
         for index in range(2):
             checkpoint, sha256 = writer.checkpoint(prod, f"after-resync-{index}")
             after[checkpoint] = sha256
             time.sleep(0.2)
     status = prod.group_status(GROUP)
     assert status["sync"]["total_bytes"] == status["sync"]["done_bytes"] == VOLUME_BYTES
-    assert full_syncs(tmp_path / "sites.log") == 2
+    assert status["sync"]["shipped_bytes"] < VOLUME_BYTES  # only blocks that differ
+    log_text = (tmp_path / "sites.log").read_text()
+    assert syncs(tmp_path / "sites.log") == 2 and f"group {GROUP}: delta-sync from" in log_text
 
     wait_all(dr, list(after))
     at_dr = listed(dr)
@@ -420,7 +423,7 @@ def check_link_outcome(prod: LocalSite, dr: LocalSite, writer: Writer,
     assert tagged_at_dr == set(expected), "a tagged checkpoint went missing"
     verify(dr, expected)
     assert not any(c["lost"] for c in listed(prod).values())
-    assert full_syncs(log_path) == 1, "link faults must resume, not resync"
+    assert syncs(log_path) == 1, "link faults must resume, not resync"
     assert not disagreements(prod, dr)
 
 

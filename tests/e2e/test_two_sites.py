@@ -143,8 +143,9 @@ def test_pairing_and_errors_change_nothing(
     assert bad_size.returncode == 2 and "invalid size" in bad_size.stderr
 
 
-def test_buffer_overflow_resyncs_and_loses_nothing(tmp_path: Path) -> None:
-    """Past its memory budget a group drops its buffer and resyncs: bounded, exact."""
+def test_buffer_overflow_tracks_then_bitmap_syncs_exactly(tmp_path: Path) -> None:
+    """Past 90% of its memory budget a group drops its buffer and tracks dirty ranges; the
+    bitmap sync afterwards ships only those, and old and new checkpoints are exact."""
     log = (tmp_path / "sites.log").open("w")
     prod = LocalSite("prod", tmp_path / "prod", log, buffer_bytes=2 << 20)
     dr = LocalSite("dr", tmp_path / "dr", log)
@@ -156,9 +157,16 @@ def test_buffer_overflow_resyncs_and_loses_nothing(tmp_path: Path) -> None:
         prod.api.post("/api/v1/groups", {"name": "app", "volumes": ["disk0"], "to": "dr",
                                          "checkpoint_interval_s": 0.5})
         prod.wait_protecting("app")
-        dr.stop()
         model = bytearray(16 << 20)
         rng = random.Random(3)
+        with NbdClient(volume["nbd_uri"]) as client:
+            client.write(0, rng.randbytes(1 << 20))
+            model[0 : 1 << 20] = client.read(0, 1 << 20)
+            client.flush()
+        before = prod.api.post("/api/v1/groups/app/checkpoints", {"name": "before"})["id"]
+        dr.wait_checkpoint("app", before)
+        before_hash = hashlib.sha256(model).hexdigest()
+        dr.stop()
         with NbdClient(volume["nbd_uri"]) as client:
             for _ in range(96):  # 6 MiB of writes against a 2 MiB buffer, link down
                 offset = rng.randrange(0, (16 << 20) - 65536, 4096)
@@ -169,15 +177,19 @@ def test_buffer_overflow_resyncs_and_loses_nothing(tmp_path: Path) -> None:
         status = prod.group_status("app")
         assert status["overflows"] >= 1
         assert status["buffered_bytes"] <= 2 << 20
-        assert status["state"] == "initial-sync"
+        assert status["state"] == "bitmap-sync" and status["phase"] == "tracking"
+        assert 0 < status["dirty_bytes"] <= 96 * 65536
         dr.start()
         prod.wait_protecting("app")
+        status = prod.group_status("app")
+        assert 0 < status["sync"]["shipped_bytes"] <= 96 * 65536  # not the whole volume
         checkpoint = prod.api.post("/api/v1/groups/app/checkpoints", {"name": "after"})["id"]
         dr.wait_checkpoint("app", checkpoint)
-        uri = seawall(dr, "export", "app", "disk0", "--checkpoint", str(checkpoint)).stdout
-        with NbdClient(uri.strip()) as client:
-            assert hashlib.sha256(client.read(0, 16 << 20)).hexdigest() == hashlib.sha256(
-                model).hexdigest()
+        for checkpoint_id, expected in ((before, before_hash),
+                                        (checkpoint, hashlib.sha256(model).hexdigest())):
+            uri = seawall(dr, "export", "app", "disk0", "--checkpoint", str(checkpoint_id))
+            with NbdClient(uri.stdout.strip()) as client:
+                assert hashlib.sha256(client.read(0, 16 << 20)).hexdigest() == expected
     finally:
         prod.stop()
         dr.stop()

@@ -83,6 +83,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
         await group.persist_checkpoints()
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 
+    @app.post("/groups/{group_id}/resync")
+    async def resync(group_id: str) -> dict[str, Any]:
+        return agent.resync(group_id)
+
     @app.get("/exports")
     async def list_exports() -> list[dict[str, Any]]:
         return agent.list_exports()

@@ -1,104 +1,100 @@
-"""A protection group on its protected side: capture, resync, checkpoints, status.
+"""A protection group on its protected side: capture, syncs, checkpoints, status.
+
+Capture has two modes. *Streaming*: every write is appended to the group's stream (and
+shipped from there) before it is acknowledged. *Tracking*: the stream is dropped and only
+the ranges written are marked in the group's ``SyncPlan`` (bounded memory); a bitmap or
+delta sync ships them later (``Syncer``).
 
 Rules and invariants:
-- Until the recovery site has told us its durable position (``on_connected``), nothing is
-  captured: the full sync that follows reads every chunk of every volume *after* capture is
-  on, so it covers all earlier writes. Reading a chunk and appending its record happen in
-  one step of the event loop, so the stream order stays the volume's order.
-- A sync is bracketed by SYNC_BEGIN/SYNC_END records; checkpoints are only created while
-  PROTECTING (outside any sync window), so every checkpoint is crash-consistent.
-- Memory is bounded: when the unacknowledged records pass ``buffer_limit_bytes`` the
-  stream is dropped and the link reset; the next session finds the stream unpositioned
-  and runs a full sync (the bitmap sync of a later version will ship less). Nothing is
-  lost: the volume holds every write, the sync reads it.
-- Checkpoint ids are the checkpoint records' seq numbers: the same at both sites.
-- If the recovery site's position cannot be resumed from (we restarted, or it lost data),
-  the stream is repositioned and a full sync starts; buffered checkpoints are marked lost
-  (durably). Numbering then resumes above every checkpoint id ever issued — the stream
-  opens with SYNC_BEGIN, which may jump forward — so an id a user was given is never
-  reused for another point in time. Tagged checkpoints are fsynced to the checkpoint log
-  before their id is returned.
+- Coverage (the plan's rule): every write not durable at the recovery site is in the
+  positioned stream or in the plan. So a sync after tracking ships exactly what is missing.
+- Buffer: while the link is down the group keeps buffering — a short outage loses no
+  checkpoint — until the unacknowledged records reach ``OVERFLOW_RATIO`` of the group's
+  share of the agent's buffer; then it turns them into plan marks and tracks (the records'
+  checkpoints become lost: they never reached the recovery site). Memory is then the
+  plan's bound, whatever the length of the outage.
+- Each session starts with ``on_connected(D)``, D the recovery site's durable seq. The
+  stream resumes if it still holds everything after D. Otherwise a sync starts: from the
+  plan if it is valid for D (``plan.base_seq <= D <= issued``), else a delta sync of
+  everything (agent crash: no plan survives one), or a full sync for a new group whose
+  replica is empty (D = 0 and not pre-seeded). The stream is repositioned at D and opens
+  with SYNC_BEGIN; numbering goes on above every checkpoint id ever issued.
+- A sync is bracketed by SYNC_BEGIN/SYNC_END; checkpoints are created only while
+  protecting (no sync running, not tracking), so every checkpoint is crash-consistent.
+- A clean stop saves the plan (stream records turned into marks) so that the next start
+  runs a bitmap sync; the file is deleted as soon as it is read (see ``SyncPlan``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from seawall.agent.checkpoints import CheckpointEntry, CheckpointLog
 from seawall.agent.state import ProtectionSpec
 from seawall.agent.stream import GroupStream
+from seawall.agent.syncer import RemoteDigests, Syncer, SyncProgress
 from seawall.agent.volumes import CaptureHook, FileVolume
-from seawall.atomic import atomic_write
 from seawall.errors import InvalidInput, NotReady
+from seawall.sync.plan import SyncPlan
 from seawall.wire.records import MAX_PAYLOAD_BYTES, RecordKind
 
 log = logging.getLogger(__name__)
 
-SYNC_CHUNK_BYTES = 1 << 20
 SYNC_BUFFER_LIMIT_BYTES = 64 << 20
-"""The full sync pauses while this much (or half the group's buffer) awaits its ACK."""
+"""A sync pauses while this much (or half the group's buffer) awaits its ACK."""
+OVERFLOW_RATIO = 0.9
 CAPTURE_SPLIT_BYTES = 1 << 20
 assert MAX_PAYLOAD_BYTES >= CAPTURE_SPLIT_BYTES
 MAX_CHECKPOINT_NAME_BYTES = 512
-
-
-class GroupState(enum.Enum):
-    INITIAL_SYNC = "initial-sync"
-    PROTECTING = "protecting"
-
-
-@dataclass
-class CheckpointEntry:
-    seq: int
-    time_ns: int
-    name: str
-    tagged: bool
-    lost: bool = False
-
-
-@dataclass
-class SyncProgress:
-    total_bytes: int = 0
-    done_bytes: int = 0
-    started_ns: int = 0
-
-
-def _log_line(entry: CheckpointEntry) -> bytes:
-    return json.dumps(asdict(entry)).encode() + b"\n"
+PLAN_FILE = "sync-plan.bin"
+PAUSE_CODES = frozenset({"journal_full"})
+"""Refusals that pause the group (it retries by itself); any other one is an error."""
 
 
 class ProtectedGroup:
     def __init__(self, spec: ProtectionSpec, volumes: list[FileVolume], state_dir: Path,
                  buffer_limit_bytes: int) -> None:
         self.spec = spec
-        self.buffer_limit_bytes = buffer_limit_bytes
-        self.overflows = 0
-        self.link_reset = asyncio.Event()
         self.volumes = volumes
+        self.buffer_limit_bytes = buffer_limit_bytes
         self.stream = GroupStream()
-        self.state = GroupState.INITIAL_SYNC
+        self.checkpoints = CheckpointLog(state_dir / "checkpoints.jsonl")
         self.link_up = False
         self.last_error = ""
-        self.sync = SyncProgress()
-        self.stream_changed = asyncio.Event()
-        self.acked = asyncio.Event()
-        self.checkpoints: list[CheckpointEntry] = []
+        self.refusal: tuple[str, str] | None = None  # (code, message) from the recovery site
+        self.overflows = 0
         self.written_bytes = 0
         self.write_count = 0
+        self.link_reset = asyncio.Event()
+        self.stream_changed = asyncio.Event()
+        self.acked = asyncio.Event()
+        self._remote: RemoteDigests | None = None
+        self._remote_ready = asyncio.Event()
         self._state_dir = state_dir
-        self._state_dir.mkdir(parents=True, exist_ok=True)
-        self._checkpoint_log = state_dir / "checkpoints.jsonl"
-        self._load_checkpoints()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        sizes = [volume.size_bytes for volume in volumes]
+        plan_path = state_dir / PLAN_FILE
+        loaded = SyncPlan.load(plan_path, sizes)
+        SyncPlan.discard(plan_path)  # before any write: a crash from now on leaves no plan
+        if loaded is not None:
+            self.plan, self._issued_seq = loaded
+            self._plan_valid = True
+        else:
+            self.plan = SyncPlan(sizes)
+            self.plan.compare_all()
+            self._issued_seq = 0
+            self._plan_valid = False  # until we hear where the recovery site stands
+        self.tracking = True
+        self.syncing = False
+        self.sync = SyncProgress()
         self._sync_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self._set_capture(tracking=True)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -106,52 +102,116 @@ class ProtectedGroup:
         self._timer_task = asyncio.create_task(self._checkpoint_timer())
 
     async def stop(self) -> None:
-        for volume in self.volumes:
-            volume.capture = None
+        """Stop capturing and save the plan (the front end takes no more writes by now)."""
         for task in (self._sync_task, self._timer_task):
             if task is not None:
                 task.cancel()
-        for task in (self._sync_task, self._timer_task):
-            if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if not self.tracking:
+            self._drop_stream()
+        for volume in self.volumes:
+            volume.capture = None
+        if self._plan_valid:
+            self.plan.save(self._state_dir / PLAN_FILE, self._issued_seq)
 
-    def on_connected(self, durable_seq: int) -> None:
-        """The recovery site is durable up to ``durable_seq``: resume, or resync."""
+    # --- the link ----------------------------------------------------------------------
+
+    def on_connected(self, durable_seq: int, remote: RemoteDigests) -> None:
+        """A session started; the recovery site is durable up to ``durable_seq``."""
         self.link_up = True
-        if self.stream.can_resume_from(durable_seq):
+        if self.refusal is not None and self.refusal[0] not in PAUSE_CODES:
+            self.refusal = None  # a pause ends with the first ACK: records land again
+        self._remote = remote
+        self._remote_ready.set()
+        if not self.tracking and self.stream.can_resume_from(durable_seq):
             self.acknowledge(durable_seq)
             return
-        lost = [c for c in self.checkpoints if c.seq > durable_seq and not c.lost]
-        for entry in lost:
-            entry.lost = True
-        if lost:
-            atomic_write(self._checkpoint_log,
-                         b"".join(_log_line(entry) for entry in self.checkpoints))
-        issued = max((c.seq for c in self.checkpoints), default=0)
+        if not self.tracking:  # the recovery site lost what it had acknowledged
+            self._drop_stream()
+            self._plan_valid = False
+        if not (self._plan_valid and self.plan.base_seq <= durable_seq <= self._issued_seq):
+            if durable_seq == 0 and not self.spec.preseeded:
+                self.plan.mark_all()
+            else:
+                self.plan.compare_all()
+        lost = self.checkpoints.mark_lost_after(durable_seq)
+        issued = max(self._issued_seq, self.checkpoints.issued_seq)
         self.stream.position(durable_seq, first_seq=issued + 1)
-        self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
-        log.info("group %s: full sync from seq %d (recovery site durable at %d)",
-                 self.spec.name, self.stream.last_seq, durable_seq)
-        for index, volume in enumerate(self.volumes):
-            volume.capture = self._capture_hook(index)
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-        self._sync_task = asyncio.create_task(self._full_sync())
+        self._plan_valid = True
+        self._start_sync(f"recovery site durable at {durable_seq}, {lost} checkpoints lost")
 
     def on_disconnected(self, reason: str) -> None:
         self.link_up = False
         self.last_error = reason
+        self._remote = None
+        self._remote_ready.clear()
+
+    def on_refused(self, code: str, message: str) -> None:
+        """The recovery site refused the session (journal full, unknown group, ...)."""
+        self.refusal = (code, message)
 
     def acknowledge(self, durable_seq: int) -> None:
         self.stream.acknowledge(durable_seq)
+        if self.refusal is not None and self.refusal[0] in PAUSE_CODES:
+            self.refusal = None  # the recovery site takes records again
         self.acked.set()
+
+    async def remote_digests(self) -> RemoteDigests:
+        while self._remote is None:
+            await self._remote_ready.wait()
+        return self._remote
+
+    # --- syncs -------------------------------------------------------------------------
+
+    def resync(self) -> None:
+        """Compare every volume with the recovery site now (``seawall group resync``)."""
+        self.plan.compare_all()
+        self._plan_valid = True  # a comparison of everything is right whatever D is
+        if not self.tracking:
+            self._start_sync("requested")
+
+    def _start_sync(self, reason: str) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
+        self._set_capture(tracking=False)
+        self.syncing = True
+        log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
+                 self.state, self.stream.last_seq, reason, self.plan.pending_bytes)
+        syncer = Syncer(self, self.remote_digests,
+                        pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2))
+        self.sync = syncer.progress
+        self._sync_task = asyncio.create_task(self._run_sync(syncer))
+
+    async def _run_sync(self, syncer: Syncer) -> None:
+        try:
+            await syncer.run()
+        except Exception as exc:  # e.g. a volume read error: track, retry on a new session
+            log.exception("group %s: sync failed", self.spec.name)
+            self._sync_task = None  # this task: _drop_stream must not cancel it
+            self._drop_stream()
+            self.last_error = f"sync failed: {type(exc).__name__}: {exc}"
+            self.link_reset.set()
+            self.stream_changed.set()
+            return
+        self.stream.append(RecordKind.SYNC_END, time.time_ns())
+        self.stream_changed.set()
+        self.syncing = False
+        log.info("group %s: sync complete (%d bytes shipped), protecting", self.spec.name,
+                 syncer.progress.shipped_bytes)
 
     # --- capture -----------------------------------------------------------------------
 
-    def _capture_hook(self, volume_index: int) -> CaptureHook:
+    def _set_capture(self, tracking: bool) -> None:
+        self.tracking = tracking
+        for index, volume in enumerate(self.volumes):
+            volume.capture = self._tracking_hook(index) if tracking else self._stream_hook(index)
+
+    def _stream_hook(self, volume_index: int) -> CaptureHook:
         stream = self.stream
         changed = self.stream_changed
+        overflow_bytes = int(self.buffer_limit_bytes * OVERFLOW_RATIO)
 
         def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
             now_ns = time.time_ns()
@@ -165,154 +225,112 @@ class ProtectedGroup:
             self.written_bytes += length
             self.write_count += 1
             changed.set()
-            if stream.buffered_bytes > self.buffer_limit_bytes:
+            if stream.buffered_bytes >= overflow_bytes:
                 self._overflow()
 
         return capture
 
-    def _overflow(self) -> None:
-        self.overflows += 1
-        log.warning("group %s: buffer of %d bytes full, dropping it: full resync follows",
-                    self.spec.name, self.buffer_limit_bytes)
-        for volume in self.volumes:
-            volume.capture = None
+    def _tracking_hook(self, volume_index: int) -> CaptureHook:
+        plan = self.plan
+
+        def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
+            plan.mark(volume_index, offset, length)
+            self.written_bytes += length
+            self.write_count += 1
+
+        return capture
+
+    def _drop_stream(self) -> None:
+        """Turn the unacknowledged records into plan marks and start tracking."""
         if self._sync_task is not None:
             self._sync_task.cancel()
+            self._sync_task = None
+        self.plan.mark_records(self.stream.unacked())
+        self.plan.base_seq = self.stream.acked_seq
+        self._issued_seq = max(self._issued_seq, self.stream.last_seq)
         self.stream.reset()
-        self.state = GroupState.INITIAL_SYNC
-        self.last_error = "buffer overflow: full resync"
-        self.link_reset.set()
+        self._set_capture(tracking=True)
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+        log.warning("group %s: backlog reached %d%% of its %d-byte buffer: tracking dirty "
+                    "ranges, a bitmap sync follows", self.spec.name, OVERFLOW_RATIO * 100,
+                    self.buffer_limit_bytes)
+        self._drop_stream()
+        self.last_error = "buffer full: tracking dirty ranges for a bitmap sync"
+        self.link_reset.set()  # the new session finds the stream unpositioned: sync
         self.stream_changed.set()
         self.acked.set()
 
-    async def _full_sync(self) -> None:
-        self.state = GroupState.INITIAL_SYNC
-        total = sum(volume.size_bytes for volume in self.volumes)
-        self.sync = SyncProgress(total_bytes=total, started_ns=time.time_ns())
-        for index, volume in enumerate(self.volumes):
-            await self._sync_volume(index, volume)
-        self.stream.append(RecordKind.SYNC_END, time.time_ns())
-        self.stream_changed.set()
-        self.state = GroupState.PROTECTING
-        log.info("group %s: sync complete, protecting", self.spec.name)
-
-    async def _sync_volume(self, index: int, volume: FileVolume) -> None:
-        zeros = bytes(SYNC_CHUNK_BYTES)
-        # A scan must leave no page cache behind: cached read pages make every later small
-        # write to them ~10x slower (4 KiB pwrite 6 us fresh, 60 us after a buffered read,
-        # on ext4 here). Per-chunk DONTNEED alone misses pages still under readahead, so
-        # the scan reads through its own descriptor with readahead off.
-        # Pausing well below the group's buffer bound leaves room for the writes captured
-        # meanwhile: a sync that filled the buffer itself would overflow and restart forever.
-        pause_bytes = min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2)
-        fd = os.open(volume.path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            for offset in range(0, volume.size_bytes, SYNC_CHUNK_BYTES):
-                while self.stream.buffered_bytes > pause_bytes:
-                    self.acked.clear()
-                    await self.acked.wait()
-                length = min(SYNC_CHUNK_BYTES, volume.size_bytes - offset)
-                data = os.pread(fd, length, offset)
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-                if data == zeros[:length]:
-                    self.stream.append(RecordKind.ZERO, time.time_ns(), index, offset, length)
-                else:
-                    self.stream.append(RecordKind.WRITE, time.time_ns(), index, offset, length,
-                                       data)
-                self.sync.done_bytes += length
-                self.stream_changed.set()
-                await asyncio.sleep(0)
-        finally:
-            os.close(fd)
-
     # --- checkpoints -------------------------------------------------------------------
+
+    @property
+    def protecting(self) -> bool:
+        return not self.tracking and not self.syncing
 
     def tag_checkpoint(self, name: str, tagged: bool = True) -> CheckpointEntry:
         if len(name.encode()) > MAX_CHECKPOINT_NAME_BYTES:
             raise InvalidInput(f"checkpoint name longer than {MAX_CHECKPOINT_NAME_BYTES} bytes")
-        if self.state is not GroupState.PROTECTING:
+        if not self.protecting:
             raise NotReady(
-                f"group {self.spec.name} is {self.state.value}: checkpoints resume when "
-                "it is protecting"
+                f"group {self.spec.name} is {self.state}: checkpoints resume when it is "
+                "protecting"
             )
         now_ns = time.time_ns()
         encoded = name.encode()
         record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0, 0, len(encoded), encoded)
         entry = CheckpointEntry(record.seq, now_ns, name, tagged)
         self.checkpoints.append(entry)
-        with open(self._checkpoint_log, "ab") as handle:
-            handle.write(_log_line(entry))
         self.stream_changed.set()
         return entry
 
     async def persist_checkpoints(self) -> None:
-        """Make the checkpoint log durable (before a tagged id is handed out)."""
-        def sync() -> None:
-            with open(self._checkpoint_log, "rb") as handle:
-                os.fdatasync(handle.fileno())
-
-        await asyncio.to_thread(sync)
+        await self.checkpoints.persist()
 
     async def _checkpoint_timer(self) -> None:
         while True:
             await asyncio.sleep(self.spec.checkpoint_interval_s)
-            if self.state is GroupState.PROTECTING:
+            if self.protecting:
                 self.tag_checkpoint("", tagged=False)
 
-    def _load_checkpoints(self) -> None:
-        if not self._checkpoint_log.exists():
-            return
-        for line in self._checkpoint_log.read_text().splitlines():
-            try:
-                self.checkpoints.append(CheckpointEntry(**json.loads(line)))
-            except (ValueError, TypeError):
-                continue  # a torn last line after a crash: that checkpoint never existed
-
     def checkpoint_list(self) -> list[dict[str, Any]]:
-        acked = self.stream.acked_seq
-        return [
-            {
-                "id": entry.seq,
-                "time_ns": entry.time_ns,
-                "name": entry.name,
-                "tagged": entry.tagged,
-                "replicated": entry.seq <= acked and not entry.lost,
-                "lost": entry.lost,
-            }
-            for entry in self.checkpoints
-        ]
+        return self.checkpoints.describe(self.stream.acked_seq)
 
     # --- status ------------------------------------------------------------------------
 
+    @property
+    def state(self) -> str:
+        if self.refusal is not None:
+            return "paused" if self.refusal[0] in PAUSE_CODES else "error"
+        if self.protecting:
+            return "protecting"
+        if not self.checkpoints.entries:
+            return "initial-sync"  # no sync ever completed: checkpoints follow the first
+        return f"{self.plan.kind}-sync"
+
     def status(self) -> dict[str, Any]:
-        newest_ns = next((c.time_ns for c in reversed(self.checkpoints)
-                          if c.seq <= self.stream.acked_seq and not c.lost), None)
-        elapsed_s = (time.time_ns() - self.sync.started_ns) / 1e9 if self.sync.started_ns else 0
-        rate = self.sync.done_bytes / elapsed_s if elapsed_s > 0 else 0.0
-        remaining = self.sync.total_bytes - self.sync.done_bytes
+        newest = self.checkpoints.newest_replicated(self.stream.acked_seq)
         return {
             "group_id": self.spec.group_id,
             "name": self.spec.name,
             "role": "protected",
-            "state": self.state.value,
+            "state": self.state,
+            "phase": "tracking" if self.tracking else "syncing" if self.syncing else "",
             "link_up": self.link_up,
             "last_error": self.last_error,
+            "refusal": None if self.refusal is None else
+                {"code": self.refusal[0], "message": self.refusal[1]},
             "acked_seq": self.stream.acked_seq,
             "last_seq": self.stream.last_seq,
             "buffered_bytes": self.stream.buffered_bytes,
             "buffer_limit_bytes": self.buffer_limit_bytes,
-            "overflows": self.overflows,
             "buffered_records": self.stream.record_count,
+            "overflows": self.overflows,
+            "dirty_bytes": self.plan.pending_bytes,
+            "dirty_map_bytes": self.plan.memory_bytes,
             "written_bytes": self.written_bytes,
             "write_count": self.write_count,
-            "newest_replicated_checkpoint_ns": newest_ns,
-            "rpo_s": (time.time_ns() - newest_ns) / 1e9 if newest_ns else None,
-            "sync": {
-                "total_bytes": self.sync.total_bytes,
-                "done_bytes": self.sync.done_bytes,
-                "rate_bytes_per_s": rate,
-                "eta_s": remaining / rate if rate > 0 and remaining > 0 else 0.0,
-            },
+            "newest_replicated_checkpoint_ns": newest.time_ns if newest else None,
+            "rpo_s": (time.time_ns() - newest.time_ns) / 1e9 if newest else None,
+            "sync": self.sync.describe(),
         }
-

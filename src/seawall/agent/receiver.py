@@ -9,6 +9,8 @@ Rules and invariants:
   fsynced once (group commit, in a worker thread) and only then ACKed.
 - A newer session for a group replaces the older one (the sender reconnected).
 - A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
+- HASH_REQUESTs (delta sync) are answered from the image at a durable seq, hashed in a
+  worker thread while appends go on (see ``seawall.agent.hash_responder``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from seawall.agent.hash_responder import HashResponder
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.wire_io import read_event
 from seawall.errors import SeawallError
@@ -25,6 +28,7 @@ from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,
     Error,
+    HashRequest,
     Hello,
     NeedData,
     RecordsFrame,
@@ -105,10 +109,11 @@ class ReplicationServer:
         journal = group.journal
         await asyncio.to_thread(journal.sync)
         writer.write(connection.send(Welcome(journal.durable_seq)))
+        hashes = HashResponder(journal, connection, writer)
         group.connected = True
         try:
             while True:
-                data = await reader.read(READ_CHUNK_BYTES)
+                data = await hashes.unless_failed(reader.read(READ_CHUNK_BYTES))
                 connection.receive_data(data)
                 appended = False
                 while not isinstance(event := connection.next_event(), NeedData):
@@ -116,6 +121,9 @@ class ReplicationServer:
                         journal.append_frame(event.frame, event.directory)
                         group.received_bytes += len(event.frame)
                         appended = True
+                        hashes.appended(event.directory)
+                    elif isinstance(event, HashRequest):
+                        hashes.answer(event)
                     elif isinstance(event, ConnectionClosed | Error):
                         return
                 if appended:
@@ -123,4 +131,5 @@ class ReplicationServer:
                     writer.write(connection.send(Ack(journal.durable_seq)))
                     await writer.drain()
         finally:
+            hashes.close()
             group.connected = False

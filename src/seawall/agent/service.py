@@ -25,6 +25,8 @@ from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, Volume
 from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.wan.schedule import parse_schedule
+from seawall.wan.site_throttle import SiteThrottle
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class Agent:
         self.exports = ExportRegistry()
         self.frontend = NbdFrontend(self)
         self.replication = ReplicationServer(self.recovering.get)
+        schedule = config.throttle_schedule
+        self.throttle = SiteThrottle(config.throttle_bytes_per_s,
+                                     parse_schedule(schedule) if schedule else None)
 
     # --- BackendCatalog for the NBD front end -------------------------------------------
 
@@ -71,14 +76,17 @@ class Agent:
                  len(self.volumes), len(self.protected), len(self.recovering))
 
     async def stop(self) -> None:
+        # The front end first: a write taken after its group stopped capturing would be in
+        # no stream and no saved plan, and the next start would trust that plan.
+        await self.frontend.close()
         await self.replication.close()
         for group, shipper in self.protected.values():
             await shipper.stop()
             await group.stop()
-        await self.frontend.close()
         for volume in self.volumes.values():
             volume.close()
         for recovery in self.recovering.values():
+            await recovery.stop()
             recovery.close()
 
     def _save(self) -> None:
@@ -151,7 +159,7 @@ class Agent:
         self.state.protected.append(spec)
         self._save()
         self._start_protection(spec)
-        return self.protected[spec.group_id][0].status()
+        return self.group_status(spec.group_id)
 
     def _start_protection(self, spec: ProtectionSpec) -> None:
         volumes = [self.volumes[v.name] for v in spec.volumes]
@@ -160,10 +168,15 @@ class Agent:
                                buffer_limit_bytes=share)
         for other, _ in self.protected.values():
             other.buffer_limit_bytes = share
-        shipper = Shipper(group, self.config.site_id)
+        shipper = Shipper(group, self.config.site_id, self.throttle)
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
+
+    def resync(self, group_id: str) -> dict[str, Any]:
+        group = self.protected_group(group_id)
+        group.resync()
+        return group.status()
 
     def protected_group(self, group_id: str) -> ProtectedGroup:
         entry = self.protected.get(group_id)
@@ -182,9 +195,9 @@ class Agent:
         return self.recovering[spec.group_id].status()
 
     def _open_recovery(self, spec: RecoverySpec) -> None:
-        self.recovering[spec.group_id] = RecoveryGroup(
-            spec, self.config.journals_dir / spec.group_id
-        )
+        group = RecoveryGroup(spec, self.config.journals_dir / spec.group_id)
+        group.start()
+        self.recovering[spec.group_id] = group
 
     def recovery_group(self, group_id: str) -> RecoveryGroup:
         group = self.recovering.get(group_id)
@@ -196,7 +209,8 @@ class Agent:
 
     def group_status(self, group_id: str) -> dict[str, Any]:
         if group_id in self.protected:
-            return self.protected[group_id][0].status()
+            group, shipper = self.protected[group_id]
+            return {**group.status(), "wan": shipper.status()}
         return self.recovery_group(group_id).status()
 
     def checkpoints(self, group_id: str) -> list[dict[str, Any]]:

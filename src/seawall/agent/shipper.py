@@ -9,6 +9,11 @@ Rules and invariants:
 - At most ``WINDOW_BYTES`` of payload are in flight beyond the last ACK.
 - Frames are built (compressed, hashed) in a worker thread, off the event loop that serves
   the volumes' NBD requests.
+- Every frame waits for the agent's ``SiteThrottle`` before it is written: the groups of a
+  site share its bandwidth by priority.
+- Once per ``COMPRESSION_WINDOW_S`` the share of time the worker spent building frames
+  and the share the send path spent waiting on the network (throttle, socket, window)
+  go to ``AdaptiveCompression``, which picks the compressor for the next window.
 """
 
 from __future__ import annotations
@@ -16,18 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
 
 from seawall.agent.protection import ProtectedGroup
+from seawall.agent.remote_digests import SessionDigests
 from seawall.agent.wire_io import read_event
 from seawall.errors import ProtocolViolation, SeawallError
+from seawall.wan.compression import AdaptiveCompression, CompressionSetting
+from seawall.wan.site_throttle import SiteThrottle
+from seawall.wan.throttle import Priority
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,
     Error,
     Event,
+    Hashes,
     Hello,
     RecordsFrame,
     Role,
@@ -47,15 +59,26 @@ READ_CHUNK_BYTES = 1 << 16
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
+COMPRESSION_WINDOW_S = 1.0
 
 CODECS = {"zstd": Codec.ZSTD, "lz4": Codec.LZ4, "none": Codec.NONE}
 
 
 class Shipper:
-    def __init__(self, group: ProtectedGroup, source_site: str) -> None:
+    def __init__(self, group: ProtectedGroup, source_site: str, throttle: SiteThrottle) -> None:
         self.group = group
         self.source_site = source_site
-        self._compressor = Compressor(CODECS[group.spec.codec])
+        self.throttle = throttle
+        self._priority = Priority(group.spec.priority)
+        self._compression = AdaptiveCompression(CODECS[group.spec.codec])
+        self._setting = self._compression.setting
+        self._compressor = self._compressor_for(self._setting)
+        self.sent_bytes = 0
+        self._window_start_s = time.monotonic()
+        self._compress_busy_s = 0.0
+        self._network_wait_s = 0.0
+        self._compress_busy_fraction = 0.0
+        self._network_wait_fraction = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
         self._task: asyncio.Task[None] | None = None
 
@@ -103,26 +126,34 @@ class Shipper:
             welcome = await asyncio.wait_for(
                 read_event(connection, reader, READ_CHUNK_BYTES), CONNECT_TIMEOUT_S
             )
+            if isinstance(welcome, Error):
+                self._refused(welcome)
             if not isinstance(welcome, Welcome):
                 raise ProtocolViolation(f"expected WELCOME, got {welcome!r}")
             log.info("group %s: connected, recovery site durable at %d", spec.name,
                      welcome.durable_seq)
             self.group.link_reset.clear()  # whatever it asked for, this new session does
-            self.group.on_connected(welcome.durable_seq)
+            digests = SessionDigests(connection, writer)
+            self.group.on_connected(welcome.durable_seq, digests)
             sender = asyncio.create_task(self._send_loop(connection, writer,
                                                          welcome.durable_seq + 1))
             try:
-                await self._receive_loop(connection, reader, sender)
+                await self._receive_loop(connection, reader, sender, digests)
             finally:
+                digests.close()
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
         finally:
             writer.close()
 
+    def _refused(self, error: Error) -> NoReturn:
+        self.group.on_refused(error.code, error.message)
+        raise ProtocolViolation(f"recovery site refused: {error.code}: {error.message}")
+
     async def _receive_loop(
         self, connection: WireConnection, reader: asyncio.StreamReader,
-        sender: asyncio.Task[None],
+        sender: asyncio.Task[None], digests: SessionDigests,
     ) -> None:
         read_task: asyncio.Task[Event] | None = None
         while True:
@@ -135,8 +166,10 @@ class Shipper:
             event = read_task.result()
             if isinstance(event, Ack):
                 self.group.acknowledge(event.durable_seq)
+            elif isinstance(event, Hashes):
+                digests.answer(event)
             elif isinstance(event, Error):
-                raise ProtocolViolation(f"recovery site refused: {event.code}: {event.message}")
+                self._refused(event)
             elif isinstance(event, ConnectionClosed):
                 raise ConnectionResetError("recovery site closed the connection")
             else:
@@ -159,13 +192,21 @@ class Shipper:
             if not batch or in_flight_bytes > WINDOW_BYTES:
                 waiter = self.group.acked if batch else self.group.stream_changed
                 waiter.clear()
+                waited_from_s = time.monotonic()
                 await waiter.wait()
+                if batch:  # the window is full: waiting on the network, not for writes
+                    self._network_wait_s += time.monotonic() - waited_from_s
                 if in_flight:
                     # Something is on the wire already: let writes gather for a moment, so
                     # that frames carry many records (the cost is per frame on both sides).
                     await asyncio.sleep(COALESCE_S)
                 continue
-            frame = await loop.run_in_executor(self._executor, self._build, batch)
+            frame, build_s = await loop.run_in_executor(self._executor, self._build, batch,
+                                                        self._compressor)
+            self._compress_busy_s += build_s
+            waited_from_s = time.monotonic()
+            await self.throttle.acquire(self.group.spec.group_id, self._priority,
+                                        len(frame.frame))
             if writer.is_closing():  # uvloop raises RuntimeError on a closed transport
                 raise ConnectionResetError("replication connection closed")
             writer.write(connection.send(frame))
@@ -173,6 +214,49 @@ class Shipper:
             in_flight_bytes += len(frame.frame)
             next_seq = batch[-1].seq + 1
             await writer.drain()
+            self._network_wait_s += time.monotonic() - waited_from_s
+            self.sent_bytes += len(frame.frame)
+            self._adapt_compression()
 
-    def _build(self, batch: list[Record]) -> RecordsFrame:
-        return RecordsFrame.build(batch, self._compressor)
+    @staticmethod
+    def _build(batch: list[Record], compressor: Compressor) -> tuple[RecordsFrame, float]:
+        """The frame, and the seconds this (worker) thread spent building it."""
+        started_s = time.perf_counter()
+        frame = RecordsFrame.build(batch, compressor)
+        return frame, time.perf_counter() - started_s
+
+    @staticmethod
+    def _compressor_for(setting: CompressionSetting) -> Compressor:
+        return Compressor(setting.codec, 1 if setting.level is None else setting.level)
+
+    def _adapt_compression(self) -> None:
+        now_s = time.monotonic()
+        window_s = now_s - self._window_start_s
+        if window_s < COMPRESSION_WINDOW_S:
+            return
+        self._compress_busy_fraction = min(1.0, self._compress_busy_s / window_s)
+        self._network_wait_fraction = min(1.0, self._network_wait_s / window_s)
+        self._window_start_s, self._compress_busy_s, self._network_wait_s = now_s, 0.0, 0.0
+        setting = self._compression.observe(self._compress_busy_fraction,
+                                            self._network_wait_fraction)
+        if setting != self._setting:
+            log.info("group %s: compression %s level %s -> %s level %s (compress busy "
+                     "%.0f%%, network wait %.0f%%)", self.group.spec.name,
+                     self._setting.codec.name.lower(), self._setting.level,
+                     setting.codec.name.lower(), setting.level,
+                     100 * self._compress_busy_fraction, 100 * self._network_wait_fraction)
+            self._setting = setting
+            self._compressor = self._compressor_for(setting)
+
+    def status(self) -> dict[str, Any]:
+        """WAN facts of the group: throttle in force, priority, compression, bytes sent."""
+        return {
+            "throttle_bytes_per_s": self.throttle.rate_bytes_per_s,
+            "priority": self._priority.value,
+            "codec": self.group.spec.codec,
+            "codec_in_use": self._setting.codec.name.lower(),
+            "zstd_level": self._setting.level,
+            "sent_bytes": self.sent_bytes,
+            "compress_busy_fraction": round(self._compress_busy_fraction, 3),
+            "network_wait_fraction": round(self._network_wait_fraction, 3),
+        }

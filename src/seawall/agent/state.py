@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,7 +40,11 @@ class ProtectionSpec(BaseModel):
     target_host: str
     target_port: int
     checkpoint_interval_s: float = 5.0
-    codec: str = "zstd"
+    codec: Literal["zstd", "lz4", "none"] = "zstd"
+    priority: Literal["high", "medium", "low"] = "medium"
+    """Its share of the site's throttled bandwidth (``seawall.wan.throttle``)."""
+    preseeded: bool = False
+    """The recovery site's replicas were seeded from a copy: the first sync compares."""
 
 
 class RecoverySpec(BaseModel):
@@ -49,6 +54,9 @@ class RecoverySpec(BaseModel):
     name: str
     source_site: str
     volumes: list[GroupVolume]
+    # Retention (see seawall.journal.policy); defaults keep older state files loadable.
+    history_s: float = 86400.0
+    journal_max_bytes: int | None = None
 
 
 class AgentState(BaseModel):

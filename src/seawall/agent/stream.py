@@ -76,6 +76,10 @@ class GroupStream:
         self.buffered_bytes += len(payload) + RECORD_OVERHEAD_BYTES
         return record
 
+    def unacked(self) -> list[Record]:
+        """Every record not acknowledged yet, oldest first."""
+        return self._records[self._head :]
+
     def pending(self, from_seq: int, max_bytes: int, max_count: int) -> list[Record]:
         """Records from ``from_seq`` on, at least one if any, within the byte/count caps."""
         start = self._head + max(0, from_seq - self._first_seq)

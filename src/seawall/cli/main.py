@@ -19,6 +19,7 @@ from seawall.config import SiteConfig
 from seawall.errors import InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.units import parse_duration_s, parse_size_bytes
+from seawall.wan.schedule import parse_rate_bytes_per_s
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Seawall: continuous data protection and disaster recovery.")
@@ -38,6 +39,9 @@ UrlOption = Annotated[str | None, typer.Option("--url", envvar="SEAWALL_URL",
                                                help="Site manager URL (or SEAWALL_URL).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
+ThrottleOption = Annotated[str | None, typer.Option(
+    help="Replication bandwidth of the site in bytes/s, shared by its groups by priority "
+         "(e.g. 50M); 0 or none: unlimited.")]
 
 
 def manager(url: str | None) -> JsonClient:
@@ -70,10 +74,16 @@ def site_init(
     buffer: Annotated[str, typer.Option(
         help="Memory for unsent writes, shared by the agent's groups; past it a group "
              "resynchronises.")] = "512M",
+    throttle: ThrottleOption = None,
+    throttle_schedule: Annotated[str | None, typer.Option(
+        help="Rates by local time of day, e.g. '08:00-18:00=10M,18:00-08:00=100M'; "
+             "other times use --throttle.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
     config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp,
-                               parse_size_bytes(buffer))
+                               parse_size_bytes(buffer),
+                               parse_rate_bytes_per_s(throttle) if throttle else None,
+                               throttle_schedule)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
 
@@ -165,6 +175,14 @@ def group_create(
     to: Annotated[str, typer.Option("--to", help="Name of the paired recovery site.")],
     checkpoint_interval: Annotated[str, typer.Option(help="Periodic checkpoints.")] = "5s",
     history: Annotated[str, typer.Option(help="Journal history, 1h to 30d.")] = "24h",
+    journal_max: Annotated[str | None, typer.Option(
+        "--journal-max", help="Hard limit of the recovery journal (e.g. 50G); none by default.",
+    )] = None,
+    priority: Annotated[str, typer.Option(
+        help="Share of the site's throttled bandwidth: high, medium or low (4:2:1).")
+    ] = "medium",
+    compression: Annotated[str, typer.Option(
+        help="zstd (level adapts to the CPU), lz4 or none.")] = "zstd",
     url: UrlOption = None, json_output: JsonOption = False,
 ) -> None:
     """Protect volumes of this site to a paired site."""
@@ -172,6 +190,8 @@ def group_create(
         "name": name, "volumes": volume, "to": to,
         "checkpoint_interval_s": parse_duration_s(checkpoint_interval),
         "history_s": parse_duration_s(history),
+        "journal_max_bytes": None if journal_max is None else parse_size_bytes(journal_max),
+        "priority": priority, "compression": compression,
     })
     _print_one(group, json_output, f"group {name} created; initial sync to {to} started")
 
@@ -196,10 +216,20 @@ def group_status(name: str, url: UrlOption = None, json_output: JsonOption = Fal
         print_json(group)
         return
     status = group["status"]
-    rows = [{"field": key, "value": value} for key, value in status.items() if key != "sync"]
-    if status.get("sync"):
-        rows += [{"field": f"sync.{k}", "value": v} for k, v in status["sync"].items()]
+    rows = [{"field": key, "value": value} for key, value in status.items()
+            if not isinstance(value, dict)]
+    for key, value in status.items():
+        if isinstance(value, dict):  # sync progress, WAN facts: one row per field
+            rows += [{"field": f"{key}.{k}", "value": v} for k, v in value.items()]
     print_table(rows, ["field", "value"])
+
+
+@group_app.command("resync")
+def group_resync(name: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """Compare every volume with the recovery site and ship the blocks that differ."""
+    status = manager(url).post(f"/api/v1/groups/{name}/resync", {})
+    _print_one(status, json_output,
+               f"group {name}: {status['state']} started; see `seawall group status {name}`")
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -264,12 +294,23 @@ def export(
 
 
 @agent_app.command("run")
-def agent_run(data: DataOption) -> None:
+def agent_run(
+    data: DataOption,
+    buffer: Annotated[str | None, typer.Option(
+        help="Memory for unsent writes, instead of the site's --buffer.")] = None,
+    throttle: ThrottleOption = None,
+) -> None:
     """Run the agent of the site in DATA (normally started by `seawall site run`)."""
     from seawall.agent.main import run_agent
 
+    overrides: dict[str, object] = {}
+    if buffer is not None:
+        overrides["buffer_bytes"] = parse_size_bytes(buffer)
+    if throttle is not None:
+        overrides["throttle_bytes_per_s"] = parse_rate_bytes_per_s(throttle)
+    config = SiteConfig.load(data).with_overrides(**overrides)
     setup_logging()
-    run_agent(SiteConfig.load(data))
+    run_agent(config)
 
 
 @manager_app.command("run")

@@ -18,6 +18,9 @@ class GroupCreate(BaseModel):
     to: str = Field(min_length=1, max_length=64)
     checkpoint_interval_s: float = 5.0
     history_s: float = 86400.0
+    journal_max_bytes: int | None = None  # hard limit of the recovery journal; None: none
+    priority: str = "medium"  # share of the site's throttled bandwidth: high|medium|low
+    compression: str = "zstd"  # zstd (adaptive level) | lz4 | none
 
 
 class GroupVolume(BaseModel):
@@ -33,6 +36,7 @@ class PeerGroup(BaseModel):
     volumes: list[GroupVolume] = Field(min_length=1)
     checkpoint_interval_s: float
     history_s: float
+    journal_max_bytes: int | None = None  # absent from older peers
 
 
 class CheckpointTag(BaseModel):
@@ -52,7 +56,9 @@ def list_groups(request: Request) -> list[dict[str, Any]]:
 @router.post("/groups", status_code=201)
 def create_group(request: Request, body: GroupCreate) -> dict[str, Any]:
     return _service(request).create(body.name, body.volumes, body.to,
-                                    body.checkpoint_interval_s, body.history_s)
+                                    body.checkpoint_interval_s, body.history_s,
+                                    journal_max_bytes=body.journal_max_bytes,
+                                    priority=body.priority, compression=body.compression)
 
 
 @router.get("/groups/{name}")
@@ -68,6 +74,11 @@ def list_checkpoints(request: Request, name: str) -> list[dict[str, Any]]:
 @router.post("/groups/{name}/checkpoints", status_code=201)
 def tag_checkpoint(request: Request, name: str, body: CheckpointTag) -> dict[str, Any]:
     return _service(request).tag(name, body.name)
+
+
+@router.post("/groups/{name}/resync")
+def resync_group(request: Request, name: str) -> dict[str, Any]:
+    return _service(request).resync(name)
 
 
 @router.post("/peer/groups", status_code=201)

@@ -9,6 +9,8 @@ Rules:
   about it; live facts (checkpoints, positions) come from the agents and journals.
 - Checkpoint tags are made by the protected site's agent; a tag asked of the recovery
   site is forwarded to the protected site.
+- Retention (history, journal limit) is carried out by the recovery site's agent; the
+  limit is checked at both sites and lives in that agent's state only (no column here).
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
 from seawall.manager.models import Group, Peer
 from seawall.manager.sites.service import SiteService
+from seawall.units import format_bytes
 
 HISTORY_MIN_S = 3600.0
 HISTORY_MAX_S = 30 * 86400.0
 CHECKPOINT_INTERVAL_MIN_S = 0.1
 CHECKPOINT_INTERVAL_MAX_S = 3600.0
+PRIORITIES = ("high", "medium", "low")
+COMPRESSIONS = ("zstd", "lz4", "none")
+JOURNAL_MAX_MIN_BYTES = 64 * 1024 * 1024
+
+
+def check_journal_max(journal_max_bytes: int | None) -> None:
+    if journal_max_bytes is not None and journal_max_bytes < JOURNAL_MAX_MIN_BYTES:
+        raise InvalidInput(
+            f"journal limit {format_bytes(journal_max_bytes)} is too small: at least "
+            f"{format_bytes(JOURNAL_MAX_MIN_BYTES)}, or none for no limit"
+        )
 
 
 def describe(group: Group, peer_name: str) -> dict[str, Any]:
@@ -55,7 +69,9 @@ class GroupService:
         self.sites = sites
 
     def create(self, name: str, volume_names: list[str], to: str,
-               checkpoint_interval_s: float, history_s: float) -> dict[str, Any]:
+               checkpoint_interval_s: float, history_s: float,
+               journal_max_bytes: int | None = None, priority: str = "medium",
+               compression: str = "zstd") -> dict[str, Any]:
         if not volume_names:
             raise InvalidInput("a group needs at least one --volume")
         if len(set(volume_names)) != len(volume_names):
@@ -64,6 +80,11 @@ class GroupService:
             raise InvalidInput("checkpoint interval must be between 100ms and 1h")
         if not HISTORY_MIN_S <= history_s <= HISTORY_MAX_S:
             raise InvalidInput("history must be between 1h and 30d")
+        check_journal_max(journal_max_bytes)
+        if priority not in PRIORITIES:
+            raise InvalidInput(f"priority must be high, medium or low, not {priority!r}")
+        if compression not in COMPRESSIONS:
+            raise InvalidInput(f"compression must be zstd, lz4 or none, not {compression!r}")
         with self.sessions() as session:
             if session.scalar(select(Group).where(Group.name == name)) is not None:
                 raise Conflict(f"group {name!r} already exists")
@@ -72,7 +93,7 @@ class GroupService:
         group_id = str(uuid.uuid4())
         spec = {"group_id": group_id, "name": name, "source_site_id": self.config.site_id,
                 "volumes": volumes, "checkpoint_interval_s": checkpoint_interval_s,
-                "history_s": history_s}
+                "history_s": history_s, "journal_max_bytes": journal_max_bytes}
         remote = peer_client(peer.api_url)
         try:
             remote.post("/api/v1/peer/groups", spec)
@@ -87,6 +108,7 @@ class GroupService:
             "group_id": group_id, "name": name, "volumes": volumes,
             "target_host": peer.replication_host, "target_port": peer.replication_port,
             "checkpoint_interval_s": checkpoint_interval_s,
+            "priority": priority, "codec": compression,
         })
         return describe(group, peer.name)
 
@@ -110,9 +132,11 @@ class GroupService:
                 raise NotFound("the requesting site is not paired with this one")
             if session.scalar(select(Group).where(Group.name == spec["name"])) is not None:
                 raise Conflict(f"a group named {spec['name']!r} already exists at this site")
+        check_journal_max(spec.get("journal_max_bytes"))
         self.agent.put(f"/recovering/{spec['group_id']}", {
             "group_id": spec["group_id"], "name": spec["name"],
             "source_site": spec["source_site_id"], "volumes": spec["volumes"],
+            "history_s": spec["history_s"], "journal_max_bytes": spec.get("journal_max_bytes"),
         })
         group = Group(group_id=spec["group_id"], name=spec["name"], role="recovery",
                       peer_site_id=peer.site_id, volumes=spec["volumes"],
@@ -149,9 +173,21 @@ class GroupService:
         return result
 
     def tag(self, name: str, checkpoint_name: str) -> dict[str, Any]:
+        return self._at_protected_agent(name, "checkpoints", {"name": checkpoint_name})
+
+    def resync(self, name: str) -> dict[str, Any]:
+        """Compare every volume of the group with the recovery site (a delta sync)."""
+        return self._at_protected_agent(name, "resync", {})
+
+    def _at_protected_agent(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``action`` to the protected site's agent (through the peer if it is not us)."""
         group, peer = self.get(name)
-        client = self.agent if group.role == "protected" else peer_client(peer.api_url)
-        path = (f"/groups/{group.group_id}/checkpoints" if group.role == "protected"
-                else f"/api/v1/groups/{name}/checkpoints")
-        result: dict[str, Any] = client.post(path, {"name": checkpoint_name})
+        if group.role == "protected":
+            result: dict[str, Any] = self.agent.post(f"/groups/{group.group_id}/{action}", body)
+            return result
+        remote = peer_client(peer.api_url)
+        try:
+            result = remote.post(f"/api/v1/groups/{name}/{action}", body)
+        finally:
+            remote.close()
         return result
