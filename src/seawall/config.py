@@ -39,6 +39,8 @@ class SiteConfig(BaseModel):
     nbd_tcp_host: str | None = None
     nbd_tcp_port: int | None = None
     buffer_bytes: int = Field(default=512 << 20, ge=1 << 20)
+    bitmap_bytes: int = Field(default=8 << 20, ge=64 << 10)
+    """Memory bound of each protected volume's dirty map (see ``seawall.sync.dirtymap``)."""
     """The agent's memory budget for unsent writes, shared by its protected groups."""
     advertise_replication_host: str | None = None
     advertise_replication_port: int | None = None
@@ -106,7 +108,7 @@ class SiteConfig(BaseModel):
         cls, name: str, data_dir: Path, api: str, replication: str,
         advertise_replication: str | None = None, nbd_tcp: str | None = None,
         buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
-        throttle_schedule: str | None = None,
+        throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -129,6 +131,7 @@ class SiteConfig(BaseModel):
                 nbd_tcp_host=nbd_tcp_address[0] if nbd_tcp_address else None,
                 nbd_tcp_port=nbd_tcp_address[1] if nbd_tcp_address else None,
                 buffer_bytes=buffer_bytes,
+                bitmap_bytes=bitmap_bytes,
                 throttle_bytes_per_s=throttle_bytes_per_s,
                 throttle_schedule=throttle_schedule,
             )

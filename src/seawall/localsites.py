@@ -33,7 +33,7 @@ def free_port() -> int:
 class LocalSite:
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
-                 buffer_bytes: int = 512 << 20) -> None:
+                 buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20) -> None:
         """A new site in ``directory``, or the existing one if it holds a site already."""
         self.name = name
         self.directory = directory
@@ -44,7 +44,7 @@ class LocalSite:
         else:
             self.config = SiteConfig.create(
                 name, directory, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
-                advertise_replication, buffer_bytes=buffer_bytes,
+                advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
             )
         self.url = self.config.api_url
         self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}")

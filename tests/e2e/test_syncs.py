@@ -112,3 +112,34 @@ def test_resync_on_request_compares_and_ships_nothing_when_equal(
     verify(dr, dict.fromkeys((first, second), hashlib.sha256(model).hexdigest()))
     missing = seawall(prod, "group", "resync", "nope", check=False)
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+def test_preseeded_replica_ships_only_what_differs(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    """A copy of the volume restored at the recovery site becomes the replica: the first sync
+    compares digests and sends the few blocks changed since the copy was made."""
+    prod, dr = sites
+    seawall(prod, "pair", dr.url, "--token", seawall(dr, "site", "token").stdout.strip())
+    volume = prod.api.post("/api/v1/volumes", {"name": "disk0", "size_bytes": VOLUME_BYTES})
+    model = bytearray(VOLUME_BYTES)
+    write(volume["nbd_uri"], model, random.Random(5), count=128)  # 8 MiB of data
+    seed = tmp_path / "restored-from-backup.raw"
+    seed.write_bytes(model)
+    changed = write(volume["nbd_uri"], model, random.Random(6), count=4)  # since the backup
+
+    wrong = tmp_path / "wrong-size.raw"
+    wrong.write_bytes(bytes(4096))
+    refused = seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",
+                      "--preseed", str(wrong), check=False)
+    assert refused.returncode != 0 and "4096 bytes" in refused.stderr
+    assert prod.api.get("/api/v1/groups") == [] and dr.api.get("/api/v1/groups") == []
+
+    seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",
+            "--checkpoint-interval", "500ms", "--preseed", f"disk0={seed}")
+    prod.wait_protecting(GROUP)
+    sync = prod.group_status(GROUP)["sync"]
+    assert sync["done_bytes"] == VOLUME_BYTES
+    assert 0 < sync["shipped_bytes"] <= changed
+    checkpoint = tag(prod, dr, "after-preseed")
+    verify(dr, {checkpoint: hashlib.sha256(model).hexdigest()})

@@ -40,6 +40,7 @@ from seawall.agent.stream import GroupStream
 from seawall.agent.syncer import RemoteDigests, Syncer, SyncProgress
 from seawall.agent.volumes import CaptureHook, FileVolume
 from seawall.errors import InvalidInput, NotReady
+from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
 from seawall.wire.records import MAX_PAYLOAD_BYTES, RecordKind
 
@@ -58,7 +59,7 @@ PAUSE_CODES = frozenset({"journal_full"})
 
 class ProtectedGroup:
     def __init__(self, spec: ProtectionSpec, volumes: list[FileVolume], state_dir: Path,
-                 buffer_limit_bytes: int) -> None:
+                 buffer_limit_bytes: int, bitmap_bytes: int = DEFAULT_BOUND_BYTES) -> None:
         self.spec = spec
         self.volumes = volumes
         self.buffer_limit_bytes = buffer_limit_bytes
@@ -79,13 +80,13 @@ class ProtectedGroup:
         state_dir.mkdir(parents=True, exist_ok=True)
         sizes = [volume.size_bytes for volume in volumes]
         plan_path = state_dir / PLAN_FILE
-        loaded = SyncPlan.load(plan_path, sizes)
+        loaded = SyncPlan.load(plan_path, sizes, bitmap_bytes)
         SyncPlan.discard(plan_path)  # before any write: a crash from now on leaves no plan
         if loaded is not None:
             self.plan, self._issued_seq = loaded
             self._plan_valid = True
         else:
-            self.plan = SyncPlan(sizes)
+            self.plan = SyncPlan(sizes, bitmap_bytes)
             self.plan.compare_all()
             self._issued_seq = 0
             self._plan_valid = False  # until we hear where the recovery site stands

@@ -21,6 +21,10 @@ from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
 
 
+def replica_path(spec: RecoverySpec, directory: Path, volume: str) -> Path:
+    return spec.replica_paths.get(volume) or directory / "replicas" / f"{volume}.raw"
+
+
 class RecoveryGroup:
     def __init__(self, spec: RecoverySpec, directory: Path) -> None:
         self.spec = spec
@@ -29,7 +33,7 @@ class RecoveryGroup:
         self.journal = Journal.open(
             directory / "journal",
             {v.index: v.size_bytes for v in spec.volumes},
-            {v.index: directory / "replicas" / f"{v.name}.raw" for v in spec.volumes},
+            {v.index: replica_path(spec, directory, v.name) for v in spec.volumes},
             segment_limit_bytes=policy.segment_limit_bytes,
         )
         self.aging = JournalAging(self.journal, policy, spec.name)

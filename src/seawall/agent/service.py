@@ -165,7 +165,7 @@ class Agent:
         volumes = [self.volumes[v.name] for v in spec.volumes]
         share = self.config.buffer_bytes // max(1, len(self.state.protected))
         group = ProtectedGroup(spec, volumes, self.config.agent_dir / "groups" / spec.group_id,
-                               buffer_limit_bytes=share)
+                               buffer_limit_bytes=share, bitmap_bytes=self.config.bitmap_bytes)
         for other, _ in self.protected.values():
             other.buffer_limit_bytes = share
         shipper = Shipper(group, self.config.site_id, self.throttle)
@@ -189,10 +189,29 @@ class Agent:
     def recover(self, spec: RecoverySpec) -> dict[str, Any]:
         if spec.group_id in self.recovering:
             raise Conflict(f"group {spec.name} is already recovered here")
+        self._check_preseed(spec)
+        self._open_recovery(spec)  # first: a group that cannot open is not remembered
         self.state.recovering.append(spec)
-        self._open_recovery(spec)
         self._save()
         return self.recovering[spec.group_id].status()
+
+    def _check_preseed(self, spec: RecoverySpec) -> None:
+        """A pre-seeded replica must be a file of the volume's size that nothing else uses."""
+        sizes = {v.name: v.size_bytes for v in spec.volumes}
+        taken = {v.path.resolve() for v in self.state.volumes} | {
+            path.resolve() for other in self.state.recovering
+            for path in other.replica_paths.values()}
+        for name, path in spec.replica_paths.items():
+            if name not in sizes:
+                raise InvalidInput(f"pre-seed for {name!r}, which is not in the group")
+            if not path.is_absolute() or not path.is_file():
+                raise InvalidInput(f"pre-seed {path} for {name!r} is not an existing file given "
+                                   "by its absolute path at the recovery site")
+            if path.stat().st_size != sizes[name]:
+                raise InvalidInput(f"pre-seed {path} has {path.stat().st_size} bytes, volume "
+                                   f"{name!r} has {sizes[name]}")
+            if path.resolve() in taken:
+                raise Conflict(f"pre-seed {path} is already in use by this site")
 
     def _open_recovery(self, spec: RecoverySpec) -> None:
         group = RecoveryGroup(spec, self.config.journals_dir / spec.group_id)

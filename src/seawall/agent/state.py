@@ -57,6 +57,8 @@ class RecoverySpec(BaseModel):
     # Retention (see seawall.journal.policy); defaults keep older state files loadable.
     history_s: float = 86400.0
     journal_max_bytes: int | None = None
+    replica_paths: dict[str, Path] = {}
+    """Pre-seeded replicas by volume name (others live in the group's directory)."""
 
 
 class AgentState(BaseModel):

@@ -72,8 +72,11 @@ def site_init(
     nbd_tcp: Annotated[str | None, typer.Option(
         help="Also serve volumes over NBD on this TCP HOST:PORT.")] = None,
     buffer: Annotated[str, typer.Option(
-        help="Memory for unsent writes, shared by the agent's groups; past it a group "
-             "resynchronises.")] = "512M",
+        help="Memory for unsent writes, shared by the agent's groups; at 90% of its share a "
+             "group tracks dirty ranges instead and bitmap-syncs later.")] = "512M",
+    bitmap_max: Annotated[str, typer.Option(
+        "--bitmap-max", help="Memory bound of each volume's dirty map (coarser past it).")
+    ] = "8M",
     throttle: ThrottleOption = None,
     throttle_schedule: Annotated[str | None, typer.Option(
         help="Rates by local time of day, e.g. '08:00-18:00=10M,18:00-08:00=100M'; "
@@ -83,7 +86,7 @@ def site_init(
     config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp,
                                parse_size_bytes(buffer),
                                parse_rate_bytes_per_s(throttle) if throttle else None,
-                               throttle_schedule)
+                               throttle_schedule, parse_size_bytes(bitmap_max))
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
 
@@ -183,6 +186,10 @@ def group_create(
     ] = "medium",
     compression: Annotated[str, typer.Option(
         help="zstd (level adapts to the CPU), lz4 or none.")] = "zstd",
+    preseed: Annotated[list[str] | None, typer.Option(
+        "--preseed", help="VOLUME=PATH (or PATH for a one-volume group): a copy of the volume "
+        "in a file at the recovery site, e.g. restored from a backup; it becomes the "
+        "replica and only blocks that differ are sent (repeatable).")] = None,
     url: UrlOption = None, json_output: JsonOption = False,
 ) -> None:
     """Protect volumes of this site to a paired site."""
@@ -192,8 +199,21 @@ def group_create(
         "history_s": parse_duration_s(history),
         "journal_max_bytes": None if journal_max is None else parse_size_bytes(journal_max),
         "priority": priority, "compression": compression,
+        "preseed": _preseed_paths(preseed or [], volume),
     })
     _print_one(group, json_output, f"group {name} created; initial sync to {to} started")
+
+
+def _preseed_paths(values: list[str], volumes: list[str]) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            if len(volumes) != 1:
+                raise InvalidInput("with several volumes, give --preseed as VOLUME=PATH")
+            name, path = volumes[0], value
+        paths[name] = path
+    return paths
 
 
 @group_app.command("list")

@@ -7,20 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from seawall.manager.groups.service import GroupService
+from seawall.manager.groups.service import GroupService, GroupSettings
 
 router = APIRouter(prefix="/api/v1", tags=["groups"])
-
-
-class GroupCreate(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    volumes: list[str] = Field(min_length=1, max_length=64)
-    to: str = Field(min_length=1, max_length=64)
-    checkpoint_interval_s: float = 5.0
-    history_s: float = 86400.0
-    journal_max_bytes: int | None = None  # hard limit of the recovery journal; None: none
-    priority: str = "medium"  # share of the site's throttled bandwidth: high|medium|low
-    compression: str = "zstd"  # zstd (adaptive level) | lz4 | none
 
 
 class GroupVolume(BaseModel):
@@ -37,6 +26,7 @@ class PeerGroup(BaseModel):
     checkpoint_interval_s: float
     history_s: float
     journal_max_bytes: int | None = None  # absent from older peers
+    replica_paths: dict[str, str] = {}  # pre-seeded replicas, by volume name
 
 
 class CheckpointTag(BaseModel):
@@ -54,11 +44,8 @@ def list_groups(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/groups", status_code=201)
-def create_group(request: Request, body: GroupCreate) -> dict[str, Any]:
-    return _service(request).create(body.name, body.volumes, body.to,
-                                    body.checkpoint_interval_s, body.history_s,
-                                    journal_max_bytes=body.journal_max_bytes,
-                                    priority=body.priority, compression=body.compression)
+def create_group(request: Request, body: GroupSettings) -> dict[str, Any]:
+    return _service(request).create(body)
 
 
 @router.get("/groups/{name}")

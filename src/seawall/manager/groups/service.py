@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +38,23 @@ CHECKPOINT_INTERVAL_MAX_S = 3600.0
 PRIORITIES = ("high", "medium", "low")
 COMPRESSIONS = ("zstd", "lz4", "none")
 JOURNAL_MAX_MIN_BYTES = 64 * 1024 * 1024
+
+
+class GroupSettings(BaseModel):
+    """What ``group create`` takes (checked further in ``GroupService.create``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    volumes: list[str] = Field(min_length=1, max_length=64)
+    to: str = Field(min_length=1, max_length=64)
+    checkpoint_interval_s: float = 5.0
+    history_s: float = 86400.0
+    journal_max_bytes: int | None = None  # hard limit of the recovery journal; None: none
+    priority: str = "medium"  # share of the site's throttled bandwidth: high|medium|low
+    compression: str = "zstd"  # zstd (adaptive level) | lz4 | none
+    preseed: dict[str, str] = {}
+    """Volume name -> a file at the recovery site holding a copy of it (e.g. restored from
+    a backup): it becomes that volume's replica, and the first sync compares instead of
+    copying everything."""
 
 
 def check_journal_max(journal_max_bytes: int | None) -> None:
@@ -68,10 +86,11 @@ class GroupService:
         self.agent = agent
         self.sites = sites
 
-    def create(self, name: str, volume_names: list[str], to: str,
-               checkpoint_interval_s: float, history_s: float,
-               journal_max_bytes: int | None = None, priority: str = "medium",
-               compression: str = "zstd") -> dict[str, Any]:
+    def create(self, settings: GroupSettings) -> dict[str, Any]:
+        name, volume_names, to = settings.name, settings.volumes, settings.to
+        checkpoint_interval_s, history_s = settings.checkpoint_interval_s, settings.history_s
+        journal_max_bytes = settings.journal_max_bytes
+        priority, compression = settings.priority, settings.compression
         if not volume_names:
             raise InvalidInput("a group needs at least one --volume")
         if len(set(volume_names)) != len(volume_names):
@@ -85,6 +104,9 @@ class GroupService:
             raise InvalidInput(f"priority must be high, medium or low, not {priority!r}")
         if compression not in COMPRESSIONS:
             raise InvalidInput(f"compression must be zstd, lz4 or none, not {compression!r}")
+        unknown = sorted(set(settings.preseed) - set(volume_names))
+        if unknown:
+            raise InvalidInput(f"--preseed names volumes not in the group: {', '.join(unknown)}")
         with self.sessions() as session:
             if session.scalar(select(Group).where(Group.name == name)) is not None:
                 raise Conflict(f"group {name!r} already exists")
@@ -93,7 +115,8 @@ class GroupService:
         group_id = str(uuid.uuid4())
         spec = {"group_id": group_id, "name": name, "source_site_id": self.config.site_id,
                 "volumes": volumes, "checkpoint_interval_s": checkpoint_interval_s,
-                "history_s": history_s, "journal_max_bytes": journal_max_bytes}
+                "history_s": history_s, "journal_max_bytes": journal_max_bytes,
+                "replica_paths": settings.preseed}
         remote = peer_client(peer.api_url)
         try:
             remote.post("/api/v1/peer/groups", spec)
@@ -108,7 +131,7 @@ class GroupService:
             "group_id": group_id, "name": name, "volumes": volumes,
             "target_host": peer.replication_host, "target_port": peer.replication_port,
             "checkpoint_interval_s": checkpoint_interval_s,
-            "priority": priority, "codec": compression,
+            "priority": priority, "codec": compression, "preseeded": bool(settings.preseed),
         })
         return describe(group, peer.name)
 
@@ -137,6 +160,7 @@ class GroupService:
             "group_id": spec["group_id"], "name": spec["name"],
             "source_site": spec["source_site_id"], "volumes": spec["volumes"],
             "history_s": spec["history_s"], "journal_max_bytes": spec.get("journal_max_bytes"),
+            "replica_paths": spec.get("replica_paths") or {},
         })
         group = Group(group_id=spec["group_id"], name=spec["name"], role="recovery",
                       peer_site_id=peer.site_id, volumes=spec["volumes"],
