@@ -185,7 +185,7 @@ class Shipper:
         while True:
             if self.group.link_reset.is_set():
                 self.group.link_reset.clear()
-                raise ConnectionResetError("buffer overflow: reconnecting for a full resync")
+                raise ConnectionResetError("group dropped its stream: reconnecting for a sync")
             while in_flight and in_flight[0][0] <= stream.acked_seq:
                 in_flight_bytes -= in_flight.popleft()[1]
             batch = stream.pending(next_seq, FRAME_MAX_BYTES, FRAME_MAX_RECORDS)
