@@ -1,7 +1,8 @@
 """A site's configuration: one frozen object per process, read from ``DATA/site.json``.
 
-Invariants: ``site init`` writes the file once (atomically); every path a process uses is
-derived here from the data directory, so the manager, the agent and the CLI agree on them.
+Invariants: ``site init`` writes the file once (atomically), after the site's TLS identity
+(``seawall.tls``); every path a process uses is derived here from the data directory, so
+the manager, the agent and the CLI agree on them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.tls import SiteIdentity, ensure_identity
 from seawall.wan.schedule import parse_schedule
 
 CONFIG_NAME = "site.json"
@@ -100,6 +102,24 @@ class SiteConfig(BaseModel):
         return self.data_dir / "journals"
 
     @property
+    def scratch_dir(self) -> Path:
+        """Scratch files of writable recovery images (failover tests)."""
+        return self.agent_dir / "scratch"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Recovery reports kept by the manager (``ID.json`` and ``ID.html``)."""
+        return self.data_dir / "reports"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def identity(self) -> SiteIdentity:
+        """The site's key and certificate (made on first use for sites older than them)."""
+        return ensure_identity(self.tls_dir, self.name, self.site_id)
+
+    @property
     def database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'manager.db'}"
 
@@ -140,6 +160,7 @@ class SiteConfig(BaseModel):
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        config.identity()
         atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"))
         return config
 

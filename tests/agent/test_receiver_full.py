@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seawall.agent.receiver import ReplicationServer
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.agent.wire_io import read_event
@@ -32,6 +31,7 @@ from seawall.wire.protocol import (
     WireConnection,
 )
 from seawall.wire.records import Record, RecordKind, checkpoint_record, write_record
+from support.tls_peers import PROD, connect, replication_server
 from support.tmpfs import fill, mounted_tmpfs
 
 VOLUME_BYTES = 1 << 20
@@ -76,7 +76,7 @@ class Sender:
         self.connection = WireConnection(Role.SENDER)
 
     async def __aenter__(self) -> Sender:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.reader, self.writer = await connect(self.port)
         self.writer.write(self.connection.send(HELLO))
         self.welcome = await read_event(self.connection, self.reader, 65536)
         return self
@@ -118,7 +118,7 @@ def scenario(root: Path, model: Model, spec: RecoverySpec, make_room: str) -> No
     port = free_port()
 
     async def run() -> None:
-        server = ReplicationServer({"g-1": group}.get)
+        server = replication_server({"g-1": group})
         await server.start("127.0.0.1", port)
         try:
             acked, refusal = await send_until_refused(port, model.__class__(model.frames[:4]), 0)
@@ -171,6 +171,7 @@ def scenario(root: Path, model: Model, spec: RecoverySpec, make_room: str) -> No
 
 def recovery_spec(**retention: object) -> RecoverySpec:
     return RecoverySpec(group_id="g-1", name="app", source_site="prod",
+                        source_cert_pem=PROD.cert_pem,
                         volumes=[GroupVolume(index=0, name="disk0", size_bytes=VOLUME_BYTES)],
                         **retention)  # type: ignore[arg-type]
 

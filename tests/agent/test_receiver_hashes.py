@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from seawall.agent.receiver import ReplicationServer
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.agent.wire_io import read_event
@@ -34,9 +33,11 @@ from seawall.wire.protocol import (
     WireConnection,
 )
 from seawall.wire.records import Record, RecordKind, checkpoint_record, write_record
+from support.tls_peers import PROD, connect, replication_server
 
 SIZES = {0: 8 << 20, 1: (256 << 10) + 1000}  # volume 0 spans two 4 MiB read pieces
-SPEC = RecoverySpec(group_id="g-1", name="app", source_site="prod", volumes=[
+SPEC = RecoverySpec(group_id="g-1", name="app", source_site="prod",
+                   source_cert_pem=PROD.cert_pem, volumes=[
     GroupVolume(index=index, name=f"disk{index}", size_bytes=size)
     for index, size in SIZES.items()
 ])
@@ -52,7 +53,7 @@ class Sender:
         self.compressor = Compressor(Codec.ZSTD)
 
     async def connect(self, port: int) -> Event:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.reader, self.writer = await connect(port)
         self.writer.write(self.connection.send(HELLO))
         return await self.next()
 
@@ -93,7 +94,7 @@ def test_hashes_describe_the_welcome_seq_while_records_flow(tmp_path: Path) -> N
     images = {volume: bytearray(size) for volume, size in SIZES.items()}
 
     async def scenario() -> None:
-        server = ReplicationServer({"g-1": group}.get)
+        server = replication_server({"g-1": group})
         await server.start("127.0.0.1", port)
         try:
             first = Sender(images)
@@ -175,7 +176,7 @@ def test_bad_requests_end_the_session_with_an_error(tmp_path: Path, request_: Ha
     port = free_port()
 
     async def scenario() -> None:
-        server = ReplicationServer({"g-1": group}.get)
+        server = replication_server({"g-1": group})
         await server.start("127.0.0.1", port)
         try:
             sender = Sender({volume: bytearray(size) for volume, size in SIZES.items()})
@@ -205,7 +206,7 @@ def test_a_failed_read_ends_the_session_with_an_error(tmp_path: Path) -> None:
     port = free_port()
 
     async def scenario() -> None:
-        server = ReplicationServer({"g-1": group}.get)
+        server = replication_server({"g-1": group})
         await server.start("127.0.0.1", port)
         try:
             sender = Sender({volume: bytearray(size) for volume, size in SIZES.items()})

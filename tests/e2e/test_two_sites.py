@@ -115,10 +115,12 @@ def test_pairing_and_errors_change_nothing(
     seawall(prod, "pair", dr.url, "--token", token)
     reused = seawall(prod, "pair", dr.url, "--token", token, check=False)
     assert reused.returncode == 6
-    assert [p["name"] for p in json.loads(seawall(prod, "peer", "list", "--json").stdout)] == [
-        "dr"]
-    assert [p["name"] for p in json.loads(seawall(dr, "peer", "list", "--json").stdout)] == [
-        "prod"]
+    at_prod = json.loads(seawall(prod, "peer", "list", "--json").stdout)
+    at_dr = json.loads(seawall(dr, "peer", "list", "--json").stdout)
+    assert [p["name"] for p in at_prod] == ["dr"] and [p["name"] for p in at_dr] == ["prod"]
+    # Each pinned the other's certificate, the one its agent presents.
+    assert at_prod[0]["fingerprint"] == dr.config.identity().fingerprint
+    assert at_dr[0]["fingerprint"] == prod.config.identity().fingerprint
 
     seawall(prod, "volume", "create", "disk0", "--size", "1M")
     existing = tmp_path / "existing.raw"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from seawall.wan.compression import (
     MAX_RAISE_AFTER_WINDOWS,
+    PROBE_EVERY_FRAMES,
     RAISE_AFTER_WINDOWS,
     AdaptiveCompression,
     CompressionSetting,
+    IncompressibleProbe,
 )
 from seawall.wire.frames import Codec
 
@@ -80,3 +82,24 @@ def test_lz4_and_none_are_never_changed() -> None:
         policy = AdaptiveCompression(codec)
         for window in [SATURATED] * 5 + [SLACK] * 10 + [NETWORK_BOUND] * 10:
             assert policy.observe(*window) == CompressionSetting(codec, None)
+
+
+def test_incompressible_data_is_probed_not_compressed() -> None:
+    probe = IncompressibleProbe()
+    assert probe.compress_next()
+    probe.observe(1 << 20, (1 << 20) + 40)  # random data: zstd gains nothing
+    skipped = 0
+    while not probe.compress_next():
+        skipped += 1
+    assert skipped == PROBE_EVERY_FRAMES - 1 == probe.skipped_frames
+    probe.observe(1 << 20, 300_000)  # the probe compressed well: keep compressing
+    assert all(probe.compress_next() for _ in range(3 * PROBE_EVERY_FRAMES))
+
+
+def test_a_growing_backlog_with_a_busy_compressor_steps_down() -> None:
+    policy = AdaptiveCompression(Codec.ZSTD)
+    assert policy.observe(0.6, 0.0, backlog_growing=False).level == 1  # keeps up: stay
+    assert policy.observe(0.6, 0.0, backlog_growing=True).level == -1
+    assert policy.observe(0.6, 0.0, backlog_growing=True).codec == Codec.NONE
+    held = AdaptiveCompression(Codec.ZSTD)  # the network holds the sender up: not the CPU
+    assert held.observe(0.6, 0.8, backlog_growing=True).level == 1

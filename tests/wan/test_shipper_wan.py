@@ -7,6 +7,7 @@ from typing import Any
 
 from seawall.agent.shipper import COMPRESSION_WINDOW_S, Shipper
 from seawall.agent.state import GroupVolume, ProtectionSpec
+from seawall.agent.stream import GroupStream
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wire.frames import Codec
 
@@ -15,8 +16,8 @@ def shipper(codec: str = "zstd") -> Shipper:
     spec = ProtectionSpec(group_id="g1", name="app", target_host="127.0.0.1", target_port=1,
                           volumes=[GroupVolume(index=0, name="disk0", size_bytes=1 << 20)],
                           codec=codec, priority="low")
-    group: Any = SimpleNamespace(spec=spec)
-    return Shipper(group, "site", SiteThrottle(4 << 20))
+    group: Any = SimpleNamespace(spec=spec, stream=GroupStream())
+    return Shipper(group, "site", SiteThrottle(4 << 20), tls=None)  # never connects here
 
 
 def saturated_window(subject: Shipper) -> None:

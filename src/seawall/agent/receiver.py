@@ -1,8 +1,14 @@
 """The recovery side's replication listener: frames in, journal appends, durable ACKs out.
 
 Rules and invariants:
+- Sessions run over mutual TLS (``seawall.tls``). The handshake takes a client holding
+  any certificate pinned for a group recovered here (``trust``, as groups are added);
+  after HELLO the certificate must be the one pinned for *that* group, so a paired site
+  cannot push into another site's group. A group without a pinned certificate (state
+  from before pairing exchanged them) takes no session.
 - A session starts with HELLO naming a group this agent was told to recover (by its
-  manager); anything else is refused with an ERROR frame and the connection closed.
+  manager), from the site pinned for it; anything else is refused with an ERROR frame
+  (``unknown_group``, ``unauthenticated``, ...) and the connection closed.
 - WELCOME carries the journal's durable seq, after syncing whatever an earlier session
   appended, so the sender resumes exactly after what is on disk.
 - Frames are appended as received; after each batch read from the socket the journal is
@@ -18,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 
 from seawall.agent.hash_responder import HashResponder
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.wire_io import read_event
 from seawall.errors import SeawallError
+from seawall.tls import SiteIdentity, is_pinned, server_context, trust
 from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,
@@ -40,16 +48,29 @@ from seawall.wire.protocol import (
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1 << 20
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class ReplicationServer:
-    def __init__(self, lookup: Callable[[str], RecoveryGroup | None]) -> None:
+    def __init__(self, lookup: Callable[[str], RecoveryGroup | None],
+                 identity: SiteIdentity) -> None:
         self._lookup = lookup
+        self._tls = server_context(identity)
         self._server: asyncio.Server | None = None
         self._sessions: dict[str, asyncio.Task[None]] = {}
 
+    def trust(self, cert_pem: str) -> None:
+        """Let the holder of ``cert_pem`` (a group's source site) through the handshake.
+
+        One context serves every connection, so new handshakes see the new certificate;
+        trust only grows while the server runs, which lets through no one who could push
+        into a group: that needs the certificate pinned for the group (``_refusal``).
+        """
+        trust(self._tls, cert_pem)
+
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(
+            self._handle, host, port, ssl=self._tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -65,8 +86,10 @@ class ReplicationServer:
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)
-            refusal = self._refusal(hello, group)
+            refusal = self._refusal(hello, group, writer.get_extra_info("ssl_object"))
             if refusal is not None:
+                log.warning("replication session from %s refused: %s: %s", peer, refusal.code,
+                            refusal.message)
                 writer.write(connection.send(refusal))
                 await writer.drain()
                 return
@@ -90,10 +113,15 @@ class ReplicationServer:
             writer.close()
 
     @staticmethod
-    def _refusal(hello: Hello, group: RecoveryGroup | None) -> Error | None:
-        """Why a session for ``hello`` must not start here, if it must not."""
+    def _refusal(hello: Hello, group: RecoveryGroup | None,
+                 client: ssl.SSLObject | None) -> Error | None:
+        """Why a session for ``hello`` from ``client`` must not start here, if it must not."""
         if group is None:
             return Error("unknown_group", f"no recovery group {hello.group_id}")
+        # Before anything about the group is said: only its source site may learn more.
+        if not is_pinned(client, group.spec.source_cert_pem):
+            return Error("unauthenticated", f"group {hello.group_id} takes replication only "
+                                            "from the certificate pinned for its source site")
         expected = {(v.index, v.name, v.size_bytes) for v in group.spec.volumes}
         offered = {(v.index, v.name, v.size_bytes) for v in hello.volumes}
         if offered != expected:

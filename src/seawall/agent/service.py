@@ -5,6 +5,8 @@ Rules and invariants:
   restarted agent serves the same volumes and resumes the same groups by itself.
 - A volume belongs to at most one protection group; a group's volumes are captured from
   the moment the recovery site answers (see ``ProtectedGroup``).
+- Replication both ways runs over mutual TLS with the site's identity; each group brings
+  the certificate pinned for its peer site (``seawall.tls``).
 - This class does orchestration only; protocols live in ``nbd``/``wire``, storage in
   ``journal``.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from seawall.agent.exports import ExportRecord, ExportRegistry
+from seawall.agent.failover_tests import FailoverTests
 from seawall.agent.frontend import ExportBackend, NbdFrontend
 from seawall.agent.protection import ProtectedGroup
 from seawall.agent.receiver import ReplicationServer
@@ -25,6 +28,7 @@ from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, Volume
 from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.tls import client_context
 from seawall.wan.schedule import parse_schedule
 from seawall.wan.site_throttle import SiteThrottle
 
@@ -42,7 +46,10 @@ class Agent:
         self.recovering: dict[str, RecoveryGroup] = {}
         self.exports = ExportRegistry()
         self.frontend = NbdFrontend(self)
-        self.replication = ReplicationServer(self.recovering.get)
+        self.failover_tests = FailoverTests(config, self.recovery_group,
+                                            self.frontend.disconnect_export)
+        self.identity = config.identity()
+        self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
         self.throttle = SiteThrottle(config.throttle_bytes_per_s,
                                      parse_schedule(schedule) if schedule else None)
@@ -53,10 +60,12 @@ class Agent:
         if name in self.volumes:
             return self.volumes[name]
         record = self.exports.exports.get(name)
-        return record.backend if record is not None else None
+        if record is not None:
+            return record.backend
+        return self.failover_tests.backend(name)
 
     def names(self) -> list[str]:
-        return [*self.volumes, *self.exports.exports]
+        return [*self.volumes, *self.exports.exports, *self.failover_tests.names()]
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -65,6 +74,7 @@ class Agent:
             self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         for recovery in self.state.recovering:
             self._open_recovery(recovery)
+        self.failover_tests.clear_leftovers()  # an agent restart ends failover tests
         for protection in self.state.protected:
             self._start_protection(protection)
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +95,7 @@ class Agent:
             await group.stop()
         for volume in self.volumes.values():
             volume.close()
+        self.failover_tests.close_all()
         for recovery in self.recovering.values():
             await recovery.stop()
             recovery.close()
@@ -168,7 +179,9 @@ class Agent:
                                buffer_limit_bytes=share, bitmap_bytes=self.config.bitmap_bytes)
         for other, _ in self.protected.values():
             other.buffer_limit_bytes = share
-        shipper = Shipper(group, self.config.site_id, self.throttle)
+        pinned = spec.target_cert_pem
+        shipper = Shipper(group, self.config.site_id, self.throttle,
+                          client_context(self.identity, pinned) if pinned else None)
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
@@ -216,6 +229,8 @@ class Agent:
     def _open_recovery(self, spec: RecoverySpec) -> None:
         group = RecoveryGroup(spec, self.config.journals_dir / spec.group_id)
         group.start()
+        if spec.source_cert_pem is not None:
+            self.replication.trust(spec.source_cert_pem)
         self.recovering[spec.group_id] = group
 
     def recovery_group(self, group_id: str) -> RecoveryGroup:

@@ -6,6 +6,10 @@ Rules and invariants:
   reconnects with capped exponential backoff and resumes from the new WELCOME, so nothing
   is lost (the stream keeps every unacknowledged record) and nothing is applied twice
   (the receiver's journal only takes the next seq).
+- Sessions run over mutual TLS (``seawall.tls``): the agent presents its site's
+  certificate and accepts only the recovery site's, pinned at pairing. A group with no
+  pinned certificate (state from before pairing exchanged them) never connects: it
+  reports ``unauthenticated`` rather than replicate in clear.
 - At most ``WINDOW_BYTES`` of payload are in flight beyond the last ACK.
 - Frames are built (compressed, hashed) in a worker thread, off the event loop that serves
   the volumes' NBD requests.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +35,12 @@ from seawall.agent.protection import ProtectedGroup
 from seawall.agent.remote_digests import SessionDigests
 from seawall.agent.wire_io import read_event
 from seawall.errors import ProtocolViolation, SeawallError
-from seawall.wan.compression import AdaptiveCompression, CompressionSetting
+from seawall.tls import is_pinned
+from seawall.wan.compression import (
+    AdaptiveCompression,
+    CompressionSetting,
+    IncompressibleProbe,
+)
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wan.throttle import Priority
 from seawall.wire.frames import Codec, Compressor
@@ -61,20 +71,29 @@ BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 COMPRESSION_WINDOW_S = 1.0
 
+BACKLOG_GROWTH_BYTES = 4 << 20
+"""Backlog growth over a compression window that counts as "not keeping up"."""
+
 CODECS = {"zstd": Codec.ZSTD, "lz4": Codec.LZ4, "none": Codec.NONE}
 
 
 class Shipper:
-    def __init__(self, group: ProtectedGroup, source_site: str, throttle: SiteThrottle) -> None:
+    def __init__(self, group: ProtectedGroup, source_site: str, throttle: SiteThrottle,
+                 tls: ssl.SSLContext | None) -> None:
+        """``tls`` trusts the recovery site's pinned certificate; None if none is pinned."""
         self.group = group
         self.source_site = source_site
         self.throttle = throttle
+        self._tls = tls
         self._priority = Priority(group.spec.priority)
         self._compression = AdaptiveCompression(CODECS[group.spec.codec])
         self._setting = self._compression.setting
         self._compressor = self._compressor_for(self._setting)
+        self._probe = IncompressibleProbe()
+        self._uncompressed = Compressor(Codec.NONE)
         self.sent_bytes = 0
         self._window_start_s = time.monotonic()
+        self._window_backlog_bytes = 0
         self._compress_busy_s = 0.0
         self._network_wait_s = 0.0
         self._compress_busy_fraction = 0.0
@@ -117,11 +136,19 @@ class Shipper:
 
     async def _session(self) -> None:
         spec = self.group.spec
+        if self._tls is None:
+            self._refused(Error("unauthenticated", "no certificate is pinned for the recovery "
+                                "site: pair the sites again, then create the group again"))
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(spec.target_host, spec.target_port), CONNECT_TIMEOUT_S
+            asyncio.open_connection(spec.target_host, spec.target_port, ssl=self._tls,
+                                    ssl_handshake_timeout=CONNECT_TIMEOUT_S),
+            CONNECT_TIMEOUT_S,
         )
         connection = WireConnection(Role.SENDER)
         try:
+            if not is_pinned(writer.get_extra_info("ssl_object"), spec.target_cert_pem):
+                self._refused(Error("unauthenticated", "the recovery site's agent did not "
+                                    "present the certificate pinned for its site"))
             writer.write(connection.send(self._hello()))
             welcome = await asyncio.wait_for(
                 read_event(connection, reader, READ_CHUNK_BYTES), CONNECT_TIMEOUT_S
@@ -201,9 +228,13 @@ class Shipper:
                     # that frames carry many records (the cost is per frame on both sides).
                     await asyncio.sleep(COALESCE_S)
                 continue
-            frame, build_s = await loop.run_in_executor(self._executor, self._build, batch,
-                                                        self._compressor)
+            compress = self._setting.codec != Codec.NONE and self._probe.compress_next()
+            frame, build_s = await loop.run_in_executor(
+                self._executor, self._build, batch,
+                self._compressor if compress else self._uncompressed)
             self._compress_busy_s += build_s
+            if compress:
+                self._probe.observe(sum(len(r.payload) for r in batch), len(frame.frame))
             waited_from_s = time.monotonic()
             await self.throttle.acquire(self.group.spec.group_id, self._priority,
                                         len(frame.frame))
@@ -237,8 +268,11 @@ class Shipper:
         self._compress_busy_fraction = min(1.0, self._compress_busy_s / window_s)
         self._network_wait_fraction = min(1.0, self._network_wait_s / window_s)
         self._window_start_s, self._compress_busy_s, self._network_wait_s = now_s, 0.0, 0.0
+        backlog_bytes = self.group.stream.buffered_bytes
+        growing = backlog_bytes > self._window_backlog_bytes + BACKLOG_GROWTH_BYTES
+        self._window_backlog_bytes = backlog_bytes
         setting = self._compression.observe(self._compress_busy_fraction,
-                                            self._network_wait_fraction)
+                                            self._network_wait_fraction, growing)
         if setting != self._setting:
             log.info("group %s: compression %s level %s -> %s level %s (compress busy "
                      "%.0f%%, network wait %.0f%%)", self.group.spec.name,
@@ -256,6 +290,7 @@ class Shipper:
             "codec": self.group.spec.codec,
             "codec_in_use": self._setting.codec.name.lower(),
             "zstd_level": self._setting.level,
+            "incompressible_frames_sent_raw": self._probe.skipped_frames,
             "sent_bytes": self.sent_bytes,
             "compress_busy_fraction": round(self._compress_busy_fraction, 3),
             "network_wait_fraction": round(self._network_wait_fraction, 3),

@@ -39,6 +39,9 @@ class ProtectionSpec(BaseModel):
     volumes: list[GroupVolume]
     target_host: str
     target_port: int
+    target_cert_pem: str | None = None
+    """The recovery site's certificate, pinned at pairing; None only in state from before
+    pairing exchanged certificates, and such a group does not connect (``Shipper``)."""
     checkpoint_interval_s: float = 5.0
     codec: Literal["zstd", "lz4", "none"] = "zstd"
     priority: Literal["high", "medium", "low"] = "medium"
@@ -53,6 +56,9 @@ class RecoverySpec(BaseModel):
     group_id: str
     name: str
     source_site: str
+    source_cert_pem: str | None = None
+    """The protected site's certificate: the only one its sessions may present (None in
+    state from before pairing exchanged certificates: no session is taken then)."""
     volumes: list[GroupVolume]
     # Retention (see seawall.journal.policy); defaults keep older state files loadable.
     history_s: float = 86400.0

@@ -14,10 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
+from seawall.cli.options import JsonOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.cli.recovery import add_recovery_commands
 from seawall.config import SiteConfig
 from seawall.errors import InvalidInput, SeawallError
-from seawall.http import JsonClient
 from seawall.units import parse_duration_s, parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
 
@@ -34,20 +35,12 @@ for sub, name in ((site_app, "site"), (volume_app, "volume"), (group_app, "group
                   (checkpoint_app, "checkpoint"), (peer_app, "peer"), (agent_app, "agent"),
                   (manager_app, "manager")):
     app.add_typer(sub, name=name)
+add_recovery_commands(app)  # failover, clone, report: seawall.cli.recovery
 
-UrlOption = Annotated[str | None, typer.Option("--url", envvar="SEAWALL_URL",
-                                               help="Site manager URL (or SEAWALL_URL).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
 ThrottleOption = Annotated[str | None, typer.Option(
     help="Replication bandwidth of the site in bytes/s, shared by its groups by priority "
          "(e.g. 50M); 0 or none: unlimited.")]
-
-
-def manager(url: str | None) -> JsonClient:
-    if not url:
-        raise InvalidInput("no site manager given: use --url URL or set SEAWALL_URL")
-    return JsonClient(url.rstrip("/"), timeout_s=120.0, what="site manager")
 
 
 def setup_logging() -> None:
@@ -89,6 +82,7 @@ def site_init(
                                throttle_schedule, parse_size_bytes(bitmap_max))
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
+    console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
 
 
 @site_app.command("run")
@@ -124,7 +118,7 @@ def peer_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(peers)
     else:
-        print_table(peers, ["name", "api_url", "replication", "paired_at"])
+        print_table(peers, ["name", "api_url", "replication", "paired_at", "fingerprint"])
 
 
 # --- volumes ---------------------------------------------------------------------------

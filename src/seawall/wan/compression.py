@@ -11,8 +11,10 @@ Rules:
   does not compress) and are never changed.
 - The steps, slowest to fastest: levels 3, 2, 1, -1 (a zstd fast mode), then off
   (``Codec.NONE``). A group starts at level 1, the fast level Seawall has always used.
-- The compressor is the bottleneck when it was busy ``SATURATED_FRACTION`` of the window
-  and the network did not hold the send path up: step down one, until off.
+- The compressor is the bottleneck when it was busy ``SATURATED_FRACTION`` of the window,
+  or busy ``SLACK_FRACTION`` while the group's backlog grew (the sender cannot keep up and
+  its CPU is shared: both sites' agents on one host, or a busy hypervisor), and the
+  network did not hold the send path up: step down one, until off.
 - It has slack below ``SLACK_FRACTION``: after ``raise_after_windows`` such windows in a
   row, step up one — back to level 1, and beyond it (to 3) only while the network is the
   bottleneck, where a better ratio buys bandwidth with CPU that would otherwise idle;
@@ -66,13 +68,15 @@ class AdaptiveCompression:
             return CompressionSetting(Codec.NONE, None)
         return CompressionSetting(Codec.ZSTD, level)
 
-    def observe(self, compress_busy_fraction: float,
-                network_wait_fraction: float) -> CompressionSetting:
+    def observe(self, compress_busy_fraction: float, network_wait_fraction: float,
+                backlog_growing: bool = False) -> CompressionSetting:
         """Account one window's measurements; return the setting for the next window."""
         if self.codec != Codec.ZSTD:
             return self.setting
         network_bound = network_wait_fraction >= NETWORK_BOUND_FRACTION
-        saturated = compress_busy_fraction >= SATURATED_FRACTION and not network_bound
+        busy = compress_busy_fraction >= SATURATED_FRACTION or (
+            backlog_growing and compress_busy_fraction >= SLACK_FRACTION)
+        saturated = busy and not network_bound
         just_raised, self._just_raised = self._just_raised, False
         if saturated:
             self._slack_windows = 0
@@ -97,3 +101,34 @@ class AdaptiveCompression:
             self._step += 1
             self._just_raised = True
         return self.setting
+
+
+INCOMPRESSIBLE_RATIO = 0.95
+"""A frame whose compressed size is above this share of its raw size did not compress."""
+PROBE_EVERY_FRAMES = 16
+
+
+class IncompressibleProbe:
+    """Skips compressing data that does not compress, probing now and then.
+
+    Rule: after a compressed frame came out above ``INCOMPRESSIBLE_RATIO`` of its raw size
+    (random or encrypted data: compressing it costs a core and saves nothing), the next
+    ``PROBE_EVERY_FRAMES - 1`` frames go uncompressed and the one after is compressed
+    again to see whether the data changed. Data that compresses is never skipped.
+    """
+
+    def __init__(self) -> None:
+        self._skip_frames = 0
+        self.skipped_frames = 0
+
+    def compress_next(self) -> bool:
+        if self._skip_frames > 0:
+            self._skip_frames -= 1
+            self.skipped_frames += 1
+            return False
+        return True
+
+    def observe(self, raw_bytes: int, compressed_bytes: int) -> None:
+        """Account one frame that was compressed."""
+        if raw_bytes > 0 and compressed_bytes > INCOMPRESSIBLE_RATIO * raw_bytes:
+            self._skip_frames = PROBE_EVERY_FRAMES - 1

@@ -11,6 +11,8 @@ Rules:
   site is forwarded to the protected site.
 - Retention (history, journal limit) is carried out by the recovery site's agent; the
   limit is checked at both sites and lives in that agent's state only (no column here).
+- Each site's agent gets, with the group, the certificate pinned for the other site at
+  pairing: replication between them is mutual TLS (``seawall.tls``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class GroupService:
             if session.scalar(select(Group).where(Group.name == name)) is not None:
                 raise Conflict(f"group {name!r} already exists")
             peer = self.sites.peer_by_name(session, to)
+        target_cert_pem = self.sites.pinned_cert(peer)
         volumes = self._volumes(volume_names)
         group_id = str(uuid.uuid4())
         spec = {"group_id": group_id, "name": name, "source_site_id": self.config.site_id,
@@ -130,6 +133,7 @@ class GroupService:
         self.agent.put(f"/protected/{group_id}", {
             "group_id": group_id, "name": name, "volumes": volumes,
             "target_host": peer.replication_host, "target_port": peer.replication_port,
+            "target_cert_pem": target_cert_pem,
             "checkpoint_interval_s": checkpoint_interval_s,
             "priority": priority, "codec": compression, "preseeded": bool(settings.preseed),
         })
@@ -155,11 +159,13 @@ class GroupService:
                 raise NotFound("the requesting site is not paired with this one")
             if session.scalar(select(Group).where(Group.name == spec["name"])) is not None:
                 raise Conflict(f"a group named {spec['name']!r} already exists at this site")
+        source_cert_pem = self.sites.pinned_cert(peer)
         check_journal_max(spec.get("journal_max_bytes"))
         self.agent.put(f"/recovering/{spec['group_id']}", {
             "group_id": spec["group_id"], "name": spec["name"],
-            "source_site": spec["source_site_id"], "volumes": spec["volumes"],
-            "history_s": spec["history_s"], "journal_max_bytes": spec.get("journal_max_bytes"),
+            "source_site": spec["source_site_id"], "source_cert_pem": source_cert_pem,
+            "volumes": spec["volumes"], "history_s": spec["history_s"],
+            "journal_max_bytes": spec.get("journal_max_bytes"),
             "replica_paths": spec.get("replica_paths") or {},
         })
         group = Group(group_id=spec["group_id"], name=spec["name"], role="recovery",

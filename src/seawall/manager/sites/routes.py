@@ -18,6 +18,7 @@ class SiteInfo(BaseModel):
     api_url: str = Field(min_length=1, max_length=256)
     replication_host: str = Field(min_length=1, max_length=256)
     replication_port: int = Field(gt=0, lt=65536)
+    cert_pem: str = Field(min_length=1, max_length=8192)
 
 
 class PairRequest(BaseModel):

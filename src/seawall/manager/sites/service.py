@@ -4,6 +4,12 @@ Rules: a token is shown once (only its SHA-256 is stored), works once, and expir
 ``TOKEN_LIFETIME``. Pairing is symmetric: the site that presents a token learns the peer
 from its answer, and the peer learns the presenter from the request. A failed pairing
 changes nothing on either side.
+
+Pairing pins certificates: each side sends its TLS certificate (``seawall.tls``) and keeps
+the other's; agents then take replication only from, and send it only to, the holder of
+the certificate pinned for that peer. The token vouches for the presenter's certificate;
+the answer's certificate is only as good as the path to the peer's API (plain HTTP until
+the managers speak TLS too), so operators compare fingerprints (``peer list``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
-from seawall.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
 from seawall.manager.clients import peer_client
 from seawall.manager.models import PairingToken, Peer
+from seawall.tls import check_certificate, fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=1)
 
@@ -36,6 +43,7 @@ class SiteService:
     def __init__(self, config: SiteConfig, sessions: sessionmaker[Session]) -> None:
         self.config = config
         self.sessions = sessions
+        self.cert_pem = config.identity().cert_pem
 
     def info(self) -> dict[str, Any]:
         replication_host, replication_port = self.config.advertised_replication
@@ -45,6 +53,7 @@ class SiteService:
             "api_url": self.config.api_url,
             "replication_host": replication_host,
             "replication_port": replication_port,
+            "cert_pem": self.cert_pem,
         }
 
     def new_token(self) -> str:
@@ -64,6 +73,7 @@ class SiteService:
                 raise Unauthorized("pairing token is invalid, expired or already used")
             if peer["site_id"] == self.config.site_id:
                 raise InvalidInput("a site cannot pair with itself")
+            check_certificate(peer["cert_pem"])
             self._store_peer(session, peer, now)
             row.used_at = now
         return self.info()
@@ -75,6 +85,10 @@ class SiteService:
             peer = client.post("/api/v1/pairing/accept", {"token": token, "site": self.info()})
         finally:
             client.close()
+        try:
+            check_certificate(str(peer.get("cert_pem", "")))
+        except InvalidInput as exc:
+            raise PeerError(f"the peer's answer has no valid certificate: {exc}") from None
         with self.sessions.begin() as session:
             self._store_peer(session, peer, datetime.now(UTC))
         return dict(peer)
@@ -91,13 +105,15 @@ class SiteService:
         existing.api_url = peer["api_url"]
         existing.replication_host = peer["replication_host"]
         existing.replication_port = int(peer["replication_port"])
+        existing.cert_pem = peer["cert_pem"]
 
     def peers(self) -> list[dict[str, Any]]:
         with self.sessions() as session:
             return [
                 {"site_id": p.site_id, "name": p.name, "api_url": p.api_url,
                  "replication": f"{p.replication_host}:{p.replication_port}",
-                 "paired_at": _aware(p.paired_at).isoformat()}
+                 "paired_at": _aware(p.paired_at).isoformat(),
+                 "fingerprint": fingerprint(p.cert_pem) if p.cert_pem else None}
                 for p in session.scalars(select(Peer).order_by(Peer.name))
             ]
 
@@ -106,3 +122,11 @@ class SiteService:
         if peer is None:
             raise NotFound(f"no paired site named {name!r} (see `seawall peer list`)")
         return peer
+
+    @staticmethod
+    def pinned_cert(peer: Peer) -> str:
+        """The certificate pinned for ``peer``, which its agent must present."""
+        if peer.cert_pem is None:
+            raise Conflict(f"site {peer.name} was paired before sites exchanged certificates: "
+                           "pair again (`seawall site token` there, `seawall pair` here)")
+        return peer.cert_pem
