@@ -53,6 +53,15 @@ class JsonClient:
 
     def request(self, method: str, path: str, json: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
+        response = self._send(method, path, json, params)
+        return response.json() if response.content else None
+
+    def text(self, path: str) -> str:
+        """GET a text resource (an HTML report); errors come back as for JSON."""
+        return self._send("GET", path, None, None).text
+
+    def _send(self, method: str, path: str, json: Any,
+              params: dict[str, Any] | None) -> httpx.Response:
         try:
             response = self._client.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
@@ -65,7 +74,7 @@ class JsonClient:
                 raise PeerError(
                     f"{self.what} answered {response.status_code}: {response.text[:200]}"
                 ) from None
-        return response.json() if response.content else None
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)

@@ -23,11 +23,20 @@ from seawall.http import JsonClient
 START_TIMEOUT_S = 60.0
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: probed while all are bound, so none comes twice."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 class LocalSite:
@@ -42,8 +51,9 @@ class LocalSite:
         if (directory / CONFIG_NAME).exists():
             self.config = SiteConfig.load(directory)
         else:
+            api_port, replication_port = free_ports(2)
             self.config = SiteConfig.create(
-                name, directory, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                name, directory, f"127.0.0.1:{api_port}", f"127.0.0.1:{replication_port}",
                 advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
             )
         self.url = self.config.api_url

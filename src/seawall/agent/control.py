@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from seawall.agent.failover_routes import failover_router
 from seawall.agent.service import Agent
 from seawall.agent.state import ProtectionSpec, RecoverySpec
 from seawall.http import install_error_handler
@@ -98,6 +99,8 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
     @app.delete("/exports/{name}")
     async def stop_export(name: str) -> dict[str, Any]:
         return agent.stop_export(name)
+
+    app.include_router(failover_router(agent.failover_tests))
 
     @app.post("/shutdown")
     async def stop() -> dict[str, str]:

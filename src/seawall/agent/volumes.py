@@ -34,7 +34,8 @@ _ZERO_CHUNK_BYTES = 1 << 20
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a regular file (it then reads as zeros); False if unsupported."""
     result = _libc.fallocate(
         ctypes.c_int(fd), ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
         ctypes.c_long(offset), ctypes.c_long(length),
@@ -98,7 +99,7 @@ class FileVolume:
         os.close(self.fd)
 
     def _zero(self, offset: int, length: int) -> None:
-        if not self.is_block_device and _punch_hole(self.fd, offset, length):
+        if not self.is_block_device and punch_hole(self.fd, offset, length):
             return
         zeros = bytes(min(length, _ZERO_CHUNK_BYTES))
         end = offset + length

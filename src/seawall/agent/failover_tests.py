@@ -1,0 +1,166 @@
+"""FailoverTests: the recovery agent's running failover tests and their writable images.
+
+A failover test of a group gives every volume of the group a ``ScratchImage`` at one
+checkpoint, exported over NBD read-write, while replication goes on into the journal.
+
+Rules and invariants:
+- At most one test per group here, and an operation id names one test: the site manager,
+  which owns the operation's state machine, also keeps one failover operation per group.
+- A test is made whole or not at all: if one volume's image cannot be made (checkpoint
+  aged out, no space for a scratch file), the images already made are closed again.
+- Stopping a test first drops the NBD clients of its images, then closes them (views
+  released, scratch deleted).
+- Tests live in this process only: an agent restart ends them (the scratch maps are in
+  memory), and ``clear_leftovers`` at start deletes the scratch files they left. The
+  manager sees the test missing and marks its operation ``interrupted``. (A live failover
+  will need its overlay persisted; a test is a rehearsal and may end.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from seawall.agent.frontend import ExportBackend
+from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.scratch import ScratchImage
+from seawall.agent.state import NAME_PATTERN
+from seawall.config import SiteConfig
+from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.journal.journal import CheckpointInfo
+from seawall.journal.overlay import BLOCK_BYTES
+
+DEFAULT_SCRATCH_FRACTION = 0.10
+DEFAULT_SCRATCH_MIN_BYTES = 64 << 20
+"""Without ``scratch_max_bytes``, each volume's scratch may hold 10% of the volume, but at
+least 64 MiB (and at most the volume's size), so that small volumes still get room."""
+
+
+def default_scratch_limit_bytes(size_bytes: int) -> int:
+    wanted = max(int(size_bytes * DEFAULT_SCRATCH_FRACTION), DEFAULT_SCRATCH_MIN_BYTES)
+    return min(wanted, -(-size_bytes // BLOCK_BYTES) * BLOCK_BYTES)
+
+
+@dataclass
+class FailoverTest:
+    operation_id: str
+    group: RecoveryGroup
+    checkpoint: CheckpointInfo
+    created_ns: int
+    images: dict[str, tuple[str, ScratchImage]] = field(default_factory=dict)
+    """Export name -> (volume name, image)."""
+
+
+class FailoverTests:
+    def __init__(self, config: SiteConfig, groups: Callable[[str], RecoveryGroup],
+                 disconnect: Callable[[str], int]) -> None:
+        self.config = config
+        self._groups = groups
+        self._disconnect = disconnect
+        self._scratch_dir = config.scratch_dir
+        self.tests: dict[str, FailoverTest] = {}
+
+    # --- BackendCatalog part (the agent's catalog asks us after volumes and exports) ------
+
+    def backend(self, name: str) -> ExportBackend | None:
+        for test in self.tests.values():
+            if name in test.images:
+                return test.images[name][1]
+        return None
+
+    def names(self) -> list[str]:
+        return [name for test in self.tests.values() for name in test.images]
+
+    # --- operations -----------------------------------------------------------------------
+
+    def clear_leftovers(self) -> None:
+        """Delete scratch files of tests that an earlier agent process was running."""
+        shutil.rmtree(self._scratch_dir, ignore_errors=True)
+
+    def start(self, operation_id: str, group_id: str, checkpoint: str,
+              scratch_max_bytes: int | None) -> dict[str, Any]:
+        if not _valid_id(operation_id):
+            raise InvalidInput(f"invalid operation id {operation_id!r}")
+        if operation_id in self.tests:
+            raise Conflict(f"operation {operation_id} is already running here")
+        group = self._groups(group_id)
+        running = next((t for t in self.tests.values() if t.group is group), None)
+        if running is not None:
+            raise Conflict(f"group {group.spec.name} already has a failover test here "
+                           f"(operation {running.operation_id})")
+        info = group.resolve_checkpoint(checkpoint)
+        test = FailoverTest(operation_id, group, info, time.time_ns())
+        directory = self._scratch_dir / operation_id
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for volume in group.spec.volumes:
+                name = f"{group.spec.name}.{volume.name}.cp{info.seq}.{operation_id}"
+                limit = scratch_max_bytes or default_scratch_limit_bytes(volume.size_bytes)
+                view = group.journal.view(volume.index, info.seq)
+                try:
+                    image = ScratchImage(name, view, directory / f"{volume.name}.scratch", limit)
+                except BaseException:
+                    view.close()
+                    raise
+                test.images[name] = (volume.name, image)
+        except BaseException:
+            self._close(test)
+            raise
+        self.tests[operation_id] = test
+        return self.describe(test)
+
+    def stop(self, operation_id: str) -> dict[str, Any]:
+        test = self.tests.pop(operation_id, None)
+        if test is None:
+            raise NotFound(f"no failover test {operation_id} runs at this agent")
+        description = self.describe(test)
+        for name in test.images:
+            self._disconnect(name)
+        self._close(test)
+        return description
+
+    def close_all(self) -> None:
+        """Agent shutdown: end every test (their images cannot outlive the process)."""
+        for operation_id in list(self.tests):
+            self.stop(operation_id)
+
+    def _close(self, test: FailoverTest) -> None:
+        for _, image in test.images.values():
+            image.close()
+        shutil.rmtree(self._scratch_dir / test.operation_id, ignore_errors=True)
+
+    # --- descriptions -------------------------------------------------------------------
+
+    def list_all(self) -> list[dict[str, Any]]:
+        return [self.describe(test) for test in self.tests.values()]
+
+    def describe(self, test: FailoverTest) -> dict[str, Any]:
+        socket = self.config.nbd_socket
+        tcp = (self.config.nbd_tcp_host, self.config.nbd_tcp_port)
+        images = []
+        for name, (volume, image) in test.images.items():
+            entry = {"volume": volume, "name": name,
+                     "uri": f"nbd+unix:///{name}?socket={socket}", **image.status()}
+            if tcp[0] and tcp[1]:
+                entry["nbd_tcp_uri"] = f"nbd://{tcp[0]}:{tcp[1]}/{name}"
+            images.append(entry)
+        checkpoint = test.checkpoint
+        return {
+            "operation_id": test.operation_id,
+            "group_id": test.group.spec.group_id,
+            "group": test.group.spec.name,
+            "checkpoint": {"id": checkpoint.seq, "time_ns": checkpoint.time_ns,
+                           "name": checkpoint.name},
+            "created_ns": test.created_ns,
+            "images": images,
+            "scratch_alert": any(image["scratch_alert"] for image in images),
+        }
+
+
+def _valid_id(operation_id: str) -> bool:
+    """Operation ids name a directory: the volume-name rule keeps them safe for that."""
+    return re.fullmatch(NAME_PATTERN, operation_id) is not None

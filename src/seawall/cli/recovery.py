@@ -1,0 +1,184 @@
+"""Recovery commands: ``failover test|stop|status``, ``clone``, ``report list|show``.
+
+They talk to the recovery site's manager (``--url``), send the local OS user as "who"
+(until the managers have users of their own), print tables for people and ``--json`` for
+scripts; a clone shows its progress on stderr while the manager writes it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from seawall.cli.options import JsonOption, UrlOption, manager
+from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.errors import SeawallError
+from seawall.units import format_bytes, parse_size_bytes
+
+CLONE_POLL_S = 0.5
+FINAL_STATES = ("done", "failed", "interrupted")
+
+failover_app = typer.Typer(no_args_is_help=True, help="Failover operations (tests for now).")
+report_app = typer.Typer(no_args_is_help=True, help="Recovery reports of this site.")
+
+CheckpointOption = Annotated[str, typer.Option(
+    help="A checkpoint id, 'latest' or 'latest-tagged' (newest with a name).")]
+
+
+def add_recovery_commands(app: typer.Typer) -> None:
+    app.add_typer(failover_app, name="failover")
+    app.add_typer(report_app, name="report")
+    app.command("clone")(clone)
+
+
+class OperationFailed(SeawallError):
+    """A recovery operation the manager ran ended failed or interrupted."""
+
+
+# --- failover tests --------------------------------------------------------------------
+
+
+@failover_app.command("test")
+def failover_test(
+    group: str,
+    checkpoint: CheckpointOption = "latest",
+    scratch_max: Annotated[str | None, typer.Option(
+        "--scratch-max", help="Scratch space per volume for the test's writes (e.g. 2G); "
+        "default 10% of the volume, at least 64M.")] = None,
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Writable images of every volume of GROUP at a checkpoint, over NBD; replication goes on."""
+    test = manager(url).post(f"/api/v1/failover/{group}/test", {
+        "checkpoint": checkpoint, "user": getpass.getuser(),
+        "scratch_max_bytes": parse_size_bytes(scratch_max) if scratch_max else None})
+    if json_output:
+        print_json(test)
+        return
+    print_table(test["images"], ["volume", "uri"])
+    console.print(f"failover test {test['id']} of group {group} at {_checkpoint_text(test)}: "
+                  f"every volume readable in {test['rto_s']:.3f} s; "
+                  f"end it with `seawall failover stop {group} --result pass|fail`")
+
+
+@failover_app.command("stop")
+def failover_stop(
+    group: str,
+    result: Annotated[str | None, typer.Option(help="How the test went: pass or fail.")] = None,
+    notes: Annotated[str, typer.Option(help="Notes for the report.")] = "",
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """End GROUP's failover test: discard its writes and write its report."""
+    report = manager(url).post(f"/api/v1/failover/{group}/stop",
+                               {"result": result, "notes": notes, "user": getpass.getuser()})
+    if json_output:
+        print_json(report)
+    else:
+        console.print(f"failover test of group {group} stopped; report {report['id']} "
+                      f"(`seawall report show {report['id']}`)")
+
+
+@failover_app.command("status")
+def failover_status(group: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """GROUP's running failover test: images, scratch use and alerts."""
+    status = manager(url).get(f"/api/v1/failover/{group}")
+    if json_output:
+        print_json(status)
+        return
+    test = status["operation"]
+    if test is None:
+        console.print(f"no failover test of group {group} is running")
+        return
+    console.print(f"failover test {test['id']} of group {group} is {test['state']} at "
+                  f"{_checkpoint_text(test)}, started {test['started_at']} by {test['user']}")
+    rows = [{**image, "scratch": f"{format_bytes(image['scratch_used_bytes'])} of "
+                                 f"{format_bytes(image['scratch_limit_bytes'])}",
+             "alert": "over 80%" if image["scratch_alert"] else ""}
+            for image in test.get("images", [])]
+    print_table(rows, ["volume", "uri", "scratch", "alert"])
+
+
+# --- clones ----------------------------------------------------------------------------
+
+
+def clone(
+    group: str,
+    checkpoint: Annotated[str, typer.Option(
+        help="A checkpoint id, 'latest' or 'latest-tagged'.")],
+    to: Annotated[Path, typer.Option(
+        "--to", help="Directory for the image files, at the recovery site.")],
+    image_format: Annotated[str, typer.Option("--format", help="raw or qcow2.")] = "raw",
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """Write standalone images of every volume of GROUP at a checkpoint (protection goes on)."""
+    client = manager(url)
+    operation = client.post("/api/v1/clones", {
+        "group": group, "checkpoint": checkpoint, "to": str(to.resolve()),
+        "format": image_format, "user": getpass.getuser()})
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(binary_units=True),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"clone of {group}", total=None)
+        while operation["state"] not in FINAL_STATES:
+            time.sleep(CLONE_POLL_S)
+            operation = client.get(f"/api/v1/clones/{operation['id']}")
+            done = operation.get("progress")
+            if done is not None:
+                progress.update(task, completed=done["done_bytes"], total=done["total_bytes"])
+    if json_output:
+        print_json(operation)
+    if operation["state"] != "done":
+        raise OperationFailed(f"clone {operation['id']} {operation['state']}: "
+                              f"{operation['error']} (report {operation['id']})")
+    if not json_output:
+        print_table(operation["outputs"], ["volume", "path", "format"])
+        console.print(f"clone {operation['id']} of group {group} at "
+                      f"{_checkpoint_text(operation)} done; report {operation['id']}")
+
+
+# --- reports ---------------------------------------------------------------------------
+
+
+@report_app.command("list")
+def report_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+    """Recovery reports of this site, oldest first."""
+    reports = manager(url).get("/api/v1/reports")
+    if json_output:
+        print_json(reports)
+    else:
+        print_table(reports, ["id", "kind", "group", "state", "result", "rto_s", "user",
+                              "started_at"])
+
+
+@report_app.command("show")
+def report_show(
+    report_id: Annotated[str, typer.Argument(metavar="ID")],
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Also write the report as a standalone HTML page to FILE.")] = None,
+    url: UrlOption = None, json_output: JsonOption = False,
+) -> None:
+    """One recovery report: summary and steps (or its JSON, or its HTML page)."""
+    client = manager(url)
+    report = client.get(f"/api/v1/reports/{report_id}")
+    if html is not None:
+        html.write_text(client.text(f"/api/v1/reports/{report_id}/html"))
+        console.print(f"report {report_id} written to {html}")
+    if json_output:
+        print_json(report)
+        return
+    fields = ["kind", "group", "site", "state", "result", "user", "started_at", "ended_at",
+              "rto_s", "error", "notes"]
+    rows = [{"field": "checkpoint", "value": _checkpoint_text(report)}]
+    rows += [{"field": key, "value": report.get(key)} for key in fields]
+    print_table(rows, ["field", "value"])
+    print_table(report.get("steps", []), ["step", "at", "elapsed_s"])
+
+
+def _checkpoint_text(operation: dict[str, Any]) -> str:
+    checkpoint = operation["checkpoint"]
+    name = f" '{checkpoint['name']}'" if checkpoint["name"] else ""
+    return f"checkpoint {checkpoint['id']}{name} ({time_text(checkpoint['time_ns'])})"

@@ -1,0 +1,198 @@
+"""Clones: standalone images of every volume of a group at a checkpoint, as files.
+
+Rules:
+- Only at a group's recovery site, into an absolute directory on the manager's host;
+  clones only read (through temporary read-only exports), so they run beside protection,
+  a failover test or another clone, and hold no group.
+- A clone is all or nothing: every volume is written to ``NAME.part`` and the files are
+  renamed to their names only once all are written; a failure removes the ``.part``
+  files. Existing files are never overwritten (Conflict before anything starts).
+- The exports of every volume are opened before the first byte is copied, so their views
+  pin the checkpoint against retention for the whole clone; they are closed at the end,
+  whatever happened.
+- The copy runs in a thread of the manager; progress lives in that thread's memory. A
+  manager restart ends it: ``reconcile`` finds the row ``running`` with no thread here,
+  removes its exports and ``.part`` files and marks it ``interrupted``. Every end writes
+  a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from seawall.atomic import fsync_directory
+from seawall.config import SiteConfig
+from seawall.errors import Conflict, InvalidInput, SeawallError
+from seawall.http import JsonClient
+from seawall.manager.groups.service import GroupService
+from seawall.manager.models import RecoveryOperation
+from seawall.manager.recovery.failover import new_operation_id, recovery_group
+from seawall.manager.recovery.imaging import FORMATS, write_image
+from seawall.manager.recovery.machine import OperationEvent, OperationState, choose_checkpoint
+from seawall.manager.recovery.reports import ReportStore, build_report
+from seawall.manager.recovery.store import OperationStore, add_step, describe
+
+log = logging.getLogger(__name__)
+
+KIND = "clone"
+
+
+@dataclass
+class CloneProgress:
+    total_bytes: int
+    finished_bytes: int = 0  # of the volumes written completely
+    current_bytes: int = 0  # of the volume being written
+
+    def volume_done(self, done_bytes: int) -> None:
+        self.current_bytes = done_bytes
+
+    def describe(self) -> dict[str, int]:
+        return {"done_bytes": self.finished_bytes + self.current_bytes,
+                "total_bytes": self.total_bytes}
+
+
+def part_path(path: str) -> Path:
+    return Path(f"{path}.part")
+
+
+class CloneService:
+    def __init__(self, config: SiteConfig, store: OperationStore, reports: ReportStore,
+                 agent: JsonClient, groups: GroupService) -> None:
+        self.config = config
+        self.store = store
+        self.reports = reports
+        self.agent = agent
+        self.groups = groups
+        self._guard = threading.Lock()
+        self._running: dict[str, CloneProgress] = {}  # clones whose thread is in this process
+
+    def start(self, group_name: str, checkpoint: str, to: str, image_format: str,
+              user: str | None) -> dict[str, Any]:
+        started_at = datetime.now(UTC)
+        if image_format not in FORMATS:
+            raise InvalidInput(f"format must be raw or qcow2, not {image_format!r}")
+        directory = Path(to)
+        if not directory.is_absolute():
+            raise InvalidInput(f"--to must be an absolute directory at the recovery site: {to}")
+        group = recovery_group(self.groups, group_name, "seawall clone")
+        self.reconcile()
+        chosen = choose_checkpoint(
+            self.agent.get(f"/groups/{group.group_id}/checkpoints"), checkpoint, group_name)
+        outputs = [{"volume": v["name"], "path": str(directory / f"{v['name']}.{image_format}"),
+                    "format": image_format, "size_bytes": v["size_bytes"]}
+                   for v in group.volumes]
+        taken = [o["path"] for o in outputs
+                 if Path(o["path"]).exists() or part_path(o["path"]).exists()]
+        if taken:
+            raise Conflict(f"{', '.join(taken)} exists already: clone into another directory")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot make {directory}: {exc.strerror}") from None
+        operation = RecoveryOperation(
+            operation_id=new_operation_id("clone", started_at), kind=KIND,
+            group_id=group.group_id, group_name=group.name,
+            state=OperationState.RUNNING.value, holds_group_id=None,
+            checkpoint_id=chosen["id"], checkpoint_time_ns=chosen["time_ns"],
+            checkpoint_name=chosen["name"], user=user or getpass.getuser(),
+            started_at=started_at, notes="",
+            details={"options": {"checkpoint": checkpoint, "to": str(directory),
+                                 "format": image_format},
+                     "outputs": outputs, "exports": []},
+        )
+        add_step(operation, "requested", started_at)
+        progress = CloneProgress(sum(o["size_bytes"] for o in outputs))
+        with self._guard:
+            self.store.create(operation)
+            self._running[operation.operation_id] = progress
+        threading.Thread(target=self._run, args=(operation, progress),
+                         name=f"clone {operation.operation_id}", daemon=True).start()
+        return self._describe(operation)
+
+    def get(self, operation_id: str) -> dict[str, Any]:
+        self.reconcile()
+        operation = self.store.get(operation_id)
+        if operation.kind != KIND:
+            raise InvalidInput(f"operation {operation_id} is a {operation.kind}, not a clone")
+        return self._describe(operation)
+
+    def reconcile(self) -> None:
+        """Clones left ``running`` by an earlier manager process are interrupted."""
+        with self._guard:
+            orphans = [op for op in self.store.active(KIND)
+                       if op.operation_id not in self._running]
+        for operation in orphans:
+            self._clean_up(operation.details)
+            with contextlib.suppress(Conflict):  # another request got there first
+                final = self.store.transition(
+                    operation.operation_id, OperationEvent.LOST, step="interrupted",
+                    error="the site manager stopped while the clone was being written; "
+                          "its partial files were removed")
+                self.reports.write(build_report(final, self.config.name))
+
+    # --- the copying thread -------------------------------------------------------------
+
+    def _run(self, operation: RecoveryOperation, progress: CloneProgress) -> None:
+        operation_id, outputs = operation.operation_id, operation.details["outputs"]
+        exports: list[dict[str, Any]] = []
+        try:
+            for output in outputs:
+                exports.append(self.agent.post("/exports", {
+                    "group_id": operation.group_id, "volume": output["volume"],
+                    "checkpoint": str(operation.checkpoint_id)}))
+            self.store.update(operation_id, step="exports opened",
+                              exports=[e["name"] for e in exports])
+            for output, export in zip(outputs, exports, strict=True):
+                write_image(export["uri"], part_path(output["path"]), output["size_bytes"],
+                            output["format"], progress.volume_done)
+                progress.finished_bytes += output["size_bytes"]
+                progress.current_bytes = 0
+                self.store.update(operation_id, step=f"{output['volume']} written")
+            for output in outputs:
+                os.replace(part_path(output["path"]), output["path"])
+            fsync_directory(Path(operation.details["options"]["to"]))
+            final = self.store.transition(operation_id, OperationEvent.FINISH, step="done")
+        except Exception as exc:  # any failure must end the row, or it stays running
+            log.exception("clone %s failed", operation_id)
+            message = exc.message if isinstance(exc, SeawallError) else str(exc)
+            self._remove_parts(outputs)
+            final = self.store.transition(operation_id, OperationEvent.FAIL, step="failed",
+                                          error=message)
+        finally:
+            self._stop_exports([e["name"] for e in exports])
+            with self._guard:
+                self._running.pop(operation_id, None)
+        self.reports.write(build_report(final, self.config.name))
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _describe(self, operation: RecoveryOperation) -> dict[str, Any]:
+        description = describe(operation)
+        with self._guard:
+            progress = self._running.get(operation.operation_id)
+        if progress is not None:
+            description["progress"] = progress.describe()
+        return description
+
+    def _clean_up(self, details: dict[str, Any]) -> None:
+        self._stop_exports(details.get("exports", []))
+        self._remove_parts(details.get("outputs", []))
+
+    def _stop_exports(self, names: list[str]) -> None:
+        for name in names:
+            with contextlib.suppress(SeawallError):  # gone already (agent restarted)
+                self.agent.delete(f"/exports/{name}")
+
+    @staticmethod
+    def _remove_parts(outputs: list[dict[str, Any]]) -> None:
+        for output in outputs:
+            with contextlib.suppress(FileNotFoundError):
+                part_path(output["path"]).unlink()

@@ -1,0 +1,222 @@
+"""Failover tests, run by the recovery site's manager over its agent's writable images.
+
+Rules:
+- Only at a group's recovery site; one failover operation per group (the database refuses
+  a second, see ``OperationStore``); checkpoints are chosen by ``machine.choose_checkpoint``.
+- ``start`` writes the row (``starting``) before it asks the agent for images, and moves
+  it to ``running`` only once a first read of every image over NBD has succeeded: the
+  measured RTO is from the request's arrival to that moment. A failure on the way
+  discards what the agent made and ends the row ``failed``, with a report.
+- ``stop`` moves the row to ``stopping`` before asking the agent to discard the images,
+  then to ``stopped``, and writes the report. An agent that no longer has the images
+  (restarted meanwhile) is fine: they are gone, as asked.
+- Restart: ``reconcile`` (at manager start and before every request) looks at the active
+  rows no request of this process is working on: a ``starting`` one is rolled back
+  (``failed``), a ``stopping`` one is finished, a ``running`` one whose images the agent
+  no longer has (an agent restart ends tests) becomes ``interrupted``. Each gets its report.
+- ``_guard`` serialises reconciling with the bookkeeping of in-flight requests, so a
+  reconcile never takes a request's half-done operation for an orphan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from seawall.config import SiteConfig
+from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, SeawallError
+from seawall.http import JsonClient
+from seawall.manager.groups.service import GroupService
+from seawall.manager.models import Group, RecoveryOperation
+from seawall.manager.recovery.machine import OperationEvent, OperationState, choose_checkpoint
+from seawall.manager.recovery.reports import ReportStore, build_report
+from seawall.manager.recovery.store import OperationStore, add_step, describe
+from seawall.nbd.blocking import NbdClient
+
+KIND = "failover-test"
+FIRST_READ_BYTES = 4096
+RESULTS = ("pass", "fail")
+
+
+def new_operation_id(prefix: str, now: datetime) -> str:
+    """Sortable by time, readable, and safe as a file and export name."""
+    return f"{prefix}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def recovery_group(groups: GroupService, name: str, command: str) -> Group:
+    """The group, if this site is its recovery site; else a clear error saying where to go."""
+    group, peer = groups.get(name)
+    if group.role != "recovery":
+        raise InvalidInput(
+            f"group {name} is protected from this site: run `{command}` at its recovery "
+            f"site {peer.name} (--url {peer.api_url})"
+        )
+    return group
+
+
+class FailoverTestService:
+    def __init__(self, config: SiteConfig, store: OperationStore, reports: ReportStore,
+                 agent: JsonClient, groups: GroupService) -> None:
+        self.config = config
+        self.store = store
+        self.reports = reports
+        self.agent = agent
+        self.groups = groups
+        self._guard = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    # --- requests -----------------------------------------------------------------------
+
+    def start(self, group_name: str, checkpoint: str, scratch_max_bytes: int | None,
+              user: str | None) -> dict[str, Any]:
+        started_s, started_at = time.monotonic(), datetime.now(UTC)
+        group = recovery_group(self.groups, group_name, "seawall failover test")
+        self.reconcile()
+        checkpoints = self.agent.get(f"/groups/{group.group_id}/checkpoints")
+        chosen = choose_checkpoint(checkpoints, checkpoint, group_name)
+        operation = RecoveryOperation(
+            operation_id=new_operation_id("test", started_at), kind=KIND,
+            group_id=group.group_id, group_name=group.name,
+            state=OperationState.STARTING.value, holds_group_id=group.group_id,
+            checkpoint_id=chosen["id"], checkpoint_time_ns=chosen["time_ns"],
+            checkpoint_name=chosen["name"], user=user or getpass.getuser(),
+            started_at=started_at, notes="",
+            details={"options": {"checkpoint": checkpoint,
+                                 "scratch_max_bytes": scratch_max_bytes}},
+        )
+        add_step(operation, "requested", started_at)
+        add_step(operation, "checkpoint chosen")
+        operation_id = operation.operation_id
+        with self._tracking(operation_id):
+            self.store.create(operation)
+            try:
+                images = self._make_images(operation_id, group, chosen["id"], scratch_max_bytes)
+            except SeawallError as exc:
+                # The agent may have made images even if its answer got lost: drop them.
+                with contextlib.suppress(SeawallError):
+                    self._discard_images(operation_id)
+                self._report(self.store.transition(operation_id, OperationEvent.FAIL,
+                                                   step="failed", error=exc.message))
+                raise
+            operation = self.store.transition(
+                operation_id, OperationEvent.READY, step="every volume readable",
+                rto_s=round(time.monotonic() - started_s, 3), details={"images": images})
+        return describe(operation)
+
+    def stop(self, group_name: str, result: str | None, notes: str,
+             user: str | None) -> dict[str, Any]:
+        if result is not None and result not in RESULTS:
+            raise InvalidInput(f"result must be pass or fail, not {result!r}")
+        group = recovery_group(self.groups, group_name, "seawall failover stop")
+        self.reconcile()
+        holder = self.store.holder(group.group_id)
+        if holder is None or holder.kind != KIND:
+            raise Conflict(f"no failover test of group {group_name} is running "
+                           "(past ones: `seawall report list`)")
+        if holder.state != OperationState.RUNNING.value:
+            raise Conflict(f"the failover test of group {group_name} is {holder.state}: "
+                           "try again in a moment")
+        with self._tracking(holder.operation_id):
+            operation = self.store.transition(
+                holder.operation_id, OperationEvent.STOP, step="stop requested",
+                result=result, notes=notes, details={"stopped_by": user or getpass.getuser()})
+            return self._finish_stop(operation)
+
+    def status(self, group_name: str) -> dict[str, Any]:
+        """The group's running failover test with live scratch use, or None."""
+        group = recovery_group(self.groups, group_name, "seawall failover status")
+        self.reconcile()
+        holder = self.store.holder(group.group_id)
+        if holder is None or holder.kind != KIND:
+            return {"group": group_name, "operation": None}
+        operation = describe(holder)
+        live = {t["operation_id"]: t for t in self.agent.get("/failover-tests")}
+        if holder.operation_id in live:
+            operation["images"] = live[holder.operation_id]["images"]
+            operation["scratch_alert"] = live[holder.operation_id]["scratch_alert"]
+        return {"group": group_name, "operation": operation}
+
+    # --- restart ------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Resume or roll back the active operations no request is working on (module doc)."""
+        with self._guard:
+            orphans = [op for op in self.store.active(KIND)
+                       if op.operation_id not in self._in_flight]
+            if not orphans:
+                return
+            at_agent = {t["operation_id"] for t in self.agent.get("/failover-tests")}
+            for operation in orphans:
+                self._reconcile_one(operation, operation.operation_id in at_agent)
+
+    def _reconcile_one(self, operation: RecoveryOperation, at_agent: bool) -> None:
+        operation_id, state = operation.operation_id, OperationState(operation.state)
+        if state is OperationState.STARTING:
+            if at_agent:
+                self._discard_images(operation_id)
+            self._report(self.store.transition(
+                operation_id, OperationEvent.FAIL, step="rolled back",
+                error="the site manager restarted while the test was starting; "
+                      "its images were discarded"))
+        elif state is OperationState.STOPPING:
+            self._finish_stop(operation)
+        elif state is OperationState.RUNNING and not at_agent:
+            self._report(self.store.transition(
+                operation_id, OperationEvent.LOST, step="images lost",
+                error="the recovery site's agent restarted: that ends failover tests "
+                      "and discards their scratch"))
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tracking(self, operation_id: str) -> Iterator[None]:
+        with self._guard:
+            self._in_flight.add(operation_id)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._in_flight.discard(operation_id)
+
+    def _make_images(self, operation_id: str, group: Group, checkpoint_id: int,
+                     scratch_max_bytes: int | None) -> list[dict[str, Any]]:
+        """Images from the agent, each read once over NBD (the end of the RTO)."""
+        test = self.agent.post("/failover-tests", {
+            "operation_id": operation_id, "group_id": group.group_id,
+            "checkpoint": str(checkpoint_id), "scratch_max_bytes": scratch_max_bytes})
+        images: list[dict[str, Any]] = test["images"]
+        self.store.update(operation_id, step="images exported")
+        try:
+            for image in images:
+                with NbdClient(image["uri"]) as client:
+                    client.read(0, min(FIRST_READ_BYTES, image["size_bytes"]))
+        except (OSError, SeawallError) as exc:
+            raise PeerError(f"an image of the test did not read back: {exc}") from None
+        return images
+
+    def _finish_stop(self, operation: RecoveryOperation) -> dict[str, Any]:
+        images = self._discard_images(operation.operation_id)
+        details = {"images": images} if images is not None else {}
+        final = self.store.transition(operation.operation_id, OperationEvent.STOPPED,
+                                      step="images discarded", details=details)
+        return self._report(final)
+
+    def _discard_images(self, operation_id: str) -> list[dict[str, Any]] | None:
+        """Ask the agent to drop the test's images; their last state, None if gone already."""
+        try:
+            test: dict[str, Any] = self.agent.delete(f"/failover-tests/{operation_id}")
+        except NotFound:
+            return None
+        images: list[dict[str, Any]] = test["images"]
+        return images
+
+    def _report(self, operation: RecoveryOperation) -> dict[str, Any]:
+        report = build_report(operation, self.config.name)
+        self.reports.write(report)
+        return report

@@ -1,0 +1,93 @@
+"""Recovery routes (failover tests, clones, reports): parse, call the service, return."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from seawall.manager.recovery.clones import CloneService
+from seawall.manager.recovery.failover import FailoverTestService
+from seawall.manager.recovery.reports import ReportStore
+
+router = APIRouter(prefix="/api/v1", tags=["recovery"])
+
+CheckpointField = Field(default="latest", min_length=1, max_length=32)
+UserField = Field(default=None, max_length=128)
+
+
+class FailoverTestRequest(BaseModel):
+    checkpoint: str = CheckpointField
+    scratch_max_bytes: int | None = Field(default=None, gt=0)
+    user: str | None = UserField
+
+
+class FailoverStopRequest(BaseModel):
+    result: Literal["pass", "fail"] | None = None
+    notes: str = Field(default="", max_length=20000)
+    user: str | None = UserField
+
+
+class CloneRequest(BaseModel):
+    group: str = Field(min_length=1, max_length=64)
+    checkpoint: str = CheckpointField
+    to: str = Field(min_length=1, max_length=4096)
+    format: Literal["raw", "qcow2"] = "raw"
+    user: str | None = UserField
+
+
+def _failover(request: Request) -> FailoverTestService:
+    service: FailoverTestService = request.app.state.failover_tests
+    return service
+
+
+def _clones(request: Request) -> CloneService:
+    service: CloneService = request.app.state.clones
+    return service
+
+
+def _reports(request: Request) -> ReportStore:
+    store: ReportStore = request.app.state.reports
+    return store
+
+
+@router.post("/failover/{group}/test", status_code=201)
+def failover_test(request: Request, group: str, body: FailoverTestRequest) -> dict[str, Any]:
+    return _failover(request).start(group, body.checkpoint, body.scratch_max_bytes, body.user)
+
+
+@router.post("/failover/{group}/stop")
+def failover_stop(request: Request, group: str, body: FailoverStopRequest) -> dict[str, Any]:
+    return _failover(request).stop(group, body.result, body.notes, body.user)
+
+
+@router.get("/failover/{group}")
+def failover_status(request: Request, group: str) -> dict[str, Any]:
+    return _failover(request).status(group)
+
+
+@router.post("/clones", status_code=202)
+def clone(request: Request, body: CloneRequest) -> dict[str, Any]:
+    return _clones(request).start(body.group, body.checkpoint, body.to, body.format, body.user)
+
+
+@router.get("/clones/{operation_id}")
+def clone_status(request: Request, operation_id: str) -> dict[str, Any]:
+    return _clones(request).get(operation_id)
+
+
+@router.get("/reports")
+def list_reports(request: Request) -> list[dict[str, Any]]:
+    return _reports(request).list_all()
+
+
+@router.get("/reports/{report_id}")
+def show_report(request: Request, report_id: str) -> dict[str, Any]:
+    return _reports(request).get(report_id)
+
+
+@router.get("/reports/{report_id}/html", response_class=HTMLResponse)
+def show_report_html(request: Request, report_id: str) -> HTMLResponse:
+    return HTMLResponse(_reports(request).html(report_id))

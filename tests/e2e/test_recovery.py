@@ -1,0 +1,216 @@
+"""Recovery operations end to end through the CLI: failover tests, clones, reports.
+
+Two real sites; a reference model of the protected volume; every image is compared byte
+for byte with what the volume held at the chosen checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seawall.localsites import LocalSite
+from seawall.nbd.blocking import NbdClient
+from seawall.nbd.events import NbdError
+from support.cli import seawall
+
+pytestmark = pytest.mark.e2e
+VOLUME_BYTES = 16 << 20
+GROUP = "app"
+
+
+def protect(prod: LocalSite, dr: LocalSite, model: bytearray) -> str:
+    """A protected one-volume group with some data on it; the volume's NBD URI."""
+    prod.pair_with(dr)
+    volume = prod.api.post("/api/v1/volumes", {"name": "disk0", "size_bytes": VOLUME_BYTES})
+    write(volume["nbd_uri"], model, random.Random(1), count=32)
+    prod.api.post("/api/v1/groups", {"name": GROUP, "volumes": ["disk0"], "to": "dr",
+                                     "checkpoint_interval_s": 0.5})
+    prod.wait_protecting(GROUP)
+    uri: str = volume["nbd_uri"]
+    return uri
+
+
+def write(uri: str, model: bytearray, rng: random.Random, count: int) -> None:
+    with NbdClient(uri) as client:
+        for _ in range(count):
+            offset = rng.randrange(0, VOLUME_BYTES - 65536, 4096)
+            data = rng.randbytes(65536)
+            client.write(offset, data)
+            model[offset : offset + 65536] = data
+        client.flush()
+
+
+def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
+    checkpoint: int = prod.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})["id"]
+    dr.wait_checkpoint(GROUP, checkpoint)
+    return checkpoint
+
+
+def sha256_of(uri: str) -> str:
+    with NbdClient(uri) as client:
+        return hashlib.sha256(client.read(0, VOLUME_BYTES)).hexdigest()
+
+
+def run_json(site: LocalSite, *args: str) -> Any:
+    return json.loads(seawall(site, *args, "--json").stdout)
+
+
+def refused(site: LocalSite, *args: str) -> subprocess.CompletedProcess[str]:
+    result = seawall(site, *args, check=False)
+    assert result.returncode != 0, f"seawall {' '.join(args)} should have failed"
+    return result
+
+
+def test_failover_test_gives_writable_images_while_protection_goes_on(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    prod, dr = sites
+    model = bytearray(VOLUME_BYTES)
+    prod_uri = protect(prod, dr, model)
+    checkpoint = tag(prod, dr, "before-upgrade")
+    at_checkpoint = hashlib.sha256(model).hexdigest()
+    write(prod_uri, model, random.Random(2), count=16)  # after the checkpoint
+
+    test = run_json(dr, "failover", "test", GROUP, "--checkpoint", str(checkpoint))
+    assert test["state"] == "running" and test["checkpoint"]["id"] == checkpoint
+    assert test["checkpoint"]["name"] == "before-upgrade"
+    assert 0 < test["rto_s"] < 10
+    [image] = test["images"]
+    assert image["volume"] == "disk0" and image["uri"].startswith("nbd+unix:///")
+    assert sha256_of(image["uri"]) == at_checkpoint
+
+    # The image takes writes (and zeroing), and reads them back.
+    with NbdClient(image["uri"]) as client:
+        client.write(4096, b"test-write" * 100)
+        client.write_zeroes(1 << 20, 65536)
+        client.flush()
+        assert client.read(4096, 1000) == b"test-write" * 100
+        assert client.read(1 << 20, 65536) == bytes(65536)
+
+    # Meanwhile replication goes on, and neither the volume nor the journal saw the writes.
+    write(prod_uri, model, random.Random(3), count=8)
+    tag(prod, dr, "during-test")
+    assert sha256_of(prod_uri) == hashlib.sha256(model).hexdigest()
+    export = dr.api.post("/api/v1/exports", {"group": GROUP, "volume": "disk0",
+                                             "checkpoint": str(checkpoint)})
+    assert sha256_of(export["uri"]) == at_checkpoint
+    dr.api.post("/api/v1/exports/stop", {"uri": export["uri"]})
+    status = dr.api.get(f"/api/v1/failover/{GROUP}")["operation"]
+    assert status["images"][0]["scratch_used_bytes"] >= 4096
+
+    # One test per group; none at the protected site; no unknown checkpoints.
+    again = refused(dr, "failover", "test", GROUP)
+    assert again.returncode == 4 and "already has a failover-test" in again.stderr
+    assert "recovery site dr" in refused(prod, "failover", "test", GROUP).stderr
+
+    notes = "<b>boots</b> & serves"
+    report = run_json(dr, "failover", "stop", GROUP, "--result", "pass", "--notes", notes)
+    assert report["state"] == "stopped" and report["result"] == "pass"
+    with pytest.raises((NbdError, OSError)):
+        sha256_of(image["uri"])  # the image is gone with its scratch
+    assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
+    stop_again = refused(dr, "failover", "stop", GROUP)
+    assert stop_again.returncode == 4 and "no failover test" in stop_again.stderr
+    unknown = refused(dr, "failover", "test", GROUP, "--checkpoint", "999999999")
+    assert unknown.returncode == 3 and "no checkpoint 999999999" in unknown.stderr
+
+    listed = run_json(dr, "report", "list")
+    assert [r["id"] for r in listed if r["kind"] == "failover-test"] == [report["id"]]
+    html_path = tmp_path / "report.html"
+    shown = run_json(dr, "report", "show", report["id"], "--html", str(html_path))
+    assert shown["group"] == GROUP and shown["site"] == "dr" and shown["notes"] == notes
+    assert shown["checkpoint"]["id"] == checkpoint and shown["user"]
+    assert shown["rto_s"] == test["rto_s"]
+    steps = [step["step"] for step in shown["steps"]]
+    assert steps[0] == "requested" and "every volume readable" in steps
+    assert steps[-1] == "images discarded"
+    page = html_path.read_text()
+    assert "&lt;b&gt;boots&lt;/b&gt; &amp; serves" in page and "<b>boots" not in page
+    assert (dr.directory / "reports" / f"{report['id']}.html").read_text() == page
+
+
+def test_scratch_limit_and_restarts(
+    sites: tuple[LocalSite, LocalSite], kill_agent: Callable[[LocalSite], int],
+) -> None:
+    """A full scratch refuses writes with ENOSPC; a manager restart keeps a running test;
+    an agent restart ends it, and the manager records it as interrupted."""
+    prod, dr = sites
+    model = bytearray(VOLUME_BYTES)
+    protect(prod, dr, model)
+    tag(prod, dr, "tagged")
+    test = run_json(dr, "failover", "test", GROUP, "--checkpoint", "latest-tagged",
+                    "--scratch-max", "1M")
+    assert test["checkpoint"]["name"] == "tagged"
+    uri = test["images"][0]["uri"]
+    with NbdClient(uri) as client:
+        client.write(0, bytes([1]) * (900 << 10))
+        with pytest.raises(NbdError) as full:
+            client.write(1 << 20, bytes([2]) * (200 << 10))  # past the 1 MiB limit
+        assert full.value.errno == 28  # ENOSPC
+        assert client.read(1 << 20, 4096) == bytes(model[1 << 20 : (1 << 20) + 4096])
+    status = run_json(dr, "failover", "status", GROUP)["operation"]
+    assert status["scratch_alert"] and status["images"][0]["scratch_alert"]
+
+    assert dr.process is not None
+    dr.process.kill()  # the manager only: the agent and its images live on
+    dr.process.wait()
+    dr.start()
+    status = run_json(dr, "failover", "status", GROUP)["operation"]
+    assert status["id"] == test["id"] and status["state"] == "running"
+    with NbdClient(uri) as client:
+        assert client.read(0, 4096) == bytes([1]) * 4096
+
+    kill_agent(dr)
+    dr.stop()
+    dr.start()
+    assert run_json(dr, "failover", "status", GROUP)["operation"] is None
+    [report] = run_json(dr, "report", "list")
+    assert report["id"] == test["id"] and report["state"] == "interrupted"
+    assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
+    run_json(dr, "failover", "test", GROUP)  # the group is free again
+    seawall(dr, "failover", "stop", GROUP)
+
+
+def test_clones_raw_and_qcow2_match_the_checkpoint(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    prod, dr = sites
+    model = bytearray(VOLUME_BYTES)
+    prod_uri = protect(prod, dr, model)
+    with NbdClient(prod_uri) as client:  # the second half zero: the raw clone has holes
+        client.write_zeroes(VOLUME_BYTES // 2, VOLUME_BYTES // 2)
+        client.flush()
+    model[VOLUME_BYTES // 2 :] = bytes(VOLUME_BYTES // 2)
+    checkpoint = tag(prod, dr, "for-clone")
+    reference = tmp_path / "reference.raw"
+    reference.write_bytes(model)
+    write(prod_uri, model, random.Random(4), count=16)
+
+    raw = run_json(dr, "clone", GROUP, "--checkpoint", str(checkpoint),
+                   "--to", str(tmp_path / "raw"))
+    assert raw["state"] == "done" and raw["checkpoint"]["id"] == checkpoint
+    raw_file = tmp_path / "raw" / "disk0.raw"
+    assert raw_file.read_bytes() == reference.read_bytes()
+    assert raw_file.stat().st_blocks * 512 <= VOLUME_BYTES // 2  # zero chunks are holes
+
+    seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to",
+            str(tmp_path / "qcow2"), "--format", "qcow2")
+    compared = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(reference),
+         str(tmp_path / "qcow2" / "disk0.qcow2")], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+    taken = refused(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to",
+                    str(tmp_path / "raw"))
+    assert taken.returncode == 4 and "exists already" in taken.stderr
+    reports = [r for r in run_json(dr, "report", "list") if r["kind"] == "clone"]
+    assert [r["state"] for r in reports] == ["done", "done"]
+    assert dr.api.get("/api/v1/exports") == []  # the clones' temporary exports are gone
