@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv
 
-.PHONY: demo test setup debs lint bench clean
+RUNS ?= 20
+SEED ?= 1
+FAULTS ?= 6
+
+.PHONY: demo test campaign setup debs lint bench clean
 
 demo: setup
 	$(BIN)/seawall demo
@@ -14,6 +18,10 @@ test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The randomized fault-injection campaign (README, Testing): exit status 0 only if clean.
+campaign: setup
+	$(BIN)/python -m tests.support.campaign --runs $(RUNS) --seed $(SEED) --faults-per-run $(FAULTS)
 
 setup: debs $(VENV)/.installed
 

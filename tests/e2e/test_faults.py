@@ -1,11 +1,11 @@
 """Real faults under write load: kill -9 of a manager and of agents, and a faulty link.
 
 A writer thread keeps writing random data through NBD into the protected volume and
-mirrors every acknowledged write into a reference model (a bytearray). Checkpoints are
-tagged between two writes (the writer's lock held), and the model's sha256 at that moment
-is what the checkpoint must hold. A write whose outcome a crash made unknown is written
-again, whole, once the agent is back, before anything else is written or tagged, so the
-model stays equal to the volume.
+mirrors every acknowledged write into a reference model (``support.workload.Writer``).
+Checkpoints are tagged between two writes (the writer's lock held), and the model's sha256
+at that moment is what the checkpoint must hold. A write whose outcome a crash made unknown
+is written again, whole, once the agent is back, before anything else is written or
+tagged, so the model stays equal to the volume.
 
 After each fault and the recovery from it, every checkpoint the recovery site lists and
 whose content we know is exported there and read back: it must be byte-identical.
@@ -14,230 +14,30 @@ whose content we know is exported there and read back: it must be byte-identical
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import random
-import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from seawall.atomic import atomic_write_json
 from seawall.config import CONFIG_NAME
-from seawall.errors import NotReady
 from seawall.localsites import LocalSite, free_port
-from seawall.nbd.blocking import NbdClient
-from seawall.nbd.events import NbdError
+from support.checkpoints import disagreements, listed, verify, wait_all
 from support.cli import seawall
 from support.faultproxy import FaultProxy, wait_until
+from support.sitelog import SYNC
+from support.workload import CHECKPOINT_INTERVAL_S, GROUP, VOLUME_BYTES, Writer, protect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-GROUP = "app"
-VOLUME = "disk0"
-VOLUME_BYTES = 16 << 20
-WRITE_LENGTHS = (4096, 4096, 16384, 65536, 262144)
-WRITE_PAUSE_S = 0.002
-"""Between two writes of the writer thread: keeps the load high but bounded on 2 cores."""
-CHECKPOINT_INTERVAL_S = 0.5
-SYNC_LOG = re.compile(rf"group {GROUP}: (initial|bitmap|delta)-sync from seq")
 
 AgentPid = Callable[[LocalSite], "int | None"]
 KillAgent = Callable[[LocalSite], int]
 
 
-
-class Writer:
-    """Random writes into the protected volume through NBD, mirrored into ``model``."""
-
-    def __init__(self, uri: str, seed: int) -> None:
-        self.uri = uri
-        self.model = bytearray(VOLUME_BYTES)
-        self.lock = threading.Lock()  # held for one write + model update, or for a tag
-        self.writes = 0
-        self.failures = 0
-        self.crash: BaseException | None = None
-        self._rng = random.Random(seed)
-        self._pending: tuple[int, bytes, bool] | None = None  # (offset, data, zeroes)
-        self._client: NbdClient | None = None
-        self._stop = threading.Event()
-
-    def write(self, count: int) -> None:
-        """``count`` writes in the calling thread (no fault expected)."""
-        for _ in range(count):
-            with self.lock:
-                self._write_one()
-
-    def _write_one(self) -> None:
-        if self._pending is None:
-            length = self._rng.choice(WRITE_LENGTHS)
-            offset = self._rng.randrange(0, VOLUME_BYTES - length + 1, 4096)
-            zeroes = self._rng.random() < 0.05
-            self._pending = (offset, bytes(length) if zeroes else self._rng.randbytes(length),
-                             zeroes)
-        offset, data, zeroes = self._pending
-        if self._client is None:
-            self._client = NbdClient(self.uri, timeout_s=10.0).connect()
-        if zeroes:
-            self._client.write_zeroes(offset, len(data))
-        else:
-            self._client.write(offset, data)
-        self.model[offset : offset + len(data)] = data
-        self._pending = None
-        self.writes += 1
-
-    def _drop_client(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(NbdError, OSError):
-                self._client.close()
-            self._client = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self.lock:
-                    self._write_one()
-            except (NbdError, OSError):
-                # The agent is gone (or restarting): the pending write is retried, whole.
-                self.failures += 1
-                self._drop_client()
-                self._stop.wait(0.05)
-                continue
-            except BaseException as exc:
-                self.crash = exc
-                return
-            self._stop.wait(WRITE_PAUSE_S)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Writer]:
-        """Write in a background thread for the duration of the block."""
-        thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._stop.clear()
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join(30)
-            self._drop_client()
-        assert not thread.is_alive(), "the writer thread hangs"
-        assert self.crash is None, f"the writer crashed: {self.crash!r}"
-
-    def _settled(self, timeout_s: float) -> threading.Lock:
-        """Take the lock at a point where the model equals the volume (no unknown write)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.lock.acquire()
-            if self._pending is None:
-                return self.lock
-            self.lock.release()
-            assert time.monotonic() < deadline, "a write stays unknown: the agent is not back"
-            time.sleep(0.02)
-
-    def checkpoint(self, site: LocalSite, name: str, timeout_s: float = 30.0) -> tuple[int, str]:
-        """Tag a checkpoint between two writes; returns its id and the model's sha256."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            lock = self._settled(timeout_s)
-            try:
-                entry = site.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})
-                return int(entry["id"]), hashlib.sha256(self.model).hexdigest()
-            except NotReady:  # a resync is running: checkpoints resume after it
-                assert time.monotonic() < deadline, "checkpoints did not resume in time"
-            finally:
-                lock.release()
-            time.sleep(0.05)
-
-    def quiet(self, duration_s: float) -> QuietWindow:
-        """No write for ``duration_s``: any checkpoint made meanwhile holds the model."""
-        lock = self._settled(30.0)
-        try:
-            start_ns = time.time_ns()
-            sha256 = hashlib.sha256(self.model).hexdigest()
-            time.sleep(duration_s)
-            return QuietWindow(start_ns, time.time_ns(), sha256)
-        finally:
-            lock.release()
-
-
-@dataclass(frozen=True)
-class QuietWindow:
-    start_ns: int
-    end_ns: int
-    sha256: str
-
-    def holds(self, checkpoint: dict[str, Any]) -> bool:
-        return self.start_ns < int(checkpoint["time_ns"]) < self.end_ns
-
-
-def protect(prod: LocalSite, dr: LocalSite, seed: int, pair: bool = True) -> Writer:
-    """Pair, create a volume with data on it, protect it, wait for the initial sync."""
-    if pair:
-        prod.pair_with(dr)
-    volume = prod.api.post("/api/v1/volumes", {"name": VOLUME, "size_bytes": VOLUME_BYTES})
-    writer = Writer(volume["nbd_uri"], seed)
-    writer.write(50)  # data from before protection: the initial sync must carry it
-    prod.api.post("/api/v1/groups", {"name": GROUP, "volumes": [VOLUME], "to": dr.name,
-                                     "checkpoint_interval_s": CHECKPOINT_INTERVAL_S})
-    prod.wait_protecting(GROUP, timeout_s=30)
-    return writer
-
-
-def listed(site: LocalSite) -> dict[int, dict[str, Any]]:
-    return {int(c["id"]): c for c in site.api.get(f"/api/v1/groups/{GROUP}/checkpoints")}
-
-
-def export_sha256(dr: LocalSite, checkpoint: int) -> str:
-    export = dr.api.post("/api/v1/exports", {"group": GROUP, "volume": VOLUME,
-                                             "checkpoint": str(checkpoint)})
-    try:
-        digest = hashlib.sha256()
-        with NbdClient(export["uri"]) as client:
-            assert client.size == VOLUME_BYTES
-            for offset in range(0, VOLUME_BYTES, 4 << 20):
-                digest.update(client.read(offset, 4 << 20))
-        return digest.hexdigest()
-    finally:
-        dr.api.post("/api/v1/exports/stop", {"uri": export["uri"]})
-
-
-def verify(dr: LocalSite, expected: dict[int, str]) -> None:
-    """Every checkpoint in ``expected`` is listed, consistent, and exports its content."""
-    at_dr = listed(dr)
-    for checkpoint, sha256 in sorted(expected.items()):
-        assert checkpoint in at_dr, f"checkpoint {checkpoint} is not at the recovery site"
-        assert at_dr[checkpoint]["consistent"], f"checkpoint {checkpoint} is not consistent"
-        assert export_sha256(dr, checkpoint) == sha256, f"checkpoint {checkpoint} differs"
-
-
-def wait_all(dr: LocalSite, checkpoints: list[int]) -> None:
-    if checkpoints:  # seq order: the newest there means all of them there
-        dr.wait_checkpoint(GROUP, max(checkpoints), timeout_s=30)
-
-
-def disagreements(prod: LocalSite, dr: LocalSite) -> list[str]:
-    """Ids must be unique at the protected site, and what it calls replicated is at dr."""
-    raw = prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")
-    ids = [int(c["id"]) for c in raw]
-    problems = []
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        problems.append(f"checkpoint ids repeat at the protected site: {repeated}")
-    at_dr = listed(dr)
-    for checkpoint in raw:
-        other = at_dr.get(int(checkpoint["id"]))
-        if checkpoint["replicated"] and (other is None or other["name"] != checkpoint["name"]):
-            problems.append(f"prod says {checkpoint} is replicated; dr has {other}")
-    return problems
-
-
 def syncs(log_path: Path) -> int:
-    return len(SYNC_LOG.findall(log_path.read_text()))
+    return len(SYNC.findall(log_path.read_text()))
 
 
 # --- a. the protected site's manager crashes ------------------------------------------
@@ -482,12 +282,19 @@ def test_link_resets_refusals_and_corruption_lose_nothing(
             assert not listed(prod)[refused[0]]["replicated"]
             proxy.drop_new_connections = False
             for index in range(2):
+                # Into a running session, so that the byte lands in a TLS record carrying
+                # frames: the receiver finds its MAC wrong and drops the session.
+                assert wait_until(lambda: prod.group_status(GROUP)["link_up"], timeout_s=20,
+                                  interval_s=0.05), "no session after the last fault"
+                sessions = proxy.connections_accepted
                 proxy.corrupt_next(100)
-                time.sleep(0.6)
+                assert wait_until(lambda before=sessions: proxy.connections_accepted > before,
+                                  timeout_s=20), "a corrupted record did not end its session"
                 expected.update([writer.checkpoint(prod, f"after-corruption-{index}")])
         wait_all(dr, list(expected))
-        assert wait_until(lambda: proxy.connections_accepted >= 6, timeout_s=10)
     check_link_outcome(prod, dr, writer, expected, tmp_path / "sites.log")
+    rejected = (tmp_path / "sites.log").read_text().count("ended: [SSL: ")
+    assert rejected >= 2, "the receiver's TLS layer did not reject the corrupted records"
 
 
 # --- e. checkpoint ids across a restart of the protected agent --------------------------

@@ -82,6 +82,7 @@ class ProtectedGroup:
         plan_path = state_dir / PLAN_FILE
         loaded = SyncPlan.load(plan_path, sizes, bitmap_bytes)
         SyncPlan.discard(plan_path)  # before any write: a crash from now on leaves no plan
+        self._initial = loaded is None and not self.checkpoints.entries
         if loaded is not None:
             self.plan, self._issued_seq = loaded
             self._plan_valid = True
@@ -101,6 +102,16 @@ class ProtectedGroup:
 
     def start(self) -> None:
         self._timer_task = asyncio.create_task(self._checkpoint_timer())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until the recovery site has every record: a clean stop then loses
+        no checkpoint. The front end takes no writes any more when this is called."""
+        deadline_s = time.monotonic() + timeout_s
+        while (not self.tracking and self.link_up and self.stream.record_count
+               and time.monotonic() < deadline_s):
+            self.acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acked.wait(), deadline_s - time.monotonic())
 
     async def stop(self) -> None:
         """Stop capturing and save the plan (the front end takes no more writes by now)."""
@@ -136,6 +147,7 @@ class ProtectedGroup:
                 self.plan.mark_all()
             else:
                 self.plan.compare_all()
+        self._initial = durable_seq == 0  # the recovery site holds nothing of the group yet
         lost = self.checkpoints.mark_lost_after(durable_seq)
         issued = max(self._issued_seq, self.checkpoints.issued_seq)
         self.stream.position(durable_seq, first_seq=issued + 1)
@@ -199,6 +211,7 @@ class ProtectedGroup:
         self.stream.append(RecordKind.SYNC_END, time.time_ns())
         self.stream_changed.set()
         self.syncing = False
+        self._initial = False
         log.info("group %s: sync complete (%d bytes shipped), protecting", self.spec.name,
                  syncer.progress.shipped_bytes)
 
@@ -305,8 +318,8 @@ class ProtectedGroup:
             return "paused" if self.refusal[0] in PAUSE_CODES else "error"
         if self.protecting:
             return "protecting"
-        if not self.checkpoints.entries:
-            return "initial-sync"  # no sync ever completed: checkpoints follow the first
+        if self._initial:
+            return "initial-sync"
         return f"{self.plan.kind}-sync"
 
     def status(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from seawall.wan.schedule import parse_schedule
 from seawall.wan.site_throttle import SiteThrottle
 
 log = logging.getLogger(__name__)
+
+
+DRAIN_TIMEOUT_S = 5.0
+"""How long a clean stop waits for the recovery site to take the groups' last records."""
 
 
 class Agent:
@@ -89,6 +94,8 @@ class Agent:
         # The front end first: a write taken after its group stopped capturing would be in
         # no stream and no saved plan, and the next start would trust that plan.
         await self.frontend.close()
+        await asyncio.gather(*(group.drain(DRAIN_TIMEOUT_S)
+                               for group, _ in self.protected.values()))
         await self.replication.close()
         for group, shipper in self.protected.values():
             await shipper.stop()
