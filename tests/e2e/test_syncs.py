@@ -16,6 +16,7 @@ import pytest
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
+from support.tmpfs import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 32 << 20
@@ -143,3 +144,33 @@ def test_preseeded_replica_ships_only_what_differs(
     assert 0 < sync["shipped_bytes"] <= changed
     checkpoint = tag(prod, dr, "after-preseed")
     verify(dr, {checkpoint: hashlib.sha256(model).hexdigest()})
+
+
+def test_full_journal_filesystem_pauses_then_resumes_by_itself(
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    """The recovery site's journal filesystem (a real tmpfs) fills up: the group says
+    `paused`, nothing is corrupted, and protection comes back once space returns."""
+    prod, dr = sites
+    with mounted_tmpfs(dr.config.journals_dir, 96 << 20) as journals:
+        model = bytearray(VOLUME_BYTES)
+        uri = protect(prod, dr, model)
+        expected = {tag(prod, dr, "before"): hashlib.sha256(model).hexdigest()}
+        filler = journals / "filler"
+        fill(filler, leave_bytes=2 << 20)
+        write(uri, model, random.Random(8), count=96)  # 6 MiB: more than is left
+        deadline = time.monotonic() + 30
+        while (status := prod.group_status(GROUP))["state"] != "paused":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["refusal"]["code"] == "journal_full"
+        assert dr.group_status(GROUP)["journal_full"]
+        filler.unlink()
+        states_until_protecting(prod)
+        deadline = time.monotonic() + 30
+        while prod.group_status(GROUP)["state"] != "protecting" or \
+                prod.group_status(GROUP)["buffered_records"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        expected[tag(prod, dr, "after")] = hashlib.sha256(model).hexdigest()
+        verify(dr, expected)
