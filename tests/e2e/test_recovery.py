@@ -20,43 +20,11 @@ from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
 from support.cli import seawall
+from support.groups import GROUP, protect, tag, write
+from support.groups import sha256_of as image_sha256
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 16 << 20
-GROUP = "app"
-
-
-def protect(prod: LocalSite, dr: LocalSite, model: bytearray) -> str:
-    """A protected one-volume group with some data on it; the volume's NBD URI."""
-    prod.pair_with(dr)
-    volume = prod.api.post("/api/v1/volumes", {"name": "disk0", "size_bytes": VOLUME_BYTES})
-    write(volume["nbd_uri"], model, random.Random(1), count=32)
-    prod.api.post("/api/v1/groups", {"name": GROUP, "volumes": ["disk0"], "to": "dr",
-                                     "checkpoint_interval_s": 0.5})
-    prod.wait_protecting(GROUP)
-    uri: str = volume["nbd_uri"]
-    return uri
-
-
-def write(uri: str, model: bytearray, rng: random.Random, count: int) -> None:
-    with NbdClient(uri) as client:
-        for _ in range(count):
-            offset = rng.randrange(0, VOLUME_BYTES - 65536, 4096)
-            data = rng.randbytes(65536)
-            client.write(offset, data)
-            model[offset : offset + 65536] = data
-        client.flush()
-
-
-def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
-    checkpoint: int = prod.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})["id"]
-    dr.wait_checkpoint(GROUP, checkpoint)
-    return checkpoint
-
-
-def sha256_of(uri: str) -> str:
-    with NbdClient(uri) as client:
-        return hashlib.sha256(client.read(0, VOLUME_BYTES)).hexdigest()
 
 
 def run_json(site: LocalSite, *args: str) -> Any:
@@ -74,7 +42,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
 ) -> None:
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
-    prod_uri = protect(prod, dr, model)
+    prod_uri = protect(prod, dr, model, count=32)
     checkpoint = tag(prod, dr, "before-upgrade")
     at_checkpoint = hashlib.sha256(model).hexdigest()
     write(prod_uri, model, random.Random(2), count=16)  # after the checkpoint
@@ -85,7 +53,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     assert 0 < test["rto_s"] < 10
     [image] = test["images"]
     assert image["volume"] == "disk0" and image["uri"].startswith("nbd+unix:///")
-    assert sha256_of(image["uri"]) == at_checkpoint
+    assert image_sha256(image["uri"], VOLUME_BYTES) == at_checkpoint
 
     # The image takes writes (and zeroing), and reads them back.
     with NbdClient(image["uri"]) as client:
@@ -98,10 +66,10 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     # Meanwhile replication goes on, and neither the volume nor the journal saw the writes.
     write(prod_uri, model, random.Random(3), count=8)
     tag(prod, dr, "during-test")
-    assert sha256_of(prod_uri) == hashlib.sha256(model).hexdigest()
+    assert image_sha256(prod_uri, VOLUME_BYTES) == hashlib.sha256(model).hexdigest()
     export = dr.api.post("/api/v1/exports", {"group": GROUP, "volume": "disk0",
                                              "checkpoint": str(checkpoint)})
-    assert sha256_of(export["uri"]) == at_checkpoint
+    assert image_sha256(export["uri"], VOLUME_BYTES) == at_checkpoint
     dr.api.post("/api/v1/exports/stop", {"uri": export["uri"]})
     status = dr.api.get(f"/api/v1/failover/{GROUP}")["operation"]
     assert status["images"][0]["scratch_used_bytes"] >= 4096
@@ -115,7 +83,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     report = run_json(dr, "failover", "stop", GROUP, "--result", "pass", "--notes", notes)
     assert report["state"] == "stopped" and report["result"] == "pass"
     with pytest.raises((NbdError, OSError)):
-        sha256_of(image["uri"])  # the image is gone with its scratch
+        image_sha256(image["uri"], VOLUME_BYTES)  # the image is gone with its scratch
     assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
     stop_again = refused(dr, "failover", "stop", GROUP)
     assert stop_again.returncode == 4 and "no failover test" in stop_again.stderr
@@ -144,7 +112,7 @@ def test_scratch_limit_and_restarts(
     an agent restart ends it, and the manager records it as interrupted."""
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
-    protect(prod, dr, model)
+    protect(prod, dr, model, count=32)
     tag(prod, dr, "tagged")
     test = run_json(dr, "failover", "test", GROUP, "--checkpoint", "latest-tagged",
                     "--scratch-max", "1M")
@@ -184,7 +152,7 @@ def test_clones_raw_and_qcow2_match_the_checkpoint(
 ) -> None:
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
-    prod_uri = protect(prod, dr, model)
+    prod_uri = protect(prod, dr, model, count=32)
     with NbdClient(prod_uri) as client:  # the second half zero: the raw clone has holes
         client.write_zeroes(VOLUME_BYTES // 2, VOLUME_BYTES // 2)
         client.flush()

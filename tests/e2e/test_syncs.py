@@ -14,63 +14,13 @@ from pathlib import Path
 import pytest
 
 from seawall.localsites import LocalSite
-from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
+from support.groups import GROUP, protect, states_until_protecting, tag, write
+from support.groups import verify as verify_exports
 from support.tmpfs import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 32 << 20
-GROUP = "app"
-
-
-def protect(prod: LocalSite, dr: LocalSite, model: bytearray) -> str:
-    """A protected group whose volume starts with 4 MiB of data; its NBD URI."""
-    prod.pair_with(dr)
-    volume = prod.api.post("/api/v1/volumes", {"name": "disk0", "size_bytes": VOLUME_BYTES})
-    write(volume["nbd_uri"], model, random.Random(1), count=64)
-    prod.api.post("/api/v1/groups", {"name": GROUP, "volumes": ["disk0"], "to": "dr",
-                                     "checkpoint_interval_s": 0.5})
-    prod.wait_protecting(GROUP)
-    uri: str = volume["nbd_uri"]
-    return uri
-
-
-def write(uri: str, model: bytearray, rng: random.Random, count: int) -> int:
-    """``count`` random 64 KiB writes through NBD, mirrored in ``model``; bytes written."""
-    with NbdClient(uri) as client:
-        for _ in range(count):
-            offset = rng.randrange(0, VOLUME_BYTES - 65536, 4096)
-            data = rng.randbytes(65536)
-            client.write(offset, data)
-            model[offset : offset + 65536] = data
-        client.flush()
-    return count * 65536
-
-
-def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
-    checkpoint: int = prod.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})["id"]
-    dr.wait_checkpoint(GROUP, checkpoint)
-    return checkpoint
-
-
-def verify(dr: LocalSite, expected: dict[int, str]) -> None:
-    for checkpoint, sha256 in expected.items():
-        uri = seawall(dr, "export", GROUP, "disk0", "--checkpoint", str(checkpoint)).stdout
-        with NbdClient(uri.strip()) as client:
-            assert hashlib.sha256(client.read(0, VOLUME_BYTES)).hexdigest() == sha256, checkpoint
-        seawall(dr, "export", "--stop", uri.strip())
-
-
-def states_until_protecting(site: LocalSite, timeout_s: float = 60.0) -> list[str]:
-    states: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while not states or states[-1] != "protecting":
-        assert time.monotonic() < deadline, f"no protection: {states}"
-        state = site.group_status(GROUP)["state"]
-        if not states or states[-1] != state:
-            states.append(state)
-        time.sleep(0.01)
-    return states
 
 
 def test_clean_restart_keeps_the_dirty_map_and_runs_a_bitmap_sync(
@@ -78,7 +28,7 @@ def test_clean_restart_keeps_the_dirty_map_and_runs_a_bitmap_sync(
 ) -> None:
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
-    uri = protect(prod, dr, model)
+    uri = protect(prod, dr, model, count=64)
     expected = {tag(prod, dr, "before"): hashlib.sha256(model).hexdigest()}
     dr.stop()
     written = write(uri, model, random.Random(2), count=32)  # 2 MiB while the link is down
@@ -93,7 +43,7 @@ def test_clean_restart_keeps_the_dirty_map_and_runs_a_bitmap_sync(
     status = prod.group_status(GROUP)
     assert 0 < status["sync"]["shipped_bytes"] <= written
     expected[tag(prod, dr, "after")] = hashlib.sha256(model).hexdigest()
-    verify(dr, expected)
+    verify_exports(dr, expected, VOLUME_BYTES)
     assert "bitmap-sync from seq" in (tmp_path / "sites.log").read_text()
 
 
@@ -102,7 +52,7 @@ def test_resync_on_request_compares_and_ships_nothing_when_equal(
 ) -> None:
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
-    protect(prod, dr, model)
+    protect(prod, dr, model, count=64)
     first = tag(prod, dr, "first")
     result = seawall(prod, "group", "resync", GROUP)
     assert "delta-sync" in result.stderr
@@ -110,7 +60,8 @@ def test_resync_on_request_compares_and_ships_nothing_when_equal(
     sync = prod.group_status(GROUP)["sync"]
     assert sync["done_bytes"] == VOLUME_BYTES and sync["shipped_bytes"] == 0
     second = tag(prod, dr, "second")
-    verify(dr, dict.fromkeys((first, second), hashlib.sha256(model).hexdigest()))
+    expected = dict.fromkeys((first, second), hashlib.sha256(model).hexdigest())
+    verify_exports(dr, expected, VOLUME_BYTES)
     missing = seawall(prod, "group", "resync", "nope", check=False)
     assert missing.returncode != 0 and "nope" in missing.stderr
 
@@ -143,7 +94,7 @@ def test_preseeded_replica_ships_only_what_differs(
     assert sync["done_bytes"] == VOLUME_BYTES
     assert 0 < sync["shipped_bytes"] <= changed
     checkpoint = tag(prod, dr, "after-preseed")
-    verify(dr, {checkpoint: hashlib.sha256(model).hexdigest()})
+    verify_exports(dr, {checkpoint: hashlib.sha256(model).hexdigest()}, VOLUME_BYTES)
 
 
 def test_full_journal_filesystem_pauses_then_resumes_by_itself(
@@ -154,7 +105,7 @@ def test_full_journal_filesystem_pauses_then_resumes_by_itself(
     prod, dr = sites
     with mounted_tmpfs(dr.config.journals_dir, 96 << 20) as journals:
         model = bytearray(VOLUME_BYTES)
-        uri = protect(prod, dr, model)
+        uri = protect(prod, dr, model, count=64)
         expected = {tag(prod, dr, "before"): hashlib.sha256(model).hexdigest()}
         filler = journals / "filler"
         fill(filler, leave_bytes=2 << 20)
@@ -173,4 +124,4 @@ def test_full_journal_filesystem_pauses_then_resumes_by_itself(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         expected[tag(prod, dr, "after")] = hashlib.sha256(model).hexdigest()
-        verify(dr, expected)
+        verify_exports(dr, expected, VOLUME_BYTES)
