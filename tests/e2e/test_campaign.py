@@ -16,7 +16,7 @@ import pytest
 
 from support.campaign import campaign
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 KINDS = ["corrupt", "kill-protected", "torn-tail", "overflow"]
 
