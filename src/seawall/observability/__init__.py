@@ -1,0 +1,1 @@
+"""What operators watch a site with: Prometheus metrics and structured logs."""
