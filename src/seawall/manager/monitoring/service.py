@@ -1,0 +1,154 @@
+"""StatusService: the status documents of this site's groups, and whether its peers answer.
+
+Rules:
+- A document is made from the database's facts of a group (``GroupFacts``: settings,
+  peer, last passed failover test) and a fresh answer of this site's agent, shaped by
+  ``monitoring.status``; an agent that does not answer gives a document in state
+  ``unknown`` with the reason, never an error: status must work when things are broken.
+- Agent and peer calls have short timeouts (``AGENT_TIMEOUT_S``, ``PEER_TIMEOUT_S``): the
+  monitor's round must not stall behind one dead peer.
+- Peers are probed by the monitor (``probe_peers``, their ``/health``); documents carry
+  the result of the last probe as ``peer_reachable`` (None before the first).
+- Group settings that other parts may add to the group row (``rpo_alert_s``,
+  ``test_reminder_s``) are read when the row has them, else the defaults apply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from seawall.config import SiteConfig
+from seawall.errors import NotFound, SeawallError
+from seawall.manager.clients import agent_client, peer_client
+from seawall.manager.models import Group, Peer, RecoveryOperation
+from seawall.manager.monitoring.alerts import AlertStore
+from seawall.manager.monitoring.rates import RateWindow
+from seawall.manager.monitoring.status import (
+    DEFAULT_RPO_ALERT_S,
+    DEFAULT_TEST_REMINDER_S,
+    GroupFacts,
+    counters,
+    shape,
+)
+from seawall.manager.recovery.failover import KIND as FAILOVER_TEST
+from seawall.manager.recovery.store import utc
+
+AGENT_TIMEOUT_S = 5.0
+PEER_TIMEOUT_S = 3.0
+
+
+class StatusService:
+    def __init__(self, config: SiteConfig, sessions: sessionmaker[Session],
+                 alerts: AlertStore) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.alerts = alerts
+        self.agent = agent_client(config, timeout_s=AGENT_TIMEOUT_S)
+        self.rates = RateWindow()
+        self._peer_errors: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    # --- documents ----------------------------------------------------------------------
+
+    def document(self, name: str) -> dict[str, Any]:
+        """One group's document, with its active alerts (``alerts``)."""
+        facts = [f for f in self.facts() if f.name == name]
+        if not facts:
+            raise NotFound(f"no group named {name!r}")
+        document = self._document(facts[0], agent_ok=True)
+        document["alerts"] = self.alerts.list(group=name)
+        return document
+
+    def documents(self, agent_ok: bool = True) -> list[dict[str, Any]]:
+        """Every group's document; ``agent_ok=False`` skips asking an agent known down."""
+        facts = self.facts()
+        self.rates.forget({f.group_id for f in facts})
+        return [self._document(f, agent_ok) for f in facts]
+
+    def _document(self, facts: GroupFacts, agent_ok: bool) -> dict[str, Any]:
+        agent: dict[str, Any] | None = None
+        error: str | None = "the site's agent does not answer"
+        if agent_ok:
+            try:
+                agent = self.agent.get(f"/groups/{facts.group_id}/status")
+                error = None
+            except SeawallError as exc:
+                error = exc.message
+        rates = (self.rates.sample(facts.group_id, time.monotonic(), counters(agent))
+                 if agent is not None else {})
+        document = shape(facts, self.config.name, agent, error, rates, time.time_ns())
+        with self._lock:
+            probed = facts.peer in self._peer_errors
+            document["peer_reachable"] = (self._peer_errors[facts.peer] is None
+                                          if probed else None)
+        return document
+
+    def facts(self) -> list[GroupFacts]:
+        """What the database knows of every group of this site, by name."""
+        with self.sessions() as session:
+            peers = {p.site_id: p.name for p in session.scalars(select(Peer))}
+            passed = dict(session.execute(
+                select(RecoveryOperation.group_id, func.max(RecoveryOperation.ended_at))
+                .where(RecoveryOperation.kind == FAILOVER_TEST,
+                       RecoveryOperation.result == "pass")
+                .group_by(RecoveryOperation.group_id)).tuples().all())
+            groups = list(session.scalars(select(Group).order_by(Group.name)))
+        return [GroupFacts(
+            name=g.name, group_id=g.group_id, role=g.role,
+            peer=peers.get(g.peer_site_id, "?"), created_at=utc(g.created_at),
+            history_s=g.history_s,
+            rpo_alert_s=_setting(g, "rpo_alert_s", DEFAULT_RPO_ALERT_S),
+            test_reminder_s=_setting(g, "test_reminder_s", DEFAULT_TEST_REMINDER_S),
+            last_passed_test_at=_utc_or_none(passed.get(g.group_id)),
+        ) for g in groups]
+
+    # --- reachability -------------------------------------------------------------------
+
+    def probe_agent(self) -> str | None:
+        """None if this site's agent answers its health check, else why not."""
+        try:
+            self.agent.get("/health")
+            return None
+        except SeawallError as exc:
+            return exc.message
+
+    def probe_peers(self) -> dict[str, str | None]:
+        """Each paired site's name -> None if its manager answers ``/health``, else why not."""
+        with self.sessions() as session:
+            peers = list(session.scalars(select(Peer)))
+        errors: dict[str, str | None] = {}
+        for peer in peers:
+            name = peer.name
+            try:  # over the peer API: the pins and the channel are checked too
+                client = peer_client(self.config, peer, timeout_s=PEER_TIMEOUT_S)
+            except SeawallError as exc:
+                errors[name] = exc.message
+                continue
+            try:
+                client.get("/health")
+                errors[name] = None
+            except SeawallError as exc:
+                errors[name] = exc.message
+            finally:
+                client.close()
+        with self._lock:
+            self._peer_errors = errors
+        return errors
+
+    def close(self) -> None:
+        self.agent.close()
+
+
+def _utc_or_none(moment: datetime | None) -> datetime | None:
+    return utc(moment) if moment is not None else None
+
+
+def _setting(group: Group, name: str, default: float) -> float:
+    value = getattr(group, name, None)
+    return float(value) if value is not None else default

@@ -1,0 +1,35 @@
+"""Wiring of status, alerts, the event log and tasks into the manager's app (called by app.py).
+
+It builds the services, installs the event middleware and the routes, and returns the
+monitor for the app's lifespan to start and stop.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from seawall.config import SiteConfig
+from seawall.manager.events.log import EventLog
+from seawall.manager.events.middleware import EventMiddleware
+from seawall.manager.events.routes import router as events_router
+from seawall.manager.monitoring.alerts import AlertStore
+from seawall.manager.monitoring.monitor import Monitor, interval_from_env
+from seawall.manager.monitoring.routes import router as monitoring_router
+from seawall.manager.monitoring.service import StatusService
+from seawall.manager.recovery.clones import CloneService
+from seawall.manager.tasks.routes import router as tasks_router
+from seawall.manager.tasks.service import TaskService
+
+
+def install_monitoring(app: FastAPI, config: SiteConfig, sessions: sessionmaker[Session],
+                       clones: CloneService) -> Monitor:
+    alerts = AlertStore(sessions)
+    status = StatusService(config, sessions, alerts)
+    events = EventLog(sessions)
+    app.state.alerts, app.state.status, app.state.events = alerts, status, events
+    app.state.tasks = TaskService(sessions, status, clones)
+    app.add_middleware(EventMiddleware, events=events)
+    for router in (monitoring_router, events_router, tasks_router):
+        app.include_router(router)
+    return Monitor(status, alerts, interval_from_env())
