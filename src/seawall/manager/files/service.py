@@ -1,0 +1,168 @@
+"""File-level restore: list and read files of a volume at a checkpoint, without mounting.
+
+Rules:
+- Only at the group's recovery site. Every request opens a temporary read-only export of
+  the volume at the checkpoint (the agent's point-in-time view: nothing is copied, the
+  journal and replica are only read) and reads it over NBD through a block cache; the
+  export pins the checkpoint against retention while in use and is removed afterwards,
+  whatever happened (for an archive: when its stream ends, fails or is dropped).
+- Partitions: a volume without a partition table is one file system; with one, the
+  partition is ``partition`` (its number), or the only one there is; several and none
+  chosen is InvalidInput listing them.
+- ``archive`` walks the whole tree (metadata only) before the first byte goes out, so
+  a missing path, an unreadable file system or an unsafe name is a clean error; then the
+  tar stream reads file contents as it is consumed, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from seawall.errors import InvalidInput, SeawallError
+from seawall.http import JsonClient
+from seawall.manager.files.blocks import CachedVolume, Window
+from seawall.manager.files.filesystem import Entry, FileSystem, normalize_path
+from seawall.manager.files.partitions import Partition, PartitionTable, parse_partition_table
+from seawall.manager.files.tarstream import TAR_TYPES, TarItem, tar_stream
+from seawall.manager.groups.service import GroupService
+from seawall.manager.recovery.machine import choose_checkpoint
+from seawall.manager.recovery.operations import recovery_group
+from seawall.nbd.blocking import NbdClient
+
+SKIPPED_SHOWN = 20  # the summary travels in an HTTP header: keep it short
+
+
+@dataclass
+class _Session:
+    """One open export, its NBD connection and the file system chosen on it."""
+
+    facts: dict[str, Any]
+    fs: FileSystem
+    close_steps: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        self.close_steps.close()
+
+
+class FileService:
+    def __init__(self, agent: JsonClient, groups: GroupService) -> None:
+        self.agent = agent
+        self.groups = groups
+
+    def list(self, group_name: str, volume: str, path: str, checkpoint: str,
+             partition: int | None) -> dict[str, Any]:
+        session = self._open(group_name, volume, checkpoint, partition)
+        try:
+            entries = session.fs.list(path)
+        finally:
+            session.close()
+        return {**session.facts, "path": normalize_path(path),
+                "entries": [entry.describe() for entry in entries]}
+
+    def archive(self, group_name: str, volume: str, path: str, checkpoint: str,
+                partition: int | None) -> tuple[dict[str, Any], Iterator[bytes]]:
+        """What will be restored (a summary) and the tar stream; the caller must consume
+        or close the stream (closing it releases the export)."""
+        session = self._open(group_name, volume, checkpoint, partition)
+        try:
+            top_name = posixpath.basename(normalize_path(path)) or volume
+            items: list[TarItem] = []
+            skipped: list[str] = []
+            for parts, entry in session.fs.walk(path):
+                member = posixpath.join(top_name, *parts)
+                if not parts and entry.kind not in TAR_TYPES:
+                    raise InvalidInput(f"{normalize_path(path)} is a {entry.kind}: only "
+                                       "files, directories and symlinks can be restored")
+                if entry.kind not in TAR_TYPES:
+                    skipped.append(f"{member} ({entry.kind})")
+                    continue
+                content = None if entry.kind != "file" else _content(session.fs, entry)
+                items.append(TarItem(member, entry, content))
+        except BaseException:
+            session.close()
+            raise
+        files = [item.entry for item in items if item.entry.kind == "file"]
+        summary = {**session.facts, "path": normalize_path(path), "name": top_name,
+                   "type": items[0].entry.kind,
+                   "files": len(files), "bytes": sum(e.size_bytes for e in files),
+                   "entries": len(items), "skipped_count": len(skipped),
+                   "skipped": skipped[:SKIPPED_SHOWN]}
+
+        def stream() -> Iterator[bytes]:
+            try:
+                yield from tar_stream(items)
+            finally:
+                session.close()
+
+        return summary, stream()
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _open(self, group_name: str, volume: str, checkpoint: str,
+              partition: int | None) -> _Session:
+        group = recovery_group(self.groups, group_name, "seawall files")
+        chosen = choose_checkpoint(
+            self.agent.get(f"/groups/{group.group_id}/checkpoints"), checkpoint, group_name)
+        export = self.agent.post("/exports", {"group_id": group.group_id, "volume": volume,
+                                              "checkpoint": str(chosen["id"])})
+        steps = contextlib.ExitStack()
+        steps.callback(self._stop_export, export["name"])
+        try:
+            client = steps.enter_context(NbdClient(export["uri"]))
+            whole = CachedVolume(client.read, client.size)
+            table = parse_partition_table(whole.read, whole.size_bytes)
+            chosen_partition = _choose_partition(table, partition, volume)
+            source: CachedVolume | Window = whole
+            where = f"volume {volume}"
+            if chosen_partition is not None:
+                source = Window(whole, chosen_partition.start_bytes, chosen_partition.size_bytes)
+                where = f"partition {chosen_partition.number} of volume {volume}"
+            fs = FileSystem(source, where)
+        except BaseException:
+            steps.close()
+            raise
+        facts = {
+            "group": group_name, "volume": volume,
+            "checkpoint": {"id": chosen["id"], "time_ns": chosen["time_ns"],
+                           "name": chosen["name"]},
+            "partition_table": table.scheme if table else None,
+            "partitions": [p.describe() for p in table.partitions] if table else [],
+            "partition": chosen_partition.describe() if chosen_partition else None,
+            "filesystem": fs.kind,
+        }
+        return _Session(facts, fs, steps)
+
+    def _stop_export(self, name: str) -> None:
+        with contextlib.suppress(SeawallError):  # gone already (the agent restarted)
+            self.agent.delete(f"/exports/{name}")
+
+
+def _content(fs: FileSystem, entry: Entry) -> Callable[[], Iterator[bytes]]:
+    return lambda: fs.chunks(entry)
+
+
+def _choose_partition(table: PartitionTable | None, number: int | None,
+                      volume: str) -> Partition | None:
+    if table is None:
+        if number is not None:
+            raise InvalidInput(f"volume {volume} has no partition table (its file system "
+                               "spans the whole volume): leave out --partition")
+        return None
+    listing = "; ".join(p.text() for p in table.partitions)
+    if number is not None:
+        chosen = table.get(number)
+        if chosen is None:
+            raise InvalidInput(f"volume {volume} has no partition {number} in its "
+                               f"{table.scheme.upper()} table ({listing or 'none'})")
+        return chosen
+    if len(table.partitions) == 1:
+        return table.partitions[0]
+    if not table.partitions:
+        raise InvalidInput(f"volume {volume} has an empty {table.scheme.upper()} partition "
+                           "table: no file system to read")
+    raise InvalidInput(f"volume {volume} has {len(table.partitions)} partitions "
+                       f"({table.scheme.upper()}): {listing}; choose one with --partition N")
