@@ -1,0 +1,226 @@
+"""``seawall group create/update/show``: a group and its settings.
+
+The settings options are the same for ``create`` and ``update``; an option not given is not
+sent (``create``: the manager's default; ``update``: unchanged). ``none`` clears an optional
+setting (journal limit, networks, scripts, boot order). Ranges are checked by the manager.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
+from seawall.cli.output import console, print_json
+from seawall.errors import InvalidInput
+from seawall.units import format_bytes, parse_duration_s, parse_size_bytes
+
+Opt = typer.Option
+IntervalOption = Annotated[str | None, Opt(
+    "--checkpoint-interval", help="Periodic checkpoints, 100ms to 1h (default 5s).")]
+HistoryOption = Annotated[str | None, Opt(help="Journal history, 1h to 30d (default 24h).")]
+JournalMaxOption = Annotated[str | None, Opt(
+    "--journal-max", help="Hard limit of the recovery journal (e.g. 50G), or none (default).")]
+JournalWarningOption = Annotated[str | None, Opt(
+    "--journal-warning", help="Warn when the journal holds this share of its limit "
+    "(e.g. 80%), 10% to 100% (default 75%).")]
+PriorityOption = Annotated[str | None, Opt(
+    help="Share of the site's throttled bandwidth: high, medium (default) or low (4:2:1).")]
+CompressionOption = Annotated[str | None, Opt(
+    help="zstd (default; level adapts to the CPU), lz4 or none.")]
+RpoAlertOption = Annotated[str | None, Opt(
+    "--rpo-alert", help="Alert when the RPO is over this, 1s to 7d (default 5m).")]
+TestReminderOption = Annotated[str | None, Opt(
+    "--test-reminder", help="Alert when no failover test passed for this long, 1h to 365d "
+    "(default 30d).")]
+RecoveryAgentOption = Annotated[str | None, Opt(
+    "--recovery-agent", help="The recovery site's agent; a site has one today, named after "
+    "the site (the default).")]
+StorageOption = Annotated[str | None, Opt(
+    "--storage", help="Directory at the recovery site for the journal and replicas "
+    "(default: its data dir); set at create only.")]
+FailoverNetworkOption = Annotated[str | None, Opt(
+    "--failover-network", help="Network of recovered VMs in a live failover, or none.")]
+TestNetworkOption = Annotated[str | None, Opt(
+    "--test-network", help="Isolated network of VMs in a failover test, or none.")]
+BootOrderOption = Annotated[str | None, Opt(
+    "--boot-order", help="NAME[:DELAY],... in boot order, each then waited for DELAY "
+    "(e.g. db:30s,app); or none.")]
+PreScriptOption = Annotated[str | None, Opt(
+    "--pre-script", help="Executable at the recovery site, run before a failover's images "
+    "are made; or none.")]
+PostScriptOption = Annotated[str | None, Opt(
+    "--post-script", help="Executable at the recovery site, run once a failover's images "
+    "are up; or none.")]
+ScriptTimeoutOption = Annotated[str | None, Opt(
+    "--script-timeout", help="Time allowed to each script, 1s to 1h (default 5m).")]
+
+
+def add_group_commands(group_app: typer.Typer) -> None:
+    group_app.command("create")(group_create)
+    group_app.command("update")(group_update)
+    group_app.command("show")(group_show)
+
+
+def _none(text: str) -> bool:
+    return text.strip().lower() == "none"
+
+
+def parse_ratio(text: str) -> float:
+    """``80%`` or ``0.8``."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InvalidInput(f"invalid share {text!r} (examples: 80%, 0.8)") from None
+
+
+def parse_boot_order(text: str) -> list[dict[str, Any]]:
+    if _none(text):
+        return []
+    steps = []
+    for item in text.split(","):
+        name, _, delay = item.strip().partition(":")
+        if not name:
+            raise InvalidInput(f"invalid boot order {text!r} (example: db:30s,app)")
+        if delay.startswith("-"):
+            raise InvalidInput(f"boot delay of {name} must not be negative: {delay}")
+        steps.append({"name": name, "delay_s": parse_duration_s(delay) if delay else 0.0})
+    return steps
+
+
+def settings_body(**given: str | None) -> dict[str, Any]:
+    """The API's settings fields for the options given (an option left out is not sent)."""
+    parsers: dict[str, tuple[str, Any]] = {
+        "checkpoint_interval": ("checkpoint_interval_s", parse_duration_s),
+        "history": ("history_s", parse_duration_s),
+        "journal_max": ("journal_max_bytes",
+                        lambda t: None if _none(t) else parse_size_bytes(t)),
+        "journal_warning": ("journal_warning_ratio", parse_ratio),
+        "priority": ("priority", str),
+        "compression": ("compression", str),
+        "rpo_alert": ("rpo_alert_s", parse_duration_s),
+        "test_reminder": ("test_reminder_s", parse_duration_s),
+        "recovery_agent": ("recovery_agent", str),
+        "storage": ("storage_path", str),
+        "failover_network": ("failover_network", lambda t: None if _none(t) else t),
+        "test_network": ("test_network", lambda t: None if _none(t) else t),
+        "boot_order": ("boot_order", parse_boot_order),
+        "pre_script": ("pre_script", lambda t: None if _none(t) else t),
+        "post_script": ("post_script", lambda t: None if _none(t) else t),
+        "script_timeout": ("script_timeout_s", parse_duration_s),
+    }
+    body = {}
+    for option, text in given.items():
+        if text is not None:
+            field, parse = parsers[option]
+            body[field] = parse(text)
+    return body
+
+
+def group_create(
+    name: str,
+    volume: Annotated[list[str], Opt("--volume", help="A volume (repeatable).")],
+    to: Annotated[str, Opt("--to", help="Name of the paired recovery site.")],
+    preseed: Annotated[list[str] | None, Opt(
+        "--preseed", help="VOLUME=PATH (or PATH for a one-volume group): a copy of the volume "
+        "in a file at the recovery site, e.g. restored from a backup; it becomes the "
+        "replica and only blocks that differ are sent (repeatable).")] = None,
+    checkpoint_interval: IntervalOption = None, history: HistoryOption = None,
+    journal_max: JournalMaxOption = None, journal_warning: JournalWarningOption = None,
+    priority: PriorityOption = None, compression: CompressionOption = None,
+    rpo_alert: RpoAlertOption = None, test_reminder: TestReminderOption = None,
+    recovery_agent: RecoveryAgentOption = None, storage: StorageOption = None,
+    failover_network: FailoverNetworkOption = None, test_network: TestNetworkOption = None,
+    boot_order: BootOrderOption = None, pre_script: PreScriptOption = None,
+    post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
+) -> None:
+    """Protect volumes of this site to a paired site."""
+    body = settings_body(
+        checkpoint_interval=checkpoint_interval, history=history, journal_max=journal_max,
+        journal_warning=journal_warning, priority=priority, compression=compression,
+        rpo_alert=rpo_alert, test_reminder=test_reminder, recovery_agent=recovery_agent,
+        storage=storage, failover_network=failover_network, test_network=test_network,
+        boot_order=boot_order, pre_script=pre_script, post_script=post_script,
+        script_timeout=script_timeout)
+    group = manager(url, token).post("/api/v1/groups", {
+        "name": name, "volumes": volume, "to": to, **body,
+        "preseed": _preseed_paths(preseed or [], volume)})
+    if json_output:
+        print_json(group)
+    else:
+        console.print(f"group {name} created; initial sync to {to} started")
+
+
+def _preseed_paths(values: list[str], volumes: list[str]) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            if len(volumes) != 1:
+                raise InvalidInput("with several volumes, give --preseed as VOLUME=PATH")
+            name, path = volumes[0], value
+        paths[name] = path
+    return paths
+
+
+def group_update(
+    name: str,
+    checkpoint_interval: IntervalOption = None, history: HistoryOption = None,
+    journal_max: JournalMaxOption = None, journal_warning: JournalWarningOption = None,
+    priority: PriorityOption = None, compression: CompressionOption = None,
+    rpo_alert: RpoAlertOption = None, test_reminder: TestReminderOption = None,
+    recovery_agent: RecoveryAgentOption = None, storage: StorageOption = None,
+    failover_network: FailoverNetworkOption = None, test_network: TestNetworkOption = None,
+    boot_order: BootOrderOption = None, pre_script: PreScriptOption = None,
+    post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
+) -> None:
+    """Change settings of a group (at its protected site; both sites follow, no resync)."""
+    body = settings_body(
+        checkpoint_interval=checkpoint_interval, history=history, journal_max=journal_max,
+        journal_warning=journal_warning, priority=priority, compression=compression,
+        rpo_alert=rpo_alert, test_reminder=test_reminder, recovery_agent=recovery_agent,
+        storage=storage, failover_network=failover_network, test_network=test_network,
+        boot_order=boot_order, pre_script=pre_script, post_script=post_script,
+        script_timeout=script_timeout)
+    if not body:
+        raise InvalidInput("nothing to change: give at least one setting (see --help)")
+    result = manager(url, token).request("PATCH", f"/api/v1/groups/{name}/settings", body)
+    if json_output:
+        print_json(result)
+        return
+    changed = result["changed"]
+    if not changed:
+        console.print(f"group {name}: nothing changed")
+    for field, (old, new) in sorted(changed.items()):
+        console.print(f"{field}: {_text(field, old)} -> {_text(field, new)}")
+
+
+def group_show(name: str, url: UrlOption = None, token: TokenOption = None,
+               json_output: JsonOption = False) -> None:
+    """A group and all its settings."""
+    group = manager(url, token).get(f"/api/v1/groups/{name}/settings")
+    if json_output:
+        print_json(group)
+        return
+    volumes = ", ".join(v["name"] for v in group["volumes"])
+    print(f"group {group['name']} ({group['role']}, peer {group['peer']}, recovery site "
+          f"{group['recovery_site']}); volumes: {volumes}")
+    for field, value in group["settings"].items():
+        print(f"  {field:24} {_text(field, value)}")
+
+
+def _text(field: str, value: Any) -> str:
+    if value is None:
+        return "default" if field in ("recovery_agent", "storage_path") else "none"
+    if field == "journal_max_bytes":
+        return format_bytes(value)
+    if field == "journal_warning_ratio":
+        return f"{value:.0%}"
+    if field == "boot_order":
+        return ", ".join(f"{s['name']}:{s['delay_s']:g}s" for s in value) or "none"
+    if field.endswith("_s"):
+        return f"{value:g} s"
+    return str(value)
