@@ -7,9 +7,13 @@ every rule below holds for it the same way.
 Rules and invariants:
 - The image is the replica with every WRITE/ZERO record of the volume with
   ``seq <= checkpoint_seq`` laid over it in seq order (later records win).
-- Building a view copies no data: it walks the volume's index entries once, O(records),
-  into an ``ExtentMap`` of entry numbers; data is fetched at ``read`` time from the
-  replica, as zeros, or from the journal (decompressed blobs are cached by the journal).
+- Opening a view costs O(1): it notes how many index entries lie at or below its
+  checkpoint. The ``ExtentMap`` of entry numbers of a region (``index.REGION_BYTES``) is
+  built when the region is first read, from that region's entry list alone, so the
+  recovery time of an image does not grow with the journal or the volume. No data is
+  copied: it is fetched at ``read`` time from the replica, as zeros, or from the journal
+  (decompressed blobs are cached by the journal). Two threads reading a region not yet
+  built may both build it: the maps are equal, either is kept.
 - A view never looks at entries past its checkpoint, so it stays correct while frames keep
   arriving; entry numbers are stable because it keeps the index object it was built on
   (retention swaps in new ones, never edits one).
@@ -24,7 +28,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seawall.errors import CorruptData, InvalidInput
-from seawall.journal.extents import ExtentMap
+from seawall.journal.extents import ExtentMap, Piece
+from seawall.journal.index import REGION_SHIFT
 from seawall.wire.records import RecordKind
 
 if TYPE_CHECKING:
@@ -42,17 +47,34 @@ class PointInTimeView:
         self.checkpoint_seq = checkpoint_seq
         self.size_bytes = journal.volume_size(volume)
         self._journal = journal
-        self._index = index = journal.volume_index(volume)
-        extents: ExtentMap[int] = ExtentMap()
-        offsets, lengths = index.offsets, index.lengths
-        for entry in range(index.count_through(checkpoint_seq)):
-            extents.assign(offsets[entry], lengths[entry], entry)
-        self._extents = extents
+        self._index = journal.volume_index(volume)
+        self._count = self._index.count_through(checkpoint_seq)
+        self._regions: dict[int, ExtentMap[int]] = {}
 
-    @property
-    def extent_count(self) -> int:
-        """How many journal extents overlay the replica (a measure of the view's cost)."""
-        return len(self._extents)
+    def _region_map(self, region: int) -> ExtentMap[int]:
+        """Which entry last wrote each byte of ``region`` (built at its first read)."""
+        extents = self._regions.get(region)
+        if extents is None:
+            extents = ExtentMap()
+            index = self._index
+            offsets, lengths = index.offsets, index.lengths
+            low, high = region << REGION_SHIFT, (region + 1) << REGION_SHIFT
+            for entry in index.region_entries(region, self._count):
+                offset, end = offsets[entry], offsets[entry] + lengths[entry]
+                start = max(offset, low)
+                extents.assign(start, min(end, high) - start, entry, start - offset)
+            self._regions[region] = extents
+        return extents
+
+    def _pieces(self, offset: int, length: int) -> list[Piece[int]]:
+        pieces: list[Piece[int]] = []
+        end = offset + length
+        while offset < end:
+            region = offset >> REGION_SHIFT
+            stop = min(end, (region + 1) << REGION_SHIFT)
+            pieces.extend(self._region_map(region).lookup(offset, stop - offset))
+            offset = stop
+        return pieces
 
     def close(self) -> None:
         """Release the view: the journal may then apply past its checkpoint."""
@@ -73,7 +95,7 @@ class PointInTimeView:
         journal, index = self._journal, self._index
         kinds, seqs = index.kinds, index.seqs
         parts: list[bytes | memoryview] = []
-        for piece in self._extents.lookup(offset, length):
+        for piece in self._pieces(offset, length):
             entry = piece.source
             if entry is None or seqs[entry] <= journal.base_seq:
                 parts.append(journal.read_replica(self.volume, piece.offset, piece.length))
