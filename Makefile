@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv
+DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv \
+	e2fsprogs fdisk dosfstools mtools postgresql
 
 RUNS ?= 20
 SEED ?= 1

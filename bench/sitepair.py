@@ -116,7 +116,8 @@ class StatusSampler:
     """
 
     def __init__(self, site: LocalSite, interval_s: float, group: str = GROUP) -> None:
-        self._client = JsonClient(site.url, timeout_s=10.0, what=f"site {site.name}")
+        self._client = JsonClient(site.url, timeout_s=10.0, what=f"site {site.name}",
+                                  token=site.token)
         self._path = f"/api/v1/groups/{group}"
         self.interval_s = interval_s
         self.samples: list[tuple[float, dict[str, Any]]] = []
@@ -256,7 +257,8 @@ def run_timed(argv: list[str], log: Path) -> float:
 def seawall_cli(site: LocalSite, *args: str) -> str:
     """``seawall ARGS`` against ``site``, as an operator runs it; its stdout."""
     result = subprocess.run([sys.executable, "-m", "seawall", *args], capture_output=True,
-                            text=True, env={**os.environ, "SEAWALL_URL": site.url},
+                            text=True, env={**os.environ, "SEAWALL_URL": site.url,
+                                            "SEAWALL_TOKEN": site.token},
                             timeout=300, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"seawall {' '.join(args)} failed: {result.stderr.strip()}")

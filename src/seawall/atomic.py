@@ -20,9 +20,13 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, private: bool = False) -> None:
+    """Replace ``path`` with ``data``; ``private`` files are readable by their owner only."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    if private:
+        os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
+    with open(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -30,5 +34,5 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+def atomic_write_json(path: Path, value: Any, private: bool = False) -> None:
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n", private)

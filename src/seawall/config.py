@@ -21,6 +21,33 @@ from seawall.wan.schedule import parse_schedule
 CONFIG_NAME = "site.json"
 
 
+def check_database_url(text: str) -> str:
+    """A manager database URL, checked: SQLite (an absolute file path) or PostgreSQL.
+
+    ``postgresql://`` is taken as ``postgresql+psycopg://`` (psycopg 3, the driver we ship).
+    """
+    from sqlalchemy.engine import make_url  # here: every CLI command loads this module
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise InvalidInput(f"not a database URL: {text!r} (expected e.g. "
+                           "postgresql+psycopg://USER@HOST/DATABASE)") from None
+    if url.drivername in ("postgresql", "postgresql+psycopg"):
+        if not url.database:
+            raise InvalidInput("the PostgreSQL URL names no database (…/DATABASE)")
+        scheme = text.partition("://")[0]
+        return f"postgresql+psycopg{text[len(scheme):]}"
+    if url.drivername == "sqlite":
+        if not url.database or not Path(url.database).is_absolute():
+            raise InvalidInput("a SQLite database URL needs an absolute file path "
+                               "(sqlite:////srv/site/manager.db)")
+        return text
+    raise InvalidInput(f"unsupported database {url.drivername!r}: use sqlite:////PATH or "
+                       "postgresql+psycopg://USER@HOST/DATABASE")
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -50,6 +77,21 @@ class SiteConfig(BaseModel):
     """Replication bandwidth of the whole site, shared by its groups; None is unlimited."""
     throttle_schedule: str | None = None
     """Rates by time of day over ``throttle_bytes_per_s`` (syntax: ``seawall.wan.schedule``)."""
+    metrics_host: str | None = None
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536)
+    """Where the agent serves Prometheus ``/metrics`` on TCP; None: no such listener."""
+
+    peer_api_host: str | None = None
+    peer_api_port: int | None = Field(default=None, gt=0, lt=65536)
+    """Where the manager serves paired managers over mutual TLS; None: ``peer_api``'s default."""
+
+    database: str | None = None
+    """The manager's database URL (``check_database_url``); None: ``DATA/manager.db``."""
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, text: str | None) -> str | None:
+        return None if text is None else check_database_url(text)
 
     @field_validator("throttle_schedule")
     @classmethod
@@ -75,6 +117,18 @@ class SiteConfig(BaseModel):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def peer_api(self) -> tuple[str, int]:
+        """The peer API's address: as given at ``site init``, else the API's port + 2."""
+        if self.peer_api_host and self.peer_api_port:
+            return self.peer_api_host, self.peer_api_port
+        return self.api_host, self.api_port + 2
+
+    @property
+    def peer_api_url(self) -> str:
+        host, port = self.peer_api
+        return f"https://{host}:{port}"
 
     @property
     def run_dir(self) -> Path:
@@ -121,7 +175,7 @@ class SiteConfig(BaseModel):
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'manager.db'}"
+        return self.database or f"sqlite:///{self.data_dir / 'manager.db'}"
 
     @classmethod
     def create(
@@ -129,6 +183,7 @@ class SiteConfig(BaseModel):
         advertise_replication: str | None = None, nbd_tcp: str | None = None,
         buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
         throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
+        metrics: str | None = None, database: str | None = None, peer_api: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -137,6 +192,8 @@ class SiteConfig(BaseModel):
         replication_host, replication_port = parse_host_port(replication)
         advertised = parse_host_port(advertise_replication) if advertise_replication else None
         nbd_tcp_address = parse_host_port(nbd_tcp) if nbd_tcp else None
+        metrics_address = parse_host_port(metrics) if metrics else None
+        peer_api_address = parse_host_port(peer_api) if peer_api else None
         try:
             config = cls(
                 name=name,
@@ -154,14 +211,25 @@ class SiteConfig(BaseModel):
                 bitmap_bytes=bitmap_bytes,
                 throttle_bytes_per_s=throttle_bytes_per_s,
                 throttle_schedule=throttle_schedule,
+                metrics_host=metrics_address[0] if metrics_address else None,
+                metrics_port=metrics_address[1] if metrics_address else None,
+                database=database,
+                peer_api_host=peer_api_address[0] if peer_api_address else None,
+                peer_api_port=peer_api_address[1] if peer_api_address else None,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
+        if config.peer_api[1] >= 65536 or config.peer_api in (
+                (api_host, api_port), (replication_host, replication_port)):
+            raise InvalidInput(f"the peer API cannot listen on {config.peer_api_url}: "
+                               "give --peer-api HOST:PORT, apart from --api and --replication")
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)
         config.identity()
-        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"))
+        # A database URL may carry a password: then only the site's user reads the file.
+        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"),
+                          private=database is not None)
         return config
 
     @classmethod

@@ -64,6 +64,15 @@ class Unauthorized(SeawallError):
     code = "unauthorized"
 
 
+class Forbidden(SeawallError):
+    """The caller is authenticated, but their role may not do this."""
+
+    http_status = 403
+    exit_code = 6
+    fault = "user"
+    code = "forbidden"
+
+
 class PeerError(SeawallError):
     """A peer (agent or site manager) failed or could not be reached."""
 
@@ -109,6 +118,7 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         Conflict,
         NotReady,
         Unauthorized,
+        Forbidden,
         PeerError,
         ProtocolViolation,
         CorruptData,

@@ -7,25 +7,34 @@ raised by an agent reaches the CLI as NotReady (and its exit code).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
-from seawall.errors import InvalidInput, PeerError, SeawallError, error_from_code
+from seawall.errors import InvalidInput, PeerError, SeawallError, Unauthorized, error_from_code
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
 
 log = logging.getLogger(__name__)
 
 
 def install_error_handler(app: FastAPI) -> None:
+    # Imported here, not at the top: the CLI imports this module for ``JsonClient`` only,
+    # and importing FastAPI would add ~0.27 s to every command's start-up.
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
     @app.exception_handler(SeawallError)
     async def _seawall_error(request: Request, exc: SeawallError) -> JSONResponse:
         return JSONResponse(
             status_code=exc.http_status,
             content={"code": exc.code, "message": exc.message, "fault": exc.fault},
+            headers={"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -45,11 +54,16 @@ class JsonClient:
     """A small synchronous JSON client for a manager or an agent (TCP or Unix socket)."""
 
     def __init__(self, base_url: str, uds: str | None = None, timeout_s: float = 30.0,
-                 what: str = "server") -> None:
+                 what: str = "server", token: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``token``: an API token of a manager's user, sent as ``Authorization: Bearer``;
+        ``tls``: the context of an ``https`` URL (a peer's pin), instead of the system's CAs."""
         transport = httpx.HTTPTransport(uds=uds) if uds else None
         self.what = what
         self.base_url = base_url
-        self._client = httpx.Client(base_url=base_url, transport=transport, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client = httpx.Client(base_url=base_url, transport=transport, timeout=timeout_s,
+                                    headers=headers, verify=tls if tls is not None else True)
 
     def request(self, method: str, path: str, json: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
@@ -66,6 +80,23 @@ class JsonClient:
             response = self._client.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
             raise PeerError(f"cannot reach {self.what} at {self.base_url}: {exc}") from None
+        self._raise_for_error(response)
+        return response
+
+    @contextlib.contextmanager
+    def stream(self, path: str, params: dict[str, Any]) -> Iterator[httpx.Response]:
+        """GET a streamed body (a tar archive): errors before the body come back as for
+        JSON; a body cut short raises ``PeerError`` while it is read."""
+        try:
+            with self._client.stream("GET", path, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for_error(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise PeerError(f"transfer from {self.what} at {self.base_url} failed: {exc}") from None
+
+    def _raise_for_error(self, response: httpx.Response) -> None:
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -74,7 +105,6 @@ class JsonClient:
                 raise PeerError(
                     f"{self.what} answered {response.status_code}: {response.text[:200]}"
                 ) from None
-        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)

@@ -1,8 +1,11 @@
 """Throwaway sites on localhost, as real processes: for the demo, tests and benchmarks.
 
 A ``LocalSite`` is ``seawall site init`` + ``seawall site run`` in a directory, with free
-ports picked for it, and a JSON client for its REST API. Stopping it sends SIGTERM (what an
-operator's Ctrl-C does) and waits; ``kill`` sends SIGKILL to the manager only.
+ports picked for it, and a JSON client for its REST API that authenticates as the site's
+admin (``token``: the one ``site init`` makes, or, for a site that exists already, a new
+one made from its data directory as ``seawall site admin-token`` does). Stopping it sends
+SIGTERM (what an operator's Ctrl-C does) and waits; ``kill`` sends SIGKILL to the manager
+only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, TextIO
 from seawall.config import CONFIG_NAME, SiteConfig
 from seawall.errors import PeerError, SeawallError
 from seawall.http import JsonClient
+from seawall.manager.access.local import first_admin_token, local_admin_token
 
 START_TIMEOUT_S = 60.0
 
@@ -42,28 +46,42 @@ def free_port() -> int:
 class LocalSite:
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
-                 buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20) -> None:
+                 buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20,
+                 database: str | None = None) -> None:
         """A new site in ``directory``, or the existing one if it holds a site already."""
         self.name = name
         self.directory = directory
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        token: str | None = None
         if (directory / CONFIG_NAME).exists():
             self.config = SiteConfig.load(directory)
         else:
-            api_port, replication_port = free_ports(2)
+            api_port, replication_port, peer_api_port = free_ports(3)
             self.config = SiteConfig.create(
                 name, directory, f"127.0.0.1:{api_port}", f"127.0.0.1:{replication_port}",
                 advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
+                database=database, peer_api=f"127.0.0.1:{peer_api_port}",
             )
+            token = first_admin_token(self.config)
+        self.token = token or local_admin_token(self.config, "local-site")
         self.url = self.config.api_url
-        self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}")
+        self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}", token=self.token)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start ``site run`` without waiting (several sites then start side by side)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "seawall", "site", "run", "--data", str(self.directory)],
             stdout=self.log, stderr=self.log, env={**os.environ, "SEAWALL_LOG": "INFO"},
         )
+
+    def wait_started(self) -> None:
+        """Wait until the launched site's manager answers (it serves once its agent does)."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -72,7 +90,7 @@ class LocalSite:
                 self.api.get("/health")
                 return
             except SeawallError:
-                time.sleep(0.1)
+                time.sleep(0.05)
         raise PeerError(f"site {self.name} did not start in {START_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:

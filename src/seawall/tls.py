@@ -12,7 +12,12 @@ Rules and invariants:
   ``is_pinned`` compares the peer's certificate byte for byte with the pinned one.
 - Both ends authenticate (mutual TLS): the server requires a client certificate. TLS 1.3
   only; host names are not checked, as the pinned certificate names a site, not a host.
-- The same identity serves the agents' replication link now and the managers' API later.
+- A listener's pins change while it serves (``PinnedServerContext``): pairing adds one,
+  unpairing removes one. OpenSSL cannot drop a certificate from a trust store, so a
+  removal builds a new context, which every later handshake uses (the listener keeps one
+  outer context that hands each handshake the current one). Servers issue no session
+  tickets, so a removed certificate cannot come back through a resumed session.
+- The same identity serves the agents' replication link and the managers' peer API.
 """
 
 from __future__ import annotations
@@ -141,7 +146,12 @@ def _der(cert_pem: str) -> bytes:
 
 def fingerprint(cert_pem: str) -> str:
     """SHA-256 of the certificate, as ``openssl x509 -noout -fingerprint -sha256`` shows it."""
-    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(_der(cert_pem)).digest())
+    return der_fingerprint(_der(cert_pem))
+
+
+def der_fingerprint(der: bytes) -> str:
+    """``fingerprint`` of a certificate in DER form (as ``getpeercert(binary_form=True)``)."""
+    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(der).digest())
 
 
 def server_context(identity: SiteIdentity, peer_certs: Iterable[str] = ()) -> ssl.SSLContext:
@@ -166,6 +176,45 @@ def trust(context: ssl.SSLContext, cert_pem: str) -> None:
     context.load_verify_locations(cadata=cert_pem)
 
 
+class PinnedServerContext:
+    """A listener's TLS context whose set of pinned client certificates can change.
+
+    ``context`` is what the listener is given, once. It trusts nothing itself: at each
+    ClientHello its callback hands the handshake the context built for the current pins
+    (so a handshake that somehow skipped the callback could not verify any client).
+    """
+
+    def __init__(self, identity: SiteIdentity, peer_certs: Iterable[str] = ()) -> None:
+        self._identity = identity
+        self._pins = {fingerprint(cert_pem): cert_pem for cert_pem in peer_certs}
+        self._current = server_context(identity, self._pins.values())
+        self.context = _context(identity, server_side=True)
+        self.context.sni_callback = self._select
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        return frozenset(self._pins)
+
+    def pin(self, cert_pem: str) -> None:
+        """Let the holder of ``cert_pem`` through the handshakes that follow."""
+        if fingerprint(cert_pem) not in self._pins:
+            self._pins[fingerprint(cert_pem)] = cert_pem
+            trust(self._current, cert_pem)
+
+    def replace(self, peer_certs: Iterable[str]) -> None:
+        """Pin exactly ``peer_certs`` from now on: one no longer listed fails the handshake."""
+        pins = {fingerprint(cert_pem): cert_pem for cert_pem in peer_certs}
+        self._current, self._pins = server_context(self._identity, pins.values()), pins
+
+    def unpin(self, cert_pem: str) -> None:
+        self.replace(pem for fp, pem in self._pins.items() if fp != fingerprint(cert_pem))
+
+    def _select(self, ssl_object: ssl.SSLObject, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        # Called for every ClientHello, with or without SNI (then ``server_name`` is None).
+        ssl_object.context = self._current
+
+
 def _context(identity: SiteIdentity, server_side: bool) -> ssl.SSLContext:
     # A bare context, not ``create_default_context``: given no CA at all, that one would
     # fall back to the system's CAs, and any certificate they sign would then be taken.
@@ -176,6 +225,8 @@ def _context(identity: SiteIdentity, server_side: bool) -> ssl.SSLContext:
     # The pinned certificate is the trust anchor itself, whatever its extensions say.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.load_cert_chain(identity.cert_path, identity.key_path)
+    if server_side:
+        context.num_tickets = 0  # no resumption: every connection shows its certificate
     return context
 
 

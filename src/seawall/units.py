@@ -1,12 +1,14 @@
-"""Parsing and printing of the sizes and durations users type (``256M``, ``5s``, ``24h``).
+"""Parsing and printing of the sizes, durations and times users type (``256M``, ``24h``).
 
-Rules: sizes are binary (K = 1024); a bare number is bytes or seconds; anything else is
+Rules: sizes are binary (K = 1024); a bare number is bytes or seconds; a time is ISO 8601
+(local time when it has no zone) or a duration followed by ``ago``; anything else is
 ``InvalidInput`` naming what was wrong.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from seawall.errors import InvalidInput
 
@@ -38,3 +40,16 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An aware datetime from ``2026-11-22T10:15:00``, ``...+01:00`` or ``10m ago``."""
+    if text.strip().endswith(" ago"):
+        ago_s = parse_duration_s(text.strip()[: -len(" ago")])
+        return (now or datetime.now(UTC)) - timedelta(seconds=ago_s)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"invalid time {text!r} (examples: 2026-11-22T10:15:00, "
+                           "2026-11-22 10:15+01:00, 10m ago)") from None
+    return moment if moment.tzinfo is not None else moment.astimezone()

@@ -38,8 +38,10 @@ def sites(tmp_path: Path) -> Iterator[tuple[LocalSite, LocalSite]]:
     prod = LocalSite("prod", tmp_path / "prod", log)
     dr = LocalSite("dr", tmp_path / "dr", log)
     try:
-        prod.start()
-        dr.start()
+        prod.launch()  # side by side: half the start-up time of one after the other
+        dr.launch()
+        prod.wait_started()
+        dr.wait_started()
         yield prod, dr
     finally:
         for site in (prod, dr):

@@ -95,7 +95,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     html_path = tmp_path / "report.html"
     shown = run_json(dr, "report", "show", report["id"], "--html", str(html_path))
     assert shown["group"] == GROUP and shown["site"] == "dr" and shown["notes"] == notes
-    assert shown["checkpoint"]["id"] == checkpoint and shown["user"]
+    assert shown["checkpoint"]["id"] == checkpoint and shown["user"] == "admin"  # the token's
     assert shown["rto_s"] == test["rto_s"]
     steps = [step["step"] for step in shown["steps"]]
     assert steps[0] == "requested" and "every volume readable" in steps

@@ -23,7 +23,7 @@ def test_journal_limit_reaches_the_recovery_agent(sites: tuple[LocalSite, LocalS
     assert json.loads(seawall(prod, "group", "list", "--json").stdout) == []
     seawall(prod, "group", "create", "app", "--volume", "disk0", "--to", "dr",
             "--history", "2h", "--journal-max", "128M")
-    status = json.loads(seawall(dr, "group", "status", "app", "--json").stdout)["status"]
+    status = json.loads(seawall(dr, "group", "status", "app", "--json").stdout)["agent"]
     assert status["journal_max_bytes"] == 128 << 20 and status["history_target_s"] == 7200.0
     assert status["journal_warning"] is False and status["journal_full"] is False
     assert status["history_short"] is False and status["retention_error"] is None

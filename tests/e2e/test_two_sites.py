@@ -72,7 +72,8 @@ def test_protect_replicate_and_verify_checkpoints(sites: tuple[LocalSite, LocalS
                             f"write -P {0x41 + round_index} {offset} 64k", uri],
                            check=True, capture_output=True)
             model[offset : offset + 65536] = bytes([0x41 + round_index]) * 65536
-        checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name",
+        tagger = dr if round_index == 2 else prod  # dr forwards it to prod (a peer call)
+        checkpoint = int(seawall(tagger, "checkpoint", "tag", "app", "--name",
                                  f"round-{round_index}").stdout.strip())
         expected[checkpoint] = hashlib.sha256(model).hexdigest()
 

@@ -76,7 +76,7 @@ def test_replication_keeps_to_the_site_throttle(
             "--priority", "high", "--compression", "lz4")
     prod.wait_protecting("app")
 
-    wan = json.loads(seawall(prod, "group", "status", "app", "--json").stdout)["status"]["wan"]
+    wan = json.loads(seawall(prod, "group", "status", "app", "--json").stdout)["agent"]["wan"]
     assert wan["throttle_bytes_per_s"] == THROTTLE_BYTES_PER_S
     assert (wan["priority"], wan["codec"], wan["zstd_level"]) == ("high", "lz4", None)
     table = seawall(prod, "group", "status", "app").stdout

@@ -149,14 +149,17 @@ class Run:
             proxy.target_port = dr.config.replication_port
             stack.callback(stop_for_sure, prod)
             stack.callback(stop_for_sure, dr)
-            prod.start()
-            dr.start()
+            prod.launch()
+            dr.launch()
+            prod.wait_started()
+            dr.wait_started()
             writer = protect(prod, dr, self.rng.randrange(1 << 32),
                              checkpoint_interval_s=self.settings.checkpoint_interval_s,
                              volume_bytes=self.settings.volume_bytes, timeline=self.timeline,
                              write_pause_s=self.settings.write_pause_s)
             assert proxy.connections_accepted >= 1, "replication bypasses the proxy"
-            follower = stack.enter_context(TimelineFollower(self.timeline, prod.url, GROUP))
+            follower = stack.enter_context(
+                TimelineFollower(self.timeline, prod.url, GROUP, token=prod.token))
             stack.enter_context(writer.running())
             injector = FaultInjector(prod, dr, proxy, self.rng, self.log)
             live = Live(prod, dr, injector, writer, follower)

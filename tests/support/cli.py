@@ -10,10 +10,11 @@ from seawall.localsites import LocalSite
 
 
 def seawall(site: LocalSite, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``seawall ARGS`` with ``SEAWALL_URL`` set to ``site``; asserts success when ``check``."""
+    """``seawall ARGS`` with ``SEAWALL_URL`` set to ``site`` and its admin token in
+    ``SEAWALL_TOKEN``; asserts success when ``check``."""
     result = subprocess.run(
         [sys.executable, "-m", "seawall", *args], capture_output=True, text=True,
-        env={**os.environ, "SEAWALL_URL": site.url}, timeout=120,
+        env={**os.environ, "SEAWALL_URL": site.url, "SEAWALL_TOKEN": site.token}, timeout=120,
     )
     if check:
         assert result.returncode == 0, f"seawall {' '.join(args)} failed: {result.stderr}"

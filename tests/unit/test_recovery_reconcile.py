@@ -1,4 +1,6 @@
-"""A restarted manager resumes or rolls back failover tests (real SQLite, a fake agent).
+"""A restarted manager resumes or rolls back failover tests (real databases, a fake agent).
+
+Every test runs on SQLite and on PostgreSQL (the ``database_url`` fixture).
 
 Rows are left as a killed manager would leave them; ``reconcile`` must bring each to the
 state the table says, ask the agent to drop what should go, and write each one's report.
@@ -54,8 +56,10 @@ def row(operation_id: str, state: str) -> RecoveryOperation:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[FailoverTestService, OperationStore, FakeAgent, ReportStore]:
-    config = SiteConfig.create("dr", tmp_path / "site", "127.0.0.1:1", "127.0.0.1:2")
+def setup(tmp_path: Path, database_url: str,
+          ) -> tuple[FailoverTestService, OperationStore, FakeAgent, ReportStore]:
+    config = SiteConfig.create("dr", tmp_path / "site", "127.0.0.1:1", "127.0.0.1:2",
+                               database=database_url)
     _engine, sessions = create_database(config.database_url)
     store, reports = OperationStore(sessions), ReportStore(config.reports_dir)
     agent = FakeAgent({"starting-at-agent", "stopping-at-agent", "running-at-agent"})

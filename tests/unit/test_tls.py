@@ -106,6 +106,27 @@ def test_trust_added_later_applies_to_the_next_handshakes(tmp_path: Path) -> Non
     handshake(client_context(prod, dr.cert_pem), server)
 
 
+def test_a_pinned_listener_takes_pins_added_and_refuses_pins_removed(tmp_path: Path) -> None:
+    """One context, given once to a listener, follows pairing and unpairing."""
+    prod, dr, other = (identity(tmp_path, name) for name in ("prod", "dr", "other"))
+    pins = tls.PinnedServerContext(dr, [other.cert_pem])
+    listener = pins.context
+    with pytest.raises(ssl.SSLError):
+        handshake(client_context(prod, dr.cert_pem), listener)
+    pins.pin(prod.cert_pem)
+    _client_end, server_end = handshake(client_context(prod, dr.cert_pem), listener)
+    assert is_pinned(server_end, prod.cert_pem)
+    assert pins.fingerprints == {prod.fingerprint, other.fingerprint}
+    pins.unpin(prod.cert_pem)  # OpenSSL cannot drop it from a store: a new context
+    with pytest.raises(ssl.SSLError):
+        handshake(client_context(prod, dr.cert_pem), listener)
+    handshake(client_context(other, dr.cert_pem), listener)  # the others still pass
+    pins.replace([])
+    with pytest.raises(ssl.SSLError):
+        handshake(client_context(other, dr.cert_pem), listener)
+    assert listener.num_tickets == 0  # no session to resume past a removed pin
+
+
 def test_check_certificate_takes_exactly_one_pem_certificate(tmp_path: Path) -> None:
     prod, dr = identity(tmp_path, "prod"), identity(tmp_path, "dr")
     tls.check_certificate(prod.cert_pem)

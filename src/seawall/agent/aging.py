@@ -57,6 +57,8 @@ class JournalAging:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start (again: a live failover's rollback restarts what its start stopped)."""
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -98,7 +100,8 @@ class JournalAging:
             pass  # a view opened since we looked: the next step goes below it
         except (OSError, SeawallError) as exc:
             if self.error != str(exc):
-                log.warning("group %s: journal retention failed: %s", self.group_name, exc)
+                log.warning("group %s: journal retention failed: %s", self.group_name, exc,
+                            extra={"group": self.group_name})
             self.error = str(exc)
 
     def status(self, now_ns: int) -> dict[str, Any]:
@@ -114,6 +117,7 @@ class JournalAging:
             "journal_segments": stats.segment_count,
             "journal_max_bytes": policy.journal_max_bytes,
             "journal_warning": policy.warning(stats.bytes_on_disk),
+            "journal_warning_ratio": policy.warn_ratio,
             "journal_full": journal.full_error is not None,
             "journal_full_error": journal.full_error,
             "history_target_s": policy.history_s,

@@ -16,7 +16,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from seawall.agent.failover_routes import failover_router
+from seawall.agent.metrics import AgentMetrics
 from seawall.agent.service import Agent
+from seawall.agent.settings import PathsCheck, ProtectionChange, RetentionChange, check_paths
 from seawall.agent.state import ProtectionSpec, RecoverySpec
 from seawall.http import install_error_handler
 
@@ -35,13 +37,17 @@ class CheckpointTag(BaseModel):
     name: str = ""
 
 
+class PinForget(BaseModel):
+    cert_pem: str = Field(min_length=1, max_length=8192)
+
+
 class ExportCreate(BaseModel):
     group_id: str
     volume: str
     checkpoint: str = "latest"
 
 
-def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
+def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetrics) -> FastAPI:
     app = FastAPI(title="Seawall agent", docs_url=None, redoc_url=None)
     install_error_handler(app)
 
@@ -65,9 +71,26 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:
         return agent.protect(body)
 
+    @app.patch("/protected/{group_id}")
+    async def update_protection(group_id: str, body: ProtectionChange) -> dict[str, Any]:
+        return agent.update_protection(group_id, body)
+
+    @app.patch("/recovering/{group_id}")
+    async def update_retention(group_id: str, body: RetentionChange) -> dict[str, Any]:
+        return agent.update_retention(group_id, body)
+
+    @app.post("/paths/check")
+    async def paths_check(body: PathsCheck) -> dict[str, Any]:
+        check_paths(body)
+        return {"ok": True}
+
     @app.put("/recovering/{group_id}")
     async def recover(group_id: str, body: RecoverySpec) -> dict[str, Any]:
         return agent.recover(body)
+
+    @app.post("/pins/forget")
+    async def forget_pin(body: PinForget) -> dict[str, Any]:
+        return agent.forget_pin(body.cert_pem)
 
     @app.get("/groups/{group_id}/status")
     async def group_status(group_id: str) -> dict[str, Any]:
@@ -100,7 +123,8 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event) -> FastAPI:
     async def stop_export(name: str) -> dict[str, Any]:
         return agent.stop_export(name)
 
-    app.include_router(failover_router(agent.failover_tests))
+    app.include_router(failover_router(agent))
+    app.include_router(metrics.router(with_snapshot=True))
 
     @app.post("/shutdown")
     async def stop() -> dict[str, str]:

@@ -207,7 +207,8 @@ class _NbdProtocol(asyncio.Protocol):
                 self._close_when_idle = True
                 break
             elif type(event) is ProtocolError:
-                log.warning("NBD client on %s: %s; closing", self.export_name, event.message)
+                log.warning("NBD client on %s: %s; closing", self.export_name, event.message,
+                            extra={"volume": self.export_name})
                 self._close_when_idle = True
                 break
         queued = conn.data_to_send()

@@ -1,7 +1,9 @@
 """``seawall agent run``: the agent process (data path + control API on a Unix socket).
 
 It runs on uvloop when available, stops cleanly on SIGTERM/SIGINT or ``POST /shutdown``,
-and writes its pid to ``run/agent.pid`` so a restarted manager can find it again.
+and writes its pid to ``run/agent.pid`` so a restarted manager can find it again. With a
+metrics address configured it also serves ``/metrics`` on TCP (``seawall.agent.metrics``),
+in the same event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uvicorn
 import uvloop
 
 from seawall.agent.control import create_control_app
+from seawall.agent.metrics import AgentMetrics, bind_listener
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
 from seawall.serving import Server
@@ -29,26 +32,38 @@ async def serve(config: SiteConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, shutdown.set)
+    metrics = AgentMetrics(agent)
+    metrics_socket = (bind_listener(config.metrics_host, config.metrics_port)
+                      if config.metrics_host and config.metrics_port else None)
     await agent.start()
     socket_path = config.agent_socket
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    server = Server(
-        uvicorn.Config(create_control_app(agent, shutdown), uds=str(socket_path),
-                       log_level="warning", lifespan="off"),
+    servers = [Server(
+        uvicorn.Config(create_control_app(agent, shutdown, metrics), uds=str(socket_path),
+                       log_level="warning", lifespan="off", log_config=None),
         handle_signals=False,
-    )
+    )]
+    if metrics_socket is not None:
+        servers.append(Server(uvicorn.Config(metrics.listener_app(), log_level="warning",
+                                             lifespan="off", log_config=None),
+                              handle_signals=False))
     pid_path = config.run_dir / "agent.pid"
     pid_path.write_text(f"{os.getpid()}\n")
-    control = asyncio.create_task(server.serve())
+    tasks = [asyncio.create_task(servers[0].serve())]
+    if metrics_socket is not None:
+        tasks.append(asyncio.create_task(servers[1].serve(sockets=[metrics_socket])))
+        log.info("agent %s serving metrics on http://%s:%d/metrics", config.name,
+                 config.metrics_host, config.metrics_port)
     log.info("agent %s serving NBD on %s, replication on %s:%d", config.name,
              config.nbd_socket, config.replication_host, config.replication_port)
     try:
         await shutdown.wait()
     finally:
         log.info("agent stopping")
-        server.should_exit = True
-        await control
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
         await agent.stop()
         with contextlib.suppress(FileNotFoundError):
             pid_path.unlink()

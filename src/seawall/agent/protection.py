@@ -23,6 +23,8 @@ Rules and invariants:
   protecting (no sync running, not tracking), so every checkpoint is crash-consistent.
 - A clean stop saves the plan (stream records turned into marks) so that the next start
   runs a bitmap sync; the file is deleted as soon as it is read (see ``SyncPlan``).
+- Settings change in place (``reconfigure``): a new checkpoint interval restarts the timer
+  at once; the stream, the plan and the link are untouched, so no sync follows.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,19 @@ CAPTURE_SPLIT_BYTES = 1 << 20
 assert MAX_PAYLOAD_BYTES >= CAPTURE_SPLIT_BYTES
 MAX_CHECKPOINT_NAME_BYTES = 512
 PLAN_FILE = "sync-plan.bin"
-PAUSE_CODES = frozenset({"journal_full"})
+PAUSE_CODES = frozenset({"journal_full", "failed_over"})
 """Refusals that pause the group (it retries by itself); any other one is an error."""
+
+
+@dataclass(slots=True)
+class WriteCounter:
+    """Changes captured on one volume since the group started (read by status and metrics).
+
+    The capture hook adds to it in place of group-wide counters: no more work per write.
+    """
+
+    written_bytes: int = 0
+    write_count: int = 0
 
 
 class ProtectedGroup:
@@ -69,8 +83,7 @@ class ProtectedGroup:
         self.last_error = ""
         self.refusal: tuple[str, str] | None = None  # (code, message) from the recovery site
         self.overflows = 0
-        self.written_bytes = 0
-        self.write_count = 0
+        self.writes = [WriteCounter() for _ in volumes]  # by volume index
         self.link_reset = asyncio.Event()
         self.stream_changed = asyncio.Event()
         self.acked = asyncio.Event()
@@ -191,7 +204,8 @@ class ProtectedGroup:
         self._set_capture(tracking=False)
         self.syncing = True
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
-                 self.state, self.stream.last_seq, reason, self.plan.pending_bytes)
+                 self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
+                 extra={"group": self.spec.name})
         syncer = Syncer(self, self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2))
         self.sync = syncer.progress
@@ -201,7 +215,8 @@ class ProtectedGroup:
         try:
             await syncer.run()
         except Exception as exc:  # e.g. a volume read error: track, retry on a new session
-            log.exception("group %s: sync failed", self.spec.name)
+            log.exception("group %s: sync failed", self.spec.name,
+                          extra={"group": self.spec.name})
             self._sync_task = None  # this task: _drop_stream must not cancel it
             self._drop_stream()
             self.last_error = f"sync failed: {type(exc).__name__}: {exc}"
@@ -213,7 +228,7 @@ class ProtectedGroup:
         self.syncing = False
         self._initial = False
         log.info("group %s: sync complete (%d bytes shipped), protecting", self.spec.name,
-                 syncer.progress.shipped_bytes)
+                 syncer.progress.shipped_bytes, extra={"group": self.spec.name})
 
     # --- capture -----------------------------------------------------------------------
 
@@ -226,6 +241,7 @@ class ProtectedGroup:
         stream = self.stream
         changed = self.stream_changed
         overflow_bytes = int(self.buffer_limit_bytes * OVERFLOW_RATIO)
+        counter = self.writes[volume_index]
 
         def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
             now_ns = time.time_ns()
@@ -236,8 +252,8 @@ class ProtectedGroup:
                 for start in range(0, length, CAPTURE_SPLIT_BYTES):
                     piece = bytes(view[start : start + CAPTURE_SPLIT_BYTES])
                     stream.append(kind, now_ns, volume_index, offset + start, len(piece), piece)
-            self.written_bytes += length
-            self.write_count += 1
+            counter.written_bytes += length
+            counter.write_count += 1
             changed.set()
             if stream.buffered_bytes >= overflow_bytes:
                 self._overflow()
@@ -246,11 +262,12 @@ class ProtectedGroup:
 
     def _tracking_hook(self, volume_index: int) -> CaptureHook:
         plan = self.plan
+        counter = self.writes[volume_index]
 
         def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
             plan.mark(volume_index, offset, length)
-            self.written_bytes += length
-            self.write_count += 1
+            counter.written_bytes += length
+            counter.write_count += 1
 
         return capture
 
@@ -269,7 +286,7 @@ class ProtectedGroup:
         self.overflows += 1
         log.warning("group %s: backlog reached %d%% of its %d-byte buffer: tracking dirty "
                     "ranges, a bitmap sync follows", self.spec.name, OVERFLOW_RATIO * 100,
-                    self.buffer_limit_bytes)
+                    self.buffer_limit_bytes, extra={"group": self.spec.name})
         self._drop_stream()
         self.last_error = "buffer full: tracking dirty ranges for a bitmap sync"
         self.link_reset.set()  # the new session finds the stream unpositioned: sync
@@ -298,13 +315,45 @@ class ProtectedGroup:
         self.stream_changed.set()
         return entry
 
+    async def final_checkpoint(self, name: str, timeout_s: float) -> CheckpointEntry:
+        """Tag ``name`` once no sync runs, and wait until the recovery site has it durable.
+
+        For a failover with the source shut down: the front end takes no writes any more,
+        so the checkpoint holds every write the volumes took. NotReady on timeout.
+        """
+        deadline_s = time.monotonic() + timeout_s
+        while not self.protecting:
+            if time.monotonic() > deadline_s:
+                raise NotReady(f"group {self.spec.name} is {self.state}: no final checkpoint "
+                               f"within {timeout_s:g} s")
+            await asyncio.sleep(0.1)
+        entry = self.tag_checkpoint(name)
+        await self.persist_checkpoints()
+        while self.stream.acked_seq < entry.seq:
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                raise NotReady(f"group {self.spec.name}: the recovery site did not take the "
+                               f"last writes within {timeout_s:g} s ({self.state}, "
+                               f"{self.stream.buffered_bytes} bytes not acknowledged)")
+            self.acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acked.wait(), min(remaining_s, 0.5))
+        return entry
+
     async def persist_checkpoints(self) -> None:
         await self.checkpoints.persist()
+
+    def reconfigure(self) -> None:
+        """The spec's checkpoint interval changed: time the next checkpoint by it from now,
+        rather than after an old, maybe long, interval runs out."""
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            self._timer_task = asyncio.create_task(self._checkpoint_timer())
 
     async def _checkpoint_timer(self) -> None:
         while True:
             await asyncio.sleep(self.spec.checkpoint_interval_s)
-            if self.protecting:
+            if self.protecting and not self.spec.fenced:
                 self.tag_checkpoint("", tagged=False)
 
     def checkpoint_list(self) -> list[dict[str, Any]]:
@@ -314,6 +363,8 @@ class ProtectedGroup:
 
     @property
     def state(self) -> str:
+        if self.spec.fenced:
+            return "failed-over"
         if self.refusal is not None:
             return "paused" if self.refusal[0] in PAUSE_CODES else "error"
         if self.protecting:
@@ -328,6 +379,7 @@ class ProtectedGroup:
             "group_id": self.spec.group_id,
             "name": self.spec.name,
             "role": "protected",
+            "checkpoint_interval_s": self.spec.checkpoint_interval_s,
             "state": self.state,
             "phase": "tracking" if self.tracking else "syncing" if self.syncing else "",
             "link_up": self.link_up,
@@ -342,8 +394,8 @@ class ProtectedGroup:
             "overflows": self.overflows,
             "dirty_bytes": self.plan.pending_bytes,
             "dirty_map_bytes": self.plan.memory_bytes,
-            "written_bytes": self.written_bytes,
-            "write_count": self.write_count,
+            "written_bytes": sum(c.written_bytes for c in self.writes),
+            "write_count": sum(c.write_count for c in self.writes),
             "newest_replicated_checkpoint_ns": newest.time_ns if newest else None,
             "rpo_s": (time.time_ns() - newest.time_ns) / 1e9 if newest else None,
             "sync": self.sync.describe(),

@@ -5,7 +5,8 @@ Rules and invariants:
   any certificate pinned for a group recovered here (``trust``, as groups are added);
   after HELLO the certificate must be the one pinned for *that* group, so a paired site
   cannot push into another site's group. A group without a pinned certificate (state
-  from before pairing exchanged them) takes no session.
+  from before pairing exchanged them) takes no session. Unpairing a site makes its
+  manager have the trust rebuilt from the groups left (``trust_only``).
 - A session starts with HELLO naming a group this agent was told to recover (by its
   manager), from the site pinned for it; anything else is refused with an ERROR frame
   (``unknown_group``, ``unauthenticated``, ...) and the connection closed.
@@ -14,6 +15,7 @@ Rules and invariants:
 - Frames are appended as received; after each batch read from the socket the journal is
   fsynced once (group commit, in a worker thread) and only then ACKed.
 - A newer session for a group replaces the older one (the sender reconnected).
+- A group failed over live (``RecoverySpec.live``) takes no session (``failed_over``).
 - A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
 - HASH_REQUESTs (delta sync) are answered from the image at a durable seq, hashed in a
   worker thread while appends go on (see ``seawall.agent.hash_responder``).
@@ -31,7 +33,7 @@ from seawall.agent.hash_responder import HashResponder
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.wire_io import read_event
 from seawall.errors import SeawallError
-from seawall.tls import SiteIdentity, is_pinned, server_context, trust
+from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
 from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,
@@ -55,7 +57,7 @@ class ReplicationServer:
     def __init__(self, lookup: Callable[[str], RecoveryGroup | None],
                  identity: SiteIdentity) -> None:
         self._lookup = lookup
-        self._tls = server_context(identity)
+        self._tls = PinnedServerContext(identity)
         self._server: asyncio.Server | None = None
         self._sessions: dict[str, asyncio.Task[None]] = {}
 
@@ -63,14 +65,25 @@ class ReplicationServer:
         """Let the holder of ``cert_pem`` (a group's source site) through the handshake.
 
         One context serves every connection, so new handshakes see the new certificate;
-        trust only grows while the server runs, which lets through no one who could push
-        into a group: that needs the certificate pinned for the group (``_refusal``).
+        trust grows as groups come, which lets through no one who could push into a group:
+        that needs the certificate pinned for the group (``_refusal``).
         """
-        trust(self._tls, cert_pem)
+        self._tls.pin(cert_pem)
+
+    def trust_only(self, certs: list[str]) -> None:
+        """Pin exactly ``certs`` from now on (an unpaired site's no longer passes the handshake)."""
+        self._tls.replace(certs)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+            self._handle, host, port, ssl=self._tls.context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+
+    def end_session(self, group_id: str) -> None:
+        """End the group's session, if one runs (its task releases the group's lock)."""
+        task = self._sessions.get(group_id)
+        if task is not None:
+            task.cancel()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -86,12 +99,8 @@ class ReplicationServer:
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)
-            refusal = self._refusal(hello, group, writer.get_extra_info("ssl_object"))
-            if refusal is not None:
-                log.warning("replication session from %s refused: %s: %s", peer, refusal.code,
-                            refusal.message)
-                writer.write(connection.send(refusal))
-                await writer.drain()
+            client = writer.get_extra_info("ssl_object")
+            if await self._refused(self._refusal(hello, group, client), connection, writer):
                 return
             assert group is not None
             previous = self._sessions.get(hello.group_id)
@@ -101,16 +110,33 @@ class ReplicationServer:
             assert current is not None
             self._sessions[hello.group_id] = current
             async with group.lock:
+                # Again: a live failover may have started while this session waited.
+                if await self._refused(self._refusal(hello, group, client), connection, writer):
+                    return
                 await self._session(group, connection, reader, writer)
         except asyncio.CancelledError:
             pass
         except (OSError, SeawallError) as exc:
-            log.warning("replication session from %s ended: %s", peer, exc)
+            log.warning("replication session from %s ended: %s", peer, exc,
+                        extra={"peer": str(peer)})
             if not writer.is_closing():
                 with contextlib.suppress(SeawallError):  # the connection may be closed already
                     writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
         finally:
             writer.close()
+
+    @staticmethod
+    async def _refused(refusal: Error | None, connection: WireConnection,
+                       writer: asyncio.StreamWriter) -> bool:
+        """Send ``refusal`` if there is one (the caller then ends the session)."""
+        if refusal is None:
+            return False
+        peer = writer.get_extra_info("peername")
+        log.warning("replication session from %s refused: %s: %s", peer, refusal.code,
+                    refusal.message, extra={"peer": str(peer)})
+        writer.write(connection.send(refusal))
+        await writer.drain()
+        return True
 
     @staticmethod
     def _refusal(hello: Hello, group: RecoveryGroup | None,
@@ -122,6 +148,9 @@ class ReplicationServer:
         if not is_pinned(client, group.spec.source_cert_pem):
             return Error("unauthenticated", f"group {hello.group_id} takes replication only "
                                             "from the certificate pinned for its source site")
+        if group.spec.live is not None:
+            return Error("failed_over", f"group {group.spec.name} is failed over live at the "
+                                        "recovery site: replication resumes after a rollback")
         expected = {(v.index, v.name, v.size_bytes) for v in group.spec.volumes}
         offered = {(v.index, v.name, v.size_bytes) for v in hello.volumes}
         if offered != expected:

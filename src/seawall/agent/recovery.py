@@ -4,7 +4,9 @@ Invariants:
 - The journal is the truth. Everything this class reports (positions, checkpoints, RPO,
   retention) is read from the journal's index, rebuilt from segments on open.
 - Retention runs from ``start`` to ``stop`` (``JournalAging``, under the group's
-  ``RetentionPolicy``); the policy also sizes the journal's segments.
+  ``RetentionPolicy``); the policy also sizes the journal's segments (at open: a new
+  journal limit sizes the segments from the next open on).
+- ``set_retention`` swaps the policy in place: the next retention step follows it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
 
 
+def retention_policy(spec: RecoverySpec) -> RetentionPolicy:
+    return RetentionPolicy(spec.history_s, spec.journal_max_bytes, spec.journal_warning_ratio)
+
+
 def replica_path(spec: RecoverySpec, directory: Path, volume: str) -> Path:
     return spec.replica_paths.get(volume) or directory / "replicas" / f"{volume}.raw"
 
@@ -29,7 +35,7 @@ class RecoveryGroup:
     def __init__(self, spec: RecoverySpec, directory: Path) -> None:
         self.spec = spec
         self.directory = directory
-        policy = RetentionPolicy(spec.history_s, spec.journal_max_bytes)
+        policy = retention_policy(spec)
         self.journal = Journal.open(
             directory / "journal",
             {v.index: v.size_bytes for v in spec.volumes},
@@ -80,6 +86,16 @@ class RecoveryGroup:
             "rpo_s": (now_ns - latest.time_ns) / 1e9 if latest else None,
             **self.aging.status(now_ns),
         }
+
+    def set_retention(self, history_s: float, journal_max_bytes: int | None,
+                      journal_warning_ratio: float) -> None:
+        """Follow this retention from the next step on. The policy checks the values before
+        anything changes, and is replaced whole: the aging thread sees the old one or the
+        new one, never a mix. The spec is changed in place (it is the agent state's)."""
+        policy = RetentionPolicy(history_s, journal_max_bytes, journal_warning_ratio)
+        self.spec.history_s, self.spec.journal_max_bytes = history_s, journal_max_bytes
+        self.spec.journal_warning_ratio = journal_warning_ratio
+        self.aging.policy = policy
 
     def start(self) -> None:
         """Start retention (needs a running event loop)."""

@@ -35,17 +35,22 @@ class ScratchImage:
     """One volume's writable image: a view, a scratch file and their overlay map."""
 
     def __init__(self, name: str, view: PointInTimeView, scratch_path: Path,
-                 limit_bytes: int) -> None:
+                 limit_bytes: int, *, reopen: bool = False) -> None:
+        """A new, empty scratch file; ``reopen``: the existing one (a durable image's)."""
         self.view = view
         self.scratch_path = scratch_path
         self.overlay = ScratchOverlay(view.size_bytes, limit_bytes)
         self.info = ExportInfo(name=name, size_bytes=view.size_bytes, read_only=False,
                                description="seawall writable recovery image")
-        self._fd = os.open(scratch_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_RDWR if reopen else os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self._fd = os.open(scratch_path, flags, 0o600)
         try:
             os.ftruncate(self._fd, view.size_bytes)  # sparse: no space used yet
         except OSError:
-            self.close()
+            if reopen:
+                self.detach()  # a durable image's scratch: never deleted by a failed open
+            else:
+                self.close()
             raise
 
     def read(self, offset: int, length: int) -> bytes:
@@ -90,11 +95,15 @@ class ScratchImage:
             "changed_extents": overlay.changed_extent_count,
         }
 
-    def close(self) -> None:
-        """Release the view and delete the scratch (idempotent)."""
+    def detach(self) -> None:
+        """Release the view and the scratch file, keeping the file (idempotent)."""
         self.view.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def close(self) -> None:
+        """Release the view and delete the scratch (idempotent)."""
+        self.detach()
         with contextlib.suppress(FileNotFoundError):
             self.scratch_path.unlink()

@@ -14,22 +14,26 @@ Rules and invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from seawall.agent.exports import ExportRecord, ExportRegistry
+from seawall.agent.failover_live import LiveFailovers
 from seawall.agent.failover_tests import FailoverTests
 from seawall.agent.frontend import ExportBackend, NbdFrontend
 from seawall.agent.protection import ProtectedGroup
 from seawall.agent.receiver import ReplicationServer
 from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.settings import ProtectionChange, RetentionChange
 from seawall.agent.shipper import Shipper
 from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
 from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
-from seawall.tls import client_context
+from seawall.tls import client_context, fingerprint
 from seawall.wan.schedule import parse_schedule
 from seawall.wan.site_throttle import SiteThrottle
 
@@ -53,6 +57,7 @@ class Agent:
         self.frontend = NbdFrontend(self)
         self.failover_tests = FailoverTests(config, self.recovery_group,
                                             self.frontend.disconnect_export)
+        self.live = LiveFailovers(self)
         self.identity = config.identity()
         self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
@@ -67,18 +72,24 @@ class Agent:
         record = self.exports.exports.get(name)
         if record is not None:
             return record.backend
-        return self.failover_tests.backend(name)
+        return self.failover_tests.backend(name) or self.live.backend(name)
 
     def names(self) -> list[str]:
-        return [*self.volumes, *self.exports.exports, *self.failover_tests.names()]
+        return [*self.volumes, *self.exports.exports, *self.failover_tests.names(),
+                *self.live.names()]
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         for spec in self.state.volumes:
             self.volumes[spec.name] = FileVolume(spec.name, spec.path)
-        for recovery in self.state.recovering:
+        for recovery in list(self.state.recovering):
+            if recovery.live is not None and recovery.live.state == "consolidated":
+                self.live.finish_consolidated(recovery)
+                continue
             self._open_recovery(recovery)
+            if recovery.live is not None:
+                self.live.resume(self.recovering[recovery.group_id])
         self.failover_tests.clear_leftovers()  # an agent restart ends failover tests
         for protection in self.state.protected:
             self._start_protection(protection)
@@ -103,11 +114,12 @@ class Agent:
         for volume in self.volumes.values():
             volume.close()
         self.failover_tests.close_all()
+        await self.live.release_all()
         for recovery in self.recovering.values():
             await recovery.stop()
             recovery.close()
 
-    def _save(self) -> None:
+    def save_state(self) -> None:
         self.state.save(self._state_path)
 
     # --- volumes -----------------------------------------------------------------------
@@ -140,7 +152,7 @@ class Agent:
     def _register_volume(self, spec: VolumeSpec) -> dict[str, Any]:
         self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         self.state.volumes.append(spec)
-        self._save()
+        self.save_state()
         return self.describe_volume(spec.name)
 
     def describe_volume(self, name: str) -> dict[str, Any]:
@@ -175,7 +187,7 @@ class Agent:
             if current["group"] is not None:
                 raise Conflict(f"volume {volume.name} is already in group {current['group']}")
         self.state.protected.append(spec)
-        self._save()
+        self.save_state()
         self._start_protection(spec)
         return self.group_status(spec.group_id)
 
@@ -192,6 +204,90 @@ class Agent:
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
+        if spec.fenced:
+            self._set_read_only(group, True)
+
+    # --- failover of a protected group (this site is its source) --------------------------
+
+    async def fence(self, group_id: str, checkpoint_name: str, timeout_s: float) -> dict[str, Any]:
+        """Stop the group's volumes taking writes, ship the last ones up to a final checkpoint.
+
+        Saved before the volumes turn read-only, so a restarted agent keeps them so."""
+        group = self.protected_group(group_id)
+        if not group.spec.fenced:
+            group.spec.fenced = True
+            self.save_state()
+            self._set_read_only(group, True)
+        entry = await group.final_checkpoint(checkpoint_name, timeout_s)
+        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
+
+    def unfence(self, group_id: str) -> dict[str, Any]:
+        group = self.protected_group(group_id)
+        if group.spec.fenced:
+            group.spec.fenced = False
+            self.save_state()
+            self._set_read_only(group, False)
+        return self.group_status(group_id)
+
+    def _set_read_only(self, group: ProtectedGroup, read_only: bool) -> None:
+        for volume in group.volumes:
+            volume.info = dataclasses.replace(volume.info, read_only=read_only)
+            if read_only:
+                self.frontend.disconnect_export(volume.name)  # clients see the disk go away
+
+    async def reverse(self, spec: RecoverySpec) -> dict[str, Any]:
+        """Turn a failed-over group around: its old source volumes become the replicas of
+        the reversed group, which the recovered site protects back to us (a delta sync)."""
+        group, shipper = self.protected.get(spec.group_id) or (None, None)
+        if group is None or shipper is None:
+            raise NotFound(f"group {spec.name} is not protected by this agent")
+        if not group.spec.fenced:
+            raise Conflict(f"group {spec.name} is not failed over: its volumes still take "
+                           "writes here")
+        if len(spec.volumes) != len(group.volumes):
+            raise InvalidInput(f"the reversed group has {len(spec.volumes)} volumes, "
+                               f"this site's has {len(group.volumes)}")
+        old = sorted(group.spec.volumes, key=lambda v: v.index)
+        sizes = [v.size_bytes for v in sorted(spec.volumes, key=lambda v: v.index)]
+        if sizes != [v.size_bytes for v in old]:
+            raise InvalidInput(f"the reversed group's volume sizes {sizes} differ from this "
+                               f"site's {[v.size_bytes for v in old]}")
+        paths = {volume.name: self.volumes[previous.name].path
+                 for volume, previous in zip(sorted(spec.volumes, key=lambda v: v.index), old,
+                                             strict=True)}
+        await shipper.stop()
+        await group.stop()
+        del self.protected[spec.group_id]
+        names = {v.name for v in old}
+        for name in names:
+            self.volumes.pop(name).close()
+        self.state.protected = [p for p in self.state.protected if p.group_id != spec.group_id]
+        self.state.volumes = [v for v in self.state.volumes if v.name not in names]
+        spec = spec.model_copy(update={"replica_paths": paths})
+        self._open_recovery(spec)
+        self.state.recovering.append(spec)
+        self.save_state()
+        shutil.rmtree(self.config.agent_dir / "groups" / spec.group_id, ignore_errors=True)
+        return self.recovering[spec.group_id].status()
+
+    def update_protection(self, group_id: str, change: ProtectionChange) -> dict[str, Any]:
+        """Change a protected group's settings in place (saved first, as every change)."""
+        group, shipper = self.protected.get(group_id) or (None, None)
+        if group is None or shipper is None:
+            raise NotFound(f"group {group_id} is not protected by this agent")
+        for name, value in change.model_dump(exclude_unset=True, exclude_none=True).items():
+            setattr(group.spec, name, value)
+        self.save_state()
+        group.reconfigure()
+        shipper.reconfigure()
+        return self.group_status(group_id)
+
+    def update_retention(self, group_id: str, change: RetentionChange) -> dict[str, Any]:
+        group = self.recovery_group(group_id)
+        group.set_retention(change.history_s, change.journal_max_bytes,
+                            change.journal_warning_ratio)
+        self.save_state()
+        return group.status()
 
     def resync(self, group_id: str) -> dict[str, Any]:
         group = self.protected_group(group_id)
@@ -209,10 +305,13 @@ class Agent:
     def recover(self, spec: RecoverySpec) -> dict[str, Any]:
         if spec.group_id in self.recovering:
             raise Conflict(f"group {spec.name} is already recovered here")
+        if spec.storage_dir is not None and not spec.storage_dir.is_dir():
+            raise InvalidInput(f"storage location {spec.storage_dir} is not a directory at "
+                               "the recovery site")
         self._check_preseed(spec)
         self._open_recovery(spec)  # first: a group that cannot open is not remembered
         self.state.recovering.append(spec)
-        self._save()
+        self.save_state()
         return self.recovering[spec.group_id].status()
 
     def _check_preseed(self, spec: RecoverySpec) -> None:
@@ -234,11 +333,35 @@ class Agent:
                 raise Conflict(f"pre-seed {path} is already in use by this site")
 
     def _open_recovery(self, spec: RecoverySpec) -> None:
-        group = RecoveryGroup(spec, self.config.journals_dir / spec.group_id)
-        group.start()
+        group = RecoveryGroup(spec, self.group_dir(spec))
+        if spec.live is None:  # a live failover stopped retention
+            group.start()
         if spec.source_cert_pem is not None:
             self.replication.trust(spec.source_cert_pem)
         self.recovering[spec.group_id] = group
+
+    def forget_pin(self, cert_pem: str) -> dict[str, Any]:
+        """A site was unpaired: its certificate no longer passes the replication handshake.
+
+        Refused while a group here still pins it (its manager refuses first, so this only
+        catches a group the manager does not know of).
+        """
+        gone = fingerprint(cert_pem)
+        users = sorted(
+            [g.spec.name for g in self.recovering.values()
+             if g.spec.source_cert_pem and fingerprint(g.spec.source_cert_pem) == gone]
+            + [g.spec.name for g, _ in self.protected.values()
+               if g.spec.target_cert_pem and fingerprint(g.spec.target_cert_pem) == gone])
+        if users:
+            raise Conflict(f"groups of this agent still use that site: {', '.join(users)}")
+        pinned = [g.spec.source_cert_pem for g in self.recovering.values()
+                  if g.spec.source_cert_pem]
+        self.replication.trust_only(pinned)
+        return {"pinned": len({fingerprint(pem) for pem in pinned})}
+
+    def group_dir(self, spec: RecoverySpec) -> Path:
+        """Where a recovered group's journal and replicas live."""
+        return (spec.storage_dir or self.config.journals_dir) / spec.group_id
 
     def recovery_group(self, group_id: str) -> RecoveryGroup:
         group = self.recovering.get(group_id)

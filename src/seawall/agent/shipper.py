@@ -121,9 +121,10 @@ class Shipper:
                 reason = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, TimeoutError | OSError | SeawallError):
                     log.error("group %s: unexpected session failure", self.group.spec.name,
-                              exc_info=exc)
+                              exc_info=exc, extra={"group": self.group.spec.name})
                 if self.group.link_up:
-                    log.warning("group %s: link lost: %s", self.group.spec.name, reason)
+                    log.warning("group %s: link lost: %s", self.group.spec.name, reason,
+                                extra={"group": self.group.spec.name})
                     backoff_s = BACKOFF_INITIAL_S
                 self.group.on_disconnected(reason)
             await asyncio.sleep(backoff_s)
@@ -158,7 +159,7 @@ class Shipper:
             if not isinstance(welcome, Welcome):
                 raise ProtocolViolation(f"expected WELCOME, got {welcome!r}")
             log.info("group %s: connected, recovery site durable at %d", spec.name,
-                     welcome.durable_seq)
+                     welcome.durable_seq, extra={"group": spec.name})
             self.group.link_reset.clear()  # whatever it asked for, this new session does
             digests = SessionDigests(connection, writer)
             self.group.on_connected(welcome.durable_seq, digests)
@@ -278,9 +279,20 @@ class Shipper:
                      "%.0f%%, network wait %.0f%%)", self.group.spec.name,
                      self._setting.codec.name.lower(), self._setting.level,
                      setting.codec.name.lower(), setting.level,
-                     100 * self._compress_busy_fraction, 100 * self._network_wait_fraction)
+                     100 * self._compress_busy_fraction, 100 * self._network_wait_fraction,
+                     extra={"group": self.group.spec.name})
             self._setting = setting
             self._compressor = self._compressor_for(setting)
+
+    def reconfigure(self) -> None:
+        """The spec's priority or codec changed: the next frame is sent by them (the frame
+        being built keeps its compressor; the receiver reads each frame's codec)."""
+        spec = self.group.spec
+        self._priority = Priority(spec.priority)
+        if CODECS[spec.codec] != self._compression.codec:
+            self._compression = AdaptiveCompression(CODECS[spec.codec])
+            self._setting = self._compression.setting
+            self._compressor = self._compressor_for(self._setting)
 
     def status(self) -> dict[str, Any]:
         """WAN facts of the group: throttle in force, priority, compression, bytes sent."""

@@ -48,6 +48,18 @@ class ProtectionSpec(BaseModel):
     """Its share of the site's throttled bandwidth (``seawall.wan.throttle``)."""
     preseeded: bool = False
     """The recovery site's replicas were seeded from a copy: the first sync compares."""
+    fenced: bool = False
+    """Stopped for a failover: the volumes take no writes (read-only) until unfenced."""
+
+
+class LiveFailoverSpec(BaseModel):
+    """A live failover of a recovery group (``seawall.agent.failover_live``)."""
+
+    operation_id: str
+    checkpoint_seq: int
+    images: dict[str, str]
+    """Volume name -> export name of its live image (and of the volume after commit)."""
+    state: Literal["running", "committing", "consolidated"] = "running"
 
 
 class RecoverySpec(BaseModel):
@@ -63,8 +75,14 @@ class RecoverySpec(BaseModel):
     # Retention (see seawall.journal.policy); defaults keep older state files loadable.
     history_s: float = 86400.0
     journal_max_bytes: int | None = None
+    journal_warning_ratio: float = 0.75
+    storage_dir: Path | None = None
+    """Where the group's journal and replicas live (a directory per group in it); None: the
+    site's data dir. Set at create: the journal does not move."""
     replica_paths: dict[str, Path] = {}
     """Pre-seeded replicas by volume name (others live in the group's directory)."""
+    live: LiveFailoverSpec | None = None
+    """Set while the group is failed over live: replication and retention stop."""
 
 
 class AgentState(BaseModel):

@@ -65,6 +65,7 @@ class SyncProgress:
             "shipped_bytes": self.shipped_bytes,
             "rate_bytes_per_s": rate,
             "eta_s": remaining / rate if rate > 0 and remaining > 0 else 0.0,
+            "started_ns": self.started_ns,
         }
 
 

@@ -6,20 +6,24 @@ and nowhere else. Commands that talk to a site manager take ``--url`` or ``SEAWA
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from seawall.cli.options import JsonOption, UrlOption, manager
+from seawall.cli.access import add_access_commands
+from seawall.cli.files import add_files_commands
+from seawall.cli.groups import add_group_commands
+from seawall.cli.live import add_live_commands
+from seawall.cli.monitoring import add_monitoring_commands
+from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, time_text
-from seawall.cli.recovery import add_recovery_commands
-from seawall.config import SiteConfig
+from seawall.cli.recovery import add_recovery_commands, failover_app
+from seawall.config import SiteConfig, check_database_url, parse_host_port
 from seawall.errors import InvalidInput, SeawallError
-from seawall.units import parse_duration_s, parse_size_bytes
+from seawall.observability.logs import setup_logging
+from seawall.units import parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -36,6 +40,11 @@ for sub, name in ((site_app, "site"), (volume_app, "volume"), (group_app, "group
                   (manager_app, "manager")):
     app.add_typer(sub, name=name)
 add_recovery_commands(app)  # failover, clone, report: seawall.cli.recovery
+add_live_commands(failover_app, app, group_app)  # failover live/commit/rollback, move, reverse
+add_access_commands(app)  # login, logout, whoami, user, token: seawall.cli.access
+add_files_commands(app)  # files ls/get: seawall.cli.files
+add_monitoring_commands(app, group_app)  # group status, alert/event/task list
+add_group_commands(group_app)  # group create/update/show: seawall.cli.groups
 
 DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
 ThrottleOption = Annotated[str | None, typer.Option(
@@ -43,10 +52,12 @@ ThrottleOption = Annotated[str | None, typer.Option(
          "(e.g. 50M); 0 or none: unlimited.")]
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("SEAWALL_LOG", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(processName)s[%(process)d] %(name)s "
-                               "%(levelname)s %(message)s")
+LogFormatOption = Annotated[str | None, typer.Option(
+    "--log-format", envvar="SEAWALL_LOG_FORMAT",
+    help="text (default) or json: one JSON object per line, for log shippers.")]
+MetricsOption = Annotated[str | None, typer.Option(
+    help="HOST:PORT where the agent serves Prometheus /metrics over TCP (no authentication: "
+         "use localhost or a management network); off by default.")]
 
 
 # --- sites -----------------------------------------------------------------------------
@@ -74,30 +85,67 @@ def site_init(
     throttle_schedule: Annotated[str | None, typer.Option(
         help="Rates by local time of day, e.g. '08:00-18:00=10M,18:00-08:00=100M'; "
              "other times use --throttle.")] = None,
+    metrics: MetricsOption = None,
+    database: Annotated[str | None, typer.Option(
+        help="The manager's database: postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/NAME "
+             "(or ?host=/socket/dir); default: SQLite in DATA/manager.db.")] = None,
+    peer_api: Annotated[str | None, typer.Option(
+        help="HOST:PORT where paired managers call this one (mutual TLS); "
+             "default: the --api host, its port + 2.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
+    if database is not None:
+        from seawall.manager.models import open_database
+
+        database = check_database_url(database)
+        open_database(database)  # reachable and migrated, before anything is written
     config = SiteConfig.create(name, data, api, replication, advertise_replication, nbd_tcp,
                                parse_size_bytes(buffer),
                                parse_rate_bytes_per_s(throttle) if throttle else None,
-                               throttle_schedule, parse_size_bytes(bitmap_max))
+                               throttle_schedule, parse_size_bytes(bitmap_max), metrics,
+                               database, peer_api)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
+    from seawall.manager.access.local import first_admin_token
+
+    token = first_admin_token(config)
+    if token is None:
+        console.print("the database has users already: no admin token made "
+                      "(`seawall site admin-token` makes one)")
+        return
+    console.print("API token of the user admin (shown once, only its hash is kept; "
+                  f"`seawall login --url {config.api_url} --token TOKEN` keeps it for you):")
+    print(token)
+
+
+@site_app.command("admin-token")
+def site_admin_token(
+    data: DataOption,
+    name: Annotated[str, typer.Option("--name", help="A label for the token.")] = "admin-token",
+) -> None:
+    """Print a new API token of the user admin, from the site's data directory (no API).
+
+    For whoever holds DATA: a lost admin token, or a site made before it had users.
+    """
+    from seawall.manager.access.local import local_admin_token
+
+    print(local_admin_token(SiteConfig.load(data), name))
 
 
 @site_app.command("run")
-def site_run(data: DataOption) -> None:
+def site_run(data: DataOption, log_format: LogFormatOption = None) -> None:
     """Run the site manager and the site's agent (foreground; Ctrl-C stops both)."""
     from seawall.manager.runner import run_site
 
-    setup_logging()
+    setup_logging(log_format)
     run_site(SiteConfig.load(data))
 
 
 @site_app.command("token")
-def site_token(url: UrlOption = None) -> None:
+def site_token(url: UrlOption = None, token: TokenOption = None) -> None:
     """Print a single-use pairing token (valid 1 h) for another site to pair with this one."""
-    print(manager(url).post("/api/v1/pairing/token")["token"])
+    print(manager(url, token).post("/api/v1/pairing/token")["token"])
 
 
 @app.command("pair")
@@ -106,15 +154,30 @@ def pair(
     token: Annotated[str, typer.Option(help="Token printed by `seawall site token` there.")],
     url: UrlOption = None,
 ) -> None:
-    """Pair this site (--url) with the site at PEER_URL."""
+    """Pair this site (--url) with the site at PEER_URL (API token: SEAWALL_TOKEN or login)."""
     peer = manager(url).post("/api/v1/pairing", {"peer_url": peer_url, "token": token})
     console.print(f"paired with site [bold]{peer['name']}[/] ({peer['api_url']})")
 
 
+@app.command("unpair")
+def unpair(peer: Annotated[str, typer.Argument(help="Name of the paired site.")],
+           url: UrlOption = None) -> None:
+    """Forget the paired site PEER here and there (refused while groups use it)."""
+    result = manager(url).delete(f"/api/v1/peers/{peer}")
+    console.print(f"unpaired from site [bold]{peer}[/]")
+    if not result["peer_told"]:
+        console.print(f"[yellow]{peer} was not told ({result['peer_error']}): run "
+                      "`seawall unpair` there too[/]")
+    if not result["agent_forgot"]:
+        console.print(f"[yellow]the agent was not told ({result['agent_error']}); it will "
+                      "forget the pin at its next start[/]")
+
+
 @peer_app.command("list")
-def peer_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+def peer_list(url: UrlOption = None, token: TokenOption = None,
+              json_output: JsonOption = False) -> None:
     """List paired sites."""
-    peers = manager(url).get("/api/v1/peers")
+    peers = manager(url, token).get("/api/v1/peers")
     if json_output:
         print_json(peers)
     else:
@@ -127,10 +190,10 @@ def peer_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
 @volume_app.command("create")
 def volume_create(
     name: str, size: Annotated[str, typer.Option(help="Size, e.g. 256M or 10G.")],
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Create a file-backed volume in the site's data directory."""
-    volume = manager(url).post("/api/v1/volumes", {"name": name,
+    volume = manager(url, token).post("/api/v1/volumes", {"name": name,
                                                    "size_bytes": parse_size_bytes(size)})
     _print_one(volume, json_output, f"volume {name} created: {volume['nbd_uri']}")
 
@@ -138,17 +201,18 @@ def volume_create(
 @volume_app.command("add")
 def volume_add(
     name: str, path: Annotated[Path, typer.Option(help="A raw file or block device.")],
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Serve an existing raw file or block device as a volume."""
-    volume = manager(url).post("/api/v1/volumes/add", {"name": name, "path": str(path)})
+    volume = manager(url, token).post("/api/v1/volumes/add", {"name": name, "path": str(path)})
     _print_one(volume, json_output, f"volume {name} added: {volume['nbd_uri']}")
 
 
 @volume_app.command("list")
-def volume_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+def volume_list(url: UrlOption = None, token: TokenOption = None,
+                json_output: JsonOption = False) -> None:
     """List volumes with their size and NBD URI."""
-    volumes = manager(url).get("/api/v1/volumes")
+    volumes = manager(url, token).get("/api/v1/volumes")
     if json_output:
         print_json(volumes)
     else:
@@ -165,55 +229,11 @@ def _print_one(value: dict[str, Any], json_output: bool, text: str) -> None:
 # --- groups ----------------------------------------------------------------------------
 
 
-@group_app.command("create")
-def group_create(
-    name: str,
-    volume: Annotated[list[str], typer.Option("--volume", help="A volume (repeatable).")],
-    to: Annotated[str, typer.Option("--to", help="Name of the paired recovery site.")],
-    checkpoint_interval: Annotated[str, typer.Option(help="Periodic checkpoints.")] = "5s",
-    history: Annotated[str, typer.Option(help="Journal history, 1h to 30d.")] = "24h",
-    journal_max: Annotated[str | None, typer.Option(
-        "--journal-max", help="Hard limit of the recovery journal (e.g. 50G); none by default.",
-    )] = None,
-    priority: Annotated[str, typer.Option(
-        help="Share of the site's throttled bandwidth: high, medium or low (4:2:1).")
-    ] = "medium",
-    compression: Annotated[str, typer.Option(
-        help="zstd (level adapts to the CPU), lz4 or none.")] = "zstd",
-    preseed: Annotated[list[str] | None, typer.Option(
-        "--preseed", help="VOLUME=PATH (or PATH for a one-volume group): a copy of the volume "
-        "in a file at the recovery site, e.g. restored from a backup; it becomes the "
-        "replica and only blocks that differ are sent (repeatable).")] = None,
-    url: UrlOption = None, json_output: JsonOption = False,
-) -> None:
-    """Protect volumes of this site to a paired site."""
-    group = manager(url).post("/api/v1/groups", {
-        "name": name, "volumes": volume, "to": to,
-        "checkpoint_interval_s": parse_duration_s(checkpoint_interval),
-        "history_s": parse_duration_s(history),
-        "journal_max_bytes": None if journal_max is None else parse_size_bytes(journal_max),
-        "priority": priority, "compression": compression,
-        "preseed": _preseed_paths(preseed or [], volume),
-    })
-    _print_one(group, json_output, f"group {name} created; initial sync to {to} started")
-
-
-def _preseed_paths(values: list[str], volumes: list[str]) -> dict[str, str]:
-    paths: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            if len(volumes) != 1:
-                raise InvalidInput("with several volumes, give --preseed as VOLUME=PATH")
-            name, path = volumes[0], value
-        paths[name] = path
-    return paths
-
-
 @group_app.command("list")
-def group_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+def group_list(url: UrlOption = None, token: TokenOption = None,
+               json_output: JsonOption = False) -> None:
     """List protection groups of this site (either role)."""
-    groups = manager(url).get("/api/v1/groups")
+    groups = manager(url, token).get("/api/v1/groups")
     if json_output:
         print_json(groups)
     else:
@@ -222,26 +242,11 @@ def group_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
         print_table(groups, ["name", "role", "peer", "volumes", "checkpoint_interval_s"])
 
 
-@group_app.command("status")
-def group_status(name: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
-    """State, RPO, positions and sync progress of a group."""
-    group = manager(url).get(f"/api/v1/groups/{name}")
-    if json_output:
-        print_json(group)
-        return
-    status = group["status"]
-    rows = [{"field": key, "value": value} for key, value in status.items()
-            if not isinstance(value, dict)]
-    for key, value in status.items():
-        if isinstance(value, dict):  # sync progress, WAN facts: one row per field
-            rows += [{"field": f"{key}.{k}", "value": v} for k, v in value.items()]
-    print_table(rows, ["field", "value"])
-
-
 @group_app.command("resync")
-def group_resync(name: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+def group_resync(name: str, url: UrlOption = None, token: TokenOption = None,
+                 json_output: JsonOption = False) -> None:
     """Compare every volume with the recovery site and ship the blocks that differ."""
-    status = manager(url).post(f"/api/v1/groups/{name}/resync", {})
+    status = manager(url, token).post(f"/api/v1/groups/{name}/resync", {})
     _print_one(status, json_output,
                f"group {name}: {status['state']} started; see `seawall group status {name}`")
 
@@ -252,16 +257,17 @@ def group_resync(name: str, url: UrlOption = None, json_output: JsonOption = Fal
 @checkpoint_app.command("tag")
 def checkpoint_tag(
     group: str, name: Annotated[str, typer.Option("--name", help="A label for it.")] = "",
-    url: UrlOption = None,
+    url: UrlOption = None, token: TokenOption = None,
 ) -> None:
     """Insert a tagged checkpoint now; prints its id."""
-    print(manager(url).post(f"/api/v1/groups/{group}/checkpoints", {"name": name})["id"])
+    print(manager(url, token).post(f"/api/v1/groups/{group}/checkpoints", {"name": name})["id"])
 
 
 @checkpoint_app.command("list")
-def checkpoint_list(group: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
+def checkpoint_list(group: str, url: UrlOption = None, token: TokenOption = None,
+                    json_output: JsonOption = False) -> None:
     """Checkpoints of a group, and whether each has reached the recovery site."""
-    checkpoints = manager(url).get(f"/api/v1/groups/{group}/checkpoints")
+    checkpoints = manager(url, token).get(f"/api/v1/groups/{group}/checkpoints")
     if json_output:
         print_json(checkpoints)
         return
@@ -280,10 +286,10 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="A checkpoint id, or 'latest'.")] = "latest",
     stop: Annotated[str | None, typer.Option("--stop", help="End the export at URI.")] = None,
     list_all: Annotated[bool, typer.Option("--list", help="List exports.")] = False,
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Export VOLUME of GROUP at a checkpoint as a read-only NBD image; prints its URI."""
-    client = manager(url)
+    client = manager(url, token)
     if list_all:
         exports = client.get("/api/v1/exports")
         if json_output:
@@ -313,6 +319,8 @@ def agent_run(
     buffer: Annotated[str | None, typer.Option(
         help="Memory for unsent writes, instead of the site's --buffer.")] = None,
     throttle: ThrottleOption = None,
+    metrics: MetricsOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the agent of the site in DATA (normally started by `seawall site run`)."""
     from seawall.agent.main import run_agent
@@ -322,17 +330,19 @@ def agent_run(
         overrides["buffer_bytes"] = parse_size_bytes(buffer)
     if throttle is not None:
         overrides["throttle_bytes_per_s"] = parse_rate_bytes_per_s(throttle)
+    if metrics is not None:
+        overrides["metrics_host"], overrides["metrics_port"] = parse_host_port(metrics)
     config = SiteConfig.load(data).with_overrides(**overrides)
-    setup_logging()
+    setup_logging(log_format)
     run_agent(config)
 
 
 @manager_app.command("run")
-def manager_run(data: DataOption) -> None:
+def manager_run(data: DataOption, log_format: LogFormatOption = None) -> None:
     """Run the site manager alone (its agent runs separately)."""
     from seawall.manager.runner import run_manager
 
-    setup_logging()
+    setup_logging(log_format)
     run_manager(SiteConfig.load(data))
 
 
@@ -356,10 +366,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors: typer's click shows them itself
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            console.print(f"[red]error:[/] {exc.format_message()}")
+        sys.exit(exc.exit_code)

@@ -1,20 +1,45 @@
-"""What every command module of the CLI shares: the common options and the manager client."""
+"""What every command module of the CLI shares: the common options and the manager client.
+
+The API token sent to a manager is the first of: ``--token``, ``SEAWALL_TOKEN``, the entry
+for that manager's URL in the credentials file (``seawall login``, ``cli.credentials``).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
+from seawall.cli.credentials import CredentialStore
 from seawall.errors import InvalidInput
 from seawall.http import JsonClient
 
 UrlOption = Annotated[str | None, typer.Option("--url", envvar="SEAWALL_URL",
                                                help="Site manager URL (or SEAWALL_URL).")]
+TokenOption = Annotated[str | None, typer.Option(
+    "--token", help="API token (or SEAWALL_TOKEN; default: the one `seawall login` kept).",
+    show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def manager(url: str | None) -> JsonClient:
+def manager_url(url: str | None) -> str:
     if not url:
         raise InvalidInput("no site manager given: use --url URL or set SEAWALL_URL")
-    return JsonClient(url.rstrip("/"), timeout_s=120.0, what="site manager")
+    return url.rstrip("/")
+
+
+def api_token(url: str, token: str | None = None) -> str | None:
+    if token:
+        return token
+    from_env = os.environ.get("SEAWALL_TOKEN")
+    if from_env:
+        return from_env
+    entry = CredentialStore().get(url)
+    return str(entry["token"]) if entry and entry.get("token") else None
+
+
+def manager(url: str | None, token: str | None = None) -> JsonClient:
+    base_url = manager_url(url)
+    return JsonClient(base_url, timeout_s=120.0, what="site manager",
+                      token=api_token(base_url, token))

@@ -1,13 +1,12 @@
 """Recovery commands: ``failover test|stop|status``, ``clone``, ``report list|show``.
 
-They talk to the recovery site's manager (``--url``), send the local OS user as "who"
-(until the managers have users of their own), print tables for people and ``--json`` for
-scripts; a clone shows its progress on stderr while the manager writes it.
+They talk to the recovery site's manager (``--url``; it records the authenticated user as
+"who"), print tables for people and ``--json`` for scripts; a clone shows its progress on
+stderr while the manager writes it.
 """
 
 from __future__ import annotations
 
-import getpass
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,19 +14,26 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from seawall.cli.options import JsonOption, UrlOption, manager
+from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, time_text
 from seawall.errors import SeawallError
-from seawall.units import format_bytes, parse_size_bytes
+from seawall.units import format_bytes, parse_size_bytes, parse_time
 
 CLONE_POLL_S = 0.5
 FINAL_STATES = ("done", "failed", "interrupted")
 
-failover_app = typer.Typer(no_args_is_help=True, help="Failover operations (tests for now).")
+failover_app = typer.Typer(no_args_is_help=True, help="Failover tests and live failovers.")
 report_app = typer.Typer(no_args_is_help=True, help="Recovery reports of this site.")
 
 CheckpointOption = Annotated[str, typer.Option(
     help="A checkpoint id, 'latest' or 'latest-tagged' (newest with a name).")]
+AtOption = Annotated[str | None, typer.Option(
+    "--at", help="Instead of --checkpoint: the newest checkpoint at or before this time "
+                 "(ISO 8601, local time unless a zone is given, or e.g. '10m ago').")]
+
+
+def at_text(at: str | None) -> str | None:
+    return parse_time(at).isoformat() if at else None
 
 
 def add_recovery_commands(app: typer.Typer) -> None:
@@ -50,17 +56,18 @@ def failover_test(
     scratch_max: Annotated[str | None, typer.Option(
         "--scratch-max", help="Scratch space per volume for the test's writes (e.g. 2G); "
         "default 10% of the volume, at least 64M.")] = None,
-    url: UrlOption = None, json_output: JsonOption = False,
+    at: AtOption = None,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Writable images of every volume of GROUP at a checkpoint, over NBD; replication goes on."""
-    test = manager(url).post(f"/api/v1/failover/{group}/test", {
-        "checkpoint": checkpoint, "user": getpass.getuser(),
+    test = manager(url, token).post(f"/api/v1/failover/{group}/test", {
+        "checkpoint": checkpoint, "at": at_text(at),
         "scratch_max_bytes": parse_size_bytes(scratch_max) if scratch_max else None})
     if json_output:
         print_json(test)
         return
     print_table(test["images"], ["volume", "uri"])
-    console.print(f"failover test {test['id']} of group {group} at {_checkpoint_text(test)}: "
+    console.print(f"failover test {test['id']} of group {group} at {checkpoint_text(test)}: "
                   f"every volume readable in {test['rto_s']:.3f} s; "
                   f"end it with `seawall failover stop {group} --result pass|fail`")
 
@@ -70,11 +77,11 @@ def failover_stop(
     group: str,
     result: Annotated[str | None, typer.Option(help="How the test went: pass or fail.")] = None,
     notes: Annotated[str, typer.Option(help="Notes for the report.")] = "",
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """End GROUP's failover test: discard its writes and write its report."""
-    report = manager(url).post(f"/api/v1/failover/{group}/stop",
-                               {"result": result, "notes": notes, "user": getpass.getuser()})
+    report = manager(url, token).post(f"/api/v1/failover/{group}/stop",
+                               {"result": result, "notes": notes})
     if json_output:
         print_json(report)
     else:
@@ -83,22 +90,34 @@ def failover_stop(
 
 
 @failover_app.command("status")
-def failover_status(group: str, url: UrlOption = None, json_output: JsonOption = False) -> None:
-    """GROUP's running failover test: images, scratch use and alerts."""
-    status = manager(url).get(f"/api/v1/failover/{group}")
+def failover_status(group: str, url: UrlOption = None, token: TokenOption = None,
+                    json_output: JsonOption = False) -> None:
+    """GROUP's failover under way (test or live): images, scratch use, commit policy."""
+    client = manager(url, token)
+    status = client.get(f"/api/v1/failover/{group}")
+    if status["operation"] is None:
+        status = client.get(f"/api/v1/failover/{group}/live")
     if json_output:
         print_json(status)
         return
-    test = status["operation"]
-    if test is None:
-        console.print(f"no failover test of group {group} is running")
+    operation = status["operation"]
+    if operation is None:
+        console.print(f"no failover of group {group} is under way")
         return
-    console.print(f"failover test {test['id']} of group {group} is {test['state']} at "
-                  f"{_checkpoint_text(test)}, started {test['started_at']} by {test['user']}")
+    console.print(f"{operation['kind']} {operation['id']} of group {group} is "
+                  f"{operation['state']} at {checkpoint_text(operation)}, started "
+                  f"{operation['started_at']} by {operation['user']}")
+    if operation["kind"] != "failover-test":
+        options = operation["options"]
+        if options["commit_policy"] != "none":
+            console.print(f"commit policy: {options['commit_policy']} at "
+                          f"{operation['commit_deadline']}")
+        print_table(operation.get("images", []), ["volume", "name", "uri"])
+        return
     rows = [{**image, "scratch": f"{format_bytes(image['scratch_used_bytes'])} of "
                                  f"{format_bytes(image['scratch_limit_bytes'])}",
              "alert": "over 80%" if image["scratch_alert"] else ""}
-            for image in test.get("images", [])]
+            for image in operation.get("images", [])]
     print_table(rows, ["volume", "uri", "scratch", "alert"])
 
 
@@ -112,13 +131,13 @@ def clone(
     to: Annotated[Path, typer.Option(
         "--to", help="Directory for the image files, at the recovery site.")],
     image_format: Annotated[str, typer.Option("--format", help="raw or qcow2.")] = "raw",
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Write standalone images of every volume of GROUP at a checkpoint (protection goes on)."""
-    client = manager(url)
+    client = manager(url, token)
     operation = client.post("/api/v1/clones", {
         "group": group, "checkpoint": checkpoint, "to": str(to.resolve()),
-        "format": image_format, "user": getpass.getuser()})
+        "format": image_format})
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(binary_units=True),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -137,16 +156,17 @@ def clone(
     if not json_output:
         print_table(operation["outputs"], ["volume", "path", "format"])
         console.print(f"clone {operation['id']} of group {group} at "
-                      f"{_checkpoint_text(operation)} done; report {operation['id']}")
+                      f"{checkpoint_text(operation)} done; report {operation['id']}")
 
 
 # --- reports ---------------------------------------------------------------------------
 
 
 @report_app.command("list")
-def report_list(url: UrlOption = None, json_output: JsonOption = False) -> None:
+def report_list(url: UrlOption = None, token: TokenOption = None,
+                json_output: JsonOption = False) -> None:
     """Recovery reports of this site, oldest first."""
-    reports = manager(url).get("/api/v1/reports")
+    reports = manager(url, token).get("/api/v1/reports")
     if json_output:
         print_json(reports)
     else:
@@ -159,10 +179,10 @@ def report_show(
     report_id: Annotated[str, typer.Argument(metavar="ID")],
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write the report as a standalone HTML page to FILE.")] = None,
-    url: UrlOption = None, json_output: JsonOption = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """One recovery report: summary and steps (or its JSON, or its HTML page)."""
-    client = manager(url)
+    client = manager(url, token)
     report = client.get(f"/api/v1/reports/{report_id}")
     if html is not None:
         html.write_text(client.text(f"/api/v1/reports/{report_id}/html"))
@@ -172,13 +192,13 @@ def report_show(
         return
     fields = ["kind", "group", "site", "state", "result", "user", "started_at", "ended_at",
               "rto_s", "error", "notes"]
-    rows = [{"field": "checkpoint", "value": _checkpoint_text(report)}]
+    rows = [{"field": "checkpoint", "value": checkpoint_text(report)}]
     rows += [{"field": key, "value": report.get(key)} for key in fields]
     print_table(rows, ["field", "value"])
     print_table(report.get("steps", []), ["step", "at", "elapsed_s"])
 
 
-def _checkpoint_text(operation: dict[str, Any]) -> str:
+def checkpoint_text(operation: dict[str, Any]) -> str:
     checkpoint = operation["checkpoint"]
     name = f" '{checkpoint['name']}'" if checkpoint["name"] else ""
     return f"checkpoint {checkpoint['id']}{name} ({time_text(checkpoint['time_ns'])})"

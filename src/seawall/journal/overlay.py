@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from collections.abc import Iterator
 
 from seawall.journal.extents import ExtentMap, Piece
 
@@ -71,6 +72,10 @@ class ScratchOverlay:
     def changed_extent_count(self) -> int:
         """How many written or zeroed ranges lie over the base (a measure of the map's cost)."""
         return len(self._map)
+
+    def changes(self) -> Iterator[Piece[Layer]]:
+        """Every written or zeroed range over the base, in offset order."""
+        return self._map.extents()
 
     def pieces(self, offset: int, length: int) -> list[Piece[Layer]]:
         """Where each byte of ``[offset, offset + length)`` comes from (None: the base)."""

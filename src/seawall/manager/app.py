@@ -8,25 +8,39 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from seawall import __version__
 from seawall.config import SiteConfig
 from seawall.errors import SeawallError
 from seawall.http import install_error_handler
+from seawall.manager.access.guard import authorize
+from seawall.manager.access.routes import router as access_router
+from seawall.manager.access.service import AccessService
 from seawall.manager.clients import agent_client
 from seawall.manager.exports.routes import router as exports_router
 from seawall.manager.exports.service import ExportService
+from seawall.manager.files.routes import router as files_router
+from seawall.manager.files.service import FileService
+from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.routes import router as groups_router
 from seawall.manager.groups.service import GroupService
+from seawall.manager.groups.settings_routes import router as group_settings_router
+from seawall.manager.groups.updates import SettingsUpdates
+from seawall.manager.metrics import service as metrics_service
+from seawall.manager.metrics.routes import router as metrics_router
 from seawall.manager.models import create_database
+from seawall.manager.monitoring.wiring import install_monitoring
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
+from seawall.manager.recovery.live import CommitPolicyTimer, FailoverLiveService
+from seawall.manager.recovery.operations import OperationRunner
 from seawall.manager.recovery.reports import ReportStore
 from seawall.manager.recovery.routes import router as recovery_router
 from seawall.manager.recovery.store import OperationStore
 from seawall.manager.sites.routes import router as sites_router
 from seawall.manager.sites.service import SiteService
+from seawall.manager.sites.unpairing import Unpairing
 from seawall.manager.volumes.routes import router as volumes_router
 from seawall.manager.volumes.service import VolumeService
 
@@ -36,35 +50,57 @@ log = logging.getLogger(__name__)
 def create_app(config: SiteConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(_reconcile_recovery, failover_tests, clones)
+        await asyncio.to_thread(_reconcile_recovery, failover_tests, clones, live)
+        monitor.start()
+        policies.start()
         yield
+        await asyncio.to_thread(policies.stop)
+        await asyncio.to_thread(monitor.stop)
 
+    # Every route passes the access guard; its policy table refuses routes it does not list.
     app = FastAPI(title=f"Seawall site manager ({config.name})", version=__version__,
-                  lifespan=lifespan)
+                  lifespan=lifespan, dependencies=[Depends(authorize)])
     install_error_handler(app)
     _engine, sessions = create_database(config.database_url)
     agent = agent_client(config)
+    app.state.access = AccessService(sessions)
+    if not app.state.access.list_users():
+        log.warning("site %s has no users, so no one can use its API: "
+                    "`seawall site admin-token --data %s` makes an admin token",
+                    config.name, config.data_dir)
     sites = SiteService(config, sessions)
     groups = GroupService(config, sessions, agent, sites)
     app.state.sites = sites
+    app.state.unpairing = Unpairing(config, sites, agent)
     app.state.volumes = VolumeService(agent)
     app.state.groups = groups
+    app.state.group_settings = SettingsUpdates(config, groups, agent)
     app.state.exports = ExportService(agent, groups)
+    app.state.files = FileService(agent, groups)
     operations, reports = OperationStore(sessions), ReportStore(config.reports_dir)
     failover_tests = FailoverTestService(config, operations, reports, agent, groups)
     clones = CloneService(config, operations, reports, agent, groups)
     app.state.failover_tests, app.state.clones, app.state.reports = failover_tests, clones, reports
+    live = FailoverLiveService(config, operations, reports, agent, groups)
+    app.state.reverse = ReverseProtection(config, groups, agent, sites)
+    live.reverse = app.state.reverse.reverse
+    app.state.live, policies = live, CommitPolicyTimer(live)
+    monitor = install_monitoring(app, config, sessions, clones)  # status, alerts, events, tasks
+    app.state.metrics = metrics_service.MetricsService(
+        config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "site": config.name, "version": __version__}
 
-    for router in (sites_router, volumes_router, groups_router, exports_router, recovery_router):
+    for router in (access_router, sites_router, volumes_router, groups_router,
+                   group_settings_router, exports_router, recovery_router, files_router,
+                   metrics_router):
         app.include_router(router)
     return app
 
 
-def _reconcile_recovery(*services: FailoverTestService | CloneService) -> None:
+def _reconcile_recovery(*services: OperationRunner | CloneService) -> None:
     """Resume or roll back the recovery operations an earlier manager process left active."""
     for service in services:
         try:

@@ -1,9 +1,18 @@
-"""How the manager reaches its agent (Unix socket) and its paired peers (HTTP)."""
+"""How the manager reaches its agent (Unix socket) and its paired peers (mutual TLS).
+
+A peer is called on its peer API (``Peer.peer_api_url``, learnt at pairing) only: the
+client presents this site's identity and takes only the certificate pinned for that peer
+(``seawall.tls.client_context``: the pin is the one trust anchor, host names are not
+checked). The pairing handshake itself goes to the peer's plain API, before any pin.
+"""
 
 from __future__ import annotations
 
 from seawall.config import SiteConfig
+from seawall.errors import Conflict
 from seawall.http import JsonClient
+from seawall.manager.models import Peer
+from seawall.tls import client_context
 
 
 def agent_client(config: SiteConfig, timeout_s: float = 30.0) -> JsonClient:
@@ -11,5 +20,11 @@ def agent_client(config: SiteConfig, timeout_s: float = 30.0) -> JsonClient:
                       what="the site's agent")
 
 
-def peer_client(api_url: str, timeout_s: float = 30.0) -> JsonClient:
-    return JsonClient(api_url, timeout_s=timeout_s, what=f"peer site {api_url}")
+def peer_client(config: SiteConfig, peer: Peer, timeout_s: float = 30.0) -> JsonClient:
+    """A client of ``peer``'s peer API, authenticated both ways by the pinned certificates."""
+    if peer.cert_pem is None or peer.peer_api_url is None:
+        raise Conflict(f"site {peer.name} was paired before managers spoke mutual TLS: pair "
+                       "again (`seawall site token` there, `seawall pair URL --token TOKEN` "
+                       "here); groups and settings are kept")
+    return JsonClient(peer.peer_api_url, timeout_s=timeout_s, what=f"peer site {peer.name}",
+                      tls=client_context(config.identity(), peer.cert_pem))

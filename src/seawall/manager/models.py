@@ -1,11 +1,13 @@
 """The manager's database: SQLAlchemy ORM models (schemas for the API live apart).
 
-Rows here are the manager's own records (peers, tokens, groups, recovery operations) or
-caches of what agents and journals hold; a cache row can always be rebuilt from its agent.
+Rows here are the manager's own records (peers, tokens, groups, recovery operations,
+alerts, events) or caches of what agents and journals hold; a cache row can always be
+rebuilt from its agent.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -15,18 +17,25 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    MetaData,
     String,
     Text,
     create_engine,
-    inspect,
-    text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from seawall.errors import PeerError, SeawallError
+from seawall.manager.migrations import upgrade_to_head
+from seawall.manager.migrations.baseline import NAMING_CONVENTION
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
-    pass
+    # Named constraints, the same in SQLite and PostgreSQL, so migrations can name them.
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Peer(Base):
@@ -42,6 +51,8 @@ class Peer(Base):
     paired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cert_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Its TLS certificate, pinned at pairing; None for a pairing made before they existed."""
+    peer_api_url: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """Its peer API (mutual TLS), learnt at pairing; None for a pairing made before it."""
 
 
 class PairingToken(Base):
@@ -68,6 +79,22 @@ class Group(Base):
     checkpoint_interval_s: Mapped[float] = mapped_column(Float)
     history_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The rest of the group's settings (``seawall.manager.groups.settings``, which has the
+    # meanings); server defaults fill the rows of groups made before they existed.
+    journal_max_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    journal_warning_ratio: Mapped[float] = mapped_column(Float, server_default="0.75")
+    priority: Mapped[str] = mapped_column(String(8), server_default="medium")
+    compression: Mapped[str] = mapped_column(String(8), server_default="zstd")
+    rpo_alert_s: Mapped[float] = mapped_column(Float, server_default="300")
+    test_reminder_s: Mapped[float] = mapped_column(Float, server_default="2592000")
+    recovery_agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    storage_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failover_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    test_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    boot_order: Mapped[list[dict[str, Any]]] = mapped_column(JSON, server_default="[]")
+    pre_script: Mapped[str | None] = mapped_column(Text, nullable=True)
+    post_script: Mapped[str | None] = mapped_column(Text, nullable=True)
+    script_timeout_s: Mapped[float] = mapped_column(Float, server_default="300")
 
 
 class RecoveryOperation(Base):
@@ -100,27 +127,95 @@ class RecoveryOperation(Base):
     """Kind-specific facts: options, steps with their times, images or output files."""
 
 
+class Alert(Base):
+    """An alert raised by the monitor (``seawall.manager.monitoring``); cleared, it stays.
+
+    ``alert_key`` is stable per (kind, subject): a condition that clears and comes back
+    raises a new row with the same key. At most one row per key is active (no cleared_at).
+    """
+
+    __tablename__ = "alerts"
+
+    row_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    alert_key: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subject: Mapped[str] = mapped_column(String(128))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
+                                                        index=True)
+
+
+class Event(Base):
+    """One operation asked of this manager (``seawall.manager.events``): who, what, outcome."""
+
+    __tablename__ = "events"
+
+    event_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(1024))
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    target: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(8))
+    status_code: Mapped[int]
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class User(Base):
+    """A local user of the site manager (``seawall.manager.access``).
+
+    ``password_hash`` is an argon2id hash, or NULL for a user who only has API tokens.
+    """
+
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """An API token of a user; only its SHA-256 is stored (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 def create_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
-    _add_new_columns(engine)
+    """Open the database at ``url`` (SQLite or PostgreSQL), migrated to the newest schema.
+
+    The schema comes from the migrations only (``seawall.manager.migrations``): a change
+    to the models above needs a new revision, or the drift test fails.
+    """
+    engine = create_engine(url, pool_pre_ping=True)
+    try:
+        revision = upgrade_to_head(engine)
+    except OperationalError as exc:  # unreachable server, bad credentials, unwritable file
+        engine.dispose()
+        error = PeerError if engine.dialect.name == "postgresql" else SeawallError
+        raise error(f"cannot open the database {engine.url.render_as_string()}: "
+                    f"{str(exc.orig).strip()}") from None
+    log.info("database %s at revision %s", engine.url.render_as_string(), revision)
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 
-def _add_new_columns(engine: Engine) -> None:
-    """Add the nullable columns a table gained since the database was made.
-
-    ``create_all`` makes missing tables only; until migrations arrive (Alembic), a column
-    added to an existing table must be nullable, so that older databases open.
-    """
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                assert column.nullable, f"new column {table.name}.{column.name} is not nullable"
-                kind = column.type.compile(engine.dialect)
-                connection.execute(text(
-                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+def open_database(url: str) -> None:
+    """Check that the database at ``url`` opens, and migrate it (``site init``)."""
+    engine, _sessions = create_database(url)
+    engine.dispose()

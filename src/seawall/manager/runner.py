@@ -4,25 +4,28 @@ Rules:
 - ``site run`` starts the agent as its own process in its own session, so the agent (the
   data path) survives a crash of the manager; a manager started again finds the running
   agent through its control socket and adopts it instead of starting a second one.
+- The manager serves its API and, in the same event loop, its peer API for paired managers
+  (``seawall.manager.peer_listener``); one stopping stops the other.
 - SIGTERM or Ctrl-C stops the manager, then asks the agent to stop and waits for it.
+- Start-up overlaps: the agent process is spawned first, the manager imports and builds
+  its app meanwhile (the manager's modules are imported only then, not with this one),
+  and the API serves once the agent answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-
-import uvicorn
+from collections.abc import Callable
 
 from seawall.config import SiteConfig
 from seawall.errors import PeerError, SeawallError
-from seawall.manager.app import create_app
 from seawall.manager.clients import agent_client
-from seawall.serving import Server
 
 log = logging.getLogger("seawall.site")
 
@@ -42,21 +45,28 @@ def agent_alive(config: SiteConfig) -> bool:
 
 
 def start_agent(config: SiteConfig) -> subprocess.Popen[bytes] | None:
-    """Start the site's agent unless one already answers; None when adopted."""
+    """Start the site's agent unless one already answers; None when adopted.
+
+    Does not wait for it: ``wait_for_agent`` does."""
     if agent_alive(config):
         log.info("adopting the running agent of site %s", config.name)
         return None
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "seawall", "agent", "run", "--data", str(config.data_dir)],
         start_new_session=True,
     )
+
+
+def wait_for_agent(config: SiteConfig, process: subprocess.Popen[bytes] | None) -> None:
+    if process is None:
+        return
     deadline = time.monotonic() + AGENT_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise PeerError(f"the agent exited at start with status {process.returncode}")
         if agent_alive(config):
-            return process
-        time.sleep(0.1)
+            return
+        time.sleep(0.05)
     process.kill()
     raise PeerError("the agent did not come up in time")
 
@@ -93,18 +103,30 @@ def _signal(pid: int, signum: int) -> bool:
         return False
 
 
-def run_manager(config: SiteConfig) -> None:
-    server = Server(uvicorn.Config(create_app(config), host=config.api_host,
-                                   port=config.api_port, log_level="warning"),
+def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = None) -> None:
+    import uvicorn
+
+    from seawall.manager.app import create_app
+    from seawall.manager.peer_listener import peer_server, serve_with_peer_api
+    from seawall.serving import Server
+
+    app = create_app(config)
+    server = Server(uvicorn.Config(app, host=config.api_host,
+                                   port=config.api_port, log_level="warning",
+                                   log_config=None),
                     handle_signals=True)
-    log.info("site manager %s listening on %s", config.name, config.api_url)
-    server.run()
+    peer = peer_server(app, config, app.state.sites.peer_tls.context)
+    if before_serving is not None:
+        before_serving()
+    log.info("site manager %s listening on %s, peer API (mutual TLS) on %s", config.name,
+             config.api_url, config.peer_api_url)
+    asyncio.run(serve_with_peer_api(server, peer))
 
 
 def run_site(config: SiteConfig) -> None:
     process = start_agent(config)
     try:
-        run_manager(config)
+        run_manager(config, lambda: wait_for_agent(config, process))
     finally:
         log.info("stopping the agent")
         stop_agent(config, process)

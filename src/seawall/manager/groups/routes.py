@@ -7,7 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from seawall.manager.access.guard import peer_site
+from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.service import GroupService, GroupSettings
+from seawall.manager.groups.settings import GroupOptions
 
 router = APIRouter(prefix="/api/v1", tags=["groups"])
 
@@ -21,12 +24,12 @@ class GroupVolume(BaseModel):
 class PeerGroup(BaseModel):
     group_id: str = Field(min_length=1, max_length=36)
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    source_site_id: str
     volumes: list[GroupVolume] = Field(min_length=1)
     checkpoint_interval_s: float
     history_s: float
     journal_max_bytes: int | None = None  # absent from older peers
     replica_paths: dict[str, str] = {}  # pre-seeded replicas, by volume name
+    settings: GroupOptions | None = None  # every setting; absent from older peers
 
 
 class CheckpointTag(BaseModel):
@@ -70,4 +73,58 @@ def resync_group(request: Request, name: str) -> dict[str, Any]:
 
 @router.post("/peer/groups", status_code=201)
 def register_peer_group(request: Request, body: PeerGroup) -> dict[str, Any]:
-    return _service(request).register_from_peer(body.model_dump())
+    return _service(request).register_from_peer(peer_site(request), body.model_dump())
+
+
+class PeerAction(BaseModel):
+    """A tag or resync asked of the recovery site, forwarded by it to the protected site."""
+
+    name: str = Field(default="", max_length=512)
+
+
+@router.post("/peer/groups/{name}/checkpoints", status_code=201)
+def peer_tag_checkpoint(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
+    return _service(request).forwarded(name, "checkpoints", peer_site(request),
+                                       {"name": body.name})
+
+
+@router.post("/peer/groups/{name}/resync")
+def peer_resync_group(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
+    return _service(request).forwarded(name, "resync", peer_site(request), {})
+
+
+@router.post("/peer/groups/{name}/fence")
+def peer_fence_group(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
+    """Stop the group's writes and ship up to a final checkpoint named ``name``."""
+    return _service(request).forwarded(name, "fence", peer_site(request),
+                                       {"checkpoint_name": body.name})
+
+
+@router.post("/peer/groups/{name}/unfence")
+def peer_unfence_group(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
+    return _service(request).forwarded(name, "unfence", peer_site(request), {})
+
+
+@router.post("/groups/{name}/unfence")
+def unfence_group(request: Request, name: str) -> dict[str, Any]:
+    return _service(request).unfence(name)
+
+
+class PeerReverse(BaseModel):
+    volumes: list[GroupVolume] = Field(min_length=1, max_length=64)
+
+
+def _reverse(request: Request) -> ReverseProtection:
+    service: ReverseProtection = request.app.state.reverse
+    return service
+
+
+@router.post("/groups/{name}/reverse")
+def reverse_group(request: Request, name: str) -> dict[str, Any]:
+    return _reverse(request).reverse(name)
+
+
+@router.post("/peer/groups/{name}/reverse")
+def peer_reverse_group(request: Request, name: str, body: PeerReverse) -> dict[str, Any]:
+    return _reverse(request).from_peer(name, peer_site(request),
+                                       [v.model_dump() for v in body.volumes])

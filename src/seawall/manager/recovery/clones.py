@@ -34,9 +34,9 @@ from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import RecoveryOperation
-from seawall.manager.recovery.failover import new_operation_id, recovery_group
 from seawall.manager.recovery.imaging import FORMATS, write_image
 from seawall.manager.recovery.machine import OperationEvent, OperationState, choose_checkpoint
+from seawall.manager.recovery.operations import new_operation_id, recovery_group
 from seawall.manager.recovery.reports import ReportStore, build_report
 from seawall.manager.recovery.store import OperationStore, add_step, describe
 

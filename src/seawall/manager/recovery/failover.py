@@ -2,7 +2,7 @@
 
 Rules:
 - Only at a group's recovery site; one failover operation per group (the database refuses
-  a second, see ``OperationStore``); checkpoints are chosen by ``machine.choose_checkpoint``.
+  a second, see ``OperationStore``); checkpoints are chosen by ``machine.pick_checkpoint``.
 - ``start`` writes the row (``starting``) before it asks the agent for images, and moves
   it to ``running`` only once a first read of every image over NBD has succeeded: the
   measured RTO is from the request's arrival to that moment. A failure on the way
@@ -14,72 +14,44 @@ Rules:
   rows no request of this process is working on: a ``starting`` one is rolled back
   (``failed``), a ``stopping`` one is finished, a ``running`` one whose images the agent
   no longer has (an agent restart ends tests) becomes ``interrupted``. Each gets its report.
-- ``_guard`` serialises reconciling with the bookkeeping of in-flight requests, so a
-  reconcile never takes a request's half-done operation for an orphan.
+- ``OperationRunner`` (``operations``) keeps the in-flight bookkeeping and reconciles.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
-import secrets
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from seawall.config import SiteConfig
-from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, SeawallError
-from seawall.http import JsonClient
-from seawall.manager.groups.service import GroupService
+from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.manager.models import Group, RecoveryOperation
-from seawall.manager.recovery.machine import OperationEvent, OperationState, choose_checkpoint
-from seawall.manager.recovery.reports import ReportStore, build_report
-from seawall.manager.recovery.store import OperationStore, add_step, describe
-from seawall.nbd.blocking import NbdClient
+from seawall.manager.recovery.machine import OperationEvent, OperationState, pick_checkpoint
+from seawall.manager.recovery.operations import (
+    OperationRunner,
+    new_operation_id,
+    read_first_blocks,
+    recovery_group,
+)
+from seawall.manager.recovery.store import add_step, describe
 
 KIND = "failover-test"
-FIRST_READ_BYTES = 4096
 RESULTS = ("pass", "fail")
 
 
-def new_operation_id(prefix: str, now: datetime) -> str:
-    """Sortable by time, readable, and safe as a file and export name."""
-    return f"{prefix}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def recovery_group(groups: GroupService, name: str, command: str) -> Group:
-    """The group, if this site is its recovery site; else a clear error saying where to go."""
-    group, peer = groups.get(name)
-    if group.role != "recovery":
-        raise InvalidInput(
-            f"group {name} is protected from this site: run `{command}` at its recovery "
-            f"site {peer.name} (--url {peer.api_url})"
-        )
-    return group
-
-
-class FailoverTestService:
-    def __init__(self, config: SiteConfig, store: OperationStore, reports: ReportStore,
-                 agent: JsonClient, groups: GroupService) -> None:
-        self.config = config
-        self.store = store
-        self.reports = reports
-        self.agent = agent
-        self.groups = groups
-        self._guard = threading.Lock()
-        self._in_flight: set[str] = set()
+class FailoverTestService(OperationRunner):
+    kinds = (KIND,)
 
     # --- requests -----------------------------------------------------------------------
 
     def start(self, group_name: str, checkpoint: str, scratch_max_bytes: int | None,
-              user: str | None) -> dict[str, Any]:
+              user: str | None, at: datetime | None = None) -> dict[str, Any]:
         started_s, started_at = time.monotonic(), datetime.now(UTC)
         group = recovery_group(self.groups, group_name, "seawall failover test")
         self.reconcile()
         checkpoints = self.agent.get(f"/groups/{group.group_id}/checkpoints")
-        chosen = choose_checkpoint(checkpoints, checkpoint, group_name)
+        chosen = pick_checkpoint(checkpoints, checkpoint, at, group_name)
         operation = RecoveryOperation(
             operation_id=new_operation_id("test", started_at), kind=KIND,
             group_id=group.group_id, group_name=group.name,
@@ -88,6 +60,7 @@ class FailoverTestService:
             checkpoint_name=chosen["name"], user=user or getpass.getuser(),
             started_at=started_at, notes="",
             details={"options": {"checkpoint": checkpoint,
+                                 "at": at.isoformat() if at else None,
                                  "scratch_max_bytes": scratch_max_bytes}},
         )
         add_step(operation, "requested", started_at)
@@ -144,16 +117,8 @@ class FailoverTestService:
 
     # --- restart ------------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Resume or roll back the active operations no request is working on (module doc)."""
-        with self._guard:
-            orphans = [op for op in self.store.active(KIND)
-                       if op.operation_id not in self._in_flight]
-            if not orphans:
-                return
-            at_agent = {t["operation_id"] for t in self.agent.get("/failover-tests")}
-            for operation in orphans:
-                self._reconcile_one(operation, operation.operation_id in at_agent)
+    def _at_agent(self) -> set[str]:
+        return {t["operation_id"] for t in self.agent.get("/failover-tests")}
 
     def _reconcile_one(self, operation: RecoveryOperation, at_agent: bool) -> None:
         operation_id, state = operation.operation_id, OperationState(operation.state)
@@ -174,16 +139,6 @@ class FailoverTestService:
 
     # --- helpers ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _tracking(self, operation_id: str) -> Iterator[None]:
-        with self._guard:
-            self._in_flight.add(operation_id)
-        try:
-            yield
-        finally:
-            with self._guard:
-                self._in_flight.discard(operation_id)
-
     def _make_images(self, operation_id: str, group: Group, checkpoint_id: int,
                      scratch_max_bytes: int | None) -> list[dict[str, Any]]:
         """Images from the agent, each read once over NBD (the end of the RTO)."""
@@ -192,12 +147,7 @@ class FailoverTestService:
             "checkpoint": str(checkpoint_id), "scratch_max_bytes": scratch_max_bytes})
         images: list[dict[str, Any]] = test["images"]
         self.store.update(operation_id, step="images exported")
-        try:
-            for image in images:
-                with NbdClient(image["uri"]) as client:
-                    client.read(0, min(FIRST_READ_BYTES, image["size_bytes"]))
-        except (OSError, SeawallError) as exc:
-            raise PeerError(f"an image of the test did not read back: {exc}") from None
+        read_first_blocks(images)
         return images
 
     def _finish_stop(self, operation: RecoveryOperation) -> dict[str, Any]:
@@ -215,8 +165,3 @@ class FailoverTestService:
             return None
         images: list[dict[str, Any]] = test["images"]
         return images
-
-    def _report(self, operation: RecoveryOperation) -> dict[str, Any]:
-        report = build_report(operation, self.config.name)
-        self.reports.write(report)
-        return report

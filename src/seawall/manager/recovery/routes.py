@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -10,24 +11,23 @@ from pydantic import BaseModel, Field
 
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
+from seawall.manager.recovery.live import FailoverLiveService, LiveOptions
 from seawall.manager.recovery.reports import ReportStore
 
 router = APIRouter(prefix="/api/v1", tags=["recovery"])
 
 CheckpointField = Field(default="latest", min_length=1, max_length=32)
-UserField = Field(default=None, max_length=128)
 
 
 class FailoverTestRequest(BaseModel):
     checkpoint: str = CheckpointField
+    at: datetime | None = None
     scratch_max_bytes: int | None = Field(default=None, gt=0)
-    user: str | None = UserField
 
 
 class FailoverStopRequest(BaseModel):
     result: Literal["pass", "fail"] | None = None
     notes: str = Field(default="", max_length=20000)
-    user: str | None = UserField
 
 
 class CloneRequest(BaseModel):
@@ -35,7 +35,12 @@ class CloneRequest(BaseModel):
     checkpoint: str = CheckpointField
     to: str = Field(min_length=1, max_length=4096)
     format: Literal["raw", "qcow2"] = "raw"
-    user: str | None = UserField
+
+
+def _who(request: Request) -> str:
+    """The authenticated user (``seawall.manager.access.guard``), never a name the client sent."""
+    user: str = request.state.user
+    return user
 
 
 def _failover(request: Request) -> FailoverTestService:
@@ -55,12 +60,13 @@ def _reports(request: Request) -> ReportStore:
 
 @router.post("/failover/{group}/test", status_code=201)
 def failover_test(request: Request, group: str, body: FailoverTestRequest) -> dict[str, Any]:
-    return _failover(request).start(group, body.checkpoint, body.scratch_max_bytes, body.user)
+    return _failover(request).start(group, body.checkpoint, body.scratch_max_bytes,
+                                    _who(request), body.at)
 
 
 @router.post("/failover/{group}/stop")
 def failover_stop(request: Request, group: str, body: FailoverStopRequest) -> dict[str, Any]:
-    return _failover(request).stop(group, body.result, body.notes, body.user)
+    return _failover(request).stop(group, body.result, body.notes, _who(request))
 
 
 @router.get("/failover/{group}")
@@ -70,7 +76,8 @@ def failover_status(request: Request, group: str) -> dict[str, Any]:
 
 @router.post("/clones", status_code=202)
 def clone(request: Request, body: CloneRequest) -> dict[str, Any]:
-    return _clones(request).start(body.group, body.checkpoint, body.to, body.format, body.user)
+    return _clones(request).start(body.group, body.checkpoint, body.to, body.format,
+                                  _who(request))
 
 
 @router.get("/clones/{operation_id}")
@@ -91,3 +98,47 @@ def show_report(request: Request, report_id: str) -> dict[str, Any]:
 @router.get("/reports/{report_id}/html", response_class=HTMLResponse)
 def show_report_html(request: Request, report_id: str) -> HTMLResponse:
     return HTMLResponse(_reports(request).html(report_id))
+
+
+class FailoverLiveRequest(BaseModel):
+    checkpoint: str = CheckpointField
+    at: datetime | None = None
+    commit_policy: Literal["commit", "rollback", "none"] = "none"
+    commit_after_s: float = Field(default=3600.0, ge=1.0, le=30 * 86400.0)
+    shutdown_source: bool = False
+    reverse_protect: bool = False
+
+
+class CommitRequest(BaseModel):
+    reverse_protect: bool = False
+
+
+def _live(request: Request) -> FailoverLiveService:
+    service: FailoverLiveService = request.app.state.live
+    return service
+
+
+@router.post("/failover/{group}/live", status_code=201)
+def failover_live(request: Request, group: str, body: FailoverLiveRequest) -> dict[str, Any]:
+    options = LiveOptions(**body.model_dump())
+    return _live(request).live(group, options, _who(request))
+
+
+@router.get("/failover/{group}/live")
+def failover_live_status(request: Request, group: str) -> dict[str, Any]:
+    return _live(request).status(group)
+
+
+@router.post("/failover/{group}/commit")
+def failover_commit(request: Request, group: str, body: CommitRequest) -> dict[str, Any]:
+    return _live(request).commit(group, _who(request), body.reverse_protect)
+
+
+@router.post("/failover/{group}/rollback")
+def failover_rollback(request: Request, group: str) -> dict[str, Any]:
+    return _live(request).rollback(group, _who(request))
+
+
+@router.post("/move/{group}")
+def move(request: Request, group: str, body: CommitRequest) -> dict[str, Any]:
+    return _live(request).move(group, _who(request), body.reverse_protect)

@@ -104,12 +104,23 @@ class OperationStore:
                 select(RecoveryOperation).where(RecoveryOperation.holds_group_id == group_id))
 
     def active(self, kind: str) -> list[RecoveryOperation]:
+        return self.active_of((kind,))
+
+    def active_of(self, kinds: tuple[str, ...]) -> list[RecoveryOperation]:
         states = [state.value for state in ACTIVE]
         with self.sessions() as session:
             return list(session.scalars(
                 select(RecoveryOperation)
-                .where(RecoveryOperation.kind == kind, RecoveryOperation.state.in_(states))
+                .where(RecoveryOperation.kind.in_(kinds), RecoveryOperation.state.in_(states))
                 .order_by(RecoveryOperation.started_at)))
+
+    def set_checkpoint(self, operation_id: str, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint, once known (a failover with the source shut down learns it late)."""
+        with self.sessions.begin() as session:
+            operation = self._load(session, operation_id)
+            operation.checkpoint_id = checkpoint["id"]
+            operation.checkpoint_time_ns = checkpoint["time_ns"]
+            operation.checkpoint_name = checkpoint["name"]
 
     @staticmethod
     def _load(session: Session, operation_id: str) -> RecoveryOperation:

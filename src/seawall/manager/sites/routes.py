@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from seawall.manager.access.guard import peer_site
 from seawall.manager.sites.service import SiteService
+from seawall.manager.sites.unpairing import Unpairing
 
 router = APIRouter(prefix="/api/v1", tags=["sites"])
 
@@ -19,6 +21,8 @@ class SiteInfo(BaseModel):
     replication_host: str = Field(min_length=1, max_length=256)
     replication_port: int = Field(gt=0, lt=65536)
     cert_pem: str = Field(min_length=1, max_length=8192)
+    peer_api_url: str | None = Field(default=None, min_length=1, max_length=256,
+                                     pattern=r"^https://")  # absent from older sites
 
 
 class PairRequest(BaseModel):
@@ -59,3 +63,19 @@ def accept(request: Request, body: AcceptRequest) -> dict[str, Any]:
 @router.get("/peers")
 def peers(request: Request) -> list[dict[str, Any]]:
     return _service(request).peers()
+
+
+def _unpairing(request: Request) -> Unpairing:
+    service: Unpairing = request.app.state.unpairing
+    return service
+
+
+@router.delete("/peers/{name}")
+def unpair(request: Request, name: str) -> dict[str, Any]:
+    return _unpairing(request).unpair(name)
+
+
+@router.delete("/peer/pairing")
+def unpaired_by_peer(request: Request) -> dict[str, Any]:
+    """The calling site (known by its certificate) unpairs from this one."""
+    return _unpairing(request).unpaired_by(peer_site(request))

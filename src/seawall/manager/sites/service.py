@@ -5,11 +5,15 @@ Rules: a token is shown once (only its SHA-256 is stored), works once, and expir
 from its answer, and the peer learns the presenter from the request. A failed pairing
 changes nothing on either side.
 
-Pairing pins certificates: each side sends its TLS certificate (``seawall.tls``) and keeps
-the other's; agents then take replication only from, and send it only to, the holder of
-the certificate pinned for that peer. The token vouches for the presenter's certificate;
-the answer's certificate is only as good as the path to the peer's API (plain HTTP until
-the managers speak TLS too), so operators compare fingerprints (``peer list``).
+Pairing pins certificates: each side sends its TLS certificate (``seawall.tls``) and the
+address of its peer API, and keeps the other's. From then on the managers call each other
+only on their peer APIs, over mutual TLS with those pins (``peer_tls``, the listener's
+context, follows the pins of the database), and a call is taken as coming from the site
+whose pinned certificate it presented (``peer_site_id``); agents take replication only
+from, and send it only to, the holder of the certificate pinned for that peer. The token
+vouches for the presenter's certificate; the answer's certificate is only as good as the
+path to the peer's plain API, where the handshake runs, so operators compare
+fingerprints (``peer list``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
-from seawall.manager.clients import peer_client
+from seawall.http import JsonClient
 from seawall.manager.models import PairingToken, Peer
-from seawall.tls import check_certificate, fingerprint
+from seawall.tls import PinnedServerContext, check_certificate, der_fingerprint, fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=1)
 
@@ -44,6 +48,7 @@ class SiteService:
         self.config = config
         self.sessions = sessions
         self.cert_pem = config.identity().cert_pem
+        self.peer_tls = PinnedServerContext(config.identity(), self._pinned_certs())
 
     def info(self) -> dict[str, Any]:
         replication_host, replication_port = self.config.advertised_replication
@@ -54,6 +59,7 @@ class SiteService:
             "replication_host": replication_host,
             "replication_port": replication_port,
             "cert_pem": self.cert_pem,
+            "peer_api_url": self.config.peer_api_url,
         }
 
     def new_token(self) -> str:
@@ -76,11 +82,12 @@ class SiteService:
             check_certificate(peer["cert_pem"])
             self._store_peer(session, peer, now)
             row.used_at = now
+        self.refresh_pins()
         return self.info()
 
     def pair(self, peer_url: str, token: str) -> dict[str, Any]:
         """Present ``token`` to the manager at ``peer_url`` and remember it on success."""
-        client = peer_client(peer_url.rstrip("/"))
+        client = JsonClient(peer_url.rstrip("/"), what=f"the site at {peer_url}")
         try:
             peer = client.post("/api/v1/pairing/accept", {"token": token, "site": self.info()})
         finally:
@@ -89,8 +96,13 @@ class SiteService:
             check_certificate(str(peer.get("cert_pem", "")))
         except InvalidInput as exc:
             raise PeerError(f"the peer's answer has no valid certificate: {exc}") from None
+        peer_api_url = peer.get("peer_api_url")
+        if peer_api_url is not None and not (isinstance(peer_api_url, str) and len(
+                peer_api_url) <= 256 and peer_api_url.startswith("https://")):
+            raise PeerError(f"the peer's answer has no valid peer API URL: {peer_api_url!r}")
         with self.sessions.begin() as session:
             self._store_peer(session, peer, datetime.now(UTC))
+        self.refresh_pins()
         return dict(peer)
 
     def _store_peer(self, session: Session, peer: dict[str, Any], now: datetime) -> None:
@@ -106,11 +118,32 @@ class SiteService:
         existing.replication_host = peer["replication_host"]
         existing.replication_port = int(peer["replication_port"])
         existing.cert_pem = peer["cert_pem"]
+        existing.peer_api_url = peer.get("peer_api_url")  # absent from older peers
+
+    def _pinned_certs(self) -> list[str]:
+        with self.sessions() as session:
+            return [pem for pem in session.scalars(select(Peer.cert_pem)) if pem is not None]
+
+    def refresh_pins(self) -> None:
+        """Make the peer API's listener pin exactly the certificates of the paired sites."""
+        self.peer_tls.replace(self._pinned_certs())
+
+    def peer_site_id(self, cert_der: bytes | None) -> str | None:
+        """The paired site whose pinned certificate is ``cert_der`` (a TLS client's), if any."""
+        if cert_der is None:
+            return None
+        presented = der_fingerprint(cert_der)
+        with self.sessions() as session:
+            for site_id, cert_pem in session.execute(select(Peer.site_id, Peer.cert_pem)):
+                if cert_pem is not None and fingerprint(cert_pem) == presented:
+                    return str(site_id)
+        return None
 
     def peers(self) -> list[dict[str, Any]]:
         with self.sessions() as session:
             return [
                 {"site_id": p.site_id, "name": p.name, "api_url": p.api_url,
+                 "peer_api_url": p.peer_api_url,
                  "replication": f"{p.replication_host}:{p.replication_port}",
                  "paired_at": _aware(p.paired_at).isoformat(),
                  "fingerprint": fingerprint(p.cert_pem) if p.cert_pem else None}
