@@ -1,16 +1,17 @@
 """Throwaway sites on localhost, as real processes: for the demo, tests and benchmarks.
 
 A ``LocalSite`` is ``seawall site init`` + ``seawall site run`` in a directory, with free
-ports picked for it, and a JSON client for its REST API that authenticates as the site's
-admin (``token``: the one ``site init`` makes, or, for a site that exists already, a new
-one made from its data directory as ``seawall site admin-token`` does). Stopping it sends
-SIGTERM (what an operator's Ctrl-C does) and waits; ``kill`` sends SIGKILL to the manager
-only.
+ports picked for it (outside the kernel's ephemeral range: ``LISTEN_PORTS``), and a JSON
+client for its REST API that authenticates as the site's admin (``token``: the one
+``site init`` makes, or, for a site that exists already, a new one made from its data
+directory as ``seawall site admin-token`` does). Stopping it sends SIGTERM (what an
+operator's Ctrl-C does) and waits; ``kill`` sends SIGKILL to the manager only.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,16 +28,25 @@ from seawall.manager.access.local import first_admin_token, local_admin_token
 START_TIMEOUT_S = 60.0
 
 
+LISTEN_PORTS = range(20000, 32768)
+"""Below Linux's ephemeral range (32768-60999), where the kernel picks the local ports of
+outgoing connections: a port picked there could be taken by some client's connection
+before the site binds it (seen with tests running side by side)."""
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: probed while all are bound, so none comes twice."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+    """``count`` distinct ports free now, outside the ephemeral range, in random order."""
+    ports: list[int] = []
+    for port in random.sample(LISTEN_PORTS, len(LISTEN_PORTS)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise PeerError(f"no {count} free ports in {LISTEN_PORTS}")
 
 
 def free_port() -> int:
