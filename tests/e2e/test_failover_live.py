@@ -7,7 +7,6 @@ volume once it takes writes; every image and volume is compared byte for byte.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
-from support.cli import seawall
+from support.cli import refused, run_json
 from support.groups import GROUP, protect, tag, verify, write
 from support.groups import sha256_of as image_sha256
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 16 << 20
 
 
-def run_json(site: LocalSite, *args: str) -> Any:
-    return json.loads(seawall(site, *args, "--json").stdout)
-
-
-def refused(site: LocalSite, *args: str) -> subprocess.CompletedProcess[str]:
-    result = seawall(site, *args, check=False)
-    assert result.returncode != 0, f"seawall {' '.join(args)} should have failed"
-    return result
 
 
 def sha(model: bytearray) -> str:

@@ -9,16 +9,14 @@ clears once it is back; a clone at the recovery site is a task with its progress
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from seawall.localsites import LocalSite
-from support.cli import seawall
+from support.cli import run_json, seawall
 from support.groups import GROUP, protect, tag
 
 pytestmark = pytest.mark.e2e
@@ -31,9 +29,6 @@ def fast_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before ``sites`` starts them (autouse fixtures come first)."""
     monkeypatch.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")
 
-
-def run_json(site: LocalSite, *args: str) -> Any:
-    return json.loads(seawall(site, *args, "--json").stdout)
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from seawall.localsites import LocalSite, free_ports
-from support.cli import seawall
+from support.cli import run_json, seawall
 from support.groups import GROUP, tag, write
 from support.groups import sha256_of as image_sha256
 from support.postgres import PostgresServer
@@ -41,9 +41,6 @@ def site_init(directory: Path, *options: str) -> subprocess.CompletedProcess[str
          "--replication", f"127.0.0.1:{replication_port}", *options],
         capture_output=True, text=True, timeout=60, env=dict(os.environ))
 
-
-def run_json(site: LocalSite, *args: str) -> Any:
-    return json.loads(seawall(site, *args, "--json").stdout)
 
 
 def rows(url: str, query: str) -> list[tuple[Any, ...]]:

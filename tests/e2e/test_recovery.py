@@ -7,19 +7,17 @@ for byte with what the volume held at the chosen checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
-from support.cli import seawall
+from support.cli import refused, run_json, seawall
 from support.groups import GROUP, protect, tag, write
 from support.groups import sha256_of as image_sha256
 
@@ -27,14 +25,6 @@ pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 16 << 20
 
 
-def run_json(site: LocalSite, *args: str) -> Any:
-    return json.loads(seawall(site, *args, "--json").stdout)
-
-
-def refused(site: LocalSite, *args: str) -> subprocess.CompletedProcess[str]:
-    result = seawall(site, *args, check=False)
-    assert result.returncode != 0, f"seawall {' '.join(args)} should have failed"
-    return result
 
 
 def test_failover_test_gives_writable_images_while_protection_goes_on(
