@@ -75,14 +75,14 @@ def failover_router(agent: Agent) -> APIRouter:
 
     @router.post("/groups/{group_id}/fence")
     async def fence(group_id: str, body: FenceRequest) -> dict[str, Any]:
-        return await agent.fence(group_id, body.checkpoint_name, body.timeout_s)
+        return await agent.source.fence(group_id, body.checkpoint_name, body.timeout_s)
 
     @router.post("/groups/{group_id}/unfence")
     async def unfence(group_id: str) -> dict[str, Any]:
-        return agent.unfence(group_id)
+        return agent.source.unfence(group_id)
 
     @router.post("/groups/{group_id}/reverse")
     async def reverse(group_id: str, body: RecoverySpec) -> dict[str, Any]:
-        return await agent.reverse(body)
+        return await agent.source.reverse(body)
 
     return router

@@ -14,14 +14,13 @@ Rules and invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from seawall.agent.exports import ExportRecord, ExportRegistry
 from seawall.agent.failover_live import LiveFailovers
+from seawall.agent.failover_source import SourceFailover
 from seawall.agent.failover_tests import FailoverTests
 from seawall.agent.frontend import ExportBackend, NbdFrontend
 from seawall.agent.protection import ProtectedGroup
@@ -58,6 +57,7 @@ class Agent:
         self.failover_tests = FailoverTests(config, self.recovery_group,
                                             self.frontend.disconnect_export)
         self.live = LiveFailovers(self)
+        self.source = SourceFailover(self)
         self.identity = config.identity()
         self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
@@ -87,7 +87,7 @@ class Agent:
             if recovery.live is not None and recovery.live.state == "consolidated":
                 self.live.finish_consolidated(recovery)
                 continue
-            self._open_recovery(recovery)
+            self.open_recovery(recovery)
             if recovery.live is not None:
                 self.live.resume(self.recovering[recovery.group_id])
         self.failover_tests.clear_leftovers()  # an agent restart ends failover tests
@@ -205,70 +205,7 @@ class Agent:
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
         if spec.fenced:
-            self._set_read_only(group, True)
-
-    # --- failover of a protected group (this site is its source) --------------------------
-
-    async def fence(self, group_id: str, checkpoint_name: str, timeout_s: float) -> dict[str, Any]:
-        """Stop the group's volumes taking writes, ship the last ones up to a final checkpoint.
-
-        Saved before the volumes turn read-only, so a restarted agent keeps them so."""
-        group = self.protected_group(group_id)
-        if not group.spec.fenced:
-            group.spec.fenced = True
-            self.save_state()
-            self._set_read_only(group, True)
-        entry = await group.final_checkpoint(checkpoint_name, timeout_s)
-        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
-
-    def unfence(self, group_id: str) -> dict[str, Any]:
-        group = self.protected_group(group_id)
-        if group.spec.fenced:
-            group.spec.fenced = False
-            self.save_state()
-            self._set_read_only(group, False)
-        return self.group_status(group_id)
-
-    def _set_read_only(self, group: ProtectedGroup, read_only: bool) -> None:
-        for volume in group.volumes:
-            volume.info = dataclasses.replace(volume.info, read_only=read_only)
-            if read_only:
-                self.frontend.disconnect_export(volume.name)  # clients see the disk go away
-
-    async def reverse(self, spec: RecoverySpec) -> dict[str, Any]:
-        """Turn a failed-over group around: its old source volumes become the replicas of
-        the reversed group, which the recovered site protects back to us (a delta sync)."""
-        group, shipper = self.protected.get(spec.group_id) or (None, None)
-        if group is None or shipper is None:
-            raise NotFound(f"group {spec.name} is not protected by this agent")
-        if not group.spec.fenced:
-            raise Conflict(f"group {spec.name} is not failed over: its volumes still take "
-                           "writes here")
-        if len(spec.volumes) != len(group.volumes):
-            raise InvalidInput(f"the reversed group has {len(spec.volumes)} volumes, "
-                               f"this site's has {len(group.volumes)}")
-        old = sorted(group.spec.volumes, key=lambda v: v.index)
-        sizes = [v.size_bytes for v in sorted(spec.volumes, key=lambda v: v.index)]
-        if sizes != [v.size_bytes for v in old]:
-            raise InvalidInput(f"the reversed group's volume sizes {sizes} differ from this "
-                               f"site's {[v.size_bytes for v in old]}")
-        paths = {volume.name: self.volumes[previous.name].path
-                 for volume, previous in zip(sorted(spec.volumes, key=lambda v: v.index), old,
-                                             strict=True)}
-        await shipper.stop()
-        await group.stop()
-        del self.protected[spec.group_id]
-        names = {v.name for v in old}
-        for name in names:
-            self.volumes.pop(name).close()
-        self.state.protected = [p for p in self.state.protected if p.group_id != spec.group_id]
-        self.state.volumes = [v for v in self.state.volumes if v.name not in names]
-        spec = spec.model_copy(update={"replica_paths": paths})
-        self._open_recovery(spec)
-        self.state.recovering.append(spec)
-        self.save_state()
-        shutil.rmtree(self.config.agent_dir / "groups" / spec.group_id, ignore_errors=True)
-        return self.recovering[spec.group_id].status()
+            self.source.set_read_only(group, True)
 
     def update_protection(self, group_id: str, change: ProtectionChange) -> dict[str, Any]:
         """Change a protected group's settings in place (saved first, as every change)."""
@@ -309,7 +246,7 @@ class Agent:
             raise InvalidInput(f"storage location {spec.storage_dir} is not a directory at "
                                "the recovery site")
         self._check_preseed(spec)
-        self._open_recovery(spec)  # first: a group that cannot open is not remembered
+        self.open_recovery(spec)  # first: a group that cannot open is not remembered
         self.state.recovering.append(spec)
         self.save_state()
         return self.recovering[spec.group_id].status()
@@ -332,7 +269,7 @@ class Agent:
             if path.resolve() in taken:
                 raise Conflict(f"pre-seed {path} is already in use by this site")
 
-    def _open_recovery(self, spec: RecoverySpec) -> None:
+    def open_recovery(self, spec: RecoverySpec) -> None:
         group = RecoveryGroup(spec, self.group_dir(spec))
         if spec.live is None:  # a live failover stopped retention
             group.start()

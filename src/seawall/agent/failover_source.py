@@ -1,0 +1,92 @@
+"""SourceFailover: a protected group's side of a failover, at its source site's agent.
+
+Rules and invariants:
+- ``fence`` (for ``failover live --shutdown-source`` and ``move``) saves the group as
+  fenced *before* its volumes turn read-only and their NBD clients are dropped, so a
+  restarted agent keeps them read-only; then it tags a final checkpoint once no sync runs
+  and waits until the recovery site has it durable: that checkpoint holds every write the
+  volumes took. ``unfence`` (a rollback) lets them take writes again.
+- ``reverse`` turns the group around after a commit at the recovery site: protection
+  stops, the old volumes are no longer served (any write they took since the failover is
+  overwritten by the first sync) and become the replicas of the reversed group, received
+  here from the committed site under the same group id; one state save switches over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from seawall.agent.protection import ProtectedGroup
+from seawall.agent.state import RecoverySpec
+from seawall.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from seawall.agent.service import Agent
+
+
+class SourceFailover:
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    async def fence(self, group_id: str, checkpoint_name: str, timeout_s: float) -> dict[str, Any]:
+        """Stop the group's volumes taking writes, ship the last ones up to a final checkpoint.
+
+        Saved before the volumes turn read-only, so a restarted agent keeps them so."""
+        agent = self._agent
+        group = agent.protected_group(group_id)
+        if not group.spec.fenced:
+            group.spec.fenced = True
+            agent.save_state()
+            self.set_read_only(group, True)
+        entry = await group.final_checkpoint(checkpoint_name, timeout_s)
+        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
+
+    def unfence(self, group_id: str) -> dict[str, Any]:
+        agent = self._agent
+        group = agent.protected_group(group_id)
+        if group.spec.fenced:
+            group.spec.fenced = False
+            agent.save_state()
+            self.set_read_only(group, False)
+        return agent.group_status(group_id)
+
+    def set_read_only(self, group: ProtectedGroup, read_only: bool) -> None:
+        for volume in group.volumes:
+            volume.info = dataclasses.replace(volume.info, read_only=read_only)
+            if read_only:
+                self._agent.frontend.disconnect_export(volume.name)  # clients see the disk go away
+
+    async def reverse(self, spec: RecoverySpec) -> dict[str, Any]:
+        """Turn a failed-over group around: its old source volumes become the replicas of
+        the reversed group, which the recovered site protects back to us (a delta sync)."""
+        agent = self._agent
+        group, shipper = agent.protected.get(spec.group_id) or (None, None)
+        if group is None or shipper is None:
+            raise NotFound(f"group {spec.name} is not protected by this agent")
+        if len(spec.volumes) != len(group.volumes):
+            raise InvalidInput(f"the reversed group has {len(spec.volumes)} volumes, "
+                               f"this site's has {len(group.volumes)}")
+        old = sorted(group.spec.volumes, key=lambda v: v.index)
+        sizes = [v.size_bytes for v in sorted(spec.volumes, key=lambda v: v.index)]
+        if sizes != [v.size_bytes for v in old]:
+            raise InvalidInput(f"the reversed group's volume sizes {sizes} differ from this "
+                               f"site's {[v.size_bytes for v in old]}")
+        paths = {volume.name: agent.volumes[previous.name].path
+                 for volume, previous in zip(sorted(spec.volumes, key=lambda v: v.index), old,
+                                             strict=True)}
+        await shipper.stop()
+        await group.stop()
+        del agent.protected[spec.group_id]
+        names = {v.name for v in old}
+        for name in names:
+            agent.volumes.pop(name).close()
+        agent.state.protected = [p for p in agent.state.protected if p.group_id != spec.group_id]
+        agent.state.volumes = [v for v in agent.state.volumes if v.name not in names]
+        spec = spec.model_copy(update={"replica_paths": paths})
+        agent.open_recovery(spec)
+        agent.state.recovering.append(spec)
+        agent.save_state()
+        shutil.rmtree(agent.config.agent_dir / "groups" / spec.group_id, ignore_errors=True)
+        return agent.recovering[spec.group_id].status()
