@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
-from support.cli import refused, run_json
+from support.cli import refused, run_json, seawall
 from support.groups import GROUP, protect, tag, verify, write
 from support.groups import sha256_of as image_sha256
 
@@ -44,13 +45,26 @@ def wait_for(what: str, condition: Any, timeout_s: float = 60.0) -> Any:
 
 
 def test_failover_live_with_shutdown_then_commit_and_reverse_protect(
-    sites: tuple[LocalSite, LocalSite],
+    sites: tuple[LocalSite, LocalSite], tmp_path: Path,
 ) -> None:
     prod, dr = sites
     model = bytearray(VOLUME_BYTES)
     prod_uri = protect(prod, dr, model, count=32)
     tag(prod, dr, "before")
     write(prod_uri, model, random.Random(2), count=16)  # shipped by the shutdown, untagged
+
+    # A failing pre-recovery script stops the failover before the source is fenced.
+    pre = tmp_path / "pre.sh"
+    pre.write_text(f"#!/bin/sh\necho $SEAWALL_KIND $SEAWALL_CHECKPOINT > {tmp_path}/ran\n"
+                   "exit 2\n")
+    pre.chmod(0o755)
+    seawall(prod, "group", "update", GROUP, "--pre-script", str(pre))
+    failed = refused(dr, "failover", "live", GROUP, "--shutdown-source")
+    assert failed.returncode == 7 and "pre-recovery script" in failed.stderr
+    assert (tmp_path / "ran").read_text() == "failover-live final\n"
+    assert prod.group_status(GROUP)["state"] == "protecting"
+    write(prod_uri, model, random.Random(5), count=4)  # the source still takes writes
+    seawall(prod, "group", "update", GROUP, "--pre-script", "none")
 
     live = run_json(dr, "failover", "live", GROUP, "--shutdown-source")
     assert live["state"] == "running" and live["kind"] == "failover-live"

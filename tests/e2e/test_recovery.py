@@ -7,6 +7,7 @@ for byte with what the volume held at the chosen checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import subprocess
 from collections.abc import Callable
@@ -36,6 +37,16 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     checkpoint = tag(prod, dr, "before-upgrade")
     at_checkpoint = hashlib.sha256(model).hexdigest()
     write(prod_uri, model, random.Random(2), count=16)  # after the checkpoint
+    # Recovery scripts that leave their environment behind; the post one fails (a warning).
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    scripts = {}
+    for stage, end in (("pre", "echo pre done"), ("post", "echo post broke >&2; exit 3")):
+        scripts[stage] = tmp_path / f"{stage}.sh"
+        scripts[stage].write_text(f"#!/bin/sh\nenv > {env_dir}/$SEAWALL_STAGE\n{end}\n")
+        scripts[stage].chmod(0o755)
+    seawall(prod, "group", "update", GROUP, "--pre-script", str(scripts["pre"]),
+            "--post-script", str(scripts["post"]), "--script-timeout", "30s")
 
     test = run_json(dr, "failover", "test", GROUP, "--checkpoint", str(checkpoint))
     assert test["state"] == "running" and test["checkpoint"]["id"] == checkpoint
@@ -44,6 +55,20 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     [image] = test["images"]
     assert image["volume"] == "disk0" and image["uri"].startswith("nbd+unix:///")
     assert image_sha256(image["uri"], VOLUME_BYTES) == at_checkpoint
+    environments = {stage: dict(line.split("=", 1) for line in
+                                (env_dir / stage).read_text().splitlines() if "=" in line)
+                    for stage in ("pre", "post")}
+    for stage, env in environments.items():
+        assert (env["SEAWALL_GROUP"], env["SEAWALL_OPERATION"], env["SEAWALL_KIND"],
+                env["SEAWALL_CHECKPOINT"], env["SEAWALL_STAGE"]) == (
+            GROUP, test["id"], "failover-test", str(checkpoint), stage)
+    assert "SEAWALL_IMAGES" not in environments["pre"]
+    assert json.loads(environments["post"]["SEAWALL_IMAGES"]) == {"disk0": image["uri"]}
+    pre, post = test["scripts"]["pre"], test["scripts"]["post"]
+    assert (pre["exit_code"], pre["error"], pre["output"]) == (0, None, "pre done\n")
+    assert (post["exit_code"], post["output"]) == (3, "post broke\n")
+    assert test["error"] == (f"warning: the post-recovery script {scripts['post']} failed "
+                             "(exited with code 3); the images are kept")
 
     # The image takes writes (and zeroing), and reads them back.
     with NbdClient(image["uri"]) as client:
@@ -88,11 +113,27 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     assert shown["checkpoint"]["id"] == checkpoint and shown["user"] == "admin"  # the token's
     assert shown["rto_s"] == test["rto_s"]
     steps = [step["step"] for step in shown["steps"]]
-    assert steps[0] == "requested" and "every volume readable" in steps
-    assert steps[-1] == "images discarded"
+    assert steps[0] == "requested" and steps[-1] == "images discarded"
+    assert steps.index("pre-recovery script succeeded") < steps.index("images exported")
+    assert steps.index("every volume readable") < steps.index(
+        "post-recovery script failed: exited with code 3")
+    assert shown["scripts"] == test["scripts"] and shown["error"] == test["error"]
     page = html_path.read_text()
     assert "&lt;b&gt;boots&lt;/b&gt; &amp; serves" in page and "<b>boots" not in page
+    assert "Recovery scripts" in page and "post broke" in page
     assert (dr.directory / "reports" / f"{report['id']}.html").read_text() == page
+
+    # A failing pre script fails the test before anything is made, with a report.
+    scripts["pre"].write_text("#!/bin/sh\necho database busy\nexit 1\n")
+    failed = refused(dr, "failover", "test", GROUP)
+    assert failed.returncode == 7 and "database busy" in " ".join(failed.stderr.split())
+    [failed_report] = [r for r in run_json(dr, "report", "list")
+                       if r["kind"] == "failover-test" and r["state"] == "failed"]
+    steps = [s["step"] for s in run_json(dr, "report", "show", failed_report["id"])["steps"]]
+    assert "pre-recovery script failed: exited with code 1" in steps
+    assert "images exported" not in steps
+    assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
+    assert run_json(dr, "failover", "status", GROUP)["operation"] is None
 
 
 def test_scratch_limit_and_restarts(

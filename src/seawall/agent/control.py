@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from seawall.agent.failover_routes import failover_router
 from seawall.agent.metrics import AgentMetrics
+from seawall.agent.scripts import scripts_router
 from seawall.agent.service import Agent
 from seawall.agent.settings import PathsCheck, ProtectionChange, RetentionChange, check_paths
 from seawall.agent.state import ProtectionSpec, RecoverySpec
@@ -124,6 +125,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
         return agent.stop_export(name)
 
     app.include_router(failover_router(agent))
+    app.include_router(scripts_router())
     app.include_router(metrics.router(with_snapshot=True))
 
     @app.post("/shutdown")

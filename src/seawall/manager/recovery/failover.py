@@ -6,7 +6,10 @@ Rules:
 - ``start`` writes the row (``starting``) before it asks the agent for images, and moves
   it to ``running`` only once a first read of every image over NBD has succeeded: the
   measured RTO is from the request's arrival to that moment. A failure on the way
-  discards what the agent made and ends the row ``failed``, with a report.
+  discards what the agent made and ends the row ``failed``, with a report. The group's
+  pre-recovery script runs before the images are asked for (its failure is such a
+  failure), the post one after the first reads, before ``running`` (its failure is only
+  a warning in ``error``); see ``scripts``.
 - ``stop`` moves the row to ``stopping`` before asking the agent to discard the images,
   then to ``stopped``, and writes the report. An agent that no longer has the images
   (restarted meanwhile) is fine: they are gone, as asked.
@@ -69,6 +72,7 @@ class FailoverTestService(OperationRunner):
         with self._tracking(operation_id):
             self.store.create(operation)
             try:
+                self.scripts.pre(operation_id, KIND, group, str(chosen["id"]))
                 images = self._make_images(operation_id, group, chosen["id"], scratch_max_bytes)
             except SeawallError as exc:
                 # The agent may have made images even if its answer got lost: drop them.
@@ -77,9 +81,11 @@ class FailoverTestService(OperationRunner):
                 self._report(self.store.transition(operation_id, OperationEvent.FAIL,
                                                    step="failed", error=exc.message))
                 raise
-            operation = self.store.transition(
-                operation_id, OperationEvent.READY, step="every volume readable",
-                rto_s=round(time.monotonic() - started_s, 3), details={"images": images})
+            rto_s = round(time.monotonic() - started_s, 3)
+            self.store.update(operation_id, step="every volume readable")
+            warning = self.scripts.post(operation_id, KIND, group, str(chosen["id"]), images)
+            operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
+                                              error=warning, details={"images": images})
         return describe(operation)
 
     def stop(self, group_name: str, result: str | None, notes: str,

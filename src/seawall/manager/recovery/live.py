@@ -7,6 +7,9 @@ Rules:
   ships up to a final checkpoint, which becomes the checkpoint — and the row says so
   *before* the request goes out, so whoever rolls back knows to unfence. Then the agent
   makes the live images; ``running`` once every image read back over NBD (the RTO).
+  The group's pre-recovery script runs first of all, before any fence (its failure fails
+  the operation, nothing made); the post one once the images read back, before
+  ``running`` (its failure is a warning in ``error``; the images stay). See ``scripts``.
 - ``commit``: ``committing`` is written before the agent is asked; the agent's commit is
   idempotent, so a retry or a restarted manager just asks again until it reports
   ``committed``; then the group's row turns ``failed-over`` (its volumes run here) and,
@@ -107,15 +110,20 @@ class FailoverLiveService(OperationRunner):
         with self._tracking(operation_id):
             self.store.create(operation)
             try:
+                # Before the fence: a failing pre script leaves the source untouched.
+                self.scripts.pre(operation_id, kind, group,
+                                 "final" if options.shutdown_source else str(chosen["id"]))
                 if options.shutdown_source:
                     chosen = self._fence_source(operation_id, group)
                 images = self._make_images(operation_id, group, chosen["id"])
             except SeawallError as exc:
                 self._roll_back_start(operation_id, group, exc.message)
                 raise
-            operation = self.store.transition(
-                operation_id, OperationEvent.READY, step="every volume readable",
-                rto_s=round(time.monotonic() - started_s, 3), details={"images": images})
+            rto_s = round(time.monotonic() - started_s, 3)
+            self.store.update(operation_id, step="every volume readable")
+            warning = self.scripts.post(operation_id, kind, group, str(chosen["id"]), images)
+            operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
+                                              error=warning, details={"images": images})
         return describe(operation)
 
     def commit(self, group_name: str, user: str, reverse_protect: bool = False) -> dict[str, Any]:
@@ -285,7 +293,7 @@ class FailoverLiveService(OperationRunner):
             "source_fenced") else ""
         final = self.store.transition(operation.operation_id, OperationEvent.ROLLED_BACK,
                                       step="images discarded, replication resumed",
-                                      error=error.lstrip("; ") or None)
+                                      error=error.lstrip("; ") or operation.error)
         return self._report(final)
 
 

@@ -24,6 +24,7 @@ from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import Group, RecoveryOperation
 from seawall.manager.recovery.reports import ReportStore, build_report
+from seawall.manager.recovery.scripts import RecoveryScripts
 from seawall.manager.recovery.store import OperationStore
 from seawall.nbd.blocking import NbdClient
 
@@ -77,6 +78,7 @@ class OperationRunner:
         self.reports = reports
         self.agent = agent
         self.groups = groups
+        self.scripts = RecoveryScripts(config, store)
         self._guard = threading.Lock()
         self._in_flight: set[str] = set()
 

@@ -82,6 +82,12 @@ def render_html(report: dict[str, Any]) -> str:
             ["Volume", "File", "Format", "Size (bytes)"],
             [[o.get("volume"), o.get("path"), o.get("format"), o.get("size_bytes")]
              for o in outputs]))
+    scripts = report.get("scripts") or {}
+    if scripts:
+        sections.append("<h2>Recovery scripts</h2>" + _table(
+            ["Stage", "Script", "Exit code", "Duration", "Problem", "Output (its end)"],
+            [[stage, run.get("path"), run.get("exit_code"), _seconds(run.get("duration_s")),
+              run.get("error"), run.get("output")] for stage, run in scripts.items()]))
     if report.get("error"):
         sections.append(f"<h2>Error</h2><pre>{_text(report['error'])}</pre>")
     sections.append(f"<h2>Notes</h2><pre>{_text(report.get('notes'))}</pre>")
