@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from seawall.errors import InvalidInput, PeerError, SeawallError, Unauthorized, error_from_code
+from seawall.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PeerError,
+    SeawallError,
+    Unauthorized,
+    error_from_code,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -28,6 +36,7 @@ def install_error_handler(app: FastAPI) -> None:
     # and importing FastAPI would add ~0.27 s to every command's start-up.
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(SeawallError)
     async def _seawall_error(request: Request, exc: SeawallError) -> JSONResponse:
@@ -48,6 +57,22 @@ def install_error_handler(app: FastAPI) -> None:
             status_code=422,
             content={"code": error.code, "message": error.message, "fault": error.fault},
         )
+
+    @app.exception_handler(HTTPException)
+    async def _framework_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # What the framework answers by itself (a body that is not JSON, an unknown route or
+        # method) gets the same shape as ours; its status is kept (400, 404, 405...).
+        error = _FRAMEWORK_ERRORS.get(exc.status_code, InvalidInput if exc.status_code < 500
+                                      else SeawallError)(str(exc.detail))
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"code": error.code, "message": error.message, "fault": error.fault},
+            headers=exc.headers,
+        )
+
+
+_FRAMEWORK_ERRORS: dict[int, type[SeawallError]] = {
+    401: Unauthorized, 403: Forbidden, 404: NotFound}
 
 
 class JsonClient:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from seawall.errors import InvalidInput, NotReady
 from seawall.http import JsonClient
@@ -33,7 +33,9 @@ class ExportService:
             name = urlparse(uri_or_name).path.lstrip("/")
         if not name:
             raise InvalidInput(f"no export name in {uri_or_name!r}")
-        result: dict[str, Any] = self.agent.delete(f"/exports/{name}")
+        # Quoted whole: the name is the caller's text, so "../x" or a control character must
+        # stay one (unknown) export name instead of another agent path or an invalid URL.
+        result: dict[str, Any] = self.agent.delete(f"/exports/{quote(name, safe='')}")
         return result
 
     def list_all(self) -> list[dict[str, Any]]:
