@@ -60,7 +60,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
     init = subprocess.run(
         [sys.executable, "-m", "seawall", "site", "init", "--name", "prod", "--data",
          str(tmp_path / "prod"), "--api", f"127.0.0.1:{api_port}",
-         "--replication", f"127.0.0.1:{free_port()}"],
+         "--replication", f"127.0.0.1:{free_port()}",
+         "--peer-api", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, check=True)
     assert "shown once" in init.stderr  # people read stderr; stdout is the token alone
     token = init.stdout.strip()

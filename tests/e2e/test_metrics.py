@@ -57,9 +57,10 @@ def metered_sites(tmp_path: Path,
     log = log_path.open("w")
     sites = []
     for name in ("prod", "dr"):
-        api, replication, metrics = free_ports(3)
+        api, replication, metrics, peer_api = free_ports(4)
         SiteConfig.create(name, tmp_path / name, f"127.0.0.1:{api}",
-                          f"127.0.0.1:{replication}", metrics=f"127.0.0.1:{metrics}")
+                          f"127.0.0.1:{replication}", metrics=f"127.0.0.1:{metrics}",
+                          peer_api=f"127.0.0.1:{peer_api}")
         sites.append(LocalSite(name, tmp_path / name, log))
     try:
         for site in sites:

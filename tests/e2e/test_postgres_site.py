@@ -34,11 +34,12 @@ VOLUME_BYTES = 16 << 20
 
 
 def site_init(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    api_port, replication_port = free_ports(2)
+    api_port, replication_port, peer_api_port = free_ports(3)
     return subprocess.run(
         [sys.executable, "-m", "seawall", "site", "init", "--name", "dr", "--data",
          str(directory), "--api", f"127.0.0.1:{api_port}",
-         "--replication", f"127.0.0.1:{replication_port}", *options],
+         "--replication", f"127.0.0.1:{replication_port}",
+         "--peer-api", f"127.0.0.1:{peer_api_port}", *options],
         capture_output=True, text=True, timeout=60, env=dict(os.environ))
 
 

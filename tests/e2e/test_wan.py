@@ -39,7 +39,8 @@ def init_site(name: str, directory: Path, *options: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "seawall", "site", "init", "--name", name,
          "--data", str(directory), "--api", f"127.0.0.1:{free_port()}",
-         "--replication", f"127.0.0.1:{free_port()}", *options],
+         "--replication", f"127.0.0.1:{free_port()}",
+         "--peer-api", f"127.0.0.1:{free_port()}", *options],
         check=True, capture_output=True, text=True, timeout=60,
     )
 
