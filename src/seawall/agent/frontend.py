@@ -11,6 +11,14 @@ Rules and invariants:
 - All replies produced by one ``data_received`` go out in one ``transport.write``.
 - A backend exception becomes an NBD error reply (``OSError`` by errno, anything else
   EIO) and is logged; the connection and the server keep running.
+- A backend's ``reply_gate`` (its protection group's ``ReplyGate``, which can change at any
+  time) is read per request: while it is closed, the replies to the WRITE, WRITE_ZEROES,
+  TRIM and FLUSH requests taken (error replies included) are held until it opens; FUA/FLUSH
+  replies follow the gate's rules for deferred replies. Read replies and the replies the
+  protocol core gives itself (rejected or zero-length requests: they change nothing) are
+  never held. A write on a backend without a gate costs one attribute read more.
+- A connection that ends drops its held replies and abandons its deferred ones; after DISC
+  or EOF it closes once its flushes are done and its held replies went out.
 - Loop-agnostic: uvloop is chosen (or not) by the process entry point.
 """
 
@@ -23,6 +31,7 @@ import os
 import stat
 from typing import Protocol, cast
 
+from seawall.agent.reply_gate import DeferredReply, ReplyGate
 from seawall.nbd.constants import EIO, nbd_errno_for
 from seawall.nbd.events import (
     NEED_DATA,
@@ -120,7 +129,10 @@ class _NbdProtocol(asyncio.Protocol):
         self._backend: ExportBackend | None = None
         self._flusher: _FlushCoalescer | None = None
         self.export_name: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Flush-then-reply tasks, with the gate and deferred reply each one owes, if any.
+        self._tasks: dict[asyncio.Task[None], tuple[ReplyGate, DeferredReply] | None] = {}
+        self._held_replies = 0
+        self._holding_at: set[ReplyGate] = set()
         self._close_when_idle = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
@@ -133,8 +145,14 @@ class _NbdProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._frontend.connections.discard(self)
-        for task in self._tasks:
+        for task, owed in self._tasks.items():
             task.cancel()
+            if owed is not None:
+                owed[0].abandon(owed[1])
+        for gate in self._holding_at:
+            gate.drop(self)
+        self._holding_at.clear()
+        self._held_replies = 0
         self._transport = None
 
     def eof_received(self) -> bool | None:
@@ -167,12 +185,17 @@ class _NbdProtocol(asyncio.Protocol):
                 try:
                     backend.write(event.offset, event.data)
                 except Exception as exc:
-                    out.append(conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
+                    self._answer(out, backend,
+                                 conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
                     continue
                 if event.fua:
-                    self._reply_after_flush(event.cookie)
+                    self._reply_after_flush(event.cookie, backend)
                 else:
-                    out.append(conn.send(SimpleReply(event.cookie)))
+                    gate = getattr(backend, "reply_gate", None)
+                    if gate is None or not gate.closed:
+                        out.append(conn.send(SimpleReply(event.cookie)))
+                    else:
+                        self._hold(gate, conn.send(SimpleReply(event.cookie)))
             elif type(event) is ReadRequest:
                 assert backend is not None
                 try:
@@ -184,7 +207,8 @@ class _NbdProtocol(asyncio.Protocol):
                     continue
                 out.append(conn.send(ReadReply(event.cookie, payload)))
             elif type(event) is FlushRequest:
-                self._reply_after_flush(event.cookie)
+                assert backend is not None
+                self._reply_after_flush(event.cookie, backend)
             elif type(event) is WriteZeroesRequest or type(event) is TrimRequest:
                 assert backend is not None
                 try:
@@ -193,12 +217,13 @@ class _NbdProtocol(asyncio.Protocol):
                     else:
                         backend.trim(event.offset, event.length)
                 except Exception as exc:
-                    out.append(conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
+                    self._answer(out, backend,
+                                 conn.send(SimpleReply(event.cookie, _nbd_error(exc, event))))
                     continue
                 if event.fua:
-                    self._reply_after_flush(event.cookie)
+                    self._reply_after_flush(event.cookie, backend)
                 else:
-                    out.append(conn.send(SimpleReply(event.cookie)))
+                    self._answer(out, backend, conn.send(SimpleReply(event.cookie)))
             elif type(event) is ExportSelected:
                 backend = self._select(event.info)
                 if backend is None:
@@ -231,22 +256,51 @@ class _NbdProtocol(asyncio.Protocol):
         self.export_name = info.name
         return backend
 
-    def _reply_after_flush(self, cookie: int) -> None:
-        task = asyncio.ensure_future(self._flush_then_reply(cookie))
-        self._tasks.add(task)
+    def _answer(self, out: list[bytes], backend: ExportBackend, reply: bytes) -> None:
+        """Queue the reply to a request that changes data, or hold it at a closed gate."""
+        gate = getattr(backend, "reply_gate", None)
+        if gate is None or not gate.closed:
+            out.append(reply)
+        else:
+            self._hold(gate, reply)
+
+    def _hold(self, gate: ReplyGate, reply: bytes) -> None:
+        gate.hold(self, reply)
+        self._held_replies += 1
+        self._holding_at.add(gate)
+
+    def release(self, replies: bytes, count: int) -> None:
+        """``ReplySink``: the gate opened; send the replies it held for this connection."""
+        self._held_replies -= count
+        self._write(replies)
+        if self._close_when_idle:
+            self._close_if_idle()
+
+    def _reply_after_flush(self, cookie: int, backend: ExportBackend) -> None:
+        # The gate is read now, when the request is taken, not when its flush is done.
+        gate: ReplyGate | None = getattr(backend, "reply_gate", None)
+        owed = None if gate is None else (gate, gate.defer())
+        task = asyncio.ensure_future(self._flush_then_reply(cookie, owed))
+        self._tasks[task] = owed
         task.add_done_callback(self._task_done)
 
-    async def _flush_then_reply(self, cookie: int) -> None:
+    async def _flush_then_reply(
+        self, cookie: int, owed: tuple[ReplyGate, DeferredReply] | None
+    ) -> None:
         assert self._flusher is not None
         error = 0
         try:
             await self._flusher.flush()
         except Exception as exc:
             error = _nbd_error(exc, f"flush of {self.export_name}")
-        self._write(self._conn.send(SimpleReply(cookie, error)))
+        reply = self._conn.send(SimpleReply(cookie, error))
+        if owed is None or owed[0].settle(owed[1]):
+            self._write(reply)
+        else:
+            self._hold(owed[0], reply)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if self._close_when_idle:
             self._close_if_idle()
 
@@ -260,7 +314,7 @@ class _NbdProtocol(asyncio.Protocol):
         if self._transport is None:
             return
         self._transport.pause_reading()
-        if not self._tasks:
+        if not self._tasks and not self._held_replies:
             self._transport.close()
 
     def close(self) -> None:

@@ -6,6 +6,8 @@ Rules and invariants:
   between: the stream order is the order the volume saw. ``flush`` makes them durable.
 - A capture hook, when set by the volume's protection group, sees every write, zeroing and
   trim *after* it reached the file and *before* the front end acknowledges it.
+- ``reply_gate``, when set by the volume's protection group, is honoured by the front end:
+  while it is closed, the acknowledgements of changes are held (``seawall.agent.reply_gate``).
 - Trim and write-zeroes both leave the range reading as zeros (a punched hole where the
   file system supports it), so the recovery site can replay both as ``ZERO`` records.
 """
@@ -21,6 +23,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from seawall.agent.reply_gate import ReplyGate
 from seawall.errors import Conflict, InvalidInput
 from seawall.nbd.events import ExportInfo
 from seawall.wire.records import RecordKind
@@ -73,6 +76,7 @@ class FileVolume:
         self.info = ExportInfo(name=name, size_bytes=self.size_bytes, read_only=read_only,
                                description=f"seawall volume {name}")
         self.capture: CaptureHook | None = None
+        self.reply_gate: ReplyGate | None = None
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
