@@ -65,7 +65,7 @@ class RecoveryGroup:
     def checkpoint_list(self) -> list[dict[str, Any]]:
         return [
             {"id": c.seq, "time_ns": c.time_ns, "name": c.name, "replicated": True,
-             "consistent": c.consistent}
+             "consistent": c.consistent, "sealed_as": c.sealed_as}
             for c in self.journal.checkpoints()
         ]
 

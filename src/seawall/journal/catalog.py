@@ -12,6 +12,9 @@ Rules and invariants:
   that never became durable (after a failed fsync; no reader looks past the durable seq).
 - A checkpoint entry records the sync state at its seq: only ``SYNCED`` ones are
   consistent. Names are read by the journal (I/O) and cached in ``names`` by seq.
+- ``seals`` maps a marker's seq to the group-wide checkpoint a SEAL record made of it
+  (groups spanning agents, ``wire.records``), with the seal's own seq; a seal goes with
+  its frame, like everything else.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Catalog:
         self.oldest_time_ns: int | None = None
         self.newest_time_ns: int | None = None
         self.names: dict[int, str] = {}
+        self.seals: dict[int, tuple[int, int]] = {}  # marker seq -> (group checkpoint, seq)
         self._checkpoints: list[CheckpointEntry] = []
         self._checkpoint_seqs: list[int] = []
 
@@ -105,6 +109,8 @@ class Catalog:
                     )
                 )
                 self._checkpoint_seqs.append(record.seq)
+            elif kind == RecordKind.SEAL:
+                self.seals[record.offset] = (record.length, record.seq)
             else:
                 self.sync_state = SYNC_TRANSITIONS[(self.sync_state, kind)]
             blob_offset += record.payload_length
@@ -177,6 +183,7 @@ class Catalog:
         catalog._checkpoint_seqs = self._checkpoint_seqs[kept:]
         # A copy first: the loop thread may cache a name meanwhile (dict() is one step).
         catalog.names = {seq: name for seq, name in dict(self.names).items() if seq > boundary}
+        catalog.seals = {seq: seal for seq, seal in self.seals.items() if seq > boundary}
         catalog._refresh_times()
         return catalog
 
@@ -191,6 +198,7 @@ class Catalog:
         for dropped in self._checkpoint_seqs[kept:]:
             self.names.pop(dropped, None)
         del self._checkpoints[kept:], self._checkpoint_seqs[kept:]
+        self.seals = {marker: seal for marker, seal in self.seals.items() if seal[1] <= seq}
         self.sync_state = self.sync_state_through(count)
         self._refresh_times()
 

@@ -71,6 +71,9 @@ class CheckpointInfo:
     time_ns: int
     name: str
     consistent: bool
+    sealed_as: int | None = None
+    """The group-wide checkpoint this marker is part of, once sealed (a group spanning
+    agents); None for a checkpoint of a one-agent group, or one not sealed (yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +353,9 @@ class Journal:
             if payload_hash(raw) != entry.payload_hash:
                 raise CorruptData(f"checkpoint {entry.seq}: name checksum mismatch")
             name = catalog.names[entry.seq] = bytes(raw).decode(errors="replace")
-        return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED)
+        seal = catalog.seals.get(entry.seq)
+        return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED,
+                              seal[0] if seal else None)
 
     # --- retention (see seawall.journal.retention) ----------------------------------------
 

@@ -8,6 +8,11 @@ Rules and invariants:
 - ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name.
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
+- ``SEAL`` closes a *coordinated* checkpoint of a group spanning several agents
+  (``seawall.agent.coordination``): ``offset`` is the seq of this stream's CHECKPOINT
+  marker, ``length`` the group-wide checkpoint id (the lead member's marker seq); no
+  payload. A member writes it only if it held its acknowledgements from the marker until
+  every member had its marker in, so a marker is offered for the group only once sealed.
 - Seqs are consecutive, with one exception (``follows``): a frame that opens with
   SYNC_BEGIN may jump forward. A restarted protected agent numbers on above every seq it
   ever issued, so no checkpoint id is ever reused; the jump is harmless because nothing
@@ -35,6 +40,7 @@ class RecordKind(enum.IntEnum):
     CHECKPOINT = 3
     SYNC_BEGIN = 4
     SYNC_END = 5
+    SEAL = 6
 
 
 # seq, time_ns, offset, length, payload_length, volume, kind, flags, payload_hash
@@ -97,6 +103,10 @@ def checkpoint_record(seq: int, time_ns: int, name: str) -> Record:
     return Record(seq, time_ns, RecordKind.CHECKPOINT, 0, 0, len(encoded), encoded)
 
 
+def seal_record(seq: int, time_ns: int, marker_seq: int, group_checkpoint: int) -> Record:
+    return Record(seq, time_ns, RecordKind.SEAL, 0, marker_seq, group_checkpoint, b"")
+
+
 def checkpoint_name(record: Record) -> str:
     return record.payload.decode(errors="replace")
 
@@ -121,3 +131,8 @@ def validate_header(header: RecordHeader) -> None:
         header.payload_length != 0
     ):
         raise CorruptData(f"record {header.seq}: {kind.name} record with a payload")
+    if kind == RecordKind.SEAL and (
+        header.payload_length != 0 or not 0 < header.offset < header.seq or header.length == 0
+    ):
+        raise CorruptData(f"record {header.seq}: a seal must name an earlier marker and a "
+                          "group checkpoint, with no payload")
