@@ -2,7 +2,9 @@
 
 Invariants: ``site init`` writes the file once (atomically), after the site's TLS identity
 (``seawall.tls``); every path a process uses is derived here from the data directory, so
-the manager, the agent and the CLI agree on them.
+the manager, the agent and the CLI agree on them. An agent that joined a site from another
+host (``seawall.agent.joining``) has a ``site.json`` of its own: the site's name and id,
+its own ``agent_name``/``agent_id`` and identity, and its manager's certificate.
 """
 
 from __future__ import annotations
@@ -88,6 +90,21 @@ class SiteConfig(BaseModel):
     database: str | None = None
     """The manager's database URL (``check_database_url``); None: ``DATA/manager.db``."""
 
+    control_host: str | None = None
+    control_port: int | None = Field(default=None, gt=0, lt=65536)
+    """Where the agent also serves its control API on TCP, over mutual TLS
+    (``seawall.agent.control_listener``); None: on its Unix socket only."""
+    advertise_control_host: str | None = None
+    advertise_control_port: int | None = Field(default=None, gt=0, lt=65536)
+
+    agent_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    agent_id: str | None = None
+    """Set on an agent that joined the site from another host (``agent run --manager``):
+    its own name and id, while ``name`` and ``site_id`` are the site's. None on the site's
+    own agent, which goes by the site's name and id."""
+    manager_cert_pem: str | None = None
+    """A joined agent: its site manager's certificate, pinned at the join."""
+
     @field_validator("database")
     @classmethod
     def _check_database(cls, text: str | None) -> str | None:
@@ -131,6 +148,17 @@ class SiteConfig(BaseModel):
         return f"https://{host}:{port}"
 
     @property
+    def control_url(self) -> str | None:
+        """Where other hosts reach the agent's control API (mutual TLS); None: not on TCP."""
+        if self.advertise_control_host and self.advertise_control_port:
+            host, port = self.advertise_control_host, self.advertise_control_port
+        elif self.control_host and self.control_port:
+            host, port = self.control_host, self.control_port
+        else:
+            return None
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 
@@ -170,8 +198,11 @@ class SiteConfig(BaseModel):
         return self.data_dir / "tls"
 
     def identity(self) -> SiteIdentity:
-        """The site's key and certificate (made on first use for sites older than them)."""
-        return ensure_identity(self.tls_dir, self.name, self.site_id)
+        """The key and certificate of this site, or of this joined agent (``agent_id``).
+
+        Made on first use for sites older than them."""
+        return ensure_identity(self.tls_dir, self.agent_name or self.name,
+                               self.agent_id or self.site_id)
 
     @property
     def database_url(self) -> str:
@@ -184,6 +215,7 @@ class SiteConfig(BaseModel):
         buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
         throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
         metrics: str | None = None, database: str | None = None, peer_api: str | None = None,
+        agent_control: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -194,6 +226,7 @@ class SiteConfig(BaseModel):
         nbd_tcp_address = parse_host_port(nbd_tcp) if nbd_tcp else None
         metrics_address = parse_host_port(metrics) if metrics else None
         peer_api_address = parse_host_port(peer_api) if peer_api else None
+        control_address = parse_host_port(agent_control) if agent_control else None
         try:
             config = cls(
                 name=name,
@@ -216,6 +249,8 @@ class SiteConfig(BaseModel):
                 database=database,
                 peer_api_host=peer_api_address[0] if peer_api_address else None,
                 peer_api_port=peer_api_address[1] if peer_api_address else None,
+                control_host=control_address[0] if control_address else None,
+                control_port=control_address[1] if control_address else None,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
@@ -223,6 +258,10 @@ class SiteConfig(BaseModel):
                 (api_host, api_port), (replication_host, replication_port)):
             raise InvalidInput(f"the peer API cannot listen on {config.peer_api_url}: "
                                "give --peer-api HOST:PORT, apart from --api and --replication")
+        if control_address in ((api_host, api_port), (replication_host, replication_port),
+                               config.peer_api):
+            raise InvalidInput(f"the agent's control API cannot listen on {agent_control}: "
+                               "give --agent-control HOST:PORT apart from the other listeners")
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,25 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """SIGTERM (what an operator's Ctrl-C does), then SIGKILL if it has not ended in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class LocalSite:
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
                  buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20,
-                 database: str | None = None) -> None:
-        """A new site in ``directory``, or the existing one if it holds a site already."""
+                 database: str | None = None, agent_control: bool = False) -> None:
+        """A new site in ``directory``, or the existing one if it holds a site already;
+        ``agent_control``: its agent listens for mutual-TLS control calls too (joined
+        agents, groups spanning agents)."""
         self.name = name
         self.directory = directory
         self.log = log
@@ -67,11 +80,12 @@ class LocalSite:
         if (directory / CONFIG_NAME).exists():
             self.config = SiteConfig.load(directory)
         else:
-            api_port, replication_port, peer_api_port = free_ports(3)
+            api_port, replication_port, peer_api_port, control_port = free_ports(4)
             self.config = SiteConfig.create(
                 name, directory, f"127.0.0.1:{api_port}", f"127.0.0.1:{replication_port}",
                 advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
                 database=database, peer_api=f"127.0.0.1:{peer_api_port}",
+                agent_control=f"127.0.0.1:{control_port}" if agent_control else None,
             )
             token = first_admin_token(self.config)
         self.token = token or local_admin_token(self.config, "local-site")
@@ -104,13 +118,8 @@ class LocalSite:
         raise PeerError(f"site {self.name} did not start in {START_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def pair_with(self, other: LocalSite) -> None:
         token = other.api.post("/api/v1/pairing/token")["token"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +18,7 @@ from seawall.nbd import NbdClient, NbdError, parse_nbd_uri
 from seawall.nbd import constants as c
 from seawall.nbd.client import NbdAddress, NbdClientConnection, Negotiated
 from seawall.nbd.events import NEED_DATA, ExportInfo, FlushRequest, SimpleReply, WriteRequest
+from support.loop_thread import LoopThread
 
 T = TypeVar("T")
 SIZE_BYTES = 1 << 20
@@ -68,26 +68,6 @@ class Catalog:
 
     def names(self) -> list[str]:
         return list(self.backends)
-
-
-class LoopThread:
-    """An event loop in a background thread, so blocking clients can run in the test."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def call(self, fn: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 class Served:

@@ -62,6 +62,8 @@ def test_payload_hash_works_on_memoryview_and_bytes_alike() -> None:
         (RecordKind.ZERO, 4096, 1),
         (RecordKind.SYNC_BEGIN, 0, 1),
         (RecordKind.SYNC_END, 0, 2),
+        (RecordKind.SEAL, 0, 0),  # names no marker (offset 0) and no group checkpoint
+        (RecordKind.SEAL, 5, 3),
         (RecordKind.WRITE, MAX_PAYLOAD_BYTES + 1, MAX_PAYLOAD_BYTES + 1),
     ],
 )

@@ -72,6 +72,12 @@ class CheckpointLog:
             atomic_write(self.path, b"".join(_line(entry) for entry in self.entries))
         return len(lost)
 
+    def find(self, seq: int) -> CheckpointEntry | None:
+        for entry in reversed(self.entries):  # the one sought is nearly always the last
+            if entry.seq == seq:
+                return entry
+        return None
+
     def newest_replicated(self, acked_seq: int) -> CheckpointEntry | None:
         for entry in reversed(self.entries):
             if entry.seq <= acked_seq and not entry.lost:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from seawall.agent.coordination_routes import coordination_router
 from seawall.agent.failover_routes import failover_router
 from seawall.agent.metrics import AgentMetrics
 from seawall.agent.scripts import scripts_router
@@ -104,8 +105,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.post("/groups/{group_id}/checkpoints")
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
         group = agent.protected_group(group_id)
-        entry = group.tag_checkpoint(body.name)
-        await group.persist_checkpoints()
+        entry = await agent.coordinated.tag(group_id, body.name)
+        if entry is None:
+            entry = group.tag_checkpoint(body.name)
+            await group.persist_checkpoints()
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 
     @app.post("/groups/{group_id}/resync")
@@ -125,6 +128,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
         return agent.stop_export(name)
 
     app.include_router(failover_router(agent))
+    app.include_router(coordination_router(agent.coordinated))
     app.include_router(scripts_router())
     app.include_router(metrics.router(with_snapshot=True))
 

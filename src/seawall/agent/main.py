@@ -3,7 +3,8 @@
 It runs on uvloop when available, stops cleanly on SIGTERM/SIGINT or ``POST /shutdown``,
 and writes its pid to ``run/agent.pid`` so a restarted manager can find it again. With a
 metrics address configured it also serves ``/metrics`` on TCP (``seawall.agent.metrics``),
-in the same event loop.
+and with a control address its control API on TCP over mutual TLS
+(``seawall.agent.control_listener``), in the same event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uvicorn
 import uvloop
 
 from seawall.agent.control import create_control_app
+from seawall.agent.control_listener import ControlPins, bind_control, control_server, pins_router
 from seawall.agent.metrics import AgentMetrics, bind_listener
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
@@ -35,12 +37,17 @@ async def serve(config: SiteConfig) -> None:
     metrics = AgentMetrics(agent)
     metrics_socket = (bind_listener(config.metrics_host, config.metrics_port)
                       if config.metrics_host and config.metrics_port else None)
+    pins = ControlPins(config)
+    control_socket = (bind_control(config.control_host, config.control_port)
+                      if config.control_host and config.control_port else None)
     await agent.start()
     socket_path = config.agent_socket
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
+    app = create_control_app(agent, shutdown, metrics)
+    app.include_router(pins_router(pins))
     servers = [Server(
-        uvicorn.Config(create_control_app(agent, shutdown, metrics), uds=str(socket_path),
+        uvicorn.Config(app, uds=str(socket_path),
                        log_level="warning", lifespan="off", log_config=None),
         handle_signals=False,
     )]
@@ -55,6 +62,12 @@ async def serve(config: SiteConfig) -> None:
         tasks.append(asyncio.create_task(servers[1].serve(sockets=[metrics_socket])))
         log.info("agent %s serving metrics on http://%s:%d/metrics", config.name,
                  config.metrics_host, config.metrics_port)
+    if control_socket is not None:
+        servers.append(control_server(app, pins))
+        tasks.append(asyncio.create_task(servers[-1].serve(sockets=[control_socket])))
+        log.info("agent %s serving its control API (mutual TLS) on %s:%d",
+                 config.agent_name or config.name,
+                 config.control_host, config.control_port)
     log.info("agent %s serving NBD on %s, replication on %s:%d", config.name,
              config.nbd_socket, config.replication_host, config.replication_port)
     try:

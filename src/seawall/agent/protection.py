@@ -350,8 +350,20 @@ class ProtectedGroup:
             self._timer_task.cancel()
             self._timer_task = asyncio.create_task(self._checkpoint_timer())
 
+    def seal(self, marker_seq: int, group_checkpoint: int) -> bool:
+        """Append the SEAL of marker ``marker_seq`` (a group spanning agents); False, and
+        nothing appended, unless still protecting: the marker may be gone with a dropped
+        stream, and a seal must never come without its marker."""
+        marker = self.checkpoints.find(marker_seq)
+        if not self.protecting or marker is None or marker.lost:
+            return False
+        self.stream.append(RecordKind.SEAL, time.time_ns(), 0, marker_seq, group_checkpoint)
+        self.stream_changed.set()
+        return True
+
     async def _checkpoint_timer(self) -> None:
-        while True:
+        # A group spanning agents takes its checkpoints at its lead (``Coordinator``).
+        while self.spec.coordination is None:
             await asyncio.sleep(self.spec.checkpoint_interval_s)
             if self.protecting and not self.spec.fenced:
                 self.tag_checkpoint("", tagged=False)

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from seawall.agent.coordination import CoordinatedGroups
 from seawall.agent.exports import ExportRecord, ExportRegistry
 from seawall.agent.failover_live import LiveFailovers
 from seawall.agent.failover_source import SourceFailover
@@ -46,7 +47,7 @@ DRAIN_TIMEOUT_S = 5.0
 class Agent:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
-        self.agent_id = config.site_id
+        self.agent_id = config.agent_id or config.site_id  # a joined agent has its own
         self._state_path = config.agent_dir / "state.json"
         self.state = AgentState.load(self._state_path)
         self.volumes: dict[str, FileVolume] = {}
@@ -59,6 +60,7 @@ class Agent:
         self.live = LiveFailovers(self)
         self.source = SourceFailover(self)
         self.identity = config.identity()
+        self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem))
         self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
         self.throttle = SiteThrottle(config.throttle_bytes_per_s,
@@ -102,6 +104,8 @@ class Agent:
                  len(self.volumes), len(self.protected), len(self.recovering))
 
     async def stop(self) -> None:
+        # No more rounds, and held acknowledgements go, before the front end closes.
+        await self.coordinated.close_all()
         # The front end first: a write taken after its group stopped capturing would be in
         # no stream and no saved plan, and the next start would trust that plan.
         await self.frontend.close()
@@ -204,6 +208,7 @@ class Agent:
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
+        self.coordinated.add(group)
         if spec.fenced:
             self.source.set_read_only(group, True)
 
@@ -311,7 +316,8 @@ class Agent:
     def group_status(self, group_id: str) -> dict[str, Any]:
         if group_id in self.protected:
             group, shipper = self.protected[group_id]
-            return {**group.status(), "wan": shipper.status()}
+            return {**group.status(), "wan": shipper.status(),
+                    "coordination": self.coordinated.status(group_id)}
         return self.recovery_group(group_id).status()
 
     def checkpoints(self, group_id: str) -> list[dict[str, Any]]:

@@ -31,6 +31,30 @@ class GroupVolume(BaseModel):
     size_bytes: int
 
 
+class CoordinationMember(BaseModel):
+    """Another member agent of a group spanning agents, as its lead reaches it."""
+
+    agent: str
+    group_id: str
+    """The member's own stream (its protected group's id at that agent)."""
+    control_url: str
+    cert_pem: str
+    """The member agent's certificate: the only one its control API may present."""
+
+
+class Coordination(BaseModel):
+    """This agent's part in a group spanning several agents (``seawall.agent.coordination``).
+
+    Every member holds its acknowledgements at a checkpoint; the lead also takes the
+    checkpoints, on its timer and on request, by calling the other ``members``."""
+
+    group_id: str
+    """The whole group's id (each member's stream has its own ``ProtectionSpec.group_id``)."""
+    lead: bool
+    members: list[CoordinationMember] = []
+    """The other members (the lead's list; empty at the others)."""
+
+
 class ProtectionSpec(BaseModel):
     """A group this agent protects: its volumes are captured and shipped to ``target``."""
 
@@ -50,6 +74,8 @@ class ProtectionSpec(BaseModel):
     """The recovery site's replicas were seeded from a copy: the first sync compares."""
     fenced: bool = False
     """Stopped for a failover: the volumes take no writes (read-only) until unfenced."""
+    coordination: Coordination | None = None
+    """Set when the group spans agents: checkpoints are coordinated, not timed here."""
 
 
 class LiveFailoverSpec(BaseModel):

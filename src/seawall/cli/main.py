@@ -13,14 +13,24 @@ from typing import Annotated, Any
 import typer
 
 from seawall.cli.access import add_access_commands
+from seawall.cli.agents import add_agent_commands, site_config
 from seawall.cli.files import add_files_commands
 from seawall.cli.groups import add_group_commands
 from seawall.cli.live import add_live_commands
 from seawall.cli.monitoring import add_monitoring_commands
-from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
+from seawall.cli.options import (
+    DataOption,
+    JsonOption,
+    LogFormatOption,
+    MetricsOption,
+    ThrottleOption,
+    TokenOption,
+    UrlOption,
+    manager,
+)
 from seawall.cli.output import console, print_json, print_table, time_text
 from seawall.cli.recovery import add_recovery_commands, failover_app
-from seawall.config import SiteConfig, check_database_url, parse_host_port
+from seawall.config import SiteConfig, check_database_url
 from seawall.errors import InvalidInput, SeawallError
 from seawall.observability.logs import setup_logging
 from seawall.units import parse_size_bytes
@@ -29,11 +39,12 @@ from seawall.wan.schedule import parse_rate_bytes_per_s
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Seawall: continuous data protection and disaster recovery.")
 site_app = typer.Typer(no_args_is_help=True, help="Create and run sites.")
-volume_app = typer.Typer(no_args_is_help=True, help="Volumes served by the site's agent.")
+volume_app = typer.Typer(no_args_is_help=True, help="Volumes served by the site's agents.")
 group_app = typer.Typer(no_args_is_help=True, help="Protection groups.")
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Checkpoints of a group.")
 peer_app = typer.Typer(no_args_is_help=True, help="Paired sites.")
-agent_app = typer.Typer(no_args_is_help=True, help="Run an agent.")
+agent_app = typer.Typer(no_args_is_help=True,
+                        help="Run an agent; join agents of other hosts to the site.")
 manager_app = typer.Typer(no_args_is_help=True, help="Run a site manager alone.")
 for sub, name in ((site_app, "site"), (volume_app, "volume"), (group_app, "group"),
                   (checkpoint_app, "checkpoint"), (peer_app, "peer"), (agent_app, "agent"),
@@ -45,19 +56,7 @@ add_access_commands(app)  # login, logout, whoami, user, token: seawall.cli.acce
 add_files_commands(app)  # files ls/get: seawall.cli.files
 add_monitoring_commands(app, group_app)  # group status, alert/event/task list
 add_group_commands(group_app)  # group create/update/show: seawall.cli.groups
-
-DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
-ThrottleOption = Annotated[str | None, typer.Option(
-    help="Replication bandwidth of the site in bytes/s, shared by its groups by priority "
-         "(e.g. 50M); 0 or none: unlimited.")]
-
-
-LogFormatOption = Annotated[str | None, typer.Option(
-    "--log-format", envvar="SEAWALL_LOG_FORMAT",
-    help="text (default) or json: one JSON object per line, for log shippers.")]
-MetricsOption = Annotated[str | None, typer.Option(
-    help="HOST:PORT where the agent serves Prometheus /metrics over TCP (no authentication: "
-         "use localhost or a management network); off by default.")]
+add_agent_commands(agent_app)  # agent run/token/list/remove: seawall.cli.agents
 
 
 # --- sites -----------------------------------------------------------------------------
@@ -92,6 +91,9 @@ def site_init(
     peer_api: Annotated[str | None, typer.Option(
         help="HOST:PORT where paired managers call this one (mutual TLS); "
              "default: the --api host, its port + 2.")] = None,
+    agent_control: Annotated[str | None, typer.Option(
+        help="HOST:PORT where the site's agent also serves its control API over mutual TLS "
+             "(for agents of other hosts in its groups); default: none.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
     if database is not None:
@@ -103,7 +105,7 @@ def site_init(
                                parse_size_bytes(buffer),
                                parse_rate_bytes_per_s(throttle) if throttle else None,
                                throttle_schedule, parse_size_bytes(bitmap_max), metrics,
-                               database, peer_api)
+                               database, peer_api, agent_control)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
@@ -139,7 +141,7 @@ def site_run(data: DataOption, log_format: LogFormatOption = None) -> None:
     from seawall.manager.runner import run_site
 
     setup_logging(log_format)
-    run_site(SiteConfig.load(data))
+    run_site(site_config(data))
 
 
 @site_app.command("token")
@@ -187,36 +189,46 @@ def peer_list(url: UrlOption = None, token: TokenOption = None,
 # --- volumes ---------------------------------------------------------------------------
 
 
+AgentOption = Annotated[str | None, typer.Option(
+    "--agent", help="The agent that holds it (`seawall agent list`); default: the site's own.")]
+
+
 @volume_app.command("create")
 def volume_create(
     name: str, size: Annotated[str, typer.Option(help="Size, e.g. 256M or 10G.")],
+    agent: AgentOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Create a file-backed volume in the site's data directory."""
-    volume = manager(url, token).post("/api/v1/volumes", {"name": name,
-                                                   "size_bytes": parse_size_bytes(size)})
+    """Create a file-backed volume in the data directory of an agent (name unique in the site)."""
+    volume = manager(url, token).post("/api/v1/volumes", {
+        "name": name, "size_bytes": parse_size_bytes(size), "agent": agent})
     _print_one(volume, json_output, f"volume {name} created: {volume['nbd_uri']}")
 
 
 @volume_app.command("add")
 def volume_add(
-    name: str, path: Annotated[Path, typer.Option(help="A raw file or block device.")],
+    name: str, path: Annotated[Path, typer.Option(
+        help="A raw file or block device, on the agent's host.")],
+    agent: AgentOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Serve an existing raw file or block device as a volume."""
-    volume = manager(url, token).post("/api/v1/volumes/add", {"name": name, "path": str(path)})
+    volume = manager(url, token).post("/api/v1/volumes/add", {
+        "name": name, "path": str(path), "agent": agent})
     _print_one(volume, json_output, f"volume {name} added: {volume['nbd_uri']}")
 
 
 @volume_app.command("list")
 def volume_list(url: UrlOption = None, token: TokenOption = None,
                 json_output: JsonOption = False) -> None:
-    """List volumes with their size and NBD URI."""
+    """List the volumes of every agent with their size and NBD URI."""
     volumes = manager(url, token).get("/api/v1/volumes")
     if json_output:
         print_json(volumes)
-    else:
-        print_table(volumes, ["name", "size", "group", "nbd_uri"])
+        return
+    columns = ["agent", "name", "size", "group", "nbd_uri"]
+    print_table(volumes, [*columns, "error"] if any(v.get("error") for v in volumes)
+                else columns)
 
 
 def _print_one(value: dict[str, Any], json_output: bool, text: str) -> None:
@@ -313,37 +325,13 @@ def export(
 # --- processes and the demo ------------------------------------------------------------
 
 
-@agent_app.command("run")
-def agent_run(
-    data: DataOption,
-    buffer: Annotated[str | None, typer.Option(
-        help="Memory for unsent writes, instead of the site's --buffer.")] = None,
-    throttle: ThrottleOption = None,
-    metrics: MetricsOption = None,
-    log_format: LogFormatOption = None,
-) -> None:
-    """Run the agent of the site in DATA (normally started by `seawall site run`)."""
-    from seawall.agent.main import run_agent
-
-    overrides: dict[str, object] = {}
-    if buffer is not None:
-        overrides["buffer_bytes"] = parse_size_bytes(buffer)
-    if throttle is not None:
-        overrides["throttle_bytes_per_s"] = parse_rate_bytes_per_s(throttle)
-    if metrics is not None:
-        overrides["metrics_host"], overrides["metrics_port"] = parse_host_port(metrics)
-    config = SiteConfig.load(data).with_overrides(**overrides)
-    setup_logging(log_format)
-    run_agent(config)
-
-
 @manager_app.command("run")
 def manager_run(data: DataOption, log_format: LogFormatOption = None) -> None:
     """Run the site manager alone (its agent runs separately)."""
     from seawall.manager.runner import run_manager
 
     setup_logging(log_format)
-    run_manager(SiteConfig.load(data))
+    run_manager(site_config(data))
 
 
 @app.command("demo")

@@ -7,6 +7,7 @@ for that manager's URL in the credentials file (``seawall login``, ``cli.credent
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +22,17 @@ TokenOption = Annotated[str | None, typer.Option(
     "--token", help="API token (or SEAWALL_TOKEN; default: the one `seawall login` kept).",
     show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
+ThrottleOption = Annotated[str | None, typer.Option(
+    help="Replication bandwidth of the site in bytes/s, shared by its groups by priority "
+         "(e.g. 50M); 0 or none: unlimited.")]
+LogFormatOption = Annotated[str | None, typer.Option(
+    "--log-format", envvar="SEAWALL_LOG_FORMAT",
+    help="text (default) or json: one JSON object per line, for log shippers.")]
+MetricsOption = Annotated[str | None, typer.Option(
+    help="HOST:PORT where the agent serves Prometheus /metrics over TCP (no authentication: "
+         "use localhost or a management network); off by default.")]
 
 
 def manager_url(url: str | None) -> str:

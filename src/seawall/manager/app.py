@@ -17,6 +17,8 @@ from seawall.http import install_error_handler
 from seawall.manager.access.guard import authorize
 from seawall.manager.access.routes import router as access_router
 from seawall.manager.access.service import AccessService
+from seawall.manager.agents.directory import AgentDirectory
+from seawall.manager.agents.routes import router as agents_router
 from seawall.manager.clients import agent_client
 from seawall.manager.exports.routes import router as exports_router
 from seawall.manager.exports.service import ExportService
@@ -26,6 +28,7 @@ from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.routes import router as groups_router
 from seawall.manager.groups.service import GroupService
 from seawall.manager.groups.settings_routes import router as group_settings_router
+from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.groups.updates import SettingsUpdates
 from seawall.manager.metrics import service as metrics_service
 from seawall.manager.metrics.routes import router as metrics_router
@@ -69,10 +72,12 @@ def create_app(config: SiteConfig) -> FastAPI:
                     "`seawall site admin-token --data %s` makes an admin token",
                     config.name, config.data_dir)
     sites = SiteService(config, sessions)
-    groups = GroupService(config, sessions, agent, sites)
+    agents = AgentDirectory(config, sessions, agent)  # the site's own + joined
+    app.state.agents, app.state.volumes = agents, VolumeService(agents)
+    groups = GroupService(config, sessions, agent, sites, SpanningGroups(config, agents, agent),
+                          locate=app.state.volumes.locate)
     app.state.sites = sites
     app.state.unpairing = Unpairing(config, sites, agent)
-    app.state.volumes = VolumeService(agent)
     app.state.groups = groups
     app.state.group_settings = SettingsUpdates(config, groups, agent)
     app.state.exports = ExportService(agent, groups)
@@ -85,7 +90,8 @@ def create_app(config: SiteConfig) -> FastAPI:
     app.state.reverse = ReverseProtection(config, groups, agent, sites)
     live.reverse = app.state.reverse.reverse
     app.state.live, policies = live, CommitPolicyTimer(live)
-    monitor = install_monitoring(app, config, sessions, clones)  # status, alerts, events, tasks
+    # status, alerts, events, tasks
+    monitor = install_monitoring(app, config, sessions, clones, agents)
     app.state.metrics = metrics_service.MetricsService(
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 
@@ -93,7 +99,7 @@ def create_app(config: SiteConfig) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"status": "ok", "site": config.name, "version": __version__}
 
-    for router in (access_router, sites_router, volumes_router, groups_router,
+    for router in (access_router, sites_router, agents_router, volumes_router, groups_router,
                    group_settings_router, exports_router, recovery_router, files_router,
                    metrics_router):
         app.include_router(router)

@@ -1,8 +1,8 @@
 """The manager's database: SQLAlchemy ORM models (schemas for the API live apart).
 
-Rows here are the manager's own records (peers, tokens, groups, recovery operations,
-alerts, events) or caches of what agents and journals hold; a cache row can always be
-rebuilt from its agent.
+Rows here are the manager's own records (peers, joined agents, tokens, groups, recovery
+operations, alerts, events) or caches of what agents and journals hold; a cache row can
+always be rebuilt from its agent.
 """
 
 from __future__ import annotations
@@ -64,6 +64,30 @@ class PairingToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AgentJoinToken(Base):
+    """A single-use token for an agent on another host to join the site; only its hash."""
+
+    __tablename__ = "agent_join_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JoinedAgent(Base):
+    """An agent on another host that joined the site (``seawall.manager.agents``)."""
+
+    __tablename__ = "agents"
+
+    agent_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    control_url: Mapped[str] = mapped_column(String(256))
+    cert_pem: Mapped[str] = mapped_column(Text)
+    """Its TLS certificate, pinned at the join: the only one its control API may present."""
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Group(Base):

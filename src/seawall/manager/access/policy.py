@@ -9,13 +9,14 @@ Rules:
   reads the protected data (checkpoint tags, resyncs, exports, failover tests, clones,
   file restore), an admin also changes the site's configuration (pairing, volumes,
   groups) and its users.
-- Four entries need no user token, each for a reason that holds without one: ``OPEN``
+- Five entries need no user token, each for a reason that holds without one: ``OPEN``
   (health, the API's own description), ``PASSWORD`` (login: the body is the credential),
-  ``PAIRING`` (the pairing handshake: the single-use pairing token in the body) and
-  ``PEER`` (manager-to-manager calls: the caller is the paired site whose pinned
+  ``PAIRING`` (the pairing handshake: the single-use pairing token in the body),
+  ``AGENT_JOIN`` (an agent of another host joins: the single-use join token in the body)
+  and ``PEER`` (manager-to-manager calls: the caller is the paired site whose pinned
   certificate it presented over mutual TLS). ``PEER`` is allowed only under
-  ``PEER_PREFIX`` and ``PAIRING`` only for the handshake, so no user route can be reached
-  without a token.
+  ``PEER_PREFIX``, ``PAIRING`` and ``AGENT_JOIN`` only for their handshakes, so no user
+  route can be reached without a token.
 - Two listeners serve the one table (``served``): the peer API (mutual TLS) serves the
   ``PEER`` routes and health, nothing else; the API serves everything but ``PEER`` routes.
 - HEAD is decided as GET. Pure: no I/O, no FastAPI.
@@ -52,6 +53,7 @@ class Access(enum.Enum):
     OPEN = "open"
     PASSWORD = "password"
     PAIRING = "pairing"
+    AGENT_JOIN = "agent-join"
     PEER = "peer"
     VIEWER = "viewer"
     OPERATOR = "operator"
@@ -71,6 +73,7 @@ class Decision(enum.Enum):
 
 PEER_PREFIX = "/api/v1/peer/"
 PAIRING_HANDSHAKE = "/api/v1/pairing/accept"  # authenticated by the single-use pairing token
+AGENT_JOIN_HANDSHAKE = "/api/v1/agents/join"  # authenticated by the single-use join token
 
 VIEWER, OPERATOR, ADMIN = Access.VIEWER, Access.OPERATOR, Access.ADMIN
 POLICY: Mapping[tuple[str, str], Access] = {
@@ -100,6 +103,11 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("POST", PAIRING_HANDSHAKE): Access.PAIRING,
     ("DELETE", "/api/v1/peers/{name}"): ADMIN,  # unpair
     ("DELETE", "/api/v1/peer/pairing"): Access.PEER,  # the calling site unpairs
+    # agents: the site's own, and those joined from other hosts (seawall.manager.agents)
+    ("GET", "/api/v1/agents"): VIEWER,
+    ("POST", "/api/v1/agents/token"): ADMIN,
+    ("POST", AGENT_JOIN_HANDSHAKE): Access.AGENT_JOIN,
+    ("DELETE", "/api/v1/agents/{name}"): ADMIN,
     # volumes: adding one serves a host file or device over NBD
     ("GET", "/api/v1/volumes"): VIEWER,
     ("POST", "/api/v1/volumes"): ADMIN,
@@ -113,6 +121,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("POST", "/api/v1/groups/{name}/resync"): OPERATOR,
     ("POST", "/api/v1/peer/groups"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/checkpoints"): Access.PEER,
+    ("GET", "/api/v1/peer/groups/{name}/checkpoints"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/resync"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/fence"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/unfence"): Access.PEER,
@@ -187,6 +196,8 @@ def check_policy(policy: Mapping[tuple[str, str], Access]) -> None:
             raise ValueError(f"{method} {path}: peer access only under {PEER_PREFIX}")
         if access is Access.PAIRING and path != PAIRING_HANDSHAKE:
             raise ValueError(f"{method} {path}: pairing access only for {PAIRING_HANDSHAKE}")
+        if access is Access.AGENT_JOIN and (method, path) != ("POST", AGENT_JOIN_HANDSHAKE):
+            raise ValueError(f"{method} {path}: join access only for {AGENT_JOIN_HANDSHAKE}")
         if access is Access.OPEN and method != "GET":
             raise ValueError(f"{method} {path}: only reads may be open")
 

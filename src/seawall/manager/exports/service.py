@@ -7,6 +7,7 @@ from urllib.parse import quote, urlparse
 
 from seawall.errors import InvalidInput, NotReady
 from seawall.http import JsonClient
+from seawall.manager.groups.members import is_spanning
 from seawall.manager.groups.service import GroupService
 
 
@@ -22,10 +23,16 @@ class ExportService:
                 f"group {group_name} is protected from this site: export it at its recovery "
                 f"site {peer.name} ({peer.api_url})"
             )
-        result: dict[str, Any] = self.agent.post(
-            "/exports", {"group_id": group.group_id, "volume": volume, "checkpoint": checkpoint}
-        )
-        return result
+        if not is_spanning(group.volumes):
+            result: dict[str, Any] = self.agent.post("/exports", {
+                "group_id": group.group_id, "volume": volume, "checkpoint": checkpoint})
+            return result
+        # The volume's member journal, at that member's marker of the group checkpoint.
+        member, marker_seq, group_checkpoint = self.groups.spanning.at_volume(
+            group.volumes, group_name, volume, checkpoint)
+        result = self.agent.post("/exports", {"group_id": member, "volume": volume,
+                                              "checkpoint": str(marker_seq)})
+        return {**result, "checkpoint_id": group_checkpoint, "member_marker_seq": marker_seq}
 
     def stop(self, uri_or_name: str) -> dict[str, Any]:
         name = uri_or_name

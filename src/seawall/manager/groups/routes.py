@@ -19,6 +19,19 @@ class GroupVolume(BaseModel):
     index: int = Field(ge=0, lt=65536)
     name: str
     size_bytes: int = Field(gt=0)
+    # Where a spanning group's volume lives (``groups.members``); absent otherwise.
+    agent: str | None = Field(default=None, max_length=64)
+    member: str | None = Field(default=None, max_length=64)
+    member_index: int | None = Field(default=None, ge=0, lt=65536)
+
+
+class PeerMember(BaseModel):
+    """A member stream of a spanning group: the recovery site journals it apart."""
+
+    group_id: str = Field(min_length=1, max_length=64)
+    agent: str = Field(min_length=1, max_length=64)
+    volumes: list[GroupVolume] = Field(min_length=1)
+    cert_pem: str = Field(min_length=1, max_length=8192)
 
 
 class PeerGroup(BaseModel):
@@ -30,6 +43,7 @@ class PeerGroup(BaseModel):
     journal_max_bytes: int | None = None  # absent from older peers
     replica_paths: dict[str, str] = {}  # pre-seeded replicas, by volume name
     settings: GroupOptions | None = None  # every setting; absent from older peers
+    members: list[PeerMember] = []  # a group spanning agents: its member streams
 
 
 class CheckpointTag(BaseModel):
@@ -73,7 +87,10 @@ def resync_group(request: Request, name: str) -> dict[str, Any]:
 
 @router.post("/peer/groups", status_code=201)
 def register_peer_group(request: Request, body: PeerGroup) -> dict[str, Any]:
-    return _service(request).register_from_peer(peer_site(request), body.model_dump())
+    spec = body.model_dump()
+    # A one-agent group's volumes keep their old shape: no empty placement keys.
+    spec["volumes"] = [volume.model_dump(exclude_none=True) for volume in body.volumes]
+    return _service(request).register_from_peer(peer_site(request), spec)
 
 
 class PeerAction(BaseModel):
@@ -86,6 +103,12 @@ class PeerAction(BaseModel):
 def peer_tag_checkpoint(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
     return _service(request).forwarded(name, "checkpoints", peer_site(request),
                                        {"name": body.name})
+
+
+@router.get("/peer/groups/{name}/checkpoints")
+def peer_list_checkpoints(request: Request, name: str) -> list[dict[str, Any]]:
+    """A spanning group's checkpoints, as offered here (asked by its protected site)."""
+    return _service(request).checkpoints_for_peer(name, peer_site(request))
 
 
 @router.post("/peer/groups/{name}/resync")

@@ -16,11 +16,15 @@ Rules:
   Changes after create go through ``groups.updates``.
 - Each site's agent gets, with the group, the certificate pinned for the other site at
   pairing: replication between them is mutual TLS (``seawall.tls``).
+- A group with volumes on other agents than the site's own spans agents: one stream per
+  member agent, coordinated checkpoints (``groups.members``, ``groups.spanning``). Its
+  checkpoints are the recovery site's to list: the protected site asks it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +36,7 @@ from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
+from seawall.manager.groups.members import is_spanning, plan
 from seawall.manager.groups.settings import (
     GroupOptions,
     check,
@@ -40,6 +45,7 @@ from seawall.manager.groups.settings import (
     retention_settings,
     store,
 )
+from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.models import Group, Peer
 from seawall.manager.sites.service import SiteService
 
@@ -72,13 +78,19 @@ def describe(group: Group, peer_name: str) -> dict[str, Any]:
     }
 
 
+Locate = Callable[[list[str]], dict[str, tuple[str, dict[str, Any]]]]
+"""Volume names -> (agent, the volume as its agent lists it); NotFound for unknown ones."""
+
+
 class GroupService:
     def __init__(self, config: SiteConfig, sessions: sessionmaker[Session], agent: JsonClient,
-                 sites: SiteService) -> None:
+                 sites: SiteService, spanning: SpanningGroups, locate: Locate) -> None:
         self.config = config
         self.sessions = sessions
         self.agent = agent
         self.sites = sites
+        self.spanning = spanning
+        self.locate = locate
 
     def create(self, settings: GroupSettings) -> dict[str, Any]:
         name, volume_names, to = settings.name, settings.volumes, settings.to
@@ -97,12 +109,14 @@ class GroupService:
         check(options, volume_names, peer.name)
         options.recovery_agent = peer.name  # named after its site: one agent per site
         target_cert_pem = self.sites.pinned_cert(peer)
-        volumes = self._volumes(volume_names)
         group_id = str(uuid.uuid4())
+        volumes, members = plan(group_id, self._located(volume_names), self.config.name)
         spec = {"group_id": group_id, "name": name, "volumes": volumes,
                 "checkpoint_interval_s": options.checkpoint_interval_s,
                 "history_s": options.history_s, "journal_max_bytes": options.journal_max_bytes,
                 "replica_paths": settings.preseed, "settings": options.model_dump()}
+        if members:
+            spec["members"] = self.spanning.recovery_members(members)
         remote = peer_client(self.config, peer)
         try:
             remote.post("/api/v1/peer/groups", spec)
@@ -113,25 +127,37 @@ class GroupService:
         store(group, options)
         with self.sessions.begin() as session:
             session.add(group)
-        self.agent.put(f"/protected/{group_id}", {
-            "group_id": group_id, "name": name, "volumes": volumes,
-            "target_host": peer.replication_host, "target_port": peer.replication_port,
-            "target_cert_pem": target_cert_pem, **protection_settings(options),
-            "preseeded": bool(settings.preseed),
-        })
+        target = {"target_host": peer.replication_host, "target_port": peer.replication_port,
+                  "target_cert_pem": target_cert_pem, **protection_settings(options),
+                  "preseeded": bool(settings.preseed)}
+        if members:
+            self.spanning.protect(group_id, name, members, target)
+            self.refresh_pins()
+        else:
+            self.agent.put(f"/protected/{group_id}", {
+                "group_id": group_id, "name": name, "volumes": volumes, **target})
         return describe(group, peer.name)
 
-    def _volumes(self, names: list[str]) -> list[dict[str, Any]]:
-        known = {v["name"]: v for v in self.agent.get("/volumes")}
-        volumes = []
-        for index, name in enumerate(names):
-            volume = known.get(name)
-            if volume is None:
-                raise NotFound(f"no volume named {name!r} at this site")
-            if volume.get("group"):
-                raise Conflict(f"volume {name!r} is already in group {volume['group']!r}")
-            volumes.append({"index": index, "name": name, "size_bytes": volume["size"]})
-        return volumes
+    def _located(self, names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        located = self.locate(names)
+        for name in names:
+            group = located[name][1].get("group")
+            if group:
+                raise Conflict(f"volume {name!r} is already in group {group!r}")
+        return [located[name] for name in names]
+
+    def streams(self, group: Group) -> list[tuple[JsonClient, str]]:
+        """The group's streams at this site: (its agent, the stream's group id) each."""
+        if is_spanning(group.volumes):
+            return self.spanning.streams(group.volumes, group.role == "protected")
+        return [(self.agent, group.group_id)]
+
+    def refresh_pins(self) -> None:
+        """Let each lead agent call the other members of its groups (their control APIs)."""
+        with self.sessions() as session:
+            groups = [g.volumes for g in session.scalars(select(Group))
+                      if g.role == "protected"]
+        self.spanning.refresh_pins(groups)
 
     def register_from_peer(self, source_site_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         """The protected site ``source_site_id`` asks us to be the recovery site of a group."""
@@ -147,13 +173,15 @@ class GroupService:
             "history_s": spec["history_s"], "journal_max_bytes": spec.get("journal_max_bytes")})
         check(options, [v["name"] for v in spec["volumes"]], self.config.name)
         self.agent.post("/paths/check", recovery_paths(options))
-        self.agent.put(f"/recovering/{spec['group_id']}", {
-            "group_id": spec["group_id"], "name": spec["name"],
-            "source_site": source_site_id, "source_cert_pem": source_cert_pem,
-            "volumes": spec["volumes"], **retention_settings(options),
-            "storage_dir": options.storage_path,
-            "replica_paths": spec.get("replica_paths") or {},
-        })
+        base = {"group_id": spec["group_id"], "name": spec["name"],
+                "source_site": source_site_id, "source_cert_pem": source_cert_pem,
+                "volumes": spec["volumes"], **retention_settings(options),
+                "storage_dir": options.storage_path,
+                "replica_paths": spec.get("replica_paths") or {}}
+        if spec.get("members"):
+            self.spanning.recover(base, spec["members"], base["replica_paths"])
+        else:
+            self.agent.put(f"/recovering/{spec['group_id']}", base)
         group = Group(group_id=spec["group_id"], name=spec["name"], role="recovery",
                       peer_site_id=peer.site_id, volumes=spec["volumes"],
                       created_at=datetime.now(UTC))
@@ -184,14 +212,33 @@ class GroupService:
             result["status"] = {"state": "failed-over", "role": group.role,
                                 "message": "committed at this site, not protected: "
                                            f"`seawall group reverse {name}` protects it back"}
+        elif is_spanning(group.volumes):
+            result["status"] = self.spanning.status(group.volumes, group.role == "protected")
         else:
             result["status"] = self.agent.get(f"/groups/{group.group_id}/status")
         return result
 
     def checkpoints(self, name: str) -> list[dict[str, Any]]:
-        group, _ = self.get(name)
-        result: list[dict[str, Any]] = self.agent.get(f"/groups/{group.group_id}/checkpoints")
+        group, peer = self.get(name)
+        if not is_spanning(group.volumes):
+            result: list[dict[str, Any]] = self.agent.get(
+                f"/groups/{group.group_id}/checkpoints")
+            return result
+        if group.role == "recovery":
+            return self.spanning.checkpoints(group.volumes)
+        remote = peer_client(self.config, peer)  # what is offered is the recovery site's
+        try:
+            result = remote.get(f"/api/v1/peer/groups/{name}/checkpoints")
+        finally:
+            remote.close()
         return result
+
+    def checkpoints_for_peer(self, name: str, source_site_id: str) -> list[dict[str, Any]]:
+        """A spanning group's checkpoints, asked by its protected site."""
+        group, _ = self.get(name)
+        if group.role != "recovery" or group.peer_site_id != source_site_id:
+            raise NotFound(f"no group named {name!r} recovered here for the requesting site")
+        return self.checkpoints(name)
 
     def tag(self, name: str, checkpoint_name: str) -> dict[str, Any]:
         return self.at_protected_agent(name, "checkpoints", {"name": checkpoint_name})
@@ -204,11 +251,10 @@ class GroupService:
         """POST ``action`` to the protected site's agent (through the peer if it is not us)."""
         group, peer = self.get(name)
         if group.role == "protected":
-            result: dict[str, Any] = self.agent.post(f"/groups/{group.group_id}/{action}", body)
-            return result
+            return self._at_agents(group, action, body)
         remote = peer_client(self.config, peer)
         try:
-            result = remote.post(f"/api/v1/peer/groups/{name}/{action}", body)
+            result: dict[str, Any] = remote.post(f"/api/v1/peer/groups/{name}/{action}", body)
         finally:
             remote.close()
         return result
@@ -235,5 +281,13 @@ class GroupService:
         group, _ = self.get(name)
         if group.role != "protected" or group.peer_site_id != source_site_id:
             raise NotFound(f"no group named {name!r} protected to the requesting site")
+        return self._at_agents(group, action, body)
+
+    def _at_agents(self, group: Group, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        if is_spanning(group.volumes):
+            if action not in ("checkpoints", "resync"):
+                raise Conflict(f"group {group.name} spans agents: {action} is not available "
+                               "for such groups yet")
+            return self.spanning.at_members(group.volumes, action, body)
         result: dict[str, Any] = self.agent.post(f"/groups/{group.group_id}/{action}", body)
         return result

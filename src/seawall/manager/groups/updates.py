@@ -69,9 +69,9 @@ class SettingsUpdates:
             self._tell_peer(peer, name, new)
             try:
                 fields = PROTECTION_FIELDS & set(changed)
-                if fields:
-                    self.agent.request("PATCH", f"/protected/{group.group_id}",
-                                       protection_settings(new, frozenset(fields)))
+                for agent, stream in self.groups.streams(group) if fields else ():
+                    agent.request("PATCH", f"/protected/{stream}",
+                                  protection_settings(new, frozenset(fields)))
             except SeawallError:
                 self._tell_peer(peer, name, old)  # all or nothing
                 raise
@@ -86,8 +86,8 @@ class SettingsUpdates:
         old = options_of(group)
         new, changed = merge(old, settings.model_dump(), _volume_names(group), self.config.name)
         self.agent.post("/paths/check", recovery_paths(new))
-        if RETENTION_FIELDS & set(changed):
-            self.agent.request("PATCH", f"/recovering/{group.group_id}", retention_settings(new))
+        for agent, stream in self.groups.streams(group) if RETENTION_FIELDS & set(changed) else ():
+            agent.request("PATCH", f"/recovering/{stream}", retention_settings(new))
         self._save(group.group_id, new)
         return {"changed": changed}
 

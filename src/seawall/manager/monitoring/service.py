@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.config import SiteConfig
 from seawall.errors import NotFound, SeawallError
 from seawall.manager.clients import agent_client, peer_client
+from seawall.manager.groups.members import is_spanning
+from seawall.manager.groups.spanning import AgentReach, SpanningGroups
 from seawall.manager.models import Group, Peer, RecoveryOperation
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.rates import RateWindow
@@ -45,11 +47,12 @@ PEER_TIMEOUT_S = 3.0
 
 class StatusService:
     def __init__(self, config: SiteConfig, sessions: sessionmaker[Session],
-                 alerts: AlertStore) -> None:
+                 alerts: AlertStore, agents: AgentReach) -> None:
         self.config = config
         self.sessions = sessions
         self.alerts = alerts
         self.agent = agent_client(config, timeout_s=AGENT_TIMEOUT_S)
+        self.spanning = SpanningGroups(config, agents, self.agent)
         self.rates = RateWindow()
         self._peer_errors: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -76,7 +79,11 @@ class StatusService:
         error: str | None = "the site's agent does not answer"
         if agent_ok:
             try:
-                agent = self.agent.get(f"/groups/{facts.group_id}/status")
+                if facts.spanning_volumes:
+                    agent = self.spanning.status(facts.spanning_volumes,
+                                                 facts.role == "protected")
+                else:
+                    agent = self.agent.get(f"/groups/{facts.group_id}/status")
                 error = None
             except SeawallError as exc:
                 error = exc.message
@@ -93,11 +100,11 @@ class StatusService:
         """What the database knows of every group of this site, by name."""
         with self.sessions() as session:
             peers = {p.site_id: p.name for p in session.scalars(select(Peer))}
-            passed = dict(session.execute(
+            passed = {group_id: ended_at for group_id, ended_at in session.execute(
                 select(RecoveryOperation.group_id, func.max(RecoveryOperation.ended_at))
                 .where(RecoveryOperation.kind == FAILOVER_TEST,
                        RecoveryOperation.result == "pass")
-                .group_by(RecoveryOperation.group_id)).tuples().all())
+                .group_by(RecoveryOperation.group_id))}
             groups = list(session.scalars(select(Group).order_by(Group.name)))
         return [GroupFacts(
             name=g.name, group_id=g.group_id, role=g.role,
@@ -106,6 +113,7 @@ class StatusService:
             rpo_alert_s=_setting(g, "rpo_alert_s", DEFAULT_RPO_ALERT_S),
             test_reminder_s=_setting(g, "test_reminder_s", DEFAULT_TEST_REMINDER_S),
             last_passed_test_at=_utc_or_none(passed.get(g.group_id)),
+            spanning_volumes=g.volumes if is_spanning(g.volumes) else None,
         ) for g in groups]
 
     # --- reachability -------------------------------------------------------------------

@@ -44,6 +44,9 @@ class GroupFacts:
     rpo_alert_s: float = DEFAULT_RPO_ALERT_S
     test_reminder_s: float = DEFAULT_TEST_REMINDER_S
     last_passed_test_at: datetime | None = None
+    spanning_volumes: list[dict[str, Any]] | None = None
+    """The stored volumes of a group spanning agents (its status is its members'); None
+    for a one-agent group."""
 
 
 def counters(agent: dict[str, Any]) -> dict[str, int]:

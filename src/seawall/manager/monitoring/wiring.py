@@ -13,6 +13,7 @@ from seawall.config import SiteConfig
 from seawall.manager.events.log import EventLog
 from seawall.manager.events.middleware import EventMiddleware
 from seawall.manager.events.routes import router as events_router
+from seawall.manager.groups.spanning import AgentReach
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.monitor import Monitor, interval_from_env
 from seawall.manager.monitoring.routes import router as monitoring_router
@@ -23,9 +24,9 @@ from seawall.manager.tasks.service import TaskService
 
 
 def install_monitoring(app: FastAPI, config: SiteConfig, sessions: sessionmaker[Session],
-                       clones: CloneService) -> Monitor:
+                       clones: CloneService, agents: AgentReach) -> Monitor:
     alerts = AlertStore(sessions)
-    status = StatusService(config, sessions, alerts)
+    status = StatusService(config, sessions, alerts, agents)
     events = EventLog(sessions)
     app.state.alerts, app.state.status, app.state.events = alerts, status, events
     app.state.tasks = TaskService(sessions, status, clones)

@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from seawall.config import SiteConfig
-from seawall.errors import InvalidInput, PeerError, SeawallError
+from seawall.errors import Conflict, InvalidInput, PeerError, SeawallError
 from seawall.http import JsonClient
+from seawall.manager.groups.members import is_spanning
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import Group, RecoveryOperation
 from seawall.manager.recovery.reports import ReportStore, build_report
@@ -49,6 +50,10 @@ def recovery_group(groups: GroupService, name: str, command: str) -> Group:
             f"group {name} is protected from this site: run `{command}` at its recovery "
             f"site {peer.name} (--url {peer.api_url})"
         )
+    if is_spanning(group.volumes):
+        raise Conflict(f"group {name} spans agents: `{command}` is not available for such "
+                       "groups yet; `seawall export` gives any volume of it at any of its "
+                       "checkpoints")
     return group
 
 

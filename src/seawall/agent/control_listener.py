@@ -1,0 +1,182 @@
+"""The agent's control API on TCP, over mutual TLS: for callers on other hosts.
+
+Rules:
+- It listens only where configured (``SiteConfig.control_host/port``: ``agent run
+  --control``, ``site init --agent-control``), presents the agent's identity
+  (``SiteConfig.identity``) and speaks TLS 1.3 only. It serves the same app as the Unix
+  socket (``seawall.agent.control``), in the same event loop.
+- A client must present a pinned certificate, or its handshake fails before any HTTP: the
+  manager's (a joined agent: the certificate its manager answered at the join; the
+  site's own agent: the site's, which its manager presents), and the extra pins the
+  manager sets with ``PUT /control-pins`` (the whole list each time): the other agents of
+  groups spanning agents. Pins change while it serves (``seawall.tls.PinnedServerContext``):
+  a pin dropped fails the handshakes that follow.
+- Extra pins are saved (atomically, ``agent/control_pins.json``) before they take effect,
+  so a restarted agent takes the same clients.
+- A client holding only an extra pin reaches ``/health`` and the coordination routes
+  (``/coordination/...``), nothing else; the manager reaches every route. Who a client is
+  comes from the certificate of its handshake (per connection), never from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from seawall.atomic import atomic_write_json
+from seawall.config import SiteConfig
+from seawall.errors import CorruptData, Forbidden, InvalidInput
+from seawall.serving import Server
+from seawall.tls import (
+    CERT_PEM_MAX_CHARS,
+    PinnedServerContext,
+    check_certificate,
+    der_fingerprint,
+    fingerprint,
+)
+
+PINS_FILE = "control_pins.json"
+CLIENT_CERT_KEY = "control_client_cert_der"
+MEMBER_PATHS = frozenset({"/health"})
+MEMBER_PREFIX = "/coordination/"
+MAX_EXTRA_PINS = 256
+
+
+def member_may(path: str) -> bool:
+    """Whether a member agent (an extra pin, not the manager) may call ``path``."""
+    return path in MEMBER_PATHS or path.startswith(MEMBER_PREFIX)
+
+
+class ControlPins:
+    """Who may call the control listener: the manager's pin and the extra pins."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        identity = config.identity()
+        self.manager_pem = config.manager_cert_pem or identity.cert_pem
+        self._manager = fingerprint(self.manager_pem)
+        self._path = config.agent_dir / PINS_FILE
+        self.extra = self._load()
+        self.tls = PinnedServerContext(identity, [self.manager_pem, *self.extra])
+
+    def _load(self) -> list[str]:
+        try:
+            pems = json.loads(self._path.read_text())["cert_pems"]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptData(f"{self._path} is damaged ({exc}): remove it, and set the "
+                              "pins again from the manager") from None
+        if not isinstance(pems, list) or not all(isinstance(pem, str) for pem in pems):
+            raise CorruptData(f"{self._path} is damaged: cert_pems is not a list of strings")
+        return pems
+
+    def replace_extra(self, cert_pems: list[str]) -> dict[str, Any]:
+        """Pin exactly ``cert_pems`` besides the manager, saved first; the manager's stays."""
+        unique: dict[str, str] = {}
+        for pem in cert_pems:
+            check_certificate(pem)
+            unique.setdefault(fingerprint(pem), pem)
+        if len(unique) > MAX_EXTRA_PINS:
+            raise InvalidInput(f"at most {MAX_EXTRA_PINS} extra pins, not {len(unique)}")
+        unique.pop(self._manager, None)
+        pems = list(unique.values())
+        atomic_write_json(self._path, {"cert_pems": pems})
+        self.extra = pems
+        self.tls.replace([self.manager_pem, *pems])
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {"manager": self._manager, "extra": [fingerprint(pem) for pem in self.extra]}
+
+    def is_manager(self, cert_der: bytes | None) -> bool:
+        return cert_der is not None and der_fingerprint(cert_der) == self._manager
+
+
+class PinsBody(BaseModel):
+    cert_pems: list[Annotated[str, Field(min_length=1, max_length=CERT_PEM_MAX_CHARS)]] = Field(
+        max_length=MAX_EXTRA_PINS)
+
+
+def pins_router(pins: ControlPins) -> APIRouter:
+    """``PUT /control-pins`` (the manager sets the extra pins) and ``GET`` (fingerprints)."""
+    router = APIRouter()
+
+    @router.put("/control-pins")
+    async def replace_pins(body: PinsBody) -> dict[str, Any]:
+        return pins.replace_extra(body.cert_pems)
+
+    @router.get("/control-pins")
+    async def list_pins() -> dict[str, Any]:
+        return pins.describe()
+
+    return router
+
+
+class ControlProtocol(H11Protocol):
+    """uvicorn's h11 protocol, keeping the client's certificate in each request's state."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        cert_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self.app_state = {**self.app_state, CLIENT_CERT_KEY: cert_der}
+
+    def shutdown(self) -> None:
+        # An idle keep-alive connection closed politely would wait for the client's TLS
+        # close_notify, which an idle client never sends: the agent's stop took the loop's
+        # SSL shutdown timeout (30 s). Nothing is in flight on it, so it is dropped.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+
+class MemberGate:
+    """ASGI wrapper: a client that is not the manager reaches only ``member_may`` paths."""
+
+    def __init__(self, app: ASGIApp, is_manager: Callable[[bytes | None], bool]) -> None:
+        self.app = app
+        self.is_manager = is_manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not member_may(scope["path"]) and not self.is_manager(
+                (scope.get("state") or {}).get(CLIENT_CERT_KEY)):
+            error = Forbidden(f"{scope['path']} is for the site manager only; other agents "
+                              "reach /health and /coordination/... here")
+            response = JSONResponse(status_code=error.http_status, content={
+                "code": error.code, "message": error.message, "fault": error.fault})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def bind_control(host: str, port: int) -> socket.socket:
+    """The listener's socket, bound now so that a taken port fails the start clearly."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen for control on {host}:{port}: {exc.strerror}") from None
+
+
+def control_server(app: ASGIApp, pins: ControlPins) -> Server:
+    """The TCP listener's server: ``app`` behind ``pins`` (serve it the bound socket)."""
+
+    def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return pins.tls.context
+
+    return Server(uvicorn.Config(MemberGate(app, pins.is_manager), http=ControlProtocol,
+                                 lifespan="off", ssl_context_factory=factory,
+                                 log_level="warning", log_config=None),
+                  handle_signals=False)

@@ -1,0 +1,1 @@
+"""Agents of the site: its own (on the Unix socket) and those joined from other hosts."""

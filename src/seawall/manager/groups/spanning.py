@@ -1,0 +1,159 @@
+"""Groups spanning agents, at both sites: their members' streams through their agents.
+
+Rules (the shapes are ``groups.members``'):
+- Protected site: each member agent gets its share of the group as a protected group of
+  its own (its stream's id, its volumes), told whether it leads and, the lead, how to reach
+  the other members (their control URLs and certificates); the lead's certificate is then
+  pinned at the other members' control APIs (``refresh_pins``). The site's own agent is
+  reached on its Unix socket, the others over mutual TLS (``AgentReach``).
+- Recovery site: the site's own agent receives every member's stream into a journal of
+  its own, each trusting only its member agent's certificate.
+- The group's checkpoints are the recovery site's joined list; an operation on a volume at
+  a group checkpoint goes to the volume's member journal at that member's marker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from seawall.config import SiteConfig
+from seawall.errors import NotFound
+from seawall.http import JsonClient
+from seawall.manager.groups.members import Member, join_checkpoints, members_of, merge_status
+from seawall.manager.recovery.machine import pick_checkpoint
+
+
+class AgentReach(Protocol):
+    """How the manager reaches the agents of its site (``seawall.manager.agents``)."""
+
+    def client(self, agent: str | None) -> JsonClient: ...
+
+    def endpoint(self, agent: str) -> tuple[str, str]:
+        """A joined agent's control URL and certificate."""
+        ...
+
+
+class SpanningGroups:
+    def __init__(self, config: SiteConfig, agents: AgentReach, local: JsonClient) -> None:
+        self.config = config
+        self.agents = agents
+        self.local = local
+
+    # --- create -------------------------------------------------------------------------
+
+    def cert_of(self, agent: str) -> str:
+        if agent == self.config.name:
+            return self.config.identity().cert_pem
+        return self.agents.endpoint(agent)[1]
+
+    def recovery_members(self, members: list[Member]) -> list[dict[str, Any]]:
+        """What the recovery site needs of each member: its stream, volumes, certificate."""
+        return [{"group_id": m.group_id, "agent": m.agent, "volumes": m.volumes,
+                 "cert_pem": self.cert_of(m.agent)} for m in members]
+
+    def protect(self, group_id: str, name: str, members: list[Member],
+                target: dict[str, Any]) -> None:
+        """Start every member's stream at its agent, the lead last: its first round then
+        finds every member protecting."""
+        others = []
+        for member in members[1:]:
+            control_url, cert_pem = self.agents.endpoint(member.agent)
+            others.append({"agent": member.agent, "group_id": member.group_id,
+                           "control_url": control_url, "cert_pem": cert_pem})
+        for index in range(len(members) - 1, -1, -1):
+            member = members[index]
+            coordination = {"group_id": group_id, "lead": index == 0,
+                            "members": others if index == 0 else []}
+            self._client(member.agent).put(f"/protected/{member.group_id}", {
+                **target, "group_id": member.group_id, "name": name,
+                "volumes": member.volumes, "coordination": coordination})
+
+    def recover(self, base: dict[str, Any], members: list[dict[str, Any]],
+                replica_paths: dict[str, str]) -> None:
+        """Prepare a journal per member stream at the site's own agent."""
+        for member in members:
+            names = {v["name"] for v in member["volumes"]}
+            self.local.put(f"/recovering/{member['group_id']}", {
+                **base, "group_id": member["group_id"], "source_cert_pem": member["cert_pem"],
+                "volumes": member["volumes"],
+                "replica_paths": {k: v for k, v in replica_paths.items() if k in names}})
+
+    def lead_pins(self, groups: list[list[dict[str, Any]]]) -> dict[str, set[str]]:
+        """For each joined agent, the certificates of the leads it must let call it: the
+        leads (other than itself and the site's own agent, whose certificate is the
+        manager's, pinned at join) of the spanning groups it is a member of."""
+        pins: dict[str, set[str]] = {}
+        for volumes in groups:
+            members = members_of(volumes)
+            if not members:
+                continue
+            lead = members[0].agent
+            for member in members[1:]:
+                if member.agent != self.config.name:
+                    wanted = pins.setdefault(member.agent, set())
+                    if lead not in (member.agent, self.config.name):
+                        wanted.add(self.cert_of(lead))
+        return pins
+
+    def refresh_pins(self, groups: list[list[dict[str, Any]]]) -> None:
+        for agent, certs in self.lead_pins(groups).items():
+            self._client(agent).put("/control-pins", {"cert_pems": sorted(certs)})
+
+    # --- live facts ---------------------------------------------------------------------
+
+    def status(self, volumes: list[dict[str, Any]], protected: bool) -> dict[str, Any]:
+        members = members_of(volumes)
+        statuses = [(m, self._member_client(m, protected).get(f"/groups/{m.group_id}/status"))
+                    for m in members]
+        if protected:
+            newest = [s.get("newest_replicated_checkpoint_ns") for _, s in statuses]
+            newest_ns = None if None in newest else min(n for n in newest if n is not None)
+        else:
+            joined = self.checkpoints(volumes)
+            newest_ns = joined[-1]["time_ns"] if joined else None
+        return merge_status(statuses, newest_ns, time.time_ns())
+
+    def checkpoints(self, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The group's checkpoints, joined from its member journals (recovery site)."""
+        members = members_of(volumes)
+        lists = {m.group_id: self.local.get(f"/groups/{m.group_id}/checkpoints")
+                 for m in members}
+        return join_checkpoints(members, lists)
+
+    def at_volume(self, volumes: list[dict[str, Any]], group_name: str, volume: str,
+                  checkpoint: str) -> tuple[str, int, int]:
+        """The member journal holding ``volume``, its marker for group ``checkpoint`` (an
+        id or ``latest``/``oldest``, as ``pick_checkpoint`` takes them), and that group
+        checkpoint's id."""
+        member = next((v["member"] for v in volumes if v["name"] == volume), None)
+        if member is None:
+            raise NotFound(f"group {group_name} has no volume named {volume!r}")
+        chosen = pick_checkpoint(self.checkpoints(volumes), checkpoint, None, group_name)
+        return member, int(chosen["members"][member]), int(chosen["id"])
+
+    def at_members(self, volumes: list[dict[str, Any]], action: str,
+                   body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``action`` at the protected side: a checkpoint tag goes to the lead (it
+        takes the round), anything else to every member."""
+        members = members_of(volumes)
+        if action == "checkpoints":
+            lead = members[0]
+            result: dict[str, Any] = self._client(lead.agent).post(
+                f"/groups/{lead.group_id}/checkpoints", body)
+            return result
+        answers = {m.agent: self._client(m.agent).post(f"/groups/{m.group_id}/{action}", body)
+                   for m in members}
+        return {"members": answers}
+
+    def streams(self, volumes: list[dict[str, Any]], protected: bool,
+                ) -> list[tuple[JsonClient, str]]:
+        """Each member's agent (at this site) and stream id."""
+        return [(self._member_client(m, protected), m.group_id) for m in members_of(volumes)]
+
+    def _client(self, agent: str) -> JsonClient:
+        return self.local if agent == self.config.name else self.agents.client(agent)
+
+    def _member_client(self, member: Member, protected: bool) -> JsonClient:
+        # At the recovery site every member's journal is at the site's own agent.
+        return self._client(member.agent) if protected else self.local

@@ -1,0 +1,107 @@
+"""Groups spanning agents: members, stored volumes, joined checkpoints, merged status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from seawall.errors import CorruptData
+from seawall.manager.groups.members import (
+    is_spanning,
+    join_checkpoints,
+    member_of_volume,
+    members_of,
+    merge_status,
+    plan,
+)
+
+
+def _vol(name: str, size: int = 1 << 20) -> dict[str, Any]:
+    return {"name": name, "size": size}
+
+
+def test_one_agent_group_keeps_its_old_shape() -> None:
+    stored, members = plan("g", [("site", _vol("a")), ("site", _vol("b"))], "site")
+    assert members == []
+    assert stored == [{"index": 0, "name": "a", "size_bytes": 1 << 20},
+                      {"index": 1, "name": "b", "size_bytes": 1 << 20}]
+    assert not is_spanning(stored)
+    assert members_of(stored) == []
+
+
+def test_own_agent_leads_and_members_number_their_volumes() -> None:
+    located = [("host2", _vol("x")), ("site", _vol("a")), ("host2", _vol("y")),
+               ("host3", _vol("z", 2 << 20))]
+    stored, members = plan("g", located, "site")
+    assert [m.agent for m in members] == ["site", "host2", "host3"]
+    assert [m.group_id for m in members] == ["g.0", "g.1", "g.2"]
+    assert members[1].volumes == [{"index": 0, "name": "x", "size_bytes": 1 << 20},
+                                  {"index": 1, "name": "y", "size_bytes": 1 << 20}]
+    assert stored[2] == {"index": 2, "name": "y", "size_bytes": 1 << 20, "agent": "host2",
+                         "member": "g.1", "member_index": 1}
+    assert is_spanning(stored)
+    again = members_of(stored)
+    assert [(m.agent, m.group_id, m.volumes) for m in again] == \
+        [(m.agent, m.group_id, m.volumes) for m in members]
+    assert member_of_volume(stored, "z") == "g.2"
+    assert member_of_volume(stored, "nope") is None
+
+
+def test_without_the_own_agent_the_first_volume_s_agent_leads() -> None:
+    _, members = plan("g", [("host3", _vol("z")), ("host2", _vol("x"))], "site")
+    assert [m.agent for m in members] == ["host3", "host2"]
+    # One remote agent alone is still a member stream (the site's own agent has none).
+    _, single = plan("g", [("host2", _vol("x"))], "site")
+    assert [m.group_id for m in single] == ["g.0"]
+
+
+def _entry(seq: int, sealed_as: int | None, consistent: bool = True,
+           name: str = "") -> dict[str, Any]:
+    return {"id": seq, "time_ns": seq * 1000, "name": name, "consistent": consistent,
+            "sealed_as": sealed_as}
+
+
+def test_a_checkpoint_is_offered_only_when_every_member_sealed_it() -> None:
+    _, members = plan("g", [("site", _vol("a")), ("host2", _vol("x"))], "site")
+    lists = {
+        "g.0": [_entry(10, 10, name="before"), _entry(20, 20), _entry(30, None),
+                _entry(40, 40), _entry(50, 50)],
+        "g.1": [_entry(7, 10), _entry(9, 20, consistent=False), _entry(12, None),
+                _entry(15, 40), _entry(16, None)],
+    }
+    joined = join_checkpoints(members, lists)
+    # 20: the member's marker is inside a sync window; 30: the lead never sealed it;
+    # 50: the member has not sealed (or not received) it yet.
+    assert [c["id"] for c in joined] == [10, 40]
+    assert joined[0]["members"] == {"g.0": 10, "g.1": 7}
+    assert joined[0]["name"] == "before" and joined[0]["time_ns"] == 10_000
+    assert joined[1]["members"] == {"g.0": 40, "g.1": 15}
+
+
+def test_a_lead_journal_sealing_another_id_is_corrupt() -> None:
+    _, members = plan("g", [("site", _vol("a")), ("host2", _vol("x"))], "site")
+    with pytest.raises(CorruptData):
+        join_checkpoints(members, {"g.0": [_entry(10, 11)], "g.1": [_entry(3, 11)]})
+
+
+def test_merged_status_sums_counters_and_shows_the_worst_state() -> None:
+    _, members = plan("g", [("site", _vol("a")), ("host2", _vol("x"))], "site")
+    lead = {"role": "protected", "state": "protecting", "link_up": True, "written_bytes": 10,
+            "write_count": 1, "buffered_bytes": 5, "newest_replicated_checkpoint_ns": 50,
+            "wan": {"sent_bytes": 3}, "sync": {"total_bytes": 0}}
+    other = {"role": "protected", "state": "bitmap-sync", "link_up": False,
+             "written_bytes": 20, "write_count": 2, "buffered_bytes": 7,
+             "newest_replicated_checkpoint_ns": 40, "wan": {"sent_bytes": 4},
+             "sync": {"total_bytes": 100}, "phase": "syncing"}
+    merged = merge_status([(members[0], lead), (members[1], other)], 40, 2_000_000_040)
+    assert merged["state"] == "bitmap-sync" and merged["phase"] == "syncing"
+    assert merged["sync"] == {"total_bytes": 100}
+    assert merged["written_bytes"] == 30 and merged["write_count"] == 3
+    assert merged["buffered_bytes"] == 12 and merged["wan"]["sent_bytes"] == 7
+    assert merged["link_up"] is False
+    assert merged["rpo_s"] == pytest.approx(2.0)
+    assert [m["agent"] for m in merged["members"]] == ["site", "host2"]
+    healthy = merge_status([(members[0], lead), (members[1], {**other, "state": "protecting",
+                                                               "link_up": True})], None, 1)
+    assert healthy["state"] == "protecting" and healthy["rpo_s"] is None
