@@ -45,8 +45,9 @@ class LocalMember:
     def __init__(self, agent: str, hold: MemberHold, fail_prepare: bool = False) -> None:
         self.agent = agent
         self.hold = hold
-        self.fail_prepare = fail_prepare
+        self.fail_prepare = fail_prepare  # and probes: the member's host is gone
         self.aborted: list[int] = []
+        self.probes = 0
 
     async def prepare(self, name: str, tagged: bool) -> int:
         if self.fail_prepare:
@@ -59,6 +60,11 @@ class LocalMember:
     async def abort(self, marker_seq: int) -> None:
         self.aborted.append(marker_seq)
         self.hold.abort(marker_seq)
+
+    async def probe(self) -> None:
+        self.probes += 1
+        if self.fail_prepare:
+            raise PeerError(f"member agent {self.agent} unreachable: test")
 
     async def close(self) -> None:
         return None
@@ -210,6 +216,26 @@ def test_a_member_that_cannot_prepare_aborts_the_round(members: Members) -> None
     members.loop.run(lead.checkpoint("", tagged=False))
 
 
+def test_an_unreachable_member_is_probed_before_any_gate_closes_again(
+        members: Members) -> None:
+    gone = LocalMember("b", members.holds["b"], fail_prepare=True)
+    lead = Coordinator(members.holds["a"], [gone])
+    with pytest.raises(PeerError):
+        members.loop.run(lead.checkpoint("", tagged=False))
+    assert lead.suspects == {"b"} and gone.probes == 0
+    markers = len([r for r in members.records("a") if r.kind == RecordKind.CHECKPOINT])
+    for _ in range(3):  # still gone: each round stops at the probe, no marker, no hold
+        with pytest.raises(PeerError, match="member agent b"):
+            members.loop.run(lead.checkpoint("", tagged=False))
+    assert gone.probes == 3
+    assert len([r for r in members.records("a") if r.kind == RecordKind.CHECKPOINT]) == markers
+    gone.fail_prepare = False  # back: the probe passes and the round goes through
+    entry = members.loop.run(lead.checkpoint("", tagged=False))
+    assert lead.suspects == set() and gone.probes == 4
+    assert any(r.kind == RecordKind.SEAL and r.length == entry.seq
+               for r in members.records("b"))
+
+
 def test_a_member_not_protecting_refuses_and_the_prepared_ones_are_released(
         members: Members) -> None:
     follower = LocalMember("b", members.holds["b"])
@@ -218,6 +244,7 @@ def test_a_member_not_protecting_refuses_and_the_prepared_ones_are_released(
     with pytest.raises(NotReady):
         members.loop.run(lead.checkpoint("", tagged=False))
     assert not members.holds["b"].gate.closed
+    assert lead.suspects == set()  # it answered (a refusal): nothing to probe next time
     members.groups["a"].tracking = False
     assert follower.aborted == []
 

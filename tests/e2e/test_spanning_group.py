@@ -7,13 +7,14 @@ agent, ``b`` on host2; one group protects both to dr.
 Two writer threads play ping-pong across the agents over NBD: chain 0 writes a step to
 ``a``, waits for the acknowledgement, then the next step to ``b``, and so on; chain 1 does
 the same starting with ``b``. Each step is one 4 KiB block at a random place of the chain's
-own half of the volume, carrying (chain, step) in a header. A step is issued only after the
+own quarter of the volume, carrying (chain, step) in a header. A step is issued only after the
 one before was acknowledged, so in a crash-consistent image of both volumes each chain
 shows a *prefix* of its steps: the newest step seen on one volume is at most one step
 ahead of the newest seen on the other. Checkpoints are taken by the group's timer (every
 200 ms) while the chains run; each one the recovery site offers is exported volume by
 volume and checked against that rule, and byte for byte against the reference model
-replayed to the steps it shows.
+replayed to the steps it shows. The second test stops the member agent in between: its
+outage must not hold the other agent's writes, and the group goes on once it is back.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ pytestmark = pytest.mark.e2e
 
 VOLUME_BYTES = 4 << 20
 BLOCK_BYTES = 4096
-HALF_BYTES = VOLUME_BYTES // 2
+CHAIN_BYTES = VOLUME_BYTES // 4  # chain c writes [c * CHAIN_BYTES, +CHAIN_BYTES)
+OUTAGE_OFFSET = 2 * CHAIN_BYTES  # where a's writes go while host2 is away
+OUTAGE_WRITES = 256
 WRITE_SECONDS = 8.0
 HEADER = struct.Struct(">8sII")  # magic, chain, step
 MAGIC = b"SEAWALL!"
@@ -51,21 +54,30 @@ def step_volume(chain: int, step: int) -> str:
 
 
 def step_write(chain: int, step: int) -> tuple[int, bytes]:
-    """Where step ``step`` of ``chain`` writes (in the chain's half) and what."""
+    """Where step ``step`` of ``chain`` writes (in the chain's quarter) and what."""
     rng = random.Random(chain * 1_000_003 + step)
-    offset = chain * HALF_BYTES + rng.randrange(HALF_BYTES // BLOCK_BYTES) * BLOCK_BYTES
+    offset = chain * CHAIN_BYTES + rng.randrange(CHAIN_BYTES // BLOCK_BYTES) * BLOCK_BYTES
     body = rng.randbytes(BLOCK_BYTES - HEADER.size)
     return offset, HEADER.pack(MAGIC, chain, step) + body
 
 
-def expected_image(volume: str, last_steps: dict[int, int]) -> bytes:
-    """The model of ``volume`` after each chain's steps up to ``last_steps[chain]``."""
+def outage_write(index: int) -> tuple[int, bytes]:
+    return OUTAGE_OFFSET + index * BLOCK_BYTES, random.Random(-1 - index).randbytes(BLOCK_BYTES)
+
+
+def expected_image(volume: str, last_steps: dict[int, int], outage: bool) -> bytes:
+    """The model of ``volume`` after each chain's steps up to ``last_steps[chain]`` (and
+    the writes made while host2 was away, if ``outage``)."""
     image = bytearray(VOLUME_BYTES)
     for chain, last in last_steps.items():
         for step in range(last + 1):
             if step_volume(chain, step) == volume:
                 offset, data = step_write(chain, step)
                 image[offset : offset + BLOCK_BYTES] = data
+    if outage and volume == "a":
+        for index in range(OUTAGE_WRITES):
+            offset, data = outage_write(index)
+            image[offset : offset + BLOCK_BYTES] = data
     return bytes(image)
 
 
@@ -73,7 +85,7 @@ def newest_step(image: bytes, chain: int) -> int:
     """The newest step of ``chain`` the image shows, -1 for none: it is never overwritten
     by a later step of the same prefix, so its header is intact."""
     newest = -1
-    for offset in range(chain * HALF_BYTES, (chain + 1) * HALF_BYTES, BLOCK_BYTES):
+    for offset in range(chain * CHAIN_BYTES, (chain + 1) * CHAIN_BYTES, BLOCK_BYTES):
         magic, owner, step = HEADER.unpack_from(image, offset)
         if magic == MAGIC and owner == chain:
             newest = max(newest, step)
@@ -83,12 +95,13 @@ def newest_step(image: bytes, chain: int) -> int:
 class Chain(threading.Thread):
     """Steps to a and b in turn, each acknowledged before the next is sent."""
 
-    def __init__(self, chain: int, uris: dict[str, str], stop: threading.Event) -> None:
+    def __init__(self, chain: int, uris: dict[str, str], stop: threading.Event,
+                 first_step: int = 0) -> None:
         super().__init__(daemon=True)
         self.chain = chain
         self.uris = uris
         self.stop_event = stop
-        self.steps = 0
+        self.steps = first_step  # steps sent and acknowledged
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -136,7 +149,8 @@ def export_image(dr: LocalSite, volume: str, checkpoint: int) -> bytes:
         seawall(dr, "export", "--stop", uri)
 
 
-def check_checkpoint(dr: LocalSite, checkpoint: dict[str, Any]) -> dict[int, int]:
+def check_checkpoint(dr: LocalSite, checkpoint: dict[str, Any],
+                     outage: bool = False) -> dict[int, int]:
     """Export both volumes at a group checkpoint; assert the chains show prefixes and the
     images are the model's. Returns each chain's newest step."""
     images = {v: export_image(dr, v, checkpoint["id"]) for v in VOLUMES}
@@ -152,40 +166,61 @@ def check_checkpoint(dr: LocalSite, checkpoint: dict[str, Any]) -> dict[int, int
             f"but only step {before} on the other volume ({newest})")
         last_steps[chain] = last
     for volume in VOLUMES:
-        assert images[volume] == expected_image(volume, last_steps), (
+        assert images[volume] == expected_image(volume, last_steps, outage), (
             f"checkpoint {checkpoint['id']}: volume {volume} differs from the model at "
             f"steps {last_steps}")
     return last_steps
 
 
-def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
-        three: tuple[LocalSite, Host, LocalSite]) -> None:
-    prod, _host2, dr = three
+def protect_across_agents(prod: LocalSite, dr: LocalSite) -> dict[str, str]:
+    """Volume a on prod's agent, b on host2's, one group protecting both to dr; the
+    volumes' NBD URIs."""
     prod.pair_with(dr)
     seawall(prod, "volume", "create", "a", "--size", "4M")
     seawall(prod, "volume", "create", "b", "--size", "4M", "--agent", "host2")
     volumes = {v["name"]: v for v in run_json(prod, "volume", "list")}
     assert (volumes["a"]["agent"], volumes["b"]["agent"]) == ("prod", "host2")
-    uris = {"a": volumes["a"]["nbd_uri"], "b": volumes["b"]["nbd_tcp_uri"]}
-
     seawall(prod, "group", "create", "app", "--volume", "a", "--volume", "b", "--to", "dr",
             "--checkpoint-interval", "200ms")
     prod.wait_protecting("app")
-    shown = run_json(prod, "group", "show", "app")
-    assert [(v["name"], v["agent"]) for v in shown["volumes"]] == [("a", "prod"),
-                                                                   ("b", "host2")]
+    return {"a": volumes["a"]["nbd_uri"], "b": volumes["b"]["nbd_tcp_uri"]}
 
+
+def run_chains(uris: dict[str, str], seconds: float, first_steps: list[int]) -> list[int]:
+    """Both chains for ``seconds``, from their ``first_steps``; the steps they reached."""
     stop = threading.Event()
-    chains = [Chain(chain, uris, stop) for chain in (0, 1)]
+    chains = [Chain(chain, uris, stop, first) for chain, first in enumerate(first_steps)]
     for chain in chains:
         chain.start()
-    time.sleep(WRITE_SECONDS)
+    time.sleep(seconds)
     stop.set()
     for chain in chains:
         chain.join(30)
         assert chain.error is None, f"chain {chain.chain}: {chain.error!r}"
-    final = int(seawall(prod, "checkpoint", "tag", "app", "--name", "final").stdout)
-    dr.wait_checkpoint("app", final)
+    return [chain.steps for chain in chains]
+
+
+def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
+    """A tagged group checkpoint, once the recovery site offers it."""
+    checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", name).stdout)
+    dr.wait_checkpoint("app", checkpoint)
+    return checkpoint
+
+
+def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    return checkpoints[:: max(1, len(checkpoints) // count)]
+
+
+def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
+        three: tuple[LocalSite, Host, LocalSite]) -> None:
+    prod, _host2, dr = three
+    uris = protect_across_agents(prod, dr)
+    shown = run_json(prod, "group", "show", "app")
+    assert [(v["name"], v["agent"]) for v in shown["volumes"]] == [("a", "prod"),
+                                                                   ("b", "host2")]
+
+    steps = run_chains(uris, WRITE_SECONDS, [0, 0])
+    final = tag(prod, dr, "final")
 
     offered = run_json(dr, "checkpoint", "list", "app")
     assert final in {c["id"] for c in offered}
@@ -196,14 +231,12 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     at_prod = {c["id"] for c in run_json(prod, "checkpoint", "list", "app")}
     assert {c["id"] for c in offered} <= at_prod  # the protected site lists the same ids
 
-    # Every checkpoint taken while the chains ran (up to 12, spread) and the final one.
-    during = [c for c in offered if c["id"] != final]
-    picked = [*during[:: max(1, len(during) // 12)],
-              next(c for c in offered if c["id"] == final)]
-    seen = [check_checkpoint(dr, checkpoint) for checkpoint in picked]
-    steps = [chain.steps for chain in chains]
-    assert seen[-1] == {0: steps[0] - 1, 1: steps[1] - 1}  # the final one: every step
-    in_flight = [s for s in seen[:-1] if 0 < s[0] < steps[0] - 1 and 0 < s[1] < steps[1] - 1]
+    # Checkpoints taken while the chains ran (up to 12, spread) and the final one.
+    during = spread([c for c in offered if c["id"] != final], 12)
+    seen = [check_checkpoint(dr, checkpoint) for checkpoint in during]
+    assert check_checkpoint(dr, next(c for c in offered if c["id"] == final)) == {
+        0: steps[0] - 1, 1: steps[1] - 1}  # the final one: every step
+    in_flight = [s for s in seen if 0 < s[0] < steps[0] - 1 and 0 < s[1] < steps[1] - 1]
     assert len(in_flight) >= 3, f"too few checkpoints were taken mid-write: {seen}"
 
     # What a spanning group cannot do yet says so, and changes nothing.
@@ -216,3 +249,48 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     document = run_json(prod, "group", "status", "app")  # the monitor's, with alerts
     assert [m["agent"] for m in document["agent"]["members"]] == ["prod", "host2"]
     assert document["agent"]["rpo_s"] is not None
+
+
+def test_a_member_agent_away_holds_no_other_agents_writes_and_the_group_goes_on(
+        three: tuple[LocalSite, Host, LocalSite]) -> None:
+    prod, host2, dr = three
+    uris = protect_across_agents(prod, dr)
+    steps = run_chains(uris, 3.0, [0, 0])
+    before = tag(prod, dr, "before")
+
+    host2.stop()  # a clean stop: it ends its part of any round first
+    outage_start_ns = time.time_ns()
+    latencies_s = []
+    with NbdClient(uris["a"]) as client:
+        for index in range(OUTAGE_WRITES):  # ~ a dozen rounds fail meanwhile
+            offset, data = outage_write(index)
+            started_s = time.monotonic()
+            client.write(offset, data)
+            latencies_s.append(time.monotonic() - started_s)
+            time.sleep(0.01)
+    outage_end_ns = time.time_ns()
+    assert max(latencies_s) < 1.0, f"a's writes waited for the missing member: {latencies_s}"
+    document = run_json(prod, "group", "status", "app")["agent"]
+    assert document["state"] == "error" and "host2" in document["last_error"]
+    coordination = document["coordination"]
+    assert coordination["failed_rounds"] >= 3 and coordination["unreachable"] == ["host2"]
+    tagged = refused(prod, "checkpoint", "tag", "app", "--name", "away")
+    assert "host2" in " ".join(tagged.stderr.split())
+
+    host2.run()
+    host2.wait_reachable(prod)
+    prod.wait_protecting("app")
+    steps = run_chains(uris, 3.0, steps)
+    after = tag(prod, dr, "after")
+
+    offered = run_json(dr, "checkpoint", "list", "app")
+    assert not [c for c in offered if outage_start_ns <= c["time_ns"] <= outage_end_ns]
+    earlier = [c for c in offered if c["time_ns"] < outage_start_ns]
+    later = [c for c in offered if c["time_ns"] > outage_end_ns]
+    assert before in {c["id"] for c in earlier}
+    final = next(c for c in later if c["id"] == after)
+    for checkpoint in spread(earlier, 4):
+        check_checkpoint(dr, checkpoint)
+    for checkpoint in spread(later, 6):
+        check_checkpoint(dr, checkpoint, outage=True)
+    assert check_checkpoint(dr, final, outage=True) == {0: steps[0] - 1, 1: steps[1] - 1}

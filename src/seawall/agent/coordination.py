@@ -32,6 +32,10 @@ Rules:
   is aborted and no checkpoint of the group is taken, as for a one-agent group.
 - Writes are never refused or lost by a round: at worst their acknowledgement waits for
   the hold timeout.
+- A member that could not be reached in a round is *suspect*: before the next round the
+  lead asks its health (no gate closed) and runs the round only once every suspect answers,
+  so a dead or cut-off member host costs the others' writes one round's wait
+  (``ROUND_TIMEOUT_S`` at most), not one per checkpoint interval.
 """
 
 from __future__ import annotations
@@ -135,6 +139,9 @@ class Member(Protocol):
 
     async def abort(self, marker_seq: int) -> None: ...
 
+    async def probe(self) -> None:
+        """Return if the member answers (PeerError if not); it holds nothing."""
+
     async def close(self) -> None: ...
 
 
@@ -158,6 +165,15 @@ class RemoteMember:
 
     async def abort(self, marker_seq: int) -> None:
         await self._post("abort", {"marker_seq": marker_seq})
+
+    async def probe(self) -> None:
+        try:
+            response = await self._client.get("/health")
+        except httpx.HTTPError as exc:
+            raise PeerError(f"member agent {self.agent} unreachable: "
+                            f"{type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise PeerError(f"member agent {self.agent} answered {response.status_code}")
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -189,6 +205,7 @@ class Coordinator:
         self.rounds = 0
         self.failed_rounds = 0
         self.last_error = ""
+        self.suspects: set[str] = set()  # agents of members unreachable in the last round
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
 
@@ -220,11 +237,13 @@ class Coordinator:
             return entry
 
     async def _round(self, name: str, tagged: bool) -> CheckpointEntry:
+        await self._probe_suspects()
         lead = await self.local.prepare(name, tagged)
         answers = await asyncio.gather(*(m.prepare(name, tagged) for m in self.members),
                                        return_exceptions=True)
         failures = [(m, a) for m, a in zip(self.members, answers, strict=True)
                     if isinstance(a, BaseException)]
+        self.suspects = {m.agent for m, a in failures if _unreachable(a)}
         if failures:
             self.local.abort(lead.seq)
             await asyncio.gather(*(m.abort(a) for m, a in zip(self.members, answers, strict=True)
@@ -239,6 +258,14 @@ class Coordinator:
             raise NotReady(f"checkpoint {lead.seq} was not sealed by every member (a hold "
                            "ran out or a member stopped protecting): it is not offered")
         return lead
+
+    async def _probe_suspects(self) -> None:
+        suspects = [m for m in self.members if m.agent in self.suspects]
+        answers = await asyncio.gather(*(m.probe() for m in suspects), return_exceptions=True)
+        for member, answer in zip(suspects, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise _as_seawall_error(answer, member.agent)
+            self.suspects.discard(member.agent)
 
     async def _run_timer(self) -> None:
         group = self.local.group
@@ -258,8 +285,13 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "failed_rounds": self.failed_rounds,
-                "last_error": self.last_error,
+                "last_error": self.last_error, "unreachable": sorted(self.suspects),
                 "members": [self.local.group.spec.name, *(m.agent for m in self.members)]}
+
+
+def _unreachable(error: BaseException) -> bool:
+    """No answer at all (as opposed to a refusal, such as a member not protecting)."""
+    return isinstance(error, PeerError | TimeoutError | OSError)
 
 
 def _as_seawall_error(error: BaseException, agent: str) -> SeawallError:

@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
-from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.members import is_spanning, plan
@@ -45,7 +46,7 @@ from seawall.manager.groups.settings import (
     retention_settings,
     store,
 )
-from seawall.manager.groups.spanning import SpanningGroups
+from seawall.manager.groups.spanning import SpanningGroups, recovery_checkpoints
 from seawall.manager.models import Group, Peer
 from seawall.manager.sites.service import SiteService
 
@@ -213,7 +214,12 @@ class GroupService:
                                 "message": "committed at this site, not protected: "
                                            f"`seawall group reverse {name}` protects it back"}
         elif is_spanning(group.volumes):
-            result["status"] = self.spanning.status(group.volumes, group.role == "protected")
+            protected = group.role == "protected"
+            offered = None
+            if protected:
+                with contextlib.suppress(SeawallError):  # an estimate without it (RPO)
+                    offered = recovery_checkpoints(self.config, peer, name)
+            result["status"] = self.spanning.status(group.volumes, protected, offered)
         else:
             result["status"] = self.agent.get(f"/groups/{group.group_id}/status")
         return result
@@ -226,12 +232,7 @@ class GroupService:
             return result
         if group.role == "recovery":
             return self.spanning.checkpoints(group.volumes)
-        remote = peer_client(self.config, peer)  # what is offered is the recovery site's
-        try:
-            result = remote.get(f"/api/v1/peer/groups/{name}/checkpoints")
-        finally:
-            remote.close()
-        return result
+        return recovery_checkpoints(self.config, peer, name)  # what is offered is theirs
 
     def checkpoints_for_peer(self, name: str, source_site_id: str) -> list[dict[str, Any]]:
         """A spanning group's checkpoints, asked by its protected site."""

@@ -18,10 +18,24 @@ import time
 from typing import Any, Protocol
 
 from seawall.config import SiteConfig
-from seawall.errors import NotFound
+from seawall.errors import NotFound, SeawallError
 from seawall.http import JsonClient
+from seawall.manager.clients import peer_client
 from seawall.manager.groups.members import Member, join_checkpoints, members_of, merge_status
+from seawall.manager.models import Peer
 from seawall.manager.recovery.machine import pick_checkpoint
+
+
+def recovery_checkpoints(config: SiteConfig, peer: Peer, group_name: str,
+                         timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """A spanning group's checkpoints as its recovery site offers them (asked by the
+    protected site over the peer API)."""
+    client = peer_client(config, peer, timeout_s=timeout_s)
+    try:
+        result: list[dict[str, Any]] = client.get(f"/api/v1/peer/groups/{group_name}/checkpoints")
+    finally:
+        client.close()
+    return result
 
 
 class AgentReach(Protocol):
@@ -102,17 +116,33 @@ class SpanningGroups:
 
     # --- live facts ---------------------------------------------------------------------
 
-    def status(self, volumes: list[dict[str, Any]], protected: bool) -> dict[str, Any]:
+    def status(self, volumes: list[dict[str, Any]], protected: bool,
+               recovery_checkpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The group's status from its members'. A member whose agent does not answer shows
+        as ``error`` with the reason (the group's state then too).
+
+        The RPO is the newest group checkpoint's age: from the recovery site's joined list
+        (given at the protected site when its manager answered: ``recovery_checkpoints``);
+        else, at the protected site, from the oldest of the members' newest replicated
+        markers (an estimate: a marker of a round that was not sealed everywhere counts)."""
         members = members_of(volumes)
-        statuses = [(m, self._member_client(m, protected).get(f"/groups/{m.group_id}/status"))
-                    for m in members]
-        if protected:
+        statuses = [(m, self._member_status(m, protected)) for m in members]
+        joined = recovery_checkpoints if protected else self.checkpoints(volumes)
+        if joined is not None:
+            newest_ns = joined[-1]["time_ns"] if joined else None
+        else:
             newest = [s.get("newest_replicated_checkpoint_ns") for _, s in statuses]
             newest_ns = None if None in newest else min(n for n in newest if n is not None)
-        else:
-            joined = self.checkpoints(volumes)
-            newest_ns = joined[-1]["time_ns"] if joined else None
         return merge_status(statuses, newest_ns, time.time_ns())
+
+    def _member_status(self, member: Member, protected: bool) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = self._member_client(member, protected).get(
+                f"/groups/{member.group_id}/status")
+        except SeawallError as exc:
+            return {"state": "error", "last_error": exc.message, "link_up": False,
+                    "connected": False}
+        return status
 
     def checkpoints(self, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The group's checkpoints, joined from its member journals (recovery site)."""

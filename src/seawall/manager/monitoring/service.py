@@ -27,7 +27,7 @@ from seawall.config import SiteConfig
 from seawall.errors import NotFound, SeawallError
 from seawall.manager.clients import agent_client, peer_client
 from seawall.manager.groups.members import is_spanning
-from seawall.manager.groups.spanning import AgentReach, SpanningGroups
+from seawall.manager.groups.spanning import AgentReach, SpanningGroups, recovery_checkpoints
 from seawall.manager.models import Group, Peer, RecoveryOperation
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.rates import RateWindow
@@ -80,8 +80,9 @@ class StatusService:
         if agent_ok:
             try:
                 if facts.spanning_volumes:
-                    agent = self.spanning.status(facts.spanning_volumes,
-                                                 facts.role == "protected")
+                    protected = facts.role == "protected"
+                    agent = self.spanning.status(facts.spanning_volumes, protected,
+                                                 self._offered(facts) if protected else None)
                 else:
                     agent = self.agent.get(f"/groups/{facts.group_id}/status")
                 error = None
@@ -95,6 +96,21 @@ class StatusService:
             document["peer_reachable"] = (self._peer_errors[facts.peer] is None
                                           if probed else None)
         return document
+
+    def _offered(self, facts: GroupFacts) -> list[dict[str, Any]] | None:
+        """A spanning group's checkpoints at its recovery site (its RPO is the newest one's
+        age); None if that site's manager is away (the status then estimates)."""
+        with self._lock:
+            if self._peer_errors.get(facts.peer):
+                return None  # known down: do not wait for it
+        with self.sessions() as session:
+            peer = session.scalars(select(Peer).where(Peer.name == facts.peer)).first()
+        if peer is None:
+            return None
+        try:
+            return recovery_checkpoints(self.config, peer, facts.name, PEER_TIMEOUT_S)
+        except SeawallError:
+            return None
 
     def facts(self) -> list[GroupFacts]:
         """What the database knows of every group of this site, by name."""
