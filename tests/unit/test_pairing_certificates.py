@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -118,3 +120,24 @@ def test_the_peer_api_address_is_given_or_next_to_the_api_and_never_shared(
         with pytest.raises(InvalidInput, match="--peer-api"):
             SiteConfig.create("c", tmp_path / "c", api, replication, peer_api=peer_api)
         assert not (tmp_path / "c" / "site.json").exists()
+
+
+def test_pairings_racing_with_one_token_let_one_through(
+        tmp_path: Path, database_url: str) -> None:
+    dr = site(tmp_path, "dr", database_url)
+    peers = [site(tmp_path, f"prod{n}") for n in range(6)]
+    token = dr.new_token()
+    start = threading.Barrier(len(peers))
+
+    def attempt(n: int) -> bool:
+        start.wait()
+        try:
+            dr.accept(token, peers[n].info())
+            return True
+        except Unauthorized:
+            return False
+
+    with ThreadPoolExecutor(len(peers)) as pool:
+        outcomes = list(pool.map(attempt, range(len(peers))))
+    assert outcomes.count(True) == 1
+    assert len(dr.peers()) == 1

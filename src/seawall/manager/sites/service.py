@@ -23,7 +23,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
@@ -80,8 +80,16 @@ class SiteService:
             if peer["site_id"] == self.config.site_id:
                 raise InvalidInput("a site cannot pair with itself")
             check_certificate(peer["cert_pem"])
+            # Burnt only if still unused, in one statement: of two pairings racing with one
+            # token, the second finds it used once the first commits.
+            burnt = session.execute(
+                update(PairingToken)
+                .where(PairingToken.token_hash == row.token_hash,
+                       PairingToken.used_at.is_(None))
+                .values(used_at=now))
+            if getattr(burnt, "rowcount", 0) != 1:
+                raise Unauthorized("pairing token is invalid, expired or already used")
             self._store_peer(session, peer, now)
-            row.used_at = now
         self.refresh_pins()
         return self.info()
 
