@@ -23,7 +23,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,9 @@ class Chain(threading.Thread):
 
 
 @pytest.fixture
-def three(tmp_path: Path) -> Iterator[tuple[LocalSite, Host, LocalSite]]:
+def three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          ) -> Iterator[tuple[LocalSite, Host, LocalSite]]:
+    monkeypatch.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")  # alerts within a second
     log = (tmp_path / "sites.log").open("w")
     prod = LocalSite("prod", tmp_path / "prod", log, agent_control=True)
     dr = LocalSite("dr", tmp_path / "dr", log)
@@ -207,6 +209,17 @@ def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
     return checkpoint
 
 
+def alert_ids(site: LocalSite) -> set[str]:
+    return {alert["id"] for alert in site.api.get("/api/v1/alerts")}
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not in {timeout_s:.0f} s"
+        time.sleep(0.1)
+
+
 def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     return checkpoints[:: max(1, len(checkpoints) // count)]
 
@@ -276,10 +289,12 @@ def test_a_member_agent_away_holds_no_other_agents_writes_and_the_group_goes_on(
     assert coordination["failed_rounds"] >= 3 and coordination["unreachable"] == ["host2"]
     tagged = refused(prod, "checkpoint", "tag", "app", "--name", "away")
     assert "host2" in " ".join(tagged.stderr.split())
+    wait_until(lambda: "agent-unreachable:host2" in alert_ids(prod), "the alert for host2")
 
     host2.run()
     host2.wait_reachable(prod)
     prod.wait_protecting("app")
+    wait_until(lambda: "agent-unreachable:host2" not in alert_ids(prod), "the alert cleared")
     steps = run_chains(uris, 3.0, steps)
     after = tag(prod, dr, "after")
 

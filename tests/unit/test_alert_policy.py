@@ -188,6 +188,14 @@ def test_agent_and_peer_unreachable() -> None:
     assert "timed out" in evaluation.alerts["peer-unreachable:dr"].message
 
 
+def test_an_agent_joined_from_another_host_that_does_not_answer_alerts_by_its_name() -> None:
+    evaluation = evaluate([], None, {}, NOW, {"host2": "connection refused", "host3": None})
+    assert {key: alert.severity.value for key, alert in evaluation.alerts.items()} == {
+        "agent-unreachable:host2": "error"}
+    assert "agent host2 does not answer: connection refused" in (
+        evaluation.alerts["agent-unreachable:host2"].message)
+
+
 def test_ids_are_stable_while_severity_and_message_change() -> None:
     def rpo(seconds: float) -> Evaluation:
         agent = protected_agent(newest_replicated_checkpoint_ns=NOW_NS - int(seconds * 1e9))

@@ -41,7 +41,11 @@ def recovery_checkpoints(config: SiteConfig, peer: Peer, group_name: str,
 class AgentReach(Protocol):
     """How the manager reaches the agents of its site (``seawall.manager.agents``)."""
 
-    def client(self, agent: str | None) -> JsonClient: ...
+    def client(self, agent: str | None, timeout_s: float = ...) -> JsonClient: ...
+
+    def names(self) -> list[str]:
+        """Every agent's name, the site's own first."""
+        ...
 
     def endpoint(self, agent: str) -> tuple[str, str]:
         """A joined agent's control URL and certificate."""

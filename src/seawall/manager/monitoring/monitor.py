@@ -61,10 +61,11 @@ class Monitor:
     def tick(self) -> Evaluation:
         """One round: probe, evaluate, store; the evaluation (for tests and logs)."""
         agent_error = self.status.probe_agent()
+        joined_errors = self.status.probe_joined_agents()
         peer_errors = self.status.probe_peers()
         documents = self.status.documents(agent_ok=agent_error is None)
         now = datetime.now(UTC)
-        evaluation = evaluate(documents, agent_error, peer_errors, now)
+        evaluation = evaluate(documents, agent_error, peer_errors, now, joined_errors)
         raised, cleared = self.alerts.apply(evaluation, now)
         for key in raised:
             alert = evaluation.alerts[key]

@@ -16,7 +16,8 @@ Rules (each document is a ``monitoring.status`` document):
   ``error``: error.
 - ``test-overdue``: no failover test passed within the reminder interval (counted from
   the group's creation when none ever passed): warning. Recovery site only (it runs them).
-- ``agent-unreachable`` and ``peer-unreachable`` (one per peer site): error.
+- ``agent-unreachable`` (subject ``agent`` for the site's own, the agent's name for one
+  joined from another host) and ``peer-unreachable`` (one per peer site): error.
 - A group whose agent did not answer is *undetermined*: its alerts that need the agent
   stay as they were (the caller keeps them), rather than clear and come back.
 """
@@ -82,13 +83,19 @@ class Evaluation:
 
 
 def evaluate(documents: Iterable[dict[str, Any]], agent_error: str | None,
-             peer_errors: dict[str, str | None], now: datetime) -> Evaluation:
+             peer_errors: dict[str, str | None], now: datetime,
+             joined_errors: dict[str, str | None] | None = None) -> Evaluation:
     """The alerts active now. ``agent_error``: None if the site's agent answered;
-    ``peer_errors``: peer site name -> None if its manager answered, else why not."""
+    ``peer_errors``: peer site name -> None if its manager answered, else why not;
+    ``joined_errors``: the same for the agents joined from other hosts, by name."""
     result = Evaluation()
     if agent_error is not None:
         result.add(Alert(Kind.AGENT_UNREACHABLE, "agent", Severity.ERROR,
                          f"the site's agent does not answer: {agent_error}"))
+    for agent, error in sorted((joined_errors or {}).items()):
+        if error is not None:
+            result.add(Alert(Kind.AGENT_UNREACHABLE, agent, Severity.ERROR,
+                             f"agent {agent} does not answer: {error}"))
     for peer, error in sorted(peer_errors.items()):
         if error is not None:
             result.add(Alert(Kind.PEER_UNREACHABLE, peer, Severity.ERROR,

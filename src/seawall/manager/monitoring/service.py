@@ -52,6 +52,7 @@ class StatusService:
         self.sessions = sessions
         self.alerts = alerts
         self.agent = agent_client(config, timeout_s=AGENT_TIMEOUT_S)
+        self.agents = agents
         self.spanning = SpanningGroups(config, agents, self.agent)
         self.rates = RateWindow()
         self._peer_errors: dict[str, str | None] = {}
@@ -141,6 +142,18 @@ class StatusService:
             return None
         except SeawallError as exc:
             return exc.message
+
+    def probe_joined_agents(self) -> dict[str, str | None]:
+        """Each agent joined from another host -> None if it answers its health check,
+        else why not."""
+        errors: dict[str, str | None] = {}
+        for name in self.agents.names()[1:]:  # the site's own is first: probe_agent
+            try:
+                self.agents.client(name, PEER_TIMEOUT_S).get("/health")
+                errors[name] = None
+            except SeawallError as exc:
+                errors[name] = exc.message
+        return errors
 
     def probe_peers(self) -> dict[str, str | None]:
         """Each paired site's name -> None if its manager answers ``/health``, else why not."""
