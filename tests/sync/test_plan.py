@@ -25,6 +25,14 @@ def test_marks_below_the_compare_cursor_only() -> None:
     assert plan.kind == "bitmap" and plan.pending_bytes == 4096
 
 
+def test_marking_everything_leaves_nothing_to_compare() -> None:
+    plan = SyncPlan([8 * MIB, 4 * MIB])
+    plan.compare_all()  # a new group's plan, before it hears from the recovery site
+    plan.mark_all()  # which holds nothing: ship everything, once
+    assert plan.kind == "bitmap" and plan.pending_bytes == 12 * MIB
+    assert plan.compare_from == [None, None]
+
+
 def test_records_mark_their_ranges() -> None:
     plan = SyncPlan([MIB])
     plan.mark_records([

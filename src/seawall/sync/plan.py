@@ -78,8 +78,10 @@ class SyncPlan:
                 self.mark(record.volume, record.offset, record.length)
 
     def mark_all(self) -> None:
-        for dirty in self.maps:
+        """Ship every volume whole (a first sync): nothing is left to compare."""
+        for index, dirty in enumerate(self.maps):
             dirty.mark_all()
+            self.compare_from[index] = None
 
     def compare_all(self) -> None:
         """Compare every volume from its start: dirty ranges are then redundant."""
