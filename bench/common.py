@@ -38,17 +38,6 @@ def spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -45,8 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from common import FioJob, FioResult, cpu_seconds, run_fio, spawn, stop, wait_for_socket
-from seawall.localsites import LocalSite
+from common import FioJob, FioResult, cpu_seconds, run_fio, spawn, wait_for_socket
+from seawall.localsites import LocalSite, stop_process
 from seawall.units import parse_size_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -156,7 +156,7 @@ class Servers:
             finally:
                 _kill_leftover_agent(agent_pid, site.directory)
         for process in self.processes:
-            stop(process)
+            stop_process(process, 10.0)
 
 
 def _agent_pid(site: LocalSite) -> int:
@@ -231,7 +231,7 @@ def run_one(servers: Servers, job: FioJob, target: str, round_index: int, second
             try:
                 profiler.wait(30)
             except subprocess.TimeoutExpired:
-                stop(profiler)
+                stop_process(profiler, 10.0)
     wall_s = time.monotonic() - started
     cpu_s = cpu_seconds(pid) - cpu_before
     if replication is not None and prod is not None:

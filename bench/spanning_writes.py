@@ -45,8 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from common import FioJob, cpu_seconds, spawn, stop
-from seawall.localsites import LocalSite, free_ports
+from common import FioJob, cpu_seconds, spawn
+from seawall.localsites import LocalSite, free_ports, stop_process
 from seawall.units import parse_duration_s, parse_size_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -166,7 +166,7 @@ class Bench:
         pids = self.agent_pids()
         try:
             if self.host2 is not None:
-                stop(self.host2, timeout_s=30.0)
+                stop_process(self.host2, 30.0)
             for site in (self.prod, self.dr):
                 site.stop()
         finally:
@@ -184,7 +184,7 @@ def _run_fio(argv: list[str], prefix: Path, timeout_s: float) -> tuple[dict[str,
     try:
         process.wait(timeout_s)
     finally:
-        stop(process)
+        stop_process(process, 10.0)
     text = output.read_text() if output.exists() else ""
     if process.returncode != 0 or "{" not in text:
         raise RuntimeError(f"fio failed ({process.returncode}); see {prefix}.log")
