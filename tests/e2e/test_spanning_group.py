@@ -274,6 +274,25 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     assert [m["agent"] for m in document["agent"]["members"]] == ["prod", "host2"]
     assert document["agent"]["rpo_s"] is not None
 
+    # Settings reach the lead's rounds (and both sites); a resync runs at every member.
+    seawall(prod, "group", "update", "app", "--checkpoint-interval", "1s")
+    assert {run_json(site, "group", "show", "app")["checkpoint_interval_s"]
+            for site in (prod, dr)} == {1.0}
+    rounds_before = lead_rounds(prod)
+    time.sleep(3.0)
+    assert 1 <= lead_rounds(prod) - rounds_before <= 4  # was every 200 ms: ~15
+    resynced = run_json(prod, "group", "resync", "app")  # one status, as for any group
+    assert [m["agent"] for m in resynced["members"]] == ["prod", "host2"]
+    assert "delta-sync started" in seawall(prod, "group", "resync", "app").stderr
+    prod.wait_protecting("app")
+    after_resync = tag(prod, dr, "after-resync")
+    assert check_checkpoint(dr, {"id": after_resync}) == {0: steps[0] - 1, 1: steps[1] - 1}
+
+
+def lead_rounds(prod: LocalSite) -> int:
+    rounds: int = prod.group_status("app")["coordination"]["rounds"]
+    return rounds
+
 
 def test_a_member_agent_away_holds_no_other_agents_writes_and_the_group_goes_on(
         three: tuple[LocalSite, Host, LocalSite]) -> None:

@@ -169,16 +169,17 @@ class SpanningGroups:
     def at_members(self, volumes: list[dict[str, Any]], action: str,
                    body: dict[str, Any]) -> dict[str, Any]:
         """POST ``action`` at the protected side: a checkpoint tag goes to the lead (it
-        takes the round), anything else to every member."""
+        takes the round), anything else to every member, whose answers (statuses) come
+        back merged as one group's."""
         members = members_of(volumes)
         if action == "checkpoints":
             lead = members[0]
             result: dict[str, Any] = self._client(lead.agent).post(
                 f"/groups/{lead.group_id}/checkpoints", body)
             return result
-        answers = {m.agent: self._client(m.agent).post(f"/groups/{m.group_id}/{action}", body)
-                   for m in members}
-        return {"members": answers}
+        answers = [(m, self._client(m.agent).post(f"/groups/{m.group_id}/{action}", body))
+                   for m in members]
+        return merge_status(answers, None, time.time_ns())
 
     def streams(self, volumes: list[dict[str, Any]], protected: bool,
                 ) -> list[tuple[JsonClient, str]]:
