@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from seawall.cli.monitoring import member_rows
 from seawall.errors import CorruptData
 from seawall.manager.groups.members import (
     is_spanning,
@@ -102,6 +103,36 @@ def test_merged_status_sums_counters_and_shows_the_worst_state() -> None:
     assert merged["link_up"] is False
     assert merged["rpo_s"] == pytest.approx(2.0)
     assert [m["agent"] for m in merged["members"]] == ["site", "host2"]
+    assert merged["group_id"] == "g"  # the group's, not its lead stream's
     healthy = merge_status([(members[0], lead), (members[1], {**other, "state": "protecting",
                                                                "link_up": True})], None, 1)
     assert healthy["state"] == "protecting" and healthy["rpo_s"] is None
+
+
+def test_merged_status_of_the_recovery_journals_keeps_their_shape() -> None:
+    _, members = plan("g", [("site", _vol("a")), ("host2", _vol("x"))], "site")
+    journals = [{"role": "recovery", "connected": True, "journal_bytes": 10},
+                {"role": "recovery", "connected": False, "journal_bytes": 5}]
+    merged = merge_status(list(zip(members, journals, strict=True)), None, 1)
+    assert "state" not in merged and merged["connected"] is False
+    assert merged["journal_bytes"] == 15
+    assert [m["state"] for m in merged["members"]] == ["receiving", "disconnected"]
+
+
+def test_members_as_rows_a_person_reads() -> None:
+    members = [
+        {"agent": "site", "group_id": "g.0", "volumes": ["a", "b"], "state": "protecting",
+         "coordination": {"lead": True, "rounds": 9, "failed_rounds": 2,
+                          "last_error": "member agent host2 unreachable"}},
+        {"agent": "host2", "group_id": "g.1", "volumes": ["x"], "state": "error",
+         "coordination": {"lead": False, "hold_timeouts": 1}},
+        {"agent": "host3", "group_id": "g.2", "volumes": ["y"], "state": None,
+         "coordination": None},  # at the recovery site: journals, no rounds
+    ]
+    assert member_rows(members) == [
+        {"agent": "site", "stream": "g.0", "volumes": "a, b", "state": "protecting",
+         "coordination": "lead: 9 rounds, 2 failed (member agent host2 unreachable)"},
+        {"agent": "host2", "stream": "g.1", "volumes": "x", "state": "error",
+         "coordination": "member: 1 holds ran out"},
+        {"agent": "host3", "stream": "g.2", "volumes": "y", "state": "-", "coordination": "-"},
+    ]

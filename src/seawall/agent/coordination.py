@@ -286,7 +286,7 @@ class Coordinator:
     def status(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "failed_rounds": self.failed_rounds,
                 "last_error": self.last_error, "unreachable": sorted(self.suspects),
-                "members": [self.local.group.spec.name, *(m.agent for m in self.members)]}
+                "other_members": [m.agent for m in self.members]}
 
 
 def _unreachable(error: BaseException) -> bool:

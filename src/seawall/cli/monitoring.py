@@ -40,12 +40,35 @@ def group_status(name: str, url: UrlOption = None, token: TokenOption = None,
     print_table(summary_rows(document), ["field", "value"])
     agent = document["agent"] or {}
     rows = [{"field": f"agent.{key}", "value": value} for key, value in agent.items()
-            if not isinstance(value, dict)]
+            if not isinstance(value, dict | list)]
     for key, value in agent.items():
         if isinstance(value, dict):  # sync progress, WAN facts: one row per field
             rows += [{"field": f"agent.{key}.{k}", "value": v} for k, v in value.items()]
     if rows:
         print_table(rows, ["field", "value"])
+    if agent.get("members"):  # a group spanning agents: one row per member stream
+        print_table(member_rows(agent["members"]),
+                    ["agent", "stream", "volumes", "state", "coordination"])
+
+
+def member_rows(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A spanning group's members as rows a person reads; pure."""
+    rows = []
+    for member in members:
+        coordination = member.get("coordination") or {}
+        if coordination.get("lead"):
+            said = (f"lead: {coordination.get('rounds', 0)} rounds, "
+                    f"{coordination.get('failed_rounds', 0)} failed")
+            if coordination.get("last_error"):
+                said += f" ({coordination['last_error']})"
+        elif coordination:
+            said = f"member: {coordination.get('hold_timeouts', 0)} holds ran out"
+        else:
+            said = "-"
+        rows.append({"agent": member["agent"], "stream": member["group_id"],
+                     "volumes": ", ".join(member["volumes"]),
+                     "state": member.get("state") or "-", "coordination": said})
+    return rows
 
 
 def summary_rows(document: dict[str, Any]) -> list[dict[str, Any]]:

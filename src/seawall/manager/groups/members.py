@@ -136,6 +136,7 @@ def merge_status(statuses: list[tuple[Member, dict[str, Any]]],
     knows it from the joined list; the protected site passes the oldest of its members'
     newest replicated ones): the group's RPO is computed from it."""
     merged: dict[str, Any] = dict(statuses[0][1])
+    merged["group_id"] = statuses[0][0].group_id.rpartition(".")[0]  # the group's, not a stream's
     for key in _SUMMED:
         if key in merged:
             merged[key] = sum(int(s.get(key) or 0) for _, s in statuses)
@@ -150,9 +151,10 @@ def merge_status(statuses: list[tuple[Member, dict[str, Any]]],
     if "history_covered_s" in merged:
         merged["history_covered_s"] = min(covered) if len(covered) == len(statuses) else None
     states = {s.get("state") for _, s in statuses}
-    merged["state"] = next((state for state in _STATE_RANK if state in states),
-                           merged.get("state"))
-    odd = next((s for _, s in statuses if s.get("state") == merged["state"]), merged)
+    state = next((state for state in _STATE_RANK if state in states), merged.get("state"))
+    if state is not None:  # a recovery journal's status has none
+        merged["state"] = state
+    odd = next((s for _, s in statuses if s.get("state") == state), merged)
     for key in ("phase", "refusal", "last_error", "sync"):
         if key in odd:
             merged[key] = odd[key]
@@ -166,7 +168,14 @@ def merge_status(statuses: list[tuple[Member, dict[str, Any]]],
                                                       for w in wan)}
     merged["members"] = [{"agent": member.agent, "group_id": member.group_id,
                           "volumes": [v["name"] for v in member.volumes],
-                          "state": status.get("state"),
+                          "state": status.get("state") or _receiving(status),
                           "coordination": status.get("coordination")}
                          for member, status in statuses]
     return merged
+
+
+def _receiving(status: dict[str, Any]) -> str:
+    """A member journal's state at the recovery site, in the status document's words."""
+    if status.get("journal_full"):
+        return "paused"
+    return "receiving" if status.get("connected") else "disconnected"
