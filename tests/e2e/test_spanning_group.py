@@ -14,11 +14,13 @@ ahead of the newest seen on the other. Checkpoints are taken by the group's time
 200 ms) while the chains run; each one the recovery site offers is exported volume by
 volume and checked against that rule, and byte for byte against the reference model
 replayed to the steps it shows. The second test stops the member agent in between: its
-outage must not hold the other agent's writes, and the group goes on once it is back.
+outage must not hold the other agent's writes, and the group goes on once it is back. The
+third kills (SIGKILL) the member agent, then the lead agent, in the middle of the chains.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 import threading
@@ -197,17 +199,25 @@ def protect_across_agents(prod: LocalSite, dr: LocalSite) -> dict[str, str]:
     return {"a": volumes["a"]["nbd_uri"], "b": volumes["b"]["nbd_tcp_uri"]}
 
 
-def run_chains(uris: dict[str, str], seconds: float, first_steps: list[int]) -> list[int]:
-    """Both chains for ``seconds``, from their ``first_steps``; the steps they reached."""
+def run_chains(uris: dict[str, str], seconds: float, first_steps: list[int],
+               crash: Callable[[], None] | None = None) -> list[int]:
+    """Both chains for ``seconds``, from their ``first_steps``; the steps they reached
+    (acknowledged). With ``crash``, it is called after ``seconds`` while they write: each
+    chain then ends on its first failed step, which a later run sends again (the same
+    block, the same bytes: it may or may not have reached the volume)."""
     stop = threading.Event()
     chains = [Chain(chain, uris, stop, first) for chain, first in enumerate(first_steps)]
     for chain in chains:
         chain.start()
     time.sleep(seconds)
+    if crash is not None:
+        crash()
     stop.set()
     for chain in chains:
         chain.join(30)
-        assert chain.error is None, f"chain {chain.chain}: {chain.error!r}"
+        assert not chain.is_alive(), f"chain {chain.chain} is stuck"
+        assert crash is not None or chain.error is None, f"chain {chain.chain}: {chain.error!r}"
+    assert crash is None or any(chain.error for chain in chains), "no chain felt the crash"
     return [chain.steps for chain in chains]
 
 
@@ -339,3 +349,43 @@ def test_a_member_agent_away_holds_no_other_agents_writes_and_the_group_goes_on(
     for checkpoint in spread(later, 8):
         check_checkpoint(dr, checkpoint, outage=True)
     assert check_checkpoint(dr, final, outage=True) == {0: steps[0] - 1, 1: steps[1] - 1}
+
+
+def test_member_and_lead_agents_killed_mid_write_leave_every_checkpoint_consistent(
+        three: tuple[LocalSite, Host, LocalSite], kill_agent: Callable[[LocalSite], int],
+        ) -> None:
+    prod, host2, dr = three
+    uris = protect_across_agents(prod, dr)
+    killed_ns: list[int] = []
+
+    def kill_host2() -> None:
+        assert host2.process is not None
+        killed_ns.append(time.time_ns())
+        host2.process.kill()
+        host2.process.wait()
+
+    def kill_lead() -> None:
+        killed_ns.append(time.time_ns())
+        kill_agent(prod)
+
+    steps = run_chains(uris, 2.0, [0, 0], crash=kill_host2)
+    host2.run()
+    host2.wait_reachable(prod)
+    prod.wait_protecting("app")  # host2 compared its volume: nothing survived the kill
+
+    steps = run_chains(uris, 2.0, steps, crash=kill_lead)
+    prod.stop()  # its manager; then the site again, with a new agent
+    prod.start()
+    prod.wait_protecting("app")
+
+    steps = run_chains(uris, 2.0, steps)
+    final = tag(prod, dr, "final")
+    offered = run_json(dr, "checkpoint", "list", "app")
+    edges = [0, *killed_ns, time.time_ns()]
+    for start, end in itertools.pairwise(edges):  # before, between, after the kills
+        window = [c for c in offered if start <= c["time_ns"] < end and c["id"] != final]
+        assert window, f"no checkpoint offered between {start} and {end}"
+        for checkpoint in spread(window, 6):
+            check_checkpoint(dr, checkpoint)
+    assert check_checkpoint(dr, next(c for c in offered if c["id"] == final)) == {
+        0: steps[0] - 1, 1: steps[1] - 1}
