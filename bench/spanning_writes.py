@@ -83,7 +83,7 @@ class Run:
 class Bench:
     def __init__(self, workdir: Path, size_bytes: int, interval_s: float, log: TextIO) -> None:
         self.workdir, self.size_bytes, self.interval_s = workdir, size_bytes, interval_s
-        self.prod = LocalSite("prod", workdir / "prod", log, agent_control=True)
+        self.prod = LocalSite("prod", workdir / "prod", log)
         self.dr = LocalSite("dr", workdir / "dr", log)
         self.host2: subprocess.Popen[bytes] | None = None
         self.uris: dict[str, str] = {}

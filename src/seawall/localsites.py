@@ -68,10 +68,8 @@ class LocalSite:
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
                  buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20,
-                 database: str | None = None, agent_control: bool = False) -> None:
-        """A new site in ``directory``, or the existing one if it holds a site already;
-        ``agent_control``: its agent listens for mutual-TLS control calls too (joined
-        agents, groups spanning agents)."""
+                 database: str | None = None) -> None:
+        """A new site in ``directory``, or the existing one if it holds a site already."""
         self.name = name
         self.directory = directory
         self.log = log
@@ -80,12 +78,11 @@ class LocalSite:
         if (directory / CONFIG_NAME).exists():
             self.config = SiteConfig.load(directory)
         else:
-            api_port, replication_port, peer_api_port, control_port = free_ports(4)
+            api_port, replication_port, peer_api_port = free_ports(3)
             self.config = SiteConfig.create(
                 name, directory, f"127.0.0.1:{api_port}", f"127.0.0.1:{replication_port}",
                 advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
                 database=database, peer_api=f"127.0.0.1:{peer_api_port}",
-                agent_control=f"127.0.0.1:{control_port}" if agent_control else None,
             )
             token = first_admin_token(self.config)
         self.token = token or local_admin_token(self.config, "local-site")

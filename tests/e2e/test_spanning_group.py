@@ -126,7 +126,7 @@ def three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
           ) -> Iterator[tuple[LocalSite, Host, LocalSite]]:
     monkeypatch.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")  # alerts within a second
     log = (tmp_path / "sites.log").open("w")
-    prod = LocalSite("prod", tmp_path / "prod", log, agent_control=True)
+    prod = LocalSite("prod", tmp_path / "prod", log)
     dr = LocalSite("dr", tmp_path / "dr", log)
     host2 = Host("host2", tmp_path / "host2", log)
     try:
