@@ -202,22 +202,25 @@ def protect_across_agents(prod: LocalSite, dr: LocalSite) -> dict[str, str]:
 def run_chains(uris: dict[str, str], seconds: float, first_steps: list[int],
                crash: Callable[[], None] | None = None) -> list[int]:
     """Both chains for ``seconds``, from their ``first_steps``; the steps they reached
-    (acknowledged). With ``crash``, it is called after ``seconds`` while they write: each
-    chain then ends on its first failed step, which a later run sends again (the same
-    block, the same bytes: it may or may not have reached the volume)."""
+    (acknowledged). With ``crash`` (an agent killed), it is called after ``seconds`` while
+    they write: each chain then ends on its first failed step (each writes to both
+    agents), which a later run sends again (the same block and bytes: it may or may not
+    have reached the volume)."""
     stop = threading.Event()
     chains = [Chain(chain, uris, stop, first) for chain, first in enumerate(first_steps)]
     for chain in chains:
         chain.start()
     time.sleep(seconds)
     if crash is not None:
-        crash()
-    stop.set()
+        crash()  # and each chain runs on until a step of it fails
+    else:
+        stop.set()
     for chain in chains:
         chain.join(30)
         assert not chain.is_alive(), f"chain {chain.chain} is stuck"
-        assert crash is not None or chain.error is None, f"chain {chain.chain}: {chain.error!r}"
-    assert crash is None or any(chain.error for chain in chains), "no chain felt the crash"
+        assert (chain.error is not None) == (crash is not None), (
+            f"chain {chain.chain}: {chain.error!r}")
+    stop.set()
     return [chain.steps for chain in chains]
 
 
