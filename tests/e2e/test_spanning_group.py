@@ -1,21 +1,22 @@
 """A group spanning two agents: every group checkpoint is crash-consistent across them.
 
-Real processes: site ``prod`` (its agent listens for control calls), a second agent
-``host2`` joined to it as from another host, and site ``dr``. Volume ``a`` lives on prod's
-agent, ``b`` on host2; one group protects both to dr.
+Real processes: site ``prod``, a second agent ``host2`` joined to it as from another host,
+and site ``dr``. Volume ``a`` lives on prod's agent (the group's lead), ``b`` on host2;
+one group protects both to dr.
 
 Two writer threads play ping-pong across the agents over NBD: chain 0 writes a step to
 ``a``, waits for the acknowledgement, then the next step to ``b``, and so on; chain 1 does
-the same starting with ``b``. Each step is one 4 KiB block at a random place of the chain's
-own quarter of the volume, carrying (chain, step) in a header. A step is issued only after the
-one before was acknowledged, so in a crash-consistent image of both volumes each chain
-shows a *prefix* of its steps: the newest step seen on one volume is at most one step
-ahead of the newest seen on the other. Checkpoints are taken by the group's timer (every
-200 ms) while the chains run; each one the recovery site offers is exported volume by
-volume and checked against that rule, and byte for byte against the reference model
-replayed to the steps it shows. The second test stops the member agent in between: its
-outage must not hold the other agent's writes, and the group goes on once it is back. The
-third kills (SIGKILL) the member agent, then the lead agent, in the middle of the chains.
+the same starting with ``b``. Each step is one 4 KiB block at a random place of the
+chain's own quarter of the volume, carrying (chain, step) in a header. A step is issued
+only after the one before was acknowledged, so in a crash-consistent image of both volumes
+each chain shows a *prefix* of its steps: the newest step seen on one volume is at most
+one step ahead of the newest seen on the other. Checkpoints are taken by the group's timer
+(every 200 ms) while the chains run; the ones the recovery site offers (up to 16, spread,
+and the last) are exported volume by volume and checked against that rule, and byte for
+byte against the reference model replayed to the steps they show. The second test stops
+the member agent in between: its outage must not hold the other agent's writes, and the
+group goes on once it is back. The third kills (SIGKILL) the member agent, then the lead
+agent, in the middle of the chains.
 """
 
 from __future__ import annotations
