@@ -250,7 +250,8 @@ def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]
 
 
 def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
-        three: tuple[LocalSite, Host, LocalSite]) -> None:
+        three: tuple[LocalSite, Host, LocalSite], tmp_path: Path) -> None:
+    clone_dir = tmp_path / "clone"
     prod, _host2, dr = three
     uris = protect_across_agents(prod, dr)
     shown = run_json(prod, "group", "show", "app")
@@ -276,6 +277,16 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
         0: steps[0] - 1, 1: steps[1] - 1}  # the final one: every step
     in_flight = [s for s in seen if 0 < s[0] < steps[0] - 1 and 0 < s[1] < steps[1] - 1]
     assert len(in_flight) >= 3, f"too few checkpoints were taken mid-write: {seen}"
+
+    # A clone of the whole group at a checkpoint: each volume from its member's journal.
+    middle = len(during) // 2  # a checkpoint taken mid-write, checked above
+    cloned = run_json(dr, "clone", "app", "--checkpoint", str(during[middle]["id"]),
+                      "--to", str(clone_dir))
+    assert cloned["state"] == "done" and cloned["checkpoint"]["id"] == during[middle]["id"]
+    for volume in VOLUMES:
+        assert (clone_dir / f"{volume}.raw").read_bytes() == expected_image(
+            volume, seen[middle], outage=False), f"clone of {volume} differs"
+    assert dr.api.get("/api/v1/exports") == []  # the clone's temporary exports are gone
 
     # What a spanning group cannot do yet says so, and changes nothing.
     test = refused(dr, "failover", "test", "app")

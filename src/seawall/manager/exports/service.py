@@ -28,11 +28,11 @@ class ExportService:
                 "group_id": group.group_id, "volume": volume, "checkpoint": checkpoint})
             return result
         # The volume's member journal, at that member's marker of the group checkpoint.
-        member, marker_seq, group_checkpoint = self.groups.spanning.at_volume(
-            group.volumes, group_name, volume, checkpoint)
+        chosen = self.groups.checkpoint_of(group, checkpoint)
+        member, marker_seq = self.groups.stream_at(group, volume, chosen)
         result = self.agent.post("/exports", {"group_id": member, "volume": volume,
-                                              "checkpoint": str(marker_seq)})
-        return {**result, "checkpoint_id": group_checkpoint, "member_marker_seq": marker_seq}
+                                              "checkpoint": marker_seq})
+        return {**result, "checkpoint_id": chosen["id"], "member_marker_seq": int(marker_seq)}
 
     def stop(self, uri_or_name: str) -> dict[str, Any]:
         name = uri_or_name

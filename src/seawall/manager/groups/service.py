@@ -37,7 +37,7 @@ from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning, plan
+from seawall.manager.groups.members import is_spanning, member_of_volume, plan
 from seawall.manager.groups.settings import (
     GroupOptions,
     check,
@@ -48,6 +48,7 @@ from seawall.manager.groups.settings import (
 )
 from seawall.manager.groups.spanning import SpanningGroups, recovery_checkpoints
 from seawall.manager.models import Group, Peer
+from seawall.manager.recovery.machine import choose_checkpoint
 from seawall.manager.sites.service import SiteService
 
 
@@ -233,6 +234,23 @@ class GroupService:
         if group.role == "recovery":
             return self.spanning.checkpoints(group.volumes)
         return recovery_checkpoints(self.config, peer, name)  # what is offered is theirs
+
+    def checkpoint_of(self, group: Group, wanted: str) -> dict[str, Any]:
+        """The checkpoint of ``group`` that ``wanted`` names (an id, ``latest``,
+        ``latest-tagged``) among those this site offers."""
+        return choose_checkpoint(self.checkpoints(group.name), wanted, group.name)
+
+    @staticmethod
+    def stream_at(group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
+        """Where ``volume`` reads as at group ``checkpoint`` (one of ``checkpoint_of``'s):
+        (the journal's id at the agent, the checkpoint id in that journal). For a group
+        spanning agents: its member's journal, at that member's marker."""
+        if not is_spanning(group.volumes):
+            return group.group_id, str(checkpoint["id"])  # the agent knows its volumes
+        member = member_of_volume(group.volumes, volume)
+        if member is None:
+            raise NotFound(f"group {group.name} has no volume named {volume!r}")
+        return member, str(checkpoint["members"][member])
 
     def checkpoints_for_peer(self, name: str, source_site_id: str) -> list[dict[str, Any]]:
         """A spanning group's checkpoints, asked by its protected site."""

@@ -9,7 +9,8 @@ Rules (the shapes are ``groups.members``'):
 - Recovery site: the site's own agent receives every member's stream into a journal of
   its own, each trusting only its member agent's certificate.
 - The group's checkpoints are the recovery site's joined list; an operation on a volume at
-  a group checkpoint goes to the volume's member journal at that member's marker.
+  a group checkpoint goes to the volume's member journal at that member's marker
+  (``GroupService.stream_at``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import time
 from typing import Any, Protocol
 
 from seawall.config import SiteConfig
-from seawall.errors import NotFound, SeawallError
+from seawall.errors import SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.members import Member, join_checkpoints, members_of, merge_status
 from seawall.manager.models import Peer
-from seawall.manager.recovery.machine import pick_checkpoint
 
 
 def recovery_checkpoints(config: SiteConfig, peer: Peer, group_name: str,
@@ -154,17 +154,6 @@ class SpanningGroups:
         lists = {m.group_id: self.local.get(f"/groups/{m.group_id}/checkpoints")
                  for m in members}
         return join_checkpoints(members, lists)
-
-    def at_volume(self, volumes: list[dict[str, Any]], group_name: str, volume: str,
-                  checkpoint: str) -> tuple[str, int, int]:
-        """The member journal holding ``volume``, its marker for group ``checkpoint`` (an
-        id or ``latest``/``oldest``, as ``pick_checkpoint`` takes them), and that group
-        checkpoint's id."""
-        member = next((v["member"] for v in volumes if v["name"] == volume), None)
-        if member is None:
-            raise NotFound(f"group {group_name} has no volume named {volume!r}")
-        chosen = pick_checkpoint(self.checkpoints(volumes), checkpoint, None, group_name)
-        return member, int(chosen["members"][member]), int(chosen["id"])
 
     def at_members(self, volumes: list[dict[str, Any]], action: str,
                    body: dict[str, Any]) -> dict[str, Any]:

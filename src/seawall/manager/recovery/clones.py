@@ -35,7 +35,7 @@ from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import RecoveryOperation
 from seawall.manager.recovery.imaging import FORMATS, write_image
-from seawall.manager.recovery.machine import OperationEvent, OperationState, choose_checkpoint
+from seawall.manager.recovery.machine import OperationEvent, OperationState
 from seawall.manager.recovery.operations import new_operation_id, recovery_group
 from seawall.manager.recovery.reports import ReportStore, build_report
 from seawall.manager.recovery.store import OperationStore, add_step, describe
@@ -82,12 +82,12 @@ class CloneService:
         directory = Path(to)
         if not directory.is_absolute():
             raise InvalidInput(f"--to must be an absolute directory at the recovery site: {to}")
-        group = recovery_group(self.groups, group_name, "seawall clone")
+        group = recovery_group(self.groups, group_name, "seawall clone", spanning=True)
         self.reconcile()
-        chosen = choose_checkpoint(
-            self.agent.get(f"/groups/{group.group_id}/checkpoints"), checkpoint, group_name)
+        chosen = self.groups.checkpoint_of(group, checkpoint)
         outputs = [{"volume": v["name"], "path": str(directory / f"{v['name']}.{image_format}"),
-                    "format": image_format, "size_bytes": v["size_bytes"]}
+                    "format": image_format, "size_bytes": v["size_bytes"],
+                    "read_from": self.groups.stream_at(group, v["name"], chosen)}
                    for v in group.volumes]
         taken = [o["path"] for o in outputs
                  if Path(o["path"]).exists() or part_path(o["path"]).exists()]
@@ -145,9 +145,10 @@ class CloneService:
         exports: list[dict[str, Any]] = []
         try:
             for output in outputs:
+                journal, checkpoint = output["read_from"]
                 exports.append(self.agent.post("/exports", {
-                    "group_id": operation.group_id, "volume": output["volume"],
-                    "checkpoint": str(operation.checkpoint_id)}))
+                    "group_id": journal, "volume": output["volume"],
+                    "checkpoint": checkpoint}))
             self.store.update(operation_id, step="exports opened",
                               exports=[e["name"] for e in exports])
             for output, export in zip(outputs, exports, strict=True):

@@ -37,8 +37,11 @@ def new_operation_id(prefix: str, now: datetime) -> str:
     return f"{prefix}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def recovery_group(groups: GroupService, name: str, command: str) -> Group:
-    """The group, if this site is its recovery site; else a clear error saying where to go."""
+def recovery_group(groups: GroupService, name: str, command: str,
+                   spanning: bool = False) -> Group:
+    """The group, if this site is its recovery site; else a clear error saying where to go.
+    ``spanning``: the operation works for groups spanning agents too (it reads volumes
+    through exports, ``GroupService.stream_at``)."""
     group, peer = groups.get(name)
     if group.role == "failed-over":
         raise InvalidInput(
@@ -50,10 +53,10 @@ def recovery_group(groups: GroupService, name: str, command: str) -> Group:
             f"group {name} is protected from this site: run `{command}` at its recovery "
             f"site {peer.name} (--url {peer.api_url})"
         )
-    if is_spanning(group.volumes):
+    if is_spanning(group.volumes) and not spanning:
         raise Conflict(f"group {name} spans agents: `{command}` is not available for such "
-                       "groups yet; `seawall export` gives any volume of it at any of its "
-                       "checkpoints")
+                       "groups yet; `seawall export` and `seawall clone` give its volumes "
+                       "at any of its checkpoints")
     return group
 
 
