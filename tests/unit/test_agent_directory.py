@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
 from seawall.localsites import free_ports
+from seawall.manager.access.hashing import token_hash
 from seawall.manager.agents import tokens
 from seawall.manager.agents.directory import AgentDirectory, check_control_url
 from seawall.manager.models import AgentJoinToken, Group, JoinedAgent, Peer, create_database
@@ -115,7 +116,7 @@ def test_a_token_joins_one_agent_once(site: Site, tmp_path: Path) -> None:
     assert made["fingerprint"] == site.config.identity().fingerprint
     with site.directory.sessions() as session:  # only the hash is kept
         stored = session.scalars(select(AgentJoinToken.token_hash)).all()
-    assert stored == [tokens.token_hash(made["token"])]
+    assert stored == [token_hash(made["token"])]
     assert made["token"] not in stored[0]
     answer = join(site, made["token"], agent_cert(tmp_path, "host2"))
     assert answer == {"site": "prod", "site_id": site.config.site_id,

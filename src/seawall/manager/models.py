@@ -8,7 +8,7 @@ always be rebuilt from its agent.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +31,11 @@ from seawall.manager.migrations import upgrade_to_head
 from seawall.manager.migrations.baseline import NAMING_CONVENTION
 
 log = logging.getLogger(__name__)
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from seawall.manager.access import hashing
 from seawall.manager.access.policy import Role
-from seawall.manager.models import ApiToken, User
+from seawall.manager.models import ApiToken, User, utc
 
 ADMIN_NAME = "admin"
 LOGIN_TOKEN_LIFETIME_S = 30 * 86400.0
@@ -46,16 +46,12 @@ class Principal:
     token_id: str
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _token_row(token: ApiToken, now: datetime) -> dict[str, Any]:
-    expires_at = _aware(token.expires_at) if token.expires_at else None
+    expires_at = utc(token.expires_at) if token.expires_at else None
     state = ("revoked" if token.revoked_at else
              "expired" if expires_at is not None and expires_at <= now else "valid")
     return {"id": token.token_id, "name": token.name,
-            "created_at": _aware(token.created_at).isoformat(),
+            "created_at": utc(token.created_at).isoformat(),
             "expires_at": expires_at.isoformat() if expires_at else None, "state": state}
 
 
@@ -78,7 +74,7 @@ class AccessService:
             api_token, user = row
             if api_token.revoked_at is not None:
                 return None
-            if api_token.expires_at is not None and _aware(api_token.expires_at) <= self.clock():
+            if api_token.expires_at is not None and utc(api_token.expires_at) <= self.clock():
                 return None
             return Principal(user.user_id, user.name, Role.parse(user.role), api_token.token_id)
 
@@ -224,4 +220,4 @@ class AccessService:
     def _describe(user: User) -> dict[str, Any]:
         return {"name": user.name, "role": user.role,
                 "password": user.password_hash is not None,
-                "created_at": _aware(user.created_at).isoformat()}
+                "created_at": utc(user.created_at).isoformat()}

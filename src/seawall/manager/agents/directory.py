@@ -33,15 +33,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
+from seawall.manager.access.hashing import token_hash
 from seawall.manager.agents.tokens import (
     check_ttl_s,
     check_usable,
     new_token,
     refused,
-    token_hash,
 )
 from seawall.manager.clients import agent_client
-from seawall.manager.models import AgentJoinToken, Group, JoinedAgent
+from seawall.manager.models import AgentJoinToken, Group, JoinedAgent, utc
 from seawall.tls import check_certificate, client_context, fingerprint
 
 T = TypeVar("T")
@@ -59,10 +59,6 @@ class AgentAnswer:
     agent: str
     value: Any = None
     error: SeawallError | None = None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_control_url(url: str) -> str:
@@ -111,7 +107,7 @@ class AgentDirectory:
         now = self.clock()
         with self.sessions.begin() as session:
             row = session.get(AgentJoinToken, token_hash(token))
-            check_usable(_aware(row.expires_at) if row else None,
+            check_usable(utc(row.expires_at) if row else None,
                          row.used_at if row else None, now)
             # Burnt only if still unused, in one statement: of two joins racing with one
             # token, the second finds it used once the first commits.
@@ -166,7 +162,7 @@ class AgentDirectory:
         with self.sessions() as session:
             joined = [{"name": a.name, "local": False, "agent_id": a.agent_id,
                        "control_url": a.control_url,
-                       "joined_at": _aware(a.joined_at).isoformat(), "cert_pem": a.cert_pem,
+                       "joined_at": utc(a.joined_at).isoformat(), "cert_pem": a.cert_pem,
                        "fingerprint": fingerprint(a.cert_pem)}
                       for a in session.scalars(select(JoinedAgent).order_by(JoinedAgent.name))]
         return [local, *joined]

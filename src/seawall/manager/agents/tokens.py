@@ -49,10 +49,6 @@ def token_pin(token: str) -> str:
     return pin
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def check_ttl_s(ttl_s: float) -> timedelta:
     if not 0 < ttl_s <= MAX_TTL_S:
         raise InvalidInput(f"a join token lives more than 0 s and at most {MAX_TTL_S:.0f} s "

@@ -19,8 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.errors import InvalidInput
-from seawall.manager.models import Event
-from seawall.manager.recovery.store import utc
+from seawall.manager.models import Event, utc
 
 RETENTION = timedelta(days=90)
 PRUNE_EVERY = 1000

@@ -19,8 +19,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.manager.models import Alert as AlertRow
+from seawall.manager.models import utc
 from seawall.manager.monitoring.policy import AGENT_KINDS, Alert, Evaluation
-from seawall.manager.recovery.store import utc
 
 LIST_LIMIT = 1000
 

@@ -28,7 +28,7 @@ from seawall.errors import NotFound, SeawallError
 from seawall.manager.clients import agent_client, peer_client
 from seawall.manager.groups.members import is_spanning
 from seawall.manager.groups.spanning import AgentReach, SpanningGroups, recovery_checkpoints
-from seawall.manager.models import Group, Peer, RecoveryOperation
+from seawall.manager.models import Group, Peer, RecoveryOperation, utc
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.rates import RateWindow
 from seawall.manager.monitoring.status import (
@@ -39,7 +39,6 @@ from seawall.manager.monitoring.status import (
     shape,
 )
 from seawall.manager.recovery.failover import KIND as FAILOVER_TEST
-from seawall.manager.recovery.store import utc
 
 AGENT_TIMEOUT_S = 5.0
 PEER_TIMEOUT_S = 3.0

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, SeawallError
-from seawall.manager.models import Group, RecoveryOperation
+from seawall.manager.models import Group, RecoveryOperation, utc
 from seawall.manager.recovery.machine import OperationEvent, OperationState, pick_checkpoint
 from seawall.manager.recovery.operations import (
     OperationRunner,
@@ -44,7 +44,7 @@ from seawall.manager.recovery.operations import (
     read_first_blocks,
     recovery_group,
 )
-from seawall.manager.recovery.store import add_step, describe, utc
+from seawall.manager.recovery.store import add_step, describe
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 from seawall import __version__
 from seawall.atomic import atomic_write
 from seawall.errors import NotFound
-from seawall.manager.models import RecoveryOperation
+from seawall.manager.models import RecoveryOperation, utc
 from seawall.manager.recovery.report_html import render_html
-from seawall.manager.recovery.store import describe, utc
+from seawall.manager.recovery.store import describe
 
 REPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SUMMARY_FIELDS = ("id", "kind", "group", "state", "result", "user", "started_at", "rto_s")

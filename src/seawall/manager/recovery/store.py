@@ -21,18 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.errors import Conflict, NotFound
-from seawall.manager.models import RecoveryOperation
+from seawall.manager.models import RecoveryOperation, utc
 from seawall.manager.recovery.machine import (
     ACTIVE,
     OperationEvent,
     OperationState,
     next_state,
 )
-
-
-def utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def add_step(operation: RecoveryOperation, name: str, now: datetime | None = None) -> None:

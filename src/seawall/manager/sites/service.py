@@ -18,7 +18,6 @@ fingerprints (``peer list``).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,18 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
 from seawall.http import JsonClient
-from seawall.manager.models import PairingToken, Peer
+from seawall.manager.access.hashing import token_hash
+from seawall.manager.models import PairingToken, Peer, utc
 from seawall.tls import PinnedServerContext, check_certificate, der_fingerprint, fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=1)
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class SiteService:
@@ -66,7 +58,7 @@ class SiteService:
         token = f"swpt_{secrets.token_urlsafe(24)}"
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
-            session.add(PairingToken(token_hash=_hash(token), created_at=now,
+            session.add(PairingToken(token_hash=token_hash(token), created_at=now,
                                      expires_at=now + TOKEN_LIFETIME))
         return token
 
@@ -74,8 +66,8 @@ class SiteService:
         """A peer presents our token: check it, remember the peer, burn the token."""
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
-            row = session.get(PairingToken, _hash(token))
-            if row is None or row.used_at is not None or _aware(row.expires_at) < now:
+            row = session.get(PairingToken, token_hash(token))
+            if row is None or row.used_at is not None or utc(row.expires_at) < now:
                 raise Unauthorized("pairing token is invalid, expired or already used")
             if peer["site_id"] == self.config.site_id:
                 raise InvalidInput("a site cannot pair with itself")
@@ -153,7 +145,7 @@ class SiteService:
                 {"site_id": p.site_id, "name": p.name, "api_url": p.api_url,
                  "peer_api_url": p.peer_api_url,
                  "replication": f"{p.replication_host}:{p.replication_port}",
-                 "paired_at": _aware(p.paired_at).isoformat(),
+                 "paired_at": utc(p.paired_at).isoformat(),
                  "fingerprint": fingerprint(p.cert_pem) if p.cert_pem else None}
                 for p in session.scalars(select(Peer).order_by(Peer.name))
             ]
