@@ -16,11 +16,13 @@ Rules (the shapes are ``groups.members``'):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from seawall.config import SiteConfig
 from seawall.errors import SeawallError
 from seawall.http import JsonClient
+from seawall.manager.agents.directory import AgentAnswer
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.members import Member, join_checkpoints, members_of, merge_status
 from seawall.manager.models import Peer
@@ -45,6 +47,11 @@ class AgentReach(Protocol):
 
     def names(self) -> list[str]:
         """Every agent's name, the site's own first."""
+        ...
+
+    def ask_all(self, call: Callable[[JsonClient], Any], names: list[str] | None = None,
+                timeout_s: float = ...) -> list[AgentAnswer]:
+        """``call`` every agent (or those ``names``) at once; each answer or its error."""
         ...
 
     def endpoint(self, agent: str) -> tuple[str, str]:
