@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from seawall import join_tokens as tokens
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
 from seawall.localsites import free_ports
 from seawall.manager.access.hashing import token_hash
-from seawall.manager.agents import tokens
 from seawall.manager.agents.directory import AgentDirectory, check_control_url
 from seawall.manager.models import AgentJoinToken, Group, JoinedAgent, Peer, create_database
 from seawall.manager.volumes.service import VolumeService

@@ -16,8 +16,8 @@ from seawall.atomic import atomic_write_json
 from seawall.cli.agents import site_config
 from seawall.config import CONFIG_NAME, SiteConfig
 from seawall.errors import Conflict, InvalidInput, PeerError
+from seawall.join_tokens import certificate_pin, new_token, token_pin
 from seawall.localsites import free_ports
-from seawall.manager.agents.tokens import certificate_pin, new_token, token_pin
 from seawall.tls import ensure_identity
 
 

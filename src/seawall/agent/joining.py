@@ -8,7 +8,7 @@ Rules:
 - The agent makes its own identity (EC P-256, ``seawall.tls``) in a staging directory
   inside DIR, and presents its certificate with the token, its name, a new agent id and
   its control URL (``POST /api/v1/agents/join``). It takes the answer only if the
-  manager's certificate is the one the token names (``manager.agents.tokens``: the token
+  manager's certificate is the one the token names (``seawall.join_tokens``: the token
   carries its PIN), since the join runs over the manager's plain HTTP API.
 - Only then is the identity moved to ``DIR/tls`` and ``DIR/site.json`` written (last,
   atomically): a refused join, a failed call or a wrong answer leaves no configuration,
@@ -34,7 +34,7 @@ from seawall.atomic import atomic_write_json, fsync_directory
 from seawall.config import CONFIG_NAME, SiteConfig, parse_host_port
 from seawall.errors import Conflict, InvalidInput, PeerError
 from seawall.http import JsonClient
-from seawall.manager.agents.tokens import certificate_pin, token_pin
+from seawall.join_tokens import certificate_pin, token_pin
 from seawall.tls import check_certificate, ensure_identity
 
 JOIN_TIMEOUT_S = 30.0

@@ -33,13 +33,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
-from seawall.manager.access.hashing import token_hash
-from seawall.manager.agents.tokens import (
+from seawall.join_tokens import (
     check_ttl_s,
     check_usable,
     new_token,
     refused,
 )
+from seawall.manager.access.hashing import token_hash
 from seawall.manager.clients import agent_client
 from seawall.manager.models import AgentJoinToken, Group, JoinedAgent, utc
 from seawall.tls import check_certificate, client_context, fingerprint

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from seawall.join_tokens import DEFAULT_TTL_S, MAX_TTL_S, TOKEN_MAX_CHARS
 from seawall.manager.agents.directory import AgentDirectory
-from seawall.manager.agents.tokens import DEFAULT_TTL_S, MAX_TTL_S, TOKEN_MAX_CHARS
 from seawall.tls import CERT_PEM_MAX_CHARS
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])

@@ -1,4 +1,5 @@
-"""Join tokens: what lets an agent on another host join the site, once (pure).
+"""Join tokens: what lets an agent on another host join the site, once (pure; shared by
+the manager, which makes and checks them, and the joining agent, which checks the PIN).
 
 Rules:
 - A token is ``swjt_SECRET.PIN``: SECRET is random (24 bytes), PIN is the SHA-256 of the
