@@ -191,11 +191,7 @@ class _NbdProtocol(asyncio.Protocol):
                 if event.fua:
                     self._reply_after_flush(event.cookie, backend)
                 else:
-                    gate = getattr(backend, "reply_gate", None)
-                    if gate is None or not gate.closed:
-                        out.append(conn.send(SimpleReply(event.cookie)))
-                    else:
-                        self._hold(gate, conn.send(SimpleReply(event.cookie)))
+                    self._answer(out, backend, conn.send(SimpleReply(event.cookie)))
             elif type(event) is ReadRequest:
                 assert backend is not None
                 try:
