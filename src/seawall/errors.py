@@ -22,6 +22,10 @@ class SeawallError(Exception):
         super().__init__(message)
         self.message = message
 
+    def body(self) -> dict[str, str]:
+        """The error as every API answers it (JSON), and ``error_from_code`` reads it."""
+        return {"code": self.code, "message": self.message, "fault": self.fault}
+
 
 class InvalidInput(SeawallError):
     """The caller asked for something malformed or out of range."""

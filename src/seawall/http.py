@@ -42,7 +42,7 @@ def install_error_handler(app: FastAPI) -> None:
     async def _seawall_error(request: Request, exc: SeawallError) -> JSONResponse:
         return JSONResponse(
             status_code=exc.http_status,
-            content={"code": exc.code, "message": exc.message, "fault": exc.fault},
+            content=exc.body(),
             headers={"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None,
         )
 
@@ -55,7 +55,7 @@ def install_error_handler(app: FastAPI) -> None:
         error = InvalidInput(details or "invalid request")
         return JSONResponse(
             status_code=422,
-            content={"code": error.code, "message": error.message, "fault": error.fault},
+            content=error.body(),
         )
 
     @app.exception_handler(HTTPException)
@@ -66,7 +66,7 @@ def install_error_handler(app: FastAPI) -> None:
                                       else SeawallError)(str(exc.detail))
         return JSONResponse(
             status_code=exc.status_code,
-            content={"code": error.code, "message": error.message, "fault": error.fault},
+            content=error.body(),
             headers=exc.headers,
         )
 

@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
+
+from seawall.errors import InvalidInput
+
+
+def bind_tcp(host: str, port: int, what: str) -> socket.socket:
+    """A listener's socket, bound now so that a taken port fails the start clearly."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
 
 
 class Server(uvicorn.Server):

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from seawall.agent.metrics import bind_listener
 from seawall.errors import InvalidInput
 from seawall.observability.logs import FORMAT_ENV, JsonFormatter, setup_logging
 from seawall.observability.metrics import STATES, KnownGroup, site_families
+from seawall.serving import bind_tcp
 
 PROTECTED: dict[str, Any] = {
     "group_id": "g1", "name": "app", "role": "protected", "state": "bitmap-sync",
@@ -152,6 +152,6 @@ def test_a_taken_metrics_port_fails_clearly() -> None:
     try:
         port = taken.getsockname()[1]
         with pytest.raises(InvalidInput, match=f"cannot listen for metrics on 127.0.0.1:{port}"):
-            bind_listener("127.0.0.1", port)
+            bind_tcp("127.0.0.1", port, "metrics")
     finally:
         taken.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -154,20 +153,10 @@ class MemberGate:
                 (scope.get("state") or {}).get(CLIENT_CERT_KEY)):
             error = Forbidden(f"{scope['path']} is for the site manager only; other agents "
                               "reach /health and /coordination/... here")
-            response = JSONResponse(status_code=error.http_status, content={
-                "code": error.code, "message": error.message, "fault": error.fault})
+            response = JSONResponse(status_code=error.http_status, content=error.body())
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def bind_control(host: str, port: int) -> socket.socket:
-    """The listener's socket, bound now so that a taken port fails the start clearly."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise InvalidInput(f"cannot listen for control on {host}:{port}: {exc.strerror}") from None
 
 
 def control_server(app: ASGIApp, pins: ControlPins) -> Server:

@@ -19,11 +19,11 @@ import uvicorn
 import uvloop
 
 from seawall.agent.control import create_control_app
-from seawall.agent.control_listener import ControlPins, bind_control, control_server, pins_router
-from seawall.agent.metrics import AgentMetrics, bind_listener
+from seawall.agent.control_listener import ControlPins, control_server, pins_router
+from seawall.agent.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
-from seawall.serving import Server
+from seawall.serving import Server, bind_tcp
 
 log = logging.getLogger("seawall.agent")
 
@@ -35,10 +35,10 @@ async def serve(config: SiteConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, shutdown.set)
     metrics = AgentMetrics(agent)
-    metrics_socket = (bind_listener(config.metrics_host, config.metrics_port)
+    metrics_socket = (bind_tcp(config.metrics_host, config.metrics_port, "metrics")
                       if config.metrics_host and config.metrics_port else None)
     pins = ControlPins(config)
-    control_socket = (bind_control(config.control_host, config.control_port)
+    control_socket = (bind_tcp(config.control_host, config.control_port, "control")
                       if config.control_host and config.control_port else None)
     await agent.start()
     socket_path = config.agent_socket

@@ -18,7 +18,6 @@ Rules and invariants:
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,6 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 
 from seawall.config import SiteConfig
-from seawall.errors import InvalidInput
 from seawall.observability.metrics import site_families, site_info
 
 if TYPE_CHECKING:
@@ -119,12 +117,3 @@ class _Facts:
     def collect(self) -> Iterable[Metric]:
         yield site_info(self.config.name, self.config.site_id, "agent")
         yield from site_families(self.facts)
-
-
-def bind_listener(host: str, port: int) -> socket.socket:
-    """The metrics listener's socket, bound now so that a taken port fails the start clearly."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise InvalidInput(f"cannot listen for metrics on {host}:{port}: {exc.strerror}") from None
