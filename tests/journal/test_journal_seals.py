@@ -54,6 +54,8 @@ def test_markers_are_sealed_as_their_group_checkpoint_across_frames_and_reopen(
     reopened = _journal(tmp_path)
     assert [(c.seq, c.name, c.consistent, c.sealed_as)
             for c in reopened.checkpoints()] == expected
+    assert [c.seq for c in reopened.checkpoints(newest=1)] == [7]  # what a status reads
+    assert [c.seq for c in reopened.checkpoints(newest=5)] == [4, 7]
     reopened.close()
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
 
 from seawall.agent.coordination_routes import coordination_router
@@ -99,8 +99,9 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
         return agent.group_status(group_id)
 
     @app.get("/groups/{group_id}/checkpoints")
-    async def checkpoints(group_id: str) -> list[dict[str, Any]]:
-        return agent.checkpoints(group_id)
+    async def checkpoints(group_id: str, newest: Annotated[int | None, Query(gt=0)] = None,
+                          ) -> list[dict[str, Any]]:
+        return agent.checkpoints(group_id, newest)
 
     @app.post("/groups/{group_id}/checkpoints")
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:

@@ -62,11 +62,11 @@ class RecoveryGroup:
             raise InvalidInput(f"checkpoint must be an id or 'latest': {checkpoint!r}") from None
         return self.journal.checkpoint(seq)
 
-    def checkpoint_list(self) -> list[dict[str, Any]]:
+    def checkpoint_list(self, newest: int | None = None) -> list[dict[str, Any]]:
         return [
             {"id": c.seq, "time_ns": c.time_ns, "name": c.name, "replicated": True,
              "consistent": c.consistent, "sealed_as": c.sealed_as}
-            for c in self.journal.checkpoints()
+            for c in self.journal.checkpoints(newest)
         ]
 
     def status(self) -> dict[str, Any]:

@@ -320,10 +320,11 @@ class Agent:
                     "coordination": self.coordinated.status(group_id)}
         return self.recovery_group(group_id).status()
 
-    def checkpoints(self, group_id: str) -> list[dict[str, Any]]:
+    def checkpoints(self, group_id: str, newest: int | None = None) -> list[dict[str, Any]]:
         if group_id in self.protected:
-            return self.protected[group_id][0].checkpoint_list()
-        return self.recovery_group(group_id).checkpoint_list()
+            listed = self.protected[group_id][0].checkpoint_list()
+            return listed[-newest:] if newest else listed
+        return self.recovery_group(group_id).checkpoint_list(newest)
 
     # --- exports -----------------------------------------------------------------------
 

@@ -265,11 +265,13 @@ class Journal:
 
     # --- checkpoints and views ----------------------------------------------------------
 
-    def checkpoints(self) -> list[CheckpointInfo]:
-        """Every durable checkpoint in seq order, consistent or not."""
+    def checkpoints(self, newest: int | None = None) -> list[CheckpointInfo]:
+        """Every durable checkpoint in seq order, consistent or not (the ``newest`` ones
+        only, if given: their names are read, not all)."""
         floor = self.retention.floor_seq
-        entries = self.catalog.checkpoints_through(self._durable_seq)
-        return [self._info(entry) for entry in entries if entry.seq > floor]
+        entries = [entry for entry in self.catalog.checkpoints_through(self._durable_seq)
+                   if entry.seq > floor]
+        return [self._info(entry) for entry in (entries[-newest:] if newest else entries)]
 
     def checkpoint(self, seq: int) -> CheckpointInfo:
         """The consistent, durable checkpoint ``seq``; NotFound / NotReady otherwise."""

@@ -40,6 +40,10 @@ def recovery_checkpoints(config: SiteConfig, peer: Peer, group_name: str,
     return result
 
 
+STATUS_WINDOW_CHECKPOINTS = 64
+"""How many of each member journal's newest checkpoints a status reads first."""
+
+
 class AgentReach(Protocol):
     """How the manager reaches the agents of its site (``seawall.manager.agents``)."""
 
@@ -138,7 +142,7 @@ class SpanningGroups:
         markers (an estimate: a marker of a round that was not sealed everywhere counts)."""
         members = members_of(volumes)
         statuses = [(m, self._member_status(m, protected)) for m in members]
-        joined = recovery_checkpoints if protected else self.checkpoints(volumes)
+        joined = recovery_checkpoints if protected else self.newest_checkpoints(volumes)
         if joined is not None:
             newest_ns = joined[-1]["time_ns"] if joined else None
         else:
@@ -155,12 +159,22 @@ class SpanningGroups:
                     "connected": False}
         return status
 
-    def checkpoints(self, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The group's checkpoints, joined from its member journals (recovery site)."""
+    def checkpoints(self, volumes: list[dict[str, Any]],
+                    newest: int | None = None) -> list[dict[str, Any]]:
+        """The group's checkpoints, joined from its member journals (recovery site); with
+        ``newest``, from the newest that many of each journal only."""
         members = members_of(volumes)
-        lists = {m.group_id: self.local.get(f"/groups/{m.group_id}/checkpoints")
+        lists = {m.group_id: self.local.get(f"/groups/{m.group_id}/checkpoints",
+                                            **({"newest": newest} if newest else {}))
                  for m in members}
         return join_checkpoints(members, lists)
+
+    def newest_checkpoints(self, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Enough of the group's checkpoints to find its newest (a status, every monitor
+        round): the members' newest markers first, every one only if none of those joins
+        (a member far behind the others)."""
+        return (self.checkpoints(volumes, STATUS_WINDOW_CHECKPOINTS)
+                or self.checkpoints(volumes))
 
     def at_members(self, volumes: list[dict[str, Any]], action: str,
                    body: dict[str, Any]) -> dict[str, Any]:
