@@ -106,9 +106,11 @@ def peer_tag_checkpoint(request: Request, name: str, body: PeerAction) -> dict[s
 
 
 @router.get("/peer/groups/{name}/checkpoints")
-def peer_list_checkpoints(request: Request, name: str) -> list[dict[str, Any]]:
-    """A spanning group's checkpoints, as offered here (asked by its protected site)."""
-    return _service(request).checkpoints_for_peer(name, peer_site(request))
+def peer_list_checkpoints(request: Request, name: str,
+                          newest: bool = False) -> list[dict[str, Any]]:
+    """A spanning group's checkpoints, as offered here (asked by its protected site);
+    ``newest``: the newest one only."""
+    return _service(request).checkpoints_for_peer(name, peer_site(request), newest)
 
 
 @router.post("/peer/groups/{name}/resync")

@@ -219,7 +219,7 @@ class GroupService:
             offered = None
             if protected:
                 with contextlib.suppress(SeawallError):  # an estimate without it (RPO)
-                    offered = recovery_checkpoints(self.config, peer, name)
+                    offered = recovery_checkpoints(self.config, peer, name, newest=True)
             result["status"] = self.spanning.status(group.volumes, protected, offered)
         else:
             result["status"] = self.agent.get(f"/groups/{group.group_id}/status")
@@ -252,11 +252,15 @@ class GroupService:
             raise NotFound(f"group {group.name} has no volume named {volume!r}")
         return member, str(checkpoint["members"][member])
 
-    def checkpoints_for_peer(self, name: str, source_site_id: str) -> list[dict[str, Any]]:
-        """A spanning group's checkpoints, asked by its protected site."""
+    def checkpoints_for_peer(self, name: str, source_site_id: str,
+                             newest: bool = False) -> list[dict[str, Any]]:
+        """A spanning group's checkpoints, asked by its protected site (``newest``: the
+        newest one only, for its status)."""
         group, _ = self.get(name)
         if group.role != "recovery" or group.peer_site_id != source_site_id:
             raise NotFound(f"no group named {name!r} recovered here for the requesting site")
+        if newest:
+            return self.spanning.newest_checkpoints(group.volumes)[-1:]
         return self.checkpoints(name)
 
     def tag(self, name: str, checkpoint_name: str) -> dict[str, Any]:

@@ -29,12 +29,13 @@ from seawall.manager.models import Peer
 
 
 def recovery_checkpoints(config: SiteConfig, peer: Peer, group_name: str,
-                         timeout_s: float = 30.0) -> list[dict[str, Any]]:
+                         timeout_s: float = 30.0, newest: bool = False) -> list[dict[str, Any]]:
     """A spanning group's checkpoints as its recovery site offers them (asked by the
-    protected site over the peer API)."""
+    protected site over the peer API); ``newest``: the newest one only (or none)."""
     client = peer_client(config, peer, timeout_s=timeout_s)
     try:
-        result: list[dict[str, Any]] = client.get(f"/api/v1/peer/groups/{group_name}/checkpoints")
+        result: list[dict[str, Any]] = client.get(
+            f"/api/v1/peer/groups/{group_name}/checkpoints", **({"newest": 1} if newest else {}))
     finally:
         client.close()
     return result
@@ -137,7 +138,8 @@ class SpanningGroups:
         as ``error`` with the reason (the group's state then too).
 
         The RPO is the newest group checkpoint's age: from the recovery site's joined list
-        (given at the protected site when its manager answered: ``recovery_checkpoints``);
+        (at the protected site, its newest one when the recovery site's manager answered:
+        ``recovery_checkpoints``);
         else, at the protected site, from the oldest of the members' newest replicated
         markers (an estimate: a marker of a round that was not sealed everywhere counts)."""
         members = members_of(volumes)

@@ -108,7 +108,8 @@ class StatusService:
         if peer is None:
             return None
         try:
-            return recovery_checkpoints(self.config, peer, facts.name, PEER_TIMEOUT_S)
+            return recovery_checkpoints(self.config, peer, facts.name, PEER_TIMEOUT_S,
+                                        newest=True)
         except SeawallError:
             return None
 
