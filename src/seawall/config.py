@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.local_access import group_id, secure_data_dir
 from seawall.tls import SiteIdentity, ensure_identity
 from seawall.wan.schedule import parse_schedule
 
@@ -104,6 +105,10 @@ class SiteConfig(BaseModel):
     own agent, which goes by the site's name and id."""
     manager_cert_pem: str | None = None
     """A joined agent: its site manager's certificate, pinned at the join."""
+
+    socket_group: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+    """The one group, besides the service's user, that may connect to the NBD socket (e.g.
+    QEMU's); None: no one else (``seawall.local_access``)."""
 
     @field_validator("database")
     @classmethod
@@ -215,7 +220,7 @@ class SiteConfig(BaseModel):
         buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
         throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
         metrics: str | None = None, database: str | None = None, peer_api: str | None = None,
-        agent_control: str | None = None,
+        agent_control: str | None = None, socket_group: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -251,6 +256,7 @@ class SiteConfig(BaseModel):
                 peer_api_port=peer_api_address[1] if peer_api_address else None,
                 control_host=control_address[0] if control_address else None,
                 control_port=control_address[1] if control_address else None,
+                socket_group=socket_group,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
@@ -262,14 +268,19 @@ class SiteConfig(BaseModel):
                                config.peer_api):
             raise InvalidInput(f"the agent's control API cannot listen on {agent_control}: "
                                "give --agent-control HOST:PORT apart from the other listeners")
+        if socket_group is not None:
+            group_id(socket_group)  # InvalidInput before anything is made
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        config.secure()
         config.identity()
-        # A database URL may carry a password: then only the site's user reads the file.
-        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"),
-                          private=database is not None)
+        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"), private=True)
         return config
+
+    def secure(self) -> None:
+        """Close the data directory to other local users (``seawall.local_access``)."""
+        secure_data_dir(self.data_dir, self.run_dir, self.socket_group)
 
     @classmethod
     def load(cls, data_dir: Path) -> SiteConfig:

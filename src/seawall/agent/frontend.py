@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import stat
+from pathlib import Path
 from typing import Protocol, cast
 
 from seawall.agent.reply_gate import DeferredReply, ReplyGate
+from seawall.local_access import bind_unix
 from seawall.nbd.constants import EIO, nbd_errno_for
 from seawall.nbd.events import (
     NEED_DATA,
@@ -336,12 +336,11 @@ class NbdFrontend:
         self._servers: list[asyncio.Server] = []
         self._flushers: dict[str, _FlushCoalescer] = {}
 
-    async def start_unix(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a stale socket left by a previous run
+    async def start_unix(self, path: str | Path, group: str | None = None) -> None:
+        """Listen on ``path``: 0600, or 0660 for ``group`` (``seawall.local_access``)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _NbdProtocol(self), path)
+        server = await loop.create_unix_server(lambda: _NbdProtocol(self),
+                                               sock=bind_unix(Path(path), group))
         self._servers.append(server)
         log.info("NBD front end listening on unix:%s", path)
 

@@ -105,7 +105,7 @@ def join_site(manager_url: str, token: str, data_dir: Path, name: str, control: 
             directory.mkdir(parents=True, exist_ok=True)
         (staging / "tls").rename(config.tls_dir)
         fsync_directory(data_dir)
-        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"))
+        atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"), private=True)
         return config
     finally:
         with contextlib.suppress(FileNotFoundError):

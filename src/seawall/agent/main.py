@@ -17,18 +17,21 @@ import signal
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from seawall.agent.control import create_control_app
 from seawall.agent.control_listener import ControlPins, control_server, pins_router
 from seawall.agent.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
+from seawall.local_access import bind_unix, peer_checked
 from seawall.serving import Server, bind_tcp
 
 log = logging.getLogger("seawall.agent")
 
 
 async def serve(config: SiteConfig) -> None:
+    config.secure()
     agent = Agent(config)
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -41,13 +44,11 @@ async def serve(config: SiteConfig) -> None:
     control_socket = (bind_tcp(config.control_host, config.control_port, "control")
                       if config.control_host and config.control_port else None)
     await agent.start()
-    socket_path = config.agent_socket
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
+    control_unix = bind_unix(config.agent_socket)  # 0600, root and our own user only
     app = create_control_app(agent, shutdown, metrics)
     app.include_router(pins_router(pins))
     servers = [Server(
-        uvicorn.Config(app, uds=str(socket_path),
+        uvicorn.Config(app, http=peer_checked(AutoHTTPProtocol),
                        log_level="warning", lifespan="off", log_config=None),
         handle_signals=False,
     )]
@@ -57,7 +58,7 @@ async def serve(config: SiteConfig) -> None:
                               handle_signals=False))
     pid_path = config.run_dir / "agent.pid"
     pid_path.write_text(f"{os.getpid()}\n")
-    tasks = [asyncio.create_task(servers[0].serve())]
+    tasks = [asyncio.create_task(servers[0].serve(sockets=[control_unix]))]
     if metrics_socket is not None:
         tasks.append(asyncio.create_task(servers[1].serve(sockets=[metrics_socket])))
         log.info("agent %s serving metrics on http://%s:%d/metrics", config.name,

@@ -96,7 +96,7 @@ class Agent:
         for protection in self.state.protected:
             self._start_protection(protection)
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        await self.frontend.start_unix(str(self.config.nbd_socket))
+        await self.frontend.start_unix(self.config.nbd_socket, self.config.socket_group)
         if self.config.nbd_tcp_host and self.config.nbd_tcp_port:
             await self.frontend.start_tcp(self.config.nbd_tcp_host, self.config.nbd_tcp_port)
         await self.replication.start(self.config.replication_host, self.config.replication_port)

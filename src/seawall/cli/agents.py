@@ -18,6 +18,7 @@ from seawall.cli.options import (
     JsonOption,
     LogFormatOption,
     MetricsOption,
+    SocketGroupOption,
     ThrottleOption,
     TokenOption,
     UrlOption,
@@ -27,6 +28,7 @@ from seawall.cli.options import (
 from seawall.cli.output import console, print_json, print_table
 from seawall.config import CONFIG_NAME, SiteConfig, parse_host_port
 from seawall.errors import Conflict, InvalidInput
+from seawall.local_access import enter_private_umask
 from seawall.observability.logs import setup_logging
 from seawall.units import parse_duration_s, parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
@@ -42,7 +44,10 @@ def add_agent_commands(agent_app: typer.Typer) -> None:
 
 
 def site_config(data: Path) -> SiteConfig:
-    """The site in ``data``, for ``site run``/``manager run``: not a joined agent's DIR."""
+    """The site in ``data``, for ``site run``/``manager run``: not a joined agent's DIR.
+
+    These are service processes: from here on what they make is private to their user."""
+    enter_private_umask()
     config = SiteConfig.load(data)
     if config.agent_id is not None:
         raise InvalidInput(f"{data} holds agent {config.agent_name} of site {config.name}, "
@@ -73,11 +78,13 @@ def agent_run(
         help="Memory for unsent writes (default: the site's --buffer, or 512M).")] = None,
     throttle: ThrottleOption = None,
     metrics: MetricsOption = None,
+    socket_group: SocketGroupOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
     """Run the agent in DATA: the site's own, or one that joins a site from another host."""
     from seawall.agent.main import run_agent
 
+    enter_private_umask()
     overrides: dict[str, object] = {}
     if buffer is not None:
         overrides["buffer_bytes"] = parse_size_bytes(buffer)
@@ -85,6 +92,8 @@ def agent_run(
         overrides["throttle_bytes_per_s"] = parse_rate_bytes_per_s(throttle)
     if metrics is not None:
         overrides["metrics_host"], overrides["metrics_port"] = parse_host_port(metrics)
+    if socket_group is not None:
+        overrides["socket_group"] = None if socket_group == "none" else socket_group
     join_options = {"--manager": manager_option, "--token": token, "--name": name,
                     "--control": control, "--advertise-control": advertise_control,
                     "--replication": replication, "--nbd-tcp": nbd_tcp}

@@ -23,6 +23,7 @@ from seawall.cli.options import (
     JsonOption,
     LogFormatOption,
     MetricsOption,
+    SocketGroupOption,
     ThrottleOption,
     TokenOption,
     UrlOption,
@@ -32,6 +33,7 @@ from seawall.cli.output import console, print_json, print_table, time_text
 from seawall.cli.recovery import add_recovery_commands, failover_app
 from seawall.config import SiteConfig, check_database_url
 from seawall.errors import InvalidInput, SeawallError
+from seawall.local_access import enter_private_umask
 from seawall.observability.logs import setup_logging
 from seawall.units import parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
@@ -94,8 +96,10 @@ def site_init(
     agent_control: Annotated[str | None, typer.Option(
         help="HOST:PORT where the site's agent also serves its control API over mutual TLS "
              "(for agents of other hosts in its groups); default: none.")] = None,
+    socket_group: SocketGroupOption = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
+    enter_private_umask()  # the site's files are its own, whatever the caller's umask
     if database is not None:
         from seawall.manager.models import open_database
 
@@ -105,7 +109,8 @@ def site_init(
                                parse_size_bytes(buffer),
                                parse_rate_bytes_per_s(throttle) if throttle else None,
                                throttle_schedule, parse_size_bytes(bitmap_max), metrics,
-                               database, peer_api, agent_control)
+                               database, peer_api, agent_control,
+                               None if socket_group == "none" else socket_group)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")

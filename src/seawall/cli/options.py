@@ -55,3 +55,6 @@ def manager(url: str | None, token: str | None = None) -> JsonClient:
     base_url = manager_url(url)
     return JsonClient(base_url, timeout_s=120.0, what="site manager",
                       token=api_token(base_url, token))
+SocketGroupOption = Annotated[str | None, typer.Option(
+    help="A group (e.g. QEMU's) whose members may connect to the NBD socket; no one else "
+         "can ('none': only the service's user).")]

@@ -7,6 +7,7 @@ Rules:
 - The manager serves its API and, in the same event loop, its peer API for paired managers
   (``seawall.manager.peer_listener``); one stopping stops the other.
 - SIGTERM or Ctrl-C stops the manager, then asks the agent to stop and waits for it.
+- While the site runs, an agent that stops is started again (``AgentKeeper``).
 - Start-up overlaps: the agent process is spawned first, the manager imports and builds
   its app meanwhile (the manager's modules are imported only then, not with this one),
   and the API serves once the agent answers.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 from seawall.config import SiteConfig
 from seawall.errors import PeerError, SeawallError
+from seawall.manager.agent_keeper import AgentKeeper
 from seawall.manager.clients import agent_client
 
 log = logging.getLogger("seawall.site")
@@ -110,6 +112,7 @@ def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = 
     from seawall.manager.peer_listener import peer_server, serve_with_peer_api
     from seawall.serving import Server
 
+    config.secure()
     app = create_app(config)
     server = Server(uvicorn.Config(app, host=config.api_host,
                                    port=config.api_port, log_level="warning",
@@ -125,8 +128,21 @@ def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = 
 
 def run_site(config: SiteConfig) -> None:
     process = start_agent(config)
+    keeper = AgentKeeper(config, process, lambda: _started(config))
+
+    def before_serving() -> None:
+        wait_for_agent(config, process)
+        keeper.start()
+
     try:
-        run_manager(config, lambda: wait_for_agent(config, process))
+        run_manager(config, before_serving)
     finally:
+        keeper.stop()
         log.info("stopping the agent")
-        stop_agent(config, process)
+        stop_agent(config, keeper.process)
+
+
+def _started(config: SiteConfig) -> subprocess.Popen[bytes] | None:
+    process = start_agent(config)
+    wait_for_agent(config, process)
+    return process
