@@ -9,15 +9,17 @@ its own ``agent_name``/``agent_id`` and identity, and its manager's certificate.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.local_access import group_id, secure_data_dir
+from seawall.nbd_certs import ensure_nbd_ca
 from seawall.tls import SiteIdentity, ensure_identity
 from seawall.wan.schedule import parse_schedule
 
@@ -58,6 +60,24 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def clear_text_warning(what: str, host: str, port: int) -> str | None:
+    """The warning to print for ``what`` served without TLS on ``host``; None on loopback."""
+    if is_loopback(host):
+        return None
+    return (f"warning: {what} on {host}:{port} is served without TLS: anyone who reaches "
+            "that address can read and change what it carries")
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -70,6 +90,9 @@ class SiteConfig(BaseModel):
     replication_port: int
     nbd_tcp_host: str | None = None
     nbd_tcp_port: int | None = None
+    nbd_tcp_plain: bool = False
+    """NBD on TCP without TLS: only on a loopback address, only if asked (``--nbd-tcp-plain``).
+    Otherwise NBD on TCP requires STARTTLS and a client certificate (``seawall.nbd_certs``)."""
     buffer_bytes: int = Field(default=512 << 20, ge=1 << 20)
     bitmap_bytes: int = Field(default=8 << 20, ge=64 << 10)
     """Memory bound of each protected volume's dirty map (see ``seawall.sync.dirtymap``)."""
@@ -109,6 +132,13 @@ class SiteConfig(BaseModel):
     socket_group: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
     """The one group, besides the service's user, that may connect to the NBD socket (e.g.
     QEMU's); None: no one else (``seawall.local_access``)."""
+
+    @model_validator(mode="after")
+    def _check_nbd_tcp_plain(self) -> SiteConfig:
+        if self.nbd_tcp_plain and not (self.nbd_tcp_host and is_loopback(self.nbd_tcp_host)):
+            raise ValueError("NBD on TCP without TLS (--nbd-tcp-plain) needs a loopback "
+                             "--nbd-tcp address (127.0.0.1, ::1 or localhost)")
+        return self
 
     @field_validator("database")
     @classmethod
@@ -162,6 +192,24 @@ class SiteConfig(BaseModel):
         else:
             return None
         return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    def nbd_tcp_uri(self, export: str) -> str | None:
+        """The URI of ``export`` on the NBD TCP listener (``nbds://`` with TLS); None: none."""
+        if not (self.nbd_tcp_host and self.nbd_tcp_port):
+            return None
+        host = f"[{self.nbd_tcp_host}]" if ":" in self.nbd_tcp_host else self.nbd_tcp_host
+        scheme = "nbd" if self.nbd_tcp_plain else "nbds"
+        return f"{scheme}://{host}:{self.nbd_tcp_port}/{export}"
+
+    @property
+    def nbd_tls_dir(self) -> Path:
+        """The NBD CA and server certificate of this agent (``seawall.nbd_certs``)."""
+        return self.data_dir / "nbd-tls"
+
+    def ensure_nbd_tls(self) -> None:
+        """Make the NBD CA and server certificate if NBD is served on TCP with TLS."""
+        if self.nbd_tcp_host and self.nbd_tcp_port and not self.nbd_tcp_plain:
+            ensure_nbd_ca(self.nbd_tls_dir, self.agent_name or self.name, self.nbd_tcp_host)
 
     @property
     def run_dir(self) -> Path:
@@ -220,7 +268,8 @@ class SiteConfig(BaseModel):
         buffer_bytes: int = 512 << 20, throttle_bytes_per_s: int | None = None,
         throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
         metrics: str | None = None, database: str | None = None, peer_api: str | None = None,
-        agent_control: str | None = None, socket_group: str | None = None,
+        agent_control: str | None = None, nbd_tcp_plain: bool = False,
+        socket_group: str | None = None,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -245,6 +294,7 @@ class SiteConfig(BaseModel):
                 advertise_replication_port=advertised[1] if advertised else None,
                 nbd_tcp_host=nbd_tcp_address[0] if nbd_tcp_address else None,
                 nbd_tcp_port=nbd_tcp_address[1] if nbd_tcp_address else None,
+                nbd_tcp_plain=nbd_tcp_plain,
                 buffer_bytes=buffer_bytes,
                 bitmap_bytes=bitmap_bytes,
                 throttle_bytes_per_s=throttle_bytes_per_s,
@@ -275,6 +325,7 @@ class SiteConfig(BaseModel):
             directory.mkdir(parents=True, exist_ok=True)
         config.secure()
         config.identity()
+        config.ensure_nbd_tls()
         atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"), private=True)
         return config
 

@@ -99,27 +99,43 @@ def ensure_identity(directory: Path, name: str, site_id: str) -> SiteIdentity:
 def _create(directory: Path, name: str, site_id: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = make_certificate(key, name, site_id, datetime.datetime.now(datetime.UTC))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    publish_directory(directory, {KEY_NAME: (private_key_pem(key), 0o600),
+                                  CERT_NAME: (certificate_pem(certificate), 0o644)})
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def publish_directory(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
+    """Make ``directory`` holding ``files`` (name: (content, mode)) at once, or not at all.
+
+    Written in a private temporary directory that is then renamed; if another process made
+    ``directory`` first, theirs stands (whoever calls this checks for it first)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        _write_new(staging / KEY_NAME, key_pem, 0o600)
-        _write_new(staging / CERT_NAME, certificate.public_bytes(serialization.Encoding.PEM),
-                   0o644)
+        for file_name, (data, mode) in files.items():
+            write_new(staging / file_name, data, mode)
         fsync_directory(staging)
         try:
             staging.rename(directory)
         except OSError:
-            if not (directory / CERT_NAME).exists():
+            if not all((directory / file_name).exists() for file_name in files):
                 raise
-            return  # another process made the identity first: theirs stands
+            return  # another process made it first: theirs stands
         fsync_directory(directory.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file (never an existing one) with ``mode``, durably."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -102,9 +102,14 @@ def said(result: subprocess.CompletedProcess[str]) -> str:
     return " ".join(result.stderr.split())
 
 
-def qemu_io(uri: str, command: str, read_only: bool = False) -> str:
-    result = subprocess.run(["qemu-io", "-f", "raw", *(["-r"] if read_only else []),
-                             "-c", command, uri], capture_output=True, text=True, timeout=60)
+def qemu_io(uri: str, command: str, credentials: Path, read_only: bool = False) -> str:
+    """qemu-io on ``nbds://HOST:PORT/NAME``, over TLS with the client ``credentials``."""
+    address, _, export = uri.removeprefix("nbds://").partition("/")
+    host, _, port = address.rpartition(":")
+    target = ["--object", f"tls-creds-x509,id=tls0,endpoint=client,dir={credentials}",
+              "--image-opts", f"driver=nbd,host={host},port={port},export={export},tls-creds=tls0"]
+    result = subprocess.run(["qemu-io", *(["-r"] if read_only else []), "-c", command,
+                             *target], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "fail" not in result.stdout.lower(), (
         result.stdout + result.stderr)
     return result.stdout
@@ -172,9 +177,12 @@ def test_an_agent_of_another_host_joins_serves_volumes_and_comes_back(
         duplicate = refused(site, "volume", "create", "v2", "--size", "1M")
         assert duplicate.returncode == 4 and "on agent host2" in said(duplicate)
         uri = volume["nbd_tcp_uri"]
-        assert uri == f"nbd://127.0.0.1:{host2.nbd}/v2"
-        qemu_io(uri, "write -P 0x5a 512K 1M")
-        assert "read 1048576/1048576" in qemu_io(uri, "read -P 0x5a 512K 1M", read_only=True)
+        assert uri == f"nbds://127.0.0.1:{host2.nbd}/v2"
+        assert volume["nbd_tls_ca"] == str(host2.directory / "nbd-tls" / "ca-cert.pem")
+        credentials = host2.client_certificates(tmp_path / "qemu-tls")
+        qemu_io(uri, "write -P 0x5a 512K 1M", credentials=credentials)
+        assert "read 1048576/1048576" in qemu_io(uri, "read -P 0x5a 512K 1M", read_only=True,
+                                                 credentials=credentials)
         raw = (host2.directory / "volumes" / "v2.raw").read_bytes()
         assert raw[512 << 10:(512 << 10) + MIB] == b"\x5a" * MIB
         assert raw[:512 << 10] == bytes(512 << 10)
@@ -212,7 +220,8 @@ def test_an_agent_of_another_host_joins_serves_volumes_and_comes_back(
         assert "v1" in table and "error" in table and "refused" in table
         host2.run()
         host2.wait_reachable(site)
-        assert "read 1048576/1048576" in qemu_io(uri, "read -P 0x5a 512K 1M", read_only=True)
+        assert "read 1048576/1048576" in qemu_io(uri, "read -P 0x5a 512K 1M", read_only=True,
+                                                 credentials=credentials)
         assert [v["name"] for v in run_json(site, "volume", "list")] == ["v1", "v2"]
 
         # Removed: the site forgets it (it still runs on its host).

@@ -186,9 +186,9 @@ def check_checkpoint(dr: LocalSite, checkpoint: dict[str, Any], outage: bool = F
     return last_steps
 
 
-def protect_across_agents(prod: LocalSite, dr: LocalSite) -> dict[str, str]:
+def protect_across_agents(prod: LocalSite, dr: LocalSite, host2: Host) -> dict[str, str]:
     """Volume a on prod's agent, b on host2's, one group protecting both to dr; the
-    volumes' NBD URIs."""
+    volumes' NBD URIs (b's over TCP, with TLS and a client certificate of host2's CA)."""
     prod.pair_with(dr)
     seawall(prod, "volume", "create", "a", "--size", "4M")
     seawall(prod, "volume", "create", "b", "--size", "4M", "--agent", "host2")
@@ -197,7 +197,9 @@ def protect_across_agents(prod: LocalSite, dr: LocalSite) -> dict[str, str]:
     seawall(prod, "group", "create", "app", "--volume", "a", "--volume", "b", "--to", "dr",
             "--checkpoint-interval", "200ms")
     prod.wait_protecting("app")
-    return {"a": volumes["a"]["nbd_uri"], "b": volumes["b"]["nbd_tcp_uri"]}
+    credentials = host2.client_certificates(host2.directory.parent / "nbd-client")
+    return {"a": volumes["a"]["nbd_uri"],
+            "b": f"{volumes['b']['nbd_tcp_uri']}?tls-certificates={credentials}"}
 
 
 def run_chains(uris: dict[str, str], seconds: float, first_steps: list[int],
@@ -252,8 +254,8 @@ def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]
 def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
         three: tuple[LocalSite, Host, LocalSite], tmp_path: Path) -> None:
     clone_dir = tmp_path / "clone"
-    prod, _host2, dr = three
-    uris = protect_across_agents(prod, dr)
+    prod, host2, dr = three
+    uris = protect_across_agents(prod, dr, host2)
     shown = run_json(prod, "group", "show", "app")
     assert [(v["name"], v["agent"]) for v in shown["volumes"]] == [("a", "prod"),
                                                                    ("b", "host2")]
@@ -322,7 +324,7 @@ def lead_rounds(prod: LocalSite) -> int:
 def test_a_member_agent_away_holds_no_other_agents_writes_and_the_group_goes_on(
         three: tuple[LocalSite, Host, LocalSite]) -> None:
     prod, host2, dr = three
-    uris = protect_across_agents(prod, dr)
+    uris = protect_across_agents(prod, dr, host2)
     steps = run_chains(uris, 3.0, [0, 0])
     before = tag(prod, dr, "before")
 
@@ -370,7 +372,7 @@ def test_member_and_lead_agents_killed_mid_write_leave_every_checkpoint_consiste
         three: tuple[LocalSite, Host, LocalSite], kill_agent: Callable[[LocalSite], int],
         ) -> None:
     prod, host2, dr = three
-    uris = protect_across_agents(prod, dr)
+    uris = protect_across_agents(prod, dr, host2)
     killed_ns: list[int] = []
 
     def kill_host2() -> None:

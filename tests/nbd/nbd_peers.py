@@ -65,12 +65,13 @@ def drain_server(server: NbdServerConnection) -> list[ServerEvent]:
 class Loopback:
     """A server core and a client core connected by an in-memory, byte-wise pipe."""
 
-    def __init__(self, catalog: MemoryCatalog | None = None, chunk_bytes: int = 1) -> None:
+    def __init__(self, catalog: MemoryCatalog | None = None, chunk_bytes: int = 1,
+                 tls_required: bool = False) -> None:
         self.catalog = catalog or make_catalog()
         self.disks = {
             name: bytearray(info.size_bytes) for name, info in self.catalog.exports.items()
         }
-        self.server = NbdServerConnection(self.catalog)
+        self.server = NbdServerConnection(self.catalog, tls_required)
         self.client = NbdClientConnection()
         self.chunk_bytes = chunk_bytes
         self.server_events: list[ServerEvent] = []

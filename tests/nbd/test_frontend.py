@@ -235,7 +235,7 @@ def test_many_connections_share_the_export(served: Served) -> None:
 
 
 def test_tcp(served: Served) -> None:
-    port = served.loop.run(served.frontend.start_tcp("127.0.0.1", 0))
+    port = served.loop.run(served.frontend.start_tcp("127.0.0.1", 0, None))
     with NbdClient(f"nbd://127.0.0.1:{port}/disk") as client:
         client.write(0, b"tcp")
         assert client.read(0, 3) == b"tcp"

@@ -96,7 +96,7 @@ class Agent:
         self.frontend = NbdFrontend(Catalog(self.volume))
         self.socket_path = str(tmp_path / "nbd.sock")
         self.run(self.frontend.start_unix(self.socket_path))
-        self.port = self.run(self.frontend.start_tcp("127.0.0.1", 0)) if tcp else 0
+        self.port = self.run(self.frontend.start_tcp("127.0.0.1", 0, None)) if tcp else 0
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = TIMEOUT_S) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)

@@ -36,6 +36,14 @@ class Host:
                 "--replication", f"127.0.0.1:{self.replication}",
                 "--nbd-tcp", f"127.0.0.1:{self.nbd}"]
 
+    def client_certificates(self, out: Path) -> Path:
+        """A client certificate of this agent's NBD CA in ``out`` (``volume client-cert``),
+        as an operator makes one on the agent's host, for its ``nbds://`` URIs."""
+        subprocess.run([sys.executable, "-m", "seawall", "volume", "client-cert", "tests",
+                        "--out", str(out), "--data", str(self.directory)],
+                       check=True, capture_output=True, timeout=60)
+        return out
+
     def join(self, site: LocalSite) -> None:
         """Join ``site`` with a new token and wait until the site reaches this agent."""
         token = site.api.post("/api/v1/agents/token", {})["token"]

@@ -54,7 +54,7 @@ def test_by_default_and_in_older_configurations_the_database_is_sqlite_in_data(
     assert config.database is None
     assert config.database_url == f"sqlite:///{tmp_path / 'prod' / 'manager.db'}"
     path = tmp_path / "prod" / CONFIG_NAME
-    assert stat.S_IMODE(path.stat().st_mode) & 0o044  # nothing secret in it: readable
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # private, as all of a site's files
     older = json.loads(path.read_text())
     del older["database"]  # written before the setting existed
     path.write_text(json.dumps(older))

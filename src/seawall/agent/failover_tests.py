@@ -140,13 +140,13 @@ class FailoverTests:
 
     def describe(self, test: FailoverTest) -> dict[str, Any]:
         socket = self.config.nbd_socket
-        tcp = (self.config.nbd_tcp_host, self.config.nbd_tcp_port)
         images = []
         for name, (volume, image) in test.images.items():
             entry = {"volume": volume, "name": name,
                      "uri": f"nbd+unix:///{name}?socket={socket}", **image.status()}
-            if tcp[0] and tcp[1]:
-                entry["nbd_tcp_uri"] = f"nbd://{tcp[0]}:{tcp[1]}/{name}"
+            tcp_uri = self.config.nbd_tcp_uri(name)
+            if tcp_uri is not None:
+                entry["nbd_tcp_uri"] = tcp_uri
             images.append(entry)
         checkpoint = test.checkpoint
         return {

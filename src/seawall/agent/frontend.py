@@ -20,6 +20,11 @@ Rules and invariants:
 - A connection that ends drops its held replies and abandons its deferred ones; after DISC
   or EOF it closes once its flushes are done and its held replies went out.
 - Loop-agnostic: uvloop is chosen (or not) by the process entry point.
+- TLS only where a listener is given a context (TCP): its connections' cores run in
+  FORCEDTLS mode, and at ``StartTls`` the shell stops reading, sends the ACK and upgrades
+  the transport (``loop.start_tls``, server side); a failed or slow handshake
+  (``TLS_HANDSHAKE_TIMEOUT_S``) closes the connection. The Unix socket has no context and
+  takes the same code path as before: the hot path does not change.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -43,6 +49,7 @@ from seawall.nbd.events import (
     ReadReply,
     ReadRequest,
     SimpleReply,
+    StartTls,
     TrimRequest,
     WriteRequest,
     WriteZeroesRequest,
@@ -50,6 +57,8 @@ from seawall.nbd.events import (
 from seawall.nbd.server import NbdServerConnection
 
 log = logging.getLogger(__name__)
+
+TLS_HANDSHAKE_TIMEOUT_S = 30.0
 
 
 class ExportBackend(Protocol):
@@ -122,9 +131,10 @@ class _FlushCoalescer:
 class _NbdProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, frontend: NbdFrontend) -> None:
+    def __init__(self, frontend: NbdFrontend, tls: ssl.SSLContext | None = None) -> None:
         self._frontend = frontend
-        self._conn = NbdServerConnection(frontend.exports)
+        self._tls = tls
+        self._conn = NbdServerConnection(frontend.exports, tls_required=tls is not None)
         self._transport: asyncio.Transport | None = None
         self._backend: ExportBackend | None = None
         self._flusher: _FlushCoalescer | None = None
@@ -134,6 +144,8 @@ class _NbdProtocol(asyncio.Protocol):
         self._held_replies = 0
         self._holding_at: set[ReplyGate] = set()
         self._close_when_idle = False
+        # Between STARTTLS and the end of ``start_tls``: the decrypted data that arrived.
+        self._tls_early: list[bytes] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class _NbdProtocol(asyncio.Protocol):
         # Keep the write side open: replies to outstanding FLUSH/FUA requests still go out,
         # then ``_close_if_idle`` closes the transport.
         self.data_received(b"")
-        return True
+        return None if self._conn.tls else True  # over TLS the SSL layer closes anyway
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests.
@@ -171,6 +183,11 @@ class _NbdProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._tls_early is not None:
+            # ``start_tls`` hands over decrypted data as soon as its handshake is done,
+            # maybe before it returns the transport the answers must go through.
+            self._tls_early.append(data)
+            return
         conn = self._conn
         conn.receive_data(data)
         out: list[bytes] = []
@@ -232,12 +249,52 @@ class _NbdProtocol(asyncio.Protocol):
                             extra={"volume": self.export_name})
                 self._close_when_idle = True
                 break
+            elif type(event) is StartTls:
+                out.append(conn.data_to_send())  # the ACK, in clear text
+                self._write(b"".join(out))
+                self._start_tls()
+                return
         queued = conn.data_to_send()
         if queued:
             out.append(queued)
         self._write(out[0] if len(out) == 1 else b"".join(out))
         if self._close_when_idle:
             self._close_if_idle()
+
+    # --- TLS -----------------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        transport = self._transport
+        assert transport is not None and self._tls is not None
+        # Now, not in the task: the client's ClientHello must not reach ``data_received``.
+        transport.pause_reading()
+        self._tls_early = []
+        task = asyncio.ensure_future(self._upgrade(transport, self._tls))
+        self._tasks[task] = None
+        task.add_done_callback(self._task_done)
+
+    async def _upgrade(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        try:
+            upgraded = await loop.start_tls(transport, self, context, server_side=True,
+                                            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning("NBD client %s refused at the TLS handshake: %s", peer, exc)
+            transport.close()
+            self._frontend.connections.discard(self)
+            self._transport = None
+            return
+        if upgraded is None:  # the connection was lost meanwhile
+            return
+        self._transport = upgraded
+        self._conn.tls_started()
+        subject = dict(pair[0] for pair in (upgraded.get_extra_info("peercert") or {})
+                       .get("subject", ()))
+        log.info("NBD client %s authenticated over TLS as %s", peer, subject.get("commonName"))
+        early, self._tls_early = self._tls_early or [], None
+        for chunk in early:
+            self.data_received(chunk)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -344,13 +401,15 @@ class NbdFrontend:
         self._servers.append(server)
         log.info("NBD front end listening on unix:%s", path)
 
-    async def start_tcp(self, host: str, port: int) -> int:
-        """Listen on TCP; returns the bound port (useful with ``port=0``)."""
+    async def start_tcp(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+        """Listen on TCP; returns the bound port (useful with ``port=0``). With ``tls``,
+        every client must STARTTLS and pass its handshake before any option is served."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _NbdProtocol(self), host, port)
+        server = await loop.create_server(lambda: _NbdProtocol(self, tls), host, port)
         self._servers.append(server)
         bound_port = int(server.sockets[0].getsockname()[1])
-        log.info("NBD front end listening on %s:%d", host, bound_port)
+        log.info("NBD front end listening on %s:%d (%s)", host, bound_port,
+                 "TLS required" if tls is not None else "no TLS")
         return bound_port
 
     def flusher_for(self, name: str, backend: ExportBackend) -> _FlushCoalescer:

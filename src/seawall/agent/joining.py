@@ -55,7 +55,8 @@ def manager_address(url: str) -> tuple[str, int]:
 def join_site(manager_url: str, token: str, data_dir: Path, name: str, control: str,
               advertise_control: str | None = None, replication: str | None = None,
               nbd_tcp: str | None = None,
-              settings: Mapping[str, object] | None = None) -> SiteConfig:
+              settings: Mapping[str, object] | None = None,
+              nbd_tcp_plain: bool = False) -> SiteConfig:
     """Join the site whose manager is at ``manager_url``; the new agent's configuration."""
     data_dir = data_dir.resolve()
     if (data_dir / CONFIG_NAME).exists():
@@ -85,6 +86,7 @@ def join_site(manager_url: str, token: str, data_dir: Path, name: str, control: 
         "replication_host": replication_host, "replication_port": replication_port,
         "nbd_tcp_host": nbd_address[0] if nbd_address else None,
         "nbd_tcp_port": nbd_address[1] if nbd_address else None,
+        "nbd_tcp_plain": nbd_tcp_plain,
         **(settings or {}),
     }
     # Checked now, with the agent's own name in the site's place: nothing made or sent yet.
@@ -105,6 +107,7 @@ def join_site(manager_url: str, token: str, data_dir: Path, name: str, control: 
             directory.mkdir(parents=True, exist_ok=True)
         (staging / "tls").rename(config.tls_dir)
         fsync_directory(data_dir)
+        config.ensure_nbd_tls()
         atomic_write_json(data_dir / CONFIG_NAME, config.model_dump(mode="json"), private=True)
         return config
     finally:

@@ -33,6 +33,8 @@ from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, Volume
 from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.nbd_certs import CA_CERT
+from seawall.nbd_certs import server_context as nbd_server_context
 from seawall.tls import client_context, fingerprint
 from seawall.wan.schedule import parse_schedule
 from seawall.wan.site_throttle import SiteThrottle
@@ -98,7 +100,11 @@ class Agent:
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
         await self.frontend.start_unix(self.config.nbd_socket, self.config.socket_group)
         if self.config.nbd_tcp_host and self.config.nbd_tcp_port:
-            await self.frontend.start_tcp(self.config.nbd_tcp_host, self.config.nbd_tcp_port)
+            self.config.ensure_nbd_tls()  # a site made before NBD had TLS
+            tls = None if self.config.nbd_tcp_plain else nbd_server_context(
+                self.config.nbd_tls_dir)
+            await self.frontend.start_tcp(self.config.nbd_tcp_host, self.config.nbd_tcp_port,
+                                          tls)
         await self.replication.start(self.config.replication_host, self.config.replication_port)
         log.info("agent up: %d volumes, %d protected, %d recovering groups",
                  len(self.volumes), len(self.protected), len(self.recovering))
@@ -172,11 +178,21 @@ class Agent:
             "nbd_uri": f"nbd+unix:///{name}?socket={self.config.nbd_socket}",
             "group": group,
         }
-        if self.config.nbd_tcp_host and self.config.nbd_tcp_port:
-            description["nbd_tcp_uri"] = (
-                f"nbd://{self.config.nbd_tcp_host}:{self.config.nbd_tcp_port}/{name}"
-            )
+        description.update(self.nbd_tcp_description(name))
         return description
+
+    def nbd_tcp_description(self, export: str) -> dict[str, str]:
+        """How a client reaches ``export`` on the NBD TCP listener, if there is one: its URI
+        and, with TLS, the CA it trusts and how to get a client certificate."""
+        uri = self.config.nbd_tcp_uri(export)
+        if uri is None:
+            return {}
+        if self.config.nbd_tcp_plain:
+            return {"nbd_tcp_uri": uri}
+        return {"nbd_tcp_uri": uri,
+                "nbd_tls_ca": str(self.config.nbd_tls_dir / CA_CERT),
+                "nbd_client_cert": ("seawall volume client-cert CONSUMER --out DIR --data "
+                                    f"{self.config.data_dir} (on the agent's host)")}
 
     def list_volumes(self) -> list[dict[str, Any]]:
         return [self.describe_volume(name) for name in self.volumes]

@@ -73,7 +73,11 @@ def agent_run(
         help="First run: HOST:PORT where replication is received; default: the --control "
              "host, its port + 1.")] = None,
     nbd_tcp: Annotated[str | None, typer.Option(
-        help="First run: also serve volumes over NBD on this TCP HOST:PORT.")] = None,
+        help="First run: also serve volumes over NBD on this TCP HOST:PORT, with TLS and "
+             "client certificates (`seawall volume client-cert`).")] = None,
+    nbd_tcp_plain: Annotated[bool, typer.Option(
+        "--nbd-tcp-plain", help="First run: NBD on TCP without TLS (loopback --nbd-tcp "
+                                "only).")] = False,
     buffer: Annotated[str | None, typer.Option(
         help="Memory for unsent writes (default: the site's --buffer, or 512M).")] = None,
     throttle: ThrottleOption = None,
@@ -96,7 +100,8 @@ def agent_run(
         overrides["socket_group"] = None if socket_group == "none" else socket_group
     join_options = {"--manager": manager_option, "--token": token, "--name": name,
                     "--control": control, "--advertise-control": advertise_control,
-                    "--replication": replication, "--nbd-tcp": nbd_tcp}
+                    "--replication": replication, "--nbd-tcp": nbd_tcp,
+                    "--nbd-tcp-plain": "yes" if nbd_tcp_plain else None}
     if (data.resolve() / CONFIG_NAME).exists():
         given = [option for option, value in join_options.items() if value is not None]
         if token is not None or manager_option is not None:
@@ -125,7 +130,8 @@ def _join(data: Path, options: dict[str, str | None], settings: dict[str, object
     assert options["--control"]
     config = join_site(options["--manager"], options["--token"], data, options["--name"],
                        options["--control"], options["--advertise-control"],
-                       options["--replication"], options["--nbd-tcp"], settings)
+                       options["--replication"], options["--nbd-tcp"], settings,
+                       nbd_tcp_plain=options["--nbd-tcp-plain"] is not None)
     console.print(f"joined site [bold]{config.name}[/] as agent [bold]{config.agent_name}[/] "
                   f"(id {config.agent_id}); certificate fingerprint (sha256): "
                   f"{config.identity().fingerprint}")

@@ -75,7 +75,11 @@ def site_init(
         help="HOST:PORT peers connect to for replication, if not --replication "
              "(NAT, a separate replication network).")] = None,
     nbd_tcp: Annotated[str | None, typer.Option(
-        help="Also serve volumes over NBD on this TCP HOST:PORT.")] = None,
+        help="Also serve volumes over NBD on this TCP HOST:PORT, with TLS and client "
+             "certificates (`seawall volume client-cert`).")] = None,
+    nbd_tcp_plain: Annotated[bool, typer.Option(
+        "--nbd-tcp-plain", help="Serve NBD on TCP without TLS: only on a loopback "
+                                "--nbd-tcp address.")] = False,
     buffer: Annotated[str, typer.Option(
         help="Memory for unsent writes, shared by the agent's groups; at 90% of its share a "
              "group tracks dirty ranges instead and bitmap-syncs later.")] = "512M",
@@ -110,7 +114,8 @@ def site_init(
                                parse_rate_bytes_per_s(throttle) if throttle else None,
                                throttle_schedule, parse_size_bytes(bitmap_max), metrics,
                                database, peer_api, agent_control,
-                               None if socket_group == "none" else socket_group)
+                               socket_group=None if socket_group == "none" else socket_group,
+                               nbd_tcp_plain=nbd_tcp_plain)
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
@@ -232,8 +237,43 @@ def volume_list(url: UrlOption = None, token: TokenOption = None,
         print_json(volumes)
         return
     columns = ["agent", "name", "size", "group", "nbd_uri"]
+    if any(v.get("nbd_tcp_uri") for v in volumes):
+        columns.append("nbd_tcp_uri")
     print_table(volumes, [*columns, "error"] if any(v.get("error") for v in volumes)
                 else columns)
+    if any(v.get("nbd_client_cert") for v in volumes):
+        console.print("nbds:// needs a client certificate of that agent's NBD CA: on the "
+                      "agent's host, `seawall volume client-cert CONSUMER --out DIR --data "
+                      "DATA`; then nbdinfo 'nbds://HOST:PORT/NAME?tls-certificates=DIR', or "
+                      "QEMU's --object tls-creds-x509,id=tls0,endpoint=client,dir=DIR",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+@volume_app.command("client-cert")
+def volume_client_cert(
+    consumer: Annotated[str, typer.Argument(
+        help="Who uses it (a host, a backup job): the certificate's name.")],
+    out: Annotated[Path, typer.Option(
+        help="A new (or empty) directory for ca-cert.pem, client-cert.pem, client-key.pem.")],
+    data: Annotated[Path, typer.Option(
+        "--data", help="The data directory of the agent serving NBD on TCP (the site's, "
+                       "or a joined agent's), on this host.")],
+    days: Annotated[int, typer.Option(min=1, max=3650,
+                                      help="Validity of the certificate.")] = 365,
+) -> None:
+    """Issue a client certificate for NBD over TCP (nbds://), signed by the agent's NBD CA.
+
+    Local: it needs the agent's data directory (its CA key), so run it on the agent's host
+    as the user that runs the agent. DIR is private (0700, files 0600): hand it over to
+    the consumer as it is."""
+    from seawall.nbd_certs import issue_client
+
+    config = SiteConfig.load(data)
+    issue_client(config.nbd_tls_dir, consumer, out.resolve(), days)
+    console.print(f"client certificate for {consumer!r} in {out.resolve()}; use it with "
+                  f"{config.nbd_tcp_uri('NAME') or 'nbds://HOST:PORT/NAME'}"
+                  f"?tls-certificates={out.resolve()}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def _print_one(value: dict[str, Any], json_output: bool, text: str) -> None:

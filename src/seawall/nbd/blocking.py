@@ -3,7 +3,9 @@
 Rules:
 - One request in flight at a time; every call returns when its reply has arrived and
   raises ``NbdError`` (with the NBD error value) when the server answered an error.
-- Handshake: fixed newstyle, NO_ZEROES when offered, NBD_OPT_GO asking for block sizes.
+- Handshake: fixed newstyle, NO_ZEROES when offered, NBD_OPT_GO asking for block sizes;
+  for ``nbds://`` URIs NBD_OPT_STARTTLS first (anything but its ACK ends the session: no
+  fallback to clear text), then TLS with the credentials directory's certificates.
 - Real clients (qemu-img, qemu-io, nbdinfo, fio) are what prove interoperability; this
   one only has to be correct and simple. All protocol work is in ``NbdClientConnection``.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import ssl
+from pathlib import Path
 from types import TracebackType
 
 from seawall.nbd.client import (
@@ -24,7 +28,7 @@ from seawall.nbd.client import (
     OptionReply,
     parse_nbd_uri,
 )
-from seawall.nbd.constants import REP_SERVER, U32
+from seawall.nbd.constants import OPT_STARTTLS, REP_ACK, REP_SERVER, U32
 from seawall.nbd.events import (
     NEED_DATA,
     Disconnect,
@@ -156,6 +160,24 @@ class NbdClient:
         self._sock = _open_socket(self._address, self._timeout_s)
         self._next()  # the greeting
         self._send(self._conn.send_client_flags())
+        if self._address.tls:
+            self._start_tls()
+
+    def _start_tls(self) -> None:
+        from seawall.nbd_certs import client_context  # only TLS clients load it
+
+        self._send(self._conn.send_option(OPT_STARTTLS))
+        event = self._next()
+        if not isinstance(event, OptionReply) or event.reply_type != REP_ACK:
+            self._close_socket()
+            raise NbdError("the NBD server did not start TLS")
+        assert self._address.tls_certificates is not None and self._sock is not None
+        context = client_context(Path(self._address.tls_certificates))
+        try:
+            self._sock = context.wrap_socket(self._sock, server_hostname=self._address.host)
+        except ssl.SSLError as exc:
+            self._close_socket()
+            raise NbdError(f"TLS handshake with the NBD server failed: {exc}") from None
 
     def _request(self, request: ClientRequest) -> ReadReply | SimpleReply:
         self._send(self._conn.send(request))
@@ -175,7 +197,10 @@ class NbdClient:
         while True:
             event = self._conn.next_event()
             if event is NEED_DATA:
-                chunk = self._require_socket().recv(_RECV_BYTES)
+                try:
+                    chunk = self._require_socket().recv(_RECV_BYTES)
+                except ssl.SSLError as exc:  # e.g. the server refused our certificate
+                    raise NbdError(f"TLS error: {exc}") from None
                 if not chunk:
                     raise NbdError("the NBD server closed the connection")
                 self._conn.receive_data(chunk)

@@ -364,16 +364,21 @@ class NbdClientConnection:
 
 @dataclass(frozen=True, slots=True)
 class NbdAddress:
-    """Where an NBD export is: a Unix socket path, or a TCP host and port."""
+    """Where an NBD export is: a Unix socket path, or a TCP host and port (``tls``: over
+    STARTTLS, with the client credentials in directory ``tls_certificates``)."""
 
     export_name: str
     socket_path: str | None = None
     host: str | None = None
     port: int = DEFAULT_NBD_PORT
+    tls: bool = False
+    tls_certificates: str | None = None
 
 
 def parse_nbd_uri(uri: str) -> NbdAddress:
-    """Parse ``nbd+unix:///NAME?socket=PATH`` or ``nbd://HOST[:PORT]/NAME``.
+    """Parse ``nbd+unix:///NAME?socket=PATH``, ``nbd://HOST[:PORT]/NAME`` or
+    ``nbds://HOST[:PORT]/NAME?tls-certificates=DIR`` (libnbd's form; DIR as
+    ``seawall.nbd_certs.issue_client`` writes it).
 
     A string without a scheme is taken as a Unix socket path with the default ("") export.
     """
@@ -386,10 +391,16 @@ def parse_nbd_uri(uri: str) -> NbdAddress:
         if not sockets:
             raise InvalidInput(f"{uri!r}: nbd+unix URIs need ?socket=PATH")
         return NbdAddress(export_name=name, socket_path=sockets[0])
-    if parts.scheme == "nbd":
+    if parts.scheme in ("nbd", "nbds"):
         if not parts.hostname:
             raise InvalidInput(f"{uri!r}: nbd URIs need a host")
+        tls = parts.scheme == "nbds"
+        certificates = parse_qs(parts.query).get("tls-certificates") if tls else None
+        if tls and not certificates:
+            raise InvalidInput(f"{uri!r}: nbds URIs need ?tls-certificates=DIR "
+                               "(`seawall volume client-cert`)")
         return NbdAddress(
-            export_name=name, host=parts.hostname, port=parts.port or DEFAULT_NBD_PORT
+            export_name=name, host=parts.hostname, port=parts.port or DEFAULT_NBD_PORT,
+            tls=tls, tls_certificates=certificates[0] if certificates else None,
         )
-    raise InvalidInput(f"{uri!r}: unsupported scheme {parts.scheme!r} (nbd, nbd+unix)")
+    raise InvalidInput(f"{uri!r}: unsupported scheme {parts.scheme!r} (nbd, nbds, nbd+unix)")

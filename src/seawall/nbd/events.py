@@ -139,6 +139,12 @@ class WriteZeroesRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """NBD_OPT_STARTTLS was acknowledged: the shell runs the TLS handshake now, server side,
+    then calls ``NbdServerConnection.tls_started`` (or drops the connection if it fails)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnect:
     reason: str = "client disconnect"
 
@@ -168,5 +174,5 @@ class SimpleReply:
 
 
 Request = ReadRequest | WriteRequest | FlushRequest | TrimRequest | WriteZeroesRequest
-ServerEvent = ExportSelected | Request | Disconnect | ProtocolError
+ServerEvent = ExportSelected | StartTls | Request | Disconnect | ProtocolError
 Reply = ReadReply | SimpleReply

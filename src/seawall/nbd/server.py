@@ -30,6 +30,20 @@ Rules and invariants:
   requests already emitted may still be sent.
 - Receiving is O(n): a ``bytearray`` with a read position, compacted once per
   ``receive_data`` call, and ``struct.unpack_from`` on it.
+
+TLS (proto.md's FORCEDTLS mode, ``tls_required=True``; the shell uses it on TCP):
+- Before TLS, only NBD_OPT_STARTTLS and NBD_OPT_ABORT are served: every other option is
+  answered NBD_REP_ERR_TLS_REQD (its data consumed), and NBD_OPT_EXPORT_NAME, which
+  cannot carry an error, ends the session. So nothing (not even the list of exports) is
+  told, read or written in clear text.
+- STARTTLS is acknowledged only if no byte follows it in the buffer: bytes sent before
+  the client saw the ACK would be plaintext smuggled into the TLS session (the STARTTLS
+  injection of SMTP and IMAP), so they end the session instead. The core then emits
+  ``StartTls`` and waits (``TLS_HANDSHAKE``) until the shell calls ``tls_started`` after
+  a successful handshake; the option phase then goes on, over TLS, with a second
+  STARTTLS answered NBD_REP_ERR_INVALID.
+- Without ``tls_required`` (the Unix socket), STARTTLS is unsupported (NBD_REP_ERR_UNSUP)
+  as before, and the hot path is the same code either way.
 """
 
 from __future__ import annotations
@@ -66,9 +80,11 @@ from seawall.nbd.constants import (
     OPT_GO,
     OPT_INFO,
     OPT_LIST,
+    OPT_STARTTLS,
     OPTION_HEADER,
     REP_ACK,
     REP_ERR_INVALID,
+    REP_ERR_TLS_REQD,
     REP_ERR_UNKNOWN,
     REP_ERR_UNSUP,
     REP_SERVER,
@@ -92,6 +108,7 @@ from seawall.nbd.events import (
     Reply,
     ServerEvent,
     SimpleReply,
+    StartTls,
     TrimRequest,
     WriteRequest,
     WriteZeroesRequest,
@@ -114,13 +131,16 @@ _WRITE_ZEROES_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
 class ServerState(enum.Enum):
     AWAIT_CLIENT_FLAGS = "await_client_flags"
     OPTIONS = "options"
+    TLS_HANDSHAKE = "tls_handshake"
     TRANSMISSION = "transmission"
     CLOSED = "closed"
 
 
 _TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
     ServerState.AWAIT_CLIENT_FLAGS: frozenset({ServerState.OPTIONS, ServerState.CLOSED}),
-    ServerState.OPTIONS: frozenset({ServerState.TRANSMISSION, ServerState.CLOSED}),
+    ServerState.OPTIONS: frozenset(
+        {ServerState.TLS_HANDSHAKE, ServerState.TRANSMISSION, ServerState.CLOSED}),
+    ServerState.TLS_HANDSHAKE: frozenset({ServerState.OPTIONS, ServerState.CLOSED}),
     ServerState.TRANSMISSION: frozenset({ServerState.CLOSED}),
     ServerState.CLOSED: frozenset(),
 }
@@ -129,8 +149,10 @@ _TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
 class NbdServerConnection:
     """One client connection, from greeting to disconnect. See the module docstring."""
 
-    def __init__(self, exports: ExportCatalog) -> None:
+    def __init__(self, exports: ExportCatalog, tls_required: bool = False) -> None:
         self._exports = exports
+        self._tls_required = tls_required
+        self._tls = False
         self._state = ServerState.AWAIT_CLIENT_FLAGS
         self._buf = bytearray()
         self._pos = 0
@@ -154,6 +176,18 @@ class NbdServerConnection:
     @property
     def export(self) -> ExportInfo | None:
         return self._export
+
+    @property
+    def tls(self) -> bool:
+        """Whether the TLS handshake the client asked for has succeeded."""
+        return self._tls
+
+    def tls_started(self) -> None:
+        """The shell's TLS handshake after ``StartTls`` succeeded: options go on over TLS."""
+        if self._state is not ServerState.TLS_HANDSHAKE:
+            raise LocalProtocolError(f"no TLS handshake is expected in state {self._state}")
+        self._tls = True
+        self._move(ServerState.OPTIONS)
 
     def initial_bytes(self) -> bytes:
         return GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
@@ -327,6 +361,8 @@ class NbdServerConnection:
                     return event
             elif state is ServerState.TRANSMISSION:
                 return self._next_request()
+            elif state is ServerState.TLS_HANDSHAKE and available:
+                return self._fail("clear-text data during the TLS handshake")
             else:
                 return NEED_DATA
 
@@ -334,6 +370,14 @@ class NbdServerConnection:
         if not self._fixed_newstyle and option != OPT_EXPORT_NAME:
             # Without fixed newstyle, the client cannot understand option replies.
             return self._fail(f"option {option} without fixed newstyle negotiation")
+        if self._tls_required and not self._tls:
+            refusal = self._before_tls(option, data)
+            if refusal is not None:
+                return None if refusal is NEED_DATA else refusal
+        elif option == OPT_STARTTLS:
+            # TLS already runs (proto.md: ERR_INVALID), or this listener has none.
+            self._reply(option, REP_ERR_INVALID if self._tls else REP_ERR_UNSUP)
+            return None
         if option == OPT_EXPORT_NAME:
             name = handshake.decode_name(data)
             info = self._exports.lookup(name) if name is not None else None
@@ -366,10 +410,30 @@ class NbdServerConnection:
             self._out += handshake.info_replies(option, info, request.info_types)
             self._reply(option, REP_ACK)
             return self._enter_transmission(info) if option == OPT_GO else None
-        # STARTTLS, STRUCTURED_REPLY, the META_CONTEXT options, EXTENDED_HEADERS and
-        # anything unknown: refuse and keep negotiating.
+        # STRUCTURED_REPLY, the META_CONTEXT options, EXTENDED_HEADERS and anything
+        # unknown: refuse and keep negotiating.
         self._reply(option, REP_ERR_UNSUP)
         return None
+
+    def _before_tls(self, option: int, data: bytes) -> ServerEvent | NeedData | None:
+        """FORCEDTLS before the handshake: an event, NEED_DATA (option answered here), or
+        None for ABORT, which ``_handle_option`` serves as usual."""
+        if option == OPT_STARTTLS:
+            if data:
+                self._reply(option, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")
+                return NEED_DATA
+            if self._pos < len(self._buf):
+                return self._fail("data after NBD_OPT_STARTTLS, before its reply")
+            self._reply(option, REP_ACK)
+            self._move(ServerState.TLS_HANDSHAKE)
+            return StartTls()
+        if option == OPT_EXPORT_NAME:
+            # It cannot carry an error: proto.md says terminate the session.
+            return self._fail("NBD_OPT_EXPORT_NAME before TLS")
+        if option == OPT_ABORT:
+            return None
+        self._reply(option, REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS")
+        return NEED_DATA
 
     def _reply(self, option: int, reply_type: int, payload: bytes = b"") -> None:
         self._out += handshake.option_reply(option, reply_type, payload)
