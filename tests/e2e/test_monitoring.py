@@ -99,7 +99,7 @@ def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite],
     assert [a["active"] for a in history] == [False] and history[0]["cleared_at"]
 
     # A clone at the recovery site is a task, with its progress.
-    seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", str(tmp_path / "c"))
+    seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", "c")
     [task] = [t for t in run_json(dr, "task", "list", "--all") if t["kind"] == "clone"]
     assert (task["group"], task["state"], task["progress_percent"]) == (GROUP, "done", 100.0)
     assert dr.api.get("/api/v1/tasks") == []  # nothing under way any more

@@ -94,6 +94,18 @@ def site_init(
     agent_control: Annotated[str | None, typer.Option(
         help="HOST:PORT where the site's agent also serves its control API over mutual TLS "
              "(for agents of other hosts in its groups); default: none.")] = None,
+    clone_dir: Annotated[Path | None, typer.Option(
+        help="Clones are written only inside it (`clone --to` is relative to it); "
+             "default: DATA/clones.")] = None,
+    scripts_dir: Annotated[Path | None, typer.Option(
+        help="Recovery scripts run only from it (made root-only, 0700); groups name a "
+             "script in it. Default: DATA/scripts.")] = None,
+    script_user: Annotated[str | None, typer.Option(
+        help="Run recovery scripts as this user (the agent runs as root); default: root.")
+    ] = None,
+    storage_root: Annotated[list[Path] | None, typer.Option(
+        help="A directory (repeat for more) where groups may keep journals (--storage) and "
+             "pre-seeded replicas (--preseed), besides the data directory.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
     if database is not None:
@@ -105,7 +117,8 @@ def site_init(
                                parse_size_bytes(buffer),
                                parse_rate_bytes_per_s(throttle) if throttle else None,
                                throttle_schedule, parse_size_bytes(bitmap_max), metrics,
-                               database, peer_api, agent_control)
+                               database, peer_api, agent_control, clone_dir, scripts_dir,
+                               script_user, tuple(storage_root or ()))
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
