@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -45,8 +44,7 @@ def alert_ids(site: LocalSite) -> set[str]:
     return {alert["id"] for alert in site.api.get("/api/v1/alerts")}
 
 
-def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite],
-                                        tmp_path: Path) -> None:
+def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = sites
     protect(prod, dr, bytearray(VOLUME_BYTES), count=8)
     checkpoint = tag(prod, dr, "before-upgrade")

@@ -250,7 +250,7 @@ def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]
 
 
 def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
-        three: tuple[LocalSite, Host, LocalSite], tmp_path: Path) -> None:
+        three: tuple[LocalSite, Host, LocalSite]) -> None:
     prod, _host2, dr = three
     clone_dir = dr.config.clone_dir / "clone"
     uris = protect_across_agents(prod, dr)
