@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
+from seawall.manager.clients import agent_client
 from support.cli import seawall
 from support.groups import GROUP, protect
 
@@ -96,6 +98,12 @@ def test_update_applies_at_both_sites_without_resync(
                          check=False)
         assert result.returncode == 2, (option, result.stderr)
         assert message in " ".join(result.stderr.split()), result.stderr
+    # The recovery agent itself runs only scripts of that directory, whoever asks it
+    # (issue 12: its control API ran `/usr/bin/id` as root for any local user).
+    agent = agent_client(dr.config)
+    with pytest.raises(InvalidInput, match=f"script '/usr/bin/id' is outside {scripts_dir}"):
+        agent.post("/scripts/run", {"path": "/usr/bin/id", "timeout_s": 5})
+    agent.close()
     at_recovery = seawall(dr, "group", "update", GROUP, "--priority", "low", check=False)
     assert at_recovery.returncode == 2
     assert "protected site (prod)" in " ".join(at_recovery.stderr.split())

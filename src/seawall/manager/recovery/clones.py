@@ -193,6 +193,8 @@ class CloneService:
         """The clone's directory, opened from the clone directory (``seawall.confined``)."""
         root = self.config.clone_dir.resolve()
         try:
+            if create:  # a site made before the clone directory has none yet
+                root.mkdir(mode=0o700, parents=True, exist_ok=True)
             return open_directory(root, Path(directory).relative_to(root), create)
         except ValueError:  # a row from before the clone directory: not ours to touch
             raise InvalidInput(f"{directory} is outside the clone directory {root}") from None
