@@ -173,6 +173,7 @@ def prepare_caches(mode: str, paths: list[Path]) -> bool:
 def run_seawall(pair: SitePair, source: Path, replica: Path, caches: str) -> SeawallRun:
     prod, dr = pair.prod, pair.dr
     prod.api.post("/api/v1/volumes/add", {"name": VOLUME, "path": str(source)})
+    replica = pair.seed_at_recovery(replica)
     if not prepare_caches(caches, [source, replica]):
         raise RuntimeError("could not drop the page cache (not root?): use --caches warm")
     meter = CpuMeter()

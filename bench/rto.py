@@ -166,6 +166,7 @@ def read_throughput(pair: SitePair, directory: Path, size_bytes: int, journal_by
     progress(f"read throughput: {size_bytes / 2**30:g} GiB of data and its copy")
     make_source(source, size_bytes, seed=1)
     copy_file(source, replica)
+    replica = pair.seed_at_recovery(replica)
     volume = protect(pair, READ_GROUP, "seq0", size_bytes, preseed=(source, replica))
     wait_durable(pair.prod, READ_GROUP, timeout_s=3600.0)
     progress(f"read throughput: writing {journal_bytes / 2**30:g} GiB into the journal")

@@ -87,6 +87,14 @@ class SitePair:
             site.start()
         self.prod.pair_with(self.dr)
 
+    def seed_at_recovery(self, path: Path) -> Path:
+        """``path`` moved into the recovery site's data directory, where a pre-seed may be
+        (elsewhere only with ``site init --storage-root``); its new path."""
+        moved = self.dr.directory / "seeds" / path.name
+        moved.parent.mkdir(exist_ok=True)
+        os.replace(path, moved)
+        return moved
+
     def close(self) -> None:
         for site in self._started:
             stop_site(site)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import pwd
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -140,6 +142,26 @@ class SiteConfig(BaseModel):
                              "--nbd-tcp address (127.0.0.1, ::1 or localhost)")
         return self
 
+    clone_dir: Path
+    """Every clone is written inside it (``clone --to`` is relative to it); default
+    ``DATA/clones`` (also for sites made before it)."""
+    scripts_dir: Path
+    """Recovery scripts run only from it (root's, 0700); default ``DATA/scripts``."""
+    script_user: str | None = None
+    """The user scripts run as when the agent runs as root; None: root (see README)."""
+    storage_roots: tuple[Path, ...] = ()
+    """Where groups may keep journals (``--storage``) and pre-seeded replicas
+    (``--preseed``), besides the data directory."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_directories(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "data_dir" in values:
+            data_dir = Path(values["data_dir"])
+            values = {"clone_dir": data_dir / "clones", "scripts_dir": data_dir / "scripts",
+                      **{key: value for key, value in values.items() if value is not None}}
+        return values
+
     @field_validator("database")
     @classmethod
     def _check_database(cls, text: str | None) -> str | None:
@@ -247,6 +269,11 @@ class SiteConfig(BaseModel):
         return self.data_dir / "reports"
 
     @property
+    def storage_allowed(self) -> tuple[Path, ...]:
+        """Directories a group's journal or pre-seeded replicas may be in (or under)."""
+        return (self.data_dir, *self.storage_roots)
+
+    @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
 
@@ -269,7 +296,9 @@ class SiteConfig(BaseModel):
         throttle_schedule: str | None = None, bitmap_bytes: int = 8 << 20,
         metrics: str | None = None, database: str | None = None, peer_api: str | None = None,
         agent_control: str | None = None, nbd_tcp_plain: bool = False,
-        socket_group: str | None = None,
+        socket_group: str | None = None, clone_dir: Path | None = None,
+        scripts_dir: Path | None = None, script_user: str | None = None,
+        storage_roots: tuple[Path, ...] = (),
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -307,9 +336,18 @@ class SiteConfig(BaseModel):
                 control_host=control_address[0] if control_address else None,
                 control_port=control_address[1] if control_address else None,
                 socket_group=socket_group,
+                clone_dir=(clone_dir or data_dir / "clones").resolve(),
+                scripts_dir=(scripts_dir or data_dir / "scripts").resolve(),
+                script_user=script_user,
+                storage_roots=tuple(root.resolve() for root in storage_roots),
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
+        if script_user is not None:
+            try:
+                pwd.getpwnam(script_user)
+            except KeyError:
+                raise InvalidInput(f"--script-user {script_user}: no such user") from None
         if config.peer_api[1] >= 65536 or config.peer_api in (
                 (api_host, api_port), (replication_host, replication_port)):
             raise InvalidInput(f"the peer API cannot listen on {config.peer_api_url}: "
@@ -323,6 +361,9 @@ class SiteConfig(BaseModel):
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        for private in (config.clone_dir, config.scripts_dir):  # what runs or is written as root
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.chmod(0o700)
         config.secure()
         config.identity()
         config.ensure_nbd_tls()

@@ -9,6 +9,7 @@ request must be refused before its body is even validated.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ def endpoints(app: FastAPI) -> list[tuple[str, str]]:
 @dataclass
 class Manager:
     app: FastAPI
+    config: SiteConfig
     url: str
     tokens: dict[str, str]  # role label or bad-credential kind -> token
     access: AccessService
@@ -86,7 +88,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
         time.sleep(0.02)
     try:
         with httpx.Client(base_url=config.api_url, timeout=30.0) as client:
-            yield Manager(app, config.api_url, tokens, access, client)
+            yield Manager(app, config, config.api_url, tokens, access, client)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -154,6 +156,71 @@ def test_bad_credentials_reach_only_what_needs_none(manager: Manager, credential
             assert response.headers["WWW-Authenticate"] == "Bearer"
             assert response.json()["code"] == "unauthorized"
     assert not wrong, f"{credential}: " + "; ".join(wrong)
+
+
+SCRIPT_FIELDS = frozenset({"pre_script", "post_script"})
+HOST_PATH_FIELDS = frozenset({"storage_path", "preseed", "replica_paths", "path"})
+
+
+def body_fields(app: FastAPI) -> dict[tuple[str, str], set[str]]:
+    """(method, path template) -> every field name its request body may hold, nested."""
+    spec = app.openapi()
+    schemas = spec["components"]["schemas"]
+
+    def names(node: object, seen: frozenset[str]) -> set[str]:
+        found: set[str] = set()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and (schema := ref.rsplit("/", 1)[-1]) not in seen:
+                found |= names(schemas[schema], seen | {schema})
+            found |= set(node.get("properties", {}))
+            for value in node.values():
+                found |= names(value, seen)
+        elif isinstance(node, list):
+            for value in node:
+                found |= names(value, seen)
+        return found
+
+    return {(method.upper(), path): names(operation["requestBody"], frozenset())
+            for path, methods in spec["paths"].items()
+            for method, operation in methods.items() if "requestBody" in operation}
+
+
+def test_only_admins_name_scripts_or_where_a_site_keeps_data(manager: Manager) -> None:
+    """A script runs at the recovery site, a storage location or pre-seed is written there:
+    only an admin names them (or the paired site, whose recovery agent checks them)."""
+    naming = {route: fields & (SCRIPT_FIELDS | HOST_PATH_FIELDS)
+              for route, fields in body_fields(manager.app).items()}
+    naming = {route: fields for route, fields in naming.items() if fields}
+    assert ("PATCH", "/api/v1/groups/{name}/settings") in naming
+    wrong = {f"{method} {path}": access_for(method, path) for (method, path) in naming
+             if access_for(method, path) not in (Access.ADMIN, Access.PEER)}
+    assert not wrong, f"routes naming scripts or host paths below admin: {wrong}"
+
+
+def test_a_clone_goes_only_into_the_clone_directory_whoever_asks(
+    manager: Manager, tmp_path: Path,
+) -> None:
+    """Issue 12: `clone --to /etc` wrote /etc/disk0.raw, `--to /root/x` worked for an
+    operator. Now the role decides whether one may clone, never where: outside the clone
+    directory is refused for every role, before the group is even looked up."""
+    clone_dir = manager.config.clone_dir
+    (clone_dir / "out").symlink_to(tmp_path)
+    for role in ROLES:
+        for to in ("/etc", "/root/x", "../x", str(tmp_path), "out", "out/x"):
+            response = call(manager, "POST", "/api/v1/clones", role.label,
+                            {"group": "app", "checkpoint": "latest", "to": to})
+            if role is Role.VIEWER:
+                assert response.status_code == 403, response.text
+                continue
+            assert response.status_code == 400, (role, to, response.text)
+            assert f"is outside {clone_dir}:" in response.json()["message"]
+        if role is not Role.VIEWER:  # inside: on to the next check (no such group here)
+            inside = call(manager, "POST", "/api/v1/clones", role.label,
+                          {"group": "app", "checkpoint": "latest", "to": "monday"})
+            assert inside.status_code == 404 and "app" in inside.json()["message"]
+    assert not Path("/etc/disk0.raw").exists() and not Path("/root/x").exists()
+    assert list(tmp_path.iterdir()) == [] and sorted(os.listdir(clone_dir)) == ["out"]
 
 
 def test_peer_routes_are_not_served_on_the_api(manager: Manager) -> None:

@@ -24,6 +24,8 @@ ADMIN_ONLY = [
     ("DELETE", "/api/v1/users/{name}/tokens/{token_id}"),
     ("POST", "/api/v1/pairing/token"), ("POST", "/api/v1/pairing"),
     ("POST", "/api/v1/volumes"), ("POST", "/api/v1/volumes/add"), ("POST", "/api/v1/groups"),
+    # a group's settings name the scripts its recovery site runs and where it keeps data
+    ("PATCH", "/api/v1/groups/{name}/settings"),
 ]
 OPERATIONS = [
     ("POST", "/api/v1/groups/{name}/checkpoints"), ("POST", "/api/v1/groups/{name}/resync"),

@@ -54,11 +54,11 @@ def test_failover_live_with_shutdown_then_commit_and_reverse_protect(
     write(prod_uri, model, random.Random(2), count=16)  # shipped by the shutdown, untagged
 
     # A failing pre-recovery script stops the failover before the source is fenced.
-    pre = tmp_path / "pre.sh"
+    pre = dr.config.scripts_dir / "pre.sh"
     pre.write_text(f"#!/bin/sh\necho $SEAWALL_KIND $SEAWALL_CHECKPOINT > {tmp_path}/ran\n"
                    "exit 2\n")
     pre.chmod(0o755)
-    seawall(prod, "group", "update", GROUP, "--pre-script", str(pre))
+    seawall(prod, "group", "update", GROUP, "--pre-script", "pre.sh")
     failed = refused(dr, "failover", "live", GROUP, "--shutdown-source")
     assert failed.returncode == 7 and "pre-recovery script" in failed.stderr
     assert (tmp_path / "ran").read_text() == "failover-live final\n"

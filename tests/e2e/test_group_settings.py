@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
+from seawall.manager.clients import agent_client
 from support.cli import seawall
 from support.groups import GROUP, protect
 
@@ -71,21 +73,37 @@ def test_update_applies_at_both_sites_without_resync(
     assert protected["overflows"] == before["overflows"] == 0
 
     settings_before = show(prod)
-    script = tmp_path / "pre.sh"
+    scripts_dir = dr.config.scripts_dir
+    script = scripts_dir / "pre.sh"
     script.write_text("#!/bin/sh\necho pre\n")
     script.chmod(0o755)
-    refused = {  # each refused whole: the valid --priority low with it does not apply
-        "--history": ("10m", "history must be between 1h and 30d"),
-        "--boot-order": ("web:5s", "boot order names web, not in the group"),
-        "--pre-script": ("/nonexistent/pre.sh", "at the recovery site: /nonexistent/pre.sh "
-                                                "does not exist"),
-        "--storage": (str(tmp_path), "storage_path is set when the group is created"),
-    }
-    for option, (value, message) in refused.items():
+    writable = scripts_dir / "writable.sh"
+    writable.write_text("#!/bin/sh\n")
+    writable.chmod(0o777)
+    (scripts_dir / "escape.sh").symlink_to("/bin/true")
+    refused = [  # each refused whole: the valid --priority low with it does not apply
+        ("--history", "10m", "history must be between 1h and 30d"),
+        ("--boot-order", "web:5s", "boot order names web, not in the group"),
+        ("--pre-script", "missing.sh", f"no script missing.sh in {scripts_dir}"),
+        ("--storage", str(tmp_path), "storage_path is set when the group is created"),
+        # A script is one the recovery site's admin put in its scripts directory: issue 12
+        # found `--pre-script /sbin/poweroff` accepted at the protected site.
+        ("--pre-script", "/sbin/poweroff", f"script '/sbin/poweroff' is outside {scripts_dir}"),
+        ("--post-script", "../../pre.sh", "must be the name of a script in the recovery site"),
+        ("--pre-script", "escape.sh", f"script 'escape.sh' is outside {scripts_dir}"),
+        ("--pre-script", "writable.sh", "is writable by group or others"),
+    ]
+    for option, value, message in refused:
         result = seawall(prod, "group", "update", GROUP, "--priority", "low", option, value,
                          check=False)
         assert result.returncode == 2, (option, result.stderr)
         assert message in " ".join(result.stderr.split()), result.stderr
+    # The recovery agent itself runs only scripts of that directory, whoever asks it
+    # (issue 12: its control API ran `/usr/bin/id` as root for any local user).
+    agent = agent_client(dr.config)
+    with pytest.raises(InvalidInput, match=f"script '/usr/bin/id' is outside {scripts_dir}"):
+        agent.post("/scripts/run", {"path": "/usr/bin/id", "timeout_s": 5})
+    agent.close()
     at_recovery = seawall(dr, "group", "update", GROUP, "--priority", "low", check=False)
     assert at_recovery.returncode == 2
     assert "protected site (prod)" in " ".join(at_recovery.stderr.split())
@@ -93,9 +111,9 @@ def test_update_applies_at_both_sites_without_resync(
     protected, recovery = agents(prod, dr)
     assert protected["wan"]["priority"] == "high" and recovery["history_target_s"] == 172800.0
 
-    seawall(prod, "group", "update", GROUP, "--pre-script", str(script),
-            "--boot-order", "disk0:30s")
-    assert show(dr)["pre_script"] == str(script)
+    seawall(prod, "group", "update", GROUP, "--pre-script", "pre.sh",
+            "--post-script", str(script), "--boot-order", "disk0:30s")  # absolute: inside
+    assert (show(dr)["pre_script"], show(dr)["post_script"]) == ("pre.sh", str(script))
     assert show(dr)["boot_order"] == [{"name": "disk0", "delay_s": 30.0}]
     assert prod.group_status(GROUP)["state"] == "protecting"
 
@@ -107,12 +125,21 @@ def test_storage_location_is_checked_at_the_recovery_site_and_holds_the_journal(
     prod.pair_with(dr)
     prod.api.post("/api/v1/volumes", {"name": "disk1", "size_bytes": 1 << 20})
     missing = seawall(prod, "group", "create", "db", "--volume", "disk1", "--to", "dr",
-                      "--storage", str(tmp_path / "missing"), check=False)
+                      "--storage", str(dr.directory / "missing"), check=False)
     assert missing.returncode == 2, missing.stderr
     assert "is not a directory" in " ".join(missing.stderr.split())
+    # Only where the recovery site's admin allows (its data directory, --storage-root):
+    # the journal is written there as the agent's user.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outside = seawall(prod, "group", "create", "db", "--volume", "disk1", "--to", "dr",
+                      "--storage", str(elsewhere), check=False)
+    assert outside.returncode == 2, outside.stderr
+    assert "outside the directories this site allows" in " ".join(outside.stderr.split())
+    assert list(elsewhere.iterdir()) == []
     assert prod.api.get("/api/v1/groups") == dr.api.get("/api/v1/groups") == []
 
-    storage = tmp_path / "storage"
+    storage = dr.directory / "storage"
     storage.mkdir()
     created = json.loads(seawall(prod, "group", "create", "db", "--volume", "disk1", "--to",
                                  "dr", "--storage", str(storage), "--rpo-alert", "1m",

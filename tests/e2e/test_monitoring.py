@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -45,8 +44,7 @@ def alert_ids(site: LocalSite) -> set[str]:
     return {alert["id"] for alert in site.api.get("/api/v1/alerts")}
 
 
-def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite],
-                                        tmp_path: Path) -> None:
+def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = sites
     protect(prod, dr, bytearray(VOLUME_BYTES), count=8)
     checkpoint = tag(prod, dr, "before-upgrade")
@@ -99,7 +97,7 @@ def test_status_events_alerts_and_tasks(sites: tuple[LocalSite, LocalSite],
     assert [a["active"] for a in history] == [False] and history[0]["cleared_at"]
 
     # A clone at the recovery site is a task, with its progress.
-    seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", str(tmp_path / "c"))
+    seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", "c")
     [task] = [t for t in run_json(dr, "task", "list", "--all") if t["kind"] == "clone"]
     assert (task["group"], task["state"], task["progress_percent"]) == (GROUP, "done", 100.0)
     assert dr.api.get("/api/v1/tasks") == []  # nothing under way any more

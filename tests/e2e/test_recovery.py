@@ -10,11 +10,14 @@ import hashlib
 import json
 import random
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from seawall.errors import InvalidInput
+from seawall.http import JsonClient
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
@@ -40,13 +43,12 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     # Recovery scripts that leave their environment behind; the post one fails (a warning).
     env_dir = tmp_path / "env"
     env_dir.mkdir()
-    scripts = {}
     for stage, end in (("pre", "echo pre done"), ("post", "echo post broke >&2; exit 3")):
-        scripts[stage] = tmp_path / f"{stage}.sh"
-        scripts[stage].write_text(f"#!/bin/sh\nenv > {env_dir}/$SEAWALL_STAGE\n{end}\n")
-        scripts[stage].chmod(0o755)
-    seawall(prod, "group", "update", GROUP, "--pre-script", str(scripts["pre"]),
-            "--post-script", str(scripts["post"]), "--script-timeout", "30s")
+        script = dr.config.scripts_dir / f"{stage}.sh"  # named by the protected site
+        script.write_text(f"#!/bin/sh\nenv > {env_dir}/$SEAWALL_STAGE\n{end}\n")
+        script.chmod(0o755)
+    seawall(prod, "group", "update", GROUP, "--pre-script", "pre.sh",
+            "--post-script", "post.sh", "--script-timeout", "30s")
 
     test = run_json(dr, "failover", "test", GROUP, "--checkpoint", str(checkpoint))
     assert test["state"] == "running" and test["checkpoint"]["id"] == checkpoint
@@ -67,7 +69,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     pre, post = test["scripts"]["pre"], test["scripts"]["post"]
     assert (pre["exit_code"], pre["error"], pre["output"]) == (0, None, "pre done\n")
     assert (post["exit_code"], post["output"]) == (3, "post broke\n")
-    assert test["error"] == (f"warning: the post-recovery script {scripts['post']} failed "
+    assert test["error"] == ("warning: the post-recovery script post.sh failed "
                              "(exited with code 3); the images are kept")
 
     # The image takes writes (and zeroing), and reads them back.
@@ -124,7 +126,7 @@ def test_failover_test_gives_writable_images_while_protection_goes_on(
     assert (dr.directory / "reports" / f"{report['id']}.html").read_text() == page
 
     # A failing pre script fails the test before anything is made, with a report.
-    scripts["pre"].write_text("#!/bin/sh\necho database busy\nexit 1\n")
+    (dr.config.scripts_dir / "pre.sh").write_text("#!/bin/sh\necho database busy\nexit 1\n")
     failed = refused(dr, "failover", "test", GROUP)
     assert failed.returncode == 7 and "database busy" in " ".join(failed.stderr.split())
     [failed_report] = [r for r in run_json(dr, "report", "list")
@@ -193,23 +195,49 @@ def test_clones_raw_and_qcow2_match_the_checkpoint(
     reference.write_bytes(model)
     write(prod_uri, model, random.Random(4), count=16)
 
-    raw = run_json(dr, "clone", GROUP, "--checkpoint", str(checkpoint),
-                   "--to", str(tmp_path / "raw"))
+    clones = dr.config.clone_dir  # --to is relative to it
+    raw = run_json(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", "raw")
     assert raw["state"] == "done" and raw["checkpoint"]["id"] == checkpoint
-    raw_file = tmp_path / "raw" / "disk0.raw"
+    raw_file = clones / "raw" / "disk0.raw"
+    assert raw["outputs"][0]["path"] == str(raw_file)
     assert raw_file.read_bytes() == reference.read_bytes()
     assert raw_file.stat().st_blocks * 512 <= VOLUME_BYTES // 2  # zero chunks are holes
+    assert raw_file.stat().st_mode & 0o777 == 0o600  # protected data: the service's only
 
     seawall(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to",
-            str(tmp_path / "qcow2"), "--format", "qcow2")
+            str(clones / "qcow2"), "--format", "qcow2")  # absolute, inside: taken too
     compared = subprocess.run(
         ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(reference),
-         str(tmp_path / "qcow2" / "disk0.qcow2")], capture_output=True, text=True)
+         str(clones / "qcow2" / "disk0.qcow2")], capture_output=True, text=True)
     assert compared.returncode == 0, compared.stdout + compared.stderr
 
-    taken = refused(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to",
-                    str(tmp_path / "raw"))
+    taken = refused(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", "raw")
     assert taken.returncode == 4 and "exists already" in taken.stderr
-    reports = [r for r in run_json(dr, "report", "list") if r["kind"] == "clone"]
-    assert [r["state"] for r in reports] == ["done", "done"]
+
+    # Outside the clone directory nothing is written, whoever asks (issue 12: `--to /etc`
+    # made /etc/disk0.raw; `--to /root/x` worked with an operator token).
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (clones / "escape").symlink_to(outside)
+    for to in ("/etc", str(outside), "../outside", "raw/../../..", "escape", "escape/deeper"):
+        answer = refused(dr, "clone", GROUP, "--checkpoint", str(checkpoint), "--to", to)
+        message = " ".join(answer.stderr.split())  # unwrapped
+        assert answer.returncode == 2 and f"is outside {clones}:" in message, message
+    operator = dr.api.post("/api/v1/users", {"name": "op", "role": "operator"})["token"]
+    as_operator = JsonClient(dr.url, token=operator, what="dr")
+    for to in ("/root/x", "/etc"):
+        with pytest.raises(InvalidInput, match=f"is outside {clones}"):
+            as_operator.post("/api/v1/clones", {"group": GROUP, "checkpoint": str(checkpoint),
+                                                "to": to})
+    assert as_operator.post("/api/v1/clones", {"group": GROUP, "checkpoint": str(checkpoint),
+                                               "to": "by-operator"})["state"] == "running"
+    as_operator.close()
+    assert not Path("/etc/disk0.raw").exists() and not Path("/root/x").exists()
+    assert list(outside.iterdir()) == []
+    deadline_s = time.monotonic() + 60
+    while (clone_states := [r["state"] for r in run_json(dr, "report", "list")
+                            if r["kind"] == "clone"]) != ["done"] * 3:
+        assert time.monotonic() < deadline_s, clone_states
+        time.sleep(0.2)
+    assert (clones / "by-operator" / "disk0.raw").read_bytes() == reference.read_bytes()
     assert dr.api.get("/api/v1/exports") == []  # the clones' temporary exports are gone

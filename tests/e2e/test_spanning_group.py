@@ -252,9 +252,9 @@ def spread(checkpoints: list[dict[str, Any]], count: int) -> list[dict[str, Any]
 
 
 def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
-        three: tuple[LocalSite, Host, LocalSite], tmp_path: Path) -> None:
-    clone_dir = tmp_path / "clone"
+        three: tuple[LocalSite, Host, LocalSite]) -> None:
     prod, host2, dr = three
+    clone_dir = dr.config.clone_dir / "clone"
     uris = protect_across_agents(prod, dr, host2)
     shown = run_json(prod, "group", "show", "app")
     assert [(v["name"], v["agent"]) for v in shown["volumes"]] == [("a", "prod"),
@@ -283,7 +283,7 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     # A clone of the whole group at a checkpoint: each volume from its member's journal.
     middle = len(during) // 2  # a checkpoint taken mid-write, checked above
     cloned = run_json(dr, "clone", "app", "--checkpoint", str(during[middle]["id"]),
-                      "--to", str(clone_dir))
+                      "--to", "clone")
     assert cloned["state"] == "done" and cloned["checkpoint"]["id"] == during[middle]["id"]
     for volume in VOLUMES:
         assert (clone_dir / f"{volume}.raw").read_bytes() == expected_image(

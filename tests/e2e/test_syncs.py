@@ -76,15 +76,24 @@ def test_preseeded_replica_ships_only_what_differs(
     volume = prod.api.post("/api/v1/volumes", {"name": "disk0", "size_bytes": VOLUME_BYTES})
     model = bytearray(VOLUME_BYTES)
     write(volume["nbd_uri"], model, random.Random(5), count=128)  # 8 MiB of data
-    seed = tmp_path / "restored-from-backup.raw"
+    seeds = dr.directory / "seeds"  # in the recovery site's data directory: allowed
+    seeds.mkdir()
+    seed = seeds / "restored-from-backup.raw"
     seed.write_bytes(model)
     changed = write(volume["nbd_uri"], model, random.Random(6), count=4)  # since the backup
 
-    wrong = tmp_path / "wrong-size.raw"
+    wrong = seeds / "wrong-size.raw"
     wrong.write_bytes(bytes(4096))
     refused = seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",
                       "--preseed", str(wrong), check=False)
     assert refused.returncode != 0 and "4096 bytes" in refused.stderr
+    # A pre-seed becomes the replica, written as the agent's user: never a file outside
+    # what the recovery site's admin allows (its data directory, `--storage-root`).
+    elsewhere = tmp_path / "elsewhere.raw"
+    elsewhere.write_bytes(bytes(VOLUME_BYTES))
+    refused = seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",
+                      "--preseed", str(elsewhere), check=False)
+    assert refused.returncode == 2 and "outside the directories" in refused.stderr
     assert prod.api.get("/api/v1/groups") == [] and dr.api.get("/api/v1/groups") == []
 
     seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",

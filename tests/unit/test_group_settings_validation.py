@@ -10,6 +10,7 @@ import pytest
 
 from seawall.agent.settings import PathsCheck, check_paths
 from seawall.cli.groups import parse_boot_order, parse_ratio, settings_body
+from seawall.config import SiteConfig
 from seawall.errors import InvalidInput
 from seawall.manager.groups.settings import (
     GroupOptions,
@@ -48,7 +49,11 @@ def test_defaults_are_valid() -> None:
     ({"test_reminder_s": 60}, "test reminder interval must be between 1h and 365d"),
     ({"recovery_agent": "elsewhere"}, "site dr has one agent, named dr"),
     ({"storage_path": "relative/dir"}, "storage location 'relative/dir' must be an absolute"),
-    ({"pre_script": "pre.sh"}, "pre-recovery script 'pre.sh' must be an absolute path"),
+    ({"pre_script": "scripts/pre.sh"}, "pre-recovery script 'scripts/pre.sh' must be the name "
+                                       "of a script in the recovery site's scripts directory"),
+    ({"post_script": "../pre.sh"}, "post-recovery script '../pre.sh' must be the name"),
+    ({"post_script": ".."}, "post-recovery script '..' must be the name"),
+    ({"pre_script": "-rf"}, "pre-recovery script '-rf' must be the name"),
     ({"boot_order": [{"name": "web", "delay_s": 0}]}, "boot order names web, not in the group"),
     ({"boot_order": [{"name": "db"}, {"name": "db"}]}, "boot order names a volume twice"),
     ({"boot_order": [{"name": "db", "delay_s": -5}]}, "boot delay of db must be between 0"),
@@ -112,7 +117,7 @@ def test_what_the_agents_take() -> None:
     assert protection_settings(settings) == {"checkpoint_interval_s": 2.0, "codec": "lz4",
                                              "priority": "medium"}
     assert protection_settings(settings, frozenset({"compression"})) == {"codec": "lz4"}
-    assert recovery_paths(settings) == {"directories": ["/srv/j"], "executables": ["/x/pre"]}
+    assert recovery_paths(settings) == {"directories": ["/srv/j"], "scripts": ["/x/pre"]}
 
 
 def test_cli_parses_settings_options() -> None:
@@ -129,17 +134,28 @@ def test_cli_parses_settings_options() -> None:
 
 
 def test_agent_checks_paths_on_its_host(tmp_path: Path) -> None:
-    script, plain = tmp_path / "pre.sh", tmp_path / "notes.txt"
+    """Storage only where the site allows, scripts only from its scripts directory."""
+    config = SiteConfig(name="dr", site_id="dr-id", data_dir=tmp_path / "data",
+                        api_host="127.0.0.1", api_port=7000, replication_host="127.0.0.1",
+                        replication_port=7001, storage_roots=(tmp_path / "allowed",))
+    config.scripts_dir.mkdir(parents=True, mode=0o700)
+    (tmp_path / "allowed").mkdir()
+    script, plain = config.scripts_dir / "pre.sh", config.scripts_dir / "notes.txt"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     plain.write_text("")
-    check_paths(PathsCheck(directories=[str(tmp_path)], executables=[str(script)]))
+    check_paths(PathsCheck(directories=[str(tmp_path / "allowed"), str(config.data_dir)],
+                           scripts=["pre.sh", str(script)]), config)
     with pytest.raises(InvalidInput) as refused:
-        check_paths(PathsCheck(directories=[str(tmp_path / "none"), str(plain)],
-                               executables=[str(plain), str(tmp_path / "gone.sh")]))
+        check_paths(PathsCheck(directories=[str(config.data_dir / "none"), str(tmp_path)],
+                               scripts=["notes.txt", "gone.sh", "/bin/sh"]), config)
+    scripts, allowed = config.scripts_dir, f"{config.data_dir}, {tmp_path}/allowed"
     assert refused.value.message == (
-        f"at the recovery site: {tmp_path}/none is not a directory; {plain} is not a "
-        f"directory; {plain} is not executable; {tmp_path}/gone.sh does not exist")
+        f"at the recovery site: {config.data_dir}/none is not a directory; storage location "
+        f"'{tmp_path}' is outside the directories this site allows ({allowed}; `site init "
+        f"--storage-root` adds one); script {scripts}/notes.txt is not an executable file; "
+        f"no script gone.sh in {scripts} at the recovery site; script '/bin/sh' is outside "
+        f"{scripts}: give a path inside it (relative to it, or absolute under it)")
 
 
 def test_change_model_refuses_unknown_settings() -> None:

@@ -83,7 +83,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
 
     @app.post("/paths/check")
     async def paths_check(body: PathsCheck) -> dict[str, Any]:
-        check_paths(body)
+        check_paths(body, agent.config)
         return {"ok": True}
 
     @app.put("/recovering/{group_id}")
@@ -130,7 +130,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
 
     app.include_router(failover_router(agent))
     app.include_router(coordination_router(agent.coordinated))
-    app.include_router(scripts_router())
+    app.include_router(scripts_router(agent.config))
     app.include_router(metrics.router(with_snapshot=True))
 
     @app.post("/shutdown")

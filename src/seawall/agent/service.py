@@ -32,6 +32,7 @@ from seawall.agent.shipper import Shipper
 from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
 from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
+from seawall.confined import inside_any
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.nbd_certs import CA_CERT
 from seawall.nbd_certs import server_context as nbd_server_context
@@ -263,7 +264,8 @@ class Agent:
     def recover(self, spec: RecoverySpec) -> dict[str, Any]:
         if spec.group_id in self.recovering:
             raise Conflict(f"group {spec.name} is already recovered here")
-        if spec.storage_dir is not None and not spec.storage_dir.is_dir():
+        if spec.storage_dir is not None and not inside_any(
+                self.config.storage_allowed, str(spec.storage_dir), "storage location").is_dir():
             raise InvalidInput(f"storage location {spec.storage_dir} is not a directory at "
                                "the recovery site")
         self._check_preseed(spec)
@@ -273,7 +275,8 @@ class Agent:
         return self.recovering[spec.group_id].status()
 
     def _check_preseed(self, spec: RecoverySpec) -> None:
-        """A pre-seeded replica must be a file of the volume's size that nothing else uses."""
+        """A pre-seeded replica must be a file of the volume's size that nothing else uses,
+        inside a directory this site allows (it is written: it becomes the replica)."""
         sizes = {v.name: v.size_bytes for v in spec.volumes}
         taken = {v.path.resolve() for v in self.state.volumes} | {
             path.resolve() for other in self.state.recovering
@@ -281,6 +284,7 @@ class Agent:
         for name, path in spec.replica_paths.items():
             if name not in sizes:
                 raise InvalidInput(f"pre-seed for {name!r}, which is not in the group")
+            inside_any(self.config.storage_allowed, str(path), f"pre-seed for {name!r}")
             if not path.is_absolute() or not path.is_file():
                 raise InvalidInput(f"pre-seed {path} for {name!r} is not an existing file given "
                                    "by its absolute path at the recovery site")

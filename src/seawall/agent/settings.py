@@ -4,18 +4,23 @@ Rules:
 - A change names only the fields that change (``exclude_unset``); the agent applies it in
   place to the running group and to its saved state, with no restart and no resync.
 - ``check_paths`` answers for this host: the site manager asks it because a storage
-  location or a recovery script is meaningful only where the agent runs. A path that is
-  missing (or not a directory, or not executable) is an ``InvalidInput`` naming every one.
+  location or a recovery script is meaningful only where the agent runs. A storage
+  location must be a directory inside one this site allows (its data directory or a
+  ``site init --storage-root``); a script must be one the scripts directory holds and
+  would run (``seawall.agent.scripts.open_script``). Anything else is an ``InvalidInput``
+  naming every problem.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from seawall.agent.scripts import open_script
+from seawall.config import SiteConfig
+from seawall.confined import inside_any
 from seawall.errors import InvalidInput
 
 
@@ -37,21 +42,22 @@ class RetentionChange(BaseModel):
 
 class PathsCheck(BaseModel):
     directories: list[str] = Field(default=[], max_length=16)
-    executables: list[str] = Field(default=[], max_length=16)
+    scripts: list[str] = Field(default=[], max_length=16)
 
 
-def check_paths(paths: PathsCheck) -> None:
-    """Refuse unless every directory is one and every executable is a runnable file."""
+def check_paths(paths: PathsCheck, config: SiteConfig) -> None:
+    """Refuse unless every directory is an allowed one and every script would run."""
     problems = []
     for text in paths.directories:
-        path = Path(text)
-        if not path.is_absolute() or not path.is_dir():
-            problems.append(f"{text} is not a directory")
-    for text in paths.executables:
-        path = Path(text)
-        if not path.is_absolute() or not path.is_file():
-            problems.append(f"{text} does not exist")
-        elif not os.access(path, os.X_OK):
-            problems.append(f"{text} is not executable")
+        try:
+            if not inside_any(config.storage_allowed, text, "storage location").is_dir():
+                problems.append(f"{text} is not a directory")
+        except InvalidInput as exc:
+            problems.append(exc.message)
+    for text in paths.scripts:
+        try:
+            os.close(open_script(config.scripts_dir, text))
+        except InvalidInput as exc:
+            problems.append(exc.message)
     if problems:
         raise InvalidInput(f"at the recovery site: {'; '.join(problems)}")

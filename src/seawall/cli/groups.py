@@ -39,7 +39,8 @@ RecoveryAgentOption = Annotated[str | None, Opt(
     "the site (the default).")]
 StorageOption = Annotated[str | None, Opt(
     "--storage", help="Directory at the recovery site for the journal and replicas "
-    "(default: its data dir); set at create only.")]
+    "(default: its data dir), inside its data dir or a --storage-root it allows; set at "
+    "create only.")]
 FailoverNetworkOption = Annotated[str | None, Opt(
     "--failover-network", help="Network of recovered VMs in a live failover, or none.")]
 TestNetworkOption = Annotated[str | None, Opt(
@@ -48,11 +49,11 @@ BootOrderOption = Annotated[str | None, Opt(
     "--boot-order", help="NAME[:DELAY],... in boot order, each then waited for DELAY "
     "(e.g. db:30s,app); or none.")]
 PreScriptOption = Annotated[str | None, Opt(
-    "--pre-script", help="Executable at the recovery site, run before a failover's images "
-    "are made; or none.")]
+    "--pre-script", help="Name of a script in the recovery site's scripts directory "
+    "(e.g. pre.sh), run before a failover's images are made; or none.")]
 PostScriptOption = Annotated[str | None, Opt(
-    "--post-script", help="Executable at the recovery site, run once a failover's images "
-    "are up; or none.")]
+    "--post-script", help="Name of a script in the recovery site's scripts directory, "
+    "run once a failover's images are up; or none.")]
 ScriptTimeoutOption = Annotated[str | None, Opt(
     "--script-timeout", help="Time allowed to each script, 1s to 1h (default 5m).")]
 
@@ -124,8 +125,9 @@ def group_create(
     to: Annotated[str, Opt("--to", help="Name of the paired recovery site.")],
     preseed: Annotated[list[str] | None, Opt(
         "--preseed", help="VOLUME=PATH (or PATH for a one-volume group): a copy of the volume "
-        "in a file at the recovery site, e.g. restored from a backup; it becomes the "
-        "replica and only blocks that differ are sent (repeatable).")] = None,
+        "in a file at the recovery site (in its data dir or a --storage-root it allows), "
+        "e.g. restored from a backup; it becomes the replica and only blocks that differ "
+        "are sent (repeatable).")] = None,
     checkpoint_interval: IntervalOption = None, history: HistoryOption = None,
     journal_max: JournalMaxOption = None, journal_warning: JournalWarningOption = None,
     priority: PriorityOption = None, compression: CompressionOption = None,

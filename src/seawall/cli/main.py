@@ -101,6 +101,18 @@ def site_init(
         help="HOST:PORT where the site's agent also serves its control API over mutual TLS "
              "(for agents of other hosts in its groups); default: none.")] = None,
     socket_group: SocketGroupOption = None,
+    clone_dir: Annotated[Path | None, typer.Option(
+        help="Clones are written only inside it (`clone --to` is relative to it); "
+             "default: DATA/clones.")] = None,
+    scripts_dir: Annotated[Path | None, typer.Option(
+        help="Recovery scripts run only from it (made root-only, 0700); groups name a "
+             "script in it. Default: DATA/scripts.")] = None,
+    script_user: Annotated[str | None, typer.Option(
+        help="Run recovery scripts as this user (the agent runs as root); default: root.")
+    ] = None,
+    storage_root: Annotated[list[Path] | None, typer.Option(
+        help="A directory (repeat for more) where groups may keep journals (--storage) and "
+             "pre-seeded replicas (--preseed), besides the data directory.")] = None,
 ) -> None:
     """Create a site: configuration, identity, database."""
     enter_private_umask()  # the site's files are its own, whatever the caller's umask
@@ -115,7 +127,9 @@ def site_init(
                                throttle_schedule, parse_size_bytes(bitmap_max), metrics,
                                database, peer_api, agent_control,
                                socket_group=None if socket_group == "none" else socket_group,
-                               nbd_tcp_plain=nbd_tcp_plain)
+                               nbd_tcp_plain=nbd_tcp_plain, clone_dir=clone_dir,
+                               scripts_dir=scripts_dir, script_user=script_user,
+                               storage_roots=tuple(storage_root or ()))
     console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")

@@ -128,15 +128,16 @@ def clone(
     group: str,
     checkpoint: Annotated[str, typer.Option(
         help="A checkpoint id, 'latest' or 'latest-tagged'.")],
-    to: Annotated[Path, typer.Option(
-        "--to", help="Directory for the image files, at the recovery site.")],
+    to: Annotated[str, typer.Option(
+        "--to", help="Directory for the image files, inside the recovery site's clone "
+                     "directory: relative to it (e.g. app-monday), or absolute under it.")],
     image_format: Annotated[str, typer.Option("--format", help="raw or qcow2.")] = "raw",
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Write standalone images of every volume of GROUP at a checkpoint (protection goes on)."""
     client = manager(url, token)
     operation = client.post("/api/v1/clones", {
-        "group": group, "checkpoint": checkpoint, "to": str(to.resolve()),
+        "group": group, "checkpoint": checkpoint, "to": to,
         "format": image_format})
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(binary_units=True),
                TimeRemainingColumn())

@@ -19,6 +19,11 @@ Rules:
   route can be reached without a token.
 - Two listeners serve the one table (``served``): the peer API (mutual TLS) serves the
   ``PEER`` routes and health, nothing else; the API serves everything but ``PEER`` routes.
+- A role decides whether one may call a route, never where on a host it writes or what
+  it runs there: a clone's ``--to`` is taken only inside the site's clone directory, a
+  script only from its scripts directory, a storage location or pre-seed only inside the
+  directories it allows, for every role (``seawall.confined``, checked where the site
+  writes or runs). Naming scripts and storage (group create and settings) is an admin's.
 - HEAD is decided as GET. Pure: no I/O, no FastAPI.
 """
 

@@ -6,7 +6,10 @@ Rules:
   protected site (at create, and by a peer call at each update).
 - ``check`` refuses out-of-range values with a message naming the setting and its range
   (``InvalidInput``); it is pure. What only the recovery site can know (that a storage
-  directory or a script exists there) is checked by its agent (``seawall.agent.settings``).
+  directory is one it allows, that a script is in its scripts directory and would run)
+  is checked by its agent (``seawall.agent.settings``). A script is named, not given as
+  a path: a plain name (``pre.sh``), or, as before, an absolute path that the recovery
+  site then takes only inside its scripts directory.
 - ``merge`` applies a change (only the fields given) and answers the full new settings
   and what changed as ``{field: [old, new]}``; it checks the result, so an invalid change
   is refused before anything anywhere is touched.
@@ -20,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +42,7 @@ SCRIPT_TIMEOUT_MIN_S, SCRIPT_TIMEOUT_MAX_S = 1.0, 3600.0
 PRIORITIES = ("high", "medium", "low")
 COMPRESSIONS = ("zstd", "lz4", "none")
 NETWORK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
+SCRIPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
 
 PROTECTION_KEYS = {"checkpoint_interval_s": "checkpoint_interval_s", "priority": "priority",
                    "compression": "codec"}
@@ -138,11 +143,14 @@ def check(options: GroupOptions, volumes: list[str], recovery_site: str) -> None
         raise InvalidInput(
             f"no recovery agent {options.recovery_agent!r}: site {recovery_site} has one "
             f"agent, named {recovery_site}")
-    for what, path in (("storage location", options.storage_path),
-                       ("pre-recovery script", options.pre_script),
-                       ("post-recovery script", options.post_script)):
-        if path is not None and not path.startswith("/"):
-            raise InvalidInput(f"{what} {path!r} must be an absolute path at the recovery site")
+    if options.storage_path is not None and not options.storage_path.startswith("/"):
+        raise InvalidInput(f"storage location {options.storage_path!r} must be an absolute "
+                           "path at the recovery site")
+    for what, script in (("pre-recovery script", options.pre_script),
+                         ("post-recovery script", options.post_script)):
+        if script is not None and not (script.startswith("/") or SCRIPT_NAME.fullmatch(script)):
+            raise InvalidInput(f"{what} {script!r} must be the name of a script in the "
+                               "recovery site's scripts directory (e.g. pre.sh)")
     _check_boot_order(options.boot_order, volumes)
     _between("script timeout", options.script_timeout_s, SCRIPT_TIMEOUT_MIN_S,
              SCRIPT_TIMEOUT_MAX_S, "1s and 1h (seconds)")
@@ -195,7 +203,7 @@ def retention_settings(options: GroupOptions) -> dict[str, Any]:
 def recovery_paths(options: GroupOptions) -> dict[str, list[str]]:
     """Paths that must exist at the recovery site, for its agent to check."""
     return {"directories": [p for p in (options.storage_path,) if p],
-            "executables": [p for p in (options.pre_script, options.post_script) if p]}
+            "scripts": [p for p in (options.pre_script, options.post_script) if p]}
 
 
 def options_of(row: Any) -> GroupOptions:

@@ -1,8 +1,13 @@
 """Clones: standalone images of every volume of a group at a checkpoint, as files.
 
 Rules:
-- Only at a group's recovery site, into an absolute directory on the manager's host;
-  clones only read (through temporary read-only exports), so they run beside protection,
+- Only at a group's recovery site, into a directory inside the site's clone directory
+  (``site init --clone-dir``; ``--to`` is relative to it, or absolute under it), whatever
+  the caller's role: a path resolving outside it (``..``, a symlink out, elsewhere) is
+  refused before anything is written (``seawall.confined``). The copying thread opens the
+  directory again from the clone directory without following symlinks and makes each
+  file with ``O_EXCL | O_NOFOLLOW`` (0600), so nothing swapped in meanwhile leads out.
+- Clones only read (through temporary read-only exports), so they run beside protection,
   a failover test or another clone, and hold no group.
 - A clone is all or nothing: every volume is written to ``NAME.part`` and the files are
   renamed to their names only once all are written; a failure removes the ``.part``
@@ -28,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from seawall.atomic import fsync_directory
 from seawall.config import SiteConfig
+from seawall.confined import inside, open_directory
 from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
@@ -59,8 +64,8 @@ class CloneProgress:
                 "total_bytes": self.total_bytes}
 
 
-def part_path(path: str) -> Path:
-    return Path(f"{path}.part")
+def part_name(path: str) -> str:
+    return f"{Path(path).name}.part"
 
 
 class CloneService:
@@ -79,9 +84,7 @@ class CloneService:
         started_at = datetime.now(UTC)
         if image_format not in FORMATS:
             raise InvalidInput(f"format must be raw or qcow2, not {image_format!r}")
-        directory = Path(to)
-        if not directory.is_absolute():
-            raise InvalidInput(f"--to must be an absolute directory at the recovery site: {to}")
+        directory = inside(self.config.clone_dir, to, "--to")  # first: whatever the group
         group = recovery_group(self.groups, group_name, "seawall clone", spanning=True)
         self.reconcile()
         chosen = self.groups.checkpoint_of(group, checkpoint)
@@ -90,13 +93,10 @@ class CloneService:
                     "read_from": self.groups.stream_at(group, v["name"], chosen)}
                    for v in group.volumes]
         taken = [o["path"] for o in outputs
-                 if Path(o["path"]).exists() or part_path(o["path"]).exists()]
+                 if Path(o["path"]).exists() or directory.joinpath(part_name(o["path"])).exists()]
         if taken:
             raise Conflict(f"{', '.join(taken)} exists already: clone into another directory")
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidInput(f"cannot make {directory}: {exc.strerror}") from None
+        os.close(self._open_directory(str(directory), create=True))
         operation = RecoveryOperation(
             operation_id=new_operation_id("clone", started_at), kind=KIND,
             group_id=group.group_id, group_name=group.name,
@@ -104,8 +104,8 @@ class CloneService:
             checkpoint_id=chosen["id"], checkpoint_time_ns=chosen["time_ns"],
             checkpoint_name=chosen["name"], user=user or getpass.getuser(),
             started_at=started_at, notes="",
-            details={"options": {"checkpoint": checkpoint, "to": str(directory),
-                                 "format": image_format},
+            details={"options": {"checkpoint": checkpoint, "to": to,
+                                 "directory": str(directory), "format": image_format},
                      "outputs": outputs, "exports": []},
         )
         add_step(operation, "requested", started_at)
@@ -143,7 +143,9 @@ class CloneService:
     def _run(self, operation: RecoveryOperation, progress: CloneProgress) -> None:
         operation_id, outputs = operation.operation_id, operation.details["outputs"]
         exports: list[dict[str, Any]] = []
+        directory_fd: int | None = None
         try:
+            directory_fd = self._open_directory(operation.details["options"]["directory"])
             for output in outputs:
                 journal, checkpoint = output["read_from"]
                 exports.append(self.agent.post("/exports", {
@@ -152,22 +154,26 @@ class CloneService:
             self.store.update(operation_id, step="exports opened",
                               exports=[e["name"] for e in exports])
             for output, export in zip(outputs, exports, strict=True):
-                write_image(export["uri"], part_path(output["path"]), output["size_bytes"],
-                            output["format"], progress.volume_done)
+                write_image(export["uri"], directory_fd, part_name(output["path"]),
+                            output["size_bytes"], output["format"], progress.volume_done)
                 progress.finished_bytes += output["size_bytes"]
                 progress.current_bytes = 0
                 self.store.update(operation_id, step=f"{output['volume']} written")
             for output in outputs:
-                os.replace(part_path(output["path"]), output["path"])
-            fsync_directory(Path(operation.details["options"]["to"]))
+                os.replace(part_name(output["path"]), Path(output["path"]).name,
+                           src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+            os.fsync(directory_fd)
             final = self.store.transition(operation_id, OperationEvent.FINISH, step="done")
         except Exception as exc:  # any failure must end the row, or it stays running
             log.exception("clone %s failed", operation_id)
             message = exc.message if isinstance(exc, SeawallError) else str(exc)
-            self._remove_parts(outputs)
+            if directory_fd is not None:
+                self._remove_parts(directory_fd, outputs)
             final = self.store.transition(operation_id, OperationEvent.FAIL, step="failed",
                                           error=message)
         finally:
+            if directory_fd is not None:
+                os.close(directory_fd)
             self._stop_exports([e["name"] for e in exports])
             with self._guard:
                 self._running.pop(operation_id, None)
@@ -183,9 +189,29 @@ class CloneService:
             description["progress"] = progress.describe()
         return description
 
+    def _open_directory(self, directory: str, create: bool = False) -> int:
+        """The clone's directory, opened from the clone directory (``seawall.confined``)."""
+        root = self.config.clone_dir.resolve()
+        try:
+            if create:  # a site made before the clone directory has none yet
+                root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return open_directory(root, Path(directory).relative_to(root), create)
+        except ValueError:  # a row from before the clone directory: not ours to touch
+            raise InvalidInput(f"{directory} is outside the clone directory {root}") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot make {directory}: {exc.strerror}") from None
+
     def _clean_up(self, details: dict[str, Any]) -> None:
         self._stop_exports(details.get("exports", []))
-        self._remove_parts(details.get("outputs", []))
+        options = details.get("options", {})
+        try:
+            directory_fd = self._open_directory(options.get("directory", options.get("to", "")))
+        except InvalidInput:  # gone, or outside: no partial file of ours there
+            return
+        try:
+            self._remove_parts(directory_fd, details.get("outputs", []))
+        finally:
+            os.close(directory_fd)
 
     def _stop_exports(self, names: list[str]) -> None:
         for name in names:
@@ -193,7 +219,7 @@ class CloneService:
                 self.agent.delete(f"/exports/{name}")
 
     @staticmethod
-    def _remove_parts(outputs: list[dict[str, Any]]) -> None:
+    def _remove_parts(directory_fd: int, outputs: list[dict[str, Any]]) -> None:
         for output in outputs:
             with contextlib.suppress(FileNotFoundError):
-                part_path(output["path"]).unlink()
+                os.unlink(part_name(output["path"]), dir_fd=directory_fd)

@@ -94,7 +94,8 @@ def operation_task(operation: dict[str, Any]) -> dict[str, Any]:
                round(100.0 * progress["done_bytes"] / progress["total_bytes"], 1)
                if progress and progress["total_bytes"] else None)
     options = operation.get("options") or {}
-    detail = (f"to {options['to']} ({options.get('format')})" if "to" in options
+    detail = (f"to {options.get('directory', options['to'])} ({options.get('format')})"
+              if "to" in options  # the directory the clone's relative --to resolved to
               else f"checkpoint {operation['checkpoint']['id']}")
     if operation.get("error"):
         detail += f": {operation['error']}"
