@@ -349,7 +349,11 @@ def demo(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Not standalone, typer returns the code of a typer.Exit (Ctrl-C: 130) rather
+        # than raise it.
+        exit_code = app(standalone_mode=False)
+        if isinstance(exit_code, int):
+            sys.exit(exit_code)
     except SeawallError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         sys.exit(exc.exit_code)
