@@ -211,9 +211,12 @@ def test_early_retention_into_a_sparse_replica_fails_cleanly_until_space_returns
         scenario(root, model, recovery_spec(journal_max_bytes=4 << 20), make_room="sparse replica")
 
 
-def test_a_full_filesystem_makes_retention_apply_early_once_per_refusal(tmp_path: Path) -> None:
-    """The sender waits up to half a minute between attempts on a full journal: retention
-    must not apply another tenth of the history at every period meanwhile."""
+def test_a_full_filesystem_makes_retention_apply_early_until_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """The sender waits up to half a minute between attempts on a full journal: once an
+    apply has freed space, retention must not apply another tenth of the history at every
+    period meanwhile."""
     model = Model.build(124, count=60)
     with mounted_tmpfs(tmp_path / "fs", 6 << 20) as root:
         replica = root / "g-1" / "replicas" / "disk0.raw"

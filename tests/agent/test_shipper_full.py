@@ -75,11 +75,11 @@ def test_after_a_refusal_an_attempt_resends_one_record_not_the_window(tmp_path: 
                                  rnd.randbytes(RECORD_BYTES))
                 await until("the refusal", lambda: group.state == "paused")
                 assert group.refusal is not None and group.refusal[0] == "journal_full"
-                refused = recovery.journal.full_count
-
                 sent_before = proxy.bytes_upstream
+                assert not recovery.journal.has_room()
                 crumb.unlink()  # some room, less than a record: the next session is welcomed
-                await until("a refused probe", lambda: recovery.journal.full_count > refused)
+                assert recovery.journal.has_room()
+                await until("a refused probe", lambda: not recovery.journal.has_room())
                 resent_bytes = proxy.bytes_upstream - sent_before
                 assert resent_bytes < 2 * RECORD_BYTES, resent_bytes  # not 1 MiB again
 

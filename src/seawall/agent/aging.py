@@ -16,10 +16,10 @@ Rules and invariants:
   refused writes for an export.
 - A failed step (e.g. ENOSPC writing a replica) is logged, shown as ``retention_error`` and
   tried again at the next period; the journal's floor makes the retry go at least as far.
-- A full filesystem (the journal's ``full_error``) makes a step apply early once per
-  failure to store (``full_count``), not at every period while it lasts: the sender backs
-  off for up to half a minute between attempts, and each period applying another tenth
-  would eat the history while nothing arrives.
+- A full filesystem makes a step apply early only while the journal has no room (no
+  space freed since it filled: ``Journal.has_room``), not at every period until an append
+  succeeds: the sender backs off for up to half a minute between attempts, and applying
+  another tenth each period meanwhile would eat the history while nothing arrives.
 - The early horizon (see ``seawall.journal.policy``) is kept in memory only: after a
   restart ``history_short`` shows again from the next early apply on.
 """
@@ -57,7 +57,6 @@ class JournalAging:
         self.early_horizon_ns: int | None = None
         self.blocked_by: int | None = None
         self.error: str | None = None
-        self._relieved_full_count = 0  # the journal's full_count when a step last relieved it
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,16 +83,16 @@ class JournalAging:
         journal = self.journal
         try:
             stats = journal.stats()
-            full_count = journal.full_count
-            filesystem_full = (journal.full_error is not None
-                               and full_count != self._relieved_full_count)
             decision = self.policy.decide(
-                stats.bytes_on_disk, now_ns, filesystem_full=filesystem_full
+                stats.bytes_on_disk, now_ns, filesystem_full=not journal.has_room()
             )
             aged_seq = journal.retention.seq_older_than(decision.apply_before_ns)
             target = aged_seq
             if decision.free_bytes > 0:
                 target = max(target, journal.retention.seq_to_free(decision.free_bytes))
+            # An apply that failed midway is finished, even if what asked for it (a full
+            # filesystem) is gone: checkpoints below its floor are hidden until then.
+            target = max(target, journal.retention.floor_seq)
             pinned = journal.oldest_view_seq()
             self.blocked_by = pinned if pinned is not None and target >= pinned else None
             if pinned is not None and target >= pinned:
@@ -103,8 +102,6 @@ class JournalAging:
                 if base > aged_seq:  # records inside the history went: it is short now
                     oldest = journal.oldest_time_ns()
                     self.early_horizon_ns = now_ns if oldest is None else oldest
-            if filesystem_full:
-                self._relieved_full_count = full_count
             self.error = None
         except Conflict:
             pass  # a view opened since we looked: the next step goes below it

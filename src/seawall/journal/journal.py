@@ -25,9 +25,9 @@ Rules and invariants:
 - Full filesystem: an append or sync failing for lack of space raises ``JournalFull`` and
   leaves nothing of what failed: the store cuts a torn frame back, or after a failed fsync
   cuts back to the last good one, and the index forgets the same frames. ``full_error``
-  says so until an append succeeds again; ``full_count`` counts these failures, and
-  ``has_room`` is False from one until its filesystem has more free space than it had
-  then (measured after the cut-back): until then, another append would fail the same way.
+  says so until an append succeeds again, and ``has_room`` is False from then until its
+  filesystem has more free space than it had then (measured after the cut-back): until
+  then, another append would fail the same way.
 - Threads: ``append_frame``, ``checkpoints``/``checkpoint``, ``view``/``head_view`` come
   from one thread (the receiver's loop); ``sync`` may run in a worker thread meanwhile,
   and ``apply_*`` in another (one apply at a time). ``index_lock`` makes these atomic
@@ -117,7 +117,6 @@ class Journal:
         self._durable_seq = state.base_seq
         self._full_error: str | None = None
         self._free_at_full_bytes = 0
-        self.full_count = 0
         self._payloads = Payloads(directory, self._read_segment, replica_paths)
         self._store: SegmentStore | None = None
 
@@ -266,7 +265,6 @@ class Journal:
 
     def _storage_error(self, exc: OSError, doing: str) -> SeawallError:
         if exc.errno in _NO_SPACE:
-            self.full_count += 1
             self._free_at_full_bytes = self._free_bytes()
             self._full_error = (
                 f"journal {self.directory} is full ({exc.strerror}) while {doing}: nothing "
