@@ -76,16 +76,17 @@ def create_volume_file(path: Path, size_bytes: int) -> str | None:
         raise Conflict(f"{path} already exists") from None
     except OSError as exc:
         raise _creation_error(path, size_bytes, exc) from None
+    made = False
     try:
         os.ftruncate(fd, size_bytes)
         os.fsync(fd)
-    except BaseException as exc:
-        path.unlink(missing_ok=True)  # an empty file would hold the name for good
-        if isinstance(exc, OSError):
-            raise _creation_error(path, size_bytes, exc) from None
-        raise
+        made = True
+    except OSError as exc:
+        raise _creation_error(path, size_bytes, exc) from None
     finally:
         os.close(fd)
+        if not made:
+            path.unlink(missing_ok=True)  # an empty file would hold the name for good
     free_bytes = _free_bytes(path.parent)
     if free_bytes < size_bytes:
         return (f"volume is thin: its file system ({path.parent}) has {free_bytes} bytes "

@@ -96,7 +96,7 @@ def target_of(to: Path, top: str) -> Path:
 
 
 def unpack(chunks: Iterator[bytes], to: Path, top: str, progress: Progress) -> Unpacked:
-    with _signals_raise():
+    with _interrupts_go_to(_interrupt):
         target = target_of(to, top)
         made = [directory for directory in (to, *to.parents) if not directory.exists()]
         to.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def unpack(chunks: Iterator[bytes], to: Path, top: str, progress: Progress) -> U
             result = _unpack_into(staging, chunks, target, top, progress)
             return result
         finally:
-            with _signals_ignored():
+            with _interrupts_go_to(signal.SIG_IGN):  # the clean-up runs to its end
                 shutil.rmtree(staging, ignore_errors=True)
                 for directory in made if result is None else ():  # innermost first
                     with contextlib.suppress(OSError):
@@ -133,36 +133,23 @@ def _unpack_into(staging: Path, chunks: Iterator[bytes], target: Path, top: str,
         raise CorruptData(f"the restore stream is not a valid archive: {exc}") from None
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """In here, the interrupting signals raise ``Interrupted`` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signal_number: int, _frame: object) -> None:
-        raise Interrupted(signal_number)
-
-    previous = {number: signal.signal(number, interrupt) for number in INTERRUPTS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+def _interrupt(signal_number: int, _frame: object) -> None:
+    raise Interrupted(signal_number)
 
 
 @contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """In here, the interrupting signals are ignored: the clean-up runs to its end."""
+def _interrupts_go_to(handler: Callable[[int, object], None] | signal.Handlers) -> Iterator[None]:
+    """In here ``handler`` takes SIGINT, SIGTERM and SIGHUP (in the main thread only:
+    Python runs signal handlers there; from another thread nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
+    previous = {number: signal.signal(number, handler) for number in INTERRUPTS}
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, former in previous.items():
+            signal.signal(number, former)
 
 
 def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, top: str,
