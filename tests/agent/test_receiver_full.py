@@ -1,9 +1,10 @@
 """A full journal filesystem under a real replication session (a small tmpfs, needs root).
 
 The receiver ends the session with ERROR journal_full, the group says so in its status,
-the sender's retries are refused the same way, and once there is room (space given back,
-or retention applying the oldest writes early) the resent frames are acknowledged and
-every checkpoint reads back as written.
+the sender's retries are refused the same way — at the handshake, before a frame is sent,
+as long as no space was freed — and once there is room (space given back, or retention
+applying the oldest writes early) the resent frames are acknowledged and every checkpoint
+reads back as written.
 """
 
 from __future__ import annotations
@@ -90,9 +91,14 @@ class Sender:
         return await read_event(self.connection, self.reader, 65536)
 
 
-async def send_until_refused(port: int, model: Model, start: int) -> tuple[int, Error | None]:
-    """Send frames from index ``start``; (seq acknowledged last, the refusal if any)."""
+async def send_until_refused(
+    port: int, model: Model, start: int,
+) -> tuple[int | None, Error | None]:
+    """Send frames from index ``start``; (seq acknowledged last, the refusal if any). The
+    seq is None if the session was refused at the handshake (no frame sent)."""
     async with Sender(port) as sender:
+        if isinstance(sender.welcome, Error):
+            return None, sender.welcome
         assert isinstance(sender.welcome, Welcome)
         acked = sender.welcome.durable_seq
         for records in model.frames[start:]:
@@ -125,14 +131,16 @@ def scenario(root: Path, model: Model, spec: RecoverySpec, make_room: str) -> No
             assert refusal is None and acked == model.frames[3][-1].seq
             fill(root / "filler", leave_bytes=256 * 1024)
             acked, refusal = await send_until_refused(port, model, model.index_after(acked))
-            assert refusal is not None, "the filesystem never filled up"
+            assert acked is not None and refusal is not None, "the filesystem never filled up"
             assert refusal.code == "journal_full" and "is full" in refusal.message
             status = group.status()
             assert status["journal_full"] is True and status["connected"] is False
             assert "No space left" in str(status["journal_full_error"])
             assert status["durable_seq"] == acked
             again, refusal = await send_until_refused(port, model, model.index_after(acked))
-            assert again == acked and refusal is not None and refusal.code == "journal_full"
+            assert again is None, "a session was welcomed to a journal with no room"
+            assert refusal is not None and refusal.code == "journal_full"
+            assert "no space was freed" in refusal.message
             assert_checkpoints_read_back(group, model)
             if make_room == "sparse replica":  # the apply itself finds no room
                 group.aging.step(time.time_ns())
@@ -144,7 +152,10 @@ def scenario(root: Path, model: Model, spec: RecoverySpec, make_room: str) -> No
                 assert group.journal.base_seq > 0
             if make_room in ("delete filler", "sparse replica"):
                 (root / "filler").unlink(missing_ok=True)
-                acked, refusal = await send_until_refused(port, model, model.index_after(acked))
+                welcomed, refusal = await send_until_refused(port, model,
+                                                             model.index_after(acked))
+                assert welcomed is not None, "space came back: the session is welcomed"
+                acked = welcomed
             while refusal is not None:  # the filler stays: retention frees 10% at a time
                 before = group.status()
                 group.aging.step(time.time_ns())  # what the periodic task does each second
@@ -154,7 +165,7 @@ def scenario(root: Path, model: Model, spec: RecoverySpec, make_room: str) -> No
                 assert after["journal_bytes"] < before["journal_bytes"]
                 assert after["history_short"] is True
                 resumed, refusal = await send_until_refused(port, model, model.index_after(acked))
-                assert resumed > acked  # each round gets further
+                assert resumed is not None and resumed > acked  # each round gets further
                 acked = resumed
             assert acked == model.frames[-1][-1].seq
             status = group.status()
@@ -198,3 +209,43 @@ def test_early_retention_into_a_sparse_replica_fails_cleanly_until_space_returns
     model = Model.build(123, count=60)
     with mounted_tmpfs(tmp_path / "fs", 6 << 20) as root:
         scenario(root, model, recovery_spec(journal_max_bytes=4 << 20), make_room="sparse replica")
+
+
+def test_a_full_filesystem_makes_retention_apply_early_until_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """The sender waits up to half a minute between attempts on a full journal: once an
+    apply has freed space, retention must not apply another tenth of the history at every
+    period meanwhile."""
+    model = Model.build(124, count=60)
+    with mounted_tmpfs(tmp_path / "fs", 6 << 20) as root:
+        replica = root / "g-1" / "replicas" / "disk0.raw"
+        replica.parent.mkdir(parents=True)
+        replica.write_bytes(bytes(VOLUME_BYTES))  # applies need no new blocks
+        group = RecoveryGroup(recovery_spec(journal_max_bytes=4 << 20), root / "g-1")
+        port = free_port()
+
+        async def run() -> None:
+            server = replication_server({"g-1": group})
+            await server.start("127.0.0.1", port)
+            try:
+                fill(root / "filler", leave_bytes=768 * 1024)
+                acked, refusal = await send_until_refused(port, model, 0)
+                assert acked is not None and refusal is not None
+                for round_ in range(2):
+                    applies = group.status()["applies"]
+                    for _ in range(5):  # five retention periods, no new refusal
+                        group.aging.step(time.time_ns())
+                    assert group.status()["applies"] == applies + 1, round_
+                    resumed, refusal = await send_until_refused(port, model,
+                                                                model.index_after(acked))
+                    assert resumed is not None and resumed > acked and refusal is not None
+                    acked = resumed
+            finally:
+                await server.close()
+
+        try:
+            asyncio.run(run())
+            assert assert_checkpoints_read_back(group, model) > 0
+        finally:
+            group.close()

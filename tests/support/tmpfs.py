@@ -2,7 +2,8 @@
 
 ``mounted_tmpfs`` skips the test when mounting is not permitted (no root, no CAP_SYS_ADMIN,
 or a sandbox without mount). ``fill`` takes all free space but ``leave_bytes`` with a
-filler file; deleting the filler gives it back.
+filler file; deleting the filler gives it back. ``mounted_ext2`` loop-mounts a small ext2
+image with 1 KiB blocks, whose largest file is about 16 GiB (EFBIG past that).
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ def mounted_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def mounted_ext2(path: Path, image: Path, size_bytes: int) -> Iterator[Path]:
+    """An ext2 file system of ``size_bytes`` (1 KiB blocks) in ``image``, mounted at ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(image, "xb") as handle:
+        handle.truncate(size_bytes)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "1024", str(image)], check=True,
+                   capture_output=True)
+    result = subprocess.run(["mount", "-o", "loop", str(image), str(path)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot loop-mount a file system here: {result.stderr.strip()}")
     try:
         yield path
     finally:

@@ -159,13 +159,17 @@ def test_unpack_refuses_paths_escaping_the_target(
     to = tmp_path / "to"
     with pytest.raises(CorruptData, match="refusing"):
         unpack(_tar(*members), to, "top", lambda _: None)
-    assert list(to.iterdir()) == []  # all or nothing
+    assert not to.exists()  # all or nothing: not even the --to it made
     assert not (tmp_path / "escaped").exists() and list(outside.iterdir()) == []
 
 
 def test_unpack_of_a_cut_stream_leaves_nothing(tmp_path: Path) -> None:
     whole = b"".join(_tar((_info("top"), os.urandom(100_000))))
     to = tmp_path / "to"
+    with pytest.raises(CorruptData, match="not a valid archive"):
+        unpack(iter([whole[:50_000]]), to, "top", lambda _: None)
+    assert not to.exists()
+    to.mkdir()  # a --to that was there before stays
     with pytest.raises(CorruptData, match="not a valid archive"):
         unpack(iter([whole[:50_000]]), to, "top", lambda _: None)
     assert list(to.iterdir()) == []

@@ -16,6 +16,10 @@ Rules and invariants:
   refused writes for an export.
 - A failed step (e.g. ENOSPC writing a replica) is logged, shown as ``retention_error`` and
   tried again at the next period; the journal's floor makes the retry go at least as far.
+- A full filesystem makes a step apply early only while the journal has no room (no
+  space freed since it filled: ``Journal.has_room``), not at every period until an append
+  succeeds: the sender backs off for up to half a minute between attempts, and applying
+  another tenth each period meanwhile would eat the history while nothing arrives.
 - The early horizon (see ``seawall.journal.policy``) is kept in memory only: after a
   restart ``history_short`` shows again from the next early apply on.
 """
@@ -80,12 +84,15 @@ class JournalAging:
         try:
             stats = journal.stats()
             decision = self.policy.decide(
-                stats.bytes_on_disk, now_ns, filesystem_full=journal.full_error is not None
+                stats.bytes_on_disk, now_ns, filesystem_full=not journal.has_room()
             )
             aged_seq = journal.retention.seq_older_than(decision.apply_before_ns)
             target = aged_seq
             if decision.free_bytes > 0:
                 target = max(target, journal.retention.seq_to_free(decision.free_bytes))
+            # An apply that failed midway is finished, even if what asked for it (a full
+            # filesystem) is gone: checkpoints below its floor are hidden until then.
+            target = max(target, journal.retention.floor_seq)
             pinned = journal.oldest_view_seq()
             self.blocked_by = pinned if pinned is not None and target >= pinned else None
             if pinned is not None and target >= pinned:

@@ -16,6 +16,9 @@ Rules and invariants:
   fsynced once (group commit, in a worker thread) and only then ACKed.
 - A newer session for a group replaces the older one (the sender reconnected).
 - A group failed over live (``RecoverySpec.live``) takes no session (``failed_over``).
+- A full journal whose filesystem has freed no space since it filled (``Journal.has_room``)
+  takes no session either (``journal_full`` before WELCOME): the sender would only send
+  frames to be refused. Space freed by retention or by the operator lets the next one in.
 - A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
 - HASH_REQUESTs (delta sync) are answered from the image at a durable seq, hashed in a
   worker thread while appends go on (see ``seawall.agent.hash_responder``).
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from seawall.agent.hash_responder import HashResponder
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.wire_io import read_event
-from seawall.errors import SeawallError
+from seawall.errors import JournalFull, SeawallError
 from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
 from seawall.wire.protocol import (
     Ack,
@@ -157,6 +160,9 @@ class ReplicationServer:
             return Error("volume_mismatch",
                          f"group {group.spec.name}: volumes {sorted(offered)} do not match "
                          f"the recovery site's {sorted(expected)}")
+        if not group.journal.has_room():
+            return Error(JournalFull.code, f"{group.journal.full_error} (no space was freed "
+                                           "since: the session would be refused)")
         return None
 
     async def _session(

@@ -148,8 +148,9 @@ class Agent:
     def create_volume(self, name: str, size_bytes: int) -> dict[str, Any]:
         path = self.config.volumes_dir / f"{name}.raw"
         spec = self._new_volume_spec(name, path, size_bytes, owned=True)
-        create_volume_file(path, size_bytes)
-        return self._register_volume(spec)
+        warning = create_volume_file(path, size_bytes)
+        description = self._register_volume(spec)
+        return description if warning is None else {**description, "warning": warning}
 
     def add_volume(self, name: str, path: Path) -> dict[str, Any]:
         path = path.resolve()

@@ -6,6 +6,9 @@ Rules and invariants:
   reconnects with capped exponential backoff and resumes from the new WELCOME, so nothing
   is lost (the stream keeps every unacknowledged record) and nothing is applied twice
   (the receiver's journal only takes the next seq).
+- A full journal at the recovery site (``journal_full``) backs off apart, up to half a
+  minute, and the sessions after it probe with one record until an ACK comes
+  (``SessionRetry``): the refused records are not re-sent a window at a time.
 - Sessions run over mutual TLS (``seawall.tls``): the agent presents its site's
   certificate and accepts only the recovery site's, pinned at pairing. A group with no
   pinned certificate (state from before pairing exchanged them) never connects: it
@@ -34,13 +37,14 @@ from typing import Any, NoReturn
 from seawall.agent.protection import ProtectedGroup
 from seawall.agent.remote_digests import SessionDigests
 from seawall.agent.wire_io import read_event
-from seawall.errors import ProtocolViolation, SeawallError
+from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import is_pinned
 from seawall.wan.compression import (
     AdaptiveCompression,
     CompressionSetting,
     IncompressibleProbe,
 )
+from seawall.wan.retry import SessionRetry
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wan.throttle import Priority
 from seawall.wire.frames import Codec, Compressor
@@ -66,8 +70,6 @@ FRAME_MAX_RECORDS = 1024
 WINDOW_BYTES = 32 << 20
 COALESCE_S = 0.002
 READ_CHUNK_BYTES = 1 << 16
-BACKOFF_INITIAL_S = 0.2
-BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 COMPRESSION_WINDOW_S = 1.0
 
@@ -75,6 +77,14 @@ BACKLOG_GROWTH_BYTES = 4 << 20
 """Backlog growth over a compression window that counts as "not keeping up"."""
 
 CODECS = {"zstd": Codec.ZSTD, "lz4": Codec.LZ4, "none": Codec.NONE}
+
+
+class SessionRefused(ProtocolViolation):
+    """The recovery site answered ERROR ``code`` (refusal or failure of the session)."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"recovery site refused: {error.code}: {error.message}")
+        self.refusal_code = error.code
 
 
 class Shipper:
@@ -99,6 +109,7 @@ class Shipper:
         self._compress_busy_fraction = 0.0
         self._network_wait_fraction = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
+        self._retry = SessionRetry()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -112,11 +123,10 @@ class Shipper:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        backoff_s = BACKOFF_INITIAL_S
         while True:
+            journal_full = False
             try:
                 await self._session()
-                backoff_s = BACKOFF_INITIAL_S
             except Exception as exc:  # the shipper must outlive any failure of a session
                 reason = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, TimeoutError | OSError | SeawallError):
@@ -125,10 +135,15 @@ class Shipper:
                 if self.group.link_up:
                     log.warning("group %s: link lost: %s", self.group.spec.name, reason,
                                 extra={"group": self.group.spec.name})
-                    backoff_s = BACKOFF_INITIAL_S
+                journal_full = (isinstance(exc, SessionRefused)
+                                and exc.refusal_code == JournalFull.code)
                 self.group.on_disconnected(reason)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            delay_s = self._retry.ended(journal_full)
+            if journal_full:
+                log.info("group %s: the recovery site's journal is full: next attempt in "
+                         "%.1f s, with one record", self.group.spec.name, delay_s,
+                         extra={"group": self.group.spec.name})
+            await asyncio.sleep(delay_s)
 
     def _hello(self) -> Hello:
         spec = self.group.spec
@@ -161,6 +176,7 @@ class Shipper:
             log.info("group %s: connected, recovery site durable at %d", spec.name,
                      welcome.durable_seq, extra={"group": spec.name})
             self.group.link_reset.clear()  # whatever it asked for, this new session does
+            self._retry.started()
             digests = SessionDigests(connection, writer)
             self.group.on_connected(welcome.durable_seq, digests)
             sender = asyncio.create_task(self._send_loop(connection, writer,
@@ -177,7 +193,7 @@ class Shipper:
 
     def _refused(self, error: Error) -> NoReturn:
         self.group.on_refused(error.code, error.message)
-        raise ProtocolViolation(f"recovery site refused: {error.code}: {error.message}")
+        raise SessionRefused(error)
 
     async def _receive_loop(
         self, connection: WireConnection, reader: asyncio.StreamReader,
@@ -193,6 +209,7 @@ class Shipper:
                 return
             event = read_task.result()
             if isinstance(event, Ack):
+                self._retry.acknowledged()  # before the send loop wakes: the probe is over
                 self.group.acknowledge(event.durable_seq)
             elif isinstance(event, Hashes):
                 digests.answer(event)
@@ -216,8 +233,9 @@ class Shipper:
                 raise ConnectionResetError("group dropped its stream: reconnecting for a sync")
             while in_flight and in_flight[0][0] <= stream.acked_seq:
                 in_flight_bytes -= in_flight.popleft()[1]
-            batch = stream.pending(next_seq, FRAME_MAX_BYTES, FRAME_MAX_RECORDS)
-            if not batch or in_flight_bytes > WINDOW_BYTES:
+            probing = self._retry.probing  # one record in flight, until an ACK
+            batch = stream.pending(next_seq, FRAME_MAX_BYTES, 1 if probing else FRAME_MAX_RECORDS)
+            if not batch or in_flight_bytes > (0 if probing else WINDOW_BYTES):
                 waiter = self.group.acked if batch else self.group.stream_changed
                 waiter.clear()
                 waited_from_s = time.monotonic()

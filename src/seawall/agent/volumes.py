@@ -8,6 +8,9 @@ Rules and invariants:
   trim *after* it reached the file and *before* the front end acknowledges it.
 - ``reply_gate``, when set by the volume's protection group, is honoured by the front end:
   while it is closed, the acknowledgements of changes are held (``seawall.agent.reply_gate``).
+- A new volume is a thin (sparse) file; creating one leaves nothing behind when it fails
+  (an empty file would keep its name taken) and warns when the file system has less free
+  space than the volume's size.
 - Trim and write-zeroes both leave the range reading as zeros (a punched hole where the
   file system supports it), so the recovery site can replay both as ``ZERO`` records.
 """
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seawall.agent.reply_gate import ReplyGate
-from seawall.errors import Conflict, InvalidInput
+from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.nbd.events import ExportInfo
 from seawall.wire.records import RecordKind
 
@@ -54,14 +57,57 @@ def device_size_bytes(path: Path) -> int:
         os.close(fd)
 
 
-def create_volume_file(path: Path, size_bytes: int) -> None:
+def create_volume_file(path: Path, size_bytes: int) -> str | None:
+    """Make a thin (sparse) volume file of ``size_bytes``; a warning if its file system has
+    fewer bytes free than that (the volume's writes fail with ENOSPC once it is full).
+
+    A file that cannot be made leaves nothing behind, and the error says why: larger than
+    the file system's largest file (EFBIG) or no room even for an empty file are
+    ``InvalidInput``; any other failure names its cause.
+    """
     if size_bytes <= 0 or size_bytes % 512:
         raise InvalidInput("a volume's size must be a positive multiple of 512 bytes")
-    if path.exists():
-        raise Conflict(f"{path} already exists")
-    with open(path, "xb") as handle:
-        handle.truncate(size_bytes)
-        os.fsync(handle.fileno())
+    if path.exists() or path.is_symlink():
+        raise Conflict(f"{path} already exists and is no volume of this agent: remove it, "
+                       "or serve it with `seawall volume add`")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise Conflict(f"{path} already exists") from None
+    except OSError as exc:
+        raise _creation_error(path, size_bytes, exc) from None
+    made = False
+    try:
+        os.ftruncate(fd, size_bytes)
+        os.fsync(fd)
+        made = True
+    except OSError as exc:
+        raise _creation_error(path, size_bytes, exc) from None
+    finally:
+        os.close(fd)
+        if not made:
+            path.unlink(missing_ok=True)  # an empty file would hold the name for good
+    free_bytes = _free_bytes(path.parent)
+    if free_bytes < size_bytes:
+        return (f"volume is thin: its file system ({path.parent}) has {free_bytes} bytes "
+                f"free, fewer than its {size_bytes}; writes fail with ENOSPC once it is full")
+    return None
+
+
+def _creation_error(path: Path, size_bytes: int, exc: OSError) -> SeawallError:
+    where = path.parent
+    if exc.errno == errno.EFBIG:
+        return InvalidInput(f"a volume of {size_bytes} bytes is larger than the file system "
+                            f"at {where} allows for one file: choose a smaller size")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InvalidInput(f"no space left on the file system at {where} "
+                            f"({_free_bytes(where)} bytes free) to create {path.name}")
+    return SeawallError(f"cannot create volume file {path}: {exc.strerror or exc}")
+
+
+def _free_bytes(directory: Path) -> int:
+    stat_result = os.statvfs(directory)
+    return stat_result.f_bavail * stat_result.f_frsize
 
 
 class FileVolume:

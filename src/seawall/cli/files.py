@@ -2,7 +2,8 @@
 
 They ask the recovery site's manager (``--url``) to read the volume at a checkpoint;
 ``get`` receives a tar stream and unpacks it under ``--to`` on this host with
-``seawall.cli.unpack`` (safe, all or nothing), with progress on stderr.
+``seawall.cli.unpack`` (safe, all or nothing), with progress on stderr. An interrupted
+``get`` (Ctrl-C, SIGTERM, SIGHUP) leaves ``--to`` as it was and exits 128 + the signal.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from seawall.cli.options import JsonOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, time_text
-from seawall.cli.unpack import target_of, unpack
+from seawall.cli.unpack import Interrupted, target_of, unpack
 from seawall.errors import PeerError
 from seawall.units import format_bytes
 
@@ -79,8 +80,14 @@ def files_get(
                    DownloadColumn(binary_units=True), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"restore of {summary['path']}", total=summary["bytes"])
-            result = unpack(response.iter_bytes(), to, summary["name"],
-                            lambda done: progress.update(task, completed=done))
+            try:
+                result = unpack(response.iter_bytes(), to, summary["name"],
+                                lambda done: progress.update(task, completed=done))
+            except Interrupted as interrupted:
+                progress.stop()
+                console.print(f"interrupted ({interrupted}): nothing restored, {to} is as "
+                              "it was", markup=False)
+                raise typer.Exit(128 + interrupted.signal_number) from None
     if json_output:
         print_json({**summary, "to": str(result.path), "written": {
             "files": result.files, "directories": result.directories,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from seawall.cli.access import add_access_commands
 from seawall.cli.agents import add_agent_commands, site_config
@@ -227,6 +228,8 @@ def volume_create(
     volume = manager(url, token).post("/api/v1/volumes", {
         "name": name, "size_bytes": parse_size_bytes(size), "agent": agent})
     _print_one(volume, json_output, f"volume {name} created: {volume['nbd_uri']}")
+    if volume.get("warning") and not json_output:
+        console.print(f"[yellow]warning:[/yellow] {escape(volume['warning'])}")
 
 
 @volume_app.command("add")
@@ -405,7 +408,11 @@ def demo(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Not standalone, typer returns the code of a typer.Exit (Ctrl-C: 130) rather
+        # than raise it.
+        exit_code = app(standalone_mode=False)
+        if isinstance(exit_code, int):
+            sys.exit(exit_code)
     except SeawallError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         sys.exit(exc.exit_code)

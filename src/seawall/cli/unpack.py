@@ -5,7 +5,13 @@ Rules:
   ``to/top``, which must not exist (Conflict, checked before and again at the end).
 - Members are written into a fresh staging directory inside ``to`` and the top entry is
   renamed into place only once the whole stream has arrived; any failure removes the
-  staging directory, so ``to`` is left as it was.
+  staging directory, and the directories of ``to`` that the restore made, so ``to`` is
+  left as it was.
+- Interruptions are failures too: while unpacking, SIGINT, SIGTERM and SIGHUP raise
+  ``Interrupted`` (SIGTERM and SIGHUP would otherwise end the process with no clean-up),
+  and during the clean-up they are ignored, so a second Ctrl-C cannot cut it short and
+  leave half of the staging directory behind. Signal handlers belong to the main thread:
+  called from another thread, unpacking leaves them alone.
 - No member may land outside ``to``: a name must be relative, under ``top``, with no
   ``.``, ``..``, empty or NUL component, and no directory on its way may be a symlink (a
   symlink from the archive is created as one — its target is text, never followed while
@@ -19,10 +25,13 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +43,16 @@ PERMISSION_BITS = 0o777
 
 Progress = Callable[[int], None]
 """Bytes of file content written so far."""
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A signal stopped the restore (a BaseException: no ``except Exception`` takes it)."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
 
 
 @dataclass
@@ -77,9 +96,25 @@ def target_of(to: Path, top: str) -> Path:
 
 
 def unpack(chunks: Iterator[bytes], to: Path, top: str, progress: Progress) -> Unpacked:
-    target = target_of(to, top)
-    to.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".seawall-restore-", dir=to))
+    with _interrupts_go_to(_interrupt):
+        target = target_of(to, top)
+        made = [directory for directory in (to, *to.parents) if not directory.exists()]
+        to.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".seawall-restore-", dir=to))
+        result: Unpacked | None = None
+        try:
+            result = _unpack_into(staging, chunks, target, top, progress)
+            return result
+        finally:
+            with _interrupts_go_to(signal.SIG_IGN):  # the clean-up runs to its end
+                shutil.rmtree(staging, ignore_errors=True)
+                for directory in made if result is None else ():  # innermost first
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+
+
+def _unpack_into(staging: Path, chunks: Iterator[bytes], target: Path, top: str,
+                 progress: Progress) -> Unpacked:
     try:
         result = Unpacked(target)
         with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as archive:  # type: ignore[call-overload]
@@ -96,8 +131,25 @@ def unpack(chunks: Iterator[bytes], to: Path, top: str, progress: Progress) -> U
         return result
     except tarfile.TarError as exc:
         raise CorruptData(f"the restore stream is not a valid archive: {exc}") from None
+
+
+def _interrupt(signal_number: int, _frame: object) -> None:
+    raise Interrupted(signal_number)
+
+
+@contextlib.contextmanager
+def _interrupts_go_to(handler: Callable[[int, object], None] | signal.Handlers) -> Iterator[None]:
+    """In here ``handler`` takes SIGINT, SIGTERM and SIGHUP (in the main thread only:
+    Python runs signal handlers there; from another thread nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number in INTERRUPTS}
+    try:
+        yield
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for number, former in previous.items():
+            signal.signal(number, former)
 
 
 def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, top: str,

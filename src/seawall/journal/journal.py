@@ -25,7 +25,9 @@ Rules and invariants:
 - Full filesystem: an append or sync failing for lack of space raises ``JournalFull`` and
   leaves nothing of what failed: the store cuts a torn frame back, or after a failed fsync
   cuts back to the last good one, and the index forgets the same frames. ``full_error``
-  says so until an append succeeds again.
+  says so until an append succeeds again, and ``has_room`` is False from then until its
+  filesystem has more free space than it had then (measured after the cut-back): until
+  then, another append would fail the same way.
 - Threads: ``append_frame``, ``checkpoints``/``checkpoint``, ``view``/``head_view`` come
   from one thread (the receiver's loop); ``sync`` may run in a worker thread meanwhile,
   and ``apply_*`` in another (one apply at a time). ``index_lock`` makes these atomic
@@ -37,7 +39,9 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +116,7 @@ class Journal:
         self.retention = Retention(self, state.journal_id, replica_paths, faults)
         self._durable_seq = state.base_seq
         self._full_error: str | None = None
+        self._free_at_full_bytes = 0
         self._payloads = Payloads(directory, self._read_segment, replica_paths)
         self._store: SegmentStore | None = None
 
@@ -183,6 +188,16 @@ class Journal:
         """Why the last append or sync found no space, until an append succeeds again."""
         return self._full_error
 
+    def has_room(self) -> bool:
+        """False while the journal is full and its filesystem has freed no space since."""
+        return self._full_error is None or self._free_bytes() > self._free_at_full_bytes
+
+    def _free_bytes(self) -> int:
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(self.directory)
+            return stat.f_bavail * stat.f_frsize
+        return 0
+
     def oldest_time_ns(self) -> int | None:
         """Time of the oldest record not yet applied (None when there is none)."""
         return self.catalog.oldest_time_ns
@@ -250,6 +265,7 @@ class Journal:
 
     def _storage_error(self, exc: OSError, doing: str) -> SeawallError:
         if exc.errno in _NO_SPACE:
+            self._free_at_full_bytes = self._free_bytes()
             self._full_error = (
                 f"journal {self.directory} is full ({exc.strerror}) while {doing}: nothing "
                 f"after seq {self.written_seq} was kept; it goes on when there is space"
