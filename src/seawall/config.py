@@ -9,6 +9,7 @@ its own ``agent_name``/``agent_id`` and identity, and its manager's certificate.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
 from pathlib import Path
@@ -55,6 +56,30 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidInput(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener bound to ``host`` is reachable from this host only: ``localhost``
+    or a loopback address (127.0.0.0/8, ::1). A wildcard (0.0.0.0, ::) or any other name
+    is not (a name is not resolved: it may change; so it counts as reachable)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_api_warning(host: str, port: int) -> str | None:
+    """What an operator must know when the API, plain HTTP today, is bound beyond loopback;
+    None when it is not (``site init``, ``site run`` and ``manager run`` say it)."""
+    if is_loopback(host):
+        return None
+    return (f"the API on {host}:{port} is plain HTTP and reachable from other hosts: API "
+            "tokens and passwords cross the network in clear text, readable and reusable by "
+            "anyone on the path. Bind it to 127.0.0.1 (the default) and reach it through an "
+            "SSH tunnel or a TLS reverse proxy until the API serves TLS itself (planned, see "
+            "docs/security.md); paired managers use the peer API, mutual TLS already.")
 
 
 class SiteConfig(BaseModel):
