@@ -116,7 +116,7 @@ def test_checkpoint_names_taken(name: str) -> None:
     ("nb\u00a0sp", "\\xa0 at position 2"),
 ])
 def test_checkpoint_names_refused_name_the_rule(name: str, rule: str) -> None:
-    with pytest.raises(InvalidInput, match="printable|at most") as refused:
+    with pytest.raises(InvalidInput, match=r"printable|at most") as refused:
         check_checkpoint_name(name)
     assert rule in refused.value.message
 
