@@ -139,13 +139,13 @@ def agent_token(
     """Print a single-use token for an agent on another host to join this site."""
     result = manager(url, token).post("/api/v1/agents/token",
                                       {"ttl_s": parse_duration_s(ttl)})
-    command = (f"seawall agent run --manager {manager_url(url)} --token {result['token']} "
-               f"{JOIN_HINT}")
+    command = f"seawall agent run --manager {manager_url(url)} --token - {JOIN_HINT}"
     if json_output:
         print_json({**result, "command": command})
         return
     print_line(result["token"])
-    console.print(f"single use, valid until {result['expires_at']}; on the other host run:")
+    console.print(f"single use, valid until {result['expires_at']}; on the other host run "
+                  "this, which asks for it (or --token-file PATH, SEAWALL_JOIN_TOKEN):")
     console.print(command, highlight=False, soft_wrap=True)
 
 
