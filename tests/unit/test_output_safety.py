@@ -9,6 +9,7 @@ a message that echoed such a name.
 from __future__ import annotations
 
 import ast
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from seawall.cli.output import console, print_line, print_table, progress, style
 from seawall.errors import InvalidInput
 from seawall.manager.recovery.report_html import render_html
 from seawall.names import MAX_CHECKPOINT_NAME_CHARS, check_checkpoint_name, visible
+from seawall.observability.logs import TextFormatter
 
 MARKUP = "[bold red]M[/bold red] [/nonexistent]"  # the issue's tag name
 
@@ -132,3 +134,16 @@ def test_html_report_escapes_every_value() -> None:
         "scripts": {"pre": {"path": hostile, "error": hostile, "output": hostile}}})
     assert "<script>" not in page and "\"'&" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&amp;" in page
+
+
+def test_text_log_lines_escape_the_message_and_keep_tracebacks() -> None:
+    """A name in a log line of ``site run`` neither acts on its terminal nor forges a line."""
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("seawall.test", logging.WARNING, __file__, 1,
+                                   "could not record event %s", ("x\x1b[2J\n1 ERROR forged",),
+                                   sys.exc_info())
+    first, *rest = TextFormatter().format(record).splitlines()
+    assert first.endswith("could not record event x\\x1b[2J\\x0a1 ERROR forged")
+    assert "\x1b" not in first and rest[0] == "Traceback (most recent call last):"
