@@ -89,7 +89,8 @@ def site_init(
     metrics: MetricsOption = None,
     database: Annotated[str | None, typer.Option(
         help="The manager's database: postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/NAME "
-             "(or ?host=/socket/dir); default: SQLite in DATA/manager.db.")] = None,
+             "(or ?host=/socket/dir; a password is better in ~/.pgpass or PGPASSWORD than on "
+             "a command line, which ps shows); default: SQLite in DATA/manager.db.")] = None,
     peer_api: Annotated[str | None, typer.Option(
         help="HOST:PORT where paired managers call this one (mutual TLS); "
              "default: the --api host, its port + 2.")] = None,
