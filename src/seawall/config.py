@@ -63,21 +63,27 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether a listener on ``host`` is reachable from this host only."""
-    if host == "localhost":
+    """Whether a listener bound to ``host`` is reachable from this host only: ``localhost``
+    or a loopback address (127.0.0.0/8, ::1). A wildcard (0.0.0.0, ::) or any other name
+    is not (a name is not resolved: it may change; so it counts as reachable)."""
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def clear_text_warning(what: str, host: str, port: int) -> str | None:
-    """The warning to print for ``what`` served without TLS on ``host``; None on loopback."""
+def plain_api_warning(host: str, port: int) -> str | None:
+    """What an operator must know when the API, plain HTTP today, is bound beyond loopback;
+    None when it is not (``site init``, ``site run`` and ``manager run`` say it)."""
     if is_loopback(host):
         return None
-    return (f"warning: {what} on {host}:{port} is served without TLS: anyone who reaches "
-            "that address can read and change what it carries")
+    return (f"the API on {host}:{port} is plain HTTP and reachable from other hosts: API "
+            "tokens and passwords cross the network in clear text, readable and reusable by "
+            "anyone on the path. Bind it to 127.0.0.1 (the default) and reach it through an "
+            "SSH tunnel or a TLS reverse proxy until the API serves TLS itself (planned, see "
+            "docs/security.md); paired managers use the peer API, mutual TLS already.")
 
 
 class SiteConfig(BaseModel):

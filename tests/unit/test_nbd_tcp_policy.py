@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from seawall.config import SiteConfig, clear_text_warning, is_loopback
+from seawall.config import SiteConfig
 from seawall.errors import InvalidInput
 from seawall.nbd.client import NbdAddress, parse_nbd_uri
 from seawall.nbd_certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY
@@ -19,15 +19,6 @@ from seawall.nbd_certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY
 def site(tmp_path: Path, nbd_tcp: str | None, plain: bool = False) -> SiteConfig:
     return SiteConfig.create("prod", tmp_path / "prod", "127.0.0.1:7000", "127.0.0.1:7001",
                              nbd_tcp=nbd_tcp, nbd_tcp_plain=plain)
-
-
-def test_is_loopback_and_the_clear_text_warning() -> None:
-    for host in ("127.0.0.1", "127.8.9.10", "::1", "localhost"):
-        assert is_loopback(host) and clear_text_warning("NBD", host, 10809) is None
-    for host in ("0.0.0.0", "::", "10.0.0.2", "fe80::1", "nbd.example.com", ""):
-        assert not is_loopback(host)
-        warning = clear_text_warning("NBD", host, 10809)
-        assert warning is not None and f"{host}:10809" in warning and "without TLS" in warning
 
 
 def test_nbd_on_tcp_is_tls_by_default_with_a_ca_and_a_server_certificate(

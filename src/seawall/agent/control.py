@@ -23,6 +23,7 @@ from seawall.agent.service import Agent
 from seawall.agent.settings import PathsCheck, ProtectionChange, RetentionChange, check_paths
 from seawall.agent.state import ProtectionSpec, RecoverySpec
 from seawall.http import install_error_handler
+from seawall.names import check_checkpoint_name
 
 
 class VolumeCreate(BaseModel):
@@ -106,9 +107,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.post("/groups/{group_id}/checkpoints")
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
         group = agent.protected_group(group_id)
-        entry = await agent.coordinated.tag(group_id, body.name)
+        name = check_checkpoint_name(body.name)
+        entry = await agent.coordinated.tag(group_id, name)
         if entry is None:
-            entry = group.tag_checkpoint(body.name)
+            entry = group.tag_checkpoint(name)
             await group.persist_checkpoints()
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 

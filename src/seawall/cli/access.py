@@ -2,8 +2,10 @@
 
 ``login`` keeps the token in the credentials file (``cli.credentials``) under the manager's
 URL, so later commands against that URL send it. Passwords are read from a prompt with no
-echo, or from standard input (``--password-stdin``), never from the command line. A token
-is printed once, when made: the manager keeps only its hash.
+echo, or from standard input (``--password-stdin``), never from the command line; a token
+to keep also from standard input (``--token -``) or a file (``--token-file``), for the
+reasons ``cli.options`` gives. A token is printed once, when made: the manager keeps only
+its hash.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from seawall.cli.credentials import CredentialStore
-from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager, manager_url
-from seawall.cli.output import console, print_json, print_table
+from seawall.cli.options import (
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    manager,
+    manager_url,
+    secret,
+)
+from seawall.cli.output import console, print_json, print_line, print_table
 from seawall.errors import InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.units import parse_duration_s
@@ -61,12 +71,15 @@ def login(
     password_stdin: PasswordStdinOption = False,
     token: Annotated[str | None, typer.Option(
         help="Keep this API token (e.g. the one `site init` printed) instead of a password "
-             "login.")] = None,
+             "login; '-': read it from standard input.", show_default=False)] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="Keep the API token in this file (its first line).")] = None,
     expires: Annotated[str, typer.Option(
         "--expires", help="Lifetime of the token a password login makes.")] = "30d",
 ) -> None:
     """Log in to a site manager; later commands against its URL send the token."""
     base_url = manager_url(url)
+    token = secret(token, token_file, None, "API token")  # SEAWALL_TOKEN needs no login
     if token:
         client = JsonClient(base_url, timeout_s=30.0, what="site manager", token=token)
         me = client.get("/api/v1/me")
@@ -83,7 +96,7 @@ def login(
                  "from_login": True}
     store = CredentialStore()
     store.put(base_url, entry)
-    console.print(f"logged in to {base_url} as [bold]{me['user']}[/] ({me['role']}); "
+    console.print(f"logged in to {base_url} as {me['user']} ({me['role']}); "
                   f"token kept in {store.path}")
 
 
@@ -111,7 +124,7 @@ def whoami(url: UrlOption = None, token: TokenOption = None,
     if json_output:
         print_json(me)
     else:
-        print(f"{me['user']} ({me['role']}), token {me['token_id']}")
+        print_line(f"{me['user']} ({me['role']}), token {me['token_id']}")
 
 
 # --- users -----------------------------------------------------------------------------
@@ -133,7 +146,7 @@ def user_create(
     elif "token" in made:
         console.print(f"user {name} ({made['role']}) created; API token (shown once, only "
                       "its hash is kept):")
-        print(made["token"])
+        print_line(made["token"])
     else:
         console.print(f"user {name} ({made['role']}) created; log in with "
                       f"`seawall login --user {name}`")
@@ -193,7 +206,7 @@ def token_create(
         return
     console.print(f"token {made['id']} of {made['user']} (shown once, only its hash is "
                   "kept):", highlight=False)
-    print(made["token"])
+    print_line(made["token"])
 
 
 @token_app.command("list")

@@ -3,7 +3,10 @@
 ``agent run --data DIR`` runs the agent DIR holds: the site's own (``site run`` starts it)
 or one that joined a site from another host. Its first run on another host joins: with
 ``--manager URL --token TOKEN --name NAME --control HOST:PORT`` and a DIR without a
-configuration (``seawall.agent.joining``); the options of the join are refused later.
+configuration (``seawall.agent.joining``); the options of the join are refused later. The
+join token may come from standard input (``--token -``), a file (``--token-file``) or
+``SEAWALL_JOIN_TOKEN`` (``cli.options.secret``); the environment is read at the join only,
+so a service that keeps it set still restarts.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from seawall.cli.options import (
     UrlOption,
     manager,
     manager_url,
+    secret,
 )
-from seawall.cli.output import console, print_json, print_table
+from seawall.cli.output import console, print_json, print_line, print_table
 from seawall.config import CONFIG_NAME, SiteConfig, parse_host_port
 from seawall.errors import Conflict, InvalidInput
 from seawall.local_access import enter_private_umask
@@ -60,8 +64,11 @@ def agent_run(
     manager_option: Annotated[str | None, typer.Option(
         "--manager", help="First run on another host: the site manager's URL.")] = None,
     token: Annotated[str | None, typer.Option(
-        help="First run: the join token (`seawall agent token` at the manager).",
-        show_default=False)] = None,
+        help="First run: the join token (`seawall agent token` at the manager); '-': read "
+             "it from standard input (or SEAWALL_JOIN_TOKEN, or a file named by "
+             "SEAWALL_JOIN_TOKEN_FILE).", show_default=False)] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="First run: read the join token from this file.")] = None,
     name: Annotated[str | None, typer.Option(
         help="First run: this agent's name in the site.")] = None,
     control: Annotated[str | None, typer.Option(
@@ -104,7 +111,7 @@ def agent_run(
                     "--nbd-tcp-plain": "yes" if nbd_tcp_plain else None}
     if (data.resolve() / CONFIG_NAME).exists():
         given = [option for option, value in join_options.items() if value is not None]
-        if token is not None or manager_option is not None:
+        if token is not None or token_file is not None or manager_option is not None:
             raise Conflict(f"{data} has joined a site already (or holds one): nothing changed; "
                            f"run it with `seawall agent run --data {data}`, no --token")
         if given:
@@ -112,6 +119,7 @@ def agent_run(
                                "joins; they are kept in its directory")
         config = SiteConfig.load(data).with_overrides(**overrides)
     else:
+        join_options["--token"] = secret(token, token_file, "SEAWALL_JOIN_TOKEN", "join token")
         missing = [option for option in ("--manager", "--token", "--name", "--control")
                    if join_options[option] is None]
         if missing:
@@ -132,7 +140,7 @@ def _join(data: Path, options: dict[str, str | None], settings: dict[str, object
                        options["--control"], options["--advertise-control"],
                        options["--replication"], options["--nbd-tcp"], settings,
                        nbd_tcp_plain=options["--nbd-tcp-plain"] is not None)
-    console.print(f"joined site [bold]{config.name}[/] as agent [bold]{config.agent_name}[/] "
+    console.print(f"joined site {config.name} as agent {config.agent_name} "
                   f"(id {config.agent_id}); certificate fingerprint (sha256): "
                   f"{config.identity().fingerprint}")
     console.print(f"next runs: seawall agent run --data {config.data_dir}")
@@ -146,14 +154,14 @@ def agent_token(
     """Print a single-use token for an agent on another host to join this site."""
     result = manager(url, token).post("/api/v1/agents/token",
                                       {"ttl_s": parse_duration_s(ttl)})
-    command = (f"seawall agent run --manager {manager_url(url)} --token {result['token']} "
-               f"{JOIN_HINT}")
+    command = f"seawall agent run --manager {manager_url(url)} --token - {JOIN_HINT}"
     if json_output:
         print_json({**result, "command": command})
         return
-    print(result["token"])
-    console.print(f"single use, valid until {result['expires_at']}; on the other host run:")
-    console.print(command, markup=False, highlight=False, soft_wrap=True)
+    print_line(result["token"])
+    console.print(f"single use, valid until {result['expires_at']}; on the other host run "
+                  "this, which asks for it (or --token-file PATH, SEAWALL_JOIN_TOKEN):")
+    console.print(command, highlight=False, soft_wrap=True)
 
 
 def agent_list(url: UrlOption = None, token: TokenOption = None,
@@ -173,5 +181,5 @@ def agent_remove(name: Annotated[str, typer.Argument(help="The agent's name.")],
                  url: UrlOption = None, token: TokenOption = None) -> None:
     """Forget an agent that joined from another host (refused while groups use it)."""
     manager(url, token).delete(f"/api/v1/agents/{name}")
-    console.print(f"agent [bold]{name}[/] removed from the site; it still runs on its host "
+    console.print(f"agent {name} removed from the site; it still runs on its host "
                   "with its volumes: stop it there")

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from seawall.cli.options import JsonOption, UrlOption, manager
-from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.cli.output import console, print_json, print_table, progress, time_text
 from seawall.cli.unpack import Interrupted, target_of, unpack
 from seawall.errors import PeerError
 from seawall.units import format_bytes
@@ -76,17 +75,15 @@ def files_get(
         except (KeyError, ValueError):
             raise PeerError(f"the site manager sent no valid {SUMMARY_HEADER} header") from None
         target_of(to, summary["name"])  # Conflict before a byte is written
-        columns = (*Progress.get_default_columns()[:1], BarColumn(),
-                   DownloadColumn(binary_units=True), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task(f"restore of {summary['path']}", total=summary["bytes"])
+        with progress() as bar:
+            task = bar.add_task(f"restore of {summary['path']}", total=summary["bytes"])
             try:
                 result = unpack(response.iter_bytes(), to, summary["name"],
-                                lambda done: progress.update(task, completed=done))
+                                lambda done: bar.update(task, completed=done))
             except Interrupted as interrupted:
-                progress.stop()
+                bar.stop()
                 console.print(f"interrupted ({interrupted}): nothing restored, {to} is as "
-                              "it was", markup=False)
+                              "it was")
                 raise typer.Exit(128 + interrupted.signal_number) from None
     if json_output:
         print_json({**summary, "to": str(result.path), "written": {

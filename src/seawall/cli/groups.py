@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
-from seawall.cli.output import console, print_json
+from seawall.cli.output import console, print_json, print_line
 from seawall.errors import InvalidInput
 from seawall.units import format_bytes, parse_duration_s, parse_size_bytes
 
@@ -208,10 +208,10 @@ def group_show(name: str, url: UrlOption = None, token: TokenOption = None,
         print_json(group)
         return
     volumes = ", ".join(v["name"] for v in group["volumes"])
-    print(f"group {group['name']} ({group['role']}, peer {group['peer']}, recovery site "
-          f"{group['recovery_site']}); volumes: {volumes}")
+    print_line(f"group {group['name']} ({group['role']}, peer {group['peer']}, recovery site "
+               f"{group['recovery_site']}); volumes: {volumes}")
     for field, value in group["settings"].items():
-        print(f"  {field:24} {_text(field, value)}")
+        print_line(f"  {field:24} {_text(field, value)}")
 
 
 def _text(field: str, value: Any) -> str:

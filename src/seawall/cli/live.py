@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
-from seawall.cli.output import console, print_json, print_table
+from seawall.cli.output import console, print_json, print_table, styled
 from seawall.cli.recovery import AtOption, CheckpointOption, at_text, checkpoint_text
 from seawall.units import parse_duration_s
 
@@ -119,7 +119,7 @@ def _print_final(report: dict[str, Any], json_output: bool, text: str) -> None:
         print_table(report["images"], ["volume", "name", "uri"])
     console.print(f"{text}; report {report['id']} (`seawall report show {report['id']}`)")
     if report.get("error"):
-        console.print(f"[yellow]warning:[/yellow] {report['error']}")
+        console.print(styled("warning:", "yellow"), report["error"])
     if report.get("reverse"):
         console.print(f"reverse protection to {report['reverse']['peer']} started")
 

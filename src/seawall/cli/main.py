@@ -29,10 +29,11 @@ from seawall.cli.options import (
     TokenOption,
     UrlOption,
     manager,
+    secret,
 )
-from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.cli.output import console, print_json, print_line, print_table, styled, time_text
 from seawall.cli.recovery import add_recovery_commands, failover_app
-from seawall.config import SiteConfig, check_database_url
+from seawall.config import SiteConfig, check_database_url, plain_api_warning
 from seawall.errors import InvalidInput, SeawallError
 from seawall.local_access import enter_private_umask
 from seawall.observability.logs import setup_logging
@@ -40,7 +41,8 @@ from seawall.units import parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Seawall: continuous data protection and disaster recovery.")
+                  help="Seawall: continuous data protection and disaster recovery.",
+                  pretty_exceptions_show_locals=False)  # a bug's traceback shows no token
 site_app = typer.Typer(no_args_is_help=True, help="Create and run sites.")
 volume_app = typer.Typer(no_args_is_help=True, help="Volumes served by the site's agents.")
 group_app = typer.Typer(no_args_is_help=True, help="Protection groups.")
@@ -94,7 +96,8 @@ def site_init(
     metrics: MetricsOption = None,
     database: Annotated[str | None, typer.Option(
         help="The manager's database: postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/NAME "
-             "(or ?host=/socket/dir); default: SQLite in DATA/manager.db.")] = None,
+             "(or ?host=/socket/dir; a password is better in ~/.pgpass or PGPASSWORD than on "
+             "a command line, which ps shows); default: SQLite in DATA/manager.db.")] = None,
     peer_api: Annotated[str | None, typer.Option(
         help="HOST:PORT where paired managers call this one (mutual TLS); "
              "default: the --api host, its port + 2.")] = None,
@@ -131,9 +134,12 @@ def site_init(
                                nbd_tcp_plain=nbd_tcp_plain, clone_dir=clone_dir,
                                scripts_dir=scripts_dir, script_user=script_user,
                                storage_roots=tuple(storage_root or ()))
-    console.print(f"site [bold]{config.name}[/] created in {config.data_dir} "
+    console.print(f"site {config.name} created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
+    warning = plain_api_warning(config.api_host, config.api_port)
+    if warning is not None:
+        console.print(styled("warning:", "yellow"), warning)
     from seawall.manager.access.local import first_admin_token
 
     token = first_admin_token(config)
@@ -142,8 +148,9 @@ def site_init(
                       "(`seawall site admin-token` makes one)")
         return
     console.print("API token of the user admin (shown once, only its hash is kept; "
-                  f"`seawall login --url {config.api_url} --token TOKEN` keeps it for you):")
-    print(token)
+                  f"`seawall login --url {config.api_url} --token -` reads it from standard "
+                  "input and keeps it for you):")
+    print_line(token)
 
 
 @site_app.command("admin-token")
@@ -157,7 +164,7 @@ def site_admin_token(
     """
     from seawall.manager.access.local import local_admin_token
 
-    print(local_admin_token(SiteConfig.load(data), name))
+    print_line(local_admin_token(SiteConfig.load(data), name))
 
 
 @site_app.command("run")
@@ -172,18 +179,27 @@ def site_run(data: DataOption, log_format: LogFormatOption = None) -> None:
 @site_app.command("token")
 def site_token(url: UrlOption = None, token: TokenOption = None) -> None:
     """Print a single-use pairing token (valid 1 h) for another site to pair with this one."""
-    print(manager(url, token).post("/api/v1/pairing/token")["token"])
+    print_line(manager(url, token).post("/api/v1/pairing/token")["token"])
 
 
 @app.command("pair")
 def pair(
     peer_url: Annotated[str, typer.Argument(help="URL of the other site's manager.")],
-    token: Annotated[str, typer.Option(help="Token printed by `seawall site token` there.")],
+    token: Annotated[str | None, typer.Option(
+        help="Token printed by `seawall site token` there; '-': read it from standard input "
+             "(or SEAWALL_PAIR_TOKEN, or a file named by SEAWALL_PAIR_TOKEN_FILE).",
+        show_default=False)] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="Read that token from this file.")] = None,
     url: UrlOption = None,
 ) -> None:
     """Pair this site (--url) with the site at PEER_URL (API token: SEAWALL_TOKEN or login)."""
-    peer = manager(url).post("/api/v1/pairing", {"peer_url": peer_url, "token": token})
-    console.print(f"paired with site [bold]{peer['name']}[/] ({peer['api_url']})")
+    pairing_token = secret(token, token_file, "SEAWALL_PAIR_TOKEN", "pairing token")
+    if pairing_token is None:
+        raise InvalidInput("no pairing token: give --token TOKEN (or -), --token-file PATH or "
+                           "SEAWALL_PAIR_TOKEN (`seawall site token` at the other site)")
+    peer = manager(url).post("/api/v1/pairing", {"peer_url": peer_url, "token": pairing_token})
+    console.print(f"paired with site {peer['name']} ({peer['api_url']})")
 
 
 @app.command("unpair")
@@ -191,13 +207,13 @@ def unpair(peer: Annotated[str, typer.Argument(help="Name of the paired site.")]
            url: UrlOption = None) -> None:
     """Forget the paired site PEER here and there (refused while groups use it)."""
     result = manager(url).delete(f"/api/v1/peers/{peer}")
-    console.print(f"unpaired from site [bold]{peer}[/]")
+    console.print(f"unpaired from site {peer}")
     if not result["peer_told"]:
-        console.print(f"[yellow]{peer} was not told ({result['peer_error']}): run "
-                      "`seawall unpair` there too[/]")
+        console.print(styled(f"{peer} was not told ({result['peer_error']}): run "
+                             "`seawall unpair` there too", "yellow"))
     if not result["agent_forgot"]:
-        console.print(f"[yellow]the agent was not told ({result['agent_error']}); it will "
-                      "forget the pin at its next start[/]")
+        console.print(styled(f"the agent was not told ({result['agent_error']}); it will "
+                             "forget the pin at its next start", "yellow"))
 
 
 @peer_app.command("list")
@@ -334,7 +350,8 @@ def checkpoint_tag(
     url: UrlOption = None, token: TokenOption = None,
 ) -> None:
     """Insert a tagged checkpoint now; prints its id."""
-    print(manager(url, token).post(f"/api/v1/groups/{group}/checkpoints", {"name": name})["id"])
+    print_line(str(manager(url, token).post(f"/api/v1/groups/{group}/checkpoints",
+                                            {"name": name})["id"]))
 
 
 @checkpoint_app.command("list")
@@ -379,7 +396,7 @@ def export(
         if json_output:
             print_json(result)
         else:
-            print(result["uri"])
+            print_line(result["uri"])
     else:
         raise InvalidInput("give GROUP VOLUME [--checkpoint ID], or --stop URI, or --list")
 
@@ -414,7 +431,7 @@ def main() -> None:
         if isinstance(exit_code, int):
             sys.exit(exit_code)
     except SeawallError as exc:
-        console.print(f"[red]error:[/] {exc.message}")
+        console.print(styled("error:", "red"), exc.message)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -425,5 +442,5 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            console.print(f"[red]error:[/] {exc.format_message()}")
+            console.print(styled("error:", "red"), exc.format_message())
         sys.exit(exc.exit_code)

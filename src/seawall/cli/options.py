@@ -1,12 +1,21 @@
 """What every command module of the CLI shares: the common options and the manager client.
 
-The API token sent to a manager is the first of: ``--token``, ``SEAWALL_TOKEN``, the entry
-for that manager's URL in the credentials file (``seawall login``, ``cli.credentials``).
+The API token sent to a manager is the first of: ``--token``, ``SEAWALL_TOKEN``, the file
+named by ``SEAWALL_TOKEN_FILE``, the entry for that manager's URL in the credentials file
+(``seawall login``, ``cli.credentials``).
+
+Secrets (API, pairing and join tokens) are taken from the command line only as a last
+resort: any local user sees a command line in ``ps`` and ``/proc/PID/cmdline``, and the
+shell keeps it in its history. ``secret`` reads one from standard input (``--token -``,
+asked with no echo at a terminal), a file (``--token-file PATH``), or the environment (an
+``ENV`` variable, or a file named by ``ENV_FILE``), which only the user and root can read.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,8 +28,10 @@ from seawall.http import JsonClient
 UrlOption = Annotated[str | None, typer.Option("--url", envvar="SEAWALL_URL",
                                                help="Site manager URL (or SEAWALL_URL).")]
 TokenOption = Annotated[str | None, typer.Option(
-    "--token", help="API token (or SEAWALL_TOKEN; default: the one `seawall login` kept).",
+    "--token", help="API token, '-' to read it from standard input (or SEAWALL_TOKEN, or a "
+    "file named by SEAWALL_TOKEN_FILE; default: the one `seawall login` kept).",
     show_default=False)]
+STDIN = "-"
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
@@ -41,12 +52,40 @@ def manager_url(url: str | None) -> str:
     return url.rstrip("/")
 
 
+def secret(value: str | None, path: Path | None, env: str | None, what: str) -> str | None:
+    """The secret ``what`` from ``value`` (``-``: standard input), else the file ``path``,
+    else the environment variable ``env``, else the file named by ``env``_FILE (if ``env``
+    is given); None if none of them gives one. White space around it (a file's newline) is
+    not part of it."""
+    if value is not None and path is not None:
+        raise InvalidInput(f"{what}: give a value or a file, not both")
+    if path is None and not value and env is not None:
+        value = os.environ.get(env) or None
+        file_name = os.environ.get(f"{env}_FILE")
+        if value is None and file_name:
+            path = Path(file_name)
+    if path is not None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{what}: cannot read {path}: {exc}") from None
+    elif value == STDIN:
+        text = (getpass.getpass(f"{what}: ") if sys.stdin.isatty()
+                else sys.stdin.readline())
+    elif value is None:
+        return None
+    else:
+        text = value
+    found = text.strip()
+    if not found:
+        raise InvalidInput(f"{what}: none given (empty)")
+    return found
+
+
 def api_token(url: str, token: str | None = None) -> str | None:
-    if token:
-        return token
-    from_env = os.environ.get("SEAWALL_TOKEN")
-    if from_env:
-        return from_env
+    given = secret(token, None, "SEAWALL_TOKEN", "API token")
+    if given:
+        return given
     entry = CredentialStore().get(url)
     return str(entry["token"]) if entry and entry.get("token") else None
 

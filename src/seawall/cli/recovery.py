@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
-from seawall.cli.output import console, print_json, print_table, time_text
+from seawall.cli.output import console, print_json, print_table, progress, time_text
 from seawall.errors import SeawallError
 from seawall.units import format_bytes, parse_size_bytes, parse_time
 
@@ -139,16 +138,14 @@ def clone(
     operation = client.post("/api/v1/clones", {
         "group": group, "checkpoint": checkpoint, "to": to,
         "format": image_format})
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(binary_units=True),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"clone of {group}", total=None)
+    with progress() as bar:
+        task = bar.add_task(f"clone of {group}", total=None)
         while operation["state"] not in FINAL_STATES:
             time.sleep(CLONE_POLL_S)
             operation = client.get(f"/api/v1/clones/{operation['id']}")
             done = operation.get("progress")
             if done is not None:
-                progress.update(task, completed=done["done_bytes"], total=done["total_bytes"])
+                bar.update(task, completed=done["done_bytes"], total=done["total_bytes"])
     if json_output:
         print_json(operation)
     if operation["state"] != "done":

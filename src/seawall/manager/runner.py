@@ -5,7 +5,8 @@ Rules:
   data path) survives a crash of the manager; a manager started again finds the running
   agent through its control socket and adopts it instead of starting a second one.
 - The manager serves its API and, in the same event loop, its peer API for paired managers
-  (``seawall.manager.peer_listener``); one stopping stops the other.
+  (``seawall.manager.peer_listener``); one stopping stops the other. An API bound beyond
+  loopback is logged as a warning at every start: it is plain HTTP.
 - SIGTERM or Ctrl-C stops the manager, then asks the agent to stop and waits for it.
 - While the site runs, an agent that stops is started again (``AgentKeeper``).
 - Start-up overlaps: the agent process is spawned first, the manager imports and builds
@@ -24,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from seawall.config import SiteConfig
+from seawall.config import SiteConfig, plain_api_warning
 from seawall.errors import PeerError, SeawallError
 from seawall.manager.agent_keeper import AgentKeeper
 from seawall.manager.clients import agent_client
@@ -123,6 +124,9 @@ def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = 
         before_serving()
     log.info("site manager %s listening on %s, peer API (mutual TLS) on %s", config.name,
              config.api_url, config.peer_api_url)
+    warning = plain_api_warning(config.api_host, config.api_port)
+    if warning is not None:
+        log.warning("%s", warning)
     asyncio.run(serve_with_peer_api(server, peer))
 
 

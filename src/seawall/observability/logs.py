@@ -4,7 +4,10 @@ Rules:
 - ``setup_logging`` is called once per process by the CLI command that runs it (site,
   manager, agent); everything logs through the standard ``logging`` module to stderr, and
   uvicorn's own loggers propagate here (its servers are built with ``log_config=None``).
-- ``text`` (the default) is one human line per record; ``json`` is one JSON object per
+- ``text`` (the default) is one human line per record, its message through
+  ``seawall.names.visible``: a name with ESC or a newline in it (a tag, a file name, a
+  request's target) neither acts on the terminal of ``site run`` nor forges a log line; a
+  traceback keeps its lines. ``json`` is one JSON object per
   line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``process`` (pid), ``message``,
   ``exception`` when there is one, and every field the call passed in ``extra`` (``group``,
   ``volume``, ``peer``), so log shippers can filter on them.
@@ -23,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seawall.errors import InvalidInput
+from seawall.names import visible
 
 FORMAT_ENV = "SEAWALL_LOG_FORMAT"
 LEVEL_ENV = "SEAWALL_LOG"
@@ -54,6 +58,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, with hidden characters of the message escaped (module rules)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+
 def setup_logging(log_format: str | None = None) -> None:
     """Log to stderr at ``SEAWALL_LOG`` (default INFO), as ``log_format`` (or the env's)."""
     chosen = (log_format or os.environ.get(FORMAT_ENV) or "text").lower()
@@ -61,7 +75,7 @@ def setup_logging(log_format: str | None = None) -> None:
         raise InvalidInput(f"log format must be text or json, not {chosen!r}")
     os.environ[FORMAT_ENV] = chosen  # for the processes this one starts (the site's agent)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     logging.basicConfig(level=os.environ.get(LEVEL_ENV, "INFO"), handlers=[handler],
                         force=True)
     if logging.getLogger().level > logging.DEBUG:

@@ -9,7 +9,8 @@ Rules:
   about it; live facts (checkpoints, positions) come from the agents and journals.
 - Checkpoint tags are made by the protected site's agent; a tag (or resync) asked of the
   recovery site is forwarded to the protected site's peer route, which takes it only from
-  the group's recovery site (the caller is known by its pinned TLS certificate).
+  the group's recovery site (the caller is known by its pinned TLS certificate). A tag's
+  name is checked here and again at the agent (``seawall.names``: printable, bounded).
 - Settings (``groups.settings``) are checked at both sites and stored in both rows; the
   recovery site checks at its agent that the paths they name exist there. Retention
   (history, journal limit and warning) is carried out by the recovery site's agent.
@@ -50,6 +51,7 @@ from seawall.manager.groups.spanning import SpanningGroups, recovery_checkpoints
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.machine import choose_checkpoint
 from seawall.manager.sites.service import SiteService
+from seawall.names import check_checkpoint_name
 
 
 class GroupSettings(GroupOptions):
@@ -264,7 +266,10 @@ class GroupService:
         return self.checkpoints(name)
 
     def tag(self, name: str, checkpoint_name: str) -> dict[str, Any]:
-        return self.at_protected_agent(name, "checkpoints", {"name": checkpoint_name})
+        """A tagged checkpoint now, its name checked here (``seawall.names``) before either
+        agent is asked."""
+        return self.at_protected_agent(name, "checkpoints",
+                                       {"name": check_checkpoint_name(checkpoint_name)})
 
     def resync(self, name: str) -> dict[str, Any]:
         """Compare every volume of the group with the recovery site (a delta sync)."""
