@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from seawall.cli.access import add_access_commands
 from seawall.cli.agents import add_agent_commands, site_config
@@ -245,7 +244,7 @@ def volume_create(
         "name": name, "size_bytes": parse_size_bytes(size), "agent": agent})
     _print_one(volume, json_output, f"volume {name} created: {volume['nbd_uri']}")
     if volume.get("warning") and not json_output:
-        console.print(f"[yellow]warning:[/yellow] {escape(volume['warning'])}")
+        console.print(styled("warning:", "yellow"), volume["warning"])
 
 
 @volume_app.command("add")
