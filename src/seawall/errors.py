@@ -77,6 +77,37 @@ class Forbidden(SeawallError):
     code = "forbidden"
 
 
+class RequestTooLarge(SeawallError):
+    """A request's body is over the limit of its route: refused before it is read."""
+
+    http_status = 413
+    exit_code = 2
+    fault = "user"
+    code = "too_large"
+
+
+class RequestTimeout(SeawallError):
+    """A client sent its request too slowly: it was cut off, not waited for."""
+
+    http_status = 408
+    exit_code = 7
+    fault = "remote"
+    code = "request_timeout"
+
+
+class RateLimited(SeawallError):
+    """Too many attempts (wrong passwords): retry after ``retry_after_s`` seconds."""
+
+    http_status = 429
+    exit_code = 6
+    fault = "user"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PeerError(SeawallError):
     """A peer (agent or site manager) failed or could not be reached."""
 
@@ -123,6 +154,9 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         NotReady,
         Unauthorized,
         Forbidden,
+        RequestTooLarge,
+        RequestTimeout,
+        RateLimited,
         PeerError,
         ProtocolViolation,
         CorruptData,

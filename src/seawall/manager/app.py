@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from seawall import __version__
+from seawall.body_limit import JSON_BODY_LIMIT_BYTES, BodyLimit
 from seawall.config import SiteConfig
 from seawall.errors import SeawallError
 from seawall.http import install_error_handler
 from seawall.manager.access.guard import authorize
+from seawall.manager.access.login_gate import LoginGate
 from seawall.manager.access.routes import router as access_router
 from seawall.manager.access.service import AccessService
 from seawall.manager.agents.directory import AgentDirectory
@@ -49,6 +51,8 @@ from seawall.manager.volumes.service import VolumeService
 
 log = logging.getLogger(__name__)
 
+LOGIN_BODY_LIMIT_BYTES = 16 << 10  # a name, a password of at most 1024 characters, a label
+
 
 def create_app(config: SiteConfig) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -59,14 +63,18 @@ def create_app(config: SiteConfig) -> FastAPI:
         yield
         await asyncio.to_thread(policies.stop)
         await asyncio.to_thread(monitor.stop)
+        app.state.login.close()
 
     # Every route passes the access guard; its policy table refuses routes it does not list.
     app = FastAPI(title=f"Seawall site manager ({config.name})", version=__version__,
                   lifespan=lifespan, dependencies=[Depends(authorize)])
     install_error_handler(app)
+    # Inside the event log's middleware (added later, so outside): a refusal is recorded.
+    app.add_middleware(BodyLimit, limit_for=body_limit_bytes)
     _engine, sessions = create_database(config.database_url)
     agent = agent_client(config)
     app.state.access = AccessService(sessions)
+    app.state.login = LoginGate(app.state.access)
     if not app.state.access.list_users():
         log.warning("site %s has no users, so no one can use its API: "
                     "`seawall site admin-token --data %s` makes an admin token",
@@ -96,7 +104,7 @@ def create_app(config: SiteConfig) -> FastAPI:
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 
     @app.get("/health", tags=["health"])
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: no thread to wait for
         return {"status": "ok", "site": config.name, "version": __version__}
 
     for router in (access_router, sites_router, agents_router, volumes_router, groups_router,
@@ -104,6 +112,11 @@ def create_app(config: SiteConfig) -> FastAPI:
                    metrics_router):
         app.include_router(router)
     return app
+
+
+def body_limit_bytes(path: str) -> int:
+    """Every route takes a small JSON body at most; a login's is smaller still."""
+    return LOGIN_BODY_LIMIT_BYTES if path == "/api/v1/login" else JSON_BODY_LIMIT_BYTES
 
 
 def _reconcile_recovery(*services: OperationRunner | CloneService) -> None:
