@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 WINDOW_S = 900.0
 USER_FREE_FAILURES = 5
-SOURCE_FREE_FAILURES = 10
+SOURCE_FREE_FAILURES = 20  # a source may be shared: a host's local users, a NAT
 BASE_WAIT_S = 1.0
 MAX_WAIT_S = 300.0
 MAX_KEYS = 10000
