@@ -144,6 +144,15 @@ class JournalFull(SeawallError):
     code = "journal_full"
 
 
+class DatabaseFull(SeawallError):
+    """The manager's database is out of space: nothing was changed; retry once there is room."""
+
+    http_status = 507
+    exit_code = 9
+    fault = "local"
+    code = "database_full"
+
+
 ERROR_CLASSES: dict[str, type[SeawallError]] = {
     cls.code: cls
     for cls in (
@@ -161,6 +170,7 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         ProtocolViolation,
         CorruptData,
         JournalFull,
+        DatabaseFull,
     )
 }
 

@@ -6,7 +6,8 @@ manager's resident memory (``/proc/PID/status`` VmRSS) bounded; request headers 
 by byte are cut off; wrong passwords are throttled with growing waits (429, Retry-After);
 100 parallel wrong logins from 100 source addresses (127.0.0.x: all loopback) leave
 ``/health`` answering within a second and the paired site raises no false
-``peer-unreachable``; refused requests name their authenticated caller in the event log.
+``peer-unreachable``; refused requests name their authenticated caller in the event log;
+a full disk under the database (a real tmpfs, filled) is an alert, not a failing monitor.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
+from seawall.errors import DatabaseFull
 from seawall.localsites import LocalSite
 from seawall.manager.access.throttle import SOURCE_FREE_FAILURES
 from seawall.serving import HEADER_TIMEOUT_S
 from support.sites import stop_for_sure
+from support.tmpfs import fill, mounted_tmpfs
 
 GIB = 1 << 30
 CHUNK = bytes(1 << 20)
@@ -285,3 +288,43 @@ def test_refused_requests_name_their_authenticated_caller(site: LocalSite) -> No
     assert sorted((e["status_code"], e["user"]) for e in events) == [
         (401, "anonymous"), (401, "anonymous"), (403, "victor"), (404, "admin"),
         (413, "admin"), (422, "admin")], events
+
+
+def test_a_full_disk_under_the_database_is_an_alert_not_a_failed_monitor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finding: with the data disk full the manager's alert about it failed (`database
+    or disk is full`) and `alert list` stayed empty."""
+    monkeypatch.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.3")
+    log_path = tmp_path / "site.log"
+    with mounted_tmpfs(tmp_path / "fs", 96 << 20) as root, log_path.open("w") as log:
+        site = LocalSite("prod", root / "prod", log, buffer_bytes=8 << 20, bitmap_bytes=1 << 20)
+        try:
+            site.start()
+            fill(root / "filler", leave_bytes=0)
+            alert = wait_for_alert(site, "manager-database:database", active=True)
+            assert alert["severity"] == "error" and "out of space" in alert["message"]
+            with pytest.raises(DatabaseFull, match="out of space"):  # 507, not a 500
+                site.api.post("/api/v1/users", {"name": "frank", "role": "viewer"})
+            time.sleep(1.0)  # rounds go on while it is full
+            assert wait_for_alert(site, "manager-database:database", active=True)
+            (root / "filler").unlink()
+            wait_for_alert(site, "manager-database:database", active=False)
+        finally:
+            stop_for_sure(site)
+    text = log_path.read_text()
+    assert "monitor round failed" not in text and "Traceback" not in text
+    # once per episode each, not every round or request
+    assert text.count("alert raised (error): the manager's database is out of space") == 1
+    assert text.count("alerts are kept in memory") == 1
+    assert text.count("cannot record events") == 1
+
+
+def wait_for_alert(site: LocalSite, key: str, active: bool,
+                   timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alerts = {a["id"]: a for a in site.api.get("/api/v1/alerts")}
+        if (key in alerts) == active:
+            return alerts.get(key, {})
+        time.sleep(0.2)
+    raise AssertionError(f"alert {key} not {'raised' if active else 'cleared'} in time")

@@ -8,12 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from seawall import __version__
 from seawall.body_limit import JSON_BODY_LIMIT_BYTES, BodyLimit
 from seawall.config import SiteConfig
-from seawall.errors import SeawallError
+from seawall.errors import DatabaseFull, SeawallError
 from seawall.http import install_error_handler
 from seawall.manager.access.guard import authorize
 from seawall.manager.access.login_gate import LoginGate
@@ -34,7 +36,7 @@ from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.groups.updates import SettingsUpdates
 from seawall.manager.metrics import service as metrics_service
 from seawall.manager.metrics.routes import router as metrics_router
-from seawall.manager.models import create_database
+from seawall.manager.models import create_database, is_out_of_space
 from seawall.manager.monitoring.wiring import install_monitoring
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
@@ -69,6 +71,7 @@ def create_app(config: SiteConfig) -> FastAPI:
     app = FastAPI(title=f"Seawall site manager ({config.name})", version=__version__,
                   lifespan=lifespan, dependencies=[Depends(authorize)])
     install_error_handler(app)
+    _answer_database_full(app)
     # Inside the event log's middleware (added later, so outside): a refusal is recorded.
     app.add_middleware(BodyLimit, limit_for=body_limit_bytes)
     _engine, sessions = create_database(config.database_url)
@@ -117,6 +120,18 @@ def create_app(config: SiteConfig) -> FastAPI:
 def body_limit_bytes(path: str) -> int:
     """Every route takes a small JSON body at most; a login's is smaller still."""
     return LOGIN_BODY_LIMIT_BYTES if path == "/api/v1/login" else JSON_BODY_LIMIT_BYTES
+
+
+def _answer_database_full(app: FastAPI) -> None:
+    """A write the database refuses for want of space is answered 507 ``database_full``,
+    not 500; any other database error stays a bug (500)."""
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_out_of_space(exc):
+            raise exc
+        error = DatabaseFull(f"the manager's database is out of space: {str(exc.orig).strip()}")
+        return JSONResponse(status_code=error.http_status, content=error.body())
 
 
 def _reconcile_recovery(*services: OperationRunner | CloneService) -> None:

@@ -95,8 +95,8 @@ class EventMiddleware:
             self.events.record(entry)
         except Exception as exc:  # the operation's answer stands; only its record is missing
             if not self._failing:
-                log.error("cannot record events (%s: %s), starting with %s %s; logged once "
-                          "until one is recorded again", type(exc).__name__, exc,
+                log.error("cannot record events (%s), starting with %s %s; logged once "
+                          "until one is recorded again", getattr(exc, "orig", None) or exc,
                           entry.operation, entry.target)
             self._failing = True
             return

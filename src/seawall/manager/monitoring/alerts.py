@@ -8,21 +8,20 @@ Rules:
   (same row, same ``raised_at``: the alert has been on since then).
 - Only the monitor calls ``apply`` (one thread), so there is at most one active row per key.
 - Cleared rows are history; ``prune`` deletes those cleared before a given time.
-- A database out of space (``is_out_of_space``: SQLite's SQLITE_FULL, PostgreSQL's
-  disk_full) must not lose the alert about it: ``apply`` then keeps the evaluation in
-  memory (*held*, with the ``manager-database`` alert added if the probe had not seen it)
-  and ``list`` serves the held alerts as the active ones, with the cleared rows still
-  read from the database (reads need no space). The next ``apply`` that can write stores
-  them, with the time each was first held. Raised and cleared keys are counted against
-  what was served before, so each is logged once per episode, not every round. The held
-  set is one evaluation: bounded, and gone with the process, as the alerts it replaces
-  would be re-raised by the first round of the next one.
+- A database out of space (``models.is_out_of_space``) must not lose the alert about it:
+  ``apply`` then keeps the evaluation in memory (*held*, with the ``manager-database``
+  alert added if the probe had not seen it) and ``list`` serves the held alerts as the
+  active ones, with the cleared rows still read from the database (reads need no space).
+  The next ``apply`` that can write stores them, with the time each was first held.
+  Raised and cleared keys are counted against what was served before, so each is logged
+  once per episode, not every round. The held set is one evaluation: bounded, and gone
+  with the process, as the alerts it replaces would be re-raised by the first round of
+  the next one.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from datetime import datetime
 from typing import Any
@@ -32,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.manager.models import Alert as AlertRow
-from seawall.manager.models import utc
+from seawall.manager.models import is_out_of_space, utc
 from seawall.manager.monitoring.policy import (
     AGENT_KINDS,
     Alert,
@@ -45,8 +44,6 @@ from seawall.manager.monitoring.policy import (
 log = logging.getLogger(__name__)
 
 LIST_LIMIT = 1000
-SQLITE_FULL = sqlite3.SQLITE_FULL
-POSTGRES_DISK_FULL = "53100"
 
 
 class AlertStore:
@@ -146,14 +143,6 @@ def _read_rows(sessions: sessionmaker[Session], include_cleared: bool,
     query = query.order_by(AlertRow.raised_at.desc()).limit(LIST_LIMIT)
     with sessions() as session:
         return [describe(row) for row in session.scalars(query)]
-
-
-def is_out_of_space(exc: DBAPIError) -> bool:
-    """Whether the database refused a write for want of space (not a lock, not a bug)."""
-    orig = exc.orig
-    return (getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL
-            or getattr(orig, "sqlstate", None) == POSTGRES_DISK_FULL
-            or getattr(orig, "pgcode", None) == POSTGRES_DISK_FULL)
 
 
 def _alert_of(row: dict[str, Any]) -> Alert:
