@@ -33,7 +33,6 @@ JSON_BODY_LIMIT_BYTES = 1 << 20
 """Every route of the manager takes a JSON document: the largest (a group of many volumes,
 the pins of many agents) is a few KiB."""
 BODY_TIMEOUT_S = 30.0
-DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class BodyLimit:
@@ -60,7 +59,7 @@ class BodyLimit:
         async def limited_receive() -> Message:
             nonlocal received_bytes, body_done, refused
             if refused:
-                return DISCONNECT
+                return _disconnect()
             if body_done:
                 return await receive()
             with anyio.move_on_after(max(deadline_s - anyio.current_time(), 0)) as wait:
@@ -70,14 +69,14 @@ class BodyLimit:
                 await _refuse(RequestTimeout(
                     f"the request's body did not arrive within {self.body_timeout_s:.0f} s"),
                     scope, send)
-                return DISCONNECT
+                return _disconnect()
             if message["type"] == "http.request":
                 received_bytes += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if received_bytes > limit_bytes:
                     refused = True
                     await _refuse(_too_large(None, limit_bytes), scope, send)
-                    return DISCONNECT
+                    return _disconnect()
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -85,6 +84,10 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+def _disconnect() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -108,6 +111,6 @@ async def _refuse(error: SeawallError, scope: Scope, send: Send) -> None:
                             headers={"Connection": "close"})
 
     async def no_body() -> Message:
-        return DISCONNECT
+        return _disconnect()
 
     await response(scope, no_body, send)
