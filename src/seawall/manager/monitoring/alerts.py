@@ -66,7 +66,8 @@ class AlertStore:
         if held is not None:
             log.warning("alerts are stored in the database again")
             raised = [key for key in raised if key not in held]
-            cleared += [key for key in held if key not in evaluation.alerts]
+            cleared += [key for key in held if key not in evaluation.alerts
+                        and key not in cleared]
         return raised, cleared
 
     def _hold(self, evaluation: Evaluation, now: datetime,
@@ -81,6 +82,9 @@ class AlertStore:
                       "until it can take them", error)
             before = {row["id"]: (_alert_of(row), datetime.fromisoformat(row["since"]))
                       for row in _read_rows(self.sessions, False, None)}
+        for key, (alert, _since) in before.items():  # kept as they were, as ``_store`` does
+            if alert.group in evaluation.undetermined_groups and alert.kind in AGENT_KINDS:
+                alerts.setdefault(key, alert)
         held = {key: (alert, before[key][1] if key in before else now)
                 for key, alert in alerts.items()}
         with self._lock:
@@ -121,7 +125,8 @@ class AlertStore:
             rows = [_describe_held(alert, since) for alert, since in held.values()
                     if group is None or alert.group == group]
             if include_cleared:
-                rows += [row for row in _read_rows(self.sessions, True, group) if not row["active"]]
+                rows += [row for row in _read_rows(self.sessions, True, group)
+                         if not row["active"]]
         rows.sort(key=lambda r: (not r["active"], r["severity"] != "error",
                                  datetime.fromisoformat(r["since"]), r["id"]))
         return rows
