@@ -77,6 +77,37 @@ class Forbidden(SeawallError):
     code = "forbidden"
 
 
+class RequestTooLarge(SeawallError):
+    """A request's body is over the limit of its route: refused before it is read."""
+
+    http_status = 413
+    exit_code = 2
+    fault = "user"
+    code = "too_large"
+
+
+class RequestTimeout(SeawallError):
+    """A client sent its request too slowly: it was cut off, not waited for."""
+
+    http_status = 408
+    exit_code = 7
+    fault = "remote"
+    code = "request_timeout"
+
+
+class RateLimited(SeawallError):
+    """Too many attempts (wrong passwords): retry after ``retry_after_s`` seconds."""
+
+    http_status = 429
+    exit_code = 6
+    fault = "user"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PeerError(SeawallError):
     """A peer (agent or site manager) failed or could not be reached."""
 
@@ -113,6 +144,15 @@ class JournalFull(SeawallError):
     code = "journal_full"
 
 
+class DatabaseFull(SeawallError):
+    """The manager's database is out of space: nothing was changed; retry once there is room."""
+
+    http_status = 507
+    exit_code = 9
+    fault = "local"
+    code = "database_full"
+
+
 ERROR_CLASSES: dict[str, type[SeawallError]] = {
     cls.code: cls
     for cls in (
@@ -123,10 +163,14 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         NotReady,
         Unauthorized,
         Forbidden,
+        RequestTooLarge,
+        RequestTimeout,
+        RateLimited,
         PeerError,
         ProtocolViolation,
         CorruptData,
         JournalFull,
+        DatabaseFull,
     )
 }
 

@@ -20,6 +20,7 @@ from seawall.errors import (
     InvalidInput,
     NotFound,
     PeerError,
+    RateLimited,
     SeawallError,
     Unauthorized,
     error_from_code,
@@ -40,11 +41,8 @@ def install_error_handler(app: FastAPI) -> None:
 
     @app.exception_handler(SeawallError)
     async def _seawall_error(request: Request, exc: SeawallError) -> JSONResponse:
-        return JSONResponse(
-            status_code=exc.http_status,
-            content=exc.body(),
-            headers={"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None,
-        )
+        return JSONResponse(status_code=exc.http_status, content=exc.body(),
+                            headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,6 +67,15 @@ def install_error_handler(app: FastAPI) -> None:
             content=error.body(),
             headers=exc.headers,
         )
+
+
+def error_headers(exc: SeawallError) -> dict[str, str] | None:
+    """The headers an error's answer carries besides its body (RFC 9110's for 401, 429)."""
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after_s)}
+    return None
 
 
 _FRAMEWORK_ERRORS: dict[int, type[SeawallError]] = {

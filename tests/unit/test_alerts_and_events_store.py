@@ -1,7 +1,8 @@
 """The alerts table and the event log on a real (SQLite, migrated) database.
 
 Alerts: raised once, updated in place while active, cleared, raised again as a new row
-with the same id; the agent-dependent alerts of an undetermined group stay. Events: a real
+with the same id; the agent-dependent alerts of an undetermined group stay; held in memory
+while the database's file system (a real tmpfs, filled) is full. Events: a real
 FastAPI app with the event middleware records mutating calls with who, what, target and
 outcome (the error's code and message for a failure), and nothing for reads.
 """
@@ -25,6 +26,7 @@ from seawall.manager.events.middleware import EventMiddleware
 from seawall.manager.models import create_database
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.policy import Alert, Evaluation, Kind, Severity
+from support.tmpfs import fill, mounted_tmpfs
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -93,7 +95,7 @@ class Thing(BaseModel):
 def events_app(log: EventLog) -> FastAPI:
     app = FastAPI()
     install_error_handler(app)
-    app.add_middleware(EventMiddleware, events=log)
+    app.add_middleware(EventMiddleware, events=log, identify={"tok-bob": "bob"}.get)
 
     @app.post("/api/v1/groups", status_code=201)
     def create_group(request: Request, body: Thing) -> dict[str, Any]:
@@ -126,7 +128,15 @@ def test_mutating_calls_are_logged_with_who_what_and_outcome(
                            ).status_code == 409
         assert client.post("/api/v1/groups", json={}).status_code == 422
         assert client.get("/api/v1/groups").status_code == 200
-    events = log.list()
+        # no route ran, so no guard named the caller: the owner of its token is named
+        assert client.post("/api/v1/nothing", headers={"Authorization": "Bearer tok-bob"}
+                           ).status_code == 404
+        assert client.post("/api/v1/nothing", headers={"Authorization": "Bearer forged"}
+                           ).status_code == 404
+    unrouted = log.list()[:2]
+    assert [(e["operation"], e["user"]) for e in unrouted] == [
+        ("POST /api/v1/nothing", "anonymous"), ("POST /api/v1/nothing", "bob")]
+    events = log.list()[2:]
     assert [(e["operation"], e["group"], e["outcome"], e["error_code"]) for e in events] == [
         ("create group", None, "error", "invalid_input"),
         ("tag checkpoint", "busy", "error", "conflict"),
@@ -140,3 +150,36 @@ def test_mutating_calls_are_logged_with_who_what_and_outcome(
     assert "s3cret" not in repr(events)
     assert [e["operation"] for e in log.list(group="app")] == ["tag checkpoint", "create group"]
     assert len(log.list(limit=1)) == 1
+
+
+def test_alerts_are_held_in_memory_while_the_database_is_full(tmp_path: Path) -> None:
+    """The manager's own alert about a full disk used to fail (`database or disk is full`)
+    and leave `alert list` empty; now it is served from memory, and stored once it can."""
+    with mounted_tmpfs(tmp_path / "fs", 4 << 20) as root:
+        _engine, made = create_database(f"sqlite:///{root / 'manager.db'}")
+        store = AlertStore(made)
+        store.apply(evaluation(rpo(Severity.WARNING)), T0)
+        fill(root / "filler", leave_bytes=0)
+        later = T0 + timedelta(seconds=5)
+        for _round in range(20):  # pages the database kept free may take a few rows first
+            raised, cleared = store.apply(evaluation(rpo(Severity.WARNING), PEER_DOWN), later)
+            if "manager-database:database" in raised:
+                break
+        else:
+            raise AssertionError("the database never refused a write")
+        assert "manager-database:database" in raised and cleared == []
+        listed = {a["id"]: a for a in store.list()}
+        assert set(listed) == {"rpo:app", "peer-unreachable:dr", "manager-database:database"}
+        assert "database or disk is full" in listed["manager-database:database"]["message"]
+        assert listed["rpo:app"]["since"] == T0.isoformat()  # its row's, read back
+        assert store.apply(evaluation(rpo(Severity.WARNING), PEER_DOWN), later) == ([], [])
+        assert [a["id"] for a in store.list(group="app")] == ["rpo:app"]
+
+        (root / "filler").unlink()
+        again = later + timedelta(seconds=5)
+        assert store.apply(evaluation(rpo(Severity.WARNING), PEER_DOWN), again) == (
+            [], ["manager-database:database"])
+        stored = {a["id"]: a for a in store.list()}
+        assert set(stored) == {"rpo:app", "peer-unreachable:dr"}
+        assert stored["peer-unreachable:dr"]["since"] == later.isoformat()  # when first held
+        _engine.dispose()

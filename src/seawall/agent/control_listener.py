@@ -13,6 +13,8 @@ Rules:
   a pin dropped fails the handshakes that follow.
 - Extra pins are saved (atomically, ``agent/control_pins.json``) before they take effect,
   so a restarted agent takes the same clients.
+- Bodies are bounded (``BODY_LIMIT_BYTES``, 413) and headers and bodies timed
+  (``seawall.serving.limited_config``, ``seawall.body_limit``) as on the manager's API.
 - A client holding only an extra pin reaches ``/health`` and the coordination routes
   (``/coordination/...``), nothing else; the manager reaches every route. Who a client is
   comes from the certificate of its handshake (per connection), never from the request.
@@ -31,12 +33,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from seawall.atomic import atomic_write_json
+from seawall.body_limit import BodyLimit
 from seawall.config import SiteConfig
 from seawall.errors import CorruptData, Forbidden, InvalidInput
-from seawall.serving import Server
+from seawall.serving import DeadlineH11Protocol, Server, limited_config
 from seawall.tls import (
     CERT_PEM_MAX_CHARS,
     PinnedServerContext,
@@ -50,6 +52,8 @@ CLIENT_CERT_KEY = "control_client_cert_der"
 MEMBER_PATHS = frozenset({"/health"})
 MEMBER_PREFIX = "/coordination/"
 MAX_EXTRA_PINS = 256
+BODY_LIMIT_BYTES = 4 << 20
+"""The largest body is ``PUT /control-pins``: 256 PEMs of at most 8 KiB, 2 MiB and its JSON."""
 
 
 def member_may(path: str) -> bool:
@@ -122,7 +126,7 @@ def pins_router(pins: ControlPins) -> APIRouter:
     return router
 
 
-class ControlProtocol(H11Protocol):
+class ControlProtocol(DeadlineH11Protocol):
     """uvicorn's h11 protocol, keeping the client's certificate in each request's state."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -165,7 +169,7 @@ def control_server(app: ASGIApp, pins: ControlPins) -> Server:
     def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return pins.tls.context
 
-    return Server(uvicorn.Config(MemberGate(app, pins.is_manager), http=ControlProtocol,
-                                 lifespan="off", ssl_context_factory=factory,
-                                 log_level="warning", log_config=None),
+    gated = BodyLimit(MemberGate(app, pins.is_manager), lambda _path: BODY_LIMIT_BYTES)
+    return Server(limited_config(gated, http=ControlProtocol, lifespan="off",
+                                 ssl_context_factory=factory),
                   handle_signals=False)

@@ -25,7 +25,7 @@ from seawall.agent.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
 from seawall.local_access import bind_unix, peer_checked
-from seawall.serving import Server, bind_tcp
+from seawall.serving import Server, bind_tcp, limited_config
 
 log = logging.getLogger("seawall.agent")
 
@@ -53,8 +53,7 @@ async def serve(config: SiteConfig) -> None:
         handle_signals=False,
     )]
     if metrics_socket is not None:
-        servers.append(Server(uvicorn.Config(metrics.listener_app(), log_level="warning",
-                                             lifespan="off", log_config=None),
+        servers.append(Server(limited_config(metrics.listener_app(), lifespan="off"),
                               handle_signals=False))
     pid_path = config.run_dir / "agent.pid"
     pid_path.write_text(f"{os.getpid()}\n")

@@ -8,13 +8,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from seawall import __version__
+from seawall.body_limit import JSON_BODY_LIMIT_BYTES, BodyLimit
 from seawall.config import SiteConfig
-from seawall.errors import SeawallError
+from seawall.errors import DatabaseFull, SeawallError
 from seawall.http import install_error_handler
 from seawall.manager.access.guard import authorize
+from seawall.manager.access.login_gate import LoginGate
 from seawall.manager.access.routes import router as access_router
 from seawall.manager.access.service import AccessService
 from seawall.manager.agents.directory import AgentDirectory
@@ -32,7 +36,7 @@ from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.groups.updates import SettingsUpdates
 from seawall.manager.metrics import service as metrics_service
 from seawall.manager.metrics.routes import router as metrics_router
-from seawall.manager.models import create_database
+from seawall.manager.models import create_database, is_out_of_space
 from seawall.manager.monitoring.wiring import install_monitoring
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
@@ -49,6 +53,8 @@ from seawall.manager.volumes.service import VolumeService
 
 log = logging.getLogger(__name__)
 
+LOGIN_BODY_LIMIT_BYTES = 16 << 10  # a name, a password of at most 1024 characters, a label
+
 
 def create_app(config: SiteConfig) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -59,14 +65,19 @@ def create_app(config: SiteConfig) -> FastAPI:
         yield
         await asyncio.to_thread(policies.stop)
         await asyncio.to_thread(monitor.stop)
+        app.state.login.close()
 
     # Every route passes the access guard; its policy table refuses routes it does not list.
     app = FastAPI(title=f"Seawall site manager ({config.name})", version=__version__,
                   lifespan=lifespan, dependencies=[Depends(authorize)])
     install_error_handler(app)
+    _answer_database_full(app)
+    # Inside the event log's middleware (added later, so outside): a refusal is recorded.
+    app.add_middleware(BodyLimit, limit_for=body_limit_bytes)
     _engine, sessions = create_database(config.database_url)
     agent = agent_client(config)
     app.state.access = AccessService(sessions)
+    app.state.login = LoginGate(app.state.access)
     if not app.state.access.list_users():
         log.warning("site %s has no users, so no one can use its API: "
                     "`seawall site admin-token --data %s` makes an admin token",
@@ -96,7 +107,7 @@ def create_app(config: SiteConfig) -> FastAPI:
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 
     @app.get("/health", tags=["health"])
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: no thread to wait for
         return {"status": "ok", "site": config.name, "version": __version__}
 
     for router in (access_router, sites_router, agents_router, volumes_router, groups_router,
@@ -104,6 +115,23 @@ def create_app(config: SiteConfig) -> FastAPI:
                    metrics_router):
         app.include_router(router)
     return app
+
+
+def body_limit_bytes(path: str) -> int:
+    """Every route takes a small JSON body at most; a login's is smaller still."""
+    return LOGIN_BODY_LIMIT_BYTES if path == "/api/v1/login" else JSON_BODY_LIMIT_BYTES
+
+
+def _answer_database_full(app: FastAPI) -> None:
+    """A write the database refuses for want of space is answered 507 ``database_full``,
+    not 500; any other database error stays a bug (500)."""
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_out_of_space(exc):
+            raise exc
+        error = DatabaseFull(f"the manager's database is out of space: {str(exc.orig).strip()}")
+        return JSONResponse(status_code=error.http_status, content=error.body())
 
 
 def _reconcile_recovery(*services: OperationRunner | CloneService) -> None:

@@ -8,6 +8,7 @@ always be rebuilt from its agent.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy import (
     create_engine,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from seawall.errors import PeerError, SeawallError
@@ -31,6 +32,8 @@ from seawall.manager.migrations import upgrade_to_head
 from seawall.manager.migrations.baseline import NAMING_CONVENTION
 
 log = logging.getLogger(__name__)
+
+POSTGRES_DISK_FULL = "53100"
 
 
 def utc(moment: datetime) -> datetime:
@@ -242,6 +245,15 @@ def create_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
                     f"{str(exc.orig).strip()}") from None
     log.info("database %s at revision %s", engine.url.render_as_string(), revision)
     return engine, sessionmaker(engine, expire_on_commit=False)
+
+
+def is_out_of_space(exc: DBAPIError) -> bool:
+    """Whether the database refused a write for want of space (SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full), not for a lock or a bug."""
+    orig = exc.orig
+    return (getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or getattr(orig, "sqlstate", None) == POSTGRES_DISK_FULL
+            or getattr(orig, "pgcode", None) == POSTGRES_DISK_FULL)
 
 
 def open_database(url: str) -> None:

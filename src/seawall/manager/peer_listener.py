@@ -9,7 +9,9 @@ Rules:
   client's certificate (``PEER_CERT_KEY``, DER), from which the access guard names the
   calling site. The guard serves peer routes only here, and nothing else but health.
 - It runs beside the API's server in one event loop, without a lifespan of its own (the
-  API's server runs the app's), and stops with it.
+  API's server runs the app's), and stops with it. It has its own limits
+  (``seawall.serving.limited_config``: connections, header deadline), so a flood of the
+  API's listener does not reach it: the peers' probes of ``/health`` are answered.
 
 uvicorn gives an app no view of the TLS connection, so the protocol class is uvicorn's
 h11 one with ``connection_made`` extended: uvicorn copies ``app_state`` into each
@@ -25,17 +27,16 @@ from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from seawall.config import SiteConfig
-from seawall.serving import Server
+from seawall.serving import DeadlineH11Protocol, Server, limited_config
 
 PEER_LISTENER_KEY = "peer_listener"
 PEER_CERT_KEY = "peer_cert_der"
 START_TIMEOUT_S = 30.0
 
 
-class PeerProtocol(H11Protocol):
+class PeerProtocol(DeadlineH11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
@@ -50,9 +51,8 @@ def peer_server(app: FastAPI, config: SiteConfig, context: ssl.SSLContext) -> Se
     def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return context
 
-    return Server(uvicorn.Config(app, host=host, port=port, http=PeerProtocol, lifespan="off",
-                                 ssl_context_factory=factory, log_level="warning",
-                                 log_config=None),
+    return Server(limited_config(app, host=host, port=port, http=PeerProtocol, lifespan="off",
+                                 ssl_context_factory=factory),
                   handle_signals=False)
 
 

@@ -107,17 +107,13 @@ def _signal(pid: int, signum: int) -> bool:
 
 
 def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = None) -> None:
-    import uvicorn
-
     from seawall.manager.app import create_app
     from seawall.manager.peer_listener import peer_server, serve_with_peer_api
-    from seawall.serving import Server
+    from seawall.serving import Server, limited_config
 
     config.secure()
     app = create_app(config)
-    server = Server(uvicorn.Config(app, host=config.api_host,
-                                   port=config.api_port, log_level="warning",
-                                   log_config=None),
+    server = Server(limited_config(app, host=config.api_host, port=config.api_port),
                     handle_signals=True)
     peer = peer_server(app, config, app.state.sites.peer_tls.context)
     if before_serving is not None:

@@ -13,11 +13,16 @@ claim of who is calling counts for nothing.
 
 It leaves ``request.state.user`` (who did it, for the event log: a user's name, ``PEER``
 for manager-to-manager calls, None for open routes), ``request.state.principal`` and,
-for peer routes, ``request.state.peer_site_id`` (``peer_site``).
+for peer routes, ``request.state.peer_site_id`` (``peer_site``). The user is set as soon
+as the token names one, before a refusal by role: the event log names who was refused.
+
+It is a coroutine, and its database lookups go to worker threads: a route that needs no
+token (``/health``) is served on the event loop without waiting for a thread.
 """
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -33,8 +38,8 @@ bearer = HTTPBearer(auto_error=False, description="An API token: `seawall login`
                     "token `seawall site init` printed")
 
 
-def authorize(request: Request,
-              credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+async def authorize(request: Request,
+                    credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
     path = str(getattr(request.scope.get("route"), "path", ""))
     access = access_for(request.method, path)
     state = request.scope.get("state") or {}
@@ -45,11 +50,15 @@ def authorize(request: Request,
             if access is Access.PEER else
             f"{request.method} {request.url.path} is not served on the peer API")
     if access is Access.PEER:
-        _identify_peer(request, state.get(PEER_CERT_KEY))
+        await _identify_peer(request, state.get(PEER_CERT_KEY))
     principal: Principal | None = None
     if access is not None and access.role is not None and credentials is not None:
         service: AccessService = request.app.state.access
-        principal = service.authenticate(credentials.credentials)
+        principal = await anyio.to_thread.run_sync(service.authenticate,
+                                                   credentials.credentials)
+    request.state.principal = principal
+    request.state.user = principal.name if principal else (
+        PEER if access is Access.PEER else None)
     decision = decide(request.method, path, principal.role if principal else None)
     if decision is Decision.UNAUTHENTICATED:
         raise Unauthorized(
@@ -63,9 +72,6 @@ def authorize(request: Request,
         assert principal is not None and access.role is not None
         raise Forbidden(f"user {principal.name} ({principal.role.label}) may not "
                         f"{request.method} {path}: it needs the {access.role.label} role")
-    request.state.principal = principal
-    request.state.user = principal.name if principal else (
-        PEER if access is Access.PEER else None)
 
 
 def current_principal(request: Request) -> Principal:
@@ -76,9 +82,9 @@ def current_principal(request: Request) -> Principal:
     return principal
 
 
-def _identify_peer(request: Request, cert_der: bytes | None) -> None:
+async def _identify_peer(request: Request, cert_der: bytes | None) -> None:
     sites: SiteService = request.app.state.sites
-    site_id = sites.peer_site_id(cert_der)
+    site_id = await anyio.to_thread.run_sync(sites.peer_site_id, cert_der)
     if site_id is None:  # the handshake pinned it, but the site was unpaired since
         raise Unauthorized("the calling site is not paired with this one")
     request.state.peer_site_id = site_id

@@ -1,4 +1,5 @@
-"""Login, the caller's own tokens, and user management: parse, call ``AccessService``."""
+"""Login, the caller's own tokens, and user management: parse, call ``AccessService``
+(login: ``LoginGate``, which throttles it and checks the password off the event loop)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from seawall.manager.access.guard import current_principal
 from seawall.manager.access.hashing import PASSWORD_MAX_CHARS
+from seawall.manager.access.login_gate import LoginGate
 from seawall.manager.access.service import USER_NAME_PATTERN, AccessService, Principal
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
@@ -52,8 +54,10 @@ def _service(request: Request) -> AccessService:
 
 
 @router.post("/login", status_code=201)
-def login(request: Request, body: LoginRequest) -> dict[str, Any]:
-    token = _service(request).login(body.user, body.password, body.expires_s, body.name)
+async def login(request: Request, body: LoginRequest) -> dict[str, Any]:
+    gate: LoginGate = request.app.state.login
+    source = request.client.host if request.client else "unknown"
+    token = await gate.login(body.user, body.password, source, body.expires_s, body.name)
     request.state.user = body.user
     return token
 

@@ -5,7 +5,9 @@ without being named here. It watches the request's body and the response going b
 once the response is sent, records one ``EventEntry`` (``entry_for``, pure):
 
 - who: ``request.state.user`` as the access guard leaves it (a user's name, or the
-  peer-site marker), else ``anonymous``;
+  peer-site marker); for a request the guard did not name (refused before it ran: an
+  unknown route, a body over its limit) the owner of its bearer token if it is valid
+  (``identify``); else ``anonymous``. A refused request names its caller as a served one;
 - what: the route's endpoint name (``create_group`` → "create group"), or METHOD PATH for
   a path no route matched;
 - target and group: the route's path parameters, else the body's naming fields (only
@@ -15,14 +17,17 @@ once the response is sent, records one ``EventEntry`` (``entry_for``, pure):
   ``internal``.
 
 Recording runs in a worker thread (a database write) after the answer was sent, and a
-failure to record is logged, never turned into a failed request.
+failure to record is logged (once while they go on failing: a full disk fails them all),
+never turned into a failed request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,12 +43,17 @@ BODY_LIMIT_BYTES = 64 << 10
 """Bodies are kept up to this size for parsing; a longer one is not parsed."""
 NAMING_FIELDS = ("name", "group", "volume", "peer_url", "uri", "to")
 MESSAGE_MAX = 2000
+ANONYMOUS = "anonymous"
 
 
 class EventMiddleware:
-    def __init__(self, app: ASGIApp, events: EventLog) -> None:
+    def __init__(self, app: ASGIApp, events: EventLog,
+                 identify: Callable[[str], str | None]) -> None:
+        """``identify``: the name of the user owning a bearer token, None if not valid."""
         self.app = app
         self.events = events
+        self.identify = identify
+        self._failing = False  # the last record failed: the next failure is not logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in MUTATING:
@@ -76,10 +86,31 @@ class EventMiddleware:
         finally:
             entry = entry_for(scope, at, status[0], _json(request_body), _json(response_body),
                               failure, (time.monotonic() - started_s) * 1000)
-            try:
-                await anyio.to_thread.run_sync(self.events.record, entry)
-            except Exception:  # the operation's answer stands; only its record is missing
-                log.exception("could not record event %s %s", entry.operation, entry.target)
+            await anyio.to_thread.run_sync(self._record, entry, _bearer(scope))
+
+    def _record(self, entry: EventEntry, bearer: str | None) -> None:
+        try:
+            if entry.user == ANONYMOUS and bearer is not None:
+                entry = dataclasses.replace(entry, user=self.identify(bearer) or ANONYMOUS)
+            self.events.record(entry)
+        except Exception as exc:  # the operation's answer stands; only its record is missing
+            if not self._failing:
+                log.error("cannot record events (%s), starting with %s %s; logged once "
+                          "until one is recorded again", getattr(exc, "orig", None) or exc,
+                          entry.operation, entry.target)
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("events are recorded again")
+        self._failing = False
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
 
 
 def _json(body: bytearray) -> Any:
@@ -118,7 +149,7 @@ def entry_for(scope: Scope, at: datetime, status_code: int, request: Any, respon
         message = " ".join(f"{key} {answer[key]}" for key in ("id", "name", "state")
                            if isinstance(answer.get(key), str | int) and
                            str(answer[key]) != target)
-    user = (scope.get("state") or {}).get("user") or "anonymous"
+    user = (scope.get("state") or {}).get("user") or ANONYMOUS
     return EventEntry(at=at, user=str(user), operation=operation, method=scope["method"],
                       path=scope["path"], group=group, target=target,
                       status_code=status_code if failure is None else 500,

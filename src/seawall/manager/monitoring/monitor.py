@@ -8,7 +8,8 @@ Rules:
 - The round period is ``SEAWALL_MONITOR_INTERVAL_S`` (seconds, default 5; tests use less),
   read once when the manager starts.
 - A failing round is logged and the next one runs as usual: the monitor never stops on an
-  error, and it never blocks a request (it has its own thread and clients).
+  error, and it never blocks a request (it has its own thread and clients). A database
+  out of space does not fail a round: the store keeps the alerts in memory meanwhile.
 - Once a day cleared alerts older than ``CLEARED_RETENTION`` are deleted.
 - ``stop`` ends the thread after the round under way (manager shutdown).
 """
@@ -65,7 +66,8 @@ class Monitor:
         peer_errors = self.status.probe_peers()
         documents = self.status.documents(agent_ok=agent_error is None)
         now = datetime.now(UTC)
-        evaluation = evaluate(documents, agent_error, peer_errors, now, joined_errors)
+        evaluation = evaluate(documents, agent_error, peer_errors, now, joined_errors,
+                              self.status.probe_database())
         raised, cleared = self.alerts.apply(evaluation, now)
         for key in raised:
             alert = evaluation.alerts[key]

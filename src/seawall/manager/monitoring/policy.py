@@ -18,6 +18,9 @@ Rules (each document is a ``monitoring.status`` document):
   the group's creation when none ever passed): warning. Recovery site only (it runs them).
 - ``agent-unreachable`` (subject ``agent`` for the site's own, the agent's name for one
   joined from another host) and ``peer-unreachable`` (one per peer site): error.
+- ``manager-database`` (subject ``database``): the manager's database is out of space (its
+  file system nearly full, or a write refused as full): error. The store keeps the alerts
+  in memory while it cannot write them (``alerts.AlertStore``).
 - A group whose agent did not answer is *undetermined*: its alerts that need the agent
   stay as they were (the caller keeps them), rather than clear and come back.
 """
@@ -50,6 +53,7 @@ class Kind(enum.Enum):
     TEST_OVERDUE = "test-overdue"
     AGENT_UNREACHABLE = "agent-unreachable"
     PEER_UNREACHABLE = "peer-unreachable"
+    DATABASE = "manager-database"
 
 
 AGENT_KINDS = frozenset({Kind.RPO, Kind.HISTORY, Kind.JOURNAL, Kind.SYNC_REQUIRED})
@@ -84,11 +88,15 @@ class Evaluation:
 
 def evaluate(documents: Iterable[dict[str, Any]], agent_error: str | None,
              peer_errors: dict[str, str | None], now: datetime,
-             joined_errors: dict[str, str | None] | None = None) -> Evaluation:
+             joined_errors: dict[str, str | None] | None = None,
+             database_error: str | None = None) -> Evaluation:
     """The alerts active now. ``agent_error``: None if the site's agent answered;
     ``peer_errors``: peer site name -> None if its manager answered, else why not;
-    ``joined_errors``: the same for the agents joined from other hosts, by name."""
+    ``joined_errors``: the same for the agents joined from other hosts, by name;
+    ``database_error``: why the manager's database is out of space, None if it is not."""
     result = Evaluation()
+    if database_error is not None:
+        result.add(database_alert(database_error))
     if agent_error is not None:
         result.add(Alert(Kind.AGENT_UNREACHABLE, "agent", Severity.ERROR,
                          f"the site's agent does not answer: {agent_error}"))
@@ -114,6 +122,11 @@ def evaluate(documents: Iterable[dict[str, Any]], agent_error: str | None,
             if alert is not None:
                 result.add(alert)
     return result
+
+
+def database_alert(error: str) -> Alert:
+    return Alert(Kind.DATABASE, "database", Severity.ERROR,
+                 f"the manager's database is out of space: {error}")
 
 
 def _alert(kind: Kind, document: dict[str, Any], severity: Severity, message: str) -> Alert:

@@ -7,6 +7,8 @@ Rules:
   ``unknown`` with the reason, never an error: status must work when things are broken.
 - Agent and peer calls have short timeouts (``AGENT_TIMEOUT_S``, ``PEER_TIMEOUT_S``): the
   monitor's round must not stall behind one dead peer.
+- The free space of a SQLite database's file system is probed by the monitor too
+  (``probe_database``): a full disk is reported before, not only when, writes fail.
 - Peers are probed by the monitor (``probe_peers``, their ``/health``); documents carry
   the result of the last probe as ``peer_reachable`` (None before the first).
 - Group settings that other parts may add to the group row (``rpo_alert_s``,
@@ -15,12 +17,14 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
@@ -39,9 +43,12 @@ from seawall.manager.monitoring.status import (
     shape,
 )
 from seawall.manager.recovery.failover import KIND as FAILOVER_TEST
+from seawall.units import format_bytes
 
 AGENT_TIMEOUT_S = 5.0
 PEER_TIMEOUT_S = 3.0
+DATABASE_FREE_MIN_BYTES = 16 << 20
+"""Under this free, a SQLite database is about to refuse writes: alert before it does."""
 
 
 class StatusService:
@@ -152,6 +159,24 @@ class StatusService:
         answers = self.agents.ask_all(lambda client: client.get("/health"), joined,
                                       PEER_TIMEOUT_S)  # side by side: one slow agent's wait
         return {a.agent: a.error.message if a.error is not None else None for a in answers}
+
+    def probe_database(self) -> str | None:
+        """None unless the file system of a SQLite database has under
+        ``DATABASE_FREE_MIN_BYTES`` free (then why); a server's database (PostgreSQL) is
+        watched by its server, and a write it refuses as full by ``AlertStore``."""
+        url = make_url(self.config.database_url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return None
+        path = Path(url.database)
+        try:
+            stat = os.statvfs(path.parent)
+        except OSError as exc:
+            return f"cannot check the free space of {path.parent}: {exc.strerror}"
+        free_bytes = stat.f_bavail * stat.f_frsize
+        if free_bytes >= DATABASE_FREE_MIN_BYTES:
+            return None
+        return (f"the file system of {path} has {format_bytes(free_bytes)} free "
+                f"(under {format_bytes(DATABASE_FREE_MIN_BYTES)})")
 
     def probe_peers(self) -> dict[str, str | None]:
         """Each paired site's name -> None if its manager answers ``/health``, else why not."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
+from seawall.manager.access.service import AccessService
 from seawall.manager.events.log import EventLog
 from seawall.manager.events.middleware import EventMiddleware
 from seawall.manager.events.routes import router as events_router
@@ -30,7 +31,13 @@ def install_monitoring(app: FastAPI, config: SiteConfig, sessions: sessionmaker[
     events = EventLog(sessions)
     app.state.alerts, app.state.status, app.state.events = alerts, status, events
     app.state.tasks = TaskService(sessions, status, clones)
-    app.add_middleware(EventMiddleware, events=events)
+    access: AccessService = app.state.access
+
+    def identify(token: str) -> str | None:
+        principal = access.authenticate(token)
+        return principal.name if principal else None
+
+    app.add_middleware(EventMiddleware, events=events, identify=identify)
     for router in (monitoring_router, events_router, tasks_router):
         app.include_router(router)
     return Monitor(status, alerts, interval_from_env())
