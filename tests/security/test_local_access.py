@@ -77,6 +77,7 @@ def protected(srv: Path) -> Iterator[tuple[LocalSite, LocalSite]]:
         prod.wait_started()
         dr.wait_started()
         protect(prod, dr, bytearray(VOLUME_BYTES), count=8)
+        tag(prod, dr, "before-the-test")  # a checkpoint at dr to test
         run_json(dr, "failover", "test", GROUP)
         seawall(dr, "failover", "stop", GROUP, "--result", "pass")
         yield prod, dr
