@@ -9,7 +9,9 @@ Rules and invariants:
 - During the handshake only the core writes: option replies, the EXPORT_NAME reply, all
   queued for ``data_to_send()``; the shell answers nothing itself.
 - Option data is bounded by ``MAX_OPTION_BYTES`` and checked from the option's header,
-  before any of it is buffered: a longer option ends the session.
+  before any of it is buffered: a longer option (its length field goes up to 4 GiB) ends
+  the session, with NBD_REP_ERR_TOO_BIG first if the client negotiated fixed newstyle
+  (it cannot be skipped without reading it all).
 - Without fixed newstyle, only NBD_OPT_EXPORT_NAME is taken (the client cannot parse
   option replies); anything else ends the session.
 - NBD_OPT_EXPORT_NAME cannot carry an error: an unknown export ends the session (proto.md).
@@ -59,6 +61,7 @@ from seawall.nbd.constants import (
     REP_ACK,
     REP_ERR_INVALID,
     REP_ERR_TLS_REQD,
+    REP_ERR_TOO_BIG,
     REP_ERR_UNKNOWN,
     REP_ERR_UNSUP,
     REP_SERVER,
@@ -193,6 +196,9 @@ class ServerHandshake:
                 if magic != IHAVEOPT:
                     return self._fail(f"bad option magic 0x{magic:016x}")
                 if length > MAX_OPTION_BYTES:
+                    if self._fixed_newstyle:
+                        self._reply(option, REP_ERR_TOO_BIG,
+                                    f"option data is limited to {MAX_OPTION_BYTES} bytes".encode())
                     return self._fail(f"option {option} data of {length} bytes is too large")
                 if available < OPTION_HEADER.size + length:
                     return self._need_data()
