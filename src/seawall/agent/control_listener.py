@@ -16,6 +16,11 @@ Rules:
 - A client holding only an extra pin reaches ``/health`` and the coordination routes
   (``/coordination/...``), nothing else; the manager reaches every route. Who a client is
   comes from the certificate of its handshake (per connection), never from the request.
+- A connection must send a whole request head within ``REQUEST_HEAD_TIMEOUT_S`` of its TLS
+  handshake and of each response (``ControlProtocol``), or it is dropped: a pinned client
+  that stalls, or trickles a head, holds nothing for long. A request being served has no
+  deadline. The TLS handshake itself has asyncio's default limit (60 s): uvicorn passes
+  the listener none of its own.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ CLIENT_CERT_KEY = "control_client_cert_der"
 MEMBER_PATHS = frozenset({"/health"})
 MEMBER_PREFIX = "/coordination/"
 MAX_EXTRA_PINS = 256
+# The manager and the agents send a request at once when they connect (and mostly close
+# after the response); uvicorn's keep-alive timeout is shorter and needs no head at all.
+REQUEST_HEAD_TIMEOUT_S = 10.0
 
 
 def member_may(path: str) -> bool:
@@ -123,13 +131,34 @@ def pins_router(pins: ControlPins) -> APIRouter:
 
 
 class ControlProtocol(H11Protocol):
-    """uvicorn's h11 protocol, keeping the client's certificate in each request's state."""
+    """uvicorn's h11 protocol, keeping the client's certificate in each request's state,
+    with a deadline for each request head (``head_timeout_s``)."""
+
+    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         cert_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         self.app_state = {**self.app_state, CLIENT_CERT_KEY: cert_der}
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_expired)
+
+    def on_response_complete(self) -> None:
+        self._head_deadline.cancel()
+        if not self.transport.is_closing():
+            self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_expired)
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _head_expired(self) -> None:
+        # A request taken since the deadline was set is served to its end; the next head
+        # gets a new deadline when its response completes.
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self.transport.abort()
 
     def shutdown(self) -> None:
         # An idle keep-alive connection closed politely would wait for the client's TLS
@@ -159,13 +188,19 @@ class MemberGate:
         await self.app(scope, receive, send)
 
 
-def control_server(app: ASGIApp, pins: ControlPins) -> Server:
+def control_server(app: ASGIApp, pins: ControlPins,
+                   head_timeout_s: float = REQUEST_HEAD_TIMEOUT_S) -> Server:
     """The TCP listener's server: ``app`` behind ``pins`` (serve it the bound socket)."""
+
+    timeout_s = head_timeout_s  # a class body cannot read a name it assigns from outside
+
+    class Protocol(ControlProtocol):
+        head_timeout_s = timeout_s
 
     def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return pins.tls.context
 
-    return Server(uvicorn.Config(MemberGate(app, pins.is_manager), http=ControlProtocol,
+    return Server(uvicorn.Config(MemberGate(app, pins.is_manager), http=Protocol,
                                  lifespan="off", ssl_context_factory=factory,
                                  log_level="warning", log_config=None),
                   handle_signals=False)
