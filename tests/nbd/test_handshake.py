@@ -248,6 +248,25 @@ def test_bad_option_magic_and_oversized_option() -> None:
         assert [type(e) for e in drain_server(server)] == [ProtocolError]
 
 
+@pytest.mark.parametrize("tls_required", [False, True])
+def test_a_4_gib_option_is_refused_too_big_from_its_header_never_buffered(
+        tls_required: bool) -> None:
+    server = NbdServerConnection(make_catalog(), tls_required)
+    server.receive_data(struct.pack(">I", c.CLIENT_FLAG_FIXED_NEWSTYLE))
+    server.receive_data(struct.pack(">QII", c.IHAVEOPT, c.OPT_GO, 0xFFFFFFFF))
+    assert [type(e) for e in drain_server(server)] == [ProtocolError]
+    reply = server.data_to_send()
+    magic, option, reply_type, length = c.OPTION_REPLY_HEADER.unpack_from(reply)
+    assert (magic, option, reply_type) == (c.OPTION_REPLY_MAGIC, c.OPT_GO, c.REP_ERR_TOO_BIG)
+    assert reply[c.OPTION_REPLY_HEADER.size:] == b"option data is limited to 65536 bytes"
+    assert length == len(reply) - c.OPTION_REPLY_HEADER.size
+    # The option's data that follows is dropped as it comes, not kept for a later parse.
+    for _ in range(64):
+        server.receive_data(bytes(1 << 20))
+    assert server.state is ServerState.CLOSED and drain_server(server) == []
+    assert len(server._buf) == 0  # the point is what the core keeps
+
+
 def test_end_of_stream() -> None:
     server = NbdServerConnection(make_catalog())
     server.receive_data(struct.pack(">I", 3) + struct.pack(">QII", c.IHAVEOPT, 3, 0)[:5])

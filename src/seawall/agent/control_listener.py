@@ -18,6 +18,10 @@ Rules:
 - A client holding only an extra pin reaches ``/health`` and the coordination routes
   (``/coordination/...``), nothing else; the manager reaches every route. Who a client is
   comes from the certificate of its handshake (per connection), never from the request.
+- A request head must be complete within ``seawall.serving.HEADER_TIMEOUT_S`` of the TLS
+  handshake and of each response, or the connection is dropped; a request being served
+  has no deadline. The TLS handshake itself has asyncio's default limit (60 s): uvicorn
+  passes the listener none of its own.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from seawall.atomic import atomic_write_json
 from seawall.body_limit import BodyLimit
 from seawall.config import SiteConfig
 from seawall.errors import CorruptData, Forbidden, InvalidInput
-from seawall.serving import DeadlineH11Protocol, Server, limited_config
+from seawall.serving import HEADER_TIMEOUT_S, DeadlineH11Protocol, Server, limited_config
 from seawall.tls import (
     CERT_PEM_MAX_CHARS,
     PinnedServerContext,
@@ -163,13 +167,19 @@ class MemberGate:
         await self.app(scope, receive, send)
 
 
-def control_server(app: ASGIApp, pins: ControlPins) -> Server:
+def control_server(app: ASGIApp, pins: ControlPins,
+                   head_timeout_s: float = HEADER_TIMEOUT_S) -> Server:
     """The TCP listener's server: ``app`` behind ``pins`` (serve it the bound socket)."""
+
+    timeout_s = head_timeout_s  # a class body cannot read a name it assigns from outside
+
+    class Protocol(ControlProtocol):
+        header_timeout_s = timeout_s
 
     def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return pins.tls.context
 
     gated = BodyLimit(MemberGate(app, pins.is_manager), lambda _path: BODY_LIMIT_BYTES)
-    return Server(limited_config(gated, http=ControlProtocol, lifespan="off",
+    return Server(limited_config(gated, http=Protocol, lifespan="off",
                                  ssl_context_factory=factory),
                   handle_signals=False)

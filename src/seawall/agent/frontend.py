@@ -22,9 +22,16 @@ Rules and invariants:
 - Loop-agnostic: uvloop is chosen (or not) by the process entry point.
 - TLS only where a listener is given a context (TCP): its connections' cores run in
   FORCEDTLS mode, and at ``StartTls`` the shell stops reading, sends the ACK and upgrades
-  the transport (``loop.start_tls``, server side); a failed or slow handshake
-  (``TLS_HANDSHAKE_TIMEOUT_S``) closes the connection. The Unix socket has no context and
-  takes the same code path as before: the hot path does not change.
+  the transport (``loop.start_tls``, server side); a failed handshake closes the
+  connection. The Unix socket has no context and takes the same code path as before: the
+  hot path does not change.
+- Nothing exhausts a listener before the handshake is done: a connection must reach the
+  transmission phase (TLS handshake and STARTTLS included) within ``handshake_timeout_s``
+  of its accept (``HANDSHAKE_TIMEOUT_S``), or it is aborted and logged once; each listener
+  keeps at most ``max_handshaking`` (``MAX_HANDSHAKING_CONNECTIONS``) connections in the
+  handshake, and aborts the ones accepted beyond that at once, before the greeting. The
+  option data the core buffers is bounded by ``MAX_OPTION_BYTES`` (``seawall.nbd.options``).
+  The transmission phase has no deadline: an attached client may stay idle for hours.
 """
 
 from __future__ import annotations
@@ -58,7 +65,10 @@ from seawall.nbd.server import NbdServerConnection
 
 log = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_TIMEOUT_S = 30.0
+# Accept to transmission: QEMU and the NBD tools take milliseconds, a loaded host seconds.
+HANDSHAKE_TIMEOUT_S = 30.0
+# Per listener; legitimate clients handshake one connection at a time each.
+MAX_HANDSHAKING_CONNECTIONS = 64
 
 
 class ExportBackend(Protocol):
@@ -128,11 +138,34 @@ class _FlushCoalescer:
                 self._running = None
 
 
+class _Listener:
+    """One listening socket: its connections still in the handshake, at most ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.name = "?"
+        self.handshaking: set[_NbdProtocol] = set()
+        self._limit = limit
+        self._refusing = False
+
+    def admit(self, conn: _NbdProtocol) -> bool:
+        if len(self.handshaking) >= self._limit:
+            if not self._refusing:  # once per flood, not once per connection
+                log.warning("NBD listener %s has %d connections in the handshake; refusing "
+                            "new ones until some finish", self.name, self._limit)
+                self._refusing = True
+            return False
+        self._refusing = False
+        self.handshaking.add(conn)
+        return True
+
+
 class _NbdProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, frontend: NbdFrontend, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, frontend: NbdFrontend, listener: _Listener,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._frontend = frontend
+        self._listener = listener
         self._tls = tls
         self._conn = NbdServerConnection(frontend.exports, tls_required=tls is not None)
         self._transport: asyncio.Transport | None = None
@@ -146,17 +179,28 @@ class _NbdProtocol(asyncio.Protocol):
         self._close_when_idle = False
         # Between STARTTLS and the end of ``start_tls``: the decrypted data that arrived.
         self._tls_early: list[bytes] | None = None
+        self._peer: object = None
+        # Until the transmission phase (or the end of the connection).
+        self._deadline: asyncio.TimerHandle | None = None
+        self._expired = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence a cast, not a check.
         self._transport = cast(asyncio.Transport, transport)
+        if not self._listener.admit(self):
+            self._transport.abort()
+            return
+        self._peer = transport.get_extra_info("peername") or self._listener.name
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._frontend.handshake_timeout_s, self._handshake_expired)
         self._frontend.connections.add(self)
         self._transport.write(self._conn.initial_bytes())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._frontend.connections.discard(self)
+        self._handshake_over()
         for task, owed in self._tasks.items():
             task.cancel()
             if owed is not None:
@@ -238,6 +282,7 @@ class _NbdProtocol(asyncio.Protocol):
                 else:
                     self._answer(out, backend, conn.send(SimpleReply(event.cookie)))
             elif type(event) is ExportSelected:
+                self._handshake_over()
                 backend = self._select(event.info)
                 if backend is None:
                     break
@@ -245,8 +290,8 @@ class _NbdProtocol(asyncio.Protocol):
                 self._close_when_idle = True
                 break
             elif type(event) is ProtocolError:
-                log.warning("NBD client on %s: %s; closing", self.export_name, event.message,
-                            extra={"volume": self.export_name})
+                log.warning("NBD client %s on %s: %s; closing", self._peer, self.export_name,
+                            event.message, extra={"volume": self.export_name})
                 self._close_when_idle = True
                 break
             elif type(event) is StartTls:
@@ -260,6 +305,25 @@ class _NbdProtocol(asyncio.Protocol):
         self._write(out[0] if len(out) == 1 else b"".join(out))
         if self._close_when_idle:
             self._close_if_idle()
+
+    # --- handshake deadline -------------------------------------------------------------
+
+    def _handshake_over(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._listener.handshaking.discard(self)
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        self._expired = True
+        self._listener.handshaking.discard(self)
+        log.warning("NBD client %s did not finish its handshake within %g s (state %s); "
+                    "closing", self._peer, self._frontend.handshake_timeout_s,
+                    self._conn.state.value)
+        # Abort, not close: a client that does not read would keep a polite close waiting.
+        if self._transport is not None:
+            self._transport.abort()
 
     # --- TLS -----------------------------------------------------------------------------
 
@@ -275,17 +339,21 @@ class _NbdProtocol(asyncio.Protocol):
 
     async def _upgrade(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername")
+        peer = self._peer
         try:
-            upgraded = await loop.start_tls(transport, self, context, server_side=True,
-                                            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+            upgraded = await loop.start_tls(
+                transport, self, context, server_side=True,
+                ssl_handshake_timeout=self._frontend.handshake_timeout_s)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.warning("NBD client %s refused at the TLS handshake: %s", peer, exc)
+            if not self._expired:  # the deadline's abort was logged already
+                log.warning("NBD client %s refused at the TLS handshake: %s", peer, exc)
+            upgraded = None
+        if upgraded is None:
+            # Failed, or lost meanwhile: our ``connection_lost`` will not be called.
             transport.close()
             self._frontend.connections.discard(self)
+            self._handshake_over()
             self._transport = None
-            return
-        if upgraded is None:  # the connection was lost meanwhile
             return
         self._transport = upgraded
         self._conn.tls_started()
@@ -386,8 +454,12 @@ def _nbd_error(exc: Exception, what: object) -> int:
 class NbdFrontend:
     """NBD server for the agent's exports, over a Unix socket and optionally TCP."""
 
-    def __init__(self, catalog: BackendCatalog) -> None:
+    def __init__(self, catalog: BackendCatalog,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                 max_handshaking: int = MAX_HANDSHAKING_CONNECTIONS) -> None:
         self.catalog = catalog
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_handshaking = max_handshaking
         self.exports = _CatalogExports(catalog)
         self.connections: set[_NbdProtocol] = set()
         self._servers: list[asyncio.Server] = []
@@ -396,7 +468,9 @@ class NbdFrontend:
     async def start_unix(self, path: str | Path, group: str | None = None) -> None:
         """Listen on ``path``: 0600, or 0660 for ``group`` (``seawall.local_access``)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _NbdProtocol(self),
+        listener = _Listener(self.max_handshaking)
+        listener.name = f"unix:{path}"
+        server = await loop.create_unix_server(lambda: _NbdProtocol(self, listener),
                                                sock=bind_unix(Path(path), group))
         self._servers.append(server)
         log.info("NBD front end listening on unix:%s", path)
@@ -405,9 +479,11 @@ class NbdFrontend:
         """Listen on TCP; returns the bound port (useful with ``port=0``). With ``tls``,
         every client must STARTTLS and pass its handshake before any option is served."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _NbdProtocol(self, tls), host, port)
+        listener = _Listener(self.max_handshaking)
+        server = await loop.create_server(lambda: _NbdProtocol(self, listener, tls), host, port)
         self._servers.append(server)
         bound_port = int(server.sockets[0].getsockname()[1])
+        listener.name = f"{host}:{bound_port}"
         log.info("NBD front end listening on %s:%d (%s)", host, bound_port,
                  "TLS required" if tls is not None else "no TLS")
         return bound_port

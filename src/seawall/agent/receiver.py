@@ -7,6 +7,10 @@ Rules and invariants:
   cannot push into another site's group. A group without a pinned certificate (state
   from before pairing exchanged them) takes no session. Unpairing a site makes its
   manager have the trust rebuilt from the groups left (``trust_only``).
+- A connection gets ``handshake_timeout_s`` (``HANDSHAKE_TIMEOUT_S``) for its TLS handshake,
+  then as long again for its HELLO frame, or it is closed (a ``protocol_violation``
+  ERROR after TLS): a client that connects and stalls holds nothing for long. An
+  established session has no deadline: it may wait for writes as long as it likes.
 - A session starts with HELLO naming a group this agent was told to recover (by its
   manager), from the site pinned for it; anything else is refused with an ERROR frame
   (``unknown_group``, ``unauthenticated``, ...) and the connection closed.
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from seawall.agent.hash_responder import HashResponder
 from seawall.agent.recovery import RecoveryGroup
 from seawall.agent.wire_io import read_event
-from seawall.errors import JournalFull, SeawallError
+from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
 from seawall.wire.protocol import (
     Ack,
@@ -53,13 +57,16 @@ from seawall.wire.protocol import (
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1 << 20
+# Each, from the accept: the TLS handshake; then the HELLO frame (one round trip away).
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class ReplicationServer:
     def __init__(self, lookup: Callable[[str], RecoveryGroup | None],
-                 identity: SiteIdentity) -> None:
+                 identity: SiteIdentity,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         self._lookup = lookup
+        self._handshake_timeout_s = handshake_timeout_s
         self._tls = PinnedServerContext(identity)
         self._server: asyncio.Server | None = None
         self._sessions: dict[str, asyncio.Task[None]] = {}
@@ -80,7 +87,7 @@ class ReplicationServer:
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(
             self._handle, host, port, ssl=self._tls.context,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+            ssl_handshake_timeout=self._handshake_timeout_s)
 
     def end_session(self, group_id: str) -> None:
         """End the group's session, if one runs (its task releases the group's lock)."""
@@ -98,7 +105,13 @@ class ReplicationServer:
         connection = WireConnection(Role.RECEIVER)
         peer = writer.get_extra_info("peername")
         try:
-            hello = await read_event(connection, reader, READ_CHUNK_BYTES)
+            try:
+                async with asyncio.timeout(self._handshake_timeout_s):
+                    hello = await read_event(connection, reader, READ_CHUNK_BYTES)
+            except TimeoutError:
+                raise ProtocolViolation(
+                    f"no HELLO within {self._handshake_timeout_s:g} s of the TLS handshake"
+                ) from None
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)

@@ -1,6 +1,7 @@
 """The NBD protocol: a sans-IO server and client (fixed newstyle, simple replies).
 
-- ``server``: ``NbdServerConnection`` — the state machine the agent's front end drives.
+- ``server``: ``NbdServerConnection`` — the state machine the agent's front end drives;
+  ``options``: its handshake half (``ServerHandshake``, client flags, options, STARTTLS).
 - ``client``: ``NbdClientConnection`` (sans-IO) and ``parse_nbd_uri``.
 - ``blocking``: ``NbdClient``, a small blocking client over a socket.
 - ``events``: the events, ``ExportInfo`` and the ``ExportCatalog`` protocol.

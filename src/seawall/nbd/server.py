@@ -28,33 +28,15 @@ Rules and invariants:
   requests (left unspecified by the spec) succeed as no-ops when ``offset <= size``.
 - After ``Disconnect`` or ``ProtocolError`` the connection takes no more input; replies to
   requests already emitted may still be sent.
-- Receiving is O(n): a ``bytearray`` with a read position, compacted once per
-  ``receive_data`` call, and ``struct.unpack_from`` on it.
+- Requests are read with ``struct.unpack_from`` on the receive buffer, in place.
 
-TLS (proto.md's FORCEDTLS mode, ``tls_required=True``; the shell uses it on TCP):
-- Before TLS, only NBD_OPT_STARTTLS and NBD_OPT_ABORT are served: every other option is
-  answered NBD_REP_ERR_TLS_REQD (its data consumed), and NBD_OPT_EXPORT_NAME, which
-  cannot carry an error, ends the session. So nothing (not even the list of exports) is
-  told, read or written in clear text.
-- STARTTLS is acknowledged only if no byte follows it in the buffer: bytes sent before
-  the client saw the ACK would be plaintext smuggled into the TLS session (the STARTTLS
-  injection of SMTP and IMAP), so they end the session instead. The core then emits
-  ``StartTls`` and waits (``TLS_HANDSHAKE``) until the shell calls ``tls_started`` after
-  a successful handshake; the option phase then goes on, over TLS, with a second
-  STARTTLS answered NBD_REP_ERR_INVALID.
-- Without ``tls_required`` (the Unix socket), STARTTLS is unsupported (NBD_REP_ERR_UNSUP)
-  as before, and the hot path is the same code either way.
+The handshake (client flags, options, STARTTLS) is ``ServerHandshake``'s, with its rules
+(``seawall.nbd.options``); this module adds the transmission phase.
 """
 
 from __future__ import annotations
 
-import enum
-
-from seawall.nbd import handshake
 from seawall.nbd.constants import (
-    CLIENT_FLAG_FIXED_NEWSTYLE,
-    CLIENT_FLAG_NO_ZEROES,
-    CLIENT_FLAGS,
     CMD_CACHE,
     CMD_DISC,
     CMD_FLAG_FUA,
@@ -67,27 +49,7 @@ from seawall.nbd.constants import (
     EINVAL,
     ENOSPC,
     EPERM,
-    FLAG_FIXED_NEWSTYLE,
-    FLAG_NO_ZEROES,
-    GREETING,
-    IHAVEOPT,
-    KNOWN_CLIENT_FLAGS,
-    MAX_OPTION_BYTES,
     MAX_PAYLOAD_BYTES,
-    NBDMAGIC,
-    OPT_ABORT,
-    OPT_EXPORT_NAME,
-    OPT_GO,
-    OPT_INFO,
-    OPT_LIST,
-    OPT_STARTTLS,
-    OPTION_HEADER,
-    REP_ACK,
-    REP_ERR_INVALID,
-    REP_ERR_TLS_REQD,
-    REP_ERR_UNKNOWN,
-    REP_ERR_UNSUP,
-    REP_SERVER,
     REQUEST,
     REQUEST_MAGIC,
     SIMPLE_REPLY,
@@ -98,21 +60,19 @@ from seawall.nbd.events import (
     Disconnect,
     ExportCatalog,
     ExportInfo,
-    ExportSelected,
     FlushRequest,
     LocalProtocolError,
     NeedData,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     Reply,
     ServerEvent,
     SimpleReply,
-    StartTls,
     TrimRequest,
     WriteRequest,
     WriteZeroesRequest,
 )
+from seawall.nbd.options import ServerHandshake, ServerState
 
 __all__ = [
     "NEED_DATA",
@@ -123,100 +83,17 @@ __all__ = [
 ]
 
 _REQUEST_SIZE = REQUEST.size
-# Compact the receive buffer once this much has been consumed (a memmove of the tail).
-_COMPACT_AFTER_BYTES = 256 * 1024
 _WRITE_ZEROES_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
 
 
-class ServerState(enum.Enum):
-    AWAIT_CLIENT_FLAGS = "await_client_flags"
-    OPTIONS = "options"
-    TLS_HANDSHAKE = "tls_handshake"
-    TRANSMISSION = "transmission"
-    CLOSED = "closed"
-
-
-_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    ServerState.AWAIT_CLIENT_FLAGS: frozenset({ServerState.OPTIONS, ServerState.CLOSED}),
-    ServerState.OPTIONS: frozenset(
-        {ServerState.TLS_HANDSHAKE, ServerState.TRANSMISSION, ServerState.CLOSED}),
-    ServerState.TLS_HANDSHAKE: frozenset({ServerState.OPTIONS, ServerState.CLOSED}),
-    ServerState.TRANSMISSION: frozenset({ServerState.CLOSED}),
-    ServerState.CLOSED: frozenset(),
-}
-
-
-class NbdServerConnection:
+class NbdServerConnection(ServerHandshake):
     """One client connection, from greeting to disconnect. See the module docstring."""
 
     def __init__(self, exports: ExportCatalog, tls_required: bool = False) -> None:
-        self._exports = exports
-        self._tls_required = tls_required
-        self._tls = False
-        self._state = ServerState.AWAIT_CLIENT_FLAGS
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-        self._out = bytearray()
-        self._fixed_newstyle = False
-        self._no_zeroes = False
-        self._export: ExportInfo | None = None
-        self._size_bytes = 0
-        self._read_only = True
+        super().__init__(exports, tls_required)
         # Lengths of reads emitted but not yet answered: a read reply must carry exactly
         # that many bytes or the client loses sync.
         self._read_lengths: dict[int, int] = {}
-
-    # --- public API --------------------------------------------------------------------
-
-    @property
-    def state(self) -> ServerState:
-        return self._state
-
-    @property
-    def export(self) -> ExportInfo | None:
-        return self._export
-
-    @property
-    def tls(self) -> bool:
-        """Whether the TLS handshake the client asked for has succeeded."""
-        return self._tls
-
-    def tls_started(self) -> None:
-        """The shell's TLS handshake after ``StartTls`` succeeded: options go on over TLS."""
-        if self._state is not ServerState.TLS_HANDSHAKE:
-            raise LocalProtocolError(f"no TLS handshake is expected in state {self._state}")
-        self._tls = True
-        self._move(ServerState.OPTIONS)
-
-    def initial_bytes(self) -> bytes:
-        return GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
-        if self._state is ServerState.CLOSED:
-            return
-        if not data:
-            self._eof = True
-            return
-        buf = self._buf
-        pos = self._pos
-        if pos:
-            if pos == len(buf):
-                buf.clear()
-                self._pos = 0
-            elif pos >= _COMPACT_AFTER_BYTES:
-                del buf[:pos]
-                self._pos = 0
-        buf += data
-
-    def data_to_send(self) -> bytes:
-        """Bytes the core queued itself (handshake, rejected requests); drains the queue."""
-        if not self._out:
-            return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
 
     def send(self, event: Reply) -> bytes:
         """Encode the reply to a request event. Cheap: one pack (and one concatenation)."""
@@ -325,144 +202,3 @@ class NbdServerConnection:
 
     def _queue_reply(self, cookie: int, error: int) -> None:
         self._out += SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, cookie)
-
-    # --- handshake ---------------------------------------------------------------------
-
-    def _next_handshake_event(self) -> ServerEvent | NeedData:
-        buf = self._buf
-        while True:
-            state = self._state
-            available = len(buf) - self._pos
-            if state is ServerState.AWAIT_CLIENT_FLAGS:
-                if available < CLIENT_FLAGS.size:
-                    return self._need_data()
-                (client_flags,) = CLIENT_FLAGS.unpack_from(buf, self._pos)
-                self._pos += CLIENT_FLAGS.size
-                if client_flags & ~KNOWN_CLIENT_FLAGS:
-                    return self._fail(f"unknown client flags 0x{client_flags:08x}")
-                self._fixed_newstyle = bool(client_flags & CLIENT_FLAG_FIXED_NEWSTYLE)
-                self._no_zeroes = bool(client_flags & CLIENT_FLAG_NO_ZEROES)
-                self._move(ServerState.OPTIONS)
-            elif state is ServerState.OPTIONS:
-                if available < OPTION_HEADER.size:
-                    return self._need_data()
-                magic, option, length = OPTION_HEADER.unpack_from(buf, self._pos)
-                if magic != IHAVEOPT:
-                    return self._fail(f"bad option magic 0x{magic:016x}")
-                if length > MAX_OPTION_BYTES:
-                    return self._fail(f"option {option} data of {length} bytes is too large")
-                if available < OPTION_HEADER.size + length:
-                    return self._need_data()
-                start = self._pos + OPTION_HEADER.size
-                data = bytes(buf[start : start + length])
-                self._pos = start + length
-                event = self._handle_option(option, data)
-                if event is not None:
-                    return event
-            elif state is ServerState.TRANSMISSION:
-                return self._next_request()
-            elif state is ServerState.TLS_HANDSHAKE and available:
-                return self._fail("clear-text data during the TLS handshake")
-            else:
-                return NEED_DATA
-
-    def _handle_option(self, option: int, data: bytes) -> ServerEvent | None:
-        if not self._fixed_newstyle and option != OPT_EXPORT_NAME:
-            # Without fixed newstyle, the client cannot understand option replies.
-            return self._fail(f"option {option} without fixed newstyle negotiation")
-        if self._tls_required and not self._tls:
-            refusal = self._before_tls(option, data)
-            if refusal is not None:
-                return None if refusal is NEED_DATA else refusal
-        elif option == OPT_STARTTLS:
-            # TLS already runs (proto.md: ERR_INVALID), or this listener has none.
-            self._reply(option, REP_ERR_INVALID if self._tls else REP_ERR_UNSUP)
-            return None
-        if option == OPT_EXPORT_NAME:
-            name = handshake.decode_name(data)
-            info = self._exports.lookup(name) if name is not None else None
-            if info is None:
-                # EXPORT_NAME cannot carry an error: proto.md says terminate the session.
-                return self._fail(f"unknown export {name!r} requested with NBD_OPT_EXPORT_NAME")
-            self._out += handshake.export_name_reply(info, self._no_zeroes)
-            return self._enter_transmission(info)
-        if option == OPT_ABORT:
-            self._reply(option, REP_ACK)
-            self._move(ServerState.CLOSED)
-            return Disconnect("NBD_OPT_ABORT")
-        if option == OPT_LIST:
-            if data:
-                self._reply(option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
-                return None
-            for name in self._exports.names():
-                self._reply(option, REP_SERVER, handshake.server_entry(name))
-            self._reply(option, REP_ACK)
-            return None
-        if option in (OPT_INFO, OPT_GO):
-            request = handshake.decode_info_request(data)
-            if request is None:
-                self._reply(option, REP_ERR_INVALID, b"malformed INFO/GO request")
-                return None
-            info = self._exports.lookup(request.name)
-            if info is None:
-                self._reply(option, REP_ERR_UNKNOWN, f"unknown export {request.name!r}".encode())
-                return None
-            self._out += handshake.info_replies(option, info, request.info_types)
-            self._reply(option, REP_ACK)
-            return self._enter_transmission(info) if option == OPT_GO else None
-        # STRUCTURED_REPLY, the META_CONTEXT options, EXTENDED_HEADERS and anything
-        # unknown: refuse and keep negotiating.
-        self._reply(option, REP_ERR_UNSUP)
-        return None
-
-    def _before_tls(self, option: int, data: bytes) -> ServerEvent | NeedData | None:
-        """FORCEDTLS before the handshake: an event, NEED_DATA (option answered here), or
-        None for ABORT, which ``_handle_option`` serves as usual."""
-        if option == OPT_STARTTLS:
-            if data:
-                self._reply(option, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")
-                return NEED_DATA
-            if self._pos < len(self._buf):
-                return self._fail("data after NBD_OPT_STARTTLS, before its reply")
-            self._reply(option, REP_ACK)
-            self._move(ServerState.TLS_HANDSHAKE)
-            return StartTls()
-        if option == OPT_EXPORT_NAME:
-            # It cannot carry an error: proto.md says terminate the session.
-            return self._fail("NBD_OPT_EXPORT_NAME before TLS")
-        if option == OPT_ABORT:
-            return None
-        self._reply(option, REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS")
-        return NEED_DATA
-
-    def _reply(self, option: int, reply_type: int, payload: bytes = b"") -> None:
-        self._out += handshake.option_reply(option, reply_type, payload)
-
-    def _enter_transmission(self, info: ExportInfo) -> ExportSelected:
-        self._export = info
-        self._size_bytes = info.size_bytes
-        self._read_only = info.read_only
-        self._move(ServerState.TRANSMISSION)
-        return ExportSelected(info)
-
-    # --- shared ------------------------------------------------------------------------
-
-    def _need_data(self) -> ServerEvent | NeedData:
-        if not self._eof:
-            return NEED_DATA
-        if self._pos < len(self._buf):
-            return self._fail("connection closed in the middle of a message")
-        self._move(ServerState.CLOSED)
-        return Disconnect("end of stream")
-
-    def _fail(self, message: str) -> ProtocolError:
-        self._move(ServerState.CLOSED)
-        return ProtocolError(message)
-
-    def _move(self, new_state: ServerState) -> None:
-        if new_state not in _TRANSITIONS[self._state]:
-            raise LocalProtocolError(f"illegal NBD transition {self._state} -> {new_state}")
-        self._state = new_state
-        if new_state is ServerState.CLOSED:
-            self._buf.clear()
-            self._pos = 0
