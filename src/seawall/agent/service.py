@@ -18,19 +18,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.coordination import CoordinatedGroups
-from seawall.agent.exports import ExportRecord, ExportRegistry
-from seawall.agent.failover_live import LiveFailovers
-from seawall.agent.failover_source import SourceFailover
-from seawall.agent.failover_tests import FailoverTests
-from seawall.agent.frontend import ExportBackend, NbdFrontend
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.receiver import ReplicationServer
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.failover.drills import FailoverTests
+from seawall.agent.failover.live import LiveFailovers
+from seawall.agent.failover.source import SourceFailover
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.server import NbdFrontend
+from seawall.agent.images.exports import ExportRecord, ExportRegistry
+from seawall.agent.protect.coordination import CoordinatedGroups
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
+from seawall.agent.recover.group import RecoveryGroup
+from seawall.agent.recover.receiver import ReplicationServer
 from seawall.agent.settings import ProtectionChange, RetentionChange
-from seawall.agent.shipper import Shipper
 from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
-from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
 from seawall.errors import Conflict, InvalidInput, NotFound

@@ -43,7 +43,7 @@ class CoordinationMember(BaseModel):
 
 
 class Coordination(BaseModel):
-    """This agent's part in a group spanning several agents (``seawall.agent.coordination``).
+    """This agent's part in a group spanning agents (``seawall.agent.protect.coordination``).
 
     Every member holds its acknowledgements at a checkpoint; the lead also takes the
     checkpoints, on its timer and on request, by calling the other ``members``."""
@@ -79,7 +79,7 @@ class ProtectionSpec(BaseModel):
 
 
 class LiveFailoverSpec(BaseModel):
-    """A live failover of a recovery group (``seawall.agent.failover_live``)."""
+    """A live failover of a recovery group (``seawall.agent.failover.live``)."""
 
     operation_id: str
     checkpoint_seq: int

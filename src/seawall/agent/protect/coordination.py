@@ -50,9 +50,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from seawall.agent.checkpoints import CheckpointEntry
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.reply_gate import ReplyGate
+from seawall.agent.frontend.reply_gate import ReplyGate
+from seawall.agent.protect.checkpoints import CheckpointEntry
+from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.state import CoordinationMember
 from seawall.errors import Conflict, NotFound, NotReady, PeerError, SeawallError, error_from_code
 

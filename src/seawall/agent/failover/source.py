@@ -18,7 +18,7 @@ import dataclasses
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from seawall.agent.protection import ProtectedGroup
+from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.state import RecoverySpec
 from seawall.errors import InvalidInput, NotFound
 

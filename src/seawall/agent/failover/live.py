@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seawall.agent.frontend import ExportBackend
-from seawall.agent.live_image import LiveImage
-from seawall.agent.recovery import RecoveryGroup, replica_path
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.images.live import LiveImage
+from seawall.agent.protect.volumes import FileVolume
+from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.state import LiveFailoverSpec, RecoverySpec, VolumeSpec
-from seawall.agent.volumes import FileVolume
 from seawall.errors import Conflict, NotFound, SeawallError
 
 if TYPE_CHECKING:

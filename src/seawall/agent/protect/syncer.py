@@ -31,7 +31,7 @@ from seawall.sync.digests import block_digests, differing_blocks
 from seawall.wire.records import RecordKind
 
 if TYPE_CHECKING:
-    from seawall.agent.protection import ProtectedGroup
+    from seawall.agent.protect.group import ProtectedGroup
 
 CHUNK_BYTES = 1 << 20
 """The largest record a sync appends (and the read size of a bitmap sync)."""

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.checkpoints import CheckpointEntry, CheckpointLog
+from seawall.agent.protect.checkpoints import CheckpointEntry, CheckpointLog
+from seawall.agent.protect.stream import GroupStream
+from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.volumes import CaptureHook, FileVolume
 from seawall.agent.state import ProtectionSpec
-from seawall.agent.stream import GroupStream
-from seawall.agent.syncer import RemoteDigests, Syncer, SyncProgress
-from seawall.agent.volumes import CaptureHook, FileVolume
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
