@@ -18,7 +18,10 @@ from seawall.atomic import atomic_write_json
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
-class VolumeSpec(BaseModel):
+class SavedVolume(BaseModel):
+    """A volume this agent serves, as ``state.json`` remembers it (a group's volume as the
+    wire announces it is ``seawall.wire.events.VolumeSpec``)."""
+
     name: str = Field(pattern=NAME_PATTERN)
     path: Path
     size_bytes: int
@@ -112,7 +115,7 @@ class RecoverySpec(BaseModel):
 
 
 class AgentState(BaseModel):
-    volumes: list[VolumeSpec] = []
+    volumes: list[SavedVolume] = []
     protected: list[ProtectionSpec] = []
     recovering: list[RecoverySpec] = []
 

@@ -75,6 +75,9 @@ class FailoverTests:
     def names(self) -> list[str]:
         return [name for test in self.tests.values() for name in test.images]
 
+    def running_on(self, group: RecoveryGroup) -> bool:
+        return any(test.group is group for test in self.tests.values())
+
     # --- operations -----------------------------------------------------------------------
 
     def clear_leftovers(self) -> None:
