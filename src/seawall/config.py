@@ -125,7 +125,7 @@ class SiteConfig(BaseModel):
     control_host: str | None = None
     control_port: int | None = Field(default=None, gt=0, lt=65536)
     """Where the agent also serves its control API on TCP, over mutual TLS
-    (``seawall.agent.control_listener``); None: on its Unix socket only."""
+    (``seawall.agent.control.listener``); None: on its Unix socket only."""
     advertise_control_host: str | None = None
     advertise_control_port: int | None = Field(default=None, gt=0, lt=65536)
 

@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from test_control_pins import site
 
-from seawall.agent.control_listener import ControlPins, control_server
+from seawall.agent.control.listener import ControlPins, control_server
 from seawall.serving import Server, bind_tcp
 from seawall.tls import SiteIdentity, client_context
 from support.loop_thread import LoopThread

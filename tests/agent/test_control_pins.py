@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seawall.agent.control_listener import PINS_FILE, ControlPins, member_may
+from seawall.agent.control.listener import PINS_FILE, ControlPins, member_may
 from seawall.config import SiteConfig
 from seawall.errors import CorruptData, InvalidInput
 from seawall.localsites import free_ports

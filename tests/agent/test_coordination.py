@@ -16,12 +16,13 @@ from typing import TypeVar
 
 import pytest
 
-from seawall.agent import coordination
-from seawall.agent.coordination import Coordinator, MemberHold
-from seawall.agent.frontend import ExportBackend, NbdFrontend
-from seawall.agent.protection import ProtectedGroup
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.server import NbdFrontend
+from seawall.agent.protect import coordination
+from seawall.agent.protect.coordination import Coordinator, MemberHold
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.volumes import FileVolume
 from seawall.agent.state import Coordination, GroupVolume, ProtectionSpec
-from seawall.agent.volumes import FileVolume
 from seawall.errors import NotReady, PeerError
 from seawall.nbd import NbdClient
 from seawall.sync.digests import block_digests

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from journal.journal_model import ExpectedCheckpoint, Stream, make_stream
-from seawall.agent.failover_tests import FailoverTests, default_scratch_limit_bytes
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.failover.drills import FailoverTests, default_scratch_limit_bytes
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, NotFound

@@ -13,11 +13,11 @@ from pathlib import Path
 from journal.journal_model import make_stream
 from seawall.agent.service import Agent
 from seawall.agent.state import GroupVolume, RecoverySpec
-from seawall.agent.wire_io import read_event
 from seawall.config import SiteConfig
 from seawall.localsites import free_ports
 from seawall.nbd.blocking import NbdClient
 from seawall.tls import client_context
+from seawall.wire.aio import read_event
 from seawall.wire.protocol import Error, Event, Hello, Role, VolumeSpec, Welcome, WireConnection
 from support.tls_peers import PROD
 

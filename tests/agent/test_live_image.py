@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from journal.journal_model import ExpectedCheckpoint, Stream, make_stream, open_journal
-from seawall.agent.live_image import LiveImage
+from seawall.agent.images.live import LiveImage
 from seawall.journal import Journal
 from seawall.journal.overlay_log import HEADER, RECORD
 from seawall.journal.retention import apply_to_replicas

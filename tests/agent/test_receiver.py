@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
-from seawall.agent.wire_io import read_event
 from seawall.localsites import free_port
 from seawall.tls import client_context
+from seawall.wire.aio import read_event
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,

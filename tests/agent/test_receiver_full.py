@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
-from seawall.agent.wire_io import read_event
 from seawall.localsites import free_port
+from seawall.wire.aio import read_event
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
-from seawall.agent.wire_io import read_event
 from seawall.errors import Conflict
 from seawall.localsites import free_port
 from seawall.sync.digests import block_digests
+from seawall.wire.aio import read_event
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,

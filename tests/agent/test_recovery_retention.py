@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from journal.journal_model import Stream, assert_checkpoints_match, make_stream
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.wire.frames import Codec
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from seawall.agent.scripts import OUTPUT_GRACE_S, OUTPUT_MAX_BYTES, ScriptRun, run_script
+from seawall.agent.control.scripts import OUTPUT_GRACE_S, OUTPUT_MAX_BYTES, ScriptRun, run_script
 from seawall.config import SiteConfig
 from seawall.errors import InvalidInput
 

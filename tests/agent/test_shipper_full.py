@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.recovery import RecoveryGroup
-from seawall.agent.shipper import Shipper
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.volumes import FileVolume, create_volume_file
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import GroupVolume, ProtectionSpec, RecoverySpec
-from seawall.agent.volumes import FileVolume, create_volume_file
 from seawall.localsites import free_port
 from seawall.tls import client_context
 from seawall.wan.site_throttle import SiteThrottle

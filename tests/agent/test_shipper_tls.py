@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from seawall.agent.shipper import Shipper
+from seawall.agent.protect.shipper import Shipper
 from seawall.agent.state import GroupVolume, ProtectionSpec
 from seawall.errors import ProtocolViolation
 from seawall.localsites import free_port

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seawall.agent.stream import RECORD_OVERHEAD_BYTES, GroupStream
+from seawall.agent.protect.stream import RECORD_OVERHEAD_BYTES, GroupStream
 from seawall.errors import ProtocolViolation
 from seawall.wire.records import RecordKind
 

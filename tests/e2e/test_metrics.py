@@ -133,4 +133,4 @@ def test_metrics_follow_writes_and_logs_are_json(
     entries = [json.loads(line) for line in lines]
     assert {"time", "level", "logger", "process", "message"} <= set(entries[0])
     synced = [e for e in entries if e.get("group") == GROUP and "sync complete" in e["message"]]
-    assert synced and synced[0]["logger"] == "seawall.agent.protection"
+    assert synced and synced[0]["logger"] == "seawall.agent.protect.group"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from seawall.agent.frontend import ExportBackend, NbdFrontend
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.server import NbdFrontend
 from seawall.nbd import NbdClient
 from seawall.nbd.events import ExportInfo
 

@@ -1,6 +1,6 @@
 """ScratchOverlay against a bytearray model: a base, a scratch file, the image's bytes.
 
-The shell is simulated as ``seawall.agent.scratch`` runs it: a write is admitted by the
+The shell is simulated as ``seawall.agent.images.scratch`` runs it: a write is admitted by the
 overlay, then lands in the scratch; a zeroing punches what the overlay returns (the
 scratch then reads zeros there). The image read through ``pieces`` must always equal the
 model, the space account must equal the blocks holding scratch bytes, and a write past the

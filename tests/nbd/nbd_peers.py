@@ -2,7 +2,7 @@
 
 Bytes travel between the peers one at a time (or in chunks of ``chunk_bytes``), so
 every split point of every message is exercised. The server side is answered by a tiny
-in-memory "shell" that behaves like ``seawall.agent.frontend`` does.
+in-memory "shell" that behaves like ``seawall.agent.frontend.server`` does.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The asyncio shell (``seawall.agent.frontend``) with an in-memory backend, driven by the
+"""The asyncio shell (``seawall.agent.frontend.server``) with an in-memory backend, driven by the
 blocking ``NbdClient`` and by raw sockets from the test thread."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import TypeVar
 
 import pytest
 
-from seawall.agent.frontend import ExportBackend, NbdFrontend
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.server import NbdFrontend
 from seawall.errors import InvalidInput
 from seawall.nbd import NbdClient, NbdError, parse_nbd_uri
 from seawall.nbd import constants as c

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_frontend import Catalog, MemoryBackend, raw_connect, recv_events
 
-from seawall.agent.frontend import NbdFrontend
+from seawall.agent.frontend.server import NbdFrontend
 from seawall.nbd import NbdClient
 from seawall.nbd import constants as c
 from seawall.nbd.client import NbdClientConnection, OptionReply

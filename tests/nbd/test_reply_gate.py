@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from seawall.agent.frontend import ExportBackend, NbdFrontend
-from seawall.agent.reply_gate import ReplyGate
-from seawall.agent.volumes import FileVolume, create_volume_file
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.reply_gate import ReplyGate
+from seawall.agent.frontend.server import NbdFrontend
+from seawall.agent.protect.volumes import FileVolume, create_volume_file
 from seawall.nbd import constants as c
 from seawall.nbd.client import NbdClientConnection, Negotiated
 from seawall.nbd.events import (

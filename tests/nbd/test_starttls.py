@@ -1,6 +1,6 @@
 """NBD_OPT_STARTTLS in the server core (proto.md's FORCEDTLS mode), driven byte by byte.
 
-The TLS handshake itself is the shell's (``seawall.agent.frontend``, tested with real
+The TLS handshake itself is the shell's (``seawall.agent.frontend.server``, tested with real
 clients in tests/interop/test_nbd_tls.py); here the "handshake" is ``tls_started()``.
 """
 

@@ -8,8 +8,8 @@ the facts a fault caused are the lines after its mark.
 Rules:
 - The log is the only record that survives an agent's restart: counts that live in an
   agent (its overflow counter) start again at zero, the log does not.
-- Facts are read from the agents' own messages (``seawall.agent.protection`` and
-  ``seawall.agent.shipper``); a message changed there must be changed here.
+- Facts are read from the agents' own messages (``seawall.agent.protect.group`` and
+  ``seawall.agent.protect.shipper``); a message changed there must be changed here.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from seawall.agent.receiver import ReplicationServer
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
+from seawall.agent.recover.receiver import ReplicationServer
 from seawall.tls import SiteIdentity, client_context, ensure_identity
 
 _ROOT = Path(tempfile.mkdtemp(prefix="seawall-tls-"))

@@ -62,7 +62,7 @@ INSERT INTO recovery_operations VALUES ('test-1', 'failover-test', 'g-1', 'app',
 
 def differences(engine: sa.Engine) -> list[str]:
     with engine.connect() as connection:
-        return [describe_difference(d) for d in schema_differences(connection)]
+        return [describe_difference(d) for d in schema_differences(connection, Base.metadata)]
 
 
 def tables(path: Path) -> dict[str, str]:

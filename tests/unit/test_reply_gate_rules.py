@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from seawall.agent.reply_gate import ReplyGate
+from seawall.agent.frontend.reply_gate import ReplyGate
 
 
 def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

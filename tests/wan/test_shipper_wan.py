@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from seawall.agent.shipper import COMPRESSION_WINDOW_S, Shipper
+from seawall.agent.protect.shipper import COMPRESSION_WINDOW_S, Shipper
+from seawall.agent.protect.stream import GroupStream
 from seawall.agent.state import GroupVolume, ProtectionSpec
-from seawall.agent.stream import GroupStream
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wire.frames import Codec
 

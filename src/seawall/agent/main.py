@@ -2,9 +2,9 @@
 
 It runs on uvloop when available, stops cleanly on SIGTERM/SIGINT or ``POST /shutdown``,
 and writes its pid to ``run/agent.pid`` so a restarted manager can find it again. With a
-metrics address configured it also serves ``/metrics`` on TCP (``seawall.agent.metrics``),
+metrics address configured it also serves ``/metrics`` on TCP (``seawall.agent.control.metrics``),
 and with a control address its control API on TCP over mutual TLS
-(``seawall.agent.control_listener``), in the same event loop.
+(``seawall.agent.control.listener``), in the same event loop.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from seawall.agent.control import create_control_app
-from seawall.agent.control_listener import ControlPins, control_server, pins_router
-from seawall.agent.metrics import AgentMetrics
+from seawall.agent.control.app import create_control_app
+from seawall.agent.control.listener import ControlPins, control_server, pins_router
+from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
 from seawall.local_access import bind_unix, peer_checked

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.coordination import CoordinatedGroups
-from seawall.agent.exports import ExportRecord, ExportRegistry
-from seawall.agent.failover_live import LiveFailovers
-from seawall.agent.failover_source import SourceFailover
-from seawall.agent.failover_tests import FailoverTests
-from seawall.agent.frontend import ExportBackend, NbdFrontend
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.receiver import ReplicationServer
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.failover.drills import FailoverTests
+from seawall.agent.failover.live import LiveFailovers
+from seawall.agent.failover.source import SourceFailover
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.frontend.server import NbdFrontend
+from seawall.agent.images.exports import ExportRecord, ExportRegistry
+from seawall.agent.protect.coordination import CoordinatedGroups
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
+from seawall.agent.recover.group import RecoveryGroup
+from seawall.agent.recover.receiver import ReplicationServer
 from seawall.agent.settings import ProtectionChange, RetentionChange
-from seawall.agent.shipper import Shipper
-from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, VolumeSpec
-from seawall.agent.volumes import FileVolume, create_volume_file, device_size_bytes
+from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, SavedVolume
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
 from seawall.errors import Conflict, InvalidInput, NotFound
@@ -60,7 +62,7 @@ class Agent:
         self.frontend = NbdFrontend(self)
         self.failover_tests = FailoverTests(config, self.recovery_group,
                                             self.frontend.disconnect_export)
-        self.live = LiveFailovers(self)
+        self.live = LiveFailovers(config, self, self.failover_tests)
         self.source = SourceFailover(self)
         self.identity = config.identity()
         self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem))
@@ -82,6 +84,9 @@ class Agent:
     def names(self) -> list[str]:
         return [*self.volumes, *self.exports.exports, *self.failover_tests.names(),
                 *self.live.names()]
+
+    def disconnect_export(self, name: str) -> None:
+        self.frontend.disconnect_export(name)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -135,11 +140,11 @@ class Agent:
 
     # --- volumes -----------------------------------------------------------------------
 
-    def _new_volume_spec(self, name: str, path: Path, size_bytes: int, owned: bool) -> VolumeSpec:
+    def _new_saved_volume(self, name: str, path: Path, size_bytes: int, owned: bool) -> SavedVolume:
         if name in self.volumes:
             raise Conflict(f"volume {name!r} already exists")
         try:
-            return VolumeSpec(name=name, path=path, size_bytes=size_bytes, owned=owned)
+            return SavedVolume(name=name, path=path, size_bytes=size_bytes, owned=owned)
         except ValueError:
             raise InvalidInput(
                 f"invalid volume name {name!r}: letters, digits, '.', '_' and '-' only"
@@ -147,7 +152,7 @@ class Agent:
 
     def create_volume(self, name: str, size_bytes: int) -> dict[str, Any]:
         path = self.config.volumes_dir / f"{name}.raw"
-        spec = self._new_volume_spec(name, path, size_bytes, owned=True)
+        spec = self._new_saved_volume(name, path, size_bytes, owned=True)
         warning = create_volume_file(path, size_bytes)
         description = self._register_volume(spec)
         return description if warning is None else {**description, "warning": warning}
@@ -158,10 +163,10 @@ class Agent:
             raise NotFound(f"{path} does not exist")
         if any(v.path == path for v in self.state.volumes):
             raise Conflict(f"{path} is already a volume")
-        spec = self._new_volume_spec(name, path, device_size_bytes(path), owned=False)
+        spec = self._new_saved_volume(name, path, device_size_bytes(path), owned=False)
         return self._register_volume(spec)
 
-    def _register_volume(self, spec: VolumeSpec) -> dict[str, Any]:
+    def _register_volume(self, spec: SavedVolume) -> dict[str, Any]:
         self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         self.state.volumes.append(spec)
         self.save_state()
@@ -260,6 +265,25 @@ class Agent:
             raise NotFound(f"group {group_id} is not protected by this agent")
         return entry[0]
 
+    def protection(self, group_id: str) -> tuple[ProtectedGroup, Shipper] | None:
+        return self.protected.get(group_id)
+
+    def protection_to_recovery(self, spec: RecoverySpec) -> dict[str, Any]:
+        """A reversed group (``SourceFailover.reverse``): its protection, stopped, and its
+        volumes go; they become the replicas of the recovery group ``spec``; one state
+        save switches over."""
+        group, _ = self.protected.pop(spec.group_id)
+        names = {v.name for v in group.spec.volumes}
+        for name in names:
+            self.volumes.pop(name).close()
+        self.state.protected = [p for p in self.state.protected if p.group_id != spec.group_id]
+        self.state.volumes = [v for v in self.state.volumes if v.name not in names]
+        self.open_recovery(spec)
+        self.state.recovering.append(spec)
+        self.save_state()
+        shutil.rmtree(self.config.agent_dir / "groups" / spec.group_id, ignore_errors=True)
+        return self.recovering[spec.group_id].status()
+
     # --- recovery side -----------------------------------------------------------------
 
     def recover(self, spec: RecoverySpec) -> dict[str, Any]:
@@ -322,6 +346,24 @@ class Agent:
         self.replication.trust_only(pinned)
         return {"pinned": len({fingerprint(pem) for pem in pinned})}
 
+    def end_replication_session(self, group_id: str) -> None:
+        self.replication.end_session(group_id)
+
+    def close_recovery(self, group_id: str) -> None:
+        """Close and forget a recovery group (its state entry stays until the next save)."""
+        group = self.recovering.pop(group_id, None)
+        if group is not None:
+            group.close()
+
+    def recovery_to_volumes(self, group_id: str, volumes: list[SavedVolume]) -> None:
+        """A committed live failover: one state save drops the recovery group and adds its
+        replicas as volumes, which are served from then on."""
+        self.state.recovering = [s for s in self.state.recovering if s.group_id != group_id]
+        self.state.volumes.extend(volumes)
+        self.save_state()  # the commit point
+        for spec in volumes:
+            self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+
     def group_dir(self, spec: RecoverySpec) -> Path:
         """Where a recovered group's journal and replicas live."""
         return (spec.storage_dir or self.config.journals_dir) / spec.group_id
@@ -355,7 +397,7 @@ class Agent:
 
     def stop_export(self, name: str) -> dict[str, Any]:
         record = self.exports.remove(name)
-        self.frontend.disconnect_export(name)
+        self.disconnect_export(name)
         return self._describe_export(record)
 
     def list_exports(self) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from seawall.agent.scripts import open_script
+from seawall.agent.control.scripts import open_script
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
 from seawall.errors import InvalidInput

@@ -18,7 +18,10 @@ from seawall.atomic import atomic_write_json
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
-class VolumeSpec(BaseModel):
+class SavedVolume(BaseModel):
+    """A volume this agent serves, as ``state.json`` remembers it (a group's volume as the
+    wire announces it is ``seawall.wire.events.VolumeSpec``)."""
+
     name: str = Field(pattern=NAME_PATTERN)
     path: Path
     size_bytes: int
@@ -43,7 +46,7 @@ class CoordinationMember(BaseModel):
 
 
 class Coordination(BaseModel):
-    """This agent's part in a group spanning several agents (``seawall.agent.coordination``).
+    """This agent's part in a group spanning agents (``seawall.agent.protect.coordination``).
 
     Every member holds its acknowledgements at a checkpoint; the lead also takes the
     checkpoints, on its timer and on request, by calling the other ``members``."""
@@ -79,7 +82,7 @@ class ProtectionSpec(BaseModel):
 
 
 class LiveFailoverSpec(BaseModel):
-    """A live failover of a recovery group (``seawall.agent.failover_live``)."""
+    """A live failover of a recovery group (``seawall.agent.failover.live``)."""
 
     operation_id: str
     checkpoint_seq: int
@@ -112,7 +115,7 @@ class RecoverySpec(BaseModel):
 
 
 class AgentState(BaseModel):
-    volumes: list[VolumeSpec] = []
+    volumes: list[SavedVolume] = []
     protected: list[ProtectionSpec] = []
     recovering: list[RecoverySpec] = []
 

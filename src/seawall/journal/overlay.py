@@ -4,7 +4,7 @@ A writable recovery image (a failover test, later a live failover) is a read-onl
 (a ``PointInTimeView``) with a *scratch* laid over it: a sparse file of the volume's size
 that takes the image's writes at their own offsets. This class keeps the map of what was
 written or zeroed since the image was made and accounts the scratch's space; the I/O shell
-(``seawall.agent.scratch``) reads and writes the bytes.
+(``seawall.agent.images.scratch``) reads and writes the bytes.
 
 Rules and invariants:
 - ``pieces`` covers the asked range exactly, in order. A piece's source says where its

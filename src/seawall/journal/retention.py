@@ -34,18 +34,16 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from seawall.errors import Conflict, CorruptData
+from seawall.journal.catalog import Catalog
 from seawall.journal.extents import ExtentMap
 from seawall.journal.index import VolumeIndex
-from seawall.journal.segments import FaultHook
+from seawall.journal.segments import FaultHook, SegmentStore
 from seawall.journal.state import JournalState, write_state
+from seawall.journal.view import PointInTimeView
 from seawall.wire.records import RecordKind
-
-if TYPE_CHECKING:
-    from seawall.journal.journal import Journal
-    from seawall.journal.view import PointInTimeView
 
 APPLY_FAULT_POINTS = (
     "apply_after_intent_write",  # the state file says "applying through N"; replicas untouched
@@ -61,12 +59,30 @@ PayloadReader = Callable[[VolumeIndex, int], memoryview]
 """Returns the payload of entry ``n`` of a volume index (checked against its hash)."""
 
 
+class RetainedJournal(Protocol):
+    """The journal as its retention applies it: ``seawall.journal.journal.Journal``, which
+    imports this module (retention takes it as an argument, never imports it)."""
+
+    base_seq: int
+    catalog: Catalog
+    directory: Path
+    index_lock: threading.Lock
+
+    @property
+    def durable_seq(self) -> int: ...
+
+    @property
+    def store(self) -> SegmentStore: ...
+
+    def record_payload(self, index: VolumeIndex, entry: int) -> memoryview: ...
+
+
 class Retention:
     """The apply side of one journal (see module doc); the journal owns one."""
 
     def __init__(
         self,
-        journal: Journal,
+        journal: RetainedJournal,
         journal_id: bytes,
         replica_paths: dict[int, Path],
         fault: FaultHook,

@@ -25,20 +25,37 @@ Rules and invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from seawall.errors import CorruptData, InvalidInput
 from seawall.journal.extents import ExtentMap, Piece
-from seawall.journal.index import REGION_SHIFT
+from seawall.journal.index import REGION_SHIFT, VolumeIndex
 from seawall.wire.records import RecordKind
 
-if TYPE_CHECKING:
-    from seawall.journal.journal import Journal
+
+class ViewedJournal(Protocol):
+    """The journal as its views read it: ``seawall.journal.journal.Journal``, which imports
+    this module (the view takes it as an argument, never imports it)."""
+
+    @property
+    def base_seq(self) -> int: ...
+
+    def checkpoint(self, seq: int) -> object: ...  # raises unless durable and consistent
+
+    def volume_size(self, volume: int) -> int: ...
+
+    def volume_index(self, volume: int) -> VolumeIndex: ...
+
+    def release_view(self, view: PointInTimeView) -> None: ...
+
+    def read_replica(self, volume: int, offset: int, length: int) -> bytes: ...
+
+    def record_payload(self, index: VolumeIndex, entry: int) -> memoryview: ...
 
 
 class PointInTimeView:
     def __init__(
-        self, journal: Journal, volume: int, checkpoint_seq: int, *, head: bool = False
+        self, journal: ViewedJournal, volume: int, checkpoint_seq: int, *, head: bool = False
     ) -> None:
         """``head=True`` only from ``Journal.head_view``, which checked the seq itself."""
         if not head:

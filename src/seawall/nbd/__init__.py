@@ -8,7 +8,7 @@
 - ``constants``: wire constants and structs.
 
 No module here does I/O except ``blocking``; the asyncio shell is
-``seawall.agent.frontend``.
+``seawall.agent.frontend.server``.
 """
 
 from seawall.nbd.blocking import NbdClient

@@ -9,7 +9,7 @@ Rules and invariants:
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
 - ``SEAL`` closes a *coordinated* checkpoint of a group spanning several agents
-  (``seawall.agent.coordination``): ``offset`` is the seq of this stream's CHECKPOINT
+  (``seawall.agent.protect.coordination``): ``offset`` is the seq of this stream's CHECKPOINT
   marker, ``length`` the group-wide checkpoint id (the lead member's marker seq); no
   payload. A member writes it only if it held its acknowledgements from the marker until
   every member had its marker in, so a marker is offered for the group only once sealed.

@@ -4,7 +4,7 @@ A group whose volumes all live on the site's own agent is one stream, as always:
 stored volumes carry no member keys. A group with volumes on other agents has one
 *member* per agent holding some of its volumes; each member protects its volumes as a
 stream of its own (id ``<group id>.<n>``), journaled apart at the recovery site, and the
-members take checkpoints together (``seawall.agent.coordination``).
+members take checkpoints together (``seawall.agent.protect.coordination``).
 
 Rules:
 - Member 0 is the lead (it takes the checkpoints): the site's own agent when it holds a

@@ -27,7 +27,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, MetaData
 
 from seawall.errors import Conflict
 from seawall.manager.migrations.baseline import BASELINE_REVISION, adopt, has_baseline_tables
@@ -65,16 +65,15 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def schema_differences(connection: Connection) -> list[Any]:
+def schema_differences(connection: Connection, models: MetaData) -> list[Any]:
     """What separates the database's schema from the models (Alembic's autogenerate diff).
 
     Empty when the migrations make exactly the models: the drift test and ``check`` ask it
-    of a database just upgraded to head.
+    of a database just upgraded to head. ``models`` is ``seawall.manager.models.Base.metadata``,
+    given by the caller: the models import this package.
     """
-    from seawall.manager.models import Base  # the models import this package
-
     context = MigrationContext.configure(connection, opts=CONTEXT_OPTIONS)
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, models))
 
 
 def upgrade_to_head(engine: Engine) -> str:

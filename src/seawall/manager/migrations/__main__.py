@@ -29,6 +29,7 @@ from seawall.manager.migrations import (
     upgrade_to_head,
 )
 from seawall.manager.migrations.baseline import describe_difference
+from seawall.manager.models import Base
 
 
 def next_revision_id() -> str:
@@ -54,7 +55,7 @@ def revision(message: str, empty: bool, url: str | None) -> Path:
         written = command.revision(alembic_config(), message=message, rev_id=rev_id)
     else:
         with database_at_head(url) as engine, engine.begin() as connection:
-            if not schema_differences(connection):
+            if not schema_differences(connection, Base.metadata):
                 print("note: the models and the migrations agree; the revision is empty")
             written = command.revision(alembic_config(connection), message=message,
                                        autogenerate=True, rev_id=rev_id)
@@ -70,7 +71,7 @@ def revision(message: str, empty: bool, url: str | None) -> Path:
 
 def check(url: str | None) -> int:
     with database_at_head(url) as engine, engine.connect() as connection:
-        differences = schema_differences(connection)
+        differences = schema_differences(connection, Base.metadata)
     for difference in differences:
         print(describe_difference(difference))
     if differences:

@@ -2,7 +2,7 @@
 
 Rules:
 - The scripts live at the recovery site's host, where its agent runs them
-  (``POST /scripts/run``, ``seawall.agent.scripts``); the manager waits for the answer,
+  (``POST /scripts/run``, ``seawall.agent.control.scripts``); the manager waits for the answer,
   with an HTTP timeout of the script's own plus a margin.
 - The script learns the operation from its environment: ``SEAWALL_GROUP``,
   ``SEAWALL_OPERATION`` (its id), ``SEAWALL_KIND`` (failover-test, failover-live, move),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.aging import JournalAging
+from seawall.agent.recover.aging import JournalAging
 from seawall.agent.state import RecoverySpec
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal

@@ -13,7 +13,7 @@ Rules and invariants:
   (the group's status names it in ``retention_blocked_by``). ``close`` releases the view
   and deletes the scratch file: what was written to the image is gone.
 - Scratch files live only as long as their agent process: the overlay's map is in memory,
-  so an agent restart ends every image (see ``seawall.agent.failover_tests``).
+  so an agent restart ends every image (see ``seawall.agent.failover.drills``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.volumes import punch_hole
+from seawall.agent.protect.volumes import punch_hole
 from seawall.journal.overlay import Layer, ScratchOverlay
 from seawall.journal.view import PointInTimeView
 from seawall.nbd.events import ExportInfo

@@ -2,7 +2,7 @@
 
 Only callers whose certificate the control API pins get here (the site manager, and the
 lead agents of the groups this agent is a member of). Routes parse and call
-``CoordinatedGroups``; the round itself is ``seawall.agent.coordination``.
+``CoordinatedGroups``; the round itself is ``seawall.agent.protect.coordination``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from seawall.agent.coordination import CoordinatedGroups
+from seawall.agent.protect.coordination import CoordinatedGroups
 
 
 class Prepare(BaseModel):

@@ -31,8 +31,8 @@ import os
 import threading
 from pathlib import Path
 
-from seawall.agent.scratch import ScratchImage
-from seawall.agent.volumes import punch_hole
+from seawall.agent.images.scratch import ScratchImage
+from seawall.agent.protect.volumes import punch_hole
 from seawall.journal.journal import Journal
 from seawall.journal.overlay import BLOCK_BYTES, Layer
 from seawall.journal.overlay_log import Change, ChangeKind, decode_log, encode_change, encode_header

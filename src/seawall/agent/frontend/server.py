@@ -41,9 +41,10 @@ import contextlib
 import logging
 import ssl
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
-from seawall.agent.reply_gate import DeferredReply, ReplyGate
+from seawall.agent.frontend.backend import BackendCatalog, ExportBackend
+from seawall.agent.frontend.reply_gate import DeferredReply, ReplyGate
 from seawall.local_access import bind_unix
 from seawall.nbd.constants import EIO, nbd_errno_for
 from seawall.nbd.events import (
@@ -69,26 +70,6 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 30.0
 # Per listener; legitimate clients handshake one connection at a time each.
 MAX_HANDSHAKING_CONNECTIONS = 64
-
-
-class ExportBackend(Protocol):
-    info: ExportInfo
-
-    def read(self, offset: int, length: int) -> bytes: ...  # synchronous, in the event loop
-
-    def write(self, offset: int, data: bytes | memoryview) -> None: ...  # into the page cache
-
-    def write_zeroes(self, offset: int, length: int) -> None: ...
-
-    def trim(self, offset: int, length: int) -> None: ...
-
-    async def flush(self) -> None: ...  # durable when it returns
-
-
-class BackendCatalog(Protocol):
-    def backend(self, name: str) -> ExportBackend | None: ...
-
-    def names(self) -> list[str]: ...
 
 
 class _CatalogExports:

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
 
-from seawall.agent.coordination_routes import coordination_router
-from seawall.agent.failover_routes import failover_router
-from seawall.agent.metrics import AgentMetrics
-from seawall.agent.scripts import scripts_router
+from seawall.agent.control.coordination_routes import coordination_router
+from seawall.agent.control.failover_routes import failover_router
+from seawall.agent.control.metrics import AgentMetrics
+from seawall.agent.control.scripts import scripts_router
 from seawall.agent.service import Agent
 from seawall.agent.settings import PathsCheck, ProtectionChange, RetentionChange, check_paths
 from seawall.agent.state import ProtectionSpec, RecoverySpec

@@ -23,7 +23,10 @@ from seawall.atomic import atomic_write
 
 
 @dataclass
-class CheckpointEntry:
+class LoggedCheckpoint:
+    """One line of the protected side's log (the recovery side's catalog entry of a
+    checkpoint is ``seawall.journal.catalog.CheckpointEntry``)."""
+
     seq: int
     time_ns: int
     name: str
@@ -31,18 +34,18 @@ class CheckpointEntry:
     lost: bool = False
 
 
-def _line(entry: CheckpointEntry) -> bytes:
+def _line(entry: LoggedCheckpoint) -> bytes:
     return json.dumps(asdict(entry)).encode() + b"\n"
 
 
 class CheckpointLog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: list[CheckpointEntry] = []
+        self.entries: list[LoggedCheckpoint] = []
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
-                    self.entries.append(CheckpointEntry(**json.loads(line)))
+                    self.entries.append(LoggedCheckpoint(**json.loads(line)))
                 except (ValueError, TypeError):
                     continue
 
@@ -50,7 +53,7 @@ class CheckpointLog:
     def issued_seq(self) -> int:
         return max((entry.seq for entry in self.entries), default=0)
 
-    def append(self, entry: CheckpointEntry) -> None:
+    def append(self, entry: LoggedCheckpoint) -> None:
         self.entries.append(entry)
         with open(self.path, "ab") as handle:
             handle.write(_line(entry))
@@ -72,13 +75,13 @@ class CheckpointLog:
             atomic_write(self.path, b"".join(_line(entry) for entry in self.entries))
         return len(lost)
 
-    def find(self, seq: int) -> CheckpointEntry | None:
+    def find(self, seq: int) -> LoggedCheckpoint | None:
         for entry in reversed(self.entries):  # the one sought is nearly always the last
             if entry.seq == seq:
                 return entry
         return None
 
-    def newest_replicated(self, acked_seq: int) -> CheckpointEntry | None:
+    def newest_replicated(self, acked_seq: int) -> LoggedCheckpoint | None:
         for entry in reversed(self.entries):
             if entry.seq <= acked_seq and not entry.lost:
                 return entry

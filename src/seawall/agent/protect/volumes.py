@@ -7,7 +7,8 @@ Rules and invariants:
 - A capture hook, when set by the volume's protection group, sees every write, zeroing and
   trim *after* it reached the file and *before* the front end acknowledges it.
 - ``reply_gate``, when set by the volume's protection group, is honoured by the front end:
-  while it is closed, the acknowledgements of changes are held (``seawall.agent.reply_gate``).
+  while it is closed, the acknowledgements of changes are held
+  (``seawall.agent.frontend.reply_gate``).
 - A new volume is a thin (sparse) file; creating one leaves nothing behind when it fails
   (an empty file would keep its name taken) and warns when the file system has less free
   space than the volume's size.
@@ -26,7 +27,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from seawall.agent.reply_gate import ReplyGate
+from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.nbd.events import ExportInfo
 from seawall.wire.records import RecordKind

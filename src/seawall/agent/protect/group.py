@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seawall.agent.checkpoints import CheckpointEntry, CheckpointLog
+from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
+from seawall.agent.protect.stream import GroupStream
+from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.volumes import CaptureHook, FileVolume
 from seawall.agent.state import ProtectionSpec
-from seawall.agent.stream import GroupStream
-from seawall.agent.syncer import RemoteDigests, Syncer, SyncProgress
-from seawall.agent.volumes import CaptureHook, FileVolume
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
@@ -206,7 +206,9 @@ class ProtectedGroup:
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
                  self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
                  extra={"group": self.spec.name})
-        syncer = Syncer(self, self.remote_digests,
+        syncer = Syncer(self.plan, self.volumes, self.stream,
+                        stream_changed=self.stream_changed, acked=self.acked,
+                        remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2))
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
@@ -299,7 +301,7 @@ class ProtectedGroup:
     def protecting(self) -> bool:
         return not self.tracking and not self.syncing
 
-    def tag_checkpoint(self, name: str, tagged: bool = True) -> CheckpointEntry:
+    def tag_checkpoint(self, name: str, tagged: bool = True) -> LoggedCheckpoint:
         if len(name.encode()) > MAX_CHECKPOINT_NAME_BYTES:
             raise InvalidInput(f"checkpoint name longer than {MAX_CHECKPOINT_NAME_BYTES} bytes")
         if not self.protecting:
@@ -310,12 +312,12 @@ class ProtectedGroup:
         now_ns = time.time_ns()
         encoded = name.encode()
         record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0, 0, len(encoded), encoded)
-        entry = CheckpointEntry(record.seq, now_ns, name, tagged)
+        entry = LoggedCheckpoint(record.seq, now_ns, name, tagged)
         self.checkpoints.append(entry)
         self.stream_changed.set()
         return entry
 
-    async def final_checkpoint(self, name: str, timeout_s: float) -> CheckpointEntry:
+    async def final_checkpoint(self, name: str, timeout_s: float) -> LoggedCheckpoint:
         """Tag ``name`` once no sync runs, and wait until the recovery site has it durable.
 
         For a failover with the source shut down: the front end takes no writes any more,

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seawall.agent.frontend import ExportBackend
-from seawall.agent.recovery import RecoveryGroup
-from seawall.agent.scratch import ScratchImage
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.images.scratch import ScratchImage
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.state import NAME_PATTERN
 from seawall.config import SiteConfig
 from seawall.errors import Conflict, InvalidInput, NotFound
@@ -74,6 +74,9 @@ class FailoverTests:
 
     def names(self) -> list[str]:
         return [name for test in self.tests.values() for name in test.images]
+
+    def running_on(self, group: RecoveryGroup) -> bool:
+        return any(test.group is group for test in self.tests.values())
 
     # --- operations -----------------------------------------------------------------------
 

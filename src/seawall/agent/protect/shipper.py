@@ -34,9 +34,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.remote_digests import SessionDigests
-from seawall.agent.wire_io import read_event
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.remote_digests import SessionDigests
 from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import is_pinned
 from seawall.wan.compression import (
@@ -47,6 +46,7 @@ from seawall.wan.compression import (
 from seawall.wan.retry import SessionRetry
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wan.throttle import Priority
+from seawall.wire.aio import read_event
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
     Ack,

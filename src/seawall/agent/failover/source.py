@@ -15,54 +15,71 @@ Rules and invariants:
 from __future__ import annotations
 
 import dataclasses
-import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from seawall.agent.protection import ProtectedGroup
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.shipper import Shipper
 from seawall.agent.state import RecoverySpec
 from seawall.errors import InvalidInput, NotFound
 
-if TYPE_CHECKING:
-    from seawall.agent.service import Agent
+
+class SourceFailoverHost(Protocol):
+    """What the source side of a failover asks of the agent
+    (``seawall.agent.service.Agent``): its collections change only through these."""
+
+    def protection(self, group_id: str) -> tuple[ProtectedGroup, Shipper] | None: ...
+
+    def save_state(self) -> None: ...
+
+    def group_status(self, group_id: str) -> dict[str, Any]: ...
+
+    def disconnect_export(self, name: str) -> None: ...
+
+    def protection_to_recovery(self, spec: RecoverySpec) -> dict[str, Any]:
+        """The group's protection (stopped) and volumes go; the recovery group ``spec``
+        comes, in one state save; its status."""
 
 
 class SourceFailover:
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, host: SourceFailoverHost) -> None:
+        self._host = host
+
+    def _group(self, group_id: str) -> ProtectedGroup:
+        entry = self._host.protection(group_id)
+        if entry is None:
+            raise NotFound(f"group {group_id} is not protected by this agent")
+        return entry[0]
 
     async def fence(self, group_id: str, checkpoint_name: str, timeout_s: float) -> dict[str, Any]:
         """Stop the group's volumes taking writes, ship the last ones up to a final checkpoint.
 
         Saved before the volumes turn read-only, so a restarted agent keeps them so."""
-        agent = self._agent
-        group = agent.protected_group(group_id)
+        group = self._group(group_id)
         if not group.spec.fenced:
             group.spec.fenced = True
-            agent.save_state()
+            self._host.save_state()
             self.set_read_only(group, True)
         entry = await group.final_checkpoint(checkpoint_name, timeout_s)
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 
     def unfence(self, group_id: str) -> dict[str, Any]:
-        agent = self._agent
-        group = agent.protected_group(group_id)
+        group = self._group(group_id)
         if group.spec.fenced:
             group.spec.fenced = False
-            agent.save_state()
+            self._host.save_state()
             self.set_read_only(group, False)
-        return agent.group_status(group_id)
+        return self._host.group_status(group_id)
 
     def set_read_only(self, group: ProtectedGroup, read_only: bool) -> None:
         for volume in group.volumes:
             volume.info = dataclasses.replace(volume.info, read_only=read_only)
             if read_only:
-                self._agent.frontend.disconnect_export(volume.name)  # clients see the disk go away
+                self._host.disconnect_export(volume.name)  # clients see the disk go away
 
     async def reverse(self, spec: RecoverySpec) -> dict[str, Any]:
         """Turn a failed-over group around: its old source volumes become the replicas of
         the reversed group, which the recovered site protects back to us (a delta sync)."""
-        agent = self._agent
-        group, shipper = agent.protected.get(spec.group_id) or (None, None)
+        group, shipper = self._host.protection(spec.group_id) or (None, None)
         if group is None or shipper is None:
             raise NotFound(f"group {spec.name} is not protected by this agent")
         if len(spec.volumes) != len(group.volumes):
@@ -73,20 +90,10 @@ class SourceFailover:
         if sizes != [v.size_bytes for v in old]:
             raise InvalidInput(f"the reversed group's volume sizes {sizes} differ from this "
                                f"site's {[v.size_bytes for v in old]}")
-        paths = {volume.name: agent.volumes[previous.name].path
+        served = {volume.name: volume for volume in group.volumes}
+        paths = {volume.name: served[previous.name].path
                  for volume, previous in zip(sorted(spec.volumes, key=lambda v: v.index), old,
                                              strict=True)}
         await shipper.stop()
         await group.stop()
-        del agent.protected[spec.group_id]
-        names = {v.name for v in old}
-        for name in names:
-            agent.volumes.pop(name).close()
-        agent.state.protected = [p for p in agent.state.protected if p.group_id != spec.group_id]
-        agent.state.volumes = [v for v in agent.state.volumes if v.name not in names]
-        spec = spec.model_copy(update={"replica_paths": paths})
-        agent.open_recovery(spec)
-        agent.state.recovering.append(spec)
-        agent.save_state()
-        shutil.rmtree(agent.config.agent_dir / "groups" / spec.group_id, ignore_errors=True)
-        return agent.recovering[spec.group_id].status()
+        return self._host.protection_to_recovery(spec.model_copy(update={"replica_paths": paths}))

@@ -25,13 +25,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from seawall.agent.protect.stream import GroupStream
+from seawall.agent.protect.volumes import FileVolume
 from seawall.sync.digests import block_digests, differing_blocks
+from seawall.sync.plan import SyncPlan
 from seawall.wire.records import RecordKind
-
-if TYPE_CHECKING:
-    from seawall.agent.protection import ProtectedGroup
 
 CHUNK_BYTES = 1 << 20
 """The largest record a sync appends (and the read size of a bitmap sync)."""
@@ -86,17 +86,21 @@ def _read(fd: int, offset: int, length: int) -> bytes:
 
 
 class Syncer:
-    def __init__(self, group: ProtectedGroup, remote: Callable[[], Awaitable[RemoteDigests]],
-                 pause_bytes: int) -> None:
-        self.group = group
+    """One sync of a protected group, given the group's parts it works on (the group owns
+    them, and the two events: ``stream_changed`` wakes the shipper, ``acked`` this sync)."""
+
+    def __init__(self, plan: SyncPlan, volumes: list[FileVolume], stream: GroupStream, *,
+                 stream_changed: asyncio.Event, acked: asyncio.Event,
+                 remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int) -> None:
+        self.plan, self.volumes, self.stream = plan, volumes, stream
+        self.stream_changed, self.acked = stream_changed, acked
         self._remote = remote
         self.pause_bytes = pause_bytes
-        self.progress = SyncProgress(total_bytes=group.plan.pending_bytes,
-                                     started_ns=time.time_ns())
+        self.progress = SyncProgress(total_bytes=plan.pending_bytes, started_ns=time.time_ns())
 
     async def run(self) -> None:
-        plan = self.group.plan
-        for index, volume in enumerate(self.group.volumes):
+        plan = self.plan
+        for index, volume in enumerate(self.volumes):
             fd = _open_volume(str(volume.path))
             try:
                 await self._ship_dirty(index, fd)
@@ -106,20 +110,19 @@ class Syncer:
                 os.close(fd)
 
     async def _room(self) -> None:
-        group = self.group
-        while group.stream.buffered_bytes > self.pause_bytes:
-            group.acked.clear()
-            await group.acked.wait()
+        while self.stream.buffered_bytes > self.pause_bytes:
+            self.acked.clear()
+            await self.acked.wait()
 
     def _append_range(self, index: int, fd: int, offset: int, length: int) -> None:
         """Read and append ``[offset, +length)`` now (no await: see the module rules)."""
         for start in range(offset, offset + length, CHUNK_BYTES):
             size = min(CHUNK_BYTES, offset + length - start)
             self._append_data(index, start, _read(fd, start, size))
-        self.group.stream_changed.set()
+        self.stream_changed.set()
 
     def _append_data(self, index: int, offset: int, data: bytes | memoryview) -> None:
-        stream = self.group.stream
+        stream = self.stream
         for start in range(0, len(data), CHUNK_BYTES):
             piece = bytes(data[start : start + CHUNK_BYTES])
             if piece == _ZEROS[: len(piece)]:
@@ -130,7 +133,7 @@ class Syncer:
             self.progress.shipped_bytes += len(piece)
 
     async def _ship_dirty(self, index: int, fd: int) -> None:
-        dirty = self.group.plan.maps[index]
+        dirty = self.plan.maps[index]
         while dirty:
             for region in dirty.regions():
                 await self._room()
@@ -140,8 +143,8 @@ class Syncer:
                 await asyncio.sleep(0)
 
     async def _compare(self, index: int, fd: int) -> None:
-        plan = self.group.plan
-        size_bytes = self.group.volumes[index].size_bytes
+        plan = self.plan
+        size_bytes = self.volumes[index].size_bytes
         ahead: dict[int, asyncio.Task[bytes]] = {}
         try:
             while (offset := plan.compare_from[index]) is not None:
@@ -175,7 +178,7 @@ class Syncer:
             start, stop = first * DELTA_BLOCK_BYTES, min(end * DELTA_BLOCK_BYTES, length)
             self._append_data(index, offset + start, data[start:stop])
         if runs:
-            self.group.stream_changed.set()
+            self.stream_changed.set()
 
     async def _digests(self, index: int, offset: int, length: int) -> bytes:
         while True:

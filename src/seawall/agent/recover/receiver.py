@@ -25,7 +25,7 @@ Rules and invariants:
   frames to be refused. Space freed by retention or by the operator lets the next one in.
 - A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
 - HASH_REQUESTs (delta sync) are answered from the image at a durable seq, hashed in a
-  worker thread while appends go on (see ``seawall.agent.hash_responder``).
+  worker thread while appends go on (see ``seawall.agent.recover.hash_responder``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from seawall.agent.hash_responder import HashResponder
-from seawall.agent.recovery import RecoveryGroup
-from seawall.agent.wire_io import read_event
+from seawall.agent.recover.group import RecoveryGroup
+from seawall.agent.recover.hash_responder import HashResponder
 from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
+from seawall.wire.aio import read_event
 from seawall.wire.protocol import (
     Ack,
     ConnectionClosed,

@@ -50,9 +50,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from seawall.agent.checkpoints import CheckpointEntry
-from seawall.agent.protection import ProtectedGroup
-from seawall.agent.reply_gate import ReplyGate
+from seawall.agent.frontend.reply_gate import ReplyGate
+from seawall.agent.protect.checkpoints import LoggedCheckpoint
+from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.state import CoordinationMember
 from seawall.errors import Conflict, NotFound, NotReady, PeerError, SeawallError, error_from_code
 
@@ -77,7 +77,7 @@ class MemberHold:
         self.hold_timeouts = 0
         self._expiry: asyncio.TimerHandle | None = None
 
-    async def prepare(self, name: str, tagged: bool) -> CheckpointEntry:
+    async def prepare(self, name: str, tagged: bool) -> LoggedCheckpoint:
         if self.held_seq is not None:
             raise Conflict(f"group {self.group.spec.name}: a coordinated checkpoint is being "
                            "taken already")
@@ -220,7 +220,7 @@ class Coordinator:
         for member in self.members:
             await member.close()
 
-    async def checkpoint(self, name: str, tagged: bool) -> CheckpointEntry:
+    async def checkpoint(self, name: str, tagged: bool) -> LoggedCheckpoint:
         """Take one checkpoint of the whole group; its id is the lead's marker seq.
 
         NotReady (or the member's error) when a member could not take part: nothing is
@@ -236,7 +236,7 @@ class Coordinator:
             self.last_error = ""
             return entry
 
-    async def _round(self, name: str, tagged: bool) -> CheckpointEntry:
+    async def _round(self, name: str, tagged: bool) -> LoggedCheckpoint:
         await self._probe_suspects()
         lead = await self.local.prepare(name, tagged)
         answers = await asyncio.gather(*(m.prepare(name, tagged) for m in self.members),
@@ -334,7 +334,7 @@ class CoordinatedGroups:
             raise NotFound(f"group {group_id} is not a member of a group spanning agents here")
         return hold
 
-    async def tag(self, group_id: str, name: str) -> CheckpointEntry | None:
+    async def tag(self, group_id: str, name: str) -> LoggedCheckpoint | None:
         """A tagged checkpoint of a spanning group (at its lead); None for other groups."""
         if group_id not in self.holds:
             return None

@@ -4,7 +4,7 @@ Rules:
 - It listens only where configured (``SiteConfig.control_host/port``: ``agent run
   --control``, ``site init --agent-control``), presents the agent's identity
   (``SiteConfig.identity``) and speaks TLS 1.3 only. It serves the same app as the Unix
-  socket (``seawall.agent.control``), in the same event loop.
+  socket (``seawall.agent.control.app``), in the same event loop.
 - A client must present a pinned certificate, or its handshake fails before any HTTP: the
   manager's (a joined agent: the certificate its manager answered at the join; the
   site's own agent: the site's, which its manager presents), and the extra pins the

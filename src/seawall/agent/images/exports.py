@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from seawall.agent.recovery import RecoveryGroup
+from seawall.agent.recover.group import RecoveryGroup
 from seawall.errors import NotFound
 from seawall.journal.view import PointInTimeView
 from seawall.nbd.events import ExportInfo

@@ -1,9 +1,9 @@
 """The reply gate: holds a protection group's write acknowledgements during a coordinated
-checkpoint (``seawall.agent.coordination``), so that the checkpoint is crash-consistent
+checkpoint (``seawall.agent.protect.coordination``), so that the checkpoint is crash-consistent
 across the agents of the group.
 
 One gate per protection group, shared by its volumes and by every NBD connection to them;
-the front end (``seawall.agent.frontend``) reads it per request. Pure asyncio, no I/O: the
+the front end (``seawall.agent.frontend.server``) reads it per request. Pure asyncio, no I/O: the
 gate keeps reply bytes and hands them back to their connection (a ``ReplySink``).
 
 Rules and invariants:

@@ -33,17 +33,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from seawall.agent.frontend import ExportBackend
-from seawall.agent.live_image import LiveImage
-from seawall.agent.recovery import RecoveryGroup, replica_path
-from seawall.agent.state import LiveFailoverSpec, RecoverySpec, VolumeSpec
-from seawall.agent.volumes import FileVolume
+from seawall.agent.failover.drills import FailoverTests
+from seawall.agent.frontend.backend import ExportBackend
+from seawall.agent.images.live import LiveImage
+from seawall.agent.recover.group import RecoveryGroup, replica_path
+from seawall.agent.state import LiveFailoverSpec, RecoverySpec, SavedVolume
+from seawall.config import SiteConfig
 from seawall.errors import Conflict, NotFound, SeawallError
-
-if TYPE_CHECKING:
-    from seawall.agent.service import Agent
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +61,34 @@ class LiveRun:
         return live
 
 
+class LiveFailoverHost(Protocol):
+    """What a live failover asks of the agent (``seawall.agent.service.Agent``): its
+    collections change only through these."""
+
+    def recovery_group(self, group_id: str) -> RecoveryGroup: ...
+
+    def names(self) -> list[str]: ...  # every export name served
+
+    def save_state(self) -> None: ...
+
+    def group_dir(self, spec: RecoverySpec) -> Path: ...
+
+    def end_replication_session(self, group_id: str) -> None: ...
+
+    def disconnect_export(self, name: str) -> None: ...
+
+    def close_recovery(self, group_id: str) -> None: ...  # closed and forgotten, not saved
+
+    def recovery_to_volumes(self, group_id: str, volumes: list[SavedVolume]) -> None:
+        """One state save that drops the recovery group and adds the volumes; then served."""
+
+
 class LiveFailovers:
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, config: SiteConfig, host: LiveFailoverHost,
+                 drills: FailoverTests) -> None:
+        self._config = config
+        self._host = host
+        self._drills = drills
         self.runs: dict[str, LiveRun] = {}  # by operation id
         self._lock = asyncio.Lock()
         """Start and rollback one at a time: a rollback asked while a start is under way
@@ -92,16 +115,16 @@ class LiveFailovers:
             return await self._start(operation_id, group_id, checkpoint)
 
     async def _start(self, operation_id: str, group_id: str, checkpoint: str) -> dict[str, Any]:
-        agent = self._agent
-        group = agent.recovery_group(group_id)
+        host = self._host
+        group = host.recovery_group(group_id)
         if group.spec.live is not None:
             raise Conflict(f"group {group.spec.name} is already failed over live here "
                            f"(operation {group.spec.live.operation_id})")
-        if any(t.group is group for t in agent.failover_tests.tests.values()):
+        if self._drills.running_on(group):
             raise Conflict(f"group {group.spec.name} has a failover test running here: "
                            "stop it first")
         info = group.resolve_checkpoint(checkpoint)
-        taken = set(agent.names())
+        taken = set(host.names())
         images = {v.name: v.name if v.name not in taken else f"{group.spec.name}.{v.name}"
                   for v in group.spec.volumes}
         clash = sorted(set(images.values()) & taken)
@@ -110,17 +133,17 @@ class LiveFailovers:
                            "live images")
         group.spec.live = LiveFailoverSpec(operation_id=operation_id, checkpoint_seq=info.seq,
                                            images=images)
-        agent.save_state()
+        host.save_state()
         run = LiveRun(group)
         try:
-            agent.replication.end_session(group_id)
+            host.end_replication_session(group_id)
             async with group.lock:  # the session, if one ran, has ended: no more appends
                 await group.stop()
             self._open_images(run)
         except BaseException:
             self._close_images(run, discard=True)
             group.spec.live = None
-            agent.save_state()
+            host.save_state()
             group.start()
             raise
         self.runs[operation_id] = run
@@ -144,7 +167,7 @@ class LiveFailovers:
         shutil.rmtree(self._live_dir(run.group), ignore_errors=True)
         del self.runs[operation_id]
         run.group.spec.live = None
-        self._agent.save_state()
+        self._host.save_state()
         run.group.start()  # retention again; the receiver takes the group's sessions again
         description["state"] = "rolled-back"
         return description
@@ -153,9 +176,9 @@ class LiveFailovers:
         run = self._run(operation_id)
         if run.commit_task is None or (run.commit_task.done() and run.error):
             run.spec.state = "committing"
-            self._agent.save_state()
+            self._host.save_state()
             for name in run.images:
-                self._agent.frontend.disconnect_export(name)
+                self._host.disconnect_export(name)
             run.error = None
             run.commit_task = asyncio.create_task(self._commit(operation_id, run))
         return self.describe(run)
@@ -215,7 +238,7 @@ class LiveFailovers:
 
     def _close_images(self, run: LiveRun, discard: bool) -> None:
         for name, (_, image) in run.images.items():
-            self._agent.frontend.disconnect_export(name)
+            self._host.disconnect_export(name)
             if discard:
                 image.close()
             else:
@@ -229,7 +252,7 @@ class LiveFailovers:
                 replica = replica_path(group.spec, group.directory, volume)
                 await asyncio.to_thread(image.consolidate, group.journal, replica)
             run.spec.state = "consolidated"
-            self._agent.save_state()
+            self._host.save_state()
             self._register_volumes(group.spec)
             self.committed[operation_id] = {**self.describe(run), "state": "committed"}
             self.runs.pop(operation_id, None)
@@ -240,17 +263,15 @@ class LiveFailovers:
 
     def _register_volumes(self, spec: RecoverySpec) -> None:
         """Replicas become volumes of this agent; the recovery group is forgotten."""
-        agent, live = self._agent, spec.live
+        host, live = self._host, spec.live
         assert live is not None
-        directory = agent.group_dir(spec)
-        group = agent.recovering.pop(spec.group_id, None)
-        if group is not None:
-            group.close()
+        directory = host.group_dir(spec)
+        host.close_recovery(spec.group_id)
         volumes, kept = [], False
         for volume in spec.volumes:
             name, replica = live.images[volume.name], replica_path(spec, directory, volume.name)
             path = replica if volume.name in spec.replica_paths else (
-                agent.config.volumes_dir / f"{name}.raw")
+                self._config.volumes_dir / f"{name}.raw")
             if path != replica and replica.exists():
                 if path.exists():
                     raise Conflict(f"cannot commit: {path} exists already")
@@ -260,19 +281,14 @@ class LiveFailovers:
                     if exc.errno != errno.EXDEV:
                         raise
                     path, kept = replica, True  # another file system: it stays where it is
-            volumes.append(VolumeSpec(name=name, path=path, size_bytes=volume.size_bytes,
-                                      owned=path.parent == agent.config.volumes_dir))
-        agent.state.recovering = [s for s in agent.state.recovering
-                                  if s.group_id != spec.group_id]
-        agent.state.volumes.extend(volumes)
-        agent.save_state()  # the commit point
-        for volume_spec in volumes:
-            agent.volumes[volume_spec.name] = FileVolume(volume_spec.name, volume_spec.path)
+            volumes.append(SavedVolume(name=name, path=path, size_bytes=volume.size_bytes,
+                                      owned=path.parent == self._config.volumes_dir))
+        host.recovery_to_volumes(spec.group_id, volumes)  # the commit point
         for leftover in (("journal", "live") if kept else ("",)):
             shutil.rmtree(directory / leftover, ignore_errors=True)
 
     def describe(self, run: LiveRun) -> dict[str, Any]:
-        live, config = run.spec, self._agent.config
+        live, config = run.spec, self._config
         images = []
         for name, (volume, image) in run.images.items():
             images.append({"volume": volume, "name": name, "size_bytes": image.info.size_bytes,

@@ -1,0 +1,1 @@
+"""Failovers: drills (failover tests), live failovers and the source side of a failover."""

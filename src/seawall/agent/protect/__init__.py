@@ -1,0 +1,1 @@
+"""The protected side: capture of volume writes into a group stream, sync, shipping."""
