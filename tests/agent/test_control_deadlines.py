@@ -24,6 +24,7 @@ from test_control_pins import site
 from seawall.agent.control.listener import ControlPins, control_server
 from seawall.serving import Server, bind_tcp
 from seawall.tls import SiteIdentity, client_context
+from support.closing import closed_by_server
 from support.loop_thread import LoopThread
 
 DEADLINE_S = 0.5
@@ -80,22 +81,6 @@ def listening(tmp_path: Path) -> Iterator[Listening]:
     s = Listening(tmp_path)
     yield s
     s.close()
-
-
-def closed_by_server(sock: socket.socket, within_s: float) -> bytes:
-    """Read until the server ends the connection; what it sent first. Fails on timeout."""
-    sock.settimeout(within_s)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    except TimeoutError:
-        pytest.fail(f"still open after {within_s} s")
-    finally:
-        sock.close()
-    return received
 
 
 def recv_until(sock: socket.socket, marker: bytes) -> bytes:

@@ -35,6 +35,7 @@ from seawall.wire.protocol import (
     WireConnection,
 )
 from seawall.wire.records import Record, RecordKind, write_record
+from support.closing import closed_by_server
 from support.loop_thread import LoopThread
 from support.tls_peers import DR, PROD
 
@@ -71,22 +72,6 @@ def listening(tmp_path: Path) -> Iterator[Listening]:
     s = Listening(tmp_path)
     yield s
     s.close()
-
-
-def closed_by_server(sock: socket.socket, within_s: float) -> bytes:
-    """Read until the server ends the connection; what it sent first. Fails on timeout."""
-    sock.settimeout(within_s)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    except TimeoutError:
-        pytest.fail(f"still open after {within_s} s")
-    finally:
-        sock.close()
-    return received
 
 
 def events_in(data: bytes) -> list[Event]:

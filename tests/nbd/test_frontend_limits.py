@@ -25,6 +25,7 @@ from seawall.nbd import constants as c
 from seawall.nbd.client import NbdClientConnection, OptionReply
 from seawall.nbd.events import NEED_DATA, ReadReply, ReadRequest
 from seawall.nbd_certs import client_context, ensure_nbd_ca, issue_client, server_context
+from support.closing import closed_by_server
 from support.loop_thread import LoopThread
 
 DEADLINE_S = 0.5
@@ -97,22 +98,6 @@ def reply_type(header: bytes) -> int:
     magic, _option, kind, _length = c.OPTION_REPLY_HEADER.unpack(header)
     assert magic == c.OPTION_REPLY_MAGIC
     return int(kind)
-
-
-def closed_by_server(sock: socket.socket, within_s: float) -> bytes:
-    """Read until the server ends the connection; what it sent first. Fails on timeout."""
-    sock.settimeout(within_s)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, ssl.SSLError):  # an abort: RST, or no close_notify
-        pass
-    except TimeoutError:
-        pytest.fail(f"still open after {within_s} s")
-    finally:
-        sock.close()
-    return received
 
 
 def assert_released(served: Limited) -> None:
