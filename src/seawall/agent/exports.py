@@ -28,7 +28,7 @@ class PointInTimeBackend:
         self.info = ExportInfo(name=name, size_bytes=view.size_bytes, read_only=True,
                                description="seawall point-in-time image")
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         return self.view.read(offset, length)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

@@ -64,7 +64,7 @@ TLS_HANDSHAKE_TIMEOUT_S = 30.0
 class ExportBackend(Protocol):
     info: ExportInfo
 
-    def read(self, offset: int, length: int) -> bytes: ...  # synchronous, in the event loop
+    def read(self, offset: int, length: int) -> bytes | bytearray: ...  # see module doc
 
     def write(self, offset: int, data: bytes | memoryview) -> None: ...  # into the page cache
 

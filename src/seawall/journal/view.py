@@ -11,9 +11,14 @@ Rules and invariants:
   checkpoint. The ``ExtentMap`` of entry numbers of a region (``index.REGION_BYTES``) is
   built when the region is first read, from that region's entry list alone, so the
   recovery time of an image does not grow with the journal or the volume. No data is
-  copied: it is fetched at ``read`` time from the replica, as zeros, or from the journal
-  (decompressed blobs are cached by the journal). Two threads reading a region not yet
-  built may both build it: the maps are equal, either is kept.
+  copied: it is fetched at ``read`` time from the replica, as zeros, or from the journal.
+  Two threads reading a region not yet built may both build it: the maps are equal,
+  either is kept.
+- A read fills one buffer in place: the replica's ranges first (ranges less than
+  ``REPLICA_GAP_BYTES`` apart read as one, the records between them then read over it),
+  then every record piece at once (``Journal.read_records``: a raw frame's records are
+  read alone, straight into the buffer, and hashed; see ``seawall.journal.payloads``).
+  A record that fails its hash is ``CorruptData``, never served.
 - A view never looks at entries past its checkpoint, so it stays correct while frames keep
   arriving; entry numbers are stable because it keeps the index object it was built on
   (retention swaps in new ones, never edits one).
@@ -31,6 +36,10 @@ from seawall.errors import CorruptData, InvalidInput
 from seawall.journal.extents import ExtentMap, Piece
 from seawall.journal.index import REGION_SHIFT
 from seawall.wire.records import RecordKind
+
+REPLICA_GAP_BYTES = 128 * 1024
+"""Replica ranges of one read closer than this are read as one (the journal's records in
+between are read over them): one sequential read instead of many small ones."""
 
 if TYPE_CHECKING:
     from seawall.journal.journal import Journal
@@ -86,7 +95,7 @@ class PointInTimeView:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         """``length`` bytes at ``offset`` of the volume as of the checkpoint."""
         if offset < 0 or length < 0 or offset + length > self.size_bytes:
             raise InvalidInput(
@@ -94,21 +103,42 @@ class PointInTimeView:
             )
         journal, index = self._journal, self._index
         kinds, seqs = index.kinds, index.seqs
-        parts: list[bytes | memoryview] = []
+        out = bytearray(length)  # ZERO pieces are left as they are
+        view = memoryview(out)
+        base = journal.base_seq
+        replica: list[list[int]] = []  # [start, end) volume ranges, coalesced
+        records: list[Piece[int]] = []
+        mergeable = False  # no ZERO piece since the last replica range
         for piece in self._pieces(offset, length):
             entry = piece.source
-            if entry is None or seqs[entry] <= journal.base_seq:
-                parts.append(journal.read_replica(self.volume, piece.offset, piece.length))
+            if entry is None or seqs[entry] <= base:
+                end = piece.offset + piece.length
+                if mergeable and piece.offset - replica[-1][1] <= REPLICA_GAP_BYTES:
+                    replica[-1][1] = end
+                else:
+                    replica.append([piece.offset, end])
+                mergeable = True
             elif kinds[entry] == RecordKind.ZERO:
-                parts.append(bytes(piece.length))
+                mergeable = False
             else:
-                try:
-                    payload = journal.record_payload(index, entry)
-                except CorruptData:
-                    if seqs[entry] > journal.base_seq:
-                        raise
-                    # Applied while we looked it up: the replica has these bytes now.
-                    parts.append(journal.read_replica(self.volume, piece.offset, piece.length))
-                    continue
-                parts.append(payload[piece.source_offset : piece.source_offset + piece.length])
-        return b"".join(parts)
+                records.append(piece)
+        for start, end in replica:
+            journal.read_replica_into(self.volume, start, view[start - offset : end - offset])
+        while records:
+            try:
+                applied = journal.read_records(index, records, view, offset)
+                records = []
+            except CorruptData:
+                # Applied (and its segment dropped) while we read? Then the replica has
+                # those bytes now; anything else is real damage.
+                base = journal.base_seq
+                applied = [piece for piece in records if seqs[piece.source or 0] <= base]
+                if not applied:
+                    raise
+                records = [piece for piece in records if seqs[piece.source or 0] > base]
+            for piece in applied:
+                start = piece.offset - offset
+                journal.read_replica_into(
+                    self.volume, piece.offset, view[start : start + piece.length]
+                )
+        return out
