@@ -7,9 +7,10 @@ docstring; the layout is ``segment_format``'s, the repair on open ``segment_scan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from seawall.atomic import fsync_directory
@@ -387,23 +388,34 @@ class SegmentStore:
 
     # --- reading ----------------------------------------------------------------------
 
+    # Reads, from any thread. A segment dropped by an apply meanwhile (gone from the map,
+    # or its file deleted before we opened it) is CorruptData: the reader then checks
+    # whether its records are at or below the base now (see PointInTimeView.read).
+
     def read(self, segment_id: int, position: int, length: int) -> bytes:
-        """``length`` bytes at ``position`` of a segment (any thread)."""
-        return self._readers.pread(segment_id, self._path(segment_id), length, position)
+        """``length`` bytes at ``position`` of a segment."""
+        with self._opening(segment_id) as path:
+            return self._readers.pread(segment_id, path, length, position)
 
     def readinto(self, segment_id: int, buffers: Sequence[memoryview], position: int) -> None:
-        """Fill ``buffers`` back to back from ``position`` of a segment (any thread)."""
-        self._readers.readinto(segment_id, self._path(segment_id), buffers, position)
+        """Fill ``buffers`` back to back from ``position`` of a segment."""
+        with self._opening(segment_id) as path:
+            self._readers.readinto(segment_id, path, buffers, position)
 
     def advise(self, segment_id: int, ranges: Iterable[tuple[int, int]]) -> None:
         """Have the kernel start reading (position, length) ranges of a segment."""
-        self._readers.advise(segment_id, self._path(segment_id), ranges)
+        with self._opening(segment_id) as path:
+            self._readers.advise(segment_id, path, ranges)
 
-    def _path(self, segment_id: int) -> Path:
+    @contextlib.contextmanager
+    def _opening(self, segment_id: int) -> Iterator[Path]:
         segment = self._segments.get(segment_id)
         if segment is None:
             raise CorruptData(f"journal segment {segment_id} does not exist")
-        return segment.path
+        try:
+            yield segment.path
+        except FileNotFoundError:
+            raise CorruptData(f"journal segment {segment_id} does not exist") from None
 
     def close(self) -> None:
         with self._sync_lock, self._lock:
