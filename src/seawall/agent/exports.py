@@ -23,6 +23,8 @@ from seawall.nbd.events import ExportInfo
 
 
 class PointInTimeBackend:
+    concurrent_reads = True  # read-only, thread-safe, may wait on the disk: off the loop
+
     def __init__(self, name: str, view: PointInTimeView) -> None:
         self.view = view
         self.info = ExportInfo(name=name, size_bytes=view.size_bytes, read_only=True,

@@ -10,9 +10,11 @@ Rules and invariants:
   - ``read_records`` (views): where the frame's blob is stored raw, only each record's
     own bytes are read from the segment, straight into the caller's buffer, and hashed on
     every read (xxh3: ~10 GB/s). Records lying back to back in one segment are read with
-    one ``preadv``; the kernel is told about all of a request's ranges first, so cold
-    reads queue at the disk together. A read of part of a record reads (and hashes) the
-    whole record. Compressed frames take the ``record`` path.
+    one ``preadv``. Records the page cache holds are read at once (``RWF_NOWAIT``); for
+    the others the kernel is told first to read their whole frames ahead (``advise``),
+    all of a request's together, so cold reads queue at the disk together and the
+    frames' other records are in memory when asked for. A read of part of a record reads
+    (and hashes) the whole record. Compressed frames take the ``record`` path.
 - A payload whose frame is no longer held (applied and swapped out of the index) is
   ``CorruptData`` (``record``) or handed back unread (``read_records``); a reader then
   checks whether the record is at or below the base and reads the replica instead (see
@@ -22,9 +24,6 @@ Rules and invariants:
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +38,10 @@ from seawall.wire.frames import FRAME_HEADER, Codec, check_body, decompress, par
 from seawall.wire.records import payload_hash
 
 FRAME_READAHEAD_MAX_BYTES = 4 * 1024 * 1024
-"""Frames up to this size (the shipper sends at most 1 MiB) are read ahead whole."""
+"""A record not in the page cache has its whole frame read ahead (one large disk read,
+not one random 4 KiB read per record: a sequential read of an image whose journal was
+written randomly asks for a frame's records at scattered times) if the frame is at most
+this large (the shipper sends at most 1 MiB)."""
 
 
 class Segments(Protocol):
@@ -47,59 +49,25 @@ class Segments(Protocol):
 
     def read(self, segment_id: int, position: int, length: int) -> bytes: ...
 
-    def readinto(self, segment_id: int, buffers: Sequence[memoryview], position: int) -> None: ...
+    def readinto(
+        self, segment_id: int, buffers: Sequence[memoryview], position: int, *,
+        nowait: bool = False,
+    ) -> bool: ...
 
     def advise(self, segment_id: int, ranges: Sequence[tuple[int, int]]) -> None: ...
 
 
 class _Run:
-    """Records lying back to back in one segment, read with one ``preadv``."""
+    """Records lying back to back in one segment (so in one frame), read with one preadv."""
 
-    __slots__ = ("advise", "buffers", "end", "position", "segment_id")
+    __slots__ = ("buffers", "end", "frame", "position", "segment_id")
 
-    def __init__(self, segment_id: int, position: int, advise: bool) -> None:
+    def __init__(self, segment_id: int, position: int, frame: tuple[int, int]) -> None:
         self.segment_id = segment_id
         self.position = position
         self.end = position
         self.buffers: list[memoryview] = []
-        self.advise = advise  # its frame is not being read ahead whole
-
-
-class FrameReadahead:
-    """Which raw frames were lately read ahead whole into the page cache (LRU, by bytes).
-
-    A sequential read of an image whose journal was written randomly needs a frame's
-    records at scattered times: reading the whole frame ahead once (one large I/O, into
-    the page cache) serves the rest of them from memory, where reading each 4 KiB record
-    alone would cost one random disk read each. ``budget_bytes`` bounds what is counted
-    as still cached (a quarter of the machine's memory by default); a frame past it, or
-    larger than ``FRAME_READAHEAD_MAX_BYTES``, is read record by record again.
-    """
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self._frames: OrderedDict[tuple[int, int], int] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def claim(self, segment_id: int, position: int, length: int) -> bool | None:
-        """True: read the frame ahead now; False: it was lately; None: read its records."""
-        if length > FRAME_READAHEAD_MAX_BYTES:
-            return None
-        key = (segment_id, position)
-        with self._lock:
-            if key in self._frames:
-                self._frames.move_to_end(key)
-                return False
-            self._frames[key] = length
-            self._bytes += length
-            while self._bytes > self.budget_bytes:
-                self._bytes -= self._frames.popitem(last=False)[1]
-        return True
-
-
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        self.frame = frame  # (position, length) of its frame in the segment
 
 
 class Payloads:
@@ -111,7 +79,6 @@ class Payloads:
         self._replica_paths = dict(replica_paths)
         self._replica_reads = ReadPool()
         self._blobs = BlobCache()
-        self._readahead = FrameReadahead(_memory_bytes() // 4)
 
     def read_replica(self, volume: int, offset: int, length: int) -> bytes:
         return self._replica_reads.pread(volume, self._replica_paths[volume], length, offset)
@@ -139,11 +106,9 @@ class Payloads:
         hashes = index.payload_hashes
         applied: list[Piece[int]] = []
         runs: list[_Run] = []
-        ahead: dict[int, list[tuple[int, int]]] = {}  # segment -> whole frames to read ahead
         checks: list[tuple[memoryview, int, int]] = []  # (whole record, hash, entry)
         partial: list[tuple[memoryview, memoryview, int]] = []  # (record, out slice, start)
         run: _Run | None = None
-        claimed: dict[int, bool] = {}  # held frame -> its records need their own advice
         for piece in pieces:
             entry = piece.source
             assert entry is not None
@@ -170,20 +135,12 @@ class Payloads:
             if run is None or run.end != position or run.segment_id != segment_id or (
                 len(run.buffers) == IOV_MAX
             ):
-                advise = claimed.get(held)
-                if advise is None:
-                    whole = self._readahead.claim(segment_id, frame_position, frame_lengths[held])
-                    if whole:
-                        ahead.setdefault(segment_id, []).append(
-                            (frame_position, frame_lengths[held])
-                        )
-                    advise = claimed[held] = whole is None
-                run = _Run(segment_id, position, advise)
+                run = _Run(segment_id, position, (frame_position, frame_lengths[held]))
                 runs.append(run)
             run.buffers.append(record)
             run.end += length
         if runs:
-            self._fetch(runs, ahead)
+            self._fetch(runs)
             digest = xxhash.xxh3_64_intdigest
             for record, expected, entry in checks:
                 if digest(record) != expected:
@@ -194,19 +151,26 @@ class Payloads:
                 target[:] = record[source_offset : source_offset + len(target)]
         return applied
 
-    def _fetch(self, runs: list[_Run], ahead: dict[int, list[tuple[int, int]]]) -> None:
-        """Read every run, the kernel told first of all that will be read (so cold reads
-        queue at the disk together instead of one after another)."""
+    def _fetch(self, runs: list[_Run]) -> None:
+        """Read every run: those in the page cache at once; for the others, the kernel is
+        first told to read their whole frames (so they queue at the disk together, and
+        the frames' other records are in memory when they are asked for)."""
         segments = self._segments()
-        if len(runs) > 1 or ahead:
-            for run in runs:
-                if run.advise:
-                    ahead.setdefault(run.segment_id, []).append(
-                        (run.position, run.end - run.position)
-                    )
-            for segment_id, ranges in ahead.items():
-                segments.advise(segment_id, ranges)
-        for run in runs:
+        missed = [
+            run for run in runs
+            if not segments.readinto(run.segment_id, run.buffers, run.position, nowait=True)
+        ]
+        if not missed:
+            return
+        ahead: dict[int, set[tuple[int, int]]] = {}
+        for run in missed:
+            whole = run.frame[1] <= FRAME_READAHEAD_MAX_BYTES
+            ahead.setdefault(run.segment_id, set()).add(
+                run.frame if whole else (run.position, run.end - run.position)
+            )
+        for segment_id, ranges in ahead.items():
+            segments.advise(segment_id, sorted(ranges))
+        for run in missed:
             segments.readinto(run.segment_id, run.buffers, run.position)
 
     def record(self, frames: FrameTable, index: VolumeIndex, entry: int) -> memoryview:

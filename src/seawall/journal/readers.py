@@ -8,13 +8,15 @@ Rules and invariants:
   when its last descriptor closes): closed at once if idle, else when its last reader ends.
 - Safe from any thread; the lock is held only to find or open a descriptor, never while
   reading, so slow reads do not serialise.
-- ``readinto`` fills caller's buffers in one ``preadv`` (scatter: no copy in user space);
-  ``advise`` asks the kernel to start reading ranges ahead (``POSIX_FADV_WILLNEED``: the
-  reads are queued at the disk together, not one after another).
+- ``readinto`` fills caller's buffers in one ``preadv`` (scatter: no copy in user space),
+  or with ``nowait`` only if the page cache holds them all (``RWF_NOWAIT``); ``advise``
+  asks the kernel to start reading ranges ahead (``POSIX_FADV_WILLNEED``: the reads are
+  queued at the disk together, not one after another).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -50,12 +52,25 @@ class ReadPool:
             self._release(key, handle)
 
     def readinto(
-        self, key: Hashable, path: Path, buffers: Sequence[memoryview], position: int
-    ) -> None:
+        self, key: Hashable, path: Path, buffers: Sequence[memoryview], position: int, *,
+        nowait: bool = False,
+    ) -> bool:
         """Fill ``buffers`` (at most ``IOV_MAX``) from ``position`` on, back to back
-        (CorruptData if ``path`` ends first)."""
+        (CorruptData if ``path`` ends first). ``nowait``: only from the page cache, in one
+        go; False if that was not possible (the buffers then hold anything)."""
         handle = self._acquire(key, path)
         try:
+            if nowait:
+                try:
+                    return os.preadv(handle[0], buffers, position, os.RWF_NOWAIT) == _total(
+                        buffers
+                    )
+                except BlockingIOError:
+                    return False
+                except OSError as exc:
+                    if exc.errno != errno.EOPNOTSUPP:  # a filesystem without RWF_NOWAIT
+                        raise
+                    return False
             todo = list(buffers)
             while todo:
                 got = os.preadv(handle[0], todo, position)
@@ -66,6 +81,7 @@ class ReadPool:
                     got -= len(todo.pop(0))
                 if got:
                     todo[0] = todo[0][got:]
+            return True
         finally:
             self._release(key, handle)
 

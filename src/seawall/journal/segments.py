@@ -397,10 +397,13 @@ class SegmentStore:
         with self._opening(segment_id) as path:
             return self._readers.pread(segment_id, path, length, position)
 
-    def readinto(self, segment_id: int, buffers: Sequence[memoryview], position: int) -> None:
-        """Fill ``buffers`` back to back from ``position`` of a segment."""
+    def readinto(
+        self, segment_id: int, buffers: Sequence[memoryview], position: int, *,
+        nowait: bool = False,
+    ) -> bool:
+        """Fill ``buffers`` back to back from ``position`` of a segment (``ReadPool``)."""
         with self._opening(segment_id) as path:
-            self._readers.readinto(segment_id, path, buffers, position)
+            return self._readers.readinto(segment_id, path, buffers, position, nowait=nowait)
 
     def advise(self, segment_id: int, ranges: Iterable[tuple[int, int]]) -> None:
         """Have the kernel start reading (position, length) ranges of a segment."""
