@@ -64,7 +64,7 @@ from seawall.nbd.server import NbdServerConnection
 log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
-READER_THREADS = 8
+READER_THREADS = 1
 """Threads running ``concurrent_reads`` backends' reads: disk reads in flight at once."""
 READS_IN_FLIGHT_MAX = 32
 """Concurrent reads one connection may have queued (bounds their replies' memory)."""

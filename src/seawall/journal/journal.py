@@ -410,6 +410,10 @@ class Journal:
     def read_replica_into(self, volume: int, offset: int, buffer: memoryview) -> None:
         self._payloads.read_replica_into(volume, offset, buffer)
 
+    def advise_replica(self, volume: int, offset: int, length: int) -> None:
+        """Have the kernel start reading ``length`` bytes of the replica at ``offset``."""
+        self._payloads.advise_replica(volume, offset, length)
+
     def read_records(
         self, index: VolumeIndex, pieces: Sequence[Piece[int]], out: memoryview, out_offset: int
     ) -> list[Piece[int]]:

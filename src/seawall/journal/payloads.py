@@ -86,6 +86,10 @@ class Payloads:
     def read_replica_into(self, volume: int, offset: int, buffer: memoryview) -> None:
         self._replica_reads.readinto(volume, self._replica_paths[volume], [buffer], offset)
 
+    def advise_replica(self, volume: int, offset: int, length: int) -> None:
+        if length > 0:
+            self._replica_reads.advise(volume, self._replica_paths[volume], [(offset, length)])
+
     def read_records(
         self,
         frames: FrameTable,

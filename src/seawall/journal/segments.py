@@ -7,10 +7,9 @@ docstring; the layout is ``segment_format``'s, the repair on open ``segment_scan
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from seawall.atomic import fsync_directory
@@ -394,31 +393,35 @@ class SegmentStore:
 
     def read(self, segment_id: int, position: int, length: int) -> bytes:
         """``length`` bytes at ``position`` of a segment."""
-        with self._opening(segment_id) as path:
-            return self._readers.pread(segment_id, path, length, position)
+        try:
+            return self._readers.pread(segment_id, self._path(segment_id), length, position)
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
 
     def readinto(
         self, segment_id: int, buffers: Sequence[memoryview], position: int, *,
         nowait: bool = False,
     ) -> bool:
         """Fill ``buffers`` back to back from ``position`` of a segment (``ReadPool``)."""
-        with self._opening(segment_id) as path:
-            return self._readers.readinto(segment_id, path, buffers, position, nowait=nowait)
+        try:
+            return self._readers.readinto(
+                segment_id, self._path(segment_id), buffers, position, nowait=nowait
+            )
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
 
     def advise(self, segment_id: int, ranges: Iterable[tuple[int, int]]) -> None:
         """Have the kernel start reading (position, length) ranges of a segment."""
-        with self._opening(segment_id) as path:
-            self._readers.advise(segment_id, path, ranges)
+        try:
+            self._readers.advise(segment_id, self._path(segment_id), ranges)
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
 
-    @contextlib.contextmanager
-    def _opening(self, segment_id: int) -> Iterator[Path]:
+    def _path(self, segment_id: int) -> Path:
         segment = self._segments.get(segment_id)
         if segment is None:
-            raise CorruptData(f"journal segment {segment_id} does not exist")
-        try:
-            yield segment.path
-        except FileNotFoundError:
-            raise CorruptData(f"journal segment {segment_id} does not exist") from None
+            raise _gone(segment_id)
+        return segment.path
 
     def close(self) -> None:
         with self._sync_lock, self._lock:
@@ -429,3 +432,7 @@ class SegmentStore:
             self._readers.close()
             self._active = None
             self._failed = "closed"
+
+
+def _gone(segment_id: int) -> CorruptData:
+    return CorruptData(f"journal segment {segment_id} does not exist")

@@ -40,6 +40,10 @@ from seawall.wire.records import RecordKind
 REPLICA_GAP_BYTES = 128 * 1024
 """Replica ranges of one read closer than this are read as one (the journal's records in
 between are read over them): one sequential read instead of many small ones."""
+REPLICA_READAHEAD_BYTES = 2 * 1024 * 1024
+"""A read that reads the replica has the kernel start reading this much after it: a
+sequential reader's next requests find it in memory (several readers at different
+offsets, as nbdcopy's connections are, defeat the kernel's own readahead of one file)."""
 
 if TYPE_CHECKING:
     from seawall.journal.journal import Journal
@@ -122,6 +126,9 @@ class PointInTimeView:
                 mergeable = False
             else:
                 records.append(piece)
+        if replica:
+            ahead = min(self.size_bytes, offset + length + REPLICA_READAHEAD_BYTES)
+            journal.advise_replica(self.volume, offset + length, ahead - offset - length)
         for start, end in replica:
             journal.read_replica_into(self.volume, start, view[start - offset : end - offset])
         while records:
