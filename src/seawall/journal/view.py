@@ -9,7 +9,8 @@ Rules and invariants:
   ``seq <= checkpoint_seq`` laid over it in seq order (later records win).
 - Opening a view costs O(1): it notes how many index entries lie at or below its
   checkpoint. The ``ExtentMap`` of entry numbers of a region (``index.REGION_BYTES``) is
-  built when the region is first read, from that region's entry list alone, so the
+  built when the region is first read, from that region's entry list alone (in one
+  sweep, ``ExtentMap.newest_cover``: the latest entry wins each byte), so the
   recovery time of an image does not grow with the journal or the volume. No data is
   copied: it is fetched at ``read`` time from the replica, as zeros, or from the journal.
   Two threads reading a region not yet built may both build it: the maps are equal,
@@ -68,15 +69,14 @@ class PointInTimeView:
         """Which entry last wrote each byte of ``region`` (built at its first read)."""
         extents = self._regions.get(region)
         if extents is None:
-            extents = ExtentMap()
             index = self._index
             offsets, lengths = index.offsets, index.lengths
             low, high = region << REGION_SHIFT, (region + 1) << REGION_SHIFT
-            for entry in index.region_entries(region, self._count):
-                offset, end = offsets[entry], offsets[entry] + lengths[entry]
-                start = max(offset, low)
-                extents.assign(start, min(end, high) - start, entry, start - offset)
-            self._regions[region] = extents
+            extents = self._regions[region] = ExtentMap.newest_cover(
+                (max(offsets[entry], low), min(offsets[entry] + lengths[entry], high), entry,
+                 offsets[entry])
+                for entry in index.region_entries(region, self._count)
+            )
         return extents
 
     def _pieces(self, offset: int, length: int) -> list[Piece[int]]:
