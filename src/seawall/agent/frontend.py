@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
 READER_THREADS = 1
-"""Threads running ``concurrent_reads`` backends' reads: disk reads in flight at once."""
+"""Threads running ``concurrent_reads`` backends' reads. One: more only contend for the
+GIL (measured, docs/performance.md); the views keep the disk busy by reading ahead."""
 READS_IN_FLIGHT_MAX = 32
 """Concurrent reads one connection may have queued (bounds their replies' memory)."""
 
