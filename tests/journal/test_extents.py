@@ -128,3 +128,31 @@ def test_rejects_negative_ranges() -> None:
         emap.assign(-1, 5, 1)
     with pytest.raises(ValueError):
         emap.lookup(0, -1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 120)),
+        max_size=60,
+    ),
+    st.integers(0, 200),
+    st.integers(0, 400),
+)
+def test_newest_cover_is_what_assign_in_order_builds(
+    writes: list[tuple[int, int]], low: int, span: int
+) -> None:
+    """Records clipped to a region [low, low + span), ``origin`` = each record's own start
+    (it may lie before the region): the sweep equals one ``assign`` per record in order."""
+    high = low + span
+    ranges = []
+    assigned: ExtentMap[int] = ExtentMap()
+    for source, (offset, length) in enumerate(writes):
+        start, end = max(offset, low), min(offset + length, high)
+        ranges.append((start, end, source, offset))
+        if end > start:
+            assigned.assign(start, end - start, source, start - offset)
+    swept = ExtentMap.newest_cover(ranges)
+    assert list(swept.extents()) == list(assigned.extents())
+    assert len(swept) == len(assigned)
+    assert swept.lookup(low, span) == assigned.lookup(low, span)

@@ -6,19 +6,30 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from seawall.agent.frontend import server as frontend_module
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.frontend.server import NbdFrontend
 from seawall.errors import InvalidInput
 from seawall.nbd import NbdClient, NbdError, parse_nbd_uri
 from seawall.nbd import constants as c
 from seawall.nbd.client import NbdAddress, NbdClientConnection, Negotiated
-from seawall.nbd.events import NEED_DATA, ExportInfo, FlushRequest, SimpleReply, WriteRequest
+from seawall.nbd.events import (
+    NEED_DATA,
+    ExportInfo,
+    FlushRequest,
+    ReadReply,
+    ReadRequest,
+    SimpleReply,
+    WriteRequest,
+)
 from support.loop_thread import LoopThread
 
 T = TypeVar("T")
@@ -60,6 +71,23 @@ class MemoryBackend:
         self._maybe_fail()
 
 
+class BlockingImage(MemoryBackend):
+    """A read-only image whose reads wait for ``release`` (a cold disk), off the loop."""
+
+    concurrent_reads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, 65536, read_only=True)
+        self.data[:] = bytes(range(256)) * 256
+        self.release = threading.Event()
+        self.started = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.started += 1
+        assert self.release.wait(10), "never released"
+        return super().read(offset, length)
+
+
 class Catalog:
     def __init__(self, *backends: MemoryBackend) -> None:
         self.backends = {b.info.name: b for b in backends}
@@ -76,7 +104,8 @@ class Served:
         self.loop = LoopThread()
         self.disk = MemoryBackend("disk")
         self.ro = MemoryBackend("ro", 65536, read_only=True)
-        self.catalog = Catalog(self.disk, self.ro)
+        self.image = BlockingImage("image")
+        self.catalog = Catalog(self.disk, self.ro, self.image)
         self.socket_path = str(tmp_path / "nbd.sock")
 
         async def make() -> NbdFrontend:
@@ -90,6 +119,7 @@ class Served:
         return f"nbd+unix:///{name}?socket={self.socket_path}"
 
     def close(self) -> None:
+        self.image.release.set()
         self.loop.run(self.frontend.close())
         self.loop.stop()
 
@@ -145,7 +175,7 @@ def test_round_trip(served: Served) -> None:
 
 
 def test_list_and_unknown_export(served: Served) -> None:
-    assert NbdClient(served.socket_path).list_exports() == ["disk", "ro"]
+    assert NbdClient(served.socket_path).list_exports() == ["disk", "ro", "image"]
     with pytest.raises(NbdError, match="nope"):
         NbdClient(served.socket_path, "nope").connect()
 
@@ -233,6 +263,46 @@ def test_many_connections_share_the_export(served: Served) -> None:
         assert clients[-1 - i].read(i * 4096, 4096) == bytes([i + 1]) * 4096
     for client in clients:
         client.close()
+
+
+def test_slow_image_reads_do_not_hold_up_other_exports(served: Served) -> None:
+    """A ``concurrent_reads`` backend reads in a worker thread: while its read waits (on
+    a cold disk, say), the loop goes on serving every other connection."""
+    sock, conn = raw_connect(served.socket_path, "image")
+    sock.sendall(conn.send(ReadRequest(1, 4096, 16)))
+    deadline = time.monotonic() + 5
+    while not served.image.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.image.started == 1
+    with NbdClient(served.uri(), timeout_s=5) as other:
+        other.write(0, b"meanwhile")
+        assert other.read(0, 9) == b"meanwhile"
+    served.image.release.set()
+    assert recv_events(sock, conn, 1) == [ReadReply(1, bytes(range(16)))]
+    sock.close()
+
+
+def test_concurrent_reads_are_bounded_per_connection(served: Served) -> None:
+    """Past ``READS_IN_FLIGHT_MAX`` reads waiting, a connection takes no more requests
+    until one is answered; then the rest are served, every reply to its own cookie."""
+    count = frontend_module.READS_IN_FLIGHT_MAX + 20
+    sock, conn = raw_connect(served.socket_path, "image")
+    sock.sendall(b"".join(conn.send(ReadRequest(n, n * 8, 8)) for n in range(1, count + 1)))
+    deadline = time.monotonic() + 5
+    while served.image.started == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    async def in_flight() -> list[int]:
+        return [c._reads_in_flight for c in served.frontend.connections]
+
+    time.sleep(0.2)
+    assert served.loop.run(in_flight()) == [frontend_module.READS_IN_FLIGHT_MAX]
+    served.image.release.set()
+    replies = recv_events(sock, conn, count)
+    assert sorted((r.cookie, r.data) for r in replies if isinstance(r, ReadReply)) == [
+        (n, served.image.data[n * 8 : n * 8 + 8]) for n in range(1, count + 1)
+    ]
+    sock.close()
 
 
 def test_tcp(served: Served) -> None:

@@ -45,6 +45,7 @@ class FrameTable:
 
     __slots__ = (
         "blob_offsets",
+        "codecs",
         "first",
         "last_seqs",
         "lengths",
@@ -64,6 +65,7 @@ class FrameTable:
         self.lengths = array("Q")
         self.blob_offsets = array("Q")  # within the frame body
         self.raw_blob_lengths = array("Q")
+        self.codecs = array("B")  # wire.frames.Codec of the payload blob
         self.last_seqs = array("Q")
         self.min_times = array("Q")
         self.max_times = array("Q")
@@ -88,6 +90,7 @@ class FrameTable:
         self.lengths.append(location.length)
         self.blob_offsets.append(blob_offset)
         self.raw_blob_lengths.append(raw_blob_length)
+        self.codecs.append(location.codec)
         self.min_times.append(times[0])
         self.max_times.append(times[1])
         self.record_counts.append(times[2])

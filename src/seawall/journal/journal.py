@@ -43,6 +43,7 @@ import contextlib
 import errno
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from seawall.errors import (
     SeawallError,
 )
 from seawall.journal.catalog import Catalog, CheckpointEntry
+from seawall.journal.extents import Piece
 from seawall.journal.index import VolumeIndex
 from seawall.journal.payloads import Payloads
 from seawall.journal.retention import Retention
@@ -117,7 +119,7 @@ class Journal:
         self._durable_seq = state.base_seq
         self._full_error: str | None = None
         self._free_at_full_bytes = 0
-        self._payloads = Payloads(directory, self._read_segment, replica_paths)
+        self._payloads = Payloads(directory, lambda: self.store, replica_paths)
         self._store: SegmentStore | None = None
 
     # --- open / close -----------------------------------------------------------------
@@ -242,7 +244,7 @@ class Journal:
                     f"frame starts at seq {first_seq}, the journal expects {self.written_seq + 1}"
                 )
             try:
-                location = self.store.append(frame, directory)
+                location = self.store.append(frame, directory, header.codec)
             except OSError as exc:
                 raise self._storage_error(exc, f"storing the frame at seq {first_seq}") from exc
             self.catalog.add_frame(location, directory)
@@ -405,6 +407,21 @@ class Journal:
     def read_replica(self, volume: int, offset: int, length: int) -> bytes:
         return self._payloads.read_replica(volume, offset, length)
 
+    def read_replica_into(self, volume: int, offset: int, buffer: memoryview) -> None:
+        self._payloads.read_replica_into(volume, offset, buffer)
+
+    def advise_replica(self, volume: int, offset: int, length: int) -> None:
+        """Have the kernel start reading ``length`` bytes of the replica at ``offset``."""
+        self._payloads.advise_replica(volume, offset, length)
+
+    def read_records(
+        self, index: VolumeIndex, pieces: Sequence[Piece[int]], out: memoryview, out_offset: int
+    ) -> list[Piece[int]]:
+        """Fill ``out`` (volume bytes from ``out_offset`` on) with WRITE-entry ``pieces`` of
+        a volume index, each record checked against its hash; the applied ones come back
+        unread (see ``Payloads.read_records``)."""
+        return self._payloads.read_records(self.catalog.frames, index, pieces, out, out_offset)
+
     def record_payload(self, index: VolumeIndex, entry: int) -> memoryview:
         """The payload of a WRITE entry of a volume index, checked against its hash once.
 
@@ -412,5 +429,3 @@ class Journal:
         """
         return self._payloads.record(self.catalog.frames, index, entry)
 
-    def _read_segment(self, segment_id: int, position: int, length: int) -> bytes:
-        return self.store.read(segment_id, position, length)

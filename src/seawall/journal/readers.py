@@ -8,19 +8,26 @@ Rules and invariants:
   when its last descriptor closes): closed at once if idle, else when its last reader ends.
 - Safe from any thread; the lock is held only to find or open a descriptor, never while
   reading, so slow reads do not serialise.
+- ``readinto`` fills caller's buffers in one ``preadv`` (scatter: no copy in user space),
+  or with ``nowait`` only if the page cache holds them all (``RWF_NOWAIT``); ``advise``
+  asks the kernel to start reading ranges ahead (``POSIX_FADV_WILLNEED``: the reads are
+  queued at the disk together, not one after another).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 
 from seawall.errors import CorruptData
 
 DEFAULT_READ_POOL_CAPACITY = 64
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+"""Most buffers one ``preadv`` may fill (1024 on Linux)."""
 
 
 class ReadPool:
@@ -42,10 +49,56 @@ class ReadPool:
                 data += more
             return data
         finally:
-            with self._lock:
-                handle[1] -= 1
-                if handle[1] == 0 and self._handles.get(key) is not handle:
-                    os.close(fd)  # discarded while in use
+            self._release(key, handle)
+
+    def readinto(
+        self, key: Hashable, path: Path, buffers: Sequence[memoryview], position: int, *,
+        nowait: bool = False,
+    ) -> bool:
+        """Fill ``buffers`` (at most ``IOV_MAX``) from ``position`` on, back to back
+        (CorruptData if ``path`` ends first). ``nowait``: only from the page cache, in one
+        go; False if that was not possible (the buffers then hold anything)."""
+        handle = self._acquire(key, path)
+        try:
+            if nowait:
+                try:
+                    return os.preadv(handle[0], buffers, position, os.RWF_NOWAIT) == _total(
+                        buffers
+                    )
+                except BlockingIOError:
+                    return False
+                except OSError as exc:
+                    if exc.errno != errno.EOPNOTSUPP:  # a filesystem without RWF_NOWAIT
+                        raise
+                    return False
+            todo = list(buffers)
+            while todo:
+                got = os.preadv(handle[0], todo, position)
+                if got == 0:
+                    raise CorruptData(f"{path} ends before byte {position + _total(todo)}")
+                position += got
+                while todo and got >= len(todo[0]):
+                    got -= len(todo.pop(0))
+                if got:
+                    todo[0] = todo[0][got:]
+            return True
+        finally:
+            self._release(key, handle)
+
+    def advise(self, key: Hashable, path: Path, ranges: Iterable[tuple[int, int]]) -> None:
+        """Start reading each (position, length) of ``path`` into the page cache, async."""
+        handle = self._acquire(key, path)
+        try:
+            for position, length in ranges:
+                os.posix_fadvise(handle[0], position, length, os.POSIX_FADV_WILLNEED)
+        finally:
+            self._release(key, handle)
+
+    def _release(self, key: Hashable, handle: list[int]) -> None:
+        with self._lock:
+            handle[1] -= 1
+            if handle[1] == 0 and self._handles.get(key) is not handle:
+                os.close(handle[0])  # discarded while in use
 
     def discard(self, key: Hashable) -> None:
         """Close (now, or after its last reader) the descriptor of ``key``."""
@@ -76,3 +129,7 @@ class ReadPool:
             for fd, _users in self._handles.values():
                 os.close(fd)
             self._handles.clear()
+
+
+def _total(buffers: Sequence[memoryview]) -> int:
+    return sum(len(buffer) for buffer in buffers)

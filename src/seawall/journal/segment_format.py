@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from seawall.wire.frames import RecordsDirectory
+from seawall.wire.frames import Codec, RecordsDirectory
 
 SEGMENT_MAGIC = b"SWJSEG\r\n"
 SEGMENT_VERSION = 1
@@ -68,11 +68,13 @@ def segment_header_valid(head: bytes, journal_id: bytes, segment_id: int) -> boo
 
 @dataclass(frozen=True, slots=True)
 class FrameLocation:
-    """Where one stored frame lives: segment (= its first seq), byte position, frame length."""
+    """Where one stored frame lives: segment (= its first seq), byte position, frame length,
+    and the codec of its payload blob (a raw blob's payloads can be read one by one)."""
 
     segment_id: int
     position: int
     length: int
+    codec: Codec
 
 
 FrameVisitor = Callable[[FrameLocation, RecordsDirectory], None]

@@ -159,6 +159,9 @@ def _scan(
             if last > base_seq:
                 if first.seq <= base_seq:
                     return position, expected_seq, False  # straddles the base: damage
-                on_frame(FrameLocation(segment_id, position, header.frame_length), directory)
+                on_frame(
+                    FrameLocation(segment_id, position, header.frame_length, header.codec),
+                    directory,
+                )
             position += header.frame_length
             expected_seq = last + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from seawall.atomic import fsync_directory
@@ -24,7 +24,7 @@ from seawall.journal.segment_format import (
     segment_file_name,
 )
 from seawall.journal.segment_scan import recover_segments
-from seawall.wire.frames import RecordsDirectory
+from seawall.wire.frames import Codec, RecordsDirectory
 
 DEFAULT_SEGMENT_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -183,8 +183,9 @@ class SegmentStore:
         with self._lock:
             return [(s.last_seq, s.size_bytes) for _id, s in sorted(self._segments.items())]
 
-    def append(self, frame: bytes, directory: RecordsDirectory) -> FrameLocation:
-        """Write a checked RECORDS frame at the end of the journal (not yet durable)."""
+    def append(self, frame: bytes, directory: RecordsDirectory, codec: Codec) -> FrameLocation:
+        """Write a checked RECORDS frame (payloads stored with ``codec``) at the end of the
+        journal (not yet durable)."""
         first_seq = directory.headers[0].seq
         with self._lock:
             self._check_usable()
@@ -220,7 +221,7 @@ class SegmentStore:
             self._dirty.add(segment)
             self._last_seq = segment.last_seq = directory.headers[-1].seq
         self._fault("after_append_before_sync")
-        return FrameLocation(segment.segment_id, position, len(frame))
+        return FrameLocation(segment.segment_id, position, len(frame), codec)
 
     @staticmethod
     def _write_all(fd: int, data: memoryview, position: int) -> None:
@@ -386,12 +387,41 @@ class SegmentStore:
 
     # --- reading ----------------------------------------------------------------------
 
+    # Reads, from any thread. A segment dropped by an apply meanwhile (gone from the map,
+    # or its file deleted before we opened it) is CorruptData: the reader then checks
+    # whether its records are at or below the base now (see PointInTimeView.read).
+
     def read(self, segment_id: int, position: int, length: int) -> bytes:
-        """``length`` bytes at ``position`` of a segment (any thread)."""
+        """``length`` bytes at ``position`` of a segment."""
+        try:
+            return self._readers.pread(segment_id, self._path(segment_id), length, position)
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
+
+    def readinto(
+        self, segment_id: int, buffers: Sequence[memoryview], position: int, *,
+        nowait: bool = False,
+    ) -> bool:
+        """Fill ``buffers`` back to back from ``position`` of a segment (``ReadPool``)."""
+        try:
+            return self._readers.readinto(
+                segment_id, self._path(segment_id), buffers, position, nowait=nowait
+            )
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
+
+    def advise(self, segment_id: int, ranges: Iterable[tuple[int, int]]) -> None:
+        """Have the kernel start reading (position, length) ranges of a segment."""
+        try:
+            self._readers.advise(segment_id, self._path(segment_id), ranges)
+        except FileNotFoundError:
+            raise _gone(segment_id) from None
+
+    def _path(self, segment_id: int) -> Path:
         segment = self._segments.get(segment_id)
         if segment is None:
-            raise CorruptData(f"journal segment {segment_id} does not exist")
-        return self._readers.pread(segment_id, segment.path, length, position)
+            raise _gone(segment_id)
+        return segment.path
 
     def close(self) -> None:
         with self._sync_lock, self._lock:
@@ -402,3 +432,7 @@ class SegmentStore:
             self._readers.close()
             self._active = None
             self._failed = "closed"
+
+
+def _gone(segment_id: int) -> CorruptData:
+    return CorruptData(f"journal segment {segment_id} does not exist")

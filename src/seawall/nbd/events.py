@@ -162,7 +162,7 @@ class ReadReply:
     """A successful read: ``data`` is exactly the requested length."""
 
     cookie: int
-    data: bytes | memoryview
+    data: bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 Rules and invariants:
 - A backend's ``read``/``write``/``write_zeroes``/``trim`` run synchronously in the event
-  loop; ``flush`` is awaited and the data is durable when it returns.
+  loop, except ``read`` of a backend with ``concurrent_reads = True`` (a read-only image
+  whose reads may block on the disk), which runs in the front end's reader thread;
+  ``flush`` is awaited and the data is durable when it returns.
 - Every export kind implements this: file volumes, point-in-time views, scratch and
   live images.
 """
@@ -17,7 +19,7 @@ from seawall.nbd.events import ExportInfo
 class ExportBackend(Protocol):
     info: ExportInfo
 
-    def read(self, offset: int, length: int) -> bytes: ...  # synchronous, in the event loop
+    def read(self, offset: int, length: int) -> bytes | bytearray: ...  # see the rules
 
     def write(self, offset: int, data: bytes | memoryview) -> None: ...  # into the page cache
 

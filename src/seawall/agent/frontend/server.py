@@ -4,8 +4,12 @@ Rules and invariants:
 - No protocol logic here: the core validates every request and answers the ones it
   rejects; this shell only calls the backend for the request events and sends replies.
 - Reads, writes, write-zeroes and trims run synchronously in the event loop and are
-  answered at once. FLUSH and FUA requests are answered when ``backend.flush()`` has
-  completed, so replies can go out of order (clients match them by cookie).
+  answered at once, except the reads of a backend with ``concurrent_reads`` set (a
+  read-only image whose reads may block on the disk, e.g. a point-in-time view): those
+  run in the front end's reader threads, up to ``READS_IN_FLIGHT_MAX`` per connection
+  (beyond, the connection stops taking requests until one is answered). FLUSH and FUA
+  requests are answered when ``backend.flush()`` has completed. So replies can go out of
+  order (clients match them by cookie).
 - A FUA/FLUSH is covered by a backend flush that *starts* after the request arrived;
   concurrent flushes of one backend are coalesced on that rule (``_FlushCoalescer``).
 - All replies produced by one ``data_received`` go out in one ``transport.write``.
@@ -40,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -70,6 +75,11 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 30.0
 # Per listener; legitimate clients handshake one connection at a time each.
 MAX_HANDSHAKING_CONNECTIONS = 64
+READER_THREADS = 1
+"""Threads running ``concurrent_reads`` backends' reads. One: more only contend for the
+GIL (measured, docs/performance.md); the views keep the disk busy by reading ahead."""
+READS_IN_FLIGHT_MAX = 32
+"""Concurrent reads one connection may have queued (bounds their replies' memory)."""
 
 
 class _CatalogExports:
@@ -158,6 +168,8 @@ class _NbdProtocol(asyncio.Protocol):
         self._held_replies = 0
         self._holding_at: set[ReplyGate] = set()
         self._close_when_idle = False
+        self._reads_in_flight = 0
+        self._writing_paused = False
         # Between STARTTLS and the end of ``start_tls``: the decrypted data that arrived.
         self._tls_early: list[bytes] | None = None
         self._peer: object = None
@@ -200,10 +212,12 @@ class _NbdProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests.
+        self._writing_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self._transport is not None and not self._close_when_idle:
             self._transport.resume_reading()
 
@@ -213,11 +227,19 @@ class _NbdProtocol(asyncio.Protocol):
             # maybe before it returns the transport the answers must go through.
             self._tls_early.append(data)
             return
+        self._conn.receive_data(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Act on every request received (until the in-flight reads are at their limit)."""
         conn = self._conn
-        conn.receive_data(data)
         out: list[bytes] = []
         backend = self._backend
         while True:
+            if self._reads_in_flight >= READS_IN_FLIGHT_MAX:
+                if self._transport is not None:
+                    self._transport.pause_reading()  # until _read_then_reply resumes
+                break
             event = conn.next_event()
             if event is NEED_DATA:
                 break
@@ -236,6 +258,9 @@ class _NbdProtocol(asyncio.Protocol):
                     self._answer(out, backend, conn.send(SimpleReply(event.cookie)))
             elif type(event) is ReadRequest:
                 assert backend is not None
+                if getattr(backend, "concurrent_reads", False):
+                    self._read_in_thread(event, backend)
+                    continue
                 try:
                     payload = backend.read(event.offset, event.length)
                     if len(payload) != event.length:
@@ -401,6 +426,29 @@ class _NbdProtocol(asyncio.Protocol):
         else:
             self._hold(owed[0], reply)
 
+    def _read_in_thread(self, event: ReadRequest, backend: ExportBackend) -> None:
+        self._reads_in_flight += 1
+        task = asyncio.ensure_future(self._read_then_reply(event, backend))
+        self._tasks[task] = None
+        task.add_done_callback(self._task_done)
+
+    async def _read_then_reply(self, event: ReadRequest, backend: ExportBackend) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            payload = await loop.run_in_executor(
+                self._frontend.readers, backend.read, event.offset, event.length)
+            if len(payload) != event.length:
+                raise OSError(EIO, f"backend read {len(payload)} of {event.length} bytes")
+            reply = self._conn.send(ReadReply(event.cookie, payload))
+        except Exception as exc:
+            reply = self._conn.send(SimpleReply(event.cookie, _nbd_error(exc, event)))
+        self._write(reply)
+        self._reads_in_flight -= 1
+        if self._reads_in_flight == READS_IN_FLIGHT_MAX - 1 and self._transport is not None:
+            if not self._close_when_idle and not self._writing_paused:
+                self._transport.resume_reading()
+            self._process()  # the requests that waited in the core's buffer
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         if self._close_when_idle:
@@ -445,6 +493,7 @@ class NbdFrontend:
         self.connections: set[_NbdProtocol] = set()
         self._servers: list[asyncio.Server] = []
         self._flushers: dict[str, _FlushCoalescer] = {}
+        self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="nbd-read")
 
     async def start_unix(self, path: str | Path, group: str | None = None) -> None:
         """Listen on ``path``: 0600, or 0660 for ``group`` (``seawall.local_access``)."""
@@ -492,3 +541,4 @@ class NbdFrontend:
             await server.wait_closed()
         self._servers.clear()
         self._flushers.clear()
+        self.readers.shutdown(wait=False, cancel_futures=True)

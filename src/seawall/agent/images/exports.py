@@ -23,12 +23,14 @@ from seawall.nbd.events import ExportInfo
 
 
 class PointInTimeBackend:
+    concurrent_reads = True  # read-only, thread-safe, may wait on the disk: off the loop
+
     def __init__(self, name: str, view: PointInTimeView) -> None:
         self.view = view
         self.info = ExportInfo(name=name, size_bytes=view.size_bytes, read_only=True,
                                description="seawall point-in-time image")
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         return self.view.read(offset, length)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

@@ -53,8 +53,8 @@ class ScratchImage:
                 self.close()
             raise
 
-    def read(self, offset: int, length: int) -> bytes:
-        parts: list[bytes] = []
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        parts: list[bytes | bytearray] = []
         for piece in self.overlay.pieces(offset, length):
             if piece.source is None:
                 parts.append(self.view.read(piece.offset, piece.length))
