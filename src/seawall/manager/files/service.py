@@ -38,7 +38,6 @@ from seawall.manager.files.filesystem import Entry, FileSystem, normalize_path
 from seawall.manager.files.partitions import Partition, PartitionTable, parse_partition_table
 from seawall.manager.files.tarstream import TAR_TYPES, TarItem, tar_stream
 from seawall.manager.groups.service import GroupService
-from seawall.manager.recovery.machine import choose_checkpoint
 from seawall.manager.recovery.operations import recovery_group
 from seawall.nbd.blocking import NbdClient
 
@@ -135,11 +134,11 @@ class FileService:
 
     def _open(self, group_name: str, volume: str, checkpoint: str,
               partition: int | None) -> _Session:
-        group = recovery_group(self.groups, group_name, "seawall files")
-        chosen = choose_checkpoint(
-            self.agent.get(f"/groups/{group.group_id}/checkpoints"), checkpoint, group_name)
-        export = self.agent.post("/exports", {"group_id": group.group_id, "volume": volume,
-                                              "checkpoint": str(chosen["id"])})
+        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        chosen = self.groups.checkpoint_of(group, checkpoint)
+        journal, at = self.groups.stream_at(group, volume, chosen)
+        export = self.agent.post("/exports", {"group_id": journal, "volume": volume,
+                                              "checkpoint": at})
         steps = contextlib.ExitStack()
         steps.callback(self._stop_export, export["name"])
         try:
