@@ -15,9 +15,10 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,7 @@ MIB = 1 << 20
 class RawServer:
     """A Unix-socket server running ``answer(connection)`` for each connection, in threads."""
 
-    def __init__(self, path: Path, answer: object) -> None:
+    def __init__(self, path: Path, answer: Callable[[socket.socket], None]) -> None:
         self.path = str(path)
         self.answer = answer
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -83,8 +84,6 @@ def trickling(connection: socket.socket) -> None:
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     # A Unix socket path must stay under 108 bytes: pytest's tmp_path may not.
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="sw-") as directory:
         yield Path(directory)
 
