@@ -3,6 +3,14 @@
 Servers: ``install_error_handler(app)``; errors go out as ``{"code", "message", "fault"}``
 with the class's status. Clients: ``JsonClient`` raises the same class back, so a NotReady
 raised by an agent reaches the CLI as NotReady (and its exit code).
+
+Deadlines (``JsonClient``): ``timeout_s`` bounds each step of a call (connecting, sending,
+each read of the answer, waiting for a pooled connection), so a peer that stops answering
+fails the call with a ``PeerError`` naming it, the call and the deadline; a streamed body
+gets the same deadline per read, not in total (a long restore goes on while bytes flow).
+A client is never entered again by the thread already inside it (a finalizer run by the
+garbage collector in the middle of a call): that is refused (``ReentrantCall``) instead of
+deadlocking on the connection pool's lock, which has no deadline.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +91,10 @@ _FRAMEWORK_ERRORS: dict[int, type[SeawallError]] = {
     401: Unauthorized, 403: Forbidden, 404: NotFound}
 
 
+class ReentrantCall(SeawallError):
+    """A ``JsonClient`` called by the thread already inside one of its calls (a bug)."""
+
+
 class JsonClient:
     """A small synchronous JSON client for a manager or an agent (TCP or Unix socket)."""
 
@@ -93,6 +106,8 @@ class JsonClient:
         transport = httpx.HTTPTransport(uds=uds) if uds else None
         self.what = what
         self.base_url = base_url
+        self.timeout_s = timeout_s
+        self._inside = threading.local()  # ``busy``: this thread is inside a call
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self._client = httpx.Client(base_url=base_url, transport=transport, timeout=timeout_s,
                                     headers=headers, verify=tls if tls is not None else True)
@@ -108,25 +123,49 @@ class JsonClient:
 
     def _send(self, method: str, path: str, json: Any,
               params: dict[str, Any] | None) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
-            raise PeerError(f"cannot reach {self.what} at {self.base_url}: {exc}") from None
+        with self._one_call(method, path):
+            try:
+                response = self._client.request(method, path, json=json, params=params)
+            except httpx.HTTPError as exc:
+                raise self._failure(method, path, exc) from None
         self._raise_for_error(response)
         return response
 
     @contextlib.contextmanager
     def stream(self, path: str, params: dict[str, Any]) -> Iterator[httpx.Response]:
         """GET a streamed body (a tar archive): errors before the body come back as for
-        JSON; a body cut short raises ``PeerError`` while it is read."""
+        JSON; a body cut short, or silent for ``timeout_s``, raises ``PeerError`` while it
+        is read."""
         try:
-            with self._client.stream("GET", path, params=params) as response:
+            with contextlib.ExitStack() as open_stream:
+                with self._one_call("GET", path):
+                    response = open_stream.enter_context(
+                        self._client.stream("GET", path, params=params))
                 if response.status_code >= 400:
                     response.read()
                     self._raise_for_error(response)
                 yield response
+        except httpx.TimeoutException as exc:
+            raise self._failure("GET", path, exc) from None
         except httpx.HTTPError as exc:
             raise PeerError(f"transfer from {self.what} at {self.base_url} failed: {exc}") from None
+
+    @contextlib.contextmanager
+    def _one_call(self, method: str, path: str) -> Iterator[None]:
+        if getattr(self._inside, "busy", False):
+            raise ReentrantCall(f"{method} {path} to {self.what} refused: this thread is "
+                                "inside another call of the same client (a finalizer?)")
+        self._inside.busy = True
+        try:
+            yield
+        finally:
+            self._inside.busy = False
+
+    def _failure(self, method: str, path: str, exc: httpx.HTTPError) -> PeerError:
+        if isinstance(exc, httpx.TimeoutException):
+            return PeerError(f"{self.what} at {self.base_url} did not answer {method} {path} "
+                             f"within {self.timeout_s:g} s")
+        return PeerError(f"cannot reach {self.what} at {self.base_url}: {exc}")
 
     def _raise_for_error(self, response: httpx.Response) -> None:
         if response.status_code >= 400:

@@ -4,7 +4,8 @@ read back at each checkpoint at the recovery site.
 
 The file systems are made by the real tools (mke2fs -d, debugfs -w, sfdisk, mkfs.vfat,
 mcopy); only the blocks that differ from the volume's current content are written, as a
-guest changing a file would.
+guest changing a file would. Last, the recovery site's agent is stopped (SIGSTOP): a
+listing must fail within the manager's deadline for its agent, never hang.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import filecmp
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,9 +23,11 @@ from typing import Any
 import pytest
 
 from seawall.localsites import LocalSite
+from seawall.manager.clients import AGENT_DEADLINE_S
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
 from support.groups import GROUP, protect, tag
+from support.sites import agent_pid
 
 pytestmark = [
     pytest.mark.e2e,
@@ -96,6 +100,7 @@ def test_files_ls_and_get_at_checkpoints(sites: tuple[LocalSite, LocalSite],
     whole_disk_ext4(prod, dr, uri, model, empty, tmp_path / "ext4")
     gpt_partitions(prod, dr, uri, model, tmp_path / "gpt")
     assert dr.api.get("/api/v1/exports") == []  # every export released
+    silent_agent(dr)
 
 
 def whole_disk_ext4(prod: LocalSite, dr: LocalSite, uri: str, model: bytearray, empty: int,
@@ -234,3 +239,23 @@ def gpt_partitions(prod: LocalSite, dr: LocalSite, uri: str, model: bytearray,
     assert (tmp_path / "out" / "BOOT.CFG").read_bytes() == b"timeout=5\n" * 500
     assert "no partition 3" in failed(dr, 2, "ls", GROUP, "disk0", "/", "--partition", "3",
                                       "--checkpoint", checkpoint)
+
+
+def silent_agent(dr: LocalSite) -> None:
+    """The agent stopped: `files ls` fails within the manager's deadline for it, naming
+    it; once it goes on, the same listing works (nothing was left waiting)."""
+    pid = agent_pid(dr)
+    assert pid is not None
+    listing = ("ls", GROUP, "disk0", "/home", "--partition", "2", "--checkpoint",
+               "latest-tagged")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started_s = time.monotonic()
+        message = failed(dr, 7, *listing)
+        elapsed_s = time.monotonic() - started_s
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert "the site's agent at http://agent did not answer GET " in message
+    assert f"within {AGENT_DEADLINE_S:g} s" in message
+    assert AGENT_DEADLINE_S <= elapsed_s < AGENT_DEADLINE_S + 20
+    assert [e["name"] for e in ok_json(dr, *listing)["entries"]] == ["notes.txt"]

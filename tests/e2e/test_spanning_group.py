@@ -16,7 +16,7 @@ and the last) are exported volume by volume and checked against that rule, and b
 byte against the reference model replayed to the steps they show. The second test stops
 the member agent in between: its outage must not hold the other agent's writes, and the
 group goes on once it is back. The third kills (SIGKILL) the member agent, then the lead
-agent, in the middle of the chains.
+agent, in the middle of the chains. The last restores a file from the member's volume.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import random
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -407,3 +408,30 @@ def test_member_and_lead_agents_killed_mid_write_leave_every_checkpoint_consiste
     assert check_checkpoint(dr, next(c for c in offered if c["id"] == final)) == {
         0: steps[0] - 1, 1: steps[1] - 1}
 
+
+def test_files_restore_from_a_volume_on_a_member_agent(
+        three: tuple[LocalSite, Host, LocalSite], tmp_path: Path) -> None:
+    prod, host2, dr = three
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "hello.txt").write_text("hello from host2\n")
+    image = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(tree), str(image), "4M"],
+                   check=True, capture_output=True)
+    prod.pair_with(dr)
+    seawall(prod, "volume", "create", "a", "--size", "4M")
+    seawall(prod, "volume", "create", "b", "--size", "4M", "--agent", "host2")
+    b_uri = {v["name"]: v for v in run_json(prod, "volume", "list")}["b"]["nbd_tcp_uri"]
+    credentials = host2.client_certificates(host2.directory.parent / "nbd-client")
+    with NbdClient(f"{b_uri}?tls-certificates={credentials}") as client:
+        client.write(0, image.read_bytes())
+        client.flush()
+    seawall(prod, "group", "create", "app", "--volume", "a", "--volume", "b", "--to", "dr",
+            "--checkpoint-interval", "500ms")
+    prod.wait_protecting("app")
+    checkpoint = tag(prod, dr, "with-files")
+    listed = run_json(dr, "files", "ls", "app", "b", "/", "--checkpoint", str(checkpoint))
+    assert "hello.txt" in {entry["name"] for entry in listed["entries"]}
+    seawall(dr, "files", "get", "app", "b", "/hello.txt", "--checkpoint", str(checkpoint),
+            "--to", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "hello.txt").read_text() == "hello from host2\n"

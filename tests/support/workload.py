@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from seawall.errors import NotReady
+from seawall.errors import NotReady, PeerError
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from seawall.nbd.events import NbdError
@@ -95,7 +95,7 @@ class Writer:
 
     def _drop_client(self) -> None:
         if self._client is not None:
-            with contextlib.suppress(NbdError, OSError):
+            with contextlib.suppress(NbdError, PeerError, OSError):
                 self._client.close()
             self._client = None
 
@@ -104,7 +104,7 @@ class Writer:
             try:
                 with self.lock:
                     self._write_one()
-            except (NbdError, OSError):
+            except (NbdError, PeerError, OSError):  # PeerError: silent past the deadline
                 # The agent is gone (or restarting): the pending write is retried, whole.
                 self.failures += 1
                 self._drop_client()

@@ -14,13 +14,18 @@ from seawall.http import JsonClient
 from seawall.manager.models import Peer
 from seawall.tls import client_context
 
+AGENT_DEADLINE_S = 30.0
+"""How long a call to an agent may go unanswered (each step: ``seawall.http``'s deadlines)."""
+PEER_DEADLINE_S = 30.0
+"""The same for a call to a paired site's manager."""
 
-def agent_client(config: SiteConfig, timeout_s: float = 30.0) -> JsonClient:
+
+def agent_client(config: SiteConfig, timeout_s: float = AGENT_DEADLINE_S) -> JsonClient:
     return JsonClient("http://agent", uds=str(config.agent_socket), timeout_s=timeout_s,
                       what="the site's agent")
 
 
-def peer_client(config: SiteConfig, peer: Peer, timeout_s: float = 30.0) -> JsonClient:
+def peer_client(config: SiteConfig, peer: Peer, timeout_s: float = PEER_DEADLINE_S) -> JsonClient:
     """A client of ``peer``'s peer API, authenticated both ways by the pinned certificates."""
     if peer.cert_pem is None or peer.peer_api_url is None:
         raise Conflict(f"site {peer.name} was paired before managers spoke mutual TLS: pair "

@@ -6,6 +6,10 @@ Rules:
 - Handshake: fixed newstyle, NO_ZEROES when offered, NBD_OPT_GO asking for block sizes;
   for ``nbds://`` URIs NBD_OPT_STARTTLS first (anything but its ACK ends the session: no
   fallback to clear text), then TLS with the credentials directory's certificates.
+- Deadline: ``timeout_s`` bounds connecting and each send or receive; a server silent
+  that long fails the call with ``PeerError`` naming the export and the deadline. After
+  a deadline or a broken connection the client is closed (a late reply must never be
+  taken for the next request's): every later call fails at once.
 - Real clients (qemu-img, qemu-io, nbdinfo, fio) are what prove interoperability; this
   one only has to be correct and simple. All protocol work is in ``NbdClientConnection``.
 """
@@ -16,9 +20,11 @@ import contextlib
 import itertools
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from seawall.errors import PeerError, SeawallError
 from seawall.nbd.client import (
     ClientEvent,
     ClientRequest,
@@ -150,14 +156,15 @@ class NbdClient:
         if self._sock is None:
             return
         if self.negotiated is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(SeawallError):  # a broken connection closes anyway
                 self._send(self._conn.send(Disconnect()))
         self._close_socket()
 
     # --- internals ---------------------------------------------------------------------
 
     def _handshake_start(self) -> None:
-        self._sock = _open_socket(self._address, self._timeout_s)
+        with self._io("accept the connection"):
+            self._sock = _open_socket(self._address, self._timeout_s)
         self._next()  # the greeting
         self._send(self._conn.send_client_flags())
         if self._address.tls:
@@ -174,8 +181,10 @@ class NbdClient:
         assert self._address.tls_certificates is not None and self._sock is not None
         context = client_context(Path(self._address.tls_certificates))
         try:
-            self._sock = context.wrap_socket(self._sock, server_hostname=self._address.host)
-        except ssl.SSLError as exc:
+            with self._io("finish the TLS handshake"):
+                self._sock = context.wrap_socket(self._sock,
+                                                 server_hostname=self._address.host)
+        except NbdError as exc:
             self._close_socket()
             raise NbdError(f"TLS handshake with the NBD server failed: {exc}") from None
 
@@ -197,11 +206,10 @@ class NbdClient:
         while True:
             event = self._conn.next_event()
             if event is NEED_DATA:
-                try:
+                with self._io("answer"):
                     chunk = self._require_socket().recv(_RECV_BYTES)
-                except ssl.SSLError as exc:  # e.g. the server refused our certificate
-                    raise NbdError(f"TLS error: {exc}") from None
                 if not chunk:
+                    self._close_socket()
                     raise NbdError("the NBD server closed the connection")
                 self._conn.receive_data(chunk)
                 continue
@@ -210,7 +218,26 @@ class NbdClient:
             return event
 
     def _send(self, data: bytes) -> None:
-        self._require_socket().sendall(data)
+        with self._io("take a request"):
+            self._require_socket().sendall(data)
+
+    @contextlib.contextmanager
+    def _io(self, doing: str) -> Iterator[None]:
+        """One socket operation: a deadline passing or a broken connection closes the
+        client (its state is unknown) and raises a ``SeawallError`` saying which."""
+        try:
+            yield
+        except TimeoutError:
+            self._close_socket()
+            raise PeerError(f"the NBD server of export {self.export_name!r} did not "
+                            f"{doing} within {self._timeout_s:g} s") from None
+        except ssl.SSLError as exc:  # e.g. the server refused our certificate
+            self._close_socket()
+            raise NbdError(f"TLS error: {exc}") from None
+        except OSError as exc:
+            self._close_socket()
+            raise NbdError(f"NBD connection to export {self.export_name!r} failed: "
+                           f"{exc.strerror or exc}") from None
 
     def _require_socket(self) -> socket.socket:
         if self._sock is None:

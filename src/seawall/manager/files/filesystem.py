@@ -13,6 +13,10 @@ Rules:
 - Names are bytes on disk; they become ``str`` with ``surrogateescape`` (lossless).
 - Errors: no such path -> NotFound; no file system TSK can read -> InvalidInput naming what
   the first blocks look like; TSK failing inside a readable one -> CorruptData.
+- A read of the source that fails (an NBD export silent past its deadline, a broken
+  connection) is the error raised, whatever TSK makes of it: TSK catches what its read
+  callback raises and goes on probing (78 more reads to open a file system), so after the
+  first failure every read fails at once with it, and it is raised when TSK returns.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Protocol
 
 import pytsk3
 
-from seawall.errors import CorruptData, InvalidInput, NotFound
+from seawall.errors import CorruptData, InvalidInput, NotFound, SeawallError
 
 CHUNK_BYTES = 1 << 20
 READABLE = "ext2/3/4, FAT12/16/32, exFAT, NTFS, HFS+, ISO 9660 and UFS"
@@ -87,14 +91,25 @@ class _Image(pytsk3.Img_Info):  # type: ignore[misc]
 
     def __init__(self, source: Source) -> None:
         self._source = source
+        self.failure: SeawallError | None = None  # the first read that failed
         super().__init__(url="", type=pytsk3.TSK_IMG_TYPE_EXTERNAL)
 
     def close(self) -> None:
         return None
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.failure is not None:
+            raise self.failure
         length = max(0, min(size, self._source.size_bytes - offset))
-        return self._source.read(offset, length) if length else b""
+        try:
+            return self._source.read(offset, length) if length else b""
+        except SeawallError as exc:
+            self.failure = exc
+            raise
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     def get_size(self) -> int:
         return self._source.size_bytes
@@ -104,12 +119,15 @@ class FileSystem:
     def __init__(self, source: Source, where: str) -> None:
         """Open the file system on ``source``; ``where`` names it in messages."""
         self.where = where
+        self._image = _Image(source)
         try:
-            self._fs = pytsk3.FS_Info(_Image(source))
-        except OSError:
+            self._fs = pytsk3.FS_Info(self._image)
+        except (OSError, RuntimeError):  # RuntimeError: what our read raised, wrapped
+            self._image.raise_failure()
             raise InvalidInput(
                 f"cannot read a file system on {where}: {_looks_like(source)}; "
                 f"Seawall reads {READABLE} (see docs/file-restore.md)") from None
+        self._image.raise_failure()
         ftype = int(self._fs.info.ftype)
         self.kind = FS_NAMES.get(ftype, f"tsk type {ftype:#x}")
 
@@ -168,28 +186,39 @@ class FileSystem:
 
     def _children(self, path: str, inode: int) -> Iterator[Entry]:
         directory = self._tsk(lambda: self._fs.open_dir(inode=inode), path)
-        for item in directory:
-            name_info, meta = item.info.name, item.info.meta
-            if not int(name_info.flags) & int(pytsk3.TSK_FS_NAME_FLAG_ALLOC):
-                continue  # a deleted name TSK still finds
-            name = bytes(name_info.name).decode("utf-8", "surrogateescape")
-            entry = _entry(name, meta)
-            if entry is not None and name not in (".", ".."):
-                yield entry
+        try:
+            for item in directory:
+                name_info, meta = item.info.name, item.info.meta
+                if not int(name_info.flags) & int(pytsk3.TSK_FS_NAME_FLAG_ALLOC):
+                    continue  # a deleted name TSK still finds
+                name = bytes(name_info.name).decode("utf-8", "surrogateescape")
+                entry = _entry(name, meta)
+                if entry is not None and name not in (".", ".."):
+                    yield entry
+        except (OSError, RuntimeError) as exc:
+            self._image.raise_failure()
+            raise CorruptData(f"cannot read {path} on {self.where}: {exc}") from None
+        self._image.raise_failure()
 
     def _open(self, path: str) -> Any:
         try:
-            return self._fs.open(path)
-        except OSError as exc:
+            handle = self._fs.open(path)
+        except (OSError, RuntimeError) as exc:
+            self._image.raise_failure()
             if "not found" in str(exc):
                 raise NotFound(f"no {path} in the file system of {self.where}") from None
             raise CorruptData(f"cannot read {path} on {self.where}: {exc}") from None
+        self._image.raise_failure()
+        return handle
 
     def _tsk(self, call: Any, what: str) -> Any:
         try:
-            return call()
-        except OSError as exc:
+            result = call()
+        except (OSError, RuntimeError) as exc:
+            self._image.raise_failure()
             raise CorruptData(f"cannot read {what} on {self.where}: {exc}") from None
+        self._image.raise_failure()  # a read failed, and TSK went on with what it had
+        return result
 
 
 def _entry(name: str, meta: Any) -> Entry | None:

@@ -12,28 +12,40 @@ Rules:
 - ``archive`` walks the whole tree (metadata only) before the first byte goes out, so
   a missing path, an unreadable file system or an unsafe name is a clean error; then the
   tar stream reads file contents as it is consumed, in bounded memory.
+- An archive's export is released by ``ArchiveStream.close`` (at its end, on its error,
+  or by the route when the answer ends however it ends), never by the garbage collector:
+  a stream left to it was released at a random allocation in a random thread, inside
+  another request's call to the agent through the same client, whose connection pool
+  lock that thread already held, and every later call to the agent waited on that lock
+  forever (the `files ls` that hung in CI). The stream has no finalizer on purpose.
+- Every read has a deadline: the agent's client's, and the NBD client's per socket
+  operation (``NBD_TIMEOUT_S``); a silent export fails the request with ``PeerError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from seawall.errors import InvalidInput, SeawallError
+from seawall.errors import InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.files.blocks import CachedVolume, Window
 from seawall.manager.files.filesystem import Entry, FileSystem, normalize_path
 from seawall.manager.files.partitions import Partition, PartitionTable, parse_partition_table
 from seawall.manager.files.tarstream import TAR_TYPES, TarItem, tar_stream
 from seawall.manager.groups.service import GroupService
-from seawall.manager.recovery.machine import choose_checkpoint
 from seawall.manager.recovery.operations import recovery_group
 from seawall.nbd.blocking import NbdClient
 
 SKIPPED_SHOWN = 20  # the summary travels in an HTTP header: keep it short
+NBD_TIMEOUT_S = 30.0
+"""How long a read of the export may go unanswered (per socket operation, not in total)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +58,31 @@ class _Session:
 
     def close(self) -> None:
         self.close_steps.close()
+
+
+class ArchiveStream:
+    """The tar stream of an archive, over its open session: iterate, then ``close`` (which
+    releases the export; again is a no-op). Ending or failing closes it too."""
+
+    def __init__(self, session: _Session, items: list[TarItem]) -> None:
+        self._session = session
+        self._chunks = tar_stream(items)
+
+    def __iter__(self) -> ArchiveStream:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._chunks.close()
+        finally:
+            self._session.close()
 
 
 class FileService:
@@ -64,9 +101,9 @@ class FileService:
                 "entries": [entry.describe() for entry in entries]}
 
     def archive(self, group_name: str, volume: str, path: str, checkpoint: str,
-                partition: int | None) -> tuple[dict[str, Any], Iterator[bytes]]:
-        """What will be restored (a summary) and the tar stream; the caller must consume
-        or close the stream (closing it releases the export)."""
+                partition: int | None) -> tuple[dict[str, Any], ArchiveStream]:
+        """What will be restored (a summary) and the tar stream; the caller must close the
+        stream, whether it was read to its end or not (closing releases the export)."""
         session = self._open(group_name, volume, checkpoint, partition)
         try:
             top_name = posixpath.basename(normalize_path(path)) or volume
@@ -91,28 +128,21 @@ class FileService:
                    "files": len(files), "bytes": sum(e.size_bytes for e in files),
                    "entries": len(items), "skipped_count": len(skipped),
                    "skipped": skipped[:SKIPPED_SHOWN]}
-
-        def stream() -> Iterator[bytes]:
-            try:
-                yield from tar_stream(items)
-            finally:
-                session.close()
-
-        return summary, stream()
+        return summary, ArchiveStream(session, items)
 
     # --- opening ------------------------------------------------------------------------
 
     def _open(self, group_name: str, volume: str, checkpoint: str,
               partition: int | None) -> _Session:
-        group = recovery_group(self.groups, group_name, "seawall files")
-        chosen = choose_checkpoint(
-            self.agent.get(f"/groups/{group.group_id}/checkpoints"), checkpoint, group_name)
-        export = self.agent.post("/exports", {"group_id": group.group_id, "volume": volume,
-                                              "checkpoint": str(chosen["id"])})
+        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        chosen = self.groups.checkpoint_of(group, checkpoint)
+        journal, at = self.groups.stream_at(group, volume, chosen)
+        export = self.agent.post("/exports", {"group_id": journal, "volume": volume,
+                                              "checkpoint": at})
         steps = contextlib.ExitStack()
         steps.callback(self._stop_export, export["name"])
         try:
-            client = steps.enter_context(NbdClient(export["uri"]))
+            client = steps.enter_context(NbdClient(export["uri"], timeout_s=NBD_TIMEOUT_S))
             whole = CachedVolume(client.read, client.size)
             table = parse_partition_table(whole.read, whole.size_bytes)
             chosen_partition = _choose_partition(table, partition, volume)
@@ -137,8 +167,12 @@ class FileService:
         return _Session(facts, fs, steps)
 
     def _stop_export(self, name: str) -> None:
-        with contextlib.suppress(SeawallError):  # gone already (the agent restarted)
+        try:
             self.agent.delete(f"/exports/{name}")
+        except NotFound:
+            pass  # gone already (the agent restarted)
+        except SeawallError as exc:  # the request's own outcome stands
+            log.warning("export %s of a file restore not released: %s", name, exc)
 
 
 def _content(fs: FileSystem, entry: Entry) -> Callable[[], Iterator[bytes]]:

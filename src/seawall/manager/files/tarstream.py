@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 from seawall.errors import CorruptData
@@ -33,7 +33,7 @@ class TarItem:
     content: Callable[[], Iterator[bytes]] | None = None  # regular files
 
 
-def tar_stream(items: Iterable[TarItem]) -> Iterator[bytes]:
+def tar_stream(items: Iterable[TarItem]) -> Generator[bytes, None, None]:
     for item in items:
         yield header(item.path, item.entry)
         if item.entry.kind != "file":
