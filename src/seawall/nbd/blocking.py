@@ -19,6 +19,7 @@ import ssl
 from pathlib import Path
 from types import TracebackType
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd.client import (
     ClientEvent,
     ClientRequest,
@@ -34,7 +35,6 @@ from seawall.nbd.events import (
     Disconnect,
     FlushRequest,
     NbdError,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -195,7 +195,10 @@ class NbdClient:
 
     def _next(self) -> ClientEvent:
         while True:
-            event = self._conn.next_event()
+            try:
+                event = self._conn.next_event()
+            except ProtocolViolation as exc:
+                raise NbdError(f"NBD protocol error: {exc.message}") from None
             if event is NEED_DATA:
                 try:
                     chunk = self._require_socket().recv(_RECV_BYTES)
@@ -205,8 +208,6 @@ class NbdClient:
                     raise NbdError("the NBD server closed the connection")
                 self._conn.receive_data(chunk)
                 continue
-            if isinstance(event, ProtocolError):
-                raise NbdError(f"NBD protocol error: {event.message}")
             return event
 
     def _send(self, data: bytes) -> None:
