@@ -35,7 +35,7 @@ Rules and invariants:
 - After ``Disconnect`` or a ``ProtocolViolation`` the connection takes no more input;
   replies to requests already emitted may still be sent.
 - Requests are read with ``struct.unpack_from`` on the receive buffer, in place; a WRITE
-  payload is copied out once (``ReceiveBuffer.take``).
+  payload is copied out as ``ReceiveBuffer.take`` does (inlined on this hot path).
 
 The handshake (client flags, options, STARTTLS) is ``ServerHandshake``'s, with its rules
 (``seawall.nbd.options``); this module adds the transmission phase.
@@ -131,9 +131,10 @@ class NbdServerConnection(ServerHandshake):
                 if length > MAX_PAYLOAD_BYTES:
                     self._queue_reply(cookie, EINVAL)
                     raise self._fail(f"write payload of {length} bytes is too large")
-                if available < _REQUEST_SIZE + length:
+                stop = pos + _REQUEST_SIZE + length
+                if len(buf) < stop:
                     return self._need_data()
-                rx.pos = pos + _REQUEST_SIZE
+                rx.pos = stop
                 if flags & ~CMD_FLAG_FUA:
                     error = EINVAL
                 elif self._read_only:
@@ -141,10 +142,11 @@ class NbdServerConnection(ServerHandshake):
                 elif end > self._size_bytes:
                     error = ENOSPC
                 elif length:
-                    return WriteRequest(cookie, offset, rx.take(length), flags == CMD_FLAG_FUA)
+                    # ``ReceiveBuffer.take`` inlined: a call per 4 KiB request is measurable.
+                    data = bytes(buf[pos + _REQUEST_SIZE : stop])
+                    return WriteRequest(cookie, offset, data, flags == CMD_FLAG_FUA)
                 else:
                     error = 0
-                rx.pos += length
                 self._queue_reply(cookie, error)
                 continue
 
