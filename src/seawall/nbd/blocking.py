@@ -23,11 +23,9 @@ from seawall.errors import ProtocolViolation
 from seawall.nbd.client import (
     ClientEvent,
     ClientRequest,
-    NbdAddress,
     NbdClientConnection,
     Negotiated,
     OptionReply,
-    parse_nbd_uri,
 )
 from seawall.nbd.constants import OPT_STARTTLS, REP_ACK, REP_SERVER, U32
 from seawall.nbd.events import (
@@ -42,6 +40,7 @@ from seawall.nbd.events import (
     WriteRequest,
     WriteZeroesRequest,
 )
+from seawall.nbd.uri import NbdAddress, parse_nbd_uri
 
 _RECV_BYTES = 1 << 20
 
