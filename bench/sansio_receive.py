@@ -4,7 +4,8 @@ Usage: ``PYTHONPATH=src .venv/bin/python bench/sansio_receive.py [--rounds 7]``
 
 - NBD: ``--writes`` 4 KiB NBD_CMD_WRITE requests, fed to an ``NbdServerConnection`` in
   transmission in 64 KiB chunks, every event taken with ``next_event``; then the same
-  loop answering each request with ``send(SimpleReply)`` (the front end's hot path).
+  loop answering each request with ``send(SimpleReply)`` (the front end's hot path); then
+  256 writes of 1 MiB, in 64 KiB chunks.
 - Wire: ``--frames`` RECORDS frames of 1 MiB (256 records of 4 KiB, uncompressed) fed to
   a receiving ``WireConnection`` in 64 KiB and in 1 MiB chunks (the shipper's and the
   receiver's read sizes), every event taken with ``next_event`` (frame checks included).
@@ -67,10 +68,10 @@ def _chunks(data: bytes, chunk_bytes: int) -> list[bytes]:
     return [data[at : at + chunk_bytes] for at in range(0, len(data), chunk_bytes)]
 
 
-def nbd_writes(count: int, reply: bool) -> Callable[[], int]:
-    payload = os.urandom(_BLOCK_BYTES)
+def nbd_writes(count: int, reply: bool, block_bytes: int = _BLOCK_BYTES) -> Callable[[], int]:
+    payload = os.urandom(block_bytes)
     stream = b"".join(
-        REQUEST.pack(REQUEST_MAGIC, 0, CMD_WRITE, cookie, cookie * _BLOCK_BYTES, _BLOCK_BYTES)
+        REQUEST.pack(REQUEST_MAGIC, 0, CMD_WRITE, cookie, cookie * block_bytes, block_bytes)
         + payload
         for cookie in range(count)
     )
@@ -149,6 +150,11 @@ def main() -> None:
         print(f"nbd  4 KiB WRITE, 64 KiB chunks, {label}: "
               f"{args.writes / seconds / 1000:8.1f} k requests/s "
               f"({seconds / args.writes * 1e9:.0f} ns each)")
+    if args.only != "wire":
+        count = 256
+        seconds = _best_s(nbd_writes(count, False, 1 << 20), args.rounds)
+        print(f"nbd  1 MiB WRITE, 64 KiB chunks, next_event: {count / seconds:8.1f} MiB/s "
+              f"({seconds / count * 1e6:.0f} us each)")
     if args.only == "nbd":
         return
     frames = _wire_frames(args.frames)

@@ -38,9 +38,9 @@ with ``send(event)``. They share, from this module:
   chunks cost no memmove each. ``data`` is always the same object (compaction and
   ``close`` work in place), so a core may hold it in a local for one ``next_event``.
 - ``take(length)`` is how a payload leaves the buffer: ``bytes`` the receiver may keep
-  (never a view into a buffer that moves); a large one (``_VIEW_MIN_BYTES``) is copied
+  (never a view into a buffer that moves); a large one (``VIEW_MIN_BYTES``) is copied
   once, through a memoryview, a small one by slicing (two copies of a few KiB cost less
-  than making the view). The NBD server's WRITE path inlines the small case.
+  than making the view). The NBD server's WRITE path inlines ``take``.
 - ``feed(b"")`` records the end of the stream; anything fed after it is our bug
   (``LocalProtocolError``). After ``close`` (the core's connection ended), bytes fed are
   dropped and the memory is given back.
@@ -58,6 +58,7 @@ from seawall.errors import SeawallError
 __all__ = [
     "COMPACT_MIN_BYTES",
     "NEED_DATA",
+    "VIEW_MIN_BYTES",
     "Direction",
     "LocalProtocolError",
     "NeedData",
@@ -68,7 +69,7 @@ COMPACT_MIN_BYTES: Final = 256 * 1024
 """Consumed bytes are dropped from a receive buffer only past this size (and half of it)."""
 
 
-_VIEW_MIN_BYTES: Final = 64 * 1024
+VIEW_MIN_BYTES: Final = 64 * 1024
 """From this length on, ``take`` copies through a memoryview (one copy instead of two);
 below it, making the view costs more than the second copy (4 KiB: the same, measured)."""
 
@@ -131,7 +132,7 @@ class ReceiveBuffer:
         start = self.pos
         stop = start + length
         self.pos = stop
-        if length < _VIEW_MIN_BYTES:
+        if length < VIEW_MIN_BYTES:
             return bytes(self.data[start:stop])
         # The slice's export of ``data`` ends with this expression, so ``data`` can grow.
         return bytes(memoryview(self.data)[start:stop])

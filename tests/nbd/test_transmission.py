@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -22,6 +23,7 @@ from seawall.nbd.events import (
     WriteZeroesRequest,
 )
 from seawall.nbd.server import ServerState
+from seawall.sansio import VIEW_MIN_BYTES
 
 
 def connected(name: str = "disk", chunk_bytes: int = 1) -> Loopback:
@@ -281,3 +283,20 @@ def test_many_requests_in_one_buffer_and_compaction() -> None:
     assert all(
         isinstance(e, WriteRequest) and e.data == bytes([e.cookie % 251]) * 4096 for e in events
     )
+
+
+def test_large_writes_in_small_chunks_arrive_whole_as_bytes_of_their_own() -> None:
+    lb = connected(chunk_bytes=1 << 20)
+    payloads = [os.urandom(size) for size in (VIEW_MIN_BYTES - 1, VIEW_MIN_BYTES, 1 << 20)]
+    wire = b"".join(
+        lb.client.send(WriteRequest(cookie, 0, payload))
+        for cookie, payload in enumerate(payloads, start=1)
+    )
+    events = []
+    for at in range(0, len(wire), 65_537):
+        lb.server.receive_data(wire[at : at + 65_537])  # the buffer grows: no view holds it
+        events += drain_server(lb.server)
+    assert [(type(e), e.data) for e in events if isinstance(e, WriteRequest)] == [
+        (WriteRequest, payload) for payload in payloads
+    ]
+    assert all(type(e.data) is bytes for e in events if isinstance(e, WriteRequest))

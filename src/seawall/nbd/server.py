@@ -79,7 +79,7 @@ from seawall.nbd.events import (
     WriteZeroesRequest,
 )
 from seawall.nbd.options import ServerHandshake, ServerState
-from seawall.sansio import Direction
+from seawall.sansio import VIEW_MIN_BYTES, Direction
 
 __all__ = [
     "NEED_DATA",
@@ -143,7 +143,10 @@ class NbdServerConnection(ServerHandshake):
                     error = ENOSPC
                 elif length:
                     # ``ReceiveBuffer.take`` inlined: a call per 4 KiB request is measurable.
-                    data = bytes(buf[pos + _REQUEST_SIZE : stop])
+                    if length < VIEW_MIN_BYTES:
+                        data = bytes(buf[pos + _REQUEST_SIZE : stop])
+                    else:
+                        data = bytes(memoryview(buf)[pos + _REQUEST_SIZE : stop])
                     return WriteRequest(cookie, offset, data, flags == CMD_FLAG_FUA)
                 else:
                     error = 0
