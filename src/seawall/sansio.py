@@ -26,7 +26,8 @@ with ``send(event)``. They share, from this module:
   called by ``next_event`` (``IN``) and by ``send`` (``OUT``), as h11's
   ``Connection._process_event``. The rules of a message therefore live in one place for
   both directions; on ``IN`` a broken rule is the peer's (``ProtocolViolation``), on
-  ``OUT`` ours (``LocalProtocolError``).
+  ``OUT`` ours (``LocalProtocolError``). The NBD server's hot path skips the call for the
+  events it would do nothing for (``seawall.nbd.options``).
 
 ``ReceiveBuffer`` rules and invariants:
 - Bytes are appended to one ``bytearray`` (``data``) and read from a position (``pos``);

@@ -109,6 +109,7 @@ class NbdServerConnection(ServerHandshake):
         return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, event.error, event.cookie)
 
     def next_event(self) -> ServerEvent | NeedData:
+        """The next event, ``NEED_DATA``, or ``ProtocolViolation`` raised (``seawall.sansio``)."""
         if self._state is ServerState.TRANSMISSION:
             return self._next_request()
         return self._next_handshake_event()
