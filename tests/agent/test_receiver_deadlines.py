@@ -23,11 +23,11 @@ from seawall.localsites import free_port
 from seawall.tls import client_context
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
+    NEED_DATA,
     Ack,
     Error,
     Event,
     Hello,
-    NeedData,
     RecordsFrame,
     Role,
     VolumeSpec,
@@ -78,13 +78,13 @@ def events_in(data: bytes) -> list[Event]:
     connection = WireConnection(Role.SENDER)
     connection.receive_data(data)
     events = []
-    while not isinstance(event := connection.next_event(), NeedData):
+    while (event := connection.next_event()) is not NEED_DATA:
         events.append(event)
     return events
 
 
 def next_event(sock: socket.socket, connection: WireConnection) -> Event:
-    while isinstance(event := connection.next_event(), NeedData):
+    while (event := connection.next_event()) is NEED_DATA:
         connection.receive_data(sock.recv(65536))
     return event
 

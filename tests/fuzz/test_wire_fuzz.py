@@ -17,11 +17,11 @@ from seawall.wire import frames
 from seawall.wire.events import encode_event
 from seawall.wire.frames import Codec, FrameKind
 from seawall.wire.protocol import (
+    NEED_DATA,
     ConnectionClosed,
     Event,
     Hashes,
     HashRequest,
-    NeedData,
     RecordsFrame,
     Role,
     State,
@@ -53,7 +53,8 @@ def feed_hostile(connection: WireConnection, data: bytes, chunk_sizes: list[int]
     try:
         for chunk in [*chunks, b""]:
             connection.receive_data(chunk)
-            while not isinstance(event := connection.next_event(), NeedData | ConnectionClosed):
+            while (event := connection.next_event()) is not NEED_DATA and not isinstance(
+                event, ConnectionClosed):
                 events.append(event)
     except ProtocolViolation:
         assert connection.state == State.ERROR

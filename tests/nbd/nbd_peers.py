@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd.client import (
     ClientEvent,
     ClientRequest,
@@ -55,10 +56,14 @@ def make_catalog() -> MemoryCatalog:
     )
 
 
-def drain_server(server: NbdServerConnection) -> list[ServerEvent]:
-    events: list[ServerEvent] = []
-    while (event := server.next_event()) is not NEED_DATA:
-        events.append(event)
+def drain_server(server: NbdServerConnection) -> list[ServerEvent | ProtocolViolation]:
+    """Every event until NEED_DATA; a violation raised by the core ends the list."""
+    events: list[ServerEvent | ProtocolViolation] = []
+    try:
+        while (event := server.next_event()) is not NEED_DATA:
+            events.append(event)
+    except ProtocolViolation as exc:
+        events.append(exc)
     return events
 
 
@@ -74,7 +79,7 @@ class Loopback:
         self.server = NbdServerConnection(self.catalog, tls_required)
         self.client = NbdClientConnection()
         self.chunk_bytes = chunk_bytes
-        self.server_events: list[ServerEvent] = []
+        self.server_events: list[ServerEvent | ProtocolViolation] = []
         self.client_events: list[ClientEvent] = []
         self.raw_to_client = bytearray()
         self.disk: bytearray | None = None
@@ -108,7 +113,7 @@ class Loopback:
         out.append(self.server.data_to_send())
         self.to_client(b"".join(out))
 
-    def _answer(self, event: ServerEvent) -> ReadReply | SimpleReply | None:
+    def _answer(self, event: ServerEvent | ProtocolViolation) -> ReadReply | SimpleReply | None:
         if isinstance(event, ExportSelected):
             self.disk = self.disks.setdefault(event.info.name, bytearray(event.info.size_bytes))
             return None
@@ -147,6 +152,6 @@ class Loopback:
         events, self.client_events = self.client_events, []
         return events
 
-    def take_server_events(self) -> list[ServerEvent]:
+    def take_server_events(self) -> list[ServerEvent | ProtocolViolation]:
         events, self.server_events = self.server_events, []
         return events

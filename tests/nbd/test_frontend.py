@@ -20,7 +20,7 @@ from seawall.agent.frontend.server import NbdFrontend
 from seawall.errors import InvalidInput
 from seawall.nbd import NbdClient, NbdError, parse_nbd_uri
 from seawall.nbd import constants as c
-from seawall.nbd.client import NbdAddress, NbdClientConnection, Negotiated
+from seawall.nbd.client import NbdClientConnection, Negotiated
 from seawall.nbd.events import (
     NEED_DATA,
     ExportInfo,
@@ -30,6 +30,7 @@ from seawall.nbd.events import (
     SimpleReply,
     WriteRequest,
 )
+from seawall.nbd.uri import NbdAddress
 from support.loop_thread import LoopThread
 
 T = TypeVar("T")

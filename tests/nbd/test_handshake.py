@@ -7,6 +7,7 @@ import struct
 import pytest
 from nbd_peers import DISK_BYTES, RO_BYTES, Loopback, MemoryCatalog, drain_server, make_catalog
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd import constants as c
 from seawall.nbd.client import Negotiated, OptionReply, ServerGreeting
 from seawall.nbd.events import (
@@ -14,7 +15,6 @@ from seawall.nbd.events import (
     ExportInfo,
     ExportSelected,
     LocalProtocolError,
-    ProtocolError,
     SimpleReply,
 )
 from seawall.nbd.handshake import transmission_flags
@@ -155,10 +155,12 @@ def test_export_name_of_unknown_export_terminates() -> None:
     lb = Loopback()
     lb.to_server(lb.client.send_client_flags())
     lb.to_server(lb.client.send_export_name("nope"))
-    assert isinstance(lb.server_events[-1], ProtocolError)
+    violation = lb.server_events[-1]
+    assert isinstance(violation, ProtocolViolation)
     assert lb.server.state is ServerState.CLOSED
     lb.to_server(b"anything more is ignored")
-    assert drain_server(lb.server) == []
+    assert drain_server(lb.server) == [violation]  # raised again; nothing else parsed
+    assert len(lb.server._rx.data) == 0
 
 
 def test_list() -> None:
@@ -222,8 +224,11 @@ def test_qemu_style_negotiation() -> None:
 def test_unknown_client_flags_drop_the_connection() -> None:
     server = NbdServerConnection(make_catalog())
     server.receive_data(struct.pack(">I", 0x4))
-    assert isinstance(server.next_event(), ProtocolError)
+    with pytest.raises(ProtocolViolation, match="unknown client flags"):
+        server.next_event()
     assert server.state is ServerState.CLOSED
+    with pytest.raises(ProtocolViolation, match="unknown client flags"):
+        server.next_event()  # again: a violation is not forgotten
 
 
 def test_non_fixed_newstyle_client_may_only_use_export_name() -> None:
@@ -235,7 +240,7 @@ def test_non_fixed_newstyle_client_may_only_use_export_name() -> None:
     lb = Loopback()
     lb.to_server(lb.client.send_client_flags(fixed_newstyle=False))
     lb.to_server(lb.client.send_list())
-    assert isinstance(lb.server_events[-1], ProtocolError)
+    assert isinstance(lb.server_events[-1], ProtocolViolation)
 
 
 def test_bad_option_magic_and_oversized_option() -> None:
@@ -245,7 +250,7 @@ def test_bad_option_magic_and_oversized_option() -> None:
     ):
         server = NbdServerConnection(make_catalog())
         server.receive_data(struct.pack(">I", 3) + header)
-        assert [type(e) for e in drain_server(server)] == [ProtocolError]
+        assert [type(e) for e in drain_server(server)] == [ProtocolViolation]
 
 
 @pytest.mark.parametrize("tls_required", [False, True])
@@ -254,7 +259,8 @@ def test_a_4_gib_option_is_refused_too_big_from_its_header_never_buffered(
     server = NbdServerConnection(make_catalog(), tls_required)
     server.receive_data(struct.pack(">I", c.CLIENT_FLAG_FIXED_NEWSTYLE))
     server.receive_data(struct.pack(">QII", c.IHAVEOPT, c.OPT_GO, 0xFFFFFFFF))
-    assert [type(e) for e in drain_server(server)] == [ProtocolError]
+    [violation] = drain_server(server)
+    assert isinstance(violation, ProtocolViolation)
     reply = server.data_to_send()
     magic, option, reply_type, length = c.OPTION_REPLY_HEADER.unpack_from(reply)
     assert (magic, option, reply_type) == (c.OPTION_REPLY_MAGIC, c.OPT_GO, c.REP_ERR_TOO_BIG)
@@ -263,15 +269,15 @@ def test_a_4_gib_option_is_refused_too_big_from_its_header_never_buffered(
     # The option's data that follows is dropped as it comes, not kept for a later parse.
     for _ in range(64):
         server.receive_data(bytes(1 << 20))
-    assert server.state is ServerState.CLOSED and drain_server(server) == []
-    assert len(server._buf) == 0  # the point is what the core keeps
+    assert server.state is ServerState.CLOSED and drain_server(server) == [violation]
+    assert len(server._rx.data) == 0  # the point is what the core keeps
 
 
 def test_end_of_stream() -> None:
     server = NbdServerConnection(make_catalog())
     server.receive_data(struct.pack(">I", 3) + struct.pack(">QII", c.IHAVEOPT, 3, 0)[:5])
     server.receive_data(b"")
-    assert [type(e) for e in drain_server(server)] == [ProtocolError]
+    assert [type(e) for e in drain_server(server)] == [ProtocolViolation]
 
     server = NbdServerConnection(make_catalog())
     server.receive_data(struct.pack(">I", 3))

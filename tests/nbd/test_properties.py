@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbd_peers import DISK_BYTES, Loopback, drain_server, make_catalog
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd import constants as c
 from seawall.nbd.client import ClientState, NbdClientConnection
 from seawall.nbd.events import (
@@ -17,7 +18,6 @@ from seawall.nbd.events import (
     Disconnect,
     ExportSelected,
     FlushRequest,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     Request,
@@ -70,8 +70,9 @@ def stream_bytes(reqs: list[Request]) -> bytes:
     return b"".join(client.send(r) for r in reqs)
 
 
-def run(server: NbdServerConnection, chunks: list[bytes]) -> tuple[list[ServerEvent], bytes]:
-    events: list[ServerEvent] = []
+def run(server: NbdServerConnection,
+        chunks: list[bytes]) -> tuple[list[ServerEvent | ProtocolViolation], bytes]:
+    events: list[ServerEvent | ProtocolViolation] = []
     out = bytearray()
     for chunk in chunks:
         server.receive_data(chunk)
@@ -91,12 +92,12 @@ def test_split_points_do_not_change_events(reqs: list[Request], cuts: list[int])
     assert split_events == whole_events
     assert split_out == whole_out
     assert isinstance(whole_events[0], ExportSelected)
-    assert not any(isinstance(e, ProtocolError) for e in whole_events)
+    assert not any(isinstance(e, ProtocolViolation) for e in whole_events)
 
 
 @SETTINGS
 @given(st.binary(max_size=400), st.booleans())
-def test_garbage_never_raises(garbage: bytes, after_handshake: bool) -> None:
+def test_garbage_raises_nothing_but_a_violation(garbage: bytes, after_handshake: bool) -> None:
     server = NbdServerConnection(make_catalog())
     prefix = handshake_bytes() if after_handshake else b""
     allowed = (
@@ -107,15 +108,20 @@ def test_garbage_never_raises(garbage: bytes, after_handshake: bool) -> None:
         TrimRequest,
         WriteZeroesRequest,
         Disconnect,
-        ProtocolError,
     )
-    for chunk in (prefix, garbage, b""):
+    violation: ProtocolViolation | None = None
+    for chunk in [*(part for part in (prefix, garbage) if part), b""]:
         server.receive_data(chunk)
-        while (event := server.next_event()) is not NEED_DATA:
-            assert isinstance(event, allowed)
-            if isinstance(event, Disconnect | ProtocolError):
-                assert server.state is ServerState.CLOSED
-                assert server.next_event() is NEED_DATA
+        try:
+            while (event := server.next_event()) is not NEED_DATA:
+                assert isinstance(event, allowed)
+                if isinstance(event, Disconnect):
+                    assert server.state is ServerState.CLOSED
+                    assert server.next_event() is NEED_DATA
+        except ProtocolViolation as exc:
+            assert violation is None or exc is violation  # the same one, raised again
+            violation = exc
+            assert server.state is ServerState.CLOSED
         server.data_to_send()
     assert server.state is ServerState.CLOSED  # end of stream always ends the connection
 

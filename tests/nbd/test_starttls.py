@@ -11,9 +11,10 @@ import struct
 import pytest
 from nbd_peers import Loopback, drain_server, make_catalog
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd import constants as c
 from seawall.nbd.client import Negotiated, OptionReply
-from seawall.nbd.events import Disconnect, LocalProtocolError, ProtocolError, StartTls
+from seawall.nbd.events import Disconnect, LocalProtocolError, StartTls
 from seawall.nbd.server import NbdServerConnection, ServerState
 
 
@@ -73,7 +74,7 @@ def test_export_name_before_tls_ends_the_session() -> None:
         lb.to_server(lb.client.send_client_flags(fixed_newstyle=fixed_newstyle,
                                                  no_zeroes=False))
         lb.to_server(lb.client.send_export_name("disk"))
-        assert [type(e) for e in lb.server_events] == [ProtocolError]
+        assert [type(e) for e in lb.server_events] == [ProtocolViolation]
         assert lb.server.state is ServerState.CLOSED
         assert not any(isinstance(e, Negotiated) for e in lb.client_events)
 
@@ -115,7 +116,7 @@ def test_bytes_pipelined_after_starttls_end_the_session() -> None:
     starttls = struct.pack(">QII", c.IHAVEOPT, c.OPT_STARTTLS, 0)
     go = struct.pack(">QII", c.IHAVEOPT, c.OPT_GO, 10) + b"\x00\x00\x00\x04disk\x00\x00"
     server.receive_data(struct.pack(">I", 3) + starttls + go)
-    assert [type(e) for e in drain_server(server)] == [ProtocolError]
+    assert [type(e) for e in drain_server(server)] == [ProtocolViolation]
     assert server.state is ServerState.CLOSED
     assert server.data_to_send() == b""  # not even the ACK
 
@@ -123,7 +124,7 @@ def test_bytes_pipelined_after_starttls_end_the_session() -> None:
     server.receive_data(struct.pack(">I", 3) + starttls)
     assert drain_server(server) == [StartTls()]
     server.receive_data(go)  # clear text while the shell runs the handshake
-    assert [type(e) for e in drain_server(server)] == [ProtocolError]
+    assert [type(e) for e in drain_server(server)] == [ProtocolViolation]
     with pytest.raises(LocalProtocolError):
         server.tls_started()
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
 from nbd_peers import DISK_BYTES, RO_BYTES, Loopback, drain_server
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd import constants as c
 from seawall.nbd.events import (
     Disconnect,
     ExportInfo,
     FlushRequest,
     LocalProtocolError,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -22,6 +23,7 @@ from seawall.nbd.events import (
     WriteZeroesRequest,
 )
 from seawall.nbd.server import ServerState
+from seawall.sansio import VIEW_MIN_BYTES
 
 
 def connected(name: str = "disk", chunk_bytes: int = 1) -> Loopback:
@@ -179,10 +181,12 @@ def test_unknown_commands_are_einval(command: int) -> None:
 def test_bad_request_magic_is_a_protocol_error_and_closes() -> None:
     lb = connected()
     lb.to_server(struct.pack(">IHHQQI", 0xDEADBEEF, 0, c.CMD_READ, 1, 0, 512))
-    assert [type(e) for e in lb.take_server_events()] == [ProtocolError]
+    [violation] = lb.take_server_events()
+    assert isinstance(violation, ProtocolViolation)
     assert lb.server.state is ServerState.CLOSED
     lb.to_server(lb.client.send(ReadRequest(2, 0, 512)))
-    assert drain_server(lb.server) == []
+    assert drain_server(lb.server) == [violation]  # raised again; the read is not parsed
+    assert len(lb.server._rx.data) == 0
 
 
 def test_oversize_write_is_einval_then_disconnect() -> None:
@@ -190,7 +194,7 @@ def test_oversize_write_is_einval_then_disconnect() -> None:
     header = struct.pack(">IHHQQI", c.REQUEST_MAGIC, 0, c.CMD_WRITE, 77, 0, c.MAX_PAYLOAD_BYTES + 1)
     lb.client._pending[77] = 0  # so the client core accepts the reply
     lb.to_server(header)
-    assert [type(e) for e in lb.take_server_events()] == [ProtocolError]
+    assert [type(e) for e in lb.take_server_events()] == [ProtocolViolation]
     assert lb.take_client_events() == [SimpleReply(77, c.EINVAL)]
     assert lb.server.state is ServerState.CLOSED
 
@@ -233,7 +237,7 @@ def test_end_of_stream_in_transmission() -> None:
     lb = connected()
     lb.to_server(lb.client.send(ReadRequest(1, 0, 8))[:20])
     lb.server_eof()
-    assert [type(e) for e in lb.take_server_events()] == [ProtocolError]
+    assert [type(e) for e in lb.take_server_events()] == [ProtocolViolation]
 
 
 def test_replies_may_be_sent_out_of_order() -> None:
@@ -279,3 +283,20 @@ def test_many_requests_in_one_buffer_and_compaction() -> None:
     assert all(
         isinstance(e, WriteRequest) and e.data == bytes([e.cookie % 251]) * 4096 for e in events
     )
+
+
+def test_large_writes_in_small_chunks_arrive_whole_as_bytes_of_their_own() -> None:
+    lb = connected(chunk_bytes=1 << 20)
+    payloads = [os.urandom(size) for size in (VIEW_MIN_BYTES - 1, VIEW_MIN_BYTES, 1 << 20)]
+    wire = b"".join(
+        lb.client.send(WriteRequest(cookie, 0, payload))
+        for cookie, payload in enumerate(payloads, start=1)
+    )
+    events = []
+    for at in range(0, len(wire), 65_537):
+        lb.server.receive_data(wire[at : at + 65_537])  # the buffer grows: no view holds it
+        events += drain_server(lb.server)
+    assert [(type(e), e.data) for e in events if isinstance(e, WriteRequest)] == [
+        (WriteRequest, payload) for payload in payloads
+    ]
+    assert all(type(e.data) is bytes for e in events if isinstance(e, WriteRequest))

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from seawall.wire.frames import Codec, Compressor
 from seawall.wire.protocol import (
+    NEED_DATA,
     Event,
     Hello,
-    NeedData,
     RecordsFrame,
     Role,
     VolumeSpec,
@@ -72,7 +72,7 @@ def feed(connection: WireConnection, data: bytes, chunk_sizes: Sequence[int] = (
     turn = 0
 
     def drain() -> None:
-        while not isinstance(event := connection.next_event(), NeedData):
+        while (event := connection.next_event()) is not NEED_DATA:
             events.append(event)
             if connection.state.name == "CLOSED":
                 return

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from seawall.config import SiteConfig
 from seawall.errors import InvalidInput
-from seawall.nbd.client import NbdAddress, parse_nbd_uri
+from seawall.nbd.uri import NbdAddress, parse_nbd_uri
 from seawall.nbd_certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY
 
 

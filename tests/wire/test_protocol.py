@@ -11,6 +11,7 @@ from seawall.wire import frames
 from seawall.wire.events import encode_event
 from seawall.wire.frames import Codec, Compressor, FrameKind
 from seawall.wire.protocol import (
+    NEED_DATA,
     TRANSITIONS,
     Ack,
     ConnectionClosed,
@@ -21,7 +22,6 @@ from seawall.wire.protocol import (
     HashRequest,
     Hello,
     LocalProtocolError,
-    NeedData,
     RecordsFrame,
     Role,
     State,
@@ -232,7 +232,7 @@ def test_eof_mid_frame_is_a_violation(cut_bytes: int) -> None:
 
 def test_pseudo_events_cannot_be_sent() -> None:
     sender, _ = streaming_pair(0)
-    for event in (ConnectionClosed(), NeedData()):
+    for event in (ConnectionClosed(), NEED_DATA):
         with pytest.raises(LocalProtocolError):
             sender.send(event)  # type: ignore[arg-type]
 

@@ -2,7 +2,7 @@
 
 - ``server``: ``NbdServerConnection`` — the state machine the agent's front end drives;
   ``options``: its handshake half (``ServerHandshake``, client flags, options, STARTTLS).
-- ``client``: ``NbdClientConnection`` (sans-IO) and ``parse_nbd_uri``.
+- ``client``: ``NbdClientConnection`` (sans-IO); ``uri``: ``parse_nbd_uri``.
 - ``blocking``: ``NbdClient``, a small blocking client over a socket.
 - ``events``: the events, ``ExportInfo`` and the ``ExportCatalog`` protocol.
 - ``constants``: wire constants and structs.
@@ -12,7 +12,7 @@ No module here does I/O except ``blocking``; the asyncio shell is
 """
 
 from seawall.nbd.blocking import NbdClient
-from seawall.nbd.client import NbdAddress, NbdClientConnection, Negotiated, parse_nbd_uri
+from seawall.nbd.client import NbdClientConnection, Negotiated
 from seawall.nbd.events import (
     NEED_DATA,
     Disconnect,
@@ -22,7 +22,6 @@ from seawall.nbd.events import (
     FlushRequest,
     LocalProtocolError,
     NbdError,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -31,6 +30,7 @@ from seawall.nbd.events import (
     WriteZeroesRequest,
 )
 from seawall.nbd.server import NbdServerConnection, ServerState
+from seawall.nbd.uri import NbdAddress, parse_nbd_uri
 
 __all__ = [
     "NEED_DATA",
@@ -46,7 +46,6 @@ __all__ = [
     "NbdError",
     "NbdServerConnection",
     "Negotiated",
-    "ProtocolError",
     "ReadReply",
     "ReadRequest",
     "ServerState",

@@ -24,15 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from seawall.errors import PeerError, SeawallError
+from seawall.errors import PeerError, ProtocolViolation, SeawallError
 from seawall.nbd.client import (
     ClientEvent,
     ClientRequest,
-    NbdAddress,
     NbdClientConnection,
     Negotiated,
     OptionReply,
-    parse_nbd_uri,
 )
 from seawall.nbd.constants import OPT_STARTTLS, REP_ACK, REP_SERVER, U32
 from seawall.nbd.events import (
@@ -40,7 +38,6 @@ from seawall.nbd.events import (
     Disconnect,
     FlushRequest,
     NbdError,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -48,6 +45,7 @@ from seawall.nbd.events import (
     WriteRequest,
     WriteZeroesRequest,
 )
+from seawall.nbd.uri import NbdAddress, parse_nbd_uri
 
 _RECV_BYTES = 1 << 20
 
@@ -204,7 +202,10 @@ class NbdClient:
 
     def _next(self) -> ClientEvent:
         while True:
-            event = self._conn.next_event()
+            try:
+                event = self._conn.next_event()
+            except ProtocolViolation as exc:
+                raise NbdError(f"NBD protocol error: {exc.message}") from None
             if event is NEED_DATA:
                 with self._io("answer"):
                     chunk = self._require_socket().recv(_RECV_BYTES)
@@ -213,8 +214,6 @@ class NbdClient:
                     raise NbdError("the NBD server closed the connection")
                 self._conn.receive_data(chunk)
                 continue
-            if isinstance(event, ProtocolError):
-                raise NbdError(f"NBD protocol error: {event.message}")
             return event
 
     def _send(self, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Sans-IO NBD client core, plus ``parse_nbd_uri``.
+"""Sans-IO NBD client core (NBD URIs: ``seawall.nbd.uri``).
 
 The core is explicit rather than scripted, so tests can walk every handshake path::
 
@@ -13,7 +13,13 @@ The core is explicit rather than scripted, so tests can walk every handshake pat
 Rules:
 - One option in flight at a time (proto.md: the client waits for the final reply).
 - Only simple replies are understood (we never negotiate structured replies); anything
-  else, or a reply to a cookie we did not send, is a ``ProtocolError``.
+  else, a reply to a cookie we did not send, or the end of the stream inside a message,
+  raises ``ProtocolViolation`` from ``next_event`` (and again from every later call).
+- The conventions are every sans-IO core's (``seawall.sansio``): ``NEED_DATA``, the
+  receive buffer, and one ``_process_event`` for the events of both directions (requests
+  sent, greeting, option replies, replies received). The handshake messages sent by the
+  ``send_*`` methods move the state where they are encoded; ``send_request`` (raw
+  commands, for tests) accounts its cookie as ``send`` does, through ``_expect_reply``.
 - The blocking convenience client lives in ``seawall.nbd.blocking``.
 
 Pure code: no I/O.
@@ -23,9 +29,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from seawall.errors import InvalidInput
+from seawall.errors import ProtocolViolation
 from seawall.nbd.constants import (
     CLIENT_FLAG_FIXED_NEWSTYLE,
     CLIENT_FLAG_NO_ZEROES,
@@ -72,7 +77,6 @@ from seawall.nbd.events import (
     FlushRequest,
     LocalProtocolError,
     NeedData,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -80,8 +84,8 @@ from seawall.nbd.events import (
     WriteRequest,
     WriteZeroesRequest,
 )
+from seawall.sansio import Direction, ReceiveBuffer
 
-DEFAULT_NBD_PORT = 10809
 _MAX_OPTION_REPLY_BYTES = 1 << 20
 
 
@@ -117,10 +121,16 @@ class Negotiated:
         return bool(self.transmission_flags & TFLAG_READ_ONLY)
 
 
-ClientEvent = ServerGreeting | OptionReply | Negotiated | ReadReply | SimpleReply | ProtocolError
+ClientEvent = ServerGreeting | OptionReply | Negotiated | ReadReply | SimpleReply
 ClientRequest = (
     ReadRequest | WriteRequest | FlushRequest | TrimRequest | WriteZeroesRequest | Disconnect
 )
+
+
+def _request(command: int, cookie: int, offset: int, length: int, flags: int = 0,
+             payload: bytes | memoryview = b"") -> bytes:
+    header = REQUEST.pack(REQUEST_MAGIC, flags, command, cookie, offset, length)
+    return header + payload if payload else header
 
 
 class ClientState(enum.Enum):
@@ -138,8 +148,8 @@ class NbdClientConnection:
 
     def __init__(self) -> None:
         self.state = ClientState.AWAIT_GREETING
-        self._buf = bytearray()
-        self._pos = 0
+        self._rx = ReceiveBuffer()
+        self._violation: ProtocolViolation | None = None
         self._server_no_zeroes = False
         self._no_zeroes = False
         self._option = 0
@@ -191,39 +201,26 @@ class NbdClientConnection:
 
     def send(self, request: ClientRequest) -> bytes:
         """Encode a transmission request and remember its cookie."""
+        self._process_event(Direction.OUT, request)
         if type(request) is WriteRequest:
             flags = CMD_FLAG_FUA if request.fua else 0
-            return self.send_request(
-                CMD_WRITE, request.cookie, request.offset, len(request.data), flags, request.data
-            )
+            return _request(CMD_WRITE, request.cookie, request.offset, len(request.data), flags,
+                            request.data)
         if type(request) is ReadRequest:
-            return self.send_request(
-                CMD_READ,
-                request.cookie,
-                request.offset,
-                request.length,
-                request.flags,
-                reply_data_length=request.length,
-            )
+            return _request(CMD_READ, request.cookie, request.offset, request.length,
+                            request.flags)
         if type(request) is FlushRequest:
-            return self.send_request(CMD_FLUSH, request.cookie, 0, 0)
+            return _request(CMD_FLUSH, request.cookie, 0, 0)
         if type(request) is TrimRequest:
             flags = CMD_FLAG_FUA if request.fua else 0
-            return self.send_request(
-                CMD_TRIM, request.cookie, request.offset, request.length, flags
-            )
+            return _request(CMD_TRIM, request.cookie, request.offset, request.length, flags)
         if type(request) is WriteZeroesRequest:
             flags = (CMD_FLAG_FUA if request.fua else 0) | (
                 CMD_FLAG_NO_HOLE if request.no_hole else 0
             )
-            return self.send_request(
-                CMD_WRITE_ZEROES, request.cookie, request.offset, request.length, flags
-            )
-        if type(request) is Disconnect:
-            self._expect(ClientState.TRANSMISSION)
-            self.state = ClientState.CLOSED
-            return REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0)
-        raise LocalProtocolError(f"cannot send {type(request).__name__}")
+            return _request(CMD_WRITE_ZEROES, request.cookie, request.offset, request.length,
+                            flags)
+        return _request(CMD_DISC, 0, 0, 0)
 
     def send_request(
         self,
@@ -236,12 +233,8 @@ class NbdClientConnection:
         reply_data_length: int = 0,
     ) -> bytes:
         """Low level: any request header (+ payload); the reply is matched by ``cookie``."""
-        self._expect(ClientState.TRANSMISSION)
-        if cookie in self._pending:
-            raise LocalProtocolError(f"cookie {cookie} is already in flight")
-        self._pending[cookie] = reply_data_length
-        header = REQUEST.pack(REQUEST_MAGIC, flags, command, cookie, offset, length)
-        return header + payload if payload else header
+        self._expect_reply(cookie, reply_data_length)
+        return _request(command, cookie, offset, length, flags, payload)
 
     def _send_info_or_go(self, option: int, name: str, info_types: tuple[int, ...]) -> bytes:
         raw = name.encode()
@@ -253,6 +246,13 @@ class NbdClientConnection:
         self._info = {}
         return self.send_option(option, data)
 
+    def _expect_reply(self, cookie: int, reply_data_length: int) -> None:
+        """A request goes out: its reply carries ``reply_data_length`` bytes if it succeeds."""
+        self._expect(ClientState.TRANSMISSION)
+        if cookie in self._pending:
+            raise LocalProtocolError(f"cookie {cookie} is already in flight")
+        self._pending[cookie] = reply_data_length
+
     def _expect(self, state: ClientState) -> None:
         if self.state is not state:
             raise LocalProtocolError(f"client is in state {self.state}, not {state}")
@@ -260,76 +260,76 @@ class NbdClientConnection:
     # --- receiving ---------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        """Feed bytes from the server; ``b""`` means it closed its side."""
+        self._rx.feed(data)
 
     def next_event(self) -> ClientEvent | NeedData:
-        buf = self._buf
-        available = len(buf) - self._pos
+        """The next event, ``NEED_DATA``, or ``ProtocolViolation`` raised."""
+        if self._violation is not None:
+            raise self._violation
+        event = self._parse()
+        if event is not NEED_DATA:
+            self._process_event(Direction.IN, event)
+        return event
+
+    def _parse(self) -> ClientEvent | NeedData:
+        rx = self._rx
+        buf = rx.data
+        available = rx.available
         state = self.state
         if state is ClientState.TRANSMISSION or (state is ClientState.CLOSED and self._pending):
             if available < SIMPLE_REPLY.size:
-                return NEED_DATA
-            magic, error, cookie = SIMPLE_REPLY.unpack_from(buf, self._pos)
+                return self._need_data()
+            magic, error, cookie = SIMPLE_REPLY.unpack_from(buf, rx.pos)
             if magic != SIMPLE_REPLY_MAGIC:
-                return self._fail(f"bad reply magic 0x{magic:08x}")
+                raise self._fail(f"bad reply magic 0x{magic:08x}")
             if cookie not in self._pending:
-                return self._fail(f"reply to unknown cookie {cookie}")
+                raise self._fail(f"reply to unknown cookie {cookie}")
             data_length = self._pending[cookie] if error == 0 else 0
             if available < SIMPLE_REPLY.size + data_length:
-                return NEED_DATA
-            start = self._pos + SIMPLE_REPLY.size
-            self._pos = start + data_length
-            del self._pending[cookie]
+                return self._need_data()
+            rx.pos += SIMPLE_REPLY.size
             if data_length:
-                return ReadReply(cookie, bytes(buf[start : start + data_length]))
+                return ReadReply(cookie, rx.take(data_length))
             return SimpleReply(cookie, error)
         if state is ClientState.AWAIT_GREETING:
             if available < GREETING.size:
-                return NEED_DATA
-            magic, opt_magic, flags = GREETING.unpack_from(buf, self._pos)
-            self._pos += GREETING.size
+                return self._need_data()
+            magic, opt_magic, flags = GREETING.unpack_from(buf, rx.pos)
+            rx.pos += GREETING.size
             if magic != NBDMAGIC or opt_magic != IHAVEOPT:
-                return self._fail("not a newstyle NBD server")
-            self._server_no_zeroes = bool(flags & FLAG_NO_ZEROES)
-            self.state = ClientState.AWAIT_FLAGS_SENT
+                raise self._fail("not a newstyle NBD server")
             return ServerGreeting(flags)
         if state is ClientState.AWAIT_OPTION_REPLY:
             return self._next_option_reply(available)
         if state is ClientState.AWAIT_EXPORT_REPLY:
             needed = EXPORT_NAME_REPLY.size + (0 if self._no_zeroes else 124)
             if available < needed:
-                return NEED_DATA
-            size_bytes, tflags = EXPORT_NAME_REPLY.unpack_from(buf, self._pos)
-            self._pos += needed
-            self.state = ClientState.TRANSMISSION
+                return self._need_data()
+            size_bytes, tflags = EXPORT_NAME_REPLY.unpack_from(buf, rx.pos)
+            rx.pos += needed
             return Negotiated(self._option_name, size_bytes, tflags)
         return NEED_DATA
 
     def _next_option_reply(self, available: int) -> ClientEvent | NeedData:
+        rx = self._rx
         if available < OPTION_REPLY_HEADER.size:
-            return NEED_DATA
-        magic, option, reply_type, length = OPTION_REPLY_HEADER.unpack_from(self._buf, self._pos)
+            return self._need_data()
+        magic, option, reply_type, length = OPTION_REPLY_HEADER.unpack_from(rx.data, rx.pos)
         if magic != OPTION_REPLY_MAGIC or option != self._option:
-            return self._fail("bad option reply header")
+            raise self._fail("bad option reply header")
         if length > _MAX_OPTION_REPLY_BYTES:
-            return self._fail(f"option reply of {length} bytes is too large")
+            raise self._fail(f"option reply of {length} bytes is too large")
         if available < OPTION_REPLY_HEADER.size + length:
-            return NEED_DATA
-        start = self._pos + OPTION_REPLY_HEADER.size
-        data = bytes(self._buf[start : start + length])
-        self._pos = start + length
+            return self._need_data()
+        rx.pos += OPTION_REPLY_HEADER.size
+        data = rx.take(length)
         if reply_type == REP_INFO and option in (OPT_INFO, OPT_GO):
             self._record_info(data)
         final = reply_type == REP_ACK or bool(reply_type & REP_FLAG_ERROR)
-        if not final:
-            return OptionReply(option, reply_type, data)
-        if option == OPT_GO and reply_type == REP_ACK:
+        if final and option == OPT_GO and reply_type == REP_ACK:
             if "size" not in self._info:
-                return self._fail("NBD_OPT_GO succeeded without NBD_INFO_EXPORT")
-            self.state = ClientState.TRANSMISSION
+                raise self._fail("NBD_OPT_GO succeeded without NBD_INFO_EXPORT")
             return Negotiated(
                 self._option_name,
                 self._info["size"],
@@ -338,8 +338,37 @@ class NbdClientConnection:
                 self._info.get("preferred", 4096),
                 self._info.get("max", 32 * 1024 * 1024),
             )
-        self.state = ClientState.CLOSED if option == OPT_ABORT else ClientState.OPTIONS
         return OptionReply(option, reply_type, data)
+
+    def _process_event(self, direction: Direction, event: ClientEvent | ClientRequest) -> None:
+        """The state and bookkeeping of one event received (IN) or sent (OUT): the one
+        place they change for an event that crosses the API."""
+        if direction is Direction.OUT:
+            if type(event) is Disconnect:
+                self._expect(ClientState.TRANSMISSION)
+                self.state = ClientState.CLOSED
+            elif type(event) is ReadRequest:
+                self._expect_reply(event.cookie, event.length)
+            elif isinstance(event, WriteRequest | FlushRequest | TrimRequest
+                            | WriteZeroesRequest):
+                self._expect_reply(event.cookie, 0)
+            else:
+                raise LocalProtocolError(f"cannot send {type(event).__name__}")
+        elif type(event) is ReadReply or type(event) is SimpleReply:
+            del self._pending[event.cookie]
+        elif type(event) is ServerGreeting:
+            self._server_no_zeroes = bool(event.handshake_flags & FLAG_NO_ZEROES)
+            self.state = ClientState.AWAIT_FLAGS_SENT
+        elif type(event) is Negotiated:
+            self.state = ClientState.TRANSMISSION
+        elif type(event) is OptionReply and (event.reply_type == REP_ACK or event.is_error):
+            self.state = ClientState.CLOSED if event.option == OPT_ABORT else ClientState.OPTIONS
+
+    def _need_data(self) -> NeedData:
+        if self._rx.eof:
+            raise self._fail("the server closed the connection"
+                             + (" inside a message" if self._rx.available else ""))
+        return NEED_DATA
 
     def _record_info(self, data: bytes) -> None:
         if len(data) < 2:
@@ -351,56 +380,11 @@ class NbdClientConnection:
             _, minimum, preferred, maximum = INFO_BLOCK_SIZE_STRUCT.unpack(data)
             self._info.update(min=minimum, preferred=preferred, max=maximum)
 
-    def _fail(self, message: str) -> ProtocolError:
+    def _fail(self, message: str) -> ProtocolViolation:
+        """The server broke the protocol: close, and return the violation for the caller
+        to raise (now, and again from every later ``next_event``)."""
+        self._violation = ProtocolViolation(message)
         self.state = ClientState.CLOSED
         self._pending.clear()
-        self._buf.clear()
-        self._pos = 0
-        return ProtocolError(message)
-
-
-# --- URIs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NbdAddress:
-    """Where an NBD export is: a Unix socket path, or a TCP host and port (``tls``: over
-    STARTTLS, with the client credentials in directory ``tls_certificates``)."""
-
-    export_name: str
-    socket_path: str | None = None
-    host: str | None = None
-    port: int = DEFAULT_NBD_PORT
-    tls: bool = False
-    tls_certificates: str | None = None
-
-
-def parse_nbd_uri(uri: str) -> NbdAddress:
-    """Parse ``nbd+unix:///NAME?socket=PATH``, ``nbd://HOST[:PORT]/NAME`` or
-    ``nbds://HOST[:PORT]/NAME?tls-certificates=DIR`` (libnbd's form; DIR as
-    ``seawall.nbd_certs.issue_client`` writes it).
-
-    A string without a scheme is taken as a Unix socket path with the default ("") export.
-    """
-    if "://" not in uri:
-        return NbdAddress(export_name="", socket_path=uri)
-    parts = urlsplit(uri)
-    name = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-    if parts.scheme == "nbd+unix":
-        sockets = parse_qs(parts.query).get("socket")
-        if not sockets:
-            raise InvalidInput(f"{uri!r}: nbd+unix URIs need ?socket=PATH")
-        return NbdAddress(export_name=name, socket_path=sockets[0])
-    if parts.scheme in ("nbd", "nbds"):
-        if not parts.hostname:
-            raise InvalidInput(f"{uri!r}: nbd URIs need a host")
-        tls = parts.scheme == "nbds"
-        certificates = parse_qs(parts.query).get("tls-certificates") if tls else None
-        if tls and not certificates:
-            raise InvalidInput(f"{uri!r}: nbds URIs need ?tls-certificates=DIR "
-                               "(`seawall volume client-cert`)")
-        return NbdAddress(
-            export_name=name, host=parts.hostname, port=parts.port or DEFAULT_NBD_PORT,
-            tls=tls, tls_certificates=certificates[0] if certificates else None,
-        )
-    raise InvalidInput(f"{uri!r}: unsupported scheme {parts.scheme!r} (nbd, nbds, nbd+unix)")
+        self._rx.close()
+        return self._violation

@@ -5,11 +5,12 @@ Rules:
   between the core and its shell.
 - Requests (``ReadRequest``...) are what a server emits and what a client sends; replies
   (``ReadReply``, ``SimpleReply``) are what a server sends and a client emits.
-- ``NEED_DATA`` is the one sentinel returned by ``next_event`` when more bytes are needed.
+- ``NEED_DATA``, ``LocalProtocolError`` and the way a peer's protocol error is reported
+  (``seawall.errors.ProtocolViolation`` raised from ``next_event``) are the convention
+  of every sans-IO core (``seawall.sansio``); they are re-exported here.
 - ``Disconnect`` means the client ended the session politely (NBD_CMD_DISC, NBD_OPT_ABORT,
-  or end of stream between messages). ``ProtocolError`` means the core wants the
-  connection dropped (the peer broke a MUST, or we cannot continue). After either, the
-  connection accepts no more input.
+  or end of stream between messages). After it, or after a ``ProtocolViolation`` (the
+  peer broke a MUST, or we cannot continue), the connection accepts no more input.
 - ``WriteRequest.data`` always holds the whole payload, as an immutable ``bytes`` that the
   receiver may keep (no view into a reused buffer).
 
@@ -18,19 +19,34 @@ Pure code: no I/O.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from seawall.errors import SeawallError
 from seawall.nbd.constants import MAX_PAYLOAD_BYTES
+from seawall.sansio import NEED_DATA, LocalProtocolError, NeedData
 
-
-class NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-
-NEED_DATA: Literal[NeedData.NEED_DATA] = NeedData.NEED_DATA
+__all__ = [
+    "NEED_DATA",
+    "Disconnect",
+    "ExportCatalog",
+    "ExportInfo",
+    "ExportSelected",
+    "FlushRequest",
+    "LocalProtocolError",
+    "NbdError",
+    "NeedData",
+    "ReadReply",
+    "ReadRequest",
+    "Reply",
+    "Request",
+    "ServerEvent",
+    "SimpleReply",
+    "StartTls",
+    "TrimRequest",
+    "WriteRequest",
+    "WriteZeroesRequest",
+]
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -82,12 +98,6 @@ class NbdError(SeawallError):
     def __init__(self, message: str, errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
-
-
-class LocalProtocolError(SeawallError):
-    """Our own code misused a connection (sent something illegal in its current state)."""
-
-    code = "nbd_local_protocol_error"
 
 
 # --- server-side events (client-side requests) ----------------------------------------
@@ -149,11 +159,6 @@ class Disconnect:
     reason: str = "client disconnect"
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
-    message: str
-
-
 # --- replies ---------------------------------------------------------------------------
 
 
@@ -174,5 +179,5 @@ class SimpleReply:
 
 
 Request = ReadRequest | WriteRequest | FlushRequest | TrimRequest | WriteZeroesRequest
-ServerEvent = ExportSelected | StartTls | Request | Disconnect | ProtocolError
+ServerEvent = ExportSelected | StartTls | Request | Disconnect
 Reply = ReadReply | SimpleReply

@@ -2,8 +2,9 @@
 
 ``ServerHandshake`` is the first half of ``seawall.nbd.server.NbdServerConnection``: it
 owns the connection's state (``ServerState``, moved only along ``_TRANSITIONS``), its
-receive buffer and its queue of bytes to send, and serves everything up to the export
-choice; the subclass adds the transmission phase. Pure code: no I/O.
+receive buffer (``seawall.sansio.ReceiveBuffer``), its queue of bytes to send and the
+bookkeeping of both directions (``_process_event``), and serves everything up to the
+export choice; the subclass adds the transmission phase. Pure code: no I/O.
 
 Rules and invariants:
 - During the handshake only the core writes: option replies, the EXPORT_NAME reply, all
@@ -16,9 +17,16 @@ Rules and invariants:
   option replies); anything else ends the session.
 - NBD_OPT_EXPORT_NAME cannot carry an error: an unknown export ends the session (proto.md).
 - The handshake ends with ``ExportSelected`` (TRANSMISSION), ``Disconnect`` (ABORT, end of
-  stream) or ``ProtocolError``; after the last two, no more input is taken.
-- Receiving is O(n): a ``bytearray`` with a read position, compacted once per
-  ``receive_data`` call (the transmission phase reads it with ``struct.unpack_from``).
+  stream) or a ``ProtocolViolation`` raised (``seawall.sansio``: the peer broke a MUST, or
+  we cannot continue); after the last two, no more input is taken, and every later
+  ``next_event`` raises the violation again.
+- An event that crosses the API changes state and bookkeeping only in ``_process_event``
+  (received: ``ExportSelected``, ``StartTls``, ``Disconnect``, ``ReadRequest``, whose
+  length a reply must match; sent: the replies). The requests that change nothing
+  (WRITE, FLUSH, TRIM, WRITE_ZEROES) and the replies when no read is pending skip the
+  call: it would do nothing for them, on the hot path. What the core answers itself
+  (client flags, options it serves, rejected requests) moves the state where it is
+  parsed (``_move``).
 
 TLS (proto.md's FORCEDTLS mode, ``tls_required=True``; the shell uses it on TCP):
 - Before TLS, only NBD_OPT_STARTTLS and NBD_OPT_ABORT are served: every other option is
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import enum
 
+from seawall.errors import ProtocolViolation
 from seawall.nbd import handshake
 from seawall.nbd.constants import (
     CLIENT_FLAG_FIXED_NEWSTYLE,
@@ -74,15 +83,16 @@ from seawall.nbd.events import (
     ExportSelected,
     LocalProtocolError,
     NeedData,
-    ProtocolError,
+    ReadReply,
+    ReadRequest,
+    Reply,
     ServerEvent,
+    SimpleReply,
     StartTls,
 )
+from seawall.sansio import Direction, ReceiveBuffer
 
 __all__ = ["ServerHandshake", "ServerState"]
-
-# Compact the receive buffer once this much has been consumed (a memmove of the tail).
-_COMPACT_AFTER_BYTES = 256 * 1024
 
 
 class ServerState(enum.Enum):
@@ -111,15 +121,17 @@ class ServerHandshake:
         self._tls_required = tls_required
         self._tls = False
         self._state = ServerState.AWAIT_CLIENT_FLAGS
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
+        self._rx = ReceiveBuffer()
+        self._violation: ProtocolViolation | None = None
         self._out = bytearray()
         self._fixed_newstyle = False
         self._no_zeroes = False
         self._export: ExportInfo | None = None
         self._size_bytes = 0
         self._read_only = True
+        # Lengths of reads emitted but not yet answered: a read reply must carry exactly
+        # that many bytes or the client loses sync.
+        self._read_lengths: dict[int, int] = {}
 
     # --- public API --------------------------------------------------------------------
 
@@ -148,21 +160,7 @@ class ServerHandshake:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
-        if self._state is ServerState.CLOSED:
-            return
-        if not data:
-            self._eof = True
-            return
-        buf = self._buf
-        pos = self._pos
-        if pos:
-            if pos == len(buf):
-                buf.clear()
-                self._pos = 0
-            elif pos >= _COMPACT_AFTER_BYTES:
-                del buf[:pos]
-                self._pos = 0
-        buf += data
+        self._rx.feed(data)
 
     def data_to_send(self) -> bytes:
         """Bytes the core queued itself (handshake, rejected requests); drains the queue."""
@@ -175,48 +173,48 @@ class ServerHandshake:
     # --- the handshake -----------------------------------------------------------------
 
     def _next_handshake_event(self) -> ServerEvent | NeedData:
-        buf = self._buf
+        if self._violation is not None:
+            raise self._violation
+        rx = self._rx
         while True:
             state = self._state
-            available = len(buf) - self._pos
+            available = rx.available
             if state is ServerState.AWAIT_CLIENT_FLAGS:
                 if available < CLIENT_FLAGS.size:
                     return self._need_data()
-                (client_flags,) = CLIENT_FLAGS.unpack_from(buf, self._pos)
-                self._pos += CLIENT_FLAGS.size
+                (client_flags,) = CLIENT_FLAGS.unpack_from(rx.data, rx.pos)
+                rx.pos += CLIENT_FLAGS.size
                 if client_flags & ~KNOWN_CLIENT_FLAGS:
-                    return self._fail(f"unknown client flags 0x{client_flags:08x}")
+                    raise self._fail(f"unknown client flags 0x{client_flags:08x}")
                 self._fixed_newstyle = bool(client_flags & CLIENT_FLAG_FIXED_NEWSTYLE)
                 self._no_zeroes = bool(client_flags & CLIENT_FLAG_NO_ZEROES)
                 self._move(ServerState.OPTIONS)
             elif state is ServerState.OPTIONS:
                 if available < OPTION_HEADER.size:
                     return self._need_data()
-                magic, option, length = OPTION_HEADER.unpack_from(buf, self._pos)
+                magic, option, length = OPTION_HEADER.unpack_from(rx.data, rx.pos)
                 if magic != IHAVEOPT:
-                    return self._fail(f"bad option magic 0x{magic:016x}")
+                    raise self._fail(f"bad option magic 0x{magic:016x}")
                 if length > MAX_OPTION_BYTES:
                     if self._fixed_newstyle:
                         self._reply(option, REP_ERR_TOO_BIG,
                                     f"option data is limited to {MAX_OPTION_BYTES} bytes".encode())
-                    return self._fail(f"option {option} data of {length} bytes is too large")
+                    raise self._fail(f"option {option} data of {length} bytes is too large")
                 if available < OPTION_HEADER.size + length:
                     return self._need_data()
-                start = self._pos + OPTION_HEADER.size
-                data = bytes(buf[start : start + length])
-                self._pos = start + length
-                event = self._handle_option(option, data)
+                rx.pos += OPTION_HEADER.size
+                event = self._handle_option(option, rx.take(length))
                 if event is not None:
                     return event
             elif state is ServerState.TLS_HANDSHAKE and available:
-                return self._fail("clear-text data during the TLS handshake")
+                raise self._fail("clear-text data during the TLS handshake")
             else:
                 return NEED_DATA
 
     def _handle_option(self, option: int, data: bytes) -> ServerEvent | None:
         if not self._fixed_newstyle and option != OPT_EXPORT_NAME:
             # Without fixed newstyle, the client cannot understand option replies.
-            return self._fail(f"option {option} without fixed newstyle negotiation")
+            raise self._fail(f"option {option} without fixed newstyle negotiation")
         if self._tls_required and not self._tls:
             refusal = self._before_tls(option, data)
             if refusal is not None:
@@ -230,13 +228,14 @@ class ServerHandshake:
             info = self._exports.lookup(name) if name is not None else None
             if info is None:
                 # EXPORT_NAME cannot carry an error: proto.md says terminate the session.
-                return self._fail(f"unknown export {name!r} requested with NBD_OPT_EXPORT_NAME")
+                raise self._fail(f"unknown export {name!r} requested with NBD_OPT_EXPORT_NAME")
             self._out += handshake.export_name_reply(info, self._no_zeroes)
             return self._enter_transmission(info)
         if option == OPT_ABORT:
             self._reply(option, REP_ACK)
-            self._move(ServerState.CLOSED)
-            return Disconnect("NBD_OPT_ABORT")
+            disconnect = Disconnect("NBD_OPT_ABORT")
+            self._process_event(Direction.IN, disconnect)
+            return disconnect
         if option == OPT_LIST:
             if data:
                 self._reply(option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
@@ -269,14 +268,15 @@ class ServerHandshake:
             if data:
                 self._reply(option, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")
                 return NEED_DATA
-            if self._pos < len(self._buf):
-                return self._fail("data after NBD_OPT_STARTTLS, before its reply")
+            if self._rx.available:
+                raise self._fail("data after NBD_OPT_STARTTLS, before its reply")
             self._reply(option, REP_ACK)
-            self._move(ServerState.TLS_HANDSHAKE)
-            return StartTls()
+            start_tls = StartTls()
+            self._process_event(Direction.IN, start_tls)
+            return start_tls
         if option == OPT_EXPORT_NAME:
             # It cannot carry an error: proto.md says terminate the session.
-            return self._fail("NBD_OPT_EXPORT_NAME before TLS")
+            raise self._fail("NBD_OPT_EXPORT_NAME before TLS")
         if option == OPT_ABORT:
             return None
         self._reply(option, REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS")
@@ -286,30 +286,68 @@ class ServerHandshake:
         self._out += handshake.option_reply(option, reply_type, payload)
 
     def _enter_transmission(self, info: ExportInfo) -> ExportSelected:
-        self._export = info
-        self._size_bytes = info.size_bytes
-        self._read_only = info.read_only
-        self._move(ServerState.TRANSMISSION)
-        return ExportSelected(info)
+        selected = ExportSelected(info)
+        self._process_event(Direction.IN, selected)
+        return selected
 
     # --- shared with the transmission phase --------------------------------------------
 
-    def _need_data(self) -> ServerEvent | NeedData:
-        if not self._eof:
-            return NEED_DATA
-        if self._pos < len(self._buf):
-            return self._fail("connection closed in the middle of a message")
-        self._move(ServerState.CLOSED)
-        return Disconnect("end of stream")
+    def _process_event(self, direction: Direction, event: ServerEvent | Reply) -> None:
+        """The state and bookkeeping of one event received (IN) or sent (OUT): the one
+        place they change for an event that crosses the API. Raises, changing nothing,
+        ``LocalProtocolError`` for a reply we may not send."""
+        if direction is Direction.IN:
+            if type(event) is ReadRequest:
+                self._read_lengths[event.cookie] = event.length
+            elif type(event) is ExportSelected:
+                self._export = event.info
+                self._size_bytes = event.info.size_bytes
+                self._read_only = event.info.read_only
+                self._move(ServerState.TRANSMISSION)
+            elif type(event) is StartTls:
+                self._move(ServerState.TLS_HANDSHAKE)
+            elif type(event) is Disconnect:
+                self._move(ServerState.CLOSED)
+            return
+        if self._export is None:
+            raise LocalProtocolError("no reply can be sent before an export is selected")
+        if type(event) is SimpleReply:
+            length = self._read_lengths.get(event.cookie)
+            if length is not None:
+                if event.error == 0:
+                    raise LocalProtocolError("a successful read reply must carry its data")
+                del self._read_lengths[event.cookie]
+        elif type(event) is ReadReply:
+            expected = self._read_lengths.get(event.cookie)
+            if expected is not None:
+                if expected != len(event.data):
+                    raise LocalProtocolError(
+                        f"read reply of {len(event.data)} bytes for a {expected}-byte request"
+                    )
+                del self._read_lengths[event.cookie]
+        else:
+            raise LocalProtocolError(f"cannot send {type(event).__name__}")
 
-    def _fail(self, message: str) -> ProtocolError:
+    def _need_data(self) -> ServerEvent | NeedData:
+        rx = self._rx
+        if not rx.eof:
+            return NEED_DATA
+        if rx.available:
+            raise self._fail("connection closed in the middle of a message")
+        disconnect = Disconnect("end of stream")
+        self._process_event(Direction.IN, disconnect)
+        return disconnect
+
+    def _fail(self, message: str) -> ProtocolViolation:
+        """The peer broke the protocol: close, and return the violation for the caller to
+        raise (now, and again from every later ``next_event``)."""
+        self._violation = ProtocolViolation(message)
         self._move(ServerState.CLOSED)
-        return ProtocolError(message)
+        return self._violation
 
     def _move(self, new_state: ServerState) -> None:
         if new_state not in _TRANSITIONS[self._state]:
             raise LocalProtocolError(f"illegal NBD transition {self._state} -> {new_state}")
         self._state = new_state
         if new_state is ServerState.CLOSED:
-            self._buf.clear()
-            self._pos = 0
+            self._rx.close()

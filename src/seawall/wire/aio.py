@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from seawall.wire.protocol import Event, NeedData, WireConnection
+from seawall.wire.protocol import NEED_DATA, Event, WireConnection
 
 
 async def read_event(connection: WireConnection, reader: asyncio.StreamReader,
                      chunk_bytes: int) -> Event:
-    """The next event, reading from ``reader`` as long as the frame is incomplete."""
-    while True:
-        event = connection.next_event()
-        if not isinstance(event, NeedData):
-            return event
+    """The next event, reading from ``reader`` as long as the frame is incomplete; a peer's
+    protocol error raises ``ProtocolViolation`` (``seawall.sansio``)."""
+    while (event := connection.next_event()) is NEED_DATA:
         connection.receive_data(await reader.read(chunk_bytes))
+    return event

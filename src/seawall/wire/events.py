@@ -18,6 +18,8 @@ Rules and invariants:
 - A ``RecordsFrame`` keeps the exact frame bytes: the receiver appends them verbatim to its
   journal, so what it acknowledges is precisely what the sender built.
 - Control frames carry no compression (``Codec.NONE``).
+- ``NEED_DATA`` and ``LocalProtocolError`` are every sans-IO core's (``seawall.sansio``),
+  re-exported here.
 
 Pure code: no I/O.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seawall.errors import CorruptData, SeawallError
+from seawall.sansio import NEED_DATA, LocalProtocolError, NeedData
 from seawall.wire import frames
 from seawall.wire.frames import (
     DIGEST_BYTES,
@@ -41,6 +44,32 @@ from seawall.wire.frames import (
 )
 from seawall.wire.records import Record
 
+__all__ = [
+    "MAX_HASH_BLOCK_BYTES",
+    "MAX_HASH_REQUEST_BYTES",
+    "MAX_SEQ",
+    "MAX_VOLUME_INDEX",
+    "MIN_HASH_BLOCK_BYTES",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "ConnectionClosed",
+    "Error",
+    "Event",
+    "FrameEvent",
+    "HashRequest",
+    "Hashes",
+    "Hello",
+    "LocalProtocolError",
+    "NeedData",
+    "RecordsFrame",
+    "VolumeSpec",
+    "Welcome",
+    "check_event",
+    "decode_event",
+    "encode_event",
+]
+
 PROTOCOL_VERSION = 1
 """The only version of the session protocol (Hello field) this code speaks."""
 
@@ -51,13 +80,6 @@ MAX_HASH_REQUEST_BYTES = 64 * 1024 * 1024
 """Largest range one HashRequest may cover (its digests stay far below a frame's limit)."""
 MIN_HASH_BLOCK_BYTES = 4096
 MAX_HASH_BLOCK_BYTES = 1024 * 1024
-
-
-class LocalProtocolError(SeawallError):
-    """We tried to send something the protocol forbids here: a bug on our side."""
-
-    fault = "local"
-    code = "local_protocol_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +195,6 @@ class Error:
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed its side of the connection at a frame boundary."""
-
-
-@dataclass(frozen=True, slots=True)
-class NeedData:
-    """``next_event`` needs more bytes before it can return an event (not a frame)."""
 
 
 Event = Hello | Welcome | RecordsFrame | Ack | HashRequest | Hashes | Error | ConnectionClosed

@@ -19,6 +19,10 @@ turns events into bytes (``send``). It does no I/O, keeps no clock and starts no
 the shells around it own sockets, journals and timers.
 
 Rules and invariants:
+- The conventions are every sans-IO core's (``seawall.sansio``): ``next_event`` returns
+  ``NEED_DATA`` while a frame is incomplete, a peer's error raises ``ProtocolViolation``,
+  bytes wait in a ``ReceiveBuffer``, and the rules of every event, received or sent, are
+  applied in one place, ``_process_event(direction, event)``.
 - Legal moves are the rows of ``TRANSITIONS``: (role, state, event type, direction) -> new
   state. Anything else is illegal. Inbound, that is the peer's fault: ``ProtocolViolation``
   and the connection stays in ``State.ERROR`` (each later ``next_event`` raises again; the
@@ -43,10 +47,11 @@ Rules and invariants:
 - Bytes received after the connection is ``CLOSED`` are dropped: after an ``Error`` the
   peer may still have frames in flight, and they no longer matter.
 
-Buffering: inbound bytes go to one ``bytearray`` read from a position; consumed bytes are
-dropped in bulk once they are the larger part of it, so a frame of several MiB arriving in
-64 KiB chunks costs O(frame) copying, not O(frame * chunks). A frame's header is parsed once,
-when its 24 bytes are there, and the body is waited for without looking at it again.
+Buffering (``seawall.sansio.ReceiveBuffer``): consumed bytes are dropped in bulk once they
+are the larger part of the buffer, so a frame of several MiB arriving in 64 KiB chunks
+costs O(frame) copying, not O(frame * chunks); a whole frame is copied out once. A frame's
+header is parsed once, when its 24 bytes are there, and the body is waited for without
+looking at it again.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import enum
 from collections import deque
 
 from seawall.errors import CorruptData, ProtocolViolation, SeawallError
+from seawall.sansio import NEED_DATA, Direction, ReceiveBuffer
 from seawall.wire import frames
 from seawall.wire.events import (
     PROTOCOL_VERSION,
@@ -62,7 +68,6 @@ from seawall.wire.events import (
     ConnectionClosed,
     Error,
     Event,
-    FrameEvent,
     Hashes,
     HashRequest,
     Hello,
@@ -79,6 +84,7 @@ from seawall.wire.records import follows
 
 __all__ = [
     "MAX_PENDING_HASH_REQUESTS",
+    "NEED_DATA",
     "PROTOCOL_VERSION",
     "TRANSITIONS",
     "Ack",
@@ -122,11 +128,6 @@ class State(enum.Enum):
     """The peer broke the protocol; only an outbound Error is still allowed."""
 
 
-class Direction(enum.Enum):
-    IN = "in"
-    OUT = "out"
-
-
 _S, _R = Role.SENDER, Role.RECEIVER
 _IN, _OUT = Direction.IN, Direction.OUT
 _LIVE: dict[Role, tuple[State, ...]] = {
@@ -168,9 +169,6 @@ TRANSITIONS: dict[tuple[Role, State, type[Event], Direction], State] = {
 MAX_PENDING_HASH_REQUESTS = 64
 """Most HashRequests a sender may have unanswered (64 x 64 MiB ranges at most)."""
 
-_COMPACT_MIN_BYTES = 1024 * 1024
-"""Consumed bytes are dropped from the buffer only past this size (and past half of it)."""
-
 
 class WireConnection:
     """One side of one replication session. See the module docstring for the rules."""
@@ -178,10 +176,8 @@ class WireConnection:
     def __init__(self, role: Role) -> None:
         self.role = role
         self._state = State.SEND_HELLO if role == Role.SENDER else State.AWAIT_HELLO
-        self._buffer = bytearray()
-        self._read_position = 0
+        self._rx = ReceiveBuffer()
         self._pending_header: frames.FrameHeader | None = None
-        self._eof = False
         self._violation: ProtocolViolation | None = None
         # The stream position: the last seq sent (sender) or received (receiver), and the
         # last durable seq announced by Welcome or Ack. Both start at the Welcome value.
@@ -213,21 +209,14 @@ class WireConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side (EOF)."""
-        if self._eof:
-            raise LocalProtocolError("received data after EOF")
-        if not data:
-            self._eof = True
-        elif self._state not in (State.CLOSED, State.ERROR):
-            self._buffer += data
+        self._rx.feed(data)
 
     def next_event(self) -> Event | NeedData:
-        """The next event from the peer, or ``NeedData()`` if its frame is not complete."""
+        """The next event from the peer, or ``NEED_DATA`` if its frame is not complete."""
         if self._violation is not None:
             raise self._violation
         if self._state == State.CLOSED:
-            self._buffer.clear()
-            self._read_position = 0
-            return ConnectionClosed() if self._eof else NeedData()
+            return ConnectionClosed() if self._rx.eof else NEED_DATA
         try:
             return self._next_event()
         except ProtocolViolation as exc:
@@ -235,74 +224,42 @@ class WireConnection:
             raise
 
     def _next_event(self) -> Event | NeedData:
-        available = len(self._buffer) - self._read_position
+        rx = self._rx
+        available = rx.available
         header = self._pending_header
         if header is None:
             if available < frames.FRAME_HEADER.size:
                 return self._starved(available)
             try:
-                header = frames.parse_header(self._buffer, self._read_position)
+                header = frames.parse_header(rx.data, rx.pos)
             except CorruptData as exc:
                 raise ProtocolViolation(exc.message) from exc
             self._pending_header = header
-        frame_length = header.frame_length
-        if available < frame_length:
+        if available < header.frame_length:
             return self._starved(available)
-        start = self._read_position
-        frame = bytes(self._buffer[start : start + frame_length])
         self._pending_header = None
-        self._consume(frame_length)
+        frame = rx.take(header.frame_length)
         try:
             frames.check_body(header, memoryview(frame)[frames.FRAME_HEADER.size :])
             event = decode_event(header, frame)
         except CorruptData as exc:
             raise ProtocolViolation(exc.message) from exc
-        self._inbound(event)
+        self._process_event(Direction.IN, event)
         return event
 
     def _starved(self, available: int) -> ConnectionClosed | NeedData:
-        if not self._eof:
-            return NeedData()
+        if not self._rx.eof:
+            return NEED_DATA
         if available:
             raise ProtocolViolation(f"connection closed inside a frame ({available} bytes)")
-        self._transition(ConnectionClosed, Direction.IN)
-        return ConnectionClosed()
-
-    def _consume(self, length: int) -> None:
-        self._read_position += length
-        if self._read_position == len(self._buffer):
-            self._buffer.clear()
-            self._read_position = 0
-        elif self._read_position >= _COMPACT_MIN_BYTES and self._read_position * 2 >= len(
-            self._buffer
-        ):
-            del self._buffer[: self._read_position]
-            self._read_position = 0
-
-    def _inbound(self, event: FrameEvent) -> None:
-        self._transition(type(event), Direction.IN)
-        if isinstance(event, Hello) and event.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolViolation(f"unsupported protocol version {event.protocol_version}")
-        if isinstance(event, Welcome):
-            self._last_seq = self._acked_seq = event.durable_seq
-        elif isinstance(event, RecordsFrame):
-            self._check_continuity(event, ProtocolViolation)
-            self._last_seq = event.last_seq
-        elif isinstance(event, Ack):
-            self._check_ack(event, ProtocolViolation)
-            self._acked_seq = event.durable_seq
-        elif isinstance(event, HashRequest):
-            self._check_room(ProtocolViolation)
-            self._hash_requests.append(event)
-        elif isinstance(event, Hashes):
-            self._check_answer(event, ProtocolViolation)
-            self._hash_requests.popleft()
+        closed = ConnectionClosed()
+        self._process_event(Direction.IN, closed)
+        return closed
 
     def _fail(self, violation: ProtocolViolation) -> None:
         self._violation = violation
         self._state = State.ERROR
-        self._buffer = bytearray()
-        self._read_position = 0
+        self._rx.close()
         self._pending_header = None
 
     # --- outbound --------------------------------------------------------------------------
@@ -315,23 +272,40 @@ class WireConnection:
             check_event(event)
         except ValueError as exc:
             raise LocalProtocolError(f"cannot send {type(event).__name__}: {exc}") from None
-        new_state = self._next_state(type(event), Direction.OUT, LocalProtocolError)
-        if isinstance(event, Welcome):
+        self._process_event(Direction.OUT, event)
+        return encode_event(event)
+
+    # --- the one path of both directions ---------------------------------------------------
+
+    def _process_event(self, direction: Direction, event: Event) -> None:
+        """Apply the rules of ``event`` received (IN) or sent (OUT) and move the state.
+
+        A broken rule raises before anything changes: ``ProtocolViolation`` inbound (the
+        peer's fault), ``LocalProtocolError`` outbound (ours).
+        """
+        error = ProtocolViolation if direction is Direction.IN else LocalProtocolError
+        new_state = self._next_state(type(event), direction, error)
+        if isinstance(event, Hello):
+            # We speak one version; sending another is allowed (tests of a refusing peer).
+            if direction is Direction.IN and event.protocol_version != PROTOCOL_VERSION:
+                raise error(f"unsupported protocol version {event.protocol_version}")
+        elif isinstance(event, Welcome):
             self._last_seq = self._acked_seq = event.durable_seq
         elif isinstance(event, RecordsFrame):
-            self._check_continuity(event, LocalProtocolError)
+            self._check_continuity(event, error)
             self._last_seq = event.last_seq
         elif isinstance(event, Ack):
-            self._check_ack(event, LocalProtocolError)
+            self._check_ack(event, error)
             self._acked_seq = event.durable_seq
         elif isinstance(event, HashRequest):
-            self._check_room(LocalProtocolError)
+            self._check_room(error)
             self._hash_requests.append(event)
         elif isinstance(event, Hashes):
-            self._check_answer(event, LocalProtocolError)
+            self._check_answer(event, error)
             self._hash_requests.popleft()
         self._state = new_state
-        return encode_event(event)
+        if new_state is State.CLOSED:
+            self._rx.close()
 
     # --- rules shared by both directions ---------------------------------------------------
 
@@ -346,9 +320,6 @@ class WireConnection:
                 f"{self._state.name}"
             )
         return new_state
-
-    def _transition(self, event_type: type[Event], direction: Direction) -> None:
-        self._state = self._next_state(event_type, direction, ProtocolViolation)
 
     def _check_continuity(self, event: RecordsFrame, error: type[SeawallError]) -> None:
         if not follows(self._last_seq, event.directory.headers[0]):

@@ -50,6 +50,7 @@ from typing import cast
 
 from seawall.agent.frontend.backend import BackendCatalog, ExportBackend
 from seawall.agent.frontend.reply_gate import DeferredReply, ReplyGate
+from seawall.errors import ProtocolViolation
 from seawall.local_access import bind_unix
 from seawall.nbd.constants import EIO, nbd_errno_for
 from seawall.nbd.events import (
@@ -58,7 +59,6 @@ from seawall.nbd.events import (
     ExportInfo,
     ExportSelected,
     FlushRequest,
-    ProtocolError,
     ReadReply,
     ReadRequest,
     SimpleReply,
@@ -222,6 +222,8 @@ class _NbdProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._close_when_idle:
+            return  # after DISC, a violation or a vanished export, input no longer matters
         if self._tls_early is not None:
             # ``start_tls`` hands over decrypted data as soon as its handshake is done,
             # maybe before it returns the transport the answers must go through.
@@ -240,7 +242,13 @@ class _NbdProtocol(asyncio.Protocol):
                 if self._transport is not None:
                     self._transport.pause_reading()  # until _read_then_reply resumes
                 break
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except ProtocolViolation as exc:
+                log.warning("NBD client %s on %s: %s; closing", self._peer, self.export_name,
+                            exc.message, extra={"volume": self.export_name})
+                self._close_when_idle = True
+                break
             if event is NEED_DATA:
                 break
             # Hot path first: writes, then reads. (``type(x) is C`` also narrows for mypy.)
@@ -293,11 +301,6 @@ class _NbdProtocol(asyncio.Protocol):
                 if backend is None:
                     break
             elif type(event) is Disconnect:
-                self._close_when_idle = True
-                break
-            elif type(event) is ProtocolError:
-                log.warning("NBD client %s on %s: %s; closing", self._peer, self.export_name,
-                            event.message, extra={"volume": self.export_name})
                 self._close_when_idle = True
                 break
             elif type(event) is StartTls:

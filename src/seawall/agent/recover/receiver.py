@@ -42,12 +42,12 @@ from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
 from seawall.wire.aio import read_event
 from seawall.wire.protocol import (
+    NEED_DATA,
     Ack,
     ConnectionClosed,
     Error,
     HashRequest,
     Hello,
-    NeedData,
     RecordsFrame,
     Role,
     Welcome,
@@ -192,7 +192,7 @@ class ReplicationServer:
                 data = await hashes.unless_failed(reader.read(READ_CHUNK_BYTES))
                 connection.receive_data(data)
                 appended = False
-                while not isinstance(event := connection.next_event(), NeedData):
+                while (event := connection.next_event()) is not NEED_DATA:
                     if isinstance(event, RecordsFrame):
                         journal.append_frame(event.frame, event.directory)
                         group.received_bytes += len(event.frame)
