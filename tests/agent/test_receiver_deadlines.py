@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_receiver import SPEC, VOLUME_BYTES
 
-from seawall.agent.recover.receiver import ReplicationServer
 from seawall.agent.recover.group import RecoveryGroup
+from seawall.agent.recover.receiver import ReplicationServer
 from seawall.localsites import free_port
 from seawall.tls import client_context
 from seawall.wire.frames import Codec, Compressor

@@ -53,7 +53,7 @@ import httpx
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.checkpoints import LoggedCheckpoint
 from seawall.agent.protect.group import ProtectedGroup
-from seawall.agent.state import CoordinationMember
+from seawall.contract.agent import CoordinationMember
 from seawall.errors import Conflict, NotFound, NotReady, PeerError, SeawallError, error_from_code
 
 log = logging.getLogger(__name__)
