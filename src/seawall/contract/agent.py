@@ -154,6 +154,10 @@ class PathsCheck(Request):
     scripts: list[str] = Field(default=[], max_length=16)
 
 
+class PathsChecked(Answer):
+    ok: bool
+
+
 class GroupStatus(Answer):
     """A group's status, either side (the manager's monitoring reads the rest by name)."""
 
@@ -177,6 +181,8 @@ class CheckpointTag(Request):
 
 
 class TaggedCheckpoint(Answer):
+    """A checkpoint just taken: tagged on request, or the final one of a fence."""
+
     id: int
     time_ns: int
     name: str

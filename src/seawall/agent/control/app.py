@@ -30,6 +30,7 @@ from seawall.contract.agent import (
     GroupStatus,
     Health,
     PathsCheck,
+    PathsChecked,
     PinForget,
     PinsLeft,
     ProtectionChange,
@@ -79,7 +80,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     async def update_retention(group_id: str, body: RetentionChange) -> dict[str, Any]:
         return agent.update_retention(group_id, body)
 
-    @app.post("/paths/check")
+    @app.post("/paths/check", response_model=PathsChecked)
     async def paths_check(body: PathsCheck) -> dict[str, Any]:
         check_paths(body, agent.config)
         return {"ok": True}

@@ -19,6 +19,7 @@ from seawall.contract.agent import (
     FenceRequest,
     GroupStatus,
     RecoverySpec,
+    TaggedCheckpoint,
     same_id,
 )
 
@@ -54,19 +55,19 @@ def failover_router(agent: Agent) -> APIRouter:
     async def live_status(operation_id: str) -> dict[str, Any]:
         return live.status(operation_id)
 
-    @router.post("/failover-live/{operation_id}/commit")
+    @router.post("/failover-live/{operation_id}/commit", response_model=FailoverRun)
     async def commit_live(operation_id: str) -> dict[str, Any]:
         return live.commit(operation_id)
 
-    @router.delete("/failover-live/{operation_id}")
+    @router.delete("/failover-live/{operation_id}", response_model=FailoverRun)
     async def rollback_live(operation_id: str) -> dict[str, Any]:
         return await live.rollback(operation_id)
 
-    @router.post("/groups/{group_id}/fence")
+    @router.post("/groups/{group_id}/fence", response_model=TaggedCheckpoint)
     async def fence(group_id: str, body: FenceRequest) -> dict[str, Any]:
         return await agent.source.fence(group_id, body.checkpoint_name, body.timeout_s)
 
-    @router.post("/groups/{group_id}/unfence")
+    @router.post("/groups/{group_id}/unfence", response_model=GroupStatus)
     async def unfence(group_id: str) -> dict[str, Any]:
         return agent.source.unfence(group_id)
 
