@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from seawall.agent.control.app import create_control_app
@@ -32,7 +33,7 @@ from seawall.config import SiteConfig
 from seawall.contract import agent as contract
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import NotFound, PeerError
-from seawall.http import JsonClient
+from seawall.http import JsonClient, install_error_handler
 from seawall.localsites import free_ports
 
 NOT_THE_MANAGERS = {"/shutdown", "/metrics", "/metrics/snapshot", "/control-pins",
@@ -141,3 +142,19 @@ def test_an_answer_outside_the_contract_is_a_peer_error(serve: Any) -> None:
             api.checkpoints("g1")
     finally:
         client.close()
+
+
+def test_a_request_the_callers_input_does_not_fit_is_invalid_input() -> None:
+    """Built on the manager's side, a request model refuses bad input as the agent would
+    have (422, InvalidInput), not as a server error."""
+    app = FastAPI()
+    install_error_handler(app)
+
+    @app.post("/volumes")
+    def create(size_bytes: int) -> dict[str, Any]:
+        return contract.VolumeCreate(name="vol", size_bytes=size_bytes).model_dump()
+
+    answer = TestClient(app).post("/volumes", params={"size_bytes": 0})
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "invalid_input"
+    assert "size_bytes" in answer.json()["message"]

@@ -35,6 +35,8 @@ from seawall.contract.agent import (
     RecoverySpec,
     RetentionChange,
     TaggedCheckpoint,
+    VolumeAdd,
+    VolumeCreate,
     VolumeInfo,
     dump,
 )
@@ -75,6 +77,12 @@ class AgentApi:
 
     def volumes(self) -> list[VolumeInfo]:
         return self._call(list[VolumeInfo], "GET", "/volumes")
+
+    def create_volume(self, request: VolumeCreate) -> VolumeInfo:
+        return self._call(VolumeInfo, "POST", "/volumes", request)
+
+    def add_volume(self, request: VolumeAdd) -> VolumeInfo:
+        return self._call(VolumeInfo, "POST", "/volumes/add", request)
 
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))

@@ -28,6 +28,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import NotFound, SeawallError
 from seawall.manager.clients import agent_client, peer_client
 from seawall.manager.groups.members import is_spanning
@@ -91,7 +92,7 @@ class StatusService:
                     agent = self.spanning.status(facts.spanning_volumes, protected,
                                                  self._offered(facts) if protected else None)
                 else:
-                    agent = self.agent.get(f"/groups/{facts.group_id}/status")
+                    agent = AgentApi(self.agent).group_status(facts.group_id).model_dump()
                 error = None
             except SeawallError as exc:
                 error = exc.message
