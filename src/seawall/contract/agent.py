@@ -6,8 +6,9 @@ Rules and invariants:
   the same models as bodies and declare them as their answers (FastAPI ``response_model``),
   so a field renamed on one side fails on both at once.
 - This module imports neither the agent nor the manager: both import it.
-- Requests forbid unknown fields (a misspelt setting is refused, not ignored); answers
-  allow them (a newer agent may say more than an older manager reads).
+- Requests forbid unknown fields (a misspelt setting is refused, not ignored), except the
+  two group specs, which are also saved state and must load older files; answers allow
+  them (a newer agent may say more than an older manager reads).
 - A route whose path names a group (``PUT /protected/{group_id}``) takes a body naming the
   same group; ``same_id`` refuses a mismatch before anything changes.
 - ``ProtectionSpec`` and ``RecoverySpec`` are also what the agent saves of each group
