@@ -146,7 +146,7 @@ class StatusService:
     def probe_agent(self) -> str | None:
         """None if this site's agent answers its health check, else why not."""
         try:
-            self.agent.get("/health")
+            AgentApi(self.agent).health()
             return None
         except SeawallError as exc:
             return exc.message
@@ -157,7 +157,7 @@ class StatusService:
         joined = self.agents.names()[1:]  # the site's own is first: probe_agent
         if not joined:
             return {}
-        answers = self.agents.ask_all(lambda client: client.get("/health"), joined,
+        answers = self.agents.ask_all(lambda client: AgentApi(client).health(), joined,
                                       PEER_TIMEOUT_S)  # side by side: one slow agent's wait
         return {a.agent: a.error.message if a.error is not None else None for a in answers}
 
