@@ -36,10 +36,9 @@ from seawall.errors import NotFound, PeerError
 from seawall.http import JsonClient, install_error_handler
 from seawall.localsites import free_ports
 
-NOT_THE_MANAGERS = {"/shutdown", "/metrics", "/metrics/snapshot", "/control-pins",
-                    "/scripts/run"}
-"""Routes outside this contract: the site runner's stop, metrics scraping, the pins
-(``seawall.agent.control.listener``) and scripts (``seawall.agent.control.scripts``)."""
+NOT_THE_MANAGERS = {"/shutdown", "/metrics", "/metrics/snapshot", "/control-pins"}
+"""Routes outside this contract: the site runner's stop, metrics scraping and the pins
+(``seawall.agent.control.listener``)."""
 
 
 def site(tmp_path: Path) -> SiteConfig:

@@ -18,9 +18,9 @@ Rules and invariants:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from seawall.errors import InvalidInput
 
@@ -265,6 +265,33 @@ class FailoverRun(Answer):
 class FenceRequest(Request):
     checkpoint_name: str = Field(default="", max_length=512)
     timeout_s: float = Field(default=FENCE_TIMEOUT_S, gt=0, le=3600)
+
+
+# --- recovery scripts (``seawall.agent.control.scripts``) ---------------------------------
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+class ScriptRun(Request):
+    """``POST /scripts/run``: a script of the recovery site's scripts directory."""
+
+    path: str = Field(min_length=1, max_length=4096)
+    args: list[str] = Field(default=[], max_length=64)
+    environment: dict[EnvName, str] = Field(default={}, max_length=64)
+    timeout_s: float = Field(gt=0, le=3600)
+
+
+class ScriptOutcome(Answer):
+    """Every outcome of a script is an answer: exit code (negative: killed by that signal),
+    ``timed_out``, ``duration_s``, the tail of its ``output``, ``error`` when it failed."""
+
+    path: str
+    exit_code: int | None = None
+    timed_out: bool = False
+    duration_s: float | None = None
+    output: str = ""
+    output_dropped_bytes: int = 0
+    error: str | None = None
 
 
 # --- coordinated checkpoints (a lead agent calls its members) ----------------------------

@@ -34,6 +34,8 @@ from seawall.contract.agent import (
     ProtectionSpec,
     RecoverySpec,
     RetentionChange,
+    ScriptOutcome,
+    ScriptRun,
     TaggedCheckpoint,
     VolumeAdd,
     VolumeCreate,
@@ -86,6 +88,9 @@ class AgentApi:
 
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))
+
+    def run_script(self, request: ScriptRun) -> ScriptOutcome:
+        return self._call(ScriptOutcome, "POST", "/scripts/run", request)
 
     def check_paths(self, paths: PathsCheck) -> PathsChecked:
         return self._call(PathsChecked, "POST", "/paths/check", paths)
