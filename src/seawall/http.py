@@ -46,6 +46,7 @@ def install_error_handler(app: FastAPI) -> None:
     # and importing FastAPI would add ~0.27 s to every command's start-up.
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from pydantic import ValidationError
     from starlette.exceptions import HTTPException
 
     @app.exception_handler(SeawallError)
@@ -64,6 +65,14 @@ def install_error_handler(app: FastAPI) -> None:
             status_code=422,
             content=error.body(),
         )
+
+    @app.exception_handler(ValidationError)
+    async def _contract_error(request: Request, exc: ValidationError) -> JSONResponse:
+        # A request to another process, built from its contract model (seawall.contract),
+        # that the caller's input does not fit: refused here as the other side would.
+        details = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+                            for error in exc.errors())
+        return JSONResponse(status_code=422, content=InvalidInput(details).body())
 
     @app.exception_handler(HTTPException)
     async def _framework_error(request: Request, exc: HTTPException) -> JSONResponse:

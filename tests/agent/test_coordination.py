@@ -22,7 +22,7 @@ from seawall.agent.protect import coordination
 from seawall.agent.protect.coordination import Coordinator, MemberHold
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.volumes import FileVolume
-from seawall.agent.state import Coordination, GroupVolume, ProtectionSpec
+from seawall.contract.agent import Coordination, GroupVolume, ProtectionSpec
 from seawall.errors import NotReady, PeerError
 from seawall.nbd import NbdClient
 from seawall.sync.digests import block_digests

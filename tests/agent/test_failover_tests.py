@@ -14,8 +14,8 @@ import pytest
 from journal.journal_model import ExpectedCheckpoint, Stream, make_stream
 from seawall.agent.failover.drills import FailoverTests, default_scratch_limit_bytes
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.config import SiteConfig
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.errors import Conflict, NotFound
 
 VOLUME_SIZES = {0: 64 * 1024, 7: 50_001}  # volume 7: not a whole number of blocks

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from journal.journal_model import make_stream
 from seawall.agent.service import Agent
-from seawall.agent.state import GroupVolume, RecoverySpec
 from seawall.config import SiteConfig
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.localsites import free_ports
 from seawall.nbd.blocking import NbdClient
 from seawall.tls import client_context

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, RecoverySpec
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.localsites import free_port
 from seawall.tls import client_context
 from seawall.wire.aio import read_event

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, RecoverySpec
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.localsites import free_port
 from seawall.wire.aio import read_event
 from seawall.wire.frames import Codec, Compressor

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, RecoverySpec
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.errors import Conflict
 from seawall.localsites import free_port
 from seawall.sync.digests import block_digests

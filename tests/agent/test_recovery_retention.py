@@ -8,7 +8,7 @@ from pathlib import Path
 
 from journal.journal_model import Stream, assert_checkpoints_match, make_stream
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, RecoverySpec
+from seawall.contract.agent import GroupVolume, RecoverySpec
 from seawall.wire.frames import Codec
 
 S = 1_000_000_000

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from seawall.agent.control.scripts import OUTPUT_GRACE_S, OUTPUT_MAX_BYTES, ScriptRun, run_script
+from seawall.agent.control.scripts import OUTPUT_GRACE_S, OUTPUT_MAX_BYTES, run_script
 from seawall.config import SiteConfig
+from seawall.contract.agent import ScriptRun
 from seawall.errors import InvalidInput
 
 

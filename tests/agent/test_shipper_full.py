@@ -20,7 +20,7 @@ from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.volumes import FileVolume, create_volume_file
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import GroupVolume, ProtectionSpec, RecoverySpec
+from seawall.contract.agent import GroupVolume, ProtectionSpec, RecoverySpec
 from seawall.localsites import free_port
 from seawall.tls import client_context
 from seawall.wan.site_throttle import SiteThrottle

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from seawall.agent.protect.shipper import Shipper
-from seawall.agent.state import GroupVolume, ProtectionSpec
+from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import ProtocolViolation
 from seawall.localsites import free_port
 from seawall.tls import client_context, server_context

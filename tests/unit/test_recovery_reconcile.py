@@ -32,18 +32,21 @@ class FakeAgent:
         self.running = running
         self.deleted: list[str] = []
 
-    def get(self, path: str) -> list[dict[str, Any]]:
-        assert path == "/failover-tests"
-        return [{"operation_id": op, "images": [], "scratch_alert": False}
-                for op in sorted(self.running)]
-
-    def delete(self, path: str) -> dict[str, Any]:
+    def request(self, method: str, path: str, json: Any = None,
+                params: dict[str, Any] | None = None) -> Any:
+        """Answers as the agent's contract says (``seawall.contract.agent.FailoverRun``)."""
+        if method == "GET":
+            assert path == "/failover-tests"
+            return [{"operation_id": op, "group_id": f"group-{op}", "images": [],
+                     "scratch_alert": False} for op in sorted(self.running)]
+        assert method == "DELETE"
         operation_id = path.rsplit("/", 1)[1]
         if operation_id not in self.running:
             raise NotFound(f"no failover test {operation_id}")
         self.running.discard(operation_id)
         self.deleted.append(operation_id)
-        return {"operation_id": operation_id, "images": [{"volume": "disk0"}]}
+        return {"operation_id": operation_id, "group_id": f"group-{operation_id}",
+                "images": [{"volume": "disk0"}]}
 
 
 def row(operation_id: str, state: str) -> RecoveryOperation:

@@ -7,7 +7,7 @@ from typing import Any
 
 from seawall.agent.protect.shipper import COMPRESSION_WINDOW_S, Shipper
 from seawall.agent.protect.stream import GroupStream
-from seawall.agent.state import GroupVolume, ProtectionSpec
+from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.wan.site_throttle import SiteThrottle
 from seawall.wire.frames import Codec
 

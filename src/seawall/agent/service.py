@@ -31,10 +31,10 @@ from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.recover.receiver import ReplicationServer
-from seawall.agent.settings import ProtectionChange, RetentionChange
-from seawall.agent.state import AgentState, ProtectionSpec, RecoverySpec, SavedVolume
+from seawall.agent.state import AgentState, SavedVolume
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
+from seawall.contract.agent import ProtectionChange, ProtectionSpec, RecoverySpec, RetentionChange
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.nbd_certs import CA_CERT
 from seawall.nbd_certs import server_context as nbd_server_context

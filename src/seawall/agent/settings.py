@@ -1,4 +1,4 @@
-"""Group settings as the agent takes them after create, and the paths it vouches for.
+"""The paths the agent vouches for (the changes it takes are ``seawall.contract.agent``).
 
 Rules:
 - A change names only the fields that change (``exclude_unset``); the agent applies it in
@@ -14,35 +14,12 @@ Rules:
 from __future__ import annotations
 
 import os
-from typing import Literal
-
-from pydantic import BaseModel, Field
 
 from seawall.agent.control.scripts import open_script
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
+from seawall.contract.agent import PathsCheck
 from seawall.errors import InvalidInput
-
-
-class ProtectionChange(BaseModel):
-    """Settings of a protected group that change in place (``ProtectionSpec``'s names)."""
-
-    checkpoint_interval_s: float | None = Field(default=None, ge=0.1, le=3600.0)
-    codec: Literal["zstd", "lz4", "none"] | None = None
-    priority: Literal["high", "medium", "low"] | None = None
-
-
-class RetentionChange(BaseModel):
-    """Retention of a recovered group (``RecoverySpec``'s names); checked by its policy."""
-
-    history_s: float
-    journal_max_bytes: int | None
-    journal_warning_ratio: float
-
-
-class PathsCheck(BaseModel):
-    directories: list[str] = Field(default=[], max_length=16)
-    scripts: list[str] = Field(default=[], max_length=16)
 
 
 def check_paths(paths: PathsCheck, config: SiteConfig) -> None:

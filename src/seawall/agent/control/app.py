@@ -4,107 +4,106 @@ Every route is ``async def`` on purpose: it then runs in the agent's one event l
 the NBD requests, so a checkpoint record is ordered with writes without any lock.
 
 Routes parse, call ``Agent``, and return what it returns; errors map in ``seawall.http``.
+Bodies and answers are the models of ``seawall.contract.agent`` (the manager's too); a
+route whose path names a group refuses a body naming another (``same_id``) before it
+changes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
-from pydantic import BaseModel, Field
 
 from seawall.agent.control.coordination_routes import coordination_router
 from seawall.agent.control.failover_routes import failover_router
 from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.control.scripts import scripts_router
 from seawall.agent.service import Agent
-from seawall.agent.settings import PathsCheck, ProtectionChange, RetentionChange, check_paths
-from seawall.agent.state import ProtectionSpec, RecoverySpec
+from seawall.agent.settings import check_paths
+from seawall.contract.agent import (
+    Checkpoint,
+    CheckpointTag,
+    ExportCreate,
+    ExportDescription,
+    GroupStatus,
+    Health,
+    PathsCheck,
+    PathsChecked,
+    PinForget,
+    PinsLeft,
+    ProtectionChange,
+    ProtectionSpec,
+    RecoverySpec,
+    RetentionChange,
+    TaggedCheckpoint,
+    VolumeAdd,
+    VolumeCreate,
+    VolumeInfo,
+    same_id,
+)
 from seawall.http import install_error_handler
 from seawall.names import check_checkpoint_name
-
-
-class VolumeCreate(BaseModel):
-    name: str
-    size_bytes: int = Field(gt=0)
-
-
-class VolumeAdd(BaseModel):
-    name: str
-    path: Path
-
-
-class CheckpointTag(BaseModel):
-    name: str = ""
-
-
-class PinForget(BaseModel):
-    cert_pem: str = Field(min_length=1, max_length=8192)
-
-
-class ExportCreate(BaseModel):
-    group_id: str
-    volume: str
-    checkpoint: str = "latest"
 
 
 def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetrics) -> FastAPI:
     app = FastAPI(title="Seawall agent", docs_url=None, redoc_url=None)
     install_error_handler(app)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "agent_id": agent.agent_id}
 
-    @app.get("/volumes")
+    @app.get("/volumes", response_model=list[VolumeInfo])
     async def list_volumes() -> list[dict[str, Any]]:
         return agent.list_volumes()
 
-    @app.post("/volumes")
+    @app.post("/volumes", response_model=VolumeInfo)
     async def create_volume(body: VolumeCreate) -> dict[str, Any]:
         return agent.create_volume(body.name, body.size_bytes)
 
-    @app.post("/volumes/add")
+    @app.post("/volumes/add", response_model=VolumeInfo)
     async def add_volume(body: VolumeAdd) -> dict[str, Any]:
         return agent.add_volume(body.name, body.path)
 
-    @app.put("/protected/{group_id}")
+    @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:
+        same_id(group_id, body.group_id)
         return agent.protect(body)
 
-    @app.patch("/protected/{group_id}")
+    @app.patch("/protected/{group_id}", response_model=GroupStatus)
     async def update_protection(group_id: str, body: ProtectionChange) -> dict[str, Any]:
         return agent.update_protection(group_id, body)
 
-    @app.patch("/recovering/{group_id}")
+    @app.patch("/recovering/{group_id}", response_model=GroupStatus)
     async def update_retention(group_id: str, body: RetentionChange) -> dict[str, Any]:
         return agent.update_retention(group_id, body)
 
-    @app.post("/paths/check")
+    @app.post("/paths/check", response_model=PathsChecked)
     async def paths_check(body: PathsCheck) -> dict[str, Any]:
         check_paths(body, agent.config)
         return {"ok": True}
 
-    @app.put("/recovering/{group_id}")
+    @app.put("/recovering/{group_id}", response_model=GroupStatus)
     async def recover(group_id: str, body: RecoverySpec) -> dict[str, Any]:
+        same_id(group_id, body.group_id)
         return agent.recover(body)
 
-    @app.post("/pins/forget")
+    @app.post("/pins/forget", response_model=PinsLeft)
     async def forget_pin(body: PinForget) -> dict[str, Any]:
         return agent.forget_pin(body.cert_pem)
 
-    @app.get("/groups/{group_id}/status")
+    @app.get("/groups/{group_id}/status", response_model=GroupStatus)
     async def group_status(group_id: str) -> dict[str, Any]:
         return agent.group_status(group_id)
 
-    @app.get("/groups/{group_id}/checkpoints")
+    @app.get("/groups/{group_id}/checkpoints", response_model=list[Checkpoint])
     async def checkpoints(group_id: str, newest: Annotated[int | None, Query(gt=0)] = None,
                           ) -> list[dict[str, Any]]:
         return agent.checkpoints(group_id, newest)
 
-    @app.post("/groups/{group_id}/checkpoints")
+    @app.post("/groups/{group_id}/checkpoints", response_model=TaggedCheckpoint)
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
         group = agent.protected_group(group_id)
         name = check_checkpoint_name(body.name)
@@ -114,19 +113,19 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
             await group.persist_checkpoints()
         return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
 
-    @app.post("/groups/{group_id}/resync")
+    @app.post("/groups/{group_id}/resync", response_model=GroupStatus)
     async def resync(group_id: str) -> dict[str, Any]:
         return agent.resync(group_id)
 
-    @app.get("/exports")
+    @app.get("/exports", response_model=list[ExportDescription])
     async def list_exports() -> list[dict[str, Any]]:
         return agent.list_exports()
 
-    @app.post("/exports")
+    @app.post("/exports", response_model=ExportDescription)
     async def create_export(body: ExportCreate) -> dict[str, Any]:
         return agent.create_export(body.group_id, body.volume, body.checkpoint)
 
-    @app.delete("/exports/{name}")
+    @app.delete("/exports/{name}", response_model=ExportDescription)
     async def stop_export(name: str) -> dict[str, Any]:
         return agent.stop_export(name)
 

@@ -10,40 +10,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from seawall.agent.protect.coordination import CoordinatedGroups
-
-
-class Prepare(BaseModel):
-    name: str = Field(default="", max_length=512)
-    tagged: bool = False
-
-
-class Release(BaseModel):
-    marker_seq: int = Field(gt=0)
-    group_checkpoint: int = Field(gt=0)
-
-
-class Abort(BaseModel):
-    marker_seq: int = Field(gt=0)
+from seawall.contract.agent import (
+    CoordinationAbort,
+    CoordinationAborted,
+    CoordinationPrepare,
+    CoordinationPrepared,
+    CoordinationRelease,
+    CoordinationReleased,
+)
 
 
 def coordination_router(groups: CoordinatedGroups) -> APIRouter:
     router = APIRouter(prefix="/coordination/{group_id}")
 
-    @router.post("/prepare")
-    async def prepare(group_id: str, body: Prepare) -> dict[str, Any]:
+    @router.post("/prepare", response_model=CoordinationPrepared)
+    async def prepare(group_id: str, body: CoordinationPrepare) -> dict[str, Any]:
         entry = await groups.hold(group_id).prepare(body.name, body.tagged)
         return {"marker_seq": entry.seq, "time_ns": entry.time_ns}
 
-    @router.post("/release")
-    async def release(group_id: str, body: Release) -> dict[str, Any]:
+    @router.post("/release", response_model=CoordinationReleased)
+    async def release(group_id: str, body: CoordinationRelease) -> dict[str, Any]:
         return {"sealed": groups.hold(group_id).release(body.marker_seq,
                                                          body.group_checkpoint)}
 
-    @router.post("/abort")
-    async def abort(group_id: str, body: Abort) -> dict[str, Any]:
+    @router.post("/abort", response_model=CoordinationAborted)
+    async def abort(group_id: str, body: CoordinationAbort) -> dict[str, Any]:
         groups.hold(group_id).abort(body.marker_seq)
         return {"aborted": True}
 

@@ -12,77 +12,68 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
-from seawall.agent.state import NAME_PATTERN, RecoverySpec
+from seawall.contract.agent import (
+    FailoverRun,
+    FailoverStart,
+    FenceRequest,
+    GroupStatus,
+    RecoverySpec,
+    TaggedCheckpoint,
+    same_id,
+)
 
 if TYPE_CHECKING:
     from seawall.agent.service import Agent
-
-OperationIdField = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-FENCE_TIMEOUT_S = 20.0
-"""Within the 30 s a manager waits for its peer: the peer call carries the answer back."""
-
-
-class FailoverStart(BaseModel):
-    operation_id: str = OperationIdField
-    group_id: str
-    checkpoint: str = Field(min_length=1, max_length=32)
-    scratch_max_bytes: int | None = Field(default=None, gt=0)
-
-
-class FenceRequest(BaseModel):
-    checkpoint_name: str = Field(default="", max_length=512)
-    timeout_s: float = Field(default=FENCE_TIMEOUT_S, gt=0, le=3600)
-
 
 def failover_router(agent: Agent) -> APIRouter:
     router = APIRouter()
     tests, live = agent.failover_tests, agent.live
 
-    @router.get("/failover-tests")
+    @router.get("/failover-tests", response_model=list[FailoverRun])
     async def list_tests() -> list[dict[str, Any]]:
         return tests.list_all()
 
-    @router.post("/failover-tests")
+    @router.post("/failover-tests", response_model=FailoverRun)
     async def start_test(body: FailoverStart) -> dict[str, Any]:
         return tests.start(body.operation_id, body.group_id, body.checkpoint,
                            body.scratch_max_bytes)
 
-    @router.delete("/failover-tests/{operation_id}")
+    @router.delete("/failover-tests/{operation_id}", response_model=FailoverRun)
     async def stop_test(operation_id: str) -> dict[str, Any]:
         return tests.stop(operation_id)
 
-    @router.get("/failover-live")
+    @router.get("/failover-live", response_model=list[FailoverRun])
     async def list_live() -> list[dict[str, Any]]:
         return live.list_all()
 
-    @router.post("/failover-live")
+    @router.post("/failover-live", response_model=FailoverRun)
     async def start_live(body: FailoverStart) -> dict[str, Any]:
         return await live.start(body.operation_id, body.group_id, body.checkpoint)
 
-    @router.get("/failover-live/{operation_id}")
+    @router.get("/failover-live/{operation_id}", response_model=FailoverRun)
     async def live_status(operation_id: str) -> dict[str, Any]:
         return live.status(operation_id)
 
-    @router.post("/failover-live/{operation_id}/commit")
+    @router.post("/failover-live/{operation_id}/commit", response_model=FailoverRun)
     async def commit_live(operation_id: str) -> dict[str, Any]:
         return live.commit(operation_id)
 
-    @router.delete("/failover-live/{operation_id}")
+    @router.delete("/failover-live/{operation_id}", response_model=FailoverRun)
     async def rollback_live(operation_id: str) -> dict[str, Any]:
         return await live.rollback(operation_id)
 
-    @router.post("/groups/{group_id}/fence")
+    @router.post("/groups/{group_id}/fence", response_model=TaggedCheckpoint)
     async def fence(group_id: str, body: FenceRequest) -> dict[str, Any]:
         return await agent.source.fence(group_id, body.checkpoint_name, body.timeout_s)
 
-    @router.post("/groups/{group_id}/unfence")
+    @router.post("/groups/{group_id}/unfence", response_model=GroupStatus)
     async def unfence(group_id: str) -> dict[str, Any]:
         return agent.source.unfence(group_id)
 
-    @router.post("/groups/{group_id}/reverse")
+    @router.post("/groups/{group_id}/reverse", response_model=GroupStatus)
     async def reverse(group_id: str, body: RecoverySpec) -> dict[str, Any]:
+        same_id(group_id, body.group_id)
         return await agent.source.reverse(body)
 
     return router

@@ -35,28 +35,18 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, StringConstraints
 
 from seawall.config import SiteConfig
 from seawall.confined import inside, open_directory
+from seawall.contract.agent import ScriptOutcome, ScriptRun
 from seawall.errors import InvalidInput
 
 OUTPUT_MAX_BYTES = 64 * 1024
 OUTPUT_GRACE_S = 1.0
 READ_CHUNK_BYTES = 16 * 1024
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-
-
-class ScriptRun(BaseModel):
-    path: str = Field(min_length=1, max_length=4096)
-    args: list[str] = Field(default=[], max_length=64)
-    environment: dict[EnvName, str] = Field(default={}, max_length=64)
-    timeout_s: float = Field(gt=0, le=3600)
-
-
 class _Tail:
     """The last ``limit`` bytes written, and how many came before them."""
 
@@ -193,7 +183,7 @@ async def _run(request: ScriptRun, script_fd: int, as_user: dict[str, Any],
 def scripts_router(config: SiteConfig) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/scripts/run")
+    @router.post("/scripts/run", response_model=ScriptOutcome)
     async def run(body: ScriptRun) -> dict[str, Any]:
         return await run_script(body, config)
 

@@ -28,8 +28,8 @@ from typing import Any
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.images.scratch import ScratchImage
 from seawall.agent.recover.group import RecoveryGroup
-from seawall.agent.state import NAME_PATTERN
 from seawall.config import SiteConfig
+from seawall.contract.agent import NAME_PATTERN
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.journal.journal import CheckpointInfo
 from seawall.journal.overlay import BLOCK_BYTES

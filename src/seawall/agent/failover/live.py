@@ -39,8 +39,9 @@ from seawall.agent.failover.drills import FailoverTests
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.images.live import LiveImage
 from seawall.agent.recover.group import RecoveryGroup, replica_path
-from seawall.agent.state import LiveFailoverSpec, RecoverySpec, SavedVolume
+from seawall.agent.state import SavedVolume
 from seawall.config import SiteConfig
+from seawall.contract.agent import LiveFailoverSpec, RecoverySpec
 from seawall.errors import Conflict, NotFound, SeawallError
 
 log = logging.getLogger(__name__)

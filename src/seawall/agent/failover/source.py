@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
-from seawall.agent.state import RecoverySpec
+from seawall.contract.agent import RecoverySpec
 from seawall.errors import InvalidInput, NotFound
 
 

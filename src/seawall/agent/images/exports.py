@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from seawall.agent.frontend.backend import check_range
 from seawall.agent.recover.group import RecoveryGroup
 from seawall.errors import NotFound
 from seawall.journal.view import PointInTimeView
@@ -31,6 +32,7 @@ class PointInTimeBackend:
                                description="seawall point-in-time image")
 
     def read(self, offset: int, length: int) -> bytearray:
+        check_range(self.info.size_bytes, offset, length)
         return self.view.read(offset, length)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

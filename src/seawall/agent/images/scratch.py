@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from seawall.agent.frontend.backend import check_range
 from seawall.agent.protect.volumes import punch_hole
 from seawall.journal.overlay import Layer, ScratchOverlay
 from seawall.journal.view import PointInTimeView
@@ -54,6 +55,7 @@ class ScratchImage:
             raise
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
+        check_range(self.info.size_bytes, offset, length)
         parts: list[bytes | bytearray] = []
         for piece in self.overlay.pieces(offset, length):
             if piece.source is None:
@@ -68,18 +70,21 @@ class ScratchImage:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
+        check_range(self.info.size_bytes, offset, len(data), errno.ENOSPC)
         self.overlay.write(offset, len(data))  # ScratchFull (ENOSPC) before any byte lands
         written = os.pwrite(self._fd, data, offset)
         if written != len(data):
             raise OSError(errno.EIO, f"short write of {written} of {len(data)} bytes to scratch")
 
     def write_zeroes(self, offset: int, length: int) -> None:
+        check_range(self.info.size_bytes, offset, length, errno.ENOSPC)
         punch = self.overlay.zero(offset, length)
         if punch is not None:
             # Freeing space only: the overlay reads the range as zeros either way.
             punch_hole(self._fd, *punch)
 
     def trim(self, offset: int, length: int) -> None:
+        check_range(self.info.size_bytes, offset, length)
         self.write_zeroes(offset, length)
 
     async def flush(self) -> None:

@@ -46,17 +46,27 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.checkpoints import LoggedCheckpoint
 from seawall.agent.protect.group import ProtectedGroup
-from seawall.agent.state import CoordinationMember
+from seawall.contract.agent import (
+    CoordinationAbort,
+    CoordinationAborted,
+    CoordinationMember,
+    CoordinationPrepare,
+    CoordinationPrepared,
+    CoordinationRelease,
+    CoordinationReleased,
+)
 from seawall.errors import Conflict, NotFound, NotReady, PeerError, SeawallError, error_from_code
 
 log = logging.getLogger(__name__)
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 HOLD_TIMEOUT_S = 5.0
 """Longest a member holds acknowledgements without hearing RELEASE or ABORT."""
@@ -155,16 +165,18 @@ class RemoteMember:
                                          timeout=ROUND_TIMEOUT_S)
 
     async def prepare(self, name: str, tagged: bool) -> int:
-        answer = await self._post("prepare", {"name": name, "tagged": tagged})
-        return int(answer["marker_seq"])
+        prepared = await self._post("prepare", CoordinationPrepare(name=name, tagged=tagged),
+                                    CoordinationPrepared)
+        return prepared.marker_seq
 
     async def release(self, marker_seq: int, group_checkpoint: int) -> bool:
-        answer = await self._post("release", {"marker_seq": marker_seq,
-                                              "group_checkpoint": group_checkpoint})
-        return bool(answer["sealed"])
+        released = await self._post("release", CoordinationRelease(
+            marker_seq=marker_seq, group_checkpoint=group_checkpoint), CoordinationReleased)
+        return released.sealed
 
     async def abort(self, marker_seq: int) -> None:
-        await self._post("abort", {"marker_seq": marker_seq})
+        await self._post("abort", CoordinationAbort(marker_seq=marker_seq),
+                         CoordinationAborted)
 
     async def probe(self) -> None:
         try:
@@ -178,9 +190,11 @@ class RemoteMember:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, action: str, body: BaseModel, answer: type[AnswerT]) -> AnswerT:
+        """The member's answer to ``action``, read into its contract model."""
         try:
-            response = await self._client.post(f"{self._path}/{action}", json=body)
+            response = await self._client.post(f"{self._path}/{action}",
+                                               json=body.model_dump(mode="json"))
         except httpx.HTTPError as exc:
             raise PeerError(f"member agent {self.agent} unreachable: "
                             f"{type(exc).__name__}: {exc}") from None
@@ -192,8 +206,11 @@ class RemoteMember:
             except (ValueError, KeyError, TypeError):
                 raise PeerError(f"member agent {self.agent} answered "
                                 f"{response.status_code}") from None
-        result: dict[str, Any] = response.json()
-        return result
+        try:
+            return answer.model_validate(response.json())
+        except ValueError as exc:  # not JSON, or not the contract's answer
+            raise PeerError(f"member agent {self.agent} answered {action} outside the "
+                            f"contract: {exc}") from None
 
 
 class Coordinator:

@@ -41,7 +41,7 @@ from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
 from seawall.agent.protect.stream import GroupStream
 from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
 from seawall.agent.protect.volumes import CaptureHook, FileVolume
-from seawall.agent.state import ProtectionSpec
+from seawall.contract.agent import ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan

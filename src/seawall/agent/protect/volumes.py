@@ -27,6 +27,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from seawall.agent.frontend.backend import check_range
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.nbd.events import ExportInfo
@@ -126,9 +127,11 @@ class FileVolume:
         self.reply_gate: ReplyGate | None = None
 
     def read(self, offset: int, length: int) -> bytes:
+        check_range(self.size_bytes, offset, length)
         return os.pread(self.fd, length, offset)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._check_change(offset, len(data), errno.ENOSPC)
         written = os.pwrite(self.fd, data, offset)
         if written != len(data):
             raise OSError(errno.EIO, f"short write of {written} of {len(data)} bytes")
@@ -136,11 +139,13 @@ class FileVolume:
             self.capture(RecordKind.WRITE, offset, len(data), bytes(data))
 
     def write_zeroes(self, offset: int, length: int) -> None:
+        self._check_change(offset, length, errno.ENOSPC)
         self._zero(offset, length)
         if self.capture is not None:
             self.capture(RecordKind.ZERO, offset, length, b"")
 
     def trim(self, offset: int, length: int) -> None:
+        self._check_change(offset, length, errno.EINVAL)
         self.write_zeroes(offset, length)
 
     async def flush(self) -> None:
@@ -148,6 +153,11 @@ class FileVolume:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def _check_change(self, offset: int, length: int, past_end: int) -> None:
+        if self.info.read_only:
+            raise OSError(errno.EPERM, f"volume {self.name} is read-only")
+        check_range(self.size_bytes, offset, length, past_end)
 
     def _zero(self, offset: int, length: int) -> None:
         if not self.is_block_device and punch_hole(self.fd, offset, length):

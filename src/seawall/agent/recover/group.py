@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from seawall.agent.recover.aging import JournalAging
-from seawall.agent.state import RecoverySpec
+from seawall.contract.agent import RecoverySpec
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy

@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.join_tokens import (
@@ -170,7 +171,8 @@ class AgentDirectory:
     def list_with_status(self) -> list[dict[str, Any]]:
         """``describe_all`` with whether each agent answers, and its volume count."""
         agents = self.describe_all()
-        answers = self.ask_all(lambda client: (client.get("/health"), client.get("/volumes")),
+        answers = self.ask_all(lambda client: (AgentApi(client).health(),
+                                               AgentApi(client).volumes()),
                                [agent["name"] for agent in agents])
         listed = []
         for agent, answer in zip(agents, answers, strict=True):

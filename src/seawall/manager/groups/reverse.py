@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from seawall.config import SiteConfig
+from seawall.contract.agent import GroupVolume, ProtectionSpec, RecoverySpec
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import InvalidInput, NotFound
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
@@ -52,12 +54,12 @@ class ReverseProtection:
             remote.post(f"/api/v1/peer/groups/{name}/reverse", {"volumes": volumes})
         finally:
             remote.close()
-        self.agent.put(f"/protected/{group.group_id}", {
-            "group_id": group.group_id, "name": name, "volumes": volumes,
-            "target_host": peer.replication_host, "target_port": peer.replication_port,
-            "target_cert_pem": self.sites.pinned_cert(peer),
-            **protection_settings(options_of(group)), "preseeded": True,
-        })
+        AgentApi(self.agent).protect(ProtectionSpec(
+            group_id=group.group_id, name=name,
+            volumes=[GroupVolume.model_validate(v) for v in volumes],
+            target_host=peer.replication_host, target_port=peer.replication_port,
+            target_cert_pem=self.sites.pinned_cert(peer),
+            **protection_settings(options_of(group)), preseeded=True))
         self.groups.set_role(group.group_id, "protected", volumes)
         group, _ = self.groups.get(name)
         return describe(group, peer.name)
@@ -68,11 +70,11 @@ class ReverseProtection:
         group, peer = self.groups.get(name)
         if group.role != "protected" or group.peer_site_id != source_site_id:
             raise NotFound(f"no group named {name!r} protected to the requesting site")
-        status: dict[str, Any] = self.agent.post(f"/groups/{group.group_id}/reverse", {
-            "group_id": group.group_id, "name": name, "source_site": source_site_id,
-            "source_cert_pem": self.sites.pinned_cert(peer), "volumes": volumes,
-            **retention_settings(options_of(group)),
-        })
+        status = AgentApi(self.agent).reverse(RecoverySpec(
+            group_id=group.group_id, name=name, source_site=source_site_id,
+            source_cert_pem=self.sites.pinned_cert(peer),
+            volumes=[GroupVolume.model_validate(v) for v in volumes],
+            **retention_settings(options_of(group))))
         self.groups.set_role(group.group_id, "recovery", volumes)
-        return status
+        return status.model_dump()
 

@@ -28,6 +28,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -35,6 +36,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
+from seawall.contract.agent import GroupVolume, PathsCheck, ProtectionSpec, RecoverySpec
+from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
@@ -92,6 +95,7 @@ class GroupService:
         self.config = config
         self.sessions = sessions
         self.agent = agent
+        self.agent_api = AgentApi(agent)
         self.sites = sites
         self.spanning = spanning
         self.locate = locate
@@ -138,8 +142,9 @@ class GroupService:
             self.spanning.protect(group_id, name, members, target)
             self.refresh_pins()
         else:
-            self.agent.put(f"/protected/{group_id}", {
-                "group_id": group_id, "name": name, "volumes": volumes, **target})
+            self.agent_api.protect(ProtectionSpec(
+                group_id=group_id, name=name,
+                volumes=[GroupVolume.model_validate(v) for v in volumes], **target))
         return describe(group, peer.name)
 
     def _located(self, names: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -176,16 +181,18 @@ class GroupService:
             "checkpoint_interval_s": spec["checkpoint_interval_s"],
             "history_s": spec["history_s"], "journal_max_bytes": spec.get("journal_max_bytes")})
         check(options, [v["name"] for v in spec["volumes"]], self.config.name)
-        self.agent.post("/paths/check", recovery_paths(options))
-        base = {"group_id": spec["group_id"], "name": spec["name"],
-                "source_site": source_site_id, "source_cert_pem": source_cert_pem,
-                "volumes": spec["volumes"], **retention_settings(options),
-                "storage_dir": options.storage_path,
-                "replica_paths": spec.get("replica_paths") or {}}
+        self.agent_api.check_paths(PathsCheck(**recovery_paths(options)))
+        base = RecoverySpec(
+            group_id=spec["group_id"], name=spec["name"], source_site=source_site_id,
+            source_cert_pem=source_cert_pem,
+            volumes=[GroupVolume.model_validate(v) for v in spec["volumes"]],
+            **retention_settings(options),
+            storage_dir=Path(options.storage_path) if options.storage_path else None,
+            replica_paths={k: Path(v) for k, v in (spec.get("replica_paths") or {}).items()})
         if spec.get("members"):
-            self.spanning.recover(base, spec["members"], base["replica_paths"])
+            self.spanning.recover(base, spec["members"])
         else:
-            self.agent.put(f"/recovering/{spec['group_id']}", base)
+            self.agent_api.recover(base)
         group = Group(group_id=spec["group_id"], name=spec["name"], role="recovery",
                       peer_site_id=peer.site_id, volumes=spec["volumes"],
                       created_at=datetime.now(UTC))
@@ -224,15 +231,13 @@ class GroupService:
                     offered = recovery_checkpoints(self.config, peer, name, newest=True)
             result["status"] = self.spanning.status(group.volumes, protected, offered)
         else:
-            result["status"] = self.agent.get(f"/groups/{group.group_id}/status")
+            result["status"] = self.agent_api.group_status(group.group_id).model_dump()
         return result
 
     def checkpoints(self, name: str) -> list[dict[str, Any]]:
         group, peer = self.get(name)
         if not is_spanning(group.volumes):
-            result: list[dict[str, Any]] = self.agent.get(
-                f"/groups/{group.group_id}/checkpoints")
-            return result
+            return [c.model_dump() for c in self.agent_api.checkpoints(group.group_id)]
         if group.role == "recovery":
             return self.spanning.checkpoints(group.volumes)
         return recovery_checkpoints(self.config, peer, name)  # what is offered is theirs
@@ -278,8 +283,9 @@ class GroupService:
     def at_protected_agent(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``action`` to the protected site's agent (through the peer if it is not us)."""
         group, peer = self.get(name)
-        if group.role == "protected":
-            return self._at_agents(group, action, body)
+        if group.role == "protected":  # the body as the peer route would pass it on
+            return self._at_agents(group, action, {"checkpoint_name": body.get("name", "")}
+                                   if action == "fence" else body)
         remote = peer_client(self.config, peer)
         try:
             result: dict[str, Any] = remote.post(f"/api/v1/peer/groups/{name}/{action}", body)
@@ -317,5 +323,4 @@ class GroupService:
                 raise Conflict(f"group {group.name} spans agents: {action} is not available "
                                "for such groups yet")
             return self.spanning.at_members(group.volumes, action, body)
-        result: dict[str, Any] = self.agent.post(f"/groups/{group.group_id}/{action}", body)
-        return result
+        return at_agent(self.agent_api, group.group_id, action, body)

@@ -20,6 +20,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from seawall.config import SiteConfig
+from seawall.contract.agent import (
+    Coordination,
+    CoordinationMember,
+    GroupVolume,
+    ProtectionSpec,
+    RecoverySpec,
+)
+from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import SeawallError
 from seawall.http import JsonClient
 from seawall.manager.agents.directory import AgentAnswer
@@ -89,25 +97,25 @@ class SpanningGroups:
         others = []
         for member in members[1:]:
             control_url, cert_pem = self.agents.endpoint(member.agent)
-            others.append({"agent": member.agent, "group_id": member.group_id,
-                           "control_url": control_url, "cert_pem": cert_pem})
+            others.append(CoordinationMember(agent=member.agent, group_id=member.group_id,
+                                             control_url=control_url, cert_pem=cert_pem))
         for index in range(len(members) - 1, -1, -1):
             member = members[index]
-            coordination = {"group_id": group_id, "lead": index == 0,
-                            "members": others if index == 0 else []}
-            self._client(member.agent).put(f"/protected/{member.group_id}", {
-                **target, "group_id": member.group_id, "name": name,
-                "volumes": member.volumes, "coordination": coordination})
+            coordination = Coordination(group_id=group_id, lead=index == 0,
+                                        members=others if index == 0 else [])
+            AgentApi(self._client(member.agent)).protect(ProtectionSpec(
+                **target, group_id=member.group_id, name=name,
+                volumes=[GroupVolume.model_validate(v) for v in member.volumes],
+                coordination=coordination))
 
-    def recover(self, base: dict[str, Any], members: list[dict[str, Any]],
-                replica_paths: dict[str, str]) -> None:
+    def recover(self, base: RecoverySpec, members: list[dict[str, Any]]) -> None:
         """Prepare a journal per member stream at the site's own agent."""
         for member in members:
             names = {v["name"] for v in member["volumes"]}
-            self.local.put(f"/recovering/{member['group_id']}", {
-                **base, "group_id": member["group_id"], "source_cert_pem": member["cert_pem"],
-                "volumes": member["volumes"],
-                "replica_paths": {k: v for k, v in replica_paths.items() if k in names}})
+            AgentApi(self.local).recover(base.model_copy(update={
+                "group_id": member["group_id"], "source_cert_pem": member["cert_pem"],
+                "volumes": [GroupVolume.model_validate(v) for v in member["volumes"]],
+                "replica_paths": {k: v for k, v in base.replica_paths.items() if k in names}}))
 
     def lead_pins(self, groups: list[list[dict[str, Any]]]) -> dict[str, set[str]]:
         """For each joined agent, the certificates of the leads it must let call it: the
@@ -154,20 +162,20 @@ class SpanningGroups:
 
     def _member_status(self, member: Member, protected: bool) -> dict[str, Any]:
         try:
-            status: dict[str, Any] = self._member_client(member, protected).get(
-                f"/groups/{member.group_id}/status")
+            status = AgentApi(self._member_client(member, protected)).group_status(
+                member.group_id)
         except SeawallError as exc:
             return {"state": "error", "last_error": exc.message, "link_up": False,
                     "connected": False}
-        return status
+        return status.model_dump()
 
     def checkpoints(self, volumes: list[dict[str, Any]],
                     newest: int | None = None) -> list[dict[str, Any]]:
         """The group's checkpoints, joined from its member journals (recovery site); with
         ``newest``, from the newest that many of each journal only."""
         members = members_of(volumes)
-        lists = {m.group_id: self.local.get(f"/groups/{m.group_id}/checkpoints",
-                                            **({"newest": newest} if newest else {}))
+        local = AgentApi(self.local)
+        lists = {m.group_id: [c.model_dump() for c in local.checkpoints(m.group_id, newest)]
                  for m in members}
         return join_checkpoints(members, lists)
 
@@ -186,10 +194,8 @@ class SpanningGroups:
         members = members_of(volumes)
         if action == "checkpoints":
             lead = members[0]
-            result: dict[str, Any] = self._client(lead.agent).post(
-                f"/groups/{lead.group_id}/checkpoints", body)
-            return result
-        answers = [(m, self._client(m.agent).post(f"/groups/{m.group_id}/{action}", body))
+            return at_agent(AgentApi(self._client(lead.agent)), lead.group_id, action, body)
+        answers = [(m, at_agent(AgentApi(self._client(m.agent)), m.group_id, action, body))
                    for m in members]
         return merge_status(answers, None, time.time_ns())
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from seawall.config import SiteConfig
+from seawall.contract.agent import PathsCheck, ProtectionChange, RetentionChange
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
@@ -70,8 +72,8 @@ class SettingsUpdates:
             try:
                 fields = PROTECTION_FIELDS & set(changed)
                 for agent, stream in self.groups.streams(group) if fields else ():
-                    agent.request("PATCH", f"/protected/{stream}",
-                                  protection_settings(new, frozenset(fields)))
+                    AgentApi(agent).update_protection(stream, ProtectionChange(
+                        **protection_settings(new, frozenset(fields))))
             except SeawallError:
                 self._tell_peer(peer, name, old)  # all or nothing
                 raise
@@ -85,9 +87,9 @@ class SettingsUpdates:
             raise NotFound(f"no group named {name!r} recovered here from the requesting site")
         old = options_of(group)
         new, changed = merge(old, settings.model_dump(), _volume_names(group), self.config.name)
-        self.agent.post("/paths/check", recovery_paths(new))
+        AgentApi(self.agent).check_paths(PathsCheck(**recovery_paths(new)))
         for agent, stream in self.groups.streams(group) if RETENTION_FIELDS & set(changed) else ():
-            agent.request("PATCH", f"/recovering/{stream}", retention_settings(new))
+            AgentApi(agent).update_retention(stream, RetentionChange(**retention_settings(new)))
         self._save(group.group_id, new)
         return {"changed": changed}
 

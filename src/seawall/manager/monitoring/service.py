@@ -28,6 +28,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import NotFound, SeawallError
 from seawall.manager.clients import agent_client, peer_client
 from seawall.manager.groups.members import is_spanning
@@ -91,7 +92,7 @@ class StatusService:
                     agent = self.spanning.status(facts.spanning_volumes, protected,
                                                  self._offered(facts) if protected else None)
                 else:
-                    agent = self.agent.get(f"/groups/{facts.group_id}/status")
+                    agent = AgentApi(self.agent).group_status(facts.group_id).model_dump()
                 error = None
             except SeawallError as exc:
                 error = exc.message
@@ -145,7 +146,7 @@ class StatusService:
     def probe_agent(self) -> str | None:
         """None if this site's agent answers its health check, else why not."""
         try:
-            self.agent.get("/health")
+            AgentApi(self.agent).health()
             return None
         except SeawallError as exc:
             return exc.message
@@ -156,7 +157,7 @@ class StatusService:
         joined = self.agents.names()[1:]  # the site's own is first: probe_agent
         if not joined:
             return {}
-        answers = self.agents.ask_all(lambda client: client.get("/health"), joined,
+        answers = self.agents.ask_all(lambda client: AgentApi(client).health(), joined,
                                       PEER_TIMEOUT_S)  # side by side: one slow agent's wait
         return {a.agent: a.error.message if a.error is not None else None for a in answers}
 

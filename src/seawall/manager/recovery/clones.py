@@ -35,6 +35,8 @@ from typing import Any
 
 from seawall.config import SiteConfig
 from seawall.confined import inside, open_directory
+from seawall.contract.agent import ExportCreate
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
@@ -74,7 +76,7 @@ class CloneService:
         self.config = config
         self.store = store
         self.reports = reports
-        self.agent = agent
+        self.agent = AgentApi(agent)
         self.groups = groups
         self._guard = threading.Lock()
         self._running: dict[str, CloneProgress] = {}  # clones whose thread is in this process
@@ -148,9 +150,9 @@ class CloneService:
             directory_fd = self._open_directory(operation.details["options"]["directory"])
             for output in outputs:
                 journal, checkpoint = output["read_from"]
-                exports.append(self.agent.post("/exports", {
-                    "group_id": journal, "volume": output["volume"],
-                    "checkpoint": checkpoint}))
+                exports.append(self.agent.create_export(ExportCreate(
+                    group_id=journal, volume=output["volume"],
+                    checkpoint=str(checkpoint))).model_dump())
             self.store.update(operation_id, step="exports opened",
                               exports=[e["name"] for e in exports])
             for output, export in zip(outputs, exports, strict=True):
@@ -216,7 +218,7 @@ class CloneService:
     def _stop_exports(self, names: list[str]) -> None:
         for name in names:
             with contextlib.suppress(SeawallError):  # gone already (agent restarted)
-                self.agent.delete(f"/exports/{name}")
+                self.agent.stop_export(name)
 
     @staticmethod
     def _remove_parts(directory_fd: int, outputs: list[dict[str, Any]]) -> None:

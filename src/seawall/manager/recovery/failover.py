@@ -28,6 +28,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from seawall.contract.agent import FailoverStart
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.manager.models import Group, RecoveryOperation
 from seawall.manager.recovery.machine import OperationEvent, OperationState, pick_checkpoint
@@ -53,7 +54,7 @@ class FailoverTestService(OperationRunner):
         started_s, started_at = time.monotonic(), datetime.now(UTC)
         group = recovery_group(self.groups, group_name, "seawall failover test")
         self.reconcile()
-        checkpoints = self.agent.get(f"/groups/{group.group_id}/checkpoints")
+        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         chosen = pick_checkpoint(checkpoints, checkpoint, at, group_name)
         operation = RecoveryOperation(
             operation_id=new_operation_id("test", started_at), kind=KIND,
@@ -115,7 +116,7 @@ class FailoverTestService(OperationRunner):
         if holder is None or holder.kind != KIND:
             return {"group": group_name, "operation": None}
         operation = describe(holder)
-        live = {t["operation_id"]: t for t in self.agent.get("/failover-tests")}
+        live = {t.operation_id: t.model_dump() for t in self.agent.failover_tests()}
         if holder.operation_id in live:
             operation["images"] = live[holder.operation_id]["images"]
             operation["scratch_alert"] = live[holder.operation_id]["scratch_alert"]
@@ -124,7 +125,7 @@ class FailoverTestService(OperationRunner):
     # --- restart ------------------------------------------------------------------------
 
     def _at_agent(self) -> set[str]:
-        return {t["operation_id"] for t in self.agent.get("/failover-tests")}
+        return {t.operation_id for t in self.agent.failover_tests()}
 
     def _reconcile_one(self, operation: RecoveryOperation, at_agent: bool) -> None:
         operation_id, state = operation.operation_id, OperationState(operation.state)
@@ -148,10 +149,10 @@ class FailoverTestService(OperationRunner):
     def _make_images(self, operation_id: str, group: Group, checkpoint_id: int,
                      scratch_max_bytes: int | None) -> list[dict[str, Any]]:
         """Images from the agent, each read once over NBD (the end of the RTO)."""
-        test = self.agent.post("/failover-tests", {
-            "operation_id": operation_id, "group_id": group.group_id,
-            "checkpoint": str(checkpoint_id), "scratch_max_bytes": scratch_max_bytes})
-        images: list[dict[str, Any]] = test["images"]
+        test = self.agent.start_failover_test(FailoverStart(
+            operation_id=operation_id, group_id=group.group_id,
+            checkpoint=str(checkpoint_id), scratch_max_bytes=scratch_max_bytes))
+        images: list[dict[str, Any]] = test.model_dump()["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
         return images
@@ -166,8 +167,8 @@ class FailoverTestService(OperationRunner):
     def _discard_images(self, operation_id: str) -> list[dict[str, Any]] | None:
         """Ask the agent to drop the test's images; their last state, None if gone already."""
         try:
-            test: dict[str, Any] = self.agent.delete(f"/failover-tests/{operation_id}")
+            test = self.agent.stop_failover_test(operation_id)
         except NotFound:
             return None
-        images: list[dict[str, Any]] = test["images"]
+        images: list[dict[str, Any]] = test.model_dump()["images"]
         return images

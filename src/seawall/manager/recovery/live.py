@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from seawall.contract.agent import FailoverStart
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, SeawallError
 from seawall.manager.models import Group, RecoveryOperation, utc
 from seawall.manager.recovery.machine import OperationEvent, OperationState, pick_checkpoint
@@ -83,7 +84,7 @@ class FailoverLiveService(OperationRunner):
             raise InvalidInput("--commit-after must be at least 1s")
         group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}")
         self.reconcile()
-        checkpoints = self.agent.get(f"/groups/{group.group_id}/checkpoints")
+        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         if not options.shutdown_source:
             chosen = pick_checkpoint(checkpoints, options.checkpoint, options.at, group_name)
         elif options.checkpoint != "latest" or options.at is not None:
@@ -201,7 +202,7 @@ class FailoverLiveService(OperationRunner):
                 error="the recovery site's agent no longer has this live failover"))
 
     def _at_agent(self) -> set[str]:
-        return {run["operation_id"] for run in self.agent.get("/failover-live")}
+        return {run.operation_id for run in self.agent.live_failovers()}
 
     # --- steps --------------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class FailoverLiveService(OperationRunner):
                 f"the protected site did not stop the group's writes ({exc.message}); "
                 "fail over without --shutdown-source to recover from the journal as it is"
             ) from None
-        checkpoints = self.agent.get(f"/groups/{group.group_id}/checkpoints")
+        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         chosen = pick_checkpoint(checkpoints, str(final["id"]), None, group.name)
         self.store.update(operation_id, step="source stopped, final checkpoint durable")
         self.store.set_checkpoint(operation_id, chosen)
@@ -231,17 +232,16 @@ class FailoverLiveService(OperationRunner):
 
     def _make_images(self, operation_id: str, group: Group,
                      checkpoint_id: int) -> list[dict[str, Any]]:
-        run = self.agent.post("/failover-live", {
-            "operation_id": operation_id, "group_id": group.group_id,
-            "checkpoint": str(checkpoint_id)})
-        images: list[dict[str, Any]] = run["images"]
+        run = self.agent.start_live_failover(FailoverStart(
+            operation_id=operation_id, group_id=group.group_id, checkpoint=str(checkpoint_id)))
+        images: list[dict[str, Any]] = run.model_dump()["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
         return images
 
     def _roll_back_start(self, operation_id: str, group: Group, error: str) -> None:
         with contextlib.suppress(NotFound):
-            self.agent.delete(f"/failover-live/{operation_id}")
+            self.agent.roll_back_live_failover(operation_id)
         operation = self.store.get(operation_id)
         if operation.details.get("source_fenced"):
             error += self._unfence(group.name)
@@ -259,11 +259,11 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_commit(self, operation: RecoveryOperation) -> dict[str, Any]:
         operation_id = operation.operation_id
-        self.agent.post(f"/failover-live/{operation_id}/commit", {})
+        self.agent.commit_live_failover(operation_id)
         deadline_s = time.monotonic() + COMMIT_TIMEOUT_S
         while True:
             try:
-                run = self.agent.get(f"/failover-live/{operation_id}")
+                run = self.agent.live_failover(operation_id).model_dump()
             except NotFound:
                 break  # committed by an earlier agent process: the group is gone from it
             if run["state"] == "committed":
@@ -288,7 +288,7 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_rollback(self, operation: RecoveryOperation) -> dict[str, Any]:
         with contextlib.suppress(NotFound):
-            self.agent.delete(f"/failover-live/{operation.operation_id}")
+            self.agent.roll_back_live_failover(operation.operation_id)
         error = self._unfence(operation.group_name) if operation.details.get(
             "source_fenced") else ""
         final = self.store.transition(operation.operation_id, OperationEvent.ROLLED_BACK,

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from seawall.config import SiteConfig
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, PeerError, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.groups.members import is_spanning
@@ -84,7 +85,7 @@ class OperationRunner:
         self.config = config
         self.store = store
         self.reports = reports
-        self.agent = agent
+        self.agent = AgentApi(agent)
         self.groups = groups
         self.scripts = RecoveryScripts(config, store)
         self._guard = threading.Lock()

@@ -25,6 +25,8 @@ import json
 from typing import Any
 
 from seawall.config import SiteConfig
+from seawall.contract.agent import ScriptOutcome, ScriptRun
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import PeerError, SeawallError
 from seawall.manager.clients import agent_client
 from seawall.manager.groups.settings import options_of
@@ -71,11 +73,10 @@ class RecoveryScripts:
         timeout_s = options.script_timeout_s
         client = agent_client(self.config, timeout_s=timeout_s + HTTP_MARGIN_S)
         try:
-            outcome: dict[str, Any] = client.post("/scripts/run", {
-                "path": path, "environment": environment, "timeout_s": timeout_s})
+            outcome = AgentApi(client).run_script(ScriptRun(
+                path=path, environment=environment, timeout_s=timeout_s)).model_dump()
         except SeawallError as exc:
-            outcome = {"path": path, "exit_code": None, "timed_out": False, "duration_s": None,
-                       "output": "", "output_dropped_bytes": 0, "error": exc.message}
+            outcome = ScriptOutcome(path=path, error=exc.message).model_dump()
         finally:
             client.close()
         scripts = {**self.store.get(operation_id).details.get("scripts", {}), stage: outcome}

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from seawall.config import SiteConfig
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, NotFound, PeerError, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
@@ -94,7 +95,7 @@ class Unpairing:
         if cert_pem is None:
             return {"agent_forgot": True}
         try:
-            self.agent.post("/pins/forget", {"cert_pem": cert_pem})
+            AgentApi(self.agent).forget_pin(cert_pem)
             return {"agent_forgot": True}
         except SeawallError as exc:
             log.warning("the agent was not told to forget the pin (it will at its next "

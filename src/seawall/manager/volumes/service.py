@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from seawall.contract.agent import VolumeAdd, VolumeCreate
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, NotFound, PeerError
 from seawall.manager.agents.directory import AgentAnswer, AgentDirectory
 
@@ -27,14 +29,14 @@ class VolumeService:
         self._naming = threading.Lock()
 
     def create(self, name: str, size_bytes: int, agent: str | None = None) -> dict[str, Any]:
-        return self._make(name, agent, "/volumes", {"name": name, "size_bytes": size_bytes})
+        return self._make(name, agent, VolumeCreate(name=name, size_bytes=size_bytes))
 
     def add(self, name: str, path: Path, agent: str | None = None) -> dict[str, Any]:
-        return self._make(name, agent, "/volumes/add", {"name": name, "path": str(path)})
+        return self._make(name, agent, VolumeAdd(name=name, path=path))
 
-    def _make(self, name: str, agent: str | None, path: str,
-              body: dict[str, Any]) -> dict[str, Any]:
-        client = self.agents.client(agent)  # an unknown agent: NotFound before anything
+    def _make(self, name: str, agent: str | None,
+              request: VolumeCreate | VolumeAdd) -> dict[str, Any]:
+        api = AgentApi(self.agents.client(agent))  # an unknown agent: NotFound before anything
         owner = self.agents.config.name if self.agents.is_local(agent) else agent
         with self._naming:
             for answer in self._volumes_of_all():
@@ -43,8 +45,9 @@ class VolumeService:
                                     f"{answer.error.message}")
                 if any(volume["name"] == name for volume in answer.value):
                     raise Conflict(f"volume {name!r} already exists (on agent {answer.agent})")
-            result: dict[str, Any] = client.post(path, body)
-        return {**result, "agent": owner}
+            result = (api.create_volume(request) if isinstance(request, VolumeCreate)
+                      else api.add_volume(request))
+        return {**result.model_dump(), "agent": owner}
 
     def list_all(self) -> list[dict[str, Any]]:
         """Every agent's volumes, the site's own agent's first; a row per silent agent."""
@@ -82,4 +85,5 @@ class VolumeService:
         return found
 
     def _volumes_of_all(self) -> list[AgentAnswer]:
-        return self.agents.ask_all(lambda client: client.get("/volumes"))
+        return self.agents.ask_all(
+            lambda client: [volume.model_dump() for volume in AgentApi(client).volumes()])
