@@ -6,7 +6,9 @@ Rules and invariants:
 - Records are accepted only in seq order without a gap: a frame must start at
   ``written_seq + 1``. A frame is checked (header, body hash, volumes, ranges, sync
   brackets) *before* it is stored, because the crash rule drops everything after the first
-  bad frame on the next open.
+  bad frame on the next open. The body hash and record directory are checked once, by the
+  wire layer that takes the frame off the network (``WireConnection.next_event``), which
+  hands ``append_frame`` the frame with its directory; the journal checks the rest.
 - ``durable_seq <= written_seq``; ``durable_seq`` only grows, by ``sync()``. It is not
   stored anywhere: on open every surviving frame is fsynced, so it equals ``written_seq``.
 - A checkpoint is *consistent* when the group had completed a sync (SYNC_END) and was not
@@ -65,7 +67,7 @@ from seawall.journal.segment_format import FrameLocation
 from seawall.journal.segments import DEFAULT_SEGMENT_LIMIT_BYTES, FaultHook, SegmentStore
 from seawall.journal.state import JournalState, SyncState, ensure_replica, load_or_create_state
 from seawall.journal.view import PointInTimeView
-from seawall.wire.frames import FRAME_HEADER, FrameKind, RecordsDirectory, check_body, parse_header
+from seawall.wire.frames import FRAME_HEADER, FrameKind, RecordsDirectory, parse_header
 from seawall.wire.records import follows, payload_hash
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -224,6 +226,10 @@ class Journal:
     def append_frame(self, frame: bytes, directory: RecordsDirectory) -> None:
         """Store one RECORDS frame (``directory`` = its parsed record directory) and index it.
 
+        The frame's body hash and directory were checked by the one layer that checks what
+        comes off the wire (``WireConnection.next_event``, or ``RecordsFrame.build`` for a
+        frame we made): the body is not hashed again here. The header is (24 bytes, for the
+        kind and codec), and the records against the journal's volumes and seq.
         Not durable until ``sync()``. Anything wrong with the frame is the peer's fault
         (``ProtocolViolation``) and nothing is stored; no space is ``JournalFull``.
         """
@@ -231,7 +237,6 @@ class Journal:
             raise ProtocolViolation(f"journal {self.directory}: frame of {len(frame)} bytes")
         try:
             header = parse_header(frame)
-            check_body(header, memoryview(frame)[FRAME_HEADER.size :])
         except CorruptData as exc:
             raise ProtocolViolation(f"journal {self.directory}: {exc.message}") from None
         if header.kind != FrameKind.RECORDS:

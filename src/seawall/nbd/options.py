@@ -158,8 +158,8 @@ class ServerHandshake:
     def initial_bytes(self) -> bytes:
         return GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer (copied at once); ``b""`` means the peer closed its side."""
         self._rx.feed(data)
 
     def data_to_send(self) -> bytes:

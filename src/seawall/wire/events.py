@@ -134,10 +134,8 @@ class RecordsFrame:
                 raise LocalProtocolError(
                     f"records not consecutive: {previous.seq} then {record.seq}"
                 )
-        frame = frames.encode_records(records, compressor)
-        header = frames.parse_header(frame)
-        directory = frames.read_directory(memoryview(frame)[frames.FRAME_HEADER.size :])
-        return cls(frame, directory, header.codec)
+        frame, directory, codec = frames.build_records(records, compressor)
+        return cls(frame, directory, codec)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ RECORD_HEADER = struct.Struct(RECORD_HEADER_FORMAT)
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
 _COUNT = struct.Struct(">I")
 _ACK = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
 HASH_REQUEST = struct.Struct(">HQQI")
 assert HASH_REQUEST.size == 22
 HASHES_HEAD = struct.Struct(">HQQIQ")
@@ -138,7 +139,7 @@ def encode_frame(kind: FrameKind, body: bytes, codec: Codec = Codec.NONE, flags:
         MAGIC, VERSION, kind, codec, flags, len(body), xxhash.xxh3_64_intdigest(body), 0
     )
     crc = zlib.crc32(head[:_CRC_COVERED])
-    return head[:_CRC_COVERED] + struct.pack(">I", crc) + body
+    return head[:_CRC_COVERED] + _CRC.pack(crc) + body
 
 
 # --- compression -------------------------------------------------------------------------
@@ -205,32 +206,6 @@ def decompress(codec: Codec, stored: bytes | memoryview, raw_length: int) -> byt
 # --- RECORDS bodies --------------------------------------------------------------------
 
 
-def encode_records(records: Sequence[Record], compressor: Compressor) -> bytes:
-    """A complete RECORDS frame for ``records`` (consecutive seq), payloads compressed."""
-    parts = [_COUNT.pack(len(records))]
-    for record in records:
-        parts.append(
-            RECORD_HEADER.pack(
-                record.seq,
-                record.time_ns,
-                record.offset,
-                record.length,
-                len(record.payload),
-                record.volume,
-                record.kind,
-                0,
-                payload_hash(record.payload),
-            )
-        )
-    blob = b"".join(record.payload for record in records)
-    codec = compressor.codec if blob else Codec.NONE
-    stored = compressor.compress(blob) if blob else b""
-    if codec != Codec.NONE and len(stored) >= len(blob):
-        codec, stored = Codec.NONE, blob  # incompressible: store as is, save the reader work
-    parts.append(stored)
-    return encode_frame(FrameKind.RECORDS, b"".join(parts), codec)
-
-
 @dataclass(frozen=True, slots=True)
 class RecordsDirectory:
     """The record headers of a RECORDS body and where its blob starts (no decompression)."""
@@ -238,6 +213,56 @@ class RecordsDirectory:
     headers: tuple[RecordHeader, ...]
     blob_offset: int
     raw_blob_length: int
+
+
+def encode_records(records: Sequence[Record], compressor: Compressor) -> bytes:
+    """A complete RECORDS frame for ``records`` (consecutive seq), payloads compressed."""
+    return build_records(records, compressor)[0]
+
+
+def build_records(
+    records: Sequence[Record], compressor: Compressor
+) -> tuple[bytes, RecordsDirectory, Codec]:
+    """``encode_records``, with the frame's directory and codec (nothing is parsed back).
+
+    Each payload byte is copied once in user space when the blob is stored raw (the
+    codec none, or incompressible data): the body hash is taken over the pieces in turn
+    and one ``join`` lays header, directory and payloads out. Compressing joins the
+    payloads first (unless there is only one), and the compressor writes its own output.
+    """
+    directory = bytearray(_COUNT.size + len(records) * RECORD_HEADER.size)
+    _COUNT.pack_into(directory, 0, len(records))
+    headers = []
+    raw_length = 0
+    position = _COUNT.size
+    for record in records:
+        header = RecordHeader(record.seq, record.time_ns, record.kind, record.volume,
+                              record.offset, record.length, len(record.payload),
+                              payload_hash(record.payload))
+        validate_header(header)
+        RECORD_HEADER.pack_into(directory, position, header.seq, header.time_ns, header.offset,
+                                header.length, header.payload_length, header.volume,
+                                header.kind, 0, header.payload_hash)
+        position += RECORD_HEADER.size
+        headers.append(header)
+        raw_length += header.payload_length
+    pieces: Sequence[bytes] = [record.payload for record in records if record.payload]
+    codec = Codec.NONE
+    if compressor.codec != Codec.NONE and raw_length:
+        blob = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        stored = compressor.compress(blob)
+        if len(stored) < raw_length:  # else incompressible: store as is, save the reader work
+            codec, pieces = compressor.codec, [stored]
+    body_hash = xxhash.xxh3_64(directory)
+    for piece in pieces:
+        body_hash.update(piece)
+    body_length = len(directory) + sum(len(piece) for piece in pieces)
+    head = bytearray(FRAME_HEADER.size)
+    FRAME_HEADER.pack_into(head, 0, MAGIC, VERSION, FrameKind.RECORDS, codec, 0, body_length,
+                           body_hash.intdigest(), 0)
+    _CRC.pack_into(head, _CRC_COVERED, zlib.crc32(memoryview(head)[:_CRC_COVERED]))
+    frame = b"".join((head, directory, *pieces))
+    return frame, RecordsDirectory(tuple(headers), len(directory), raw_length), codec
 
 
 def read_directory(body: bytes | bytearray | memoryview) -> RecordsDirectory:

@@ -207,8 +207,8 @@ class WireConnection:
 
     # --- inbound ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the peer; ``b""`` means the peer closed its side (EOF)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes from the peer (copied at once); ``b""`` means the peer closed its side."""
         self._rx.feed(data)
 
     def next_event(self) -> Event | NeedData:

@@ -80,6 +80,8 @@ READER_THREADS = 1
 GIL (measured, docs/performance.md); the views keep the disk busy by reading ahead."""
 READS_IN_FLIGHT_MAX = 32
 """Concurrent reads one connection may have queued (bounds their replies' memory)."""
+READ_SCRATCH_BYTES = 1 << 20
+"""The most one read from a client's socket takes (a 1 MiB WRITE in one go, mostly)."""
 
 
 class _CatalogExports:
@@ -150,8 +152,14 @@ class _Listener:
         return True
 
 
-class _NbdProtocol(asyncio.Protocol):
-    """One client connection."""
+class _NbdProtocol(asyncio.BufferedProtocol):
+    """One client connection.
+
+    A buffered protocol: the loop (or its TLS layer) reads into one scratch buffer of the
+    connection's, from which the core copies what it got into its receive buffer, so a
+    request's bytes are copied once in user space before they are parsed, into memory
+    already faulted in (a plain protocol gets a fresh ``bytes`` per read: one copy more).
+    """
 
     def __init__(self, frontend: NbdFrontend, listener: _Listener,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -159,6 +167,7 @@ class _NbdProtocol(asyncio.Protocol):
         self._listener = listener
         self._tls = tls
         self._conn = NbdServerConnection(frontend.exports, tls_required=tls is not None)
+        self._scratch = memoryview(bytearray(READ_SCRATCH_BYTES))
         self._transport: asyncio.Transport | None = None
         self._backend: ExportBackend | None = None
         self._flusher: _FlushCoalescer | None = None
@@ -221,13 +230,20 @@ class _NbdProtocol(asyncio.Protocol):
         if self._transport is not None and not self._close_when_idle:
             self._transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The core copies the bytes out before the scratch buffer is read into again.
+        self.data_received(self._scratch[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._close_when_idle:
             return  # after DISC, a violation or a vanished export, input no longer matters
         if self._tls_early is not None:
             # ``start_tls`` hands over decrypted data as soon as its handshake is done,
             # maybe before it returns the transport the answers must go through.
-            self._tls_early.append(data)
+            self._tls_early.append(bytes(data))  # the scratch buffer is read into again
             return
         self._conn.receive_data(data)
         self._process()

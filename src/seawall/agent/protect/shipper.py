@@ -15,7 +15,8 @@ Rules and invariants:
   reports ``unauthenticated`` rather than replicate in clear.
 - At most ``WINDOW_BYTES`` of payload are in flight beyond the last ACK.
 - Frames are built (compressed, hashed) in a worker thread, off the event loop that serves
-  the volumes' NBD requests.
+  the volumes' NBD requests; the next frame is built while the one before it is written
+  and drained (unless probing, or the window is full).
 - Every frame waits for the agent's ``SiteThrottle`` before it is written: the groups of a
   site share its bandwidth by priority.
 - Once per ``COMPRESSION_WINDOW_S`` the share of time the worker spent building frames
@@ -77,6 +78,10 @@ BACKLOG_GROWTH_BYTES = 4 << 20
 """Backlog growth over a compression window that counts as "not keeping up"."""
 
 CODECS = {"zstd": Codec.ZSTD, "lz4": Codec.LZ4, "none": Codec.NONE}
+
+
+_Build = tuple[list[Record], bool, "asyncio.Future[tuple[RecordsFrame, float]]"]
+"""A frame being built: its records, whether compressed, and the worker's future."""
 
 
 class SessionRefused(ProtocolViolation):
@@ -224,35 +229,39 @@ class Shipper:
         self, connection: WireConnection, writer: asyncio.StreamWriter, next_seq: int
     ) -> None:
         stream = self.group.stream
-        loop = asyncio.get_running_loop()
         in_flight: deque[tuple[int, int]] = deque()  # (last seq, bytes) of unacked frames
         in_flight_bytes = 0
+        # The next frame, being built while the one before it goes out (not when probing).
+        building: _Build | None = None
         while True:
             if self.group.link_reset.is_set():
                 self.group.link_reset.clear()
                 raise ConnectionResetError("group dropped its stream: reconnecting for a sync")
             while in_flight and in_flight[0][0] <= stream.acked_seq:
                 in_flight_bytes -= in_flight.popleft()[1]
-            probing = self._retry.probing  # one record in flight, until an ACK
-            batch = stream.pending(next_seq, FRAME_MAX_BYTES, 1 if probing else FRAME_MAX_RECORDS)
-            if not batch or in_flight_bytes > (0 if probing else WINDOW_BYTES):
-                waiter = self.group.acked if batch else self.group.stream_changed
-                waiter.clear()
-                waited_from_s = time.monotonic()
-                await waiter.wait()
-                if batch:  # the window is full: waiting on the network, not for writes
-                    self._network_wait_s += time.monotonic() - waited_from_s
-                if in_flight:
-                    # Something is on the wire already: let writes gather for a moment, so
-                    # that frames carry many records (the cost is per frame on both sides).
-                    await asyncio.sleep(COALESCE_S)
-                continue
-            compress = self._setting.codec != Codec.NONE and self._probe.compress_next()
-            frame, build_s = await loop.run_in_executor(
-                self._executor, self._build, batch,
-                self._compressor if compress else self._uncompressed)
+            if building is None:
+                probing = self._retry.probing  # one record in flight, until an ACK
+                batch = stream.pending(next_seq, FRAME_MAX_BYTES,
+                                       1 if probing else FRAME_MAX_RECORDS)
+                if not batch or in_flight_bytes > (0 if probing else WINDOW_BYTES):
+                    waiter = self.group.acked if batch else self.group.stream_changed
+                    waiter.clear()
+                    waited_from_s = time.monotonic()
+                    await waiter.wait()
+                    if batch:  # the window is full: waiting on the network, not for writes
+                        self._network_wait_s += time.monotonic() - waited_from_s
+                    if in_flight:
+                        # Something is on the wire already: let writes gather for a moment,
+                        # so that frames carry many records (the cost is per frame on both
+                        # sides).
+                        await asyncio.sleep(COALESCE_S)
+                    continue
+                building = self._start_build(batch)
+            batch, compressed, future = building
+            building = None
+            frame, build_s = await future
             self._compress_busy_s += build_s
-            if compress:
+            if compressed:
                 self._probe.observe(sum(len(r.payload) for r in batch), len(frame.frame))
             waited_from_s = time.monotonic()
             await self.throttle.acquire(self.group.spec.group_id, self._priority,
@@ -263,10 +272,23 @@ class Shipper:
             in_flight.append((batch[-1].seq, len(frame.frame)))
             in_flight_bytes += len(frame.frame)
             next_seq = batch[-1].seq + 1
+            if not self._retry.probing and in_flight_bytes <= WINDOW_BYTES:
+                # Build the next frame in the worker while this one drains to the socket.
+                following = stream.pending(next_seq, FRAME_MAX_BYTES, FRAME_MAX_RECORDS)
+                if following:
+                    building = self._start_build(following)
             await writer.drain()
             self._network_wait_s += time.monotonic() - waited_from_s
             self.sent_bytes += len(frame.frame)
             self._adapt_compression()
+
+    def _start_build(self, batch: list[Record]) -> _Build:
+        """Start building ``batch``'s frame in the worker thread."""
+        compress = self._setting.codec != Codec.NONE and self._probe.compress_next()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._build, batch,
+            self._compressor if compress else self._uncompressed)
+        return batch, compress, future
 
     @staticmethod
     def _build(batch: list[Record], compressor: Compressor) -> tuple[RecordsFrame, float]:

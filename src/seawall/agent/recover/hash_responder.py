@@ -32,6 +32,7 @@ from seawall.errors import NotFound, ProtocolViolation
 from seawall.journal.journal import Journal
 from seawall.journal.view import PointInTimeView
 from seawall.sync.digests import block_digests
+from seawall.wire.aio import FrameWriter
 from seawall.wire.frames import RecordsDirectory
 from seawall.wire.protocol import Hashes, HashRequest, WireConnection
 from seawall.wire.records import RecordKind
@@ -47,7 +48,7 @@ class HashResponder:
     """Answers the HashRequests of one session; see the module docstring."""
 
     def __init__(self, journal: Journal, connection: WireConnection,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: FrameWriter) -> None:
         self._journal = journal
         self._connection = connection
         self._writer = writer

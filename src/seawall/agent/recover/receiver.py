@@ -17,7 +17,10 @@ Rules and invariants:
 - WELCOME carries the journal's durable seq, after syncing whatever an earlier session
   appended, so the sender resumes exactly after what is on disk.
 - Frames are appended as received; after each batch read from the socket the journal is
-  fsynced once (group commit, in a worker thread) and only then ACKed.
+  fsynced once (group commit, in a worker thread) and only then ACKed. The socket is read
+  through ``seawall.wire.aio.WireStream`` (TLS decrypts into its buffer, one copy into the
+  connection's receive buffer, one out of it per frame), and the frame is checked once, by
+  the ``WireConnection``: the journal does not hash its body again.
 - A newer session for a group replaces the older one (the sender reconnected).
 - A group failed over live (``RecoverySpec.live``) takes no session (``failed_over``).
 - A full journal whose filesystem has freed no space since it filled (``Journal.has_room``)
@@ -40,7 +43,7 @@ from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.recover.hash_responder import HashResponder
 from seawall.errors import JournalFull, ProtocolViolation, SeawallError
 from seawall.tls import PinnedServerContext, SiteIdentity, is_pinned
-from seawall.wire.aio import read_event
+from seawall.wire.aio import WireStream
 from seawall.wire.protocol import (
     NEED_DATA,
     Ack,
@@ -56,7 +59,6 @@ from seawall.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 1 << 20
 # Each, from the accept: the TLS handshake; then the HELLO frame (one round trip away).
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -85,9 +87,9 @@ class ReplicationServer:
         self._tls.replace(certs)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._tls.context,
-            ssl_handshake_timeout=self._handshake_timeout_s)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: WireStream(WireConnection(Role.RECEIVER), self._handle), host, port,
+            ssl=self._tls.context, ssl_handshake_timeout=self._handshake_timeout_s)
 
     def end_session(self, group_id: str) -> None:
         """End the group's session, if one runs (its task releases the group's lock)."""
@@ -101,13 +103,13 @@ class ReplicationServer:
         for task in list(self._sessions.values()):
             task.cancel()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = WireConnection(Role.RECEIVER)
-        peer = writer.get_extra_info("peername")
+    async def _handle(self, stream: WireStream) -> None:
+        connection = stream.connection
+        peer = stream.get_extra_info("peername")
         try:
             try:
                 async with asyncio.timeout(self._handshake_timeout_s):
-                    hello = await read_event(connection, reader, READ_CHUNK_BYTES)
+                    hello = await stream.next_event()
             except TimeoutError:
                 raise ProtocolViolation(
                     f"no HELLO within {self._handshake_timeout_s:g} s of the TLS handshake"
@@ -115,8 +117,8 @@ class ReplicationServer:
             if not isinstance(hello, Hello):
                 return
             group = self._lookup(hello.group_id)
-            client = writer.get_extra_info("ssl_object")
-            if await self._refused(self._refusal(hello, group, client), connection, writer):
+            client = stream.get_extra_info("ssl_object")
+            if await self._refused(self._refusal(hello, group, client), connection, stream):
                 return
             assert group is not None
             previous = self._sessions.get(hello.group_id)
@@ -127,31 +129,31 @@ class ReplicationServer:
             self._sessions[hello.group_id] = current
             async with group.lock:
                 # Again: a live failover may have started while this session waited.
-                if await self._refused(self._refusal(hello, group, client), connection, writer):
+                if await self._refused(self._refusal(hello, group, client), connection, stream):
                     return
-                await self._session(group, connection, reader, writer)
+                await self._session(group, connection, stream)
         except asyncio.CancelledError:
             pass
         except (OSError, SeawallError) as exc:
             log.warning("replication session from %s ended: %s", peer, exc,
                         extra={"peer": str(peer)})
-            if not writer.is_closing():
+            if not stream.is_closing():
                 with contextlib.suppress(SeawallError):  # the connection may be closed already
-                    writer.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
+                    stream.write(connection.send(Error(getattr(exc, "code", "error"), str(exc))))
         finally:
-            writer.close()
+            stream.close()
 
     @staticmethod
     async def _refused(refusal: Error | None, connection: WireConnection,
-                       writer: asyncio.StreamWriter) -> bool:
+                       stream: WireStream) -> bool:
         """Send ``refusal`` if there is one (the caller then ends the session)."""
         if refusal is None:
             return False
-        peer = writer.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         log.warning("replication session from %s refused: %s: %s", peer, refusal.code,
                     refusal.message, extra={"peer": str(peer)})
-        writer.write(connection.send(refusal))
-        await writer.drain()
+        stream.write(connection.send(refusal))
+        await stream.drain()
         return True
 
     @staticmethod
@@ -179,18 +181,16 @@ class ReplicationServer:
         return None
 
     async def _session(
-        self, group: RecoveryGroup, connection: WireConnection,
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        self, group: RecoveryGroup, connection: WireConnection, stream: WireStream
     ) -> None:
         journal = group.journal
         await asyncio.to_thread(journal.sync)
-        writer.write(connection.send(Welcome(journal.durable_seq)))
-        hashes = HashResponder(journal, connection, writer)
+        stream.write(connection.send(Welcome(journal.durable_seq)))
+        hashes = HashResponder(journal, connection, stream)
         group.connected = True
         try:
             while True:
-                data = await hashes.unless_failed(reader.read(READ_CHUNK_BYTES))
-                connection.receive_data(data)
+                await hashes.unless_failed(stream.received())
                 appended = False
                 while (event := connection.next_event()) is not NEED_DATA:
                     if isinstance(event, RecordsFrame):
@@ -204,8 +204,8 @@ class ReplicationServer:
                         return
                 if appended:
                     await asyncio.to_thread(journal.sync)
-                    writer.write(connection.send(Ack(journal.durable_seq)))
-                    await writer.drain()
+                    stream.write(connection.send(Ack(journal.durable_seq)))
+                    await stream.drain()
         finally:
             hashes.close()
             group.connected = False
