@@ -137,16 +137,16 @@ class WireStream(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         if self._transport is None:
-            raise ConnectionResetError("replication connection lost")
+            raise self._lost_error()
         self._transport.write(data)
 
     async def drain(self) -> None:
         if self._transport is None:
-            raise ConnectionResetError("replication connection lost")
+            raise self._lost_error()
         if self._writable is not None:
             await asyncio.shield(self._writable)
             if self._transport is None:
-                raise ConnectionResetError("replication connection lost")
+                raise self._lost_error()
 
     def is_closing(self) -> bool:
         return self._transport is None or self._transport.is_closing()
@@ -159,6 +159,12 @@ class WireStream(asyncio.BufferedProtocol):
             self._transport.close()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _lost_error(self) -> ConnectionResetError:
+        # With its cause (a TLS record refused, a reset), which the session's end logs.
+        if self._lost is None:
+            return ConnectionResetError("replication connection lost")
+        return ConnectionResetError(f"replication connection lost: {self._lost}")
 
     def _data_since_asked(self) -> bool:
         return self._fed_bytes > 0 or self._eof

@@ -1,0 +1,127 @@
+"""What an agent asks of its host's hypervisor: inventory, the splitter, definitions, events.
+
+Rules and invariants:
+- One adapter per agent, chosen by ``--hypervisor`` (``parse_hypervisor_spec``): libvirt
+  (libvirt-python) or QMP sockets in a directory (qemu.qmp); ``none`` is volume-only mode.
+- Adapters are the only code that speaks to a hypervisor; everything above them sees the
+  frozen records below, never libvirt objects or QMP dictionaries.
+- A VM is named by its uuid inside Seawall (names can change and repeat across hosts); its
+  disks by their target (``vda``), which is what both libvirt and our records show.
+- The splitter is QEMU's active mirror in write-blocking mode onto an NBD export of the
+  agent (a capture sink on a Unix socket). ``attach_mirror`` returns once the job exists;
+  the job's progress comes as ``MirrorReady`` / ``MirrorEnded`` events. Whatever happens
+  to the agent, the mirror job only ever ends: the VM keeps its disk and keeps running.
+- Every call that fails raises ``SeawallError`` subclasses naming the VM and disk
+  (``NotFound`` for an unknown VM, ``Unavailable`` when the hypervisor cannot be reached,
+  ``Conflict`` for a disk already mirrored, ``InvalidInput`` for a disk that cannot be).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from seawall.errors import InvalidInput
+
+VmState = Literal["running", "paused", "shut off", "other"]
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    target: str  # vda, sda...: unique within the VM
+    source: str  # the image file or device behind it ("" when none, e.g. an empty CD-ROM)
+    format: str  # raw, qcow2, ...
+    size_bytes: int  # the guest-visible (virtual) size
+    skip_reason: str | None = None  # why Seawall cannot mirror it (CD-ROM, shareable, LUN)
+
+
+@dataclass(frozen=True)
+class NicInfo:
+    kind: str  # network, bridge, user, ...
+    source: str  # the network or bridge name
+    mac: str
+    model: str
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    name: str
+    uuid: str
+    state: VmState
+    disks: tuple[DiskInfo, ...]
+    nics: tuple[NicInfo, ...]
+
+
+@dataclass(frozen=True)
+class MirrorReady:
+    """The mirror's full copy is done: from now on the sink sees every write in order."""
+
+    vm_uuid: str
+    disk: str
+
+
+@dataclass(frozen=True)
+class MirrorEnded:
+    """The mirror job is gone (cancelled, failed, sink lost, VM stopped)."""
+
+    vm_uuid: str
+    disk: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VmLifecycle:
+    """A VM started, stopped, was defined, changed, undefined or migrated away."""
+
+    vm_uuid: str
+    change: Literal["started", "stopped", "defined", "undefined", "migrated"]
+
+
+HypervisorEvent = MirrorReady | MirrorEnded | VmLifecycle
+
+
+class Hypervisor(Protocol):
+    spec: str  # as given to --hypervisor, for messages and `agent list`
+
+    async def list_vms(self) -> list[VmInfo]: ...
+
+    async def vm(self, name_or_uuid: str) -> VmInfo: ...  # NotFound naming it
+
+    async def definition(self, vm_uuid: str) -> str: ...  # domain XML, or QMP's JSON view
+
+    async def attach_mirror(self, vm_uuid: str, disk: str, socket_path: Path,
+                            export_name: str, *, full_copy: bool) -> None: ...
+
+    async def detach_mirror(self, vm_uuid: str, disk: str) -> None: ...  # no-op if none
+
+    async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]: ...  # disk -> ready
+
+    def events(self) -> AsyncIterator[HypervisorEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HypervisorSpec:
+    kind: Literal["none", "libvirt", "qmp"]
+    location: str  # libvirt URI or QMP socket directory; "" for none
+
+
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+
+
+def parse_hypervisor_spec(text: str) -> HypervisorSpec:
+    """``none``, ``libvirt`` / ``libvirt:URI`` or ``qmp:DIR``; anything else is refused."""
+    kind, _, location = text.partition(":")
+    if kind == "none" and not location:
+        return HypervisorSpec("none", "")
+    if kind == "libvirt":
+        return HypervisorSpec("libvirt", location or DEFAULT_LIBVIRT_URI)
+    if kind == "qmp" and location:
+        return HypervisorSpec("qmp", location)
+    raise InvalidInput(
+        f"--hypervisor {text!r}: use none, libvirt[:URI] (default {DEFAULT_LIBVIRT_URI}) "
+        "or qmp:DIR (a directory of QMP sockets, e.g. /var/run/qemu-server)"
+    )
