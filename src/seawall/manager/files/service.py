@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from seawall.contract.agent import ExportCreate
+from seawall.contract.agent_api import AgentApi
 from seawall.errors import InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.files.blocks import CachedVolume, Window
@@ -87,7 +89,7 @@ class ArchiveStream:
 
 class FileService:
     def __init__(self, agent: JsonClient, groups: GroupService) -> None:
-        self.agent = agent
+        self.agent_api = AgentApi(agent)
         self.groups = groups
 
     def list(self, group_name: str, volume: str, path: str, checkpoint: str,
@@ -137,12 +139,12 @@ class FileService:
         group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
         chosen = self.groups.checkpoint_of(group, checkpoint)
         journal, at = self.groups.stream_at(group, volume, chosen)
-        export = self.agent.post("/exports", {"group_id": journal, "volume": volume,
-                                              "checkpoint": at})
+        export = self.agent_api.create_export(
+            ExportCreate(group_id=journal, volume=volume, checkpoint=at))
         steps = contextlib.ExitStack()
-        steps.callback(self._stop_export, export["name"])
+        steps.callback(self._stop_export, export.name)
         try:
-            client = steps.enter_context(NbdClient(export["uri"], timeout_s=NBD_TIMEOUT_S))
+            client = steps.enter_context(NbdClient(export.uri, timeout_s=NBD_TIMEOUT_S))
             whole = CachedVolume(client.read, client.size)
             table = parse_partition_table(whole.read, whole.size_bytes)
             chosen_partition = _choose_partition(table, partition, volume)
@@ -168,7 +170,7 @@ class FileService:
 
     def _stop_export(self, name: str) -> None:
         try:
-            self.agent.delete(f"/exports/{name}")
+            self.agent_api.stop_export(name)
         except NotFound:
             pass  # gone already (the agent restarted)
         except SeawallError as exc:  # the request's own outcome stands
