@@ -1,0 +1,48 @@
+"""Planning the capture sinks of `group create --vm` (seawall.manager.groups.vm_members)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.manager.groups.vm_members import FoundDisk, FoundVm, SinkPlan, plan_vm_sinks
+
+GIB = 1 << 30
+WEB = FoundVm("host1", "web", "11111111-1111-1111-1111-111111111111", (
+    FoundDisk("vda", 10 * GIB, None), FoundDisk("vdb", 2 * GIB, None),
+    FoundDisk("sda", 0, "a CD-ROM"),
+))
+DB = FoundVm("host2", "db", "22222222-2222-2222-2222-222222222222",
+             (FoundDisk("vda", 20 * GIB, None),))
+
+
+def test_every_mirrorable_disk_gets_a_sink_on_its_vms_agent() -> None:
+    plan = plan_vm_sinks(["web", DB.uuid], [WEB, DB], taken_volumes={"disk0"})
+    assert plan.sinks == (
+        SinkPlan("host1", "web-vda", 10 * GIB, "web", WEB.uuid, "vda"),
+        SinkPlan("host1", "web-vdb", 2 * GIB, "web", WEB.uuid, "vdb"),
+        SinkPlan("host2", "db-vda", 20 * GIB, "db", DB.uuid, "vda"),
+    )
+    assert plan.warnings == ("VM web: disk sda skipped: a CD-ROM",)
+
+
+def test_unknown_ambiguous_or_repeated_vms_are_refused() -> None:
+    with pytest.raises(NotFound, match="no VM 'mail'"):
+        plan_vm_sinks(["mail"], [WEB, DB], set())
+    twin = FoundVm("host2", "web", "33333333-3333-3333-3333-333333333333", WEB.disks)
+    with pytest.raises(Conflict, match=r"ambiguous .*name it by its uuid"):
+        plan_vm_sinks(["web"], [WEB, twin], set())
+    assert plan_vm_sinks([twin.uuid], [WEB, twin], set()).sinks[0].agent == "host2"
+    with pytest.raises(InvalidInput, match="named twice"):
+        plan_vm_sinks(["web", WEB.uuid], [WEB], set())
+
+
+def test_a_vm_with_nothing_to_protect_or_a_taken_name_is_refused() -> None:
+    cdrom_only = FoundVm("host1", "iso", "4", (FoundDisk("sda", 0, "a CD-ROM"),))
+    with pytest.raises(InvalidInput, match="VM iso has no disk Seawall can protect"):
+        plan_vm_sinks(["iso"], [cdrom_only], set())
+    with pytest.raises(Conflict, match="'web-vdb' exists already"):
+        plan_vm_sinks(["web"], [WEB], {"web-vdb"})
+    odd = FoundVm("host1", "web+prod", "5", (FoundDisk("vda", GIB, None),))
+    with pytest.raises(InvalidInput, match="no valid volume name"):
+        plan_vm_sinks(["web+prod"], [odd], set())
