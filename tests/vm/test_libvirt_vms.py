@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from seawall.errors import Conflict, InvalidInput, NotFound, Unavailable
-from seawall.hypervisor.base import MirrorEnded, MirrorReady
+from seawall.hypervisor.base import MirrorEnded, MirrorReady, VmLifecycle
 from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
 from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
-from support.guests import counter_slot
+from support.guests import GuestDisk, counter_slot, domain_xml
 from support.sites import stop_for_sure
 from vm.conftest import (
     QCOW2_DISK_BYTES,
@@ -200,6 +202,61 @@ def test_mirror_reaches_ready_copies_exactly_and_detaches(guests: SessionGuests)
     finally:
         nbd.terminate()
         nbd.wait(10)
+
+
+def test_a_dropped_connection_comes_back_by_itself_with_its_events(
+        guests: SessionGuests) -> None:
+    """libvirtd drops the adapter's connection (``virt-admin client-disconnect``, as a
+    libvirtd restart would): it connects again with no call made, and lifecycle events of
+    a VM defined and undefined elsewhere arrive again."""
+    if shutil.which("virt-admin") is None:
+        pytest.skip("no virt-admin (Debian libvirt-clients) to drop a client of libvirtd")
+    guest = guests.host.image
+
+    async def scenario() -> None:
+        before = _our_libvirt_clients()
+        hypervisor = await LibvirtHypervisor.open(guests.uri)
+        events = hypervisor.events()
+        try:
+            (ours,) = _our_libvirt_clients() - before
+            subprocess.run(["virt-admin", "client-disconnect", "libvirtd", ours], check=True,
+                           capture_output=True)
+            deadline = time.monotonic() + 30.0
+            while not _our_libvirt_clients() - before - {ours}:
+                assert time.monotonic() < deadline, "the adapter did not connect again"
+                await asyncio.sleep(0.2)
+            first = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0)
+            xml = domain_xml(f"{guests.host.prefix}-ephemeral", guest,
+                             [GuestDisk("hdc", None, device="cdrom")],
+                             guests.host.workdir / "ephemeral.log")
+            domain = await asyncio.to_thread(guests.host.connection.defineXML, xml)
+            uuid = domain.UUIDString()
+            try:
+                assert await asyncio.wait_for(first, EVENT_TIMEOUT_S) == VmLifecycle(
+                    uuid, "defined")
+            finally:
+                await asyncio.to_thread(domain.undefine)
+            assert await asyncio.wait_for(anext(events), EVENT_TIMEOUT_S) == VmLifecycle(
+                uuid, "undefined")
+        finally:
+            await events.aclose()
+            await hypervisor.close()
+
+    asyncio.run(scenario())
+
+
+def _our_libvirt_clients() -> set[str]:
+    """The ids of libvirtd's clients that are connections of this process."""
+    listing = subprocess.run(["virt-admin", "srv-clients-list", "libvirtd"], check=True,
+                             capture_output=True, text=True).stdout
+    ours = set()
+    for client in re.findall(r"^\s*(\d+)\s", listing, re.MULTILINE):
+        info = subprocess.run(["virt-admin", "client-info", "libvirtd", client],
+                              capture_output=True, text=True).stdout
+        if re.search(rf"^unix_process_id\s*:\s*{os.getpid()}$", info, re.MULTILINE):
+            ours.add(client)
+    return ours
 
 
 def _wait_socket(path: Path, timeout_s: float = 10.0) -> None:

@@ -9,8 +9,10 @@ Rules and invariants:
   adapter (``call_soon_threadsafe``), into one queue per ``events()`` consumer.
 - The connection is checked before each call (``isAlive``, kept honest by keepalives):
   a lost one is opened again, its callbacks registered again; if libvirtd does not
-  answer, ``Unavailable`` names the URI. Events that happened while no connection was
-  open are lost: a consumer compares ``mirrored_disks`` after a reconnection.
+  answer, ``Unavailable`` names the URI. A connection libvirtd drops (restarted, or
+  disconnected us) is also opened again by itself, every ``RECONNECT_INTERVAL_S``, so
+  events resume with no call made. Events that happened while no connection was open
+  are lost: a consumer compares ``mirrored_disks`` after an outage.
 - The splitter is ``virDomainBlockCopy`` onto the sink (``mirror_target_xml``) with the
   synchronous-writes (QEMU's write-blocking copy mode), transient-job and reuse-external
   flags: libvirt >= 8.0 and QEMU >= 3.0, checked at open (inventory works without).
@@ -25,11 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import subprocess
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,20 +37,14 @@ import libvirt
 
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError, Unavailable
 from seawall.hypervisor.base import (
-    DiskInfo,
     HypervisorEvent,
     MirrorEnded,
     MirrorReady,
     VmInfo,
     VmLifecycle,
-    VmState,
 )
-from seawall.hypervisor.libvirt_xml import (
-    DiskEntry,
-    mirror_target_xml,
-    mirrors_ready,
-    parse_domain,
-)
+from seawall.hypervisor.libvirt_inventory import STATES, disk_entry, find_domain, vm_info
+from seawall.hypervisor.libvirt_xml import mirror_target_xml, mirrors_ready, parse_domain
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +54,8 @@ LifecycleChange = Literal["started", "stopped", "defined", "undefined", "migrate
 MIN_LIBVIRT_VERSION = 8_000_000  # 8.0.0: VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES
 MIN_QEMU_VERSION = 3_000_000  # 3.0.0: blockdev-mirror copy-mode write-blocking
 KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 3  # a dead libvirtd is noticed within ~20 s
-QEMU_IMG_TIMEOUT_S = 30.0
+RECONNECT_INTERVAL_S = 2.0
 
-_STATES: dict[int, VmState] = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",  # running, waiting on a resource
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-}
 _JOB_END = {libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED: "completed",
             libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: "failed",
             libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: "cancelled"}
@@ -111,6 +97,8 @@ class LibvirtHypervisor:
         self._callbacks: list[int] = []
         self._subscribers: set[asyncio.Queue[HypervisorEvent]] = set()
         self._mirror_problem: str | None = None
+        self._closed = False
+        self._reconnecting: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, uri: str) -> LibvirtHypervisor:
@@ -135,6 +123,7 @@ class LibvirtHypervisor:
             self._connection = connection
             self._mirror_problem = _mirror_problem(connection)
             connection.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+            connection.registerCloseCallback(self._on_closed, None)
             self._callbacks = [
                 connection.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
@@ -159,9 +148,36 @@ class LibvirtHypervisor:
                 connection.domainEventDeregisterAny(callback)
         self._callbacks = []
         with contextlib.suppress(libvirt.libvirtError):
+            connection.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
             connection.close()
 
+    def _on_closed(self, _connection: Any, reason: int, _opaque: Any) -> None:
+        """On the libvirt event thread: libvirtd dropped the connection; open it again."""
+        log.warning("libvirt at %s dropped the connection (reason %d): connecting again",
+                    self.uri, reason)
+        with contextlib.suppress(RuntimeError):  # a closed loop: the agent is gone
+            self._loop.call_soon_threadsafe(self._reconnect_soon)
+
+    def _reconnect_soon(self) -> None:
+        if self._closed or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while not self._closed:
+            try:
+                await asyncio.to_thread(self._connection_now)
+                log.info("libvirt at %s: connected again", self.uri)
+                return
+            except Unavailable:
+                await asyncio.sleep(RECONNECT_INTERVAL_S)
+
     async def close(self) -> None:
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+
         def drop() -> None:
             with self._lock:
                 self._drop_locked()
@@ -207,7 +223,7 @@ class LibvirtHypervisor:
             found = []
             for domain in connection.listAllDomains(0):
                 try:
-                    found.append(_vm_info(domain))
+                    found.append(vm_info(domain))
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                         raise
@@ -218,12 +234,12 @@ class LibvirtHypervisor:
 
     async def vm(self, name_or_uuid: str) -> VmInfo:
         return await self._call(repr(name_or_uuid),
-                                lambda c: _vm_info(_domain(c, name_or_uuid)), retry=True)
+                                lambda c: vm_info(find_domain(c, name_or_uuid)), retry=True)
 
     async def definition(self, vm_uuid: str) -> str:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
         text: str = await self._call(repr(vm_uuid),
-                                     lambda c: _domain(c, vm_uuid).XMLDesc(flags), retry=True)
+                                     lambda c: find_domain(c, vm_uuid).XMLDesc(flags), retry=True)
         return text
 
     # --- the splitter --------------------------------------------------------------------
@@ -242,12 +258,12 @@ class LibvirtHypervisor:
             if self._mirror_problem is not None:
                 raise InvalidInput(f"cannot mirror disk {disk} of VM {vm_uuid}: "
                                    f"{self._mirror_problem}")
-            domain = _domain(connection, vm_uuid)
-            entry = _disk_entry(domain, disk)
+            domain = find_domain(connection, vm_uuid)
+            entry = disk_entry(domain, disk)
             if entry.skip_reason is not None:
                 raise InvalidInput(f"disk {disk} of VM {domain.name()} cannot be mirrored: "
                                    f"{entry.skip_reason}")
-            state = _STATES.get(domain.state()[0], "other")
+            state = STATES.get(domain.state()[0], "other")
             if state not in ("running", "paused"):
                 raise Conflict(f"VM {domain.name()} is {state}: only a running VM's disk is "
                                "mirrored (a stopped one is read from its files)")
@@ -257,7 +273,7 @@ class LibvirtHypervisor:
 
     async def detach_mirror(self, vm_uuid: str, disk: str) -> None:
         def detach(connection: Any) -> None:
-            domain = _domain(connection, vm_uuid)
+            domain = find_domain(connection, vm_uuid)
             job = domain.blockJobInfo(disk, 0)
             if not job:
                 return
@@ -270,7 +286,7 @@ class LibvirtHypervisor:
 
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]:
         def mirrored(connection: Any) -> dict[str, bool]:
-            domain = _domain(connection, vm_uuid)
+            domain = find_domain(connection, vm_uuid)
             live_xml = domain.XMLDesc(0)
             ready = mirrors_ready(live_xml)
             found = {}
@@ -364,54 +380,3 @@ def _copy_flags() -> int:
     for name in names:
         flags |= getattr(libvirt, name)
     return flags
-
-
-def _domain(connection: Any, name_or_uuid: str) -> Any:
-    try:
-        uuid.UUID(name_or_uuid)
-    except ValueError:
-        return connection.lookupByName(name_or_uuid)
-    try:
-        return connection.lookupByUUIDString(name_or_uuid)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise
-        return connection.lookupByName(name_or_uuid)  # a VM may be named like a uuid
-
-
-def _disk_entry(domain: Any, disk: str) -> DiskEntry:
-    for entry in parse_domain(domain.XMLDesc(0)).disks:
-        if entry.target == disk:
-            return entry
-    raise NotFound(f"VM {domain.name()} has no disk {disk!r}")
-
-
-def _vm_info(domain: Any) -> VmInfo:
-    entry = parse_domain(domain.XMLDesc(0))
-    disks = tuple(DiskInfo(target=disk.target, source=disk.source, format=disk.format,
-                           size_bytes=_virtual_size_bytes(domain, disk),
-                           skip_reason=disk.skip_reason)
-                  for disk in entry.disks)
-    return VmInfo(name=entry.name, uuid=entry.uuid,
-                  state=_STATES.get(domain.state()[0], "other"), disks=disks, nics=entry.nics)
-
-
-def _virtual_size_bytes(domain: Any, disk: DiskEntry) -> int:
-    """The guest-visible size: libvirt's ``blockInfo`` capacity (running or not), else
-    qemu-img's virtual size of a local image; 0 when neither knows (an empty CD-ROM)."""
-    if not disk.source:
-        return 0
-    try:
-        return int(domain.blockInfo(disk.target, 0)[0])
-    except libvirt.libvirtError as exc:
-        if disk.path is None:
-            log.info("no size for disk %s of VM %s: %s", disk.target, domain.name(), exc)
-            return 0
-    try:
-        result = subprocess.run(  # -U: the image may be open in a running QEMU
-            ["qemu-img", "info", "-U", "--output=json", disk.path], capture_output=True,
-            text=True, check=True, timeout=QEMU_IMG_TIMEOUT_S)
-        return int(json.loads(result.stdout)["virtual-size"])
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        log.info("no size for disk %s of VM %s: %s", disk.target, domain.name(), exc)
-        return 0
