@@ -111,6 +111,8 @@ class LibvirtHypervisor:
 
     def _connection_now(self) -> Any:
         with self._lock:
+            if self._closed:
+                raise Unavailable(f"libvirt at {self.uri}: the adapter is closed")
             if self._connection is not None and self._connection_alive():
                 return self._connection
             self._drop_locked()
@@ -204,8 +206,9 @@ class LibvirtHypervisor:
 
     def _error(self, exc: libvirt.libvirtError, what: str) -> SeawallError:
         code, message = exc.get_error_code(), exc.get_error_message()
-        if code == libvirt.VIR_ERR_NO_DOMAIN:
-            return NotFound(f"no VM {what} at libvirt {self.uri} (see `seawall vm list`)")
+        if code == libvirt.VIR_ERR_NO_DOMAIN:  # ``what`` ends with the VM asked for
+            vm = what[what.index("VM "):] if "VM " in what else what
+            return NotFound(f"no {vm} at libvirt {self.uri} (see `seawall vm list`)")
         if code in _UNAVAILABLE_CODES or exc.get_error_domain() in (
                 libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE) or not self._connection_alive():
             return Unavailable(f"libvirt at {self.uri} does not answer ({what}): {message}")
@@ -230,15 +233,15 @@ class LibvirtHypervisor:
                     # undefined between the listing and this look: not a VM any more
             return found
 
-        return await self._call("listing", every, retry=True)
+        return await self._call("the VM listing", every, retry=True)
 
     async def vm(self, name_or_uuid: str) -> VmInfo:
-        return await self._call(repr(name_or_uuid),
+        return await self._call(f"VM {name_or_uuid!r}",
                                 lambda c: vm_info(find_domain(c, name_or_uuid)), retry=True)
 
     async def definition(self, vm_uuid: str) -> str:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
-        text: str = await self._call(repr(vm_uuid),
+        text: str = await self._call(f"VM {vm_uuid!r}",
                                      lambda c: find_domain(c, vm_uuid).XMLDesc(flags), retry=True)
         return text
 
@@ -269,7 +272,7 @@ class LibvirtHypervisor:
                                "mirrored (a stopped one is read from its files)")
             domain.blockCopy(disk, destination, None, flags)
 
-        await self._call(f"{vm_uuid!r} disk {disk}", attach)
+        await self._call(f"disk {disk} of VM {vm_uuid!r}", attach)
 
     async def detach_mirror(self, vm_uuid: str, disk: str) -> None:
         def detach(connection: Any) -> None:
@@ -282,7 +285,7 @@ class LibvirtHypervisor:
                                f"job (type {job.get('type')}), not a mirror: left alone")
             domain.blockJobAbort(disk, 0)  # no pivot: the VM keeps its own disk
 
-        await self._call(f"{vm_uuid!r} disk {disk}", detach)
+        await self._call(f"disk {disk} of VM {vm_uuid!r}", detach)
 
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]:
         def mirrored(connection: Any) -> dict[str, bool]:
@@ -298,7 +301,7 @@ class LibvirtHypervisor:
                     found[entry.target] = ready.get(entry.target, False)
             return found
 
-        return await self._call(repr(vm_uuid), mirrored, retry=True)
+        return await self._call(f"VM {vm_uuid!r}", mirrored, retry=True)
 
     # --- events --------------------------------------------------------------------------
 
