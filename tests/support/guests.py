@@ -399,3 +399,47 @@ class GuestHost:
             self.connection.networkLookupByName(self.network).destroy()
         self.connection.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+LIBVIRT_URI = "qemu:///system"
+RAW_DISK_BYTES = 64 << 20
+QCOW2_DISK_BYTES = 48 << 20
+STOPPED_DISK_BYTES = 16 << 20
+RUNNING_MAC, STOPPED_MAC = "52:54:00:5e:a0:01", "52:54:00:5e:a0:02"
+
+
+@dataclass
+class SessionGuests:
+    """The guests every VM test shares (``tests/vm/conftest.py``)."""
+
+    host: GuestHost
+    running: Guest
+    stopped: Guest
+    boot_s: float  # from create to the guest's first counter write
+
+    @property
+    def uri(self) -> str:
+        return self.host.uri
+
+
+def start_session_guests(uri: str) -> SessionGuests:
+    """A running guest writing its counter (raw ``vda``, qcow2 ``vdb``, an empty CD-ROM
+    ``hdc``, a NIC) and a shut-off one; the caller closes ``host``."""
+    host = GuestHost(uri, build_guest_image())
+    try:
+        work = host.workdir
+        started = time.monotonic()
+        running = host.define("writer", [
+            GuestDisk("vda", make_disk(work / "writer-vda.raw", RAW_DISK_BYTES)),
+            GuestDisk("vdb", make_disk(work / "writer-vdb.qcow2", QCOW2_DISK_BYTES, "qcow2"),
+                      "qcow2"),
+            GuestDisk("hdc", None, device="cdrom"),
+        ], start=True, mac=RUNNING_MAC)
+        stopped = host.define("stopped", [
+            GuestDisk("vda", make_disk(work / "stopped-vda.raw", STOPPED_DISK_BYTES)),
+        ], start=False, mac=STOPPED_MAC)
+        running.console.wait_for(r"^sw-count 1$")
+    except BaseException:
+        host.close()
+        raise
+    return SessionGuests(host, running, stopped, time.monotonic() - started)

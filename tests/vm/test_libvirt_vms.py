@@ -24,16 +24,18 @@ from seawall.hypervisor.base import MirrorEnded, MirrorReady, VmLifecycle
 from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
 from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
-from support.guests import GuestDisk, counter_slot, domain_xml
-from support.sites import stop_for_sure
-from vm.conftest import (
+from support.guests import (
     QCOW2_DISK_BYTES,
     RAW_DISK_BYTES,
     RUNNING_MAC,
     STOPPED_DISK_BYTES,
     STOPPED_MAC,
+    GuestDisk,
     SessionGuests,
+    counter_slot,
+    domain_xml,
 )
+from support.sites import stop_for_sure
 
 pytestmark = pytest.mark.e2e
 
