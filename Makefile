@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv \
-	e2fsprogs fdisk dosfstools mtools postgresql
+	e2fsprogs fdisk dosfstools mtools postgresql \
+	libvirt-daemon-system libvirt-dev pkg-config python3-dev qemu-system-x86 busybox-static
 
 RUNS ?= 20
 SEED ?= 1

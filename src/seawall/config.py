@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.hypervisor.base import parse_hypervisor_spec
 from seawall.local_access import group_id, secure_data_dir
 from seawall.nbd_certs import ensure_nbd_ca
 from seawall.tls import SiteIdentity, ensure_identity
@@ -141,6 +142,10 @@ class SiteConfig(BaseModel):
     """The one group, besides the service's user, that may connect to the NBD socket (e.g.
     QEMU's); None: no one else (``seawall.local_access``)."""
 
+    hypervisor: str = "none"
+    """The agent's ``--hypervisor`` (``seawall.hypervisor.base.parse_hypervisor_spec``):
+    ``none`` (volumes only), ``libvirt[:URI]`` or ``qmp:DIR``."""
+
     @model_validator(mode="after")
     def _check_nbd_tcp_plain(self) -> SiteConfig:
         if self.nbd_tcp_plain and not (self.nbd_tcp_host and is_loopback(self.nbd_tcp_host)):
@@ -172,6 +177,12 @@ class SiteConfig(BaseModel):
     @classmethod
     def _check_database(cls, text: str | None) -> str | None:
         return None if text is None else check_database_url(text)
+
+    @field_validator("hypervisor")
+    @classmethod
+    def _check_hypervisor(cls, text: str) -> str:
+        parse_hypervisor_spec(text)  # InvalidInput naming the accepted forms
+        return text
 
     @field_validator("throttle_schedule")
     @classmethod
@@ -304,7 +315,7 @@ class SiteConfig(BaseModel):
         agent_control: str | None = None, nbd_tcp_plain: bool = False,
         socket_group: str | None = None, clone_dir: Path | None = None,
         scripts_dir: Path | None = None, script_user: str | None = None,
-        storage_roots: tuple[Path, ...] = (),
+        storage_roots: tuple[Path, ...] = (), hypervisor: str = "none",
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
@@ -346,6 +357,7 @@ class SiteConfig(BaseModel):
                 scripts_dir=(scripts_dir or data_dir / "scripts").resolve(),
                 script_user=script_user,
                 storage_roots=tuple(root.resolve() for root in storage_roots),
+                hypervisor=hypervisor,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None

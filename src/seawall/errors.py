@@ -153,6 +153,16 @@ class DatabaseFull(SeawallError):
     code = "database_full"
 
 
+class Unavailable(SeawallError):
+    """A service of this host that we depend on (the hypervisor: libvirtd, QEMU's QMP
+    socket) does not answer; retry once it runs."""
+
+    http_status = 503
+    exit_code = 10
+    fault = "local"
+    code = "unavailable"
+
+
 ERROR_CLASSES: dict[str, type[SeawallError]] = {
     cls.code: cls
     for cls in (
@@ -171,6 +181,7 @@ ERROR_CLASSES: dict[str, type[SeawallError]] = {
         CorruptData,
         JournalFull,
         DatabaseFull,
+        Unavailable,
     )
 }
 

@@ -68,7 +68,7 @@ class LocalSite:
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
                  buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20,
-                 database: str | None = None) -> None:
+                 database: str | None = None, hypervisor: str = "none") -> None:
         """A new site in ``directory``, or the existing one if it holds a site already."""
         self.name = name
         self.directory = directory
@@ -83,6 +83,7 @@ class LocalSite:
                 name, directory, f"127.0.0.1:{api_port}", f"127.0.0.1:{replication_port}",
                 advertise_replication, buffer_bytes=buffer_bytes, bitmap_bytes=bitmap_bytes,
                 database=database, peer_api=f"127.0.0.1:{peer_api_port}",
+                hypervisor=hypervisor,
             )
             token = first_admin_token(self.config)
         self.token = token or local_admin_token(self.config, "local-site")

@@ -36,6 +36,8 @@ from seawall.config import SiteConfig
 from seawall.confined import inside_any
 from seawall.contract.agent import ProtectionChange, ProtectionSpec, RecoverySpec, RetentionChange
 from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.hypervisor.base import Hypervisor, parse_hypervisor_spec
+from seawall.hypervisor.factory import open_hypervisor
 from seawall.nbd_certs import CA_CERT
 from seawall.nbd_certs import server_context as nbd_server_context
 from seawall.tls import client_context, fingerprint
@@ -56,6 +58,7 @@ class Agent:
         self._state_path = config.agent_dir / "state.json"
         self.state = AgentState.load(self._state_path)
         self.volumes: dict[str, FileVolume] = {}
+        self.hypervisor: Hypervisor | None = None  # opened at start (``--hypervisor``)
         self.protected: dict[str, tuple[ProtectedGroup, Shipper]] = {}
         self.recovering: dict[str, RecoveryGroup] = {}
         self.exports = ExportRegistry()
@@ -91,6 +94,8 @@ class Agent:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        # First: an unreachable hypervisor fails the start before anything else runs.
+        self.hypervisor = await open_hypervisor(parse_hypervisor_spec(self.config.hypervisor))
         for spec in self.state.volumes:
             self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         for recovery in list(self.state.recovering):
@@ -134,6 +139,8 @@ class Agent:
         for recovery in self.recovering.values():
             await recovery.stop()
             recovery.close()
+        if self.hypervisor is not None:
+            await self.hypervisor.close()
 
     def save_state(self) -> None:
         self.state.save(self._state_path)

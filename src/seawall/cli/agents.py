@@ -18,6 +18,7 @@ import typer
 
 from seawall.cli.options import (
     DataOption,
+    HypervisorOption,
     JsonOption,
     LogFormatOption,
     MetricsOption,
@@ -90,6 +91,7 @@ def agent_run(
     throttle: ThrottleOption = None,
     metrics: MetricsOption = None,
     socket_group: SocketGroupOption = None,
+    hypervisor: HypervisorOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
     """Run the agent in DATA: the site's own, or one that joins a site from another host."""
@@ -105,6 +107,8 @@ def agent_run(
         overrides["metrics_host"], overrides["metrics_port"] = parse_host_port(metrics)
     if socket_group is not None:
         overrides["socket_group"] = None if socket_group == "none" else socket_group
+    if hypervisor is not None:
+        overrides["hypervisor"] = hypervisor
     join_options = {"--manager": manager_option, "--token": token, "--name": name,
                     "--control": control, "--advertise-control": advertise_control,
                     "--replication": replication, "--nbd-tcp": nbd_tcp,

@@ -20,6 +20,7 @@ from seawall.cli.live import add_live_commands
 from seawall.cli.monitoring import add_monitoring_commands
 from seawall.cli.options import (
     DataOption,
+    HypervisorOption,
     JsonOption,
     LogFormatOption,
     MetricsOption,
@@ -32,6 +33,7 @@ from seawall.cli.options import (
 )
 from seawall.cli.output import console, print_json, print_line, print_table, styled, time_text
 from seawall.cli.recovery import add_recovery_commands, failover_app
+from seawall.cli.vms import add_vm_commands
 from seawall.config import SiteConfig, check_database_url, plain_api_warning
 from seawall.errors import InvalidInput, SeawallError
 from seawall.local_access import enter_private_umask
@@ -61,6 +63,7 @@ add_files_commands(app)  # files ls/get: seawall.cli.files
 add_monitoring_commands(app, group_app)  # group status, alert/event/task list
 add_group_commands(group_app)  # group create/update/show: seawall.cli.groups
 add_agent_commands(agent_app)  # agent run/token/list/remove: seawall.cli.agents
+add_vm_commands(app)  # vm list: seawall.cli.vms
 
 
 # --- sites -----------------------------------------------------------------------------
@@ -116,6 +119,7 @@ def site_init(
     storage_root: Annotated[list[Path] | None, typer.Option(
         help="A directory (repeat for more) where groups may keep journals (--storage) and "
              "pre-seeded replicas (--preseed), besides the data directory.")] = None,
+    hypervisor: HypervisorOption = "none",
 ) -> None:
     """Create a site: configuration, identity, database."""
     enter_private_umask()  # the site's files are its own, whatever the caller's umask
@@ -132,7 +136,8 @@ def site_init(
                                socket_group=None if socket_group == "none" else socket_group,
                                nbd_tcp_plain=nbd_tcp_plain, clone_dir=clone_dir,
                                scripts_dir=scripts_dir, script_user=script_user,
-                               storage_roots=tuple(storage_root or ()))
+                               storage_roots=tuple(storage_root or ()),
+                               hypervisor=hypervisor or "none")
     console.print(f"site {config.name} created in {config.data_dir} "
                   f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
     console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")

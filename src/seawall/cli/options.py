@@ -97,3 +97,7 @@ def manager(url: str | None, token: str | None = None) -> JsonClient:
 SocketGroupOption = Annotated[str | None, typer.Option(
     help="A group (e.g. QEMU's) whose members may connect to the NBD socket; no one else "
          "can ('none': only the service's user).")]
+HypervisorOption = Annotated[str | None, typer.Option(
+    help="The VMs' hypervisor on the agent's host: none (volumes only), libvirt[:URI] "
+         "(default URI qemu:///system) or qmp:DIR (a directory of QEMU QMP sockets, e.g. "
+         "/var/run/qemu-server for Proxmox VE).")]

@@ -215,6 +215,36 @@ class VolumeInfo(Answer):
     group: str | None
 
 
+class VmDisk(Answer):
+    target: str
+    source: str
+    format: str
+    size_bytes: int
+    skip_reason: str | None = None
+
+
+class VmNic(Answer):
+    kind: str
+    source: str
+    mac: str
+    model: str
+
+
+class VmDescription(Answer):
+    name: str
+    uuid: str
+    state: str
+    disks: list[VmDisk]
+    nics: list[VmNic]
+
+
+class VmListing(Answer):
+    """``GET /vms``: the agent's ``--hypervisor`` (``none``: it has none) and its VMs."""
+
+    hypervisor: str
+    vms: list[VmDescription]
+
+
 class ExportCreate(Request):
     group_id: str
     volume: str

@@ -37,6 +37,7 @@ from seawall.contract.agent import (
     ScriptOutcome,
     ScriptRun,
     TaggedCheckpoint,
+    VmListing,
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
@@ -85,6 +86,9 @@ class AgentApi:
 
     def add_volume(self, request: VolumeAdd) -> VolumeInfo:
         return self._call(VolumeInfo, "POST", "/volumes/add", request)
+
+    def vms(self) -> VmListing:
+        return self._call(VmListing, "GET", "/vms")
 
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))

@@ -48,6 +48,8 @@ from seawall.manager.recovery.store import OperationStore
 from seawall.manager.sites.routes import router as sites_router
 from seawall.manager.sites.service import SiteService
 from seawall.manager.sites.unpairing import Unpairing
+from seawall.manager.vms.routes import router as vms_router
+from seawall.manager.vms.service import VmService
 from seawall.manager.volumes.routes import router as volumes_router
 from seawall.manager.volumes.service import VolumeService
 
@@ -85,6 +87,7 @@ def create_app(config: SiteConfig) -> FastAPI:
     sites = SiteService(config, sessions)
     agents = AgentDirectory(config, sessions, agent)  # the site's own + joined
     app.state.agents, app.state.volumes = agents, VolumeService(agents)
+    app.state.vms = VmService(agents)
     groups = GroupService(config, sessions, agent, sites, SpanningGroups(config, agents, agent),
                           locate=app.state.volumes.locate)
     app.state.sites = sites
@@ -110,9 +113,9 @@ def create_app(config: SiteConfig) -> FastAPI:
     async def health() -> dict[str, Any]:  # on the event loop: no thread to wait for
         return {"status": "ok", "site": config.name, "version": __version__}
 
-    for router in (access_router, sites_router, agents_router, volumes_router, groups_router,
-                   group_settings_router, exports_router, recovery_router, files_router,
-                   metrics_router):
+    for router in (access_router, sites_router, agents_router, volumes_router, vms_router,
+                   groups_router, group_settings_router, exports_router, recovery_router,
+                   files_router, metrics_router):
         app.include_router(router)
     return app
 

@@ -22,6 +22,7 @@ from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.control.scripts import scripts_router
 from seawall.agent.service import Agent
 from seawall.agent.settings import check_paths
+from seawall.agent.vms import vm_listing
 from seawall.contract.agent import (
     Checkpoint,
     CheckpointTag,
@@ -38,6 +39,7 @@ from seawall.contract.agent import (
     RecoverySpec,
     RetentionChange,
     TaggedCheckpoint,
+    VmListing,
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
@@ -66,6 +68,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.post("/volumes/add", response_model=VolumeInfo)
     async def add_volume(body: VolumeAdd) -> dict[str, Any]:
         return agent.add_volume(body.name, body.path)
+
+    @app.get("/vms", response_model=VmListing)
+    async def list_vms() -> VmListing:
+        return await vm_listing(agent.hypervisor)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:

@@ -117,6 +117,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/api/v1/volumes"): VIEWER,
     ("POST", "/api/v1/volumes"): ADMIN,
     ("POST", "/api/v1/volumes/add"): ADMIN,
+    ("GET", "/api/v1/vms"): VIEWER,  # the VMs of the site's hosts
     # groups and checkpoints
     ("GET", "/api/v1/groups"): VIEWER,
     ("POST", "/api/v1/groups"): ADMIN,

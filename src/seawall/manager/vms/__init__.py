@@ -1,0 +1,1 @@
+"""The VMs of the site's hosts, as their agents' hypervisor adapters see them."""
