@@ -52,6 +52,15 @@ class GroupVolume(BaseModel):
     size_bytes: int
 
 
+class RetiredVolume(GroupVolume):
+    """A volume removed from a group whose history the recovery site still keeps: it reads
+    back at the checkpoints that include it (seq <= ``removed_after_seq``) until they age
+    out. ``removed_after_seq`` None: removed, the protected site's last seq not known yet
+    (every checkpoint is taken to include it)."""
+
+    removed_after_seq: int | None = None
+
+
 class CoordinationMember(BaseModel):
     """Another member agent of a group spanning agents, as its lead reaches it."""
 
@@ -130,6 +139,9 @@ class RecoverySpec(BaseModel):
     """Pre-seeded replicas by volume name (others live in the group's directory)."""
     live: LiveFailoverSpec | None = None
     """Set while the group is failed over live: replication and retention stop."""
+    retired: list[RetiredVolume] = []
+    """Volumes removed from the group whose history its journal still holds (their
+    indexes are never reused)."""
 
 
 class ProtectionChange(Request):
@@ -146,6 +158,45 @@ class RetentionChange(Request):
     history_s: float
     journal_max_bytes: int | None
     journal_warning_ratio: float
+
+
+class ProtectedMembers(Request):
+    """``PUT /protected/{id}/volumes``: the group's members from now on (indexes of kept
+    members unchanged, new ones never used before in the group)."""
+
+    volumes: list[GroupVolume] = Field(min_length=1, max_length=64)
+
+
+class MembersChanged(Answer):
+    group_id: str
+    last_seq: int
+    """The seq issued last at the change: no record of a removed volume comes after it."""
+
+
+class RecoveryMembers(Request):
+    """``PUT /recovering/{id}/volumes``: the group's members and its retired volumes."""
+
+    volumes: list[GroupVolume] = Field(min_length=1, max_length=64)
+    retired: list[RetiredVolume] = Field(default=[], max_length=1024)
+
+
+class GroupRemoved(Answer):
+    """``DELETE /protected/{id}`` or ``DELETE /recovering/{id}``: the group is gone here.
+    ``kept``: volume name -> the plain raw file its replica is now (``keep_replicas``),
+    consistent at checkpoint ``checkpoint`` (None: the journal had no consistent one)."""
+
+    group_id: str
+    kept: dict[str, str] = {}
+    checkpoint: int | None = None
+
+
+class VolumeRemoved(Answer):
+    """``DELETE /volumes/{name}``: ``deleted`` is True when the volume's file was ours (made
+    by ``volume create``) and is deleted; an added file or device is only forgotten."""
+
+    name: str
+    path: str
+    deleted: bool
 
 
 class PathsCheck(Request):

@@ -24,14 +24,18 @@ from seawall.contract.agent import (
     FailoverRun,
     FailoverStart,
     FenceRequest,
+    GroupRemoved,
     GroupStatus,
     Health,
+    MembersChanged,
     PathsCheck,
     PathsChecked,
     PinForget,
     PinsLeft,
+    ProtectedMembers,
     ProtectionChange,
     ProtectionSpec,
+    RecoveryMembers,
     RecoverySpec,
     RetentionChange,
     ScriptOutcome,
@@ -40,6 +44,7 @@ from seawall.contract.agent import (
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
+    VolumeRemoved,
     dump,
 )
 from seawall.errors import InvalidInput, PeerError
@@ -86,6 +91,9 @@ class AgentApi:
     def add_volume(self, request: VolumeAdd) -> VolumeInfo:
         return self._call(VolumeInfo, "POST", "/volumes/add", request)
 
+    def remove_volume(self, name: str) -> VolumeRemoved:
+        return self._call(VolumeRemoved, "DELETE", f"/volumes/{_id(name)}")
+
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))
 
@@ -108,6 +116,20 @@ class AgentApi:
 
     def update_retention(self, group_id: str, change: RetentionChange) -> GroupStatus:
         return self._call(GroupStatus, "PATCH", f"/recovering/{_id(group_id)}", change)
+
+    def change_protected_members(self, group_id: str,
+                                 members: ProtectedMembers) -> MembersChanged:
+        return self._call(MembersChanged, "PUT", f"/protected/{_id(group_id)}/volumes", members)
+
+    def change_recovery_members(self, group_id: str, members: RecoveryMembers) -> GroupStatus:
+        return self._call(GroupStatus, "PUT", f"/recovering/{_id(group_id)}/volumes", members)
+
+    def unprotect(self, group_id: str) -> GroupRemoved:
+        return self._call(GroupRemoved, "DELETE", f"/protected/{_id(group_id)}")
+
+    def remove_recovery(self, group_id: str, keep_replicas: bool) -> GroupRemoved:
+        return self._call(GroupRemoved, "DELETE", f"/recovering/{_id(group_id)}",
+                          keep_replicas=keep_replicas or None)
 
     def group_status(self, group_id: str) -> GroupStatus:
         return self._call(GroupStatus, "GET", f"/groups/{_id(group_id)}/status")

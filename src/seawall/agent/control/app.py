@@ -27,20 +27,25 @@ from seawall.contract.agent import (
     CheckpointTag,
     ExportCreate,
     ExportDescription,
+    GroupRemoved,
     GroupStatus,
     Health,
+    MembersChanged,
     PathsCheck,
     PathsChecked,
     PinForget,
     PinsLeft,
+    ProtectedMembers,
     ProtectionChange,
     ProtectionSpec,
+    RecoveryMembers,
     RecoverySpec,
     RetentionChange,
     TaggedCheckpoint,
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
+    VolumeRemoved,
     same_id,
 )
 from seawall.http import install_error_handler
@@ -66,6 +71,26 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.post("/volumes/add", response_model=VolumeInfo)
     async def add_volume(body: VolumeAdd) -> dict[str, Any]:
         return agent.add_volume(body.name, body.path)
+
+    @app.delete("/volumes/{name}", response_model=VolumeRemoved)
+    async def remove_volume(name: str) -> dict[str, Any]:
+        return agent.membership.remove_volume(name)
+
+    @app.put("/protected/{group_id}/volumes", response_model=MembersChanged)
+    async def change_protected_members(group_id: str, body: ProtectedMembers) -> dict[str, Any]:
+        return agent.membership.change_protected(group_id, body.volumes)
+
+    @app.delete("/protected/{group_id}", response_model=GroupRemoved)
+    async def unprotect(group_id: str) -> dict[str, Any]:
+        return await agent.membership.unprotect(group_id)
+
+    @app.put("/recovering/{group_id}/volumes", response_model=GroupStatus)
+    async def change_recovery_members(group_id: str, body: RecoveryMembers) -> dict[str, Any]:
+        return await agent.membership.change_recovery(group_id, body.volumes, body.retired)
+
+    @app.delete("/recovering/{group_id}", response_model=GroupRemoved)
+    async def remove_recovery(group_id: str, keep_replicas: bool = False) -> dict[str, Any]:
+        return await agent.membership.remove_recovery(group_id, keep_replicas)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:

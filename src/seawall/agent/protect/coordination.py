@@ -339,6 +339,15 @@ class CoordinatedGroups:
             self.coordinators[group.spec.group_id] = coordinator
             coordinator.start()
 
+    async def remove(self, group_id: str) -> None:
+        """The group is no longer protected here: its rounds end, held acks go."""
+        coordinator = self.coordinators.pop(group_id, None)
+        if coordinator is not None:
+            await coordinator.stop()
+        hold = self.holds.pop(group_id, None)
+        if hold is not None:
+            hold.close()
+
     async def close_all(self) -> None:
         for coordinator in self.coordinators.values():
             await coordinator.stop()

@@ -7,6 +7,9 @@ Invariants:
   ``RetentionPolicy``); the policy also sizes the journal's segments (at open: a new
   journal limit sizes the segments from the next open on).
 - ``set_retention`` swaps the policy in place: the next retention step follows it.
+- The journal holds the group's members and its retired volumes (``RecoverySpec.retired``):
+  a retired volume reads back at the checkpoints that include it (seq at or below its
+  ``removed_after_seq``) until they age out; later checkpoints do not list it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seawall.agent.recover.aging import JournalAging
-from seawall.contract.agent import RecoverySpec
+from seawall.contract.agent import RecoverySpec, RetiredVolume
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
@@ -36,10 +39,11 @@ class RecoveryGroup:
         self.spec = spec
         self.directory = directory
         policy = retention_policy(spec)
+        held = [*spec.volumes, *spec.retired]
         self.journal = Journal.open(
             directory / "journal",
-            {v.index: v.size_bytes for v in spec.volumes},
-            {v.index: replica_path(spec, directory, v.name) for v in spec.volumes},
+            {v.index: v.size_bytes for v in held},
+            {v.index: replica_path(spec, directory, v.name) for v in held},
             segment_limit_bytes=policy.segment_limit_bytes,
         )
         self.aging = JournalAging(self.journal, policy, spec.name)
@@ -47,11 +51,24 @@ class RecoveryGroup:
         self.connected = False
         self.received_bytes = 0
 
-    def volume_index(self, name: str) -> int:
+    def volume_index(self, name: str, checkpoint_seq: int | None = None) -> int:
+        """The journal's index of volume ``name`` (a member, or, at a checkpoint that
+        includes it, a retired one)."""
         for volume in self.spec.volumes:
             if volume.name == name:
                 return volume.index
+        for retired in self.spec.retired:
+            if retired.name == name:
+                if checkpoint_seq is None or _includes(retired, checkpoint_seq):
+                    return retired.index
+                raise NotFound(f"volume {name!r} was removed from group {self.spec.name} "
+                               f"before checkpoint {checkpoint_seq}")
         raise NotFound(f"group {self.spec.name} has no volume {name!r}")
+
+    def volumes_at(self, checkpoint_seq: int) -> list[str]:
+        """The names of the volumes checkpoint ``checkpoint_seq`` includes."""
+        return [v.name for v in self.spec.volumes] + [
+            v.name for v in self.spec.retired if _includes(v, checkpoint_seq)]
 
     def resolve_checkpoint(self, checkpoint: str) -> CheckpointInfo:
         if checkpoint == "latest":
@@ -65,7 +82,8 @@ class RecoveryGroup:
     def checkpoint_list(self, newest: int | None = None) -> list[dict[str, Any]]:
         return [
             {"id": c.seq, "time_ns": c.time_ns, "name": c.name, "replicated": True,
-             "consistent": c.consistent, "sealed_as": c.sealed_as}
+             "consistent": c.consistent, "sealed_as": c.sealed_as,
+             "volumes": self.volumes_at(c.seq)}
             for c in self.journal.checkpoints(newest)
         ]
 
@@ -107,3 +125,7 @@ class RecoveryGroup:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _includes(retired: RetiredVolume, checkpoint_seq: int) -> bool:
+    return retired.removed_after_seq is None or checkpoint_seq <= retired.removed_after_seq

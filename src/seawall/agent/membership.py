@@ -1,0 +1,236 @@
+"""Changing what an agent protects or keeps: a group's members, a group, a volume, removed.
+
+Rules and invariants:
+- Every change is saved in ``agent/state.json`` before it is answered, as every operation
+  of the agent (``seawall.agent.service``).
+- Protected side: members change in place (``ProtectedGroup.change_volumes``): the other
+  members keep streaming, a new one is shipped whole in a sync window. A member keeps its
+  index; a new one has an index the group never used (the manager's rule, checked here).
+- Recovery side: a member removed becomes *retired*: its replica and journal entries stay
+  until the group goes, and it reads back at the checkpoints that include it (up to its
+  ``removed_after_seq``). A new member needs its replica before its first record: the
+  journal is closed and opened again with it (the index is rebuilt from the segments: the
+  journal stays the truth). The replication session ends meanwhile (the group is out of
+  the receiver's lookup, then its lock is taken, so no session runs on a closed journal),
+  and the sender reconnects by itself. Refused while a failover test, a live failover or
+  an export runs on the group: each holds the journal open.
+- Removing a recovered group is refused for the same failovers (named in the error);
+  exports of it are stopped. With ``keep_replicas`` the journal is first applied up to its
+  newest consistent checkpoint, so each member's replica is that checkpoint's image; the
+  replicas are then moved to ``<storage>/<group>-replicas/`` (a pre-seeded replica stays
+  where the operator put it). The state save that forgets the group is the commit point:
+  a crash after it leaves at most the group's directory behind, never a half group.
+- A volume in a group is not removed (the error names the group). A volume made by
+  ``volume create`` (``owned``) has its file deleted; an added file or device is only
+  forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from seawall.agent.recover.group import replica_path
+from seawall.contract.agent import GroupVolume, RecoverySpec, RetiredVolume
+from seawall.errors import Conflict, InvalidInput, NotFound, NotReady, SeawallError
+
+if TYPE_CHECKING:
+    from seawall.agent.recover.group import RecoveryGroup
+    from seawall.agent.service import Agent
+
+KEPT_SUFFIX = "-replicas"
+
+
+def check_kept_indexes(old: list[GroupVolume], new: list[GroupVolume],
+                       retired: list[RetiredVolume] | None = None) -> None:
+    """A member kept keeps its index, name and size; a new one takes an unused index."""
+    known = {v.index: (v.name, v.size_bytes) for v in [*old, *(retired or [])]}
+    names = [v.name for v in new]
+    if len(set(names)) != len(names) or len({v.index for v in new}) != len(new):
+        raise InvalidInput("a volume is named twice, or two volumes share an index")
+    for volume in new:
+        was = known.get(volume.index)
+        if was is not None and was != (volume.name, volume.size_bytes):
+            raise Conflict(f"index {volume.index} is volume {was[0]!r} of the group, not "
+                           f"{volume.name!r}: a new member needs a new index")
+
+
+class Membership:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    # --- protected side ------------------------------------------------------------------
+
+    def change_protected(self, group_id: str, volumes: list[GroupVolume]) -> dict[str, Any]:
+        agent = self.agent
+        group = agent.protected_group(group_id)
+        if group.spec.fenced:
+            raise Conflict(f"group {group.spec.name} is failed over: its members cannot change")
+        check_kept_indexes(group.spec.volumes, volumes)
+        members = {v.name for v in group.spec.volumes}
+        for volume in volumes:
+            if volume.name in members:
+                continue
+            current = agent.describe_volume(volume.name)  # NotFound for an unknown one
+            if current["group"] is not None:
+                raise Conflict(f"volume {volume.name} is already in group {current['group']}")
+            if current["size"] != volume.size_bytes:
+                raise Conflict(f"volume {volume.name} has {current['size']} bytes, not "
+                               f"{volume.size_bytes}")
+        last_seq = group.change_volumes(volumes, [agent.volumes[v.name] for v in volumes])
+        agent.save_state()  # the spec is the saved one, changed in place
+        return {"group_id": group_id, "last_seq": last_seq}
+
+    async def unprotect(self, group_id: str) -> dict[str, Any]:
+        """Stop protecting the group here and forget it; its volumes stay, served as before."""
+        agent = self.agent
+        entry = agent.protected.pop(group_id, None)
+        if entry is None:
+            raise NotFound(f"group {group_id} is not protected by this agent")
+        group, shipper = entry
+        await agent.coordinated.remove(group_id)
+        await shipper.stop()
+        await group.stop()
+        if group.spec.fenced:  # stopped for a failover: its volumes take writes again
+            agent.source.set_read_only(group, False)
+        agent.state.protected = [p for p in agent.state.protected if p.group_id != group_id]
+        agent.save_state()
+        shutil.rmtree(agent.config.agent_dir / "groups" / group_id, ignore_errors=True)
+        return {"group_id": group_id}
+
+    # --- recovery side -------------------------------------------------------------------
+
+    def _busy(self, group: RecoveryGroup, what: str) -> None:
+        """Refuse ``what`` while a failover holds the group's journal."""
+        name = group.spec.name
+        if group.spec.live is not None:
+            raise Conflict(f"a live failover of group {name} runs "
+                           f"({group.spec.live.operation_id}): {what} after its commit or "
+                           "rollback")
+        if self.agent.failover_tests.running_on(group):
+            raise Conflict(f"a failover test of group {name} runs: {what} once it is "
+                           "stopped (`seawall failover stop`)")
+
+    async def change_recovery(self, group_id: str, volumes: list[GroupVolume],
+                              retired: list[RetiredVolume]) -> dict[str, Any]:
+        agent = self.agent
+        group = agent.recovery_group(group_id)
+        spec = group.spec
+        self._busy(group, f"change the members of group {spec.name}")
+        check_kept_indexes([*spec.volumes], volumes, [*spec.retired])
+        held = {v.index for v in [*spec.volumes, *spec.retired]}
+        new = spec.model_copy(update={"volumes": volumes, "retired": retired})
+        if {v.index for v in [*volumes, *retired]} == held:  # retired, or told when: no reopen
+            spec.volumes, spec.retired = volumes, retired
+            agent.save_state()
+            return group.status()
+        exports = [name for name, r in agent.exports.exports.items() if r.group_id == group_id]
+        if exports:
+            raise Conflict(f"exports of group {spec.name} are open ({', '.join(exports)}): "
+                           "stop them first (`seawall export --stop URI`)")
+        directory = agent.group_dir(spec)
+        await self._close(group)
+        dropped = held - {v.index for v in [*volumes, *retired]}  # an add taken back
+        for volume in [*spec.volumes, *spec.retired]:
+            if volume.index in dropped:
+                with contextlib.suppress(FileNotFoundError):
+                    replica_path(spec, directory, volume.name).unlink()
+        try:
+            agent.open_recovery(new)
+        except Exception:
+            agent.open_recovery(spec)  # as it was: its replicas and journal are untouched
+            raise
+        agent.state.recovering = [new if s.group_id == group_id else s
+                                  for s in agent.state.recovering]
+        agent.save_state()
+        return agent.recovering[group_id].status()
+
+    async def _close(self, group: RecoveryGroup) -> None:
+        """Take ``group`` out of the agent (no new session finds it), end its session and
+        wait for it, stop retention and close the journal."""
+        agent = self.agent
+        agent.recovering.pop(group.spec.group_id, None)
+        agent.end_replication_session(group.spec.group_id)
+        async with group.lock:
+            await group.stop()
+            group.close()
+
+    async def remove_recovery(self, group_id: str, keep_replicas: bool) -> dict[str, Any]:
+        agent = self.agent
+        group = agent.recovery_group(group_id)
+        spec = group.spec
+        self._busy(group, f"delete group {spec.name}")
+        for name in [n for n, r in agent.exports.exports.items() if r.group_id == group_id]:
+            agent.stop_export(name)
+        directory = agent.group_dir(spec)
+        checkpoint = None
+        agent.recovering.pop(group_id, None)
+        agent.end_replication_session(group_id)
+        async with group.lock:
+            await group.stop()
+            failed = None
+            if keep_replicas:
+                with contextlib.suppress(NotReady):
+                    checkpoint = group.journal.latest_checkpoint().seq
+                try:
+                    if checkpoint is not None:  # the replicas become its image
+                        await asyncio.to_thread(group.journal.apply_through, checkpoint)
+                except SeawallError as exc:
+                    failed = exc
+            group.close()
+        if failed is not None:
+            agent.open_recovery(spec)  # nothing forgotten: the group goes on
+            raise failed
+        agent.state.recovering = [s for s in agent.state.recovering if s.group_id != group_id]
+        agent.save_state()  # the commit point
+        agent.replication.trust_only([g.spec.source_cert_pem for g in agent.recovering.values()
+                                      if g.spec.source_cert_pem])
+        kept = _keep(spec, directory) if keep_replicas else {}
+        shutil.rmtree(directory, ignore_errors=True)
+        for name, path in spec.replica_paths.items():  # pre-seeded: the operator's files
+            if not keep_replicas and name in {v.name for v in spec.volumes}:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return {"group_id": group_id, "kept": kept, "checkpoint": checkpoint}
+
+    # --- volumes -------------------------------------------------------------------------
+
+    def remove_volume(self, name: str) -> dict[str, Any]:
+        agent = self.agent
+        current = agent.describe_volume(name)  # NotFound for an unknown one
+        if current["group"] is not None:
+            raise Conflict(f"volume {name} is in group {current['group']}: remove it from the "
+                           f"group first (`seawall group update {current['group']} "
+                           f"--remove-volume {name}`)")
+        saved = next(v for v in agent.state.volumes if v.name == name)
+        agent.disconnect_export(name)
+        agent.volumes.pop(name).close()
+        agent.state.volumes = [v for v in agent.state.volumes if v.name != name]
+        agent.save_state()
+        if saved.owned:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(saved.path)
+        return {"name": name, "path": str(saved.path), "deleted": saved.owned}
+
+
+def _keep(spec: RecoverySpec, directory: Path) -> dict[str, str]:
+    """Move each member's replica out of the group's directory; where each is now."""
+    target = directory.parent / f"{spec.name}{KEPT_SUFFIX}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = directory.parent / f"{spec.name}{KEPT_SUFFIX}.{suffix}"
+    kept = {}
+    for volume in spec.volumes:
+        source = replica_path(spec, directory, volume.name)
+        if volume.name in spec.replica_paths:
+            kept[volume.name] = str(source)
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target / source.name)
+        kept[volume.name] = str(target / source.name)
+    return kept
