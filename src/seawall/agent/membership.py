@@ -34,8 +34,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seawall.agent.recover import members
 from seawall.agent.recover.group import replica_path
-from seawall.contract.agent import GroupVolume, RecoverySpec, RetiredVolume
+from seawall.contract.agent import GroupVolume, RecoveryMembers, RecoverySpec, RetiredVolume
 from seawall.errors import Conflict, InvalidInput, NotFound, NotReady, SeawallError
 
 if TYPE_CHECKING:
@@ -71,15 +72,15 @@ class Membership:
         if group.spec.fenced:
             raise Conflict(f"group {group.spec.name} is failed over: its members cannot change")
         check_kept_indexes(group.spec.volumes, volumes)
-        members = {v.name for v in group.spec.volumes}
+        current = {v.name for v in group.spec.volumes}
         for volume in volumes:
-            if volume.name in members:
+            if volume.name in current:
                 continue
-            current = agent.describe_volume(volume.name)  # NotFound for an unknown one
-            if current["group"] is not None:
-                raise Conflict(f"volume {volume.name} is already in group {current['group']}")
-            if current["size"] != volume.size_bytes:
-                raise Conflict(f"volume {volume.name} has {current['size']} bytes, not "
+            found = agent.describe_volume(volume.name)  # NotFound for an unknown one
+            if found["group"] is not None:
+                raise Conflict(f"volume {volume.name} is already in group {found['group']}")
+            if found["size"] != volume.size_bytes:
+                raise Conflict(f"volume {volume.name} has {found['size']} bytes, not "
                                f"{volume.size_bytes}")
         last_seq = group.change_volumes(volumes, [agent.volumes[v.name] for v in volumes])
         agent.save_state()  # the spec is the saved one, changed in place
@@ -115,39 +116,36 @@ class Membership:
             raise Conflict(f"a failover test of group {name} runs: {what} once it is "
                            "stopped (`seawall failover stop`)")
 
-    async def change_recovery(self, group_id: str, volumes: list[GroupVolume],
-                              retired: list[RetiredVolume]) -> dict[str, Any]:
+    async def change_recovery(self, group_id: str, request: RecoveryMembers) -> dict[str, Any]:
         agent = self.agent
         group = agent.recovery_group(group_id)
         spec = group.spec
         self._busy(group, f"change the members of group {spec.name}")
-        check_kept_indexes([*spec.volumes], volumes, [*spec.retired])
-        held = {v.index for v in [*spec.volumes, *spec.retired]}
-        new = spec.model_copy(update={"volumes": volumes, "retired": retired})
-        if {v.index for v in [*volumes, *retired]} == held:  # retired, or told when: no reopen
-            spec.volumes, spec.retired = volumes, retired
+        changed = members.change(spec, request, group.journal.written_seq)
+        new = changed.spec
+        if not changed.reopen:  # retired, or settled: the journal holds the same volumes
+            for field in ("volumes", "retired", "added_after_seq", "unsettled"):
+                setattr(spec, field, getattr(new, field))
             agent.save_state()
-            return group.status()
+            return {"group_id": group_id, "volumes": spec.volumes}
         exports = [name for name, r in agent.exports.exports.items() if r.group_id == group_id]
         if exports:
             raise Conflict(f"exports of group {spec.name} are open ({', '.join(exports)}): "
                            "stop them first (`seawall export --stop URI`)")
         directory = agent.group_dir(spec)
         await self._close(group)
-        dropped = held - {v.index for v in [*volumes, *retired]}  # an add taken back
-        for volume in [*spec.volumes, *spec.retired]:
-            if volume.index in dropped:
-                with contextlib.suppress(FileNotFoundError):
-                    replica_path(spec, directory, volume.name).unlink()
         try:
             agent.open_recovery(new)
         except Exception:
             agent.open_recovery(spec)  # as it was: its replicas and journal are untouched
             raise
+        for volume in changed.forgotten:  # never written: the journal holds nothing of it
+            with contextlib.suppress(FileNotFoundError):
+                replica_path(spec, directory, volume.name).unlink()
         agent.state.recovering = [new if s.group_id == group_id else s
                                   for s in agent.state.recovering]
         agent.save_state()
-        return agent.recovering[group_id].status()
+        return {"group_id": group_id, "volumes": new.volumes}
 
     async def _close(self, group: RecoveryGroup) -> None:
         """Take ``group`` out of the agent (no new session finds it), end its session and

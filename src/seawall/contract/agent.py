@@ -54,11 +54,12 @@ class GroupVolume(BaseModel):
 
 class RetiredVolume(GroupVolume):
     """A volume removed from a group whose history the recovery site still keeps: it reads
-    back at the checkpoints that include it (seq <= ``removed_after_seq``) until they age
-    out. ``removed_after_seq`` None: removed, the protected site's last seq not known yet
-    (every checkpoint is taken to include it)."""
+    back at the checkpoints that include it until they age out. ``removed_after_seq``: the
+    protected site's last seq at the removal (None until known: every later checkpoint is
+    then taken to include it); ``added_after_seq`` as ``RecoverySpec.added_after_seq``."""
 
     removed_after_seq: int | None = None
+    added_after_seq: int | None = None
 
 
 class CoordinationMember(BaseModel):
@@ -142,6 +143,12 @@ class RecoverySpec(BaseModel):
     retired: list[RetiredVolume] = []
     """Volumes removed from the group whose history its journal still holds (their
     indexes are never reused)."""
+    added_after_seq: dict[int, int] = {}
+    """Members added after the group was made, by index: the seq after which the
+    checkpoints include them (a lower bound until the protected site's is known)."""
+    unsettled: list[int] = []
+    """Indexes whose ``added_after_seq``/``removed_after_seq`` wait for the protected site's
+    seq at the change (``RecoveryMembers.changed_after_seq``)."""
 
 
 class ProtectionChange(Request):
@@ -173,11 +180,28 @@ class MembersChanged(Answer):
     """The seq issued last at the change: no record of a removed volume comes after it."""
 
 
-class RecoveryMembers(Request):
-    """``PUT /recovering/{id}/volumes``: the group's members and its retired volumes."""
+class NewVolume(Request):
+    name: str = Field(pattern=NAME_PATTERN)
+    size_bytes: int = Field(gt=0)
 
-    volumes: list[GroupVolume] = Field(min_length=1, max_length=64)
-    retired: list[RetiredVolume] = Field(default=[], max_length=1024)
+
+class RecoveryMembers(Request):
+    """``PUT /recovering/{id}/volumes``: the group's members from now on: ``volumes`` kept
+    (their indexes; a member left out is retired, its history kept), then ``added`` (each
+    given an index the group never used). ``forget``: names of members dropped with their
+    replica (an addition taken back). ``changed_after_seq``: the protected site's last seq
+    at the change just made, which settles which checkpoints include the volumes changed."""
+
+    volumes: list[GroupVolume] = Field(max_length=64)
+    added: list[NewVolume] = Field(default=[], max_length=64)
+    forget: list[str] = Field(default=[], max_length=64)
+    changed_after_seq: int | None = Field(default=None, ge=0)
+
+
+class RecoveryMembersChanged(Answer):
+    group_id: str
+    volumes: list[GroupVolume]
+    """The members, new ones with their indexes."""
 
 
 class GroupRemoved(Answer):

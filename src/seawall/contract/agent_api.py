@@ -36,6 +36,7 @@ from seawall.contract.agent import (
     ProtectionChange,
     ProtectionSpec,
     RecoveryMembers,
+    RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
     ScriptOutcome,
@@ -121,8 +122,10 @@ class AgentApi:
                                  members: ProtectedMembers) -> MembersChanged:
         return self._call(MembersChanged, "PUT", f"/protected/{_id(group_id)}/volumes", members)
 
-    def change_recovery_members(self, group_id: str, members: RecoveryMembers) -> GroupStatus:
-        return self._call(GroupStatus, "PUT", f"/recovering/{_id(group_id)}/volumes", members)
+    def change_recovery_members(self, group_id: str,
+                                members: RecoveryMembers) -> RecoveryMembersChanged:
+        return self._call(RecoveryMembersChanged, "PUT", f"/recovering/{_id(group_id)}/volumes",
+                          members)
 
     def unprotect(self, group_id: str) -> GroupRemoved:
         return self._call(GroupRemoved, "DELETE", f"/protected/{_id(group_id)}")

@@ -39,6 +39,7 @@ from seawall.contract.agent import (
     ProtectionChange,
     ProtectionSpec,
     RecoveryMembers,
+    RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
     TaggedCheckpoint,
@@ -84,9 +85,9 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     async def unprotect(group_id: str) -> dict[str, Any]:
         return await agent.membership.unprotect(group_id)
 
-    @app.put("/recovering/{group_id}/volumes", response_model=GroupStatus)
+    @app.put("/recovering/{group_id}/volumes", response_model=RecoveryMembersChanged)
     async def change_recovery_members(group_id: str, body: RecoveryMembers) -> dict[str, Any]:
-        return await agent.membership.change_recovery(group_id, body.volumes, body.retired)
+        return await agent.membership.change_recovery(group_id, body)
 
     @app.delete("/recovering/{group_id}", response_model=GroupRemoved)
     async def remove_recovery(group_id: str, keep_replicas: bool = False) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seawall.agent.recover.aging import JournalAging
+from seawall.agent.recover.members import includes
 from seawall.contract.agent import RecoverySpec, RetiredVolume
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
@@ -52,23 +53,24 @@ class RecoveryGroup:
         self.received_bytes = 0
 
     def volume_index(self, name: str, checkpoint_seq: int | None = None) -> int:
-        """The journal's index of volume ``name`` (a member, or, at a checkpoint that
-        includes it, a retired one)."""
-        for volume in self.spec.volumes:
-            if volume.name == name:
+        """The journal's index of volume ``name``: a member, or a retired one; at
+        ``checkpoint_seq``, only if that checkpoint includes it (``members.includes``)."""
+        for volume in [*self.spec.volumes, *self.spec.retired]:
+            if volume.name != name:
+                continue
+            if checkpoint_seq is None or includes(self.spec, volume, checkpoint_seq):
                 return volume.index
-        for retired in self.spec.retired:
-            if retired.name == name:
-                if checkpoint_seq is None or _includes(retired, checkpoint_seq):
-                    return retired.index
+            if isinstance(volume, RetiredVolume):
                 raise NotFound(f"volume {name!r} was removed from group {self.spec.name} "
                                f"before checkpoint {checkpoint_seq}")
+            raise NotFound(f"volume {name!r} was added to group {self.spec.name} after "
+                           f"checkpoint {checkpoint_seq}")
         raise NotFound(f"group {self.spec.name} has no volume {name!r}")
 
     def volumes_at(self, checkpoint_seq: int) -> list[str]:
         """The names of the volumes checkpoint ``checkpoint_seq`` includes."""
-        return [v.name for v in self.spec.volumes] + [
-            v.name for v in self.spec.retired if _includes(v, checkpoint_seq)]
+        return [v.name for v in [*self.spec.volumes, *self.spec.retired]
+                if includes(self.spec, v, checkpoint_seq)]
 
     def resolve_checkpoint(self, checkpoint: str) -> CheckpointInfo:
         if checkpoint == "latest":
@@ -103,6 +105,7 @@ class RecoveryGroup:
             "newest_checkpoint_ns": latest.time_ns if latest else None,
             "rpo_s": (now_ns - latest.time_ns) / 1e9 if latest else None,
             **self.aging.status(now_ns),
+            "retired": [v.name for v in self.spec.retired],
         }
 
     def set_retention(self, history_s: float, journal_max_bytes: int | None,
@@ -126,6 +129,3 @@ class RecoveryGroup:
     def close(self) -> None:
         self.journal.close()
 
-
-def _includes(retired: RetiredVolume, checkpoint_seq: int) -> bool:
-    return retired.removed_after_seq is None or checkpoint_seq <= retired.removed_after_seq

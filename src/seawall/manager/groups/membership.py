@@ -1,0 +1,233 @@
+"""A group's members changed, and a group deleted, at both sites.
+
+Both are asked of the group's protected site; the recovery site follows over the peer API
+(which takes them only from the group's protected site, known by its pinned certificate).
+
+Order of a change of members (``update``):
+
+1. Check everything here: the group is protected here, each volume to add exists on the
+   group's agent and is in no group, each volume to remove is a member, some member is
+   left (else: ``group delete``). A refusal changes nothing anywhere.
+2. The recovery site first (``from_peer``): its agent gives each new volume an index the
+   group never used and makes its replica; a removed one is retired there (its history
+   stays readable at the checkpoints that include it until they age out). Unreachable or
+   refusing: nothing changed anywhere.
+3. This site's agent changes the group in place (``ProtectedGroup.change_volumes``): a new
+   volume gets its initial sync in a sync window while the others keep replicating. If it
+   fails, the recovery site is told the old members back (the new replicas forgotten).
+4. The recovery site is told the protected agent's last seq at the change, which settles
+   which checkpoints include the changed volumes; if it cannot be told, the change stands
+   and the answer warns that older checkpoints list the changed volumes until a later
+   change settles them (``RecoverySpec.unsettled``).
+5. This site stores the new members.
+
+Order of a delete (``delete``): the recovery site first (it refuses while a failover test
+or live failover of the group runs, naming it; it removes its journal and replicas, or
+keeps each replica as a plain raw file consistent at the newest checkpoint, and forgets the
+group); then this site's agents stop protecting and this site forgets the group. An
+unreachable recovery site: the command says so and nothing changes. A recovery site that
+no longer has the group (a delete cut short after it) counts as done, so running the same
+command again finishes it. Both calls are logged in the event log (``delete group``).
+
+Groups spanning agents: only members on the group's member agents change, by the same
+steps applied to each member stream that changes (``spanning``); a volume on an agent that
+is not a member yet, or removing a member agent's last volume, is refused for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from seawall.config import SiteConfig
+from seawall.contract.agent import GroupVolume, NewVolume, ProtectedMembers, RecoveryMembers
+from seawall.contract.agent_api import AgentApi
+from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
+from seawall.manager.clients import peer_client
+from seawall.manager.groups.members import is_spanning
+from seawall.manager.groups.service import GroupService, Locate, describe
+from seawall.manager.groups.settings import check, options_of
+from seawall.manager.models import Group, Peer
+from seawall.manager.recovery.store import OperationStore
+
+
+def plan_change(members: list[dict[str, Any]], add: list[str], remove: list[str],
+                group_name: str) -> list[dict[str, Any]]:
+    """The members kept, in order, after removing ``remove`` and before adding ``add``
+    (pure: the checks of a change that need no agent)."""
+    names = [v["name"] for v in members]
+    if not add and not remove:
+        raise InvalidInput("nothing to change: give --add-volume or --remove-volume")
+    for what, given in (("--add-volume", add), ("--remove-volume", remove)):
+        if len(set(given)) != len(given):
+            raise InvalidInput(f"a volume is given twice to {what}")
+    both = sorted(set(add) & set(remove))
+    if both:
+        raise InvalidInput(f"{', '.join(both)}: both added and removed")
+    already = [name for name in add if name in names]
+    if already:
+        raise Conflict(f"volume {already[0]!r} is already in group {group_name}")
+    unknown = [name for name in remove if name not in names]
+    if unknown:
+        raise NotFound(f"group {group_name} has no volume {unknown[0]!r} (its volumes: "
+                       f"{', '.join(names)})")
+    kept = [v for v in members if v["name"] not in remove]
+    if not kept and not add:
+        raise InvalidInput(f"removing {', '.join(remove)} would leave group {group_name} "
+                           f"with no volume: delete the group instead (`seawall group "
+                           f"delete {group_name}`)")
+    return kept
+
+
+_OPERATIONS = {"failover-test": "failover test", "failover-live": "failover live",
+               "move": "move (a failover live)"}
+
+
+class GroupMembership:
+    def __init__(self, config: SiteConfig, groups: GroupService, operations: OperationStore,
+                 locate: Locate) -> None:
+        self.config = config
+        self.groups = groups
+        self.operations = operations
+        self.locate = locate
+
+    # --- members -------------------------------------------------------------------------
+
+    def update(self, name: str, add: list[str], remove: list[str]) -> dict[str, Any]:
+        group, peer = self._protected_here(name, "change its members")
+        if is_spanning(group.volumes):
+            raise Conflict(f"group {name} spans agents: changing its members is not "
+                           "available for such groups yet")
+        kept = plan_change(group.volumes, add, remove, name)
+        new = self._new_volumes(add)
+        check(options_of(group), [v["name"] for v in kept] + [v.name for v in new], peer.name)
+        old = [GroupVolume.model_validate(v) for v in group.volumes]
+        answer = self._tell_peer(peer, name, RecoveryMembers(
+            volumes=[GroupVolume.model_validate(v) for v in kept], added=new))
+        volumes = [GroupVolume.model_validate(v) for v in answer["volumes"]]
+        try:
+            changed = self.groups.agent_api.change_protected_members(
+                group.group_id, ProtectedMembers(volumes=volumes))
+        except SeawallError:  # all or nothing: the recovery site takes the old members back
+            self._tell_peer(peer, name, RecoveryMembers(
+                volumes=old, forget=[v.name for v in new]))
+            raise
+        warnings = []
+        try:
+            self._tell_peer(peer, name, RecoveryMembers(volumes=volumes,
+                                                        changed_after_seq=changed.last_seq))
+        except SeawallError as exc:
+            warnings.append(f"the recovery site was not told where the change lies in the "
+                            f"stream ({exc.message}): its checkpoints from before the change "
+                            "list the changed volumes until the next change of members")
+        stored = [v.model_dump() for v in volumes]
+        with self.groups.sessions.begin() as session:
+            row = session.get(Group, group.group_id)
+            if row is None:
+                raise NotFound(f"no group {name!r}")
+            row.volumes = stored
+        group.volumes = stored
+        return {**describe(group, peer.name), "added": add, "removed": remove,
+                "warnings": warnings}
+
+    def _new_volumes(self, names: list[str]) -> list[NewVolume]:
+        if not names:
+            return []
+        located = self.locate(names)  # NotFound names the unknown ones
+        new = []
+        for name in names:
+            agent, volume = located[name]
+            if volume.get("group"):
+                raise Conflict(f"volume {name!r} is already in group {volume['group']!r}")
+            if agent != self.config.name:
+                raise Conflict(f"volume {name!r} is on agent {agent}: adding a volume of "
+                               "another agent (which makes the group span agents) is not "
+                               "available yet")
+            new.append(NewVolume(name=name, size_bytes=volume["size"]))
+        return new
+
+    def members_from_peer(self, name: str, source_site_id: str,
+                          request: RecoveryMembers) -> dict[str, Any]:
+        """At the recovery site: the members the group's protected site asks for."""
+        group = self._recovered_for(name, source_site_id)
+        answer = self.groups.agent_api.change_recovery_members(group.group_id, request)
+        stored = [v.model_dump() for v in answer.volumes]
+        with self.groups.sessions.begin() as session:
+            row = session.get(Group, group.group_id)
+            if row is None:
+                raise NotFound(f"no group {name!r}")
+            row.volumes = stored
+        return {"volumes": stored}
+
+    def _tell_peer(self, peer: Peer, name: str, request: RecoveryMembers) -> dict[str, Any]:
+        remote = peer_client(self.config, peer)
+        try:
+            answer: dict[str, Any] = remote.put(f"/api/v1/peer/groups/{name}/volumes",
+                                                request.model_dump(mode="json"))
+        finally:
+            remote.close()
+        return answer
+
+    # --- delete --------------------------------------------------------------------------
+
+    def delete(self, name: str, keep_replicas: bool) -> dict[str, Any]:
+        group, peer = self._protected_here(name, "delete it")
+        remote = peer_client(self.config, peer)
+        try:
+            recovery: dict[str, Any] = remote.request(
+                "DELETE", f"/api/v1/peer/groups/{name}",
+                params={"keep_replicas": "true"} if keep_replicas else None)
+        except NotFound:  # gone there already: a delete cut short after that step
+            recovery = {"kept": {}, "checkpoint": None, "already_removed": True}
+        finally:
+            remote.close()
+        for agent, stream in self.groups.streams(group):
+            with contextlib.suppress(NotFound):  # stopped already (a delete cut short)
+                AgentApi(agent).unprotect(stream)
+        self._forget(group.group_id)
+        if is_spanning(group.volumes):
+            self.groups.refresh_pins()
+        return {"name": name, "recovery_site": peer.name,
+                "kept_replicas": recovery.get("kept", {}),
+                "checkpoint": recovery.get("checkpoint"),
+                "recovery_already_removed": bool(recovery.get("already_removed"))}
+
+    def delete_from_peer(self, name: str, source_site_id: str,
+                         keep_replicas: bool) -> dict[str, Any]:
+        """At the recovery site: remove the group, its journal and replicas (or keep them)."""
+        group = self._recovered_for(name, source_site_id)
+        holder = self.operations.holder(group.group_id)
+        if holder is not None:
+            what = _OPERATIONS.get(holder.kind, holder.kind)
+            raise Conflict(f"group {name} cannot be deleted while a {what} runs at "
+                           f"{self.config.name} (operation {holder.operation_id}): end it first")
+        kept: dict[str, str] = {}
+        checkpoint = None
+        for agent, stream in self.groups.streams(group):
+            removed = AgentApi(agent).remove_recovery(stream, keep_replicas)
+            kept.update(removed.kept)
+            checkpoint = removed.checkpoint if checkpoint is None else checkpoint
+        self._forget(group.group_id)
+        return {"kept": kept, "checkpoint": checkpoint}
+
+    def _forget(self, group_id: str) -> None:
+        with self.groups.sessions.begin() as session:
+            row = session.get(Group, group_id)
+            if row is not None:
+                session.delete(row)
+
+    # --- whose group ---------------------------------------------------------------------
+
+    def _protected_here(self, name: str, doing: str) -> tuple[Group, Peer]:
+        group, peer = self.groups.get(name)
+        if group.role != "protected":
+            where = (f"at its protected site ({peer.name}), which tells this one"
+                     if group.role == "recovery" else "once it is protected again")
+            raise Conflict(f"group {name} is {group.role} at this site: {doing} {where}")
+        return group, peer
+
+    def _recovered_for(self, name: str, source_site_id: str) -> Group:
+        group, _ = self.groups.get(name)
+        if group.role != "recovery" or group.peer_site_id != source_site_id:
+            raise NotFound(f"no group named {name!r} recovered here from the requesting site")
+        return group

@@ -1,0 +1,44 @@
+"""Routes of a group's members and its deletion: parse, call ``GroupMembership``, return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from seawall.contract.agent import RecoveryMembers
+from seawall.manager.access.guard import peer_site
+from seawall.manager.groups.membership import GroupMembership
+
+router = APIRouter(prefix="/api/v1", tags=["groups"])
+
+class MembersChange(BaseModel):
+    add: list[str] = Field(default=[], max_length=64)
+    remove: list[str] = Field(default=[], max_length=64)
+
+
+def _service(request: Request) -> GroupMembership:
+    service: GroupMembership = request.app.state.group_members
+    return service
+
+
+@router.patch("/groups/{name}/volumes")
+def change_members(request: Request, name: str, body: MembersChange) -> dict[str, Any]:
+    return _service(request).update(name, body.add, body.remove)
+
+
+@router.delete("/groups/{name}")
+def delete_group(request: Request, name: str, keep_replicas: bool = False) -> dict[str, Any]:
+    return _service(request).delete(name, keep_replicas)
+
+
+@router.put("/peer/groups/{name}/volumes")
+def peer_change_members(request: Request, name: str, body: RecoveryMembers) -> dict[str, Any]:
+    return _service(request).members_from_peer(name, peer_site(request), body)
+
+
+@router.delete("/peer/groups/{name}")
+def peer_delete_group(request: Request, name: str,
+                      keep_replicas: bool = False) -> dict[str, Any]:
+    return _service(request).delete_from_peer(name, peer_site(request), keep_replicas)
