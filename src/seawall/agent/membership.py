@@ -32,16 +32,22 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from seawall.agent.failover.drills import FailoverTests
+from seawall.agent.failover.source import SourceFailover
+from seawall.agent.images.exports import ExportRegistry
+from seawall.agent.protect.coordination import CoordinatedGroups
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.volumes import FileVolume
 from seawall.agent.recover import members
-from seawall.agent.recover.group import replica_path
+from seawall.agent.recover.group import RecoveryGroup, replica_path
+from seawall.agent.recover.receiver import ReplicationServer
+from seawall.agent.state import AgentState
+from seawall.config import SiteConfig
 from seawall.contract.agent import GroupVolume, RecoveryMembers, RecoverySpec, RetiredVolume
 from seawall.errors import Conflict, InvalidInput, NotFound, NotReady, SeawallError
-
-if TYPE_CHECKING:
-    from seawall.agent.recover.group import RecoveryGroup
-    from seawall.agent.service import Agent
 
 KEPT_SUFFIX = "-replicas"
 
@@ -60,8 +66,41 @@ def check_kept_indexes(old: list[GroupVolume], new: list[GroupVolume],
                            f"{volume.name!r}: a new member needs a new index")
 
 
+class MembershipHost(Protocol):
+    """The agent (``seawall.agent.service.Agent``), as these changes use it."""
+
+    config: SiteConfig
+    state: AgentState
+    volumes: dict[str, FileVolume]
+    protected: dict[str, tuple[ProtectedGroup, Shipper]]
+    recovering: dict[str, RecoveryGroup]
+    exports: ExportRegistry
+    coordinated: CoordinatedGroups
+    failover_tests: FailoverTests
+    source: SourceFailover
+    replication: ReplicationServer
+
+    def save_state(self) -> None: ...
+
+    def describe_volume(self, name: str) -> dict[str, Any]: ...
+
+    def protected_group(self, group_id: str) -> ProtectedGroup: ...
+
+    def recovery_group(self, group_id: str) -> RecoveryGroup: ...
+
+    def group_dir(self, spec: RecoverySpec) -> Path: ...
+
+    def open_recovery(self, spec: RecoverySpec) -> None: ...
+
+    def end_replication_session(self, group_id: str) -> None: ...
+
+    def disconnect_export(self, name: str) -> None: ...
+
+    def stop_export(self, name: str) -> dict[str, Any]: ...
+
+
 class Membership:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: MembershipHost) -> None:
         self.agent = agent
 
     # --- protected side ------------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""A group's members changed, groups deleted, volumes removed: two real sites, the CLI.
+
+One pair of sites serves the module (the tests run in order on it). Every checkpoint is
+read back at the recovery site through an NBD export and compared byte for byte with a
+reference model of each volume taken when the checkpoint was tagged (nothing else writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seawall.localsites import LocalSite
+from support.cli import refused, run_json, seawall
+from support.groups import sha256_of, write
+from support.sites import stop_for_sure
+
+pytestmark = pytest.mark.e2e
+VOLUME_BYTES = 4 << 20
+GROUP = "app"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite, LocalSite]]:
+    """A started, paired ``prod`` and ``dr``, shared by the tests of this module."""
+    directory = tmp_path_factory.mktemp("members")
+    log = (directory / "sites.log").open("w")
+    prod = LocalSite("prod", directory / "prod", log)
+    dr = LocalSite("dr", directory / "dr", log)
+    try:
+        prod.launch()
+        dr.launch()
+        prod.wait_started()
+        dr.wait_started()
+        prod.pair_with(dr)
+        yield prod, dr
+    finally:
+        for site in (prod, dr):
+            stop_for_sure(site)
+        log.close()
+
+
+class Volume:
+    """A volume of ``prod`` and its reference model."""
+
+    def __init__(self, prod: LocalSite, name: str, seed: int) -> None:
+        self.name = name
+        self.model = bytearray(VOLUME_BYTES)
+        self.uri = run_json(prod, "volume", "create", name, "--size", "4M")["nbd_uri"]
+        self.rng = random.Random(seed)
+
+    def write(self, count: int = 8) -> None:
+        write(self.uri, self.model, self.rng, count)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model).hexdigest()
+
+
+def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
+    checkpoint: int = prod.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})["id"]
+    dr.wait_checkpoint(GROUP, checkpoint)
+    return checkpoint
+
+
+def exported_sha256(dr: LocalSite, volume: str, checkpoint: int) -> str:
+    uri = seawall(dr, "export", GROUP, volume, "--checkpoint", str(checkpoint)).stdout.strip()
+    try:
+        return sha256_of(uri, VOLUME_BYTES)
+    finally:
+        seawall(dr, "export", "--stop", uri)
+
+
+def listed(dr: LocalSite) -> dict[int, dict[str, Any]]:
+    return {c["id"]: c for c in run_json(dr, "checkpoint", "list", GROUP)}
+
+
+def as_user(site: LocalSite, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seawall", *args], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "SEAWALL_URL": site.url, "SEAWALL_TOKEN": token})
+
+
+def test_members_added_and_removed_read_back_exactly(
+        pair: tuple[LocalSite, LocalSite]) -> None:
+    prod, dr = pair
+    disk0, disk1 = Volume(prod, "disk0", 1), Volume(prod, "disk1", 2)
+    disk0.write()
+    disk1.write()
+    seawall(prod, "group", "create", GROUP, "--volume", "disk0", "--to", "dr",
+            "--checkpoint-interval", "500ms")
+    prod.wait_protecting(GROUP)
+    before_add = tag(prod, dr, "before-add")
+    disk0_before_add = disk0.sha256()
+
+    disk0.write()
+    added = run_json(prod, "group", "update", GROUP, "--add-volume", "disk1")
+    assert added["added"] == ["disk1"] and added["warnings"] == []
+    disk0.write()  # the other member keeps replicating during disk1's initial sync
+    disk1.write()
+    prod.wait_protecting(GROUP)
+    after_add = tag(prod, dr, "after-add")
+    disk0_after_add, disk1_after_add = disk0.sha256(), disk1.sha256()
+    for site in (prod, dr):
+        shown = run_json(site, "group", "show", GROUP)
+        assert [v["name"] for v in shown["volumes"]] == ["disk0", "disk1"], site.name
+    assert exported_sha256(dr, "disk0", after_add) == disk0_after_add
+    assert exported_sha256(dr, "disk1", after_add) == disk1_after_add
+    assert exported_sha256(dr, "disk0", before_add) == disk0_before_add
+    at_dr = listed(dr)
+    assert at_dr[before_add]["volumes"] == ["disk0"]
+    assert at_dr[after_add]["volumes"] == ["disk0", "disk1"]
+    too_early = refused(dr, "export", GROUP, "disk1", "--checkpoint", str(before_add))
+    assert "added to group app after checkpoint" in too_early.stderr
+
+    removed = run_json(prod, "group", "update", GROUP, "--remove-volume", "disk0")
+    assert removed["removed"] == ["disk0"] and removed["warnings"] == []
+    disk0.write()  # no longer captured
+    disk1.write()
+    after_remove = tag(prod, dr, "after-remove")
+    assert exported_sha256(dr, "disk1", after_remove) == disk1.sha256()
+    # The removed volume's history: readable at the checkpoints that include it.
+    assert exported_sha256(dr, "disk0", after_add) == disk0_after_add
+    assert exported_sha256(dr, "disk0", before_add) == disk0_before_add
+    assert listed(dr)[after_remove]["volumes"] == ["disk1"]
+    gone = refused(dr, "export", GROUP, "disk0", "--checkpoint", str(after_remove))
+    assert "removed from group app before checkpoint" in gone.stderr
+    assert [v["name"] for v in run_json(dr, "group", "show", GROUP)["volumes"]] == ["disk1"]
+    assert prod.group_status(GROUP)["state"] == "protecting"
+
+
+def test_bad_member_changes_change_nothing(pair: tuple[LocalSite, LocalSite]) -> None:
+    prod, dr = pair
+    Volume(prod, "disk2", 3)
+    seawall(prod, "group", "create", "other", "--volume", "disk2", "--to", "dr")
+    before = [run_json(site, "group", "show", GROUP)["volumes"] for site in (prod, dr)]
+    last = refused(prod, "group", "update", GROUP, "--remove-volume", "disk1")
+    assert "no volume: delete the group instead (`seawall group delete app`)" in last.stderr
+    unknown = refused(prod, "group", "update", GROUP, "--add-volume", "nosuch")
+    assert "no volume named 'nosuch'" in unknown.stderr
+    taken = refused(prod, "group", "update", GROUP, "--add-volume", "disk2")
+    assert "volume 'disk2' is already in group 'other'" in taken.stderr
+    not_member = refused(prod, "group", "update", GROUP, "--remove-volume", "disk2")
+    assert "group app has no volume 'disk2'" in not_member.stderr
+    missing = refused(prod, "group", "update", "nosuch", "--add-volume", "disk0")
+    assert "no group named 'nosuch'" in missing.stderr
+    at_recovery = refused(dr, "group", "update", GROUP, "--add-volume", "disk0")
+    assert "at its protected site (prod)" in at_recovery.stderr
+    after = [run_json(site, "group", "show", GROUP)["volumes"] for site in (prod, dr)]
+    assert after == before
+
+    # volume remove: refused in a group (named); a created one's file goes, an added
+    # one is only forgotten.
+    in_group = refused(prod, "volume", "remove", "disk1")
+    assert "volume 'disk1' is in group 'app'" in in_group.stderr
+    path = Path(run_json(prod, "volume", "remove", "disk0")["path"])
+    assert not path.exists()
+    outside = prod.directory / "outside.raw"
+    outside.write_bytes(b"\1" * 65536)
+    seawall(prod, "volume", "add", "extra", "--path", str(outside))
+    text = seawall(prod, "volume", "remove", "extra").stderr
+    assert "only forgotten" in text and outside.read_bytes() == b"\1" * 65536
+    names = {v["name"] for v in run_json(prod, "volume", "list")}
+    assert not names & {"disk0", "extra"} and "disk1" in names
+    assert "no volume named 'disk0'" in refused(prod, "volume", "remove", "disk0").stderr
+
+
+def test_delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(
+        pair: tuple[LocalSite, LocalSite]) -> None:
+    prod, dr = pair
+    tokens = {role: seawall(prod, "user", "create", f"a-{role}", "--role", role).stdout.strip()
+              for role in ("viewer", "operator")}
+    for role, token in tokens.items():
+        denied = as_user(prod, token, "group", "delete", GROUP, "--yes")
+        assert denied.returncode == 6 and "needs the admin role" in denied.stderr, role
+    assert "give --yes" in refused(prod, "group", "delete", GROUP).stderr
+
+    test = run_json(dr, "failover", "test", "other")
+    busy = refused(prod, "group", "delete", "other", "--yes")
+    assert f"while a failover test runs at dr (operation {test['id']})" in busy.stderr
+    assert "other" in {g["name"] for g in run_json(dr, "group", "list")}
+    seawall(dr, "failover", "stop", "other", "--result", "pass")
+
+    disk1_model = json.loads(seawall(prod, "volume", "list", "--json").stdout)
+    assert any(v["name"] == "disk1" and v["group"] == GROUP for v in disk1_model)
+    uri = next(v["nbd_uri"] for v in disk1_model if v["name"] == "disk1")
+    expected = sha256_of(uri, VOLUME_BYTES)  # nothing writes to it any more
+    newest = tag(prod, dr, "last")
+    journal_dir = dr.config.journals_dir
+    assert any(journal_dir.iterdir())
+    deleted = run_json(prod, "group", "delete", GROUP, "--keep-replicas", "--yes")
+    assert deleted["checkpoint"] is not None and deleted["checkpoint"] >= newest
+    kept = Path(deleted["kept_replicas"]["disk1"])
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == expected
+    assert set(deleted["kept_replicas"]) == {"disk1"}  # disk0 had left the group
+    for site in (prod, dr):
+        assert GROUP not in {g["name"] for g in run_json(site, "group", "list")}, site.name
+    groups = {v["name"]: v["group"] for v in run_json(prod, "volume", "list")}
+    assert groups == {"disk1": None, "disk2": "other"}
+    events = run_json(prod, "event", "list", "--group", GROUP)
+    assert any(e["operation"] == "delete group" and e["outcome"] == "ok" for e in events)
+
+    # A recovery site that does not answer: nothing changes.
+    dr.stop()
+    unreachable = refused(prod, "group", "delete", "other", "--yes")
+    assert "dr" in unreachable.stderr
+    assert "other" in {g["name"] for g in run_json(prod, "group", "list")}
+    dr.start()
+    deleted = run_json(prod, "group", "delete", "other", "--yes")
+    assert deleted["kept_replicas"] == {}
+    assert [p.name for p in journal_dir.iterdir()] == [kept.parent.name]  # app-replicas
