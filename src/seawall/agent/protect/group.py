@@ -327,13 +327,14 @@ class ProtectedGroup:
         self.volumes, self.spec.volumes = files, volumes
         self.wire_index = [volume.index for volume in volumes]
         self._set_capture(tracking=self.tracking)
+        last_seq = max(self._issued_seq, self.stream.last_seq)
         if not self.tracking and (self.syncing or None in sources):
             # A running sync works on the old places: it restarts on the new ones (what it
             # took from the plan is in the stream already, the rest still in the plan).
             self._start_sync("volumes added" if None in sources else "volumes removed")
         if None in sources:
             self.link_reset.set()
-        return max(self._issued_seq, self.stream.last_seq)
+        return last_seq
 
     # --- checkpoints -------------------------------------------------------------------
 
