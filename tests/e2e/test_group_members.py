@@ -22,6 +22,7 @@ import pytest
 from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
 from support.groups import sha256_of, write
+from support.hosts import Host
 from support.sites import stop_for_sure
 
 pytestmark = pytest.mark.e2e
@@ -50,12 +51,17 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite, 
 
 
 class Volume:
-    """A volume of ``prod`` and its reference model."""
+    """A volume of ``prod`` (on its own agent, or on ``host``) and its reference model."""
 
-    def __init__(self, prod: LocalSite, name: str, seed: int) -> None:
+    def __init__(self, prod: LocalSite, name: str, seed: int, host: Host | None = None,
+                 certificates: Path | None = None) -> None:
         self.name = name
         self.model = bytearray(VOLUME_BYTES)
-        self.uri = run_json(prod, "volume", "create", name, "--size", "4M")["nbd_uri"]
+        if host is None:
+            self.uri = run_json(prod, "volume", "create", name, "--size", "4M")["nbd_uri"]
+        else:
+            made = run_json(prod, "volume", "create", name, "--size", "4M", "--agent", host.name)
+            self.uri = f"{made['nbd_tcp_uri']}?tls-certificates={certificates}"
         self.rng = random.Random(seed)
 
     def write(self, count: int = 8) -> None:
@@ -65,22 +71,22 @@ class Volume:
         return hashlib.sha256(self.model).hexdigest()
 
 
-def tag(prod: LocalSite, dr: LocalSite, name: str) -> int:
-    checkpoint: int = prod.api.post(f"/api/v1/groups/{GROUP}/checkpoints", {"name": name})["id"]
-    dr.wait_checkpoint(GROUP, checkpoint)
+def tag(prod: LocalSite, dr: LocalSite, name: str, group: str = GROUP) -> int:
+    checkpoint: int = prod.api.post(f"/api/v1/groups/{group}/checkpoints", {"name": name})["id"]
+    dr.wait_checkpoint(group, checkpoint)
     return checkpoint
 
 
-def exported_sha256(dr: LocalSite, volume: str, checkpoint: int) -> str:
-    uri = seawall(dr, "export", GROUP, volume, "--checkpoint", str(checkpoint)).stdout.strip()
+def exported_sha256(dr: LocalSite, volume: str, checkpoint: int, group: str = GROUP) -> str:
+    uri = seawall(dr, "export", group, volume, "--checkpoint", str(checkpoint)).stdout.strip()
     try:
         return sha256_of(uri, VOLUME_BYTES)
     finally:
         seawall(dr, "export", "--stop", uri)
 
 
-def listed(dr: LocalSite) -> dict[int, dict[str, Any]]:
-    return {c["id"]: c for c in run_json(dr, "checkpoint", "list", GROUP)}
+def listed(dr: LocalSite, group: str = GROUP) -> dict[int, dict[str, Any]]:
+    return {c["id"]: c for c in run_json(dr, "checkpoint", "list", group)}
 
 
 def as_user(site: LocalSite, token: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -217,3 +223,60 @@ def test_delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(
     deleted = run_json(prod, "group", "delete", "other", "--yes")
     assert deleted["kept_replicas"] == {}
     assert [p.name for p in journal_dir.iterdir()] == [kept.parent.name]  # app-replicas
+
+
+def test_members_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite]) -> None:
+    """A volume of a member agent joins that agent's stream, one leaves it; every group
+    checkpoint reads back exactly. Ending a member agent is refused (adding one too: see
+    tests/unit/test_group_membership.py)."""
+    prod, dr = pair
+    log = (prod.directory.parent / "host2.log").open("w")
+    host2 = Host("host2", prod.directory.parent / "host2", log)
+    try:
+        host2.join(prod)
+        certificates = host2.client_certificates(prod.directory.parent / "nbd-client")
+        s0 = Volume(prod, "s0", 10)
+        s1, s2 = (Volume(prod, name, seed, host2, certificates)
+                  for name, seed in (("s1", 11), ("s2", 12)))
+        for disk in (s0, s1, s2):
+            disk.write(4)
+        seawall(prod, "group", "create", "span", "--volume", "s0", "--volume", "s1",
+                "--to", "dr", "--checkpoint-interval", "200ms")
+        prod.wait_protecting("span")
+        first = tag(prod, dr, "first", "span")
+        s1_first = s1.sha256()
+
+        added = run_json(prod, "group", "update", "span", "--add-volume", "s2")
+        assert added["added"] == ["s2"] and added["warnings"] == []
+        for disk in (s0, s1, s2):
+            disk.write(4)
+        prod.wait_protecting("span")
+        second = tag(prod, dr, "second", "span")
+        expected = {disk.name: disk.sha256() for disk in (s0, s1, s2)}
+        for site in (prod, dr):
+            shown = {v["name"]: v["agent"] for v in run_json(site, "group", "show",
+                                                             "span")["volumes"]}
+            assert shown == {"s0": "prod", "s1": "host2", "s2": "host2"}, site.name
+        for name, sha256 in expected.items():
+            assert exported_sha256(dr, name, second, "span") == sha256, name
+        assert exported_sha256(dr, "s1", first, "span") == s1_first
+
+        run_json(prod, "group", "update", "span", "--remove-volume", "s1")
+        s1.write(4)  # no longer captured
+        s2.write(4)
+        third = tag(prod, dr, "third", "span")
+        assert exported_sha256(dr, "s2", third, "span") == s2.sha256()
+        assert exported_sha256(dr, "s1", second, "span") == expected["s1"]  # its history
+        gone = refused(dr, "export", "span", "s1", "--checkpoint", str(third))
+        assert "removed from group span before checkpoint" in gone.stderr
+
+        ending = refused(prod, "group", "update", "span", "--remove-volume", "s2")
+        assert "member agent host2 of group span with no volume" in ending.stderr
+        seawall(prod, "group", "delete", "span", "--yes")
+        for site in (prod, dr):
+            assert "span" not in {g["name"] for g in run_json(site, "group", "list")}
+        assert all(v["group"] is None for v in run_json(prod, "volume", "list")
+                   if v["name"] in ("s0", "s2"))
+    finally:
+        host2.stop()
+        log.close()

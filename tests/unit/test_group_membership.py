@@ -27,7 +27,9 @@ from seawall.contract.agent import (
     RetiredVolume,
 )
 from seawall.errors import Conflict, InvalidInput, NotFound
-from seawall.manager.groups.membership import plan_change
+from seawall.manager.groups.members import stored_after
+from seawall.manager.groups.membership import plan_change, stream_changes
+from seawall.manager.models import Group
 from seawall.sync.plan import SyncPlan
 from seawall.wire.records import RecordKind
 
@@ -187,3 +189,55 @@ async def _change_volumes_in_place(tmp_path: Path) -> None:
     assert group.tag_checkpoint("after").seq > last_seq
     assert [v.name for v in spec.volumes] == ["b", "c"]
     await group.stop()
+
+
+# --- groups spanning agents (manager, pure) ------------------------------------------------
+
+SPANNING = [
+    {"index": 0, "name": "a", "size_bytes": MIB, "agent": "prod", "member": "g.0",
+     "member_index": 0},
+    {"index": 1, "name": "b", "size_bytes": MIB, "agent": "host2", "member": "g.1",
+     "member_index": 0},
+    {"index": 2, "name": "c", "size_bytes": MIB, "agent": "host2", "member": "g.1",
+     "member_index": 1},
+]
+
+
+def spanning_group(volumes: list[dict[str, object]]) -> Group:
+    return Group(group_id="g", name="app", volumes=volumes)
+
+
+def test_stored_after_keeps_other_members_and_appends_new_volumes() -> None:
+    after = stored_after(SPANNING, "g.1", "host2", [
+        {"index": 1, "name": "c", "size_bytes": MIB},
+        {"index": 2, "name": "d", "size_bytes": 2 * MIB}])
+    assert [v["name"] for v in after] == ["a", "c", "d"]
+    assert after[-1] == {"index": 3, "name": "d", "size_bytes": 2 * MIB, "agent": "host2",
+                         "member": "g.1", "member_index": 2}
+    one = stored_after([], None, "prod", [{"index": 4, "name": "x", "size_bytes": MIB}])
+    assert one == [{"index": 4, "name": "x", "size_bytes": MIB}]
+
+
+def test_stream_changes_touch_only_the_streams_that_change() -> None:
+    new = [("host2", NewVolume(name="d", size_bytes=MIB))]
+    [change] = stream_changes(spanning_group(SPANNING), {"a", "c"}, new, "prod")
+    assert (change.stream, change.member, change.agent) == ("g.1", "g.1", "host2")
+    assert [v.name for v in change.old] == ["b", "c"]
+    assert [(v.index, v.name) for v in change.kept] == [(1, "c")]  # stream indexes
+    assert [v.name for v in change.added] == ["d"]
+    one_agent = spanning_group([{"index": 0, "name": "a", "size_bytes": MIB}])
+    [whole] = stream_changes(one_agent, set(), [("prod", NewVolume(name="e", size_bytes=MIB))],
+                             "prod")
+    assert (whole.stream, whole.member, whole.kept) == ("g", None, [])
+
+
+def test_stream_changes_refuse_adding_or_ending_a_member_agent() -> None:
+    with pytest.raises(Conflict, match=r"not a member of group app .*not available yet"):
+        stream_changes(spanning_group(SPANNING), {"a", "b", "c"},
+                       [("host3", NewVolume(name="d", size_bytes=MIB))], "prod")
+    with pytest.raises(Conflict, match="member agent host2 of group app with no volume"):
+        stream_changes(spanning_group(SPANNING), {"a"}, [], "prod")
+    one_agent = spanning_group([{"index": 0, "name": "a", "size_bytes": MIB}])
+    with pytest.raises(Conflict, match="cannot take another agent's volume yet"):
+        stream_changes(one_agent, {"a"}, [("host2", NewVolume(name="d", size_bytes=MIB))],
+                       "prod")

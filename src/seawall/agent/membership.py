@@ -121,7 +121,10 @@ class Membership:
             if found["size"] != volume.size_bytes:
                 raise Conflict(f"volume {volume.name} has {found['size']} bytes, not "
                                f"{volume.size_bytes}")
+        before = list(group.volumes)
         last_seq = group.change_volumes(volumes, [agent.volumes[v.name] for v in volumes])
+        agent.coordinated.follow_volumes(group_id, [v for v in before
+                                                    if v not in group.volumes])
         agent.save_state()  # the spec is the saved one, changed in place
         return {"group_id": group_id, "last_seq": last_seq}
 

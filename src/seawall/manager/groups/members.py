@@ -77,6 +77,28 @@ def members_of(volumes: list[dict[str, Any]]) -> list[Member]:
     return sorted(members.values(), key=lambda m: int(m.group_id.rpartition(".")[2]))
 
 
+def stored_after(stored: list[dict[str, Any]], member: str | None, agent: str,
+                 volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A group's stored volumes once one stream's members became ``volumes`` (index, name,
+    size_bytes, as in that stream): the whole list for a one-stream group (``member``
+    None); else that member's entries kept in place or dropped, new ones appended with the
+    next group index. Both sites compute the same list from the same one."""
+    if member is None:
+        return [{"index": v["index"], "name": v["name"], "size_bytes": v["size_bytes"]}
+                for v in volumes]
+    in_stream = {v["name"]: v for v in volumes}
+    result = [v for v in stored if v.get("member") != member or v["name"] in in_stream]
+    known = {v["name"] for v in result if v.get("member") == member}
+    next_index = max([v["index"] for v in stored] + [-1]) + 1
+    for volume in volumes:
+        if volume["name"] not in known:
+            result.append({"index": next_index, "name": volume["name"],
+                           "size_bytes": volume["size_bytes"], "agent": agent,
+                           "member": member, "member_index": volume["index"]})
+            next_index += 1
+    return result
+
+
 def member_of_volume(volumes: list[dict[str, Any]], name: str) -> str | None:
     """The member stream holding volume ``name`` (None: not a spanning group's volume)."""
     for volume in volumes:

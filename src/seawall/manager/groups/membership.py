@@ -29,14 +29,17 @@ unreachable recovery site: the command says so and nothing changes. A recovery s
 no longer has the group (a delete cut short after it) counts as done, so running the same
 command again finishes it. Both calls are logged in the event log (``delete group``).
 
-Groups spanning agents: only members on the group's member agents change, by the same
-steps applied to each member stream that changes (``spanning``); a volume on an agent that
-is not a member yet, or removing a member agent's last volume, is refused for now.
+Groups spanning agents: the same steps, for each member stream whose volumes change (a
+volume of a member agent joins that agent's stream; both sites store the group's volumes
+through ``members.stored_after``). A volume on an agent that is not a member yet, or
+removing a member agent's last volume, is refused for now (it would add or end a member
+stream, which the group's checkpoint joining does not follow over time yet).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from seawall.config import SiteConfig
@@ -44,7 +47,7 @@ from seawall.contract.agent import GroupVolume, NewVolume, ProtectedMembers, Rec
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning
+from seawall.manager.groups.members import is_spanning, members_of, stored_after
 from seawall.manager.groups.service import GroupService, Locate, describe
 from seawall.manager.groups.settings import check, options_of
 from seawall.manager.models import Group, Peer
@@ -79,6 +82,62 @@ def plan_change(members: list[dict[str, Any]], add: list[str], remove: list[str]
     return kept
 
 
+@dataclass
+class StreamChange:
+    """One stream's change of members: the group's only one, or a member's."""
+
+    stream: str
+    member: str | None
+    """The member stream's id in a group spanning agents; None: the group is one stream."""
+    agent: str
+    old: list[GroupVolume]
+    kept: list[GroupVolume]
+    added: list[NewVolume]
+    volumes: list[GroupVolume] = field(default_factory=list)
+    """The stream's members once the recovery site gave the new ones their indexes."""
+
+    def request(self) -> RecoveryMembers:
+        return RecoveryMembers(volumes=self.kept, added=self.added)
+
+
+def stream_changes(group: Group, kept: set[str], new: list[tuple[str, NewVolume]],
+                   own_agent: str) -> list[StreamChange]:
+    """The streams whose members change (pure): volumes are indexed as in their stream.
+
+    A volume to add must be on the group's agent, or, for a group spanning agents, on one
+    of its member agents; a member agent keeps at least one volume."""
+    if not is_spanning(group.volumes):
+        for agent, volume in new:
+            if agent != own_agent:
+                raise Conflict(f"volume {volume.name!r} is on agent {agent}, group "
+                               f"{group.name}'s volumes on {own_agent}: a group made on one "
+                               "agent cannot take another agent's volume yet")
+        old = [GroupVolume.model_validate(v) for v in group.volumes]
+        return [StreamChange(group.group_id, None, own_agent, old,
+                             [v for v in old if v.name in kept], [v for _, v in new])]
+    members = members_of(group.volumes)
+    agents = {m.agent for m in members}
+    for agent, volume in new:
+        if agent not in agents:
+            raise Conflict(f"volume {volume.name!r} is on agent {agent}, which is not a "
+                           f"member of group {group.name} (members: {', '.join(sorted(agents))})"
+                           ": adding a member agent is not available yet")
+    changes = []
+    for member in members:
+        old = [GroupVolume.model_validate(v) for v in member.volumes]
+        stays = [v for v in old if v.name in kept]
+        added = [v for agent, v in new if agent == member.agent]
+        if len(stays) == len(old) and not added:
+            continue
+        if not stays and not added:
+            raise Conflict(f"removing {', '.join(v.name for v in old)} would leave member "
+                           f"agent {member.agent} of group {group.name} with no volume: ending "
+                           "a member agent is not available yet")
+        changes.append(StreamChange(member.group_id, member.group_id, member.agent, old,
+                                    stays, added))
+    return changes
+
+
 _OPERATIONS = {"failover-test": "failover test", "failover-live": "failover live",
                "move": "move (a failover live)"}
 
@@ -95,42 +154,70 @@ class GroupMembership:
 
     def update(self, name: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         group, peer = self._protected_here(name, "change its members")
-        if is_spanning(group.volumes):
-            raise Conflict(f"group {name} spans agents: changing its members is not "
-                           "available for such groups yet")
         kept = plan_change(group.volumes, add, remove, name)
         new = self._new_volumes(add)
-        check(options_of(group), [v["name"] for v in kept] + [v.name for v in new], peer.name)
-        old = [GroupVolume.model_validate(v) for v in group.volumes]
-        answer = self._tell_peer(peer, name, RecoveryMembers(
-            volumes=[GroupVolume.model_validate(v) for v in kept], added=new))
-        volumes = [GroupVolume.model_validate(v) for v in answer["volumes"]]
+        check(options_of(group), [v["name"] for v in kept] + add, peer.name)
+        changes = stream_changes(group, {v["name"] for v in kept}, new, self.config.name)
+        told: list[StreamChange] = []
         try:
-            changed = self.groups.agent_api.change_protected_members(
-                group.group_id, ProtectedMembers(volumes=volumes))
-        except SeawallError:  # all or nothing: the recovery site takes the old members back
-            self._tell_peer(peer, name, RecoveryMembers(
-                volumes=old, forget=[v.name for v in new]))
+            for change in changes:
+                answer = self._tell_peer(peer, name, change.request(), change.member)
+                change.volumes = [GroupVolume.model_validate(v) for v in answer["volumes"]]
+                told.append(change)
+        except SeawallError:
+            self._take_back(peer, name, told)
+            raise
+        clients = {stream: client for client, stream in self.groups.streams(group)}
+        last_seqs: dict[str, int] = {}
+        try:
+            for change in changes:
+                last_seqs[change.stream] = AgentApi(clients[change.stream]) \
+                    .change_protected_members(change.stream,
+                                              ProtectedMembers(volumes=change.volumes)).last_seq
+        except SeawallError:  # all or nothing: every stream as it was, at both sites
+            for change in changes:
+                if change.stream in last_seqs:
+                    with contextlib.suppress(SeawallError):
+                        AgentApi(clients[change.stream]).change_protected_members(
+                            change.stream, ProtectedMembers(volumes=change.old))
+            self._take_back(peer, name, changes)
             raise
         warnings = []
-        try:
-            self._tell_peer(peer, name, RecoveryMembers(volumes=volumes,
-                                                        changed_after_seq=changed.last_seq))
-        except SeawallError as exc:
-            warnings.append(f"the recovery site was not told where the change lies in the "
-                            f"stream ({exc.message}): its checkpoints from before the change "
-                            "list the changed volumes until the next change of members")
-        stored = [v.model_dump() for v in volumes]
-        with self.groups.sessions.begin() as session:
-            row = session.get(Group, group.group_id)
-            if row is None:
-                raise NotFound(f"no group {name!r}")
-            row.volumes = stored
-        group.volumes = stored
+        for change in changes:
+            try:
+                self._tell_peer(peer, name, RecoveryMembers(
+                    volumes=change.volumes, changed_after_seq=last_seqs[change.stream]),
+                    change.member)
+            except SeawallError as exc:
+                warnings.append(f"the recovery site was not told where the change lies in "
+                                f"the stream ({exc.message}): its checkpoints from before "
+                                "the change list the changed volumes until the next change")
+        stored = group.volumes
+        for change in changes:
+            stored = stored_after(stored, change.member, change.agent,
+                                  [v.model_dump() for v in change.volumes])
+        self._store(group, stored)
         return {**describe(group, peer.name), "added": add, "removed": remove,
                 "warnings": warnings}
 
-    def _new_volumes(self, names: list[str]) -> list[NewVolume]:
+    def _take_back(self, peer: Peer, name: str, changes: list[StreamChange]) -> None:
+        """Tell the recovery site each stream's old members again (best effort: it was
+        reachable a moment ago)."""
+        for change in changes:
+            with contextlib.suppress(SeawallError):
+                self._tell_peer(peer, name, RecoveryMembers(
+                    volumes=change.old, forget=[v.name for v in change.added]), change.member)
+
+    def _store(self, group: Group, stored: list[dict[str, Any]]) -> None:
+        with self.groups.sessions.begin() as session:
+            row = session.get(Group, group.group_id)
+            if row is None:
+                raise NotFound(f"no group {group.name!r}")
+            row.volumes = stored
+        group.volumes = stored
+
+    def _new_volumes(self, names: list[str]) -> list[tuple[str, NewVolume]]:
+        """Each volume to add, with its agent (NotFound or Conflict before any change)."""
         if not names:
             return []
         located = self.locate(names)  # NotFound names the unknown ones
@@ -139,31 +226,33 @@ class GroupMembership:
             agent, volume = located[name]
             if volume.get("group"):
                 raise Conflict(f"volume {name!r} is already in group {volume['group']!r}")
-            if agent != self.config.name:
-                raise Conflict(f"volume {name!r} is on agent {agent}: adding a volume of "
-                               "another agent (which makes the group span agents) is not "
-                               "available yet")
-            new.append(NewVolume(name=name, size_bytes=volume["size"]))
+            new.append((agent, NewVolume(name=name, size_bytes=volume["size"])))
         return new
 
-    def members_from_peer(self, name: str, source_site_id: str,
-                          request: RecoveryMembers) -> dict[str, Any]:
-        """At the recovery site: the members the group's protected site asks for."""
+    def members_from_peer(self, name: str, source_site_id: str, request: RecoveryMembers,
+                          member: str | None = None) -> dict[str, Any]:
+        """At the recovery site: the members the group's protected site asks for (of its
+        member stream ``member``, in a group spanning agents)."""
         group = self._recovered_for(name, source_site_id)
-        answer = self.groups.agent_api.change_recovery_members(group.group_id, request)
-        stored = [v.model_dump() for v in answer.volumes]
-        with self.groups.sessions.begin() as session:
-            row = session.get(Group, group.group_id)
-            if row is None:
-                raise NotFound(f"no group {name!r}")
-            row.volumes = stored
-        return {"volumes": stored}
+        agent = self.config.name
+        if member is not None:
+            owners = {v.get("member"): v.get("agent") for v in group.volumes}
+            if member not in owners:
+                raise NotFound(f"group {name} has no member stream {member!r}")
+            agent = str(owners[member])
+        answer = self.groups.agent_api.change_recovery_members(member or group.group_id,
+                                                                request)
+        volumes = [v.model_dump() for v in answer.volumes]
+        self._store(group, stored_after(group.volumes, member, agent, volumes))
+        return {"volumes": volumes}
 
-    def _tell_peer(self, peer: Peer, name: str, request: RecoveryMembers) -> dict[str, Any]:
+    def _tell_peer(self, peer: Peer, name: str, request: RecoveryMembers,
+                   member: str | None = None) -> dict[str, Any]:
         remote = peer_client(self.config, peer)
         try:
             answer: dict[str, Any] = remote.put(f"/api/v1/peer/groups/{name}/volumes",
-                                                request.model_dump(mode="json"))
+                                                {**request.model_dump(mode="json"),
+                                                 "member": member})
         finally:
             remote.close()
         return answer

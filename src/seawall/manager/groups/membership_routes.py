@@ -18,6 +18,11 @@ class MembersChange(BaseModel):
     remove: list[str] = Field(default=[], max_length=64)
 
 
+class PeerMembers(RecoveryMembers):
+    member: str | None = Field(default=None, max_length=64)
+    """The member stream that changes, in a group spanning agents."""
+
+
 def _service(request: Request) -> GroupMembership:
     service: GroupMembership = request.app.state.group_members
     return service
@@ -34,8 +39,9 @@ def delete_group(request: Request, name: str, keep_replicas: bool = False) -> di
 
 
 @router.put("/peer/groups/{name}/volumes")
-def peer_change_members(request: Request, name: str, body: RecoveryMembers) -> dict[str, Any]:
-    return _service(request).members_from_peer(name, peer_site(request), body)
+def peer_change_members(request: Request, name: str, body: PeerMembers) -> dict[str, Any]:
+    change = RecoveryMembers.model_validate(body.model_dump(exclude={"member"}))
+    return _service(request).members_from_peer(name, peer_site(request), change, body.member)
 
 
 @router.delete("/peer/groups/{name}")

@@ -41,7 +41,7 @@ from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning, member_of_volume, plan
+from seawall.manager.groups.members import is_spanning, member_of_volume, members_of, plan
 from seawall.manager.groups.settings import (
     GroupOptions,
     check,
@@ -247,14 +247,19 @@ class GroupService:
         ``latest-tagged``) among those this site offers."""
         return choose_checkpoint(self.checkpoints(group.name), wanted, group.name)
 
-    @staticmethod
-    def stream_at(group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
+    def stream_at(self, group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
         """Where ``volume`` reads as at group ``checkpoint`` (one of ``checkpoint_of``'s):
         (the journal's id at the agent, the checkpoint id in that journal). For a group
-        spanning agents: its member's journal, at that member's marker."""
+        spanning agents: its member's journal, at that member's marker; a volume removed
+        from the group is found among the member journals' retired ones (the agent then
+        says whether that checkpoint includes it)."""
         if not is_spanning(group.volumes):
             return group.group_id, str(checkpoint["id"])  # the agent knows its volumes
         member = member_of_volume(group.volumes, volume)
+        if member is None and group.role == "recovery":
+            member = next((m.group_id for m in members_of(group.volumes)
+                           if volume in (self.agent_api.group_status(m.group_id)
+                                         .model_extra or {}).get("retired", [])), None)
         if member is None:
             raise NotFound(f"group {group.name} has no volume named {volume!r}")
         return member, str(checkpoint["members"][member])
