@@ -226,12 +226,13 @@ def test_delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(
 
 
 def test_members_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite]) -> None:
-    """A volume of a member agent joins that agent's stream, one leaves it; every group
-    checkpoint reads back exactly. Ending a member agent is refused (adding one too: see
-    tests/unit/test_group_membership.py)."""
+    """A volume of a member agent joins that agent's stream, one leaves it, a volume of a
+    third agent makes it a member; every group checkpoint reads back exactly, older ones
+    stay offered. Ending a member agent is refused."""
     prod, dr = pair
-    log = (prod.directory.parent / "host2.log").open("w")
+    log = (prod.directory.parent / "hosts.log").open("w")
     host2 = Host("host2", prod.directory.parent / "host2", log)
+    host3 = Host("host3", prod.directory.parent / "host3", log)
     try:
         host2.join(prod)
         certificates = host2.client_certificates(prod.directory.parent / "nbd-client")
@@ -272,11 +273,32 @@ def test_members_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite]) -
 
         ending = refused(prod, "group", "update", "span", "--remove-volume", "s2")
         assert "member agent host2 of group span with no volume" in ending.stderr
+
+        # A volume of an agent that is not a member yet: the agent joins the group.
+        host3.join(prod)
+        s3 = Volume(prod, "s3", 13, host3, host3.client_certificates(
+            prod.directory.parent / "nbd-client3"))
+        s3.write(4)
+        joined = run_json(prod, "group", "update", "span", "--add-volume", "s3")
+        assert joined["added"] == ["s3"]
+        for disk in (s0, s2, s3):
+            disk.write(4)
+        prod.wait_protecting("span")
+        fourth = tag(prod, dr, "fourth", "span")
+        for disk in (s0, s2, s3):
+            assert exported_sha256(dr, disk.name, fourth, "span") == disk.sha256(), disk.name
+        assert {third, fourth} <= set(listed(dr, "span"))  # older ones still offered
+        early = refused(dr, "export", "span", "s3", "--checkpoint", str(third))
+        assert "added to group span after checkpoint" in early.stderr
+        members = run_json(prod, "group", "show", "span")["volumes"]
+        assert {v["name"]: v["agent"] for v in members} == {
+            "s0": "prod", "s2": "host2", "s3": "host3"}
         seawall(prod, "group", "delete", "span", "--yes")
         for site in (prod, dr):
             assert "span" not in {g["name"] for g in run_json(site, "group", "list")}
         assert all(v["group"] is None for v in run_json(prod, "volume", "list")
-                   if v["name"] in ("s0", "s2"))
+                   if v["name"] in ("s0", "s2", "s3"))
     finally:
         host2.stop()
+        host3.stop()
         log.close()

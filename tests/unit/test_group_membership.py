@@ -27,7 +27,7 @@ from seawall.contract.agent import (
     RetiredVolume,
 )
 from seawall.errors import Conflict, InvalidInput, NotFound
-from seawall.manager.groups.members import stored_after
+from seawall.manager.groups.members import Member, join_checkpoints, members_of, stored_after
 from seawall.manager.groups.membership import plan_change, stream_changes
 from seawall.manager.models import Group
 from seawall.sync.plan import SyncPlan
@@ -231,10 +231,35 @@ def test_stream_changes_touch_only_the_streams_that_change() -> None:
     assert (whole.stream, whole.member, whole.kept) == ("g", None, [])
 
 
-def test_stream_changes_refuse_adding_or_ending_a_member_agent() -> None:
-    with pytest.raises(Conflict, match=r"not a member of group app .*not available yet"):
-        stream_changes(spanning_group(SPANNING), {"a", "b", "c"},
-                       [("host3", NewVolume(name="d", size_bytes=MIB))], "prod")
+def test_a_volume_of_another_agent_makes_it_a_member() -> None:
+    new = [("host3", NewVolume(name="d", size_bytes=MIB)),
+           ("host3", NewVolume(name="e", size_bytes=MIB))]
+    [change] = stream_changes(spanning_group(SPANNING), {"a", "b", "c"}, new, "prod")
+    assert (change.stream, change.member, change.agent) == ("g.2", "g.2", "host3")
+    assert change.new_member and change.old == [] and change.kept == []
+    assert [v.name for v in change.added] == ["d", "e"]
+    stored = stored_after(SPANNING, "g.2", "host3",
+                          [{"index": 0, "name": "d", "size_bytes": MIB},
+                           {"index": 1, "name": "e", "size_bytes": MIB}], joined_after=57)
+    assert [(v["index"], v["member"], v["member_index"], v.get("joined_after"))
+            for v in stored[3:]] == [(3, "g.2", 0, 57), (4, "g.2", 1, 57)]
+    [*_, joined] = members_of(stored)
+    assert (joined.group_id, joined.joined_after) == ("g.2", 57)
+
+
+def test_group_checkpoints_need_a_joined_member_only_after_it_joined() -> None:
+    members = [Member("prod", "g.0"), Member("host3", "g.1", joined_after=20)]
+    lists = {"g.0": [{"id": seq, "time_ns": seq, "name": "", "sealed_as": seq}
+                     for seq in (10, 30)],
+             "g.1": [{"id": 5, "time_ns": 31, "name": "", "sealed_as": 30}]}
+    joined = join_checkpoints(members, lists)
+    assert [(c["id"], c["members"]) for c in joined] == [
+        (10, {"g.0": 10}), (30, {"g.0": 30, "g.1": 5})]
+    lists["g.1"] = []  # not sealed at the new member: not a group checkpoint
+    assert [c["id"] for c in join_checkpoints(members, lists)] == [10]
+
+
+def test_stream_changes_refuse_ending_a_member_agent() -> None:
     with pytest.raises(Conflict, match="member agent host2 of group app with no volume"):
         stream_changes(spanning_group(SPANNING), {"a"}, [], "prod")
     one_agent = spanning_group([{"index": 0, "name": "a", "size_bytes": MIB}])

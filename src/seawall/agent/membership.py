@@ -46,7 +46,13 @@ from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.recover.receiver import ReplicationServer
 from seawall.agent.state import AgentState
 from seawall.config import SiteConfig
-from seawall.contract.agent import GroupVolume, RecoveryMembers, RecoverySpec, RetiredVolume
+from seawall.contract.agent import (
+    Coordination,
+    GroupVolume,
+    RecoveryMembers,
+    RecoverySpec,
+    RetiredVolume,
+)
 from seawall.errors import Conflict, InvalidInput, NotFound, NotReady, SeawallError
 
 KEPT_SUFFIX = "-replicas"
@@ -83,6 +89,8 @@ class MembershipHost(Protocol):
     def save_state(self) -> None: ...
 
     def describe_volume(self, name: str) -> dict[str, Any]: ...
+
+    def group_status(self, group_id: str) -> dict[str, Any]: ...
 
     def protected_group(self, group_id: str) -> ProtectedGroup: ...
 
@@ -127,6 +135,22 @@ class Membership:
                                                     if v not in group.volumes])
         agent.save_state()  # the spec is the saved one, changed in place
         return {"group_id": group_id, "last_seq": last_seq}
+
+    async def set_coordination(self, group_id: str,
+                               coordination: Coordination) -> dict[str, Any]:
+        """A group spanning agents gained a member agent: its lead's rounds include it from
+        now on (a round under way is given up, as when the lead restarts)."""
+        agent = self.agent
+        group = agent.protected_group(group_id)
+        if group.spec.coordination is None or group.spec.coordination.group_id != \
+                coordination.group_id:
+            raise Conflict(f"group {group.spec.name} is not part of group "
+                           f"{coordination.group_id} spanning agents here")
+        await agent.coordinated.remove(group_id)
+        group.spec.coordination = coordination
+        agent.save_state()
+        agent.coordinated.add(group)
+        return agent.group_status(group_id)
 
     async def unprotect(self, group_id: str) -> dict[str, Any]:
         """Stop protecting the group here and forget it; its volumes stay, served as before."""

@@ -19,6 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from seawall.contract.agent import (
     Checkpoint,
     CheckpointTag,
+    Coordination,
     ExportCreate,
     ExportDescription,
     FailoverRun,
@@ -126,6 +127,10 @@ class AgentApi:
                                 members: RecoveryMembers) -> RecoveryMembersChanged:
         return self._call(RecoveryMembersChanged, "PUT", f"/recovering/{_id(group_id)}/volumes",
                           members)
+
+    def set_coordination(self, group_id: str, coordination: Coordination) -> GroupStatus:
+        return self._call(GroupStatus, "PUT", f"/protected/{_id(group_id)}/coordination",
+                          coordination)
 
     def unprotect(self, group_id: str) -> GroupRemoved:
         return self._call(GroupRemoved, "DELETE", f"/protected/{_id(group_id)}")

@@ -25,6 +25,7 @@ from seawall.agent.settings import check_paths
 from seawall.contract.agent import (
     Checkpoint,
     CheckpointTag,
+    Coordination,
     ExportCreate,
     ExportDescription,
     GroupRemoved,
@@ -80,6 +81,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.put("/protected/{group_id}/volumes", response_model=MembersChanged)
     async def change_protected_members(group_id: str, body: ProtectedMembers) -> dict[str, Any]:
         return agent.membership.change_protected(group_id, body.volumes)
+
+    @app.put("/protected/{group_id}/coordination", response_model=GroupStatus)
+    async def set_coordination(group_id: str, body: Coordination) -> dict[str, Any]:
+        return await agent.membership.set_coordination(group_id, body)
 
     @app.delete("/protected/{group_id}", response_model=GroupRemoved)
     async def unprotect(group_id: str) -> dict[str, Any]:

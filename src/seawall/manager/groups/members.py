@@ -14,7 +14,8 @@ Rules:
   member's stream id) and ``member_index`` (its index in that stream).
 - A checkpoint of the group is offered only when every member has a consistent marker
   sealed as it (``wire.records`` SEAL); its id is the lead's marker seq, its time and name
-  the lead's.
+  the lead's. A member agent added later (``joined_after`` on its volumes) is needed only
+  by the group checkpoints after the lead seq it joined at.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Member:
     """Its stream's id: the protected group at its agent, the journal at the recovery site."""
     volumes: list[dict[str, Any]] = field(default_factory=list)
     """As in its stream: index (in the stream), name, size_bytes."""
+    joined_after: int | None = None
+    """A member agent added after the group was made: the group checkpoints up to this id
+    (the lead's seq) were taken without it, and do not need its marker."""
 
 
 def is_spanning(volumes: list[dict[str, Any]]) -> bool:
@@ -71,14 +75,16 @@ def members_of(volumes: list[dict[str, Any]]) -> list[Member]:
     for volume in volumes:
         if not volume.get("member"):
             continue
-        member = members.setdefault(volume["member"], Member(volume["agent"], volume["member"]))
+        member = members.setdefault(volume["member"], Member(
+            volume["agent"], volume["member"], joined_after=volume.get("joined_after")))
         member.volumes.append({"index": volume["member_index"], "name": volume["name"],
                                "size_bytes": volume["size_bytes"]})
     return sorted(members.values(), key=lambda m: int(m.group_id.rpartition(".")[2]))
 
 
 def stored_after(stored: list[dict[str, Any]], member: str | None, agent: str,
-                 volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                 volumes: list[dict[str, Any]],
+                 joined_after: int | None = None) -> list[dict[str, Any]]:
     """A group's stored volumes once one stream's members became ``volumes`` (index, name,
     size_bytes, as in that stream): the whole list for a one-stream group (``member``
     None); else that member's entries kept in place or dropped, new ones appended with the
@@ -90,11 +96,14 @@ def stored_after(stored: list[dict[str, Any]], member: str | None, agent: str,
     result = [v for v in stored if v.get("member") != member or v["name"] in in_stream]
     known = {v["name"] for v in result if v.get("member") == member}
     next_index = max([v["index"] for v in stored] + [-1]) + 1
+    joined = next((v["joined_after"] for v in stored if v.get("member") == member
+                   and v.get("joined_after") is not None), joined_after)
     for volume in volumes:
         if volume["name"] not in known:
-            result.append({"index": next_index, "name": volume["name"],
-                           "size_bytes": volume["size_bytes"], "agent": agent,
-                           "member": member, "member_index": volume["index"]})
+            entry = {"index": next_index, "name": volume["name"],
+                     "size_bytes": volume["size_bytes"], "agent": agent,
+                     "member": member, "member_index": volume["index"]}
+            result.append(entry if joined is None else {**entry, "joined_after": joined})
             next_index += 1
     return result
 
@@ -128,7 +137,8 @@ def join_checkpoints(members: list[Member],
         if lead_entry["id"] != group_checkpoint:
             raise CorruptData(f"the lead's marker {lead_entry['id']} is sealed as checkpoint "
                               f"{group_checkpoint}: its journal is not the lead's")
-        markers = {m.group_id: sealed[m.group_id].get(group_checkpoint) for m in members}
+        markers = {m.group_id: sealed[m.group_id].get(group_checkpoint) for m in members
+                   if m.joined_after is None or group_checkpoint > m.joined_after}
         if any(entry is None for entry in markers.values()):
             continue
         joined.append({

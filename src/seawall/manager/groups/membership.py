@@ -40,16 +40,30 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from seawall.config import SiteConfig
-from seawall.contract.agent import GroupVolume, NewVolume, ProtectedMembers, RecoveryMembers
+from seawall.contract.agent import (
+    GroupVolume,
+    NewVolume,
+    ProtectedMembers,
+    RecoveryMembers,
+    RecoverySpec,
+)
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.members import is_spanning, members_of, stored_after
 from seawall.manager.groups.service import GroupService, Locate, describe
-from seawall.manager.groups.settings import check, options_of
+from seawall.manager.groups.settings import (
+    check,
+    options_of,
+    protection_settings,
+    retention_settings,
+)
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.store import OperationStore
 
@@ -93,8 +107,12 @@ class StreamChange:
     old: list[GroupVolume]
     kept: list[GroupVolume]
     added: list[NewVolume]
+    new_member: bool = False
+    """A member agent that joins the group with these volumes: a new stream."""
     volumes: list[GroupVolume] = field(default_factory=list)
     """The stream's members once the recovery site gave the new ones their indexes."""
+    joined_after: int | None = None
+    """A new member's: the group checkpoints up to this id do not need it."""
 
     def request(self) -> RecoveryMembers:
         return RecoveryMembers(volumes=self.kept, added=self.added)
@@ -104,8 +122,9 @@ def stream_changes(group: Group, kept: set[str], new: list[tuple[str, NewVolume]
                    own_agent: str) -> list[StreamChange]:
     """The streams whose members change (pure): volumes are indexed as in their stream.
 
-    A volume to add must be on the group's agent, or, for a group spanning agents, on one
-    of its member agents; a member agent keeps at least one volume."""
+    A volume to add must be on the group's agent; in a group spanning agents, a volume on
+    an agent that is not a member makes it one (a new member stream, numbered after the
+    others); a member agent keeps at least one volume."""
     if not is_spanning(group.volumes):
         for agent, volume in new:
             if agent != own_agent:
@@ -116,12 +135,6 @@ def stream_changes(group: Group, kept: set[str], new: list[tuple[str, NewVolume]
         return [StreamChange(group.group_id, None, own_agent, old,
                              [v for v in old if v.name in kept], [v for _, v in new])]
     members = members_of(group.volumes)
-    agents = {m.agent for m in members}
-    for agent, volume in new:
-        if agent not in agents:
-            raise Conflict(f"volume {volume.name!r} is on agent {agent}, which is not a "
-                           f"member of group {group.name} (members: {', '.join(sorted(agents))})"
-                           ": adding a member agent is not available yet")
     changes = []
     for member in members:
         old = [GroupVolume.model_validate(v) for v in member.volumes]
@@ -135,6 +148,13 @@ def stream_changes(group: Group, kept: set[str], new: list[tuple[str, NewVolume]
                            "a member agent is not available yet")
         changes.append(StreamChange(member.group_id, member.group_id, member.agent, old,
                                     stays, added))
+    agents = [m.agent for m in members]
+    number = max(int(m.group_id.rpartition(".")[2]) for m in members) + 1
+    for agent in dict.fromkeys(agent for agent, _ in new if agent not in agents):
+        stream = f"{group.group_id}.{number}"
+        number += 1
+        changes.append(StreamChange(stream, stream, agent, [], [],
+                                    [v for a, v in new if a == agent], new_member=True))
     return changes
 
 
@@ -161,29 +181,24 @@ class GroupMembership:
         told: list[StreamChange] = []
         try:
             for change in changes:
-                answer = self._tell_peer(peer, name, change.request(), change.member)
+                answer = self._tell_peer(peer, name, change.request(), change.member,
+                                         self._joining(change))
                 change.volumes = [GroupVolume.model_validate(v) for v in answer["volumes"]]
+                change.joined_after = answer.get("joined_after")
                 told.append(change)
         except SeawallError:
             self._take_back(peer, name, told)
             raise
-        clients = {stream: client for client, stream in self.groups.streams(group)}
-        last_seqs: dict[str, int] = {}
-        try:
-            for change in changes:
-                last_seqs[change.stream] = AgentApi(clients[change.stream]) \
-                    .change_protected_members(change.stream,
-                                              ProtectedMembers(volumes=change.volumes)).last_seq
-        except SeawallError:  # all or nothing: every stream as it was, at both sites
-            for change in changes:
-                if change.stream in last_seqs:
-                    with contextlib.suppress(SeawallError):
-                        AgentApi(clients[change.stream]).change_protected_members(
-                            change.stream, ProtectedMembers(volumes=change.old))
-            self._take_back(peer, name, changes)
-            raise
+        stored = group.volumes
+        for change in changes:
+            stored = stored_after(stored, change.member, change.agent,
+                                  [v.model_dump() for v in change.volumes],
+                                  change.joined_after)
+        last_seqs = self._change_protected(group, peer, changes, stored)
         warnings = []
         for change in changes:
+            if change.new_member:  # a journal of its own: nothing before it to settle
+                continue
             try:
                 self._tell_peer(peer, name, RecoveryMembers(
                     volumes=change.volumes, changed_after_seq=last_seqs[change.stream]),
@@ -192,21 +207,83 @@ class GroupMembership:
                 warnings.append(f"the recovery site was not told where the change lies in "
                                 f"the stream ({exc.message}): its checkpoints from before "
                                 "the change list the changed volumes until the next change")
-        stored = group.volumes
-        for change in changes:
-            stored = stored_after(stored, change.member, change.agent,
-                                  [v.model_dump() for v in change.volumes])
         self._store(group, stored)
         return {**describe(group, peer.name), "added": add, "removed": remove,
                 "warnings": warnings}
 
+    def _joining(self, change: StreamChange) -> dict[str, str] | None:
+        """What the recovery site needs of a new member agent: its name and certificate."""
+        if not change.new_member:
+            return None
+        return {"agent": change.agent, "cert_pem": self.groups.spanning.cert_of(change.agent)}
+
+    def _change_protected(self, group: Group, peer: Peer, changes: list[StreamChange],
+                          stored: list[dict[str, Any]]) -> dict[str, int]:
+        """Each stream's change at its protected agent (a new member started, then the
+        lead's rounds told of it); the last seq of each existing stream at its change. A
+        failure puts every stream back as it was, at both sites."""
+        clients = {stream: client for client, stream in self.groups.streams(group)}
+        last_seqs: dict[str, int] = {}
+        started: list[StreamChange] = []
+        members = members_of(stored)
+        try:
+            for change in changes:
+                if change.new_member:
+                    index = [m.group_id for m in members].index(change.stream)
+                    self.groups.spanning.start_member(
+                        group.group_id, group.name, members, index, self._target(group, peer))
+                    started.append(change)
+                    continue
+                last_seqs[change.stream] = AgentApi(clients[change.stream]) \
+                    .change_protected_members(change.stream,
+                                              ProtectedMembers(volumes=change.volumes)).last_seq
+            if started:
+                self._pin_and_lead(group, stored)
+        except SeawallError:  # all or nothing: every stream as it was, at both sites
+            for change in changes:
+                with contextlib.suppress(SeawallError):
+                    if change in started:
+                        AgentApi(self.groups.spanning.client(change.agent)).unprotect(
+                            change.stream)
+                    elif change.stream in last_seqs:
+                        AgentApi(clients[change.stream]).change_protected_members(
+                            change.stream, ProtectedMembers(volumes=change.old))
+            if started:
+                with contextlib.suppress(SeawallError):
+                    self._pin_and_lead(group, group.volumes)
+            self._take_back(peer, name=group.name, changes=changes)
+            raise
+        return last_seqs
+
+    def _pin_and_lead(self, group: Group, stored: list[dict[str, Any]]) -> None:
+        """Let the lead call every member of ``stored`` (pins), and have it do so."""
+        with self.groups.sessions() as session:
+            others = [g.volumes for g in session.scalars(select(Group))
+                      if g.role == "protected" and g.group_id != group.group_id]
+        self.groups.spanning.refresh_pins([*others, stored])
+        members = members_of(stored)
+        lead = members[0]
+        AgentApi(self.groups.spanning.client(lead.agent)).set_coordination(
+            lead.group_id, self.groups.spanning.coordination(group.group_id, members, lead=True))
+
+    def _target(self, group: Group, peer: Peer) -> dict[str, Any]:
+        """Where a new member stream ships, with the group's protection settings."""
+        return {"target_host": peer.replication_host, "target_port": peer.replication_port,
+                "target_cert_pem": self.groups.sites.pinned_cert(peer),
+                **protection_settings(options_of(group))}
+
     def _take_back(self, peer: Peer, name: str, changes: list[StreamChange]) -> None:
-        """Tell the recovery site each stream's old members again (best effort: it was
-        reachable a moment ago)."""
+        """Tell the recovery site each stream's old members again, a new member's journal
+        gone (best effort: it was reachable a moment ago)."""
         for change in changes:
             with contextlib.suppress(SeawallError):
-                self._tell_peer(peer, name, RecoveryMembers(
-                    volumes=change.old, forget=[v.name for v in change.added]), change.member)
+                if change.new_member:
+                    self._tell_peer(peer, name, RecoveryMembers(volumes=[]), change.member,
+                                    forget_member=True)
+                else:
+                    self._tell_peer(peer, name, RecoveryMembers(
+                        volumes=change.old, forget=[v.name for v in change.added]),
+                        change.member)
 
     def _store(self, group: Group, stored: list[dict[str, Any]]) -> None:
         with self.groups.sessions.begin() as session:
@@ -230,29 +307,65 @@ class GroupMembership:
         return new
 
     def members_from_peer(self, name: str, source_site_id: str, request: RecoveryMembers,
-                          member: str | None = None) -> dict[str, Any]:
+                          member: str | None = None, joining: dict[str, str] | None = None,
+                          forget_member: bool = False) -> dict[str, Any]:
         """At the recovery site: the members the group's protected site asks for (of its
-        member stream ``member``, in a group spanning agents)."""
+        member stream ``member``, in a group spanning agents; ``joining``: a new member
+        agent's name and certificate, whose journal is made; ``forget_member``: a new
+        member's journal taken back)."""
         group = self._recovered_for(name, source_site_id)
-        agent = self.config.name
-        if member is not None:
-            owners = {v.get("member"): v.get("agent") for v in group.volumes}
-            if member not in owners:
-                raise NotFound(f"group {name} has no member stream {member!r}")
-            agent = str(owners[member])
-        answer = self.groups.agent_api.change_recovery_members(member or group.group_id,
-                                                                request)
+        if member is None:
+            answer = self.groups.agent_api.change_recovery_members(group.group_id, request)
+            volumes = [v.model_dump() for v in answer.volumes]
+            self._store(group, stored_after(group.volumes, None, self.config.name, volumes))
+            return {"volumes": volumes}
+        owners = {v.get("member"): v.get("agent") for v in group.volumes}
+        if not is_spanning(group.volumes) or (member in owners) == (joining is not None):
+            raise NotFound(f"group {name} has {'a' if member in owners else 'no'} member "
+                           f"stream {member!r}")
+        if forget_member:
+            with contextlib.suppress(NotFound):
+                self.groups.agent_api.remove_recovery(member, keep_replicas=False)
+            self._store(group, [v for v in group.volumes if v.get("member") != member])
+            return {"volumes": []}
+        if joining is not None:
+            return self._member_joins(group, source_site_id, member, joining, request)
+        answer = self.groups.agent_api.change_recovery_members(member, request)
         volumes = [v.model_dump() for v in answer.volumes]
-        self._store(group, stored_after(group.volumes, member, agent, volumes))
+        self._store(group, stored_after(group.volumes, member, str(owners[member]), volumes))
         return {"volumes": volumes}
 
+    def _member_joins(self, group: Group, source_site_id: str, member: str,
+                      joining: dict[str, str], request: RecoveryMembers) -> dict[str, Any]:
+        """A journal for a new member stream; the group checkpoints up to the lead
+        journal's durable seq now were taken without the member (a lower bound of the
+        lead's seq when the member joins its rounds)."""
+        options = options_of(group)
+        volumes = [GroupVolume(index=n, name=v.name, size_bytes=v.size_bytes)
+                   for n, v in enumerate(request.added)]
+        if not volumes:
+            raise InvalidInput(f"a new member of group {group.name} needs a volume")
+        lead = members_of(group.volumes)[0]
+        status = self.groups.agent_api.group_status(lead.group_id)
+        joined_after = int((status.model_extra or {}).get("durable_seq") or 0)
+        self.groups.agent_api.recover(RecoverySpec(
+            group_id=member, name=group.name, source_site=source_site_id,
+            source_cert_pem=joining["cert_pem"], volumes=volumes,
+            **retention_settings(options),
+            storage_dir=Path(options.storage_path) if options.storage_path else None))
+        dumped = [v.model_dump() for v in volumes]
+        self._store(group, stored_after(group.volumes, member, joining["agent"], dumped,
+                                        joined_after))
+        return {"volumes": dumped, "joined_after": joined_after}
+
     def _tell_peer(self, peer: Peer, name: str, request: RecoveryMembers,
-                   member: str | None = None) -> dict[str, Any]:
+                   member: str | None = None, joining: dict[str, str] | None = None,
+                   forget_member: bool = False) -> dict[str, Any]:
         remote = peer_client(self.config, peer)
         try:
-            answer: dict[str, Any] = remote.put(f"/api/v1/peer/groups/{name}/volumes",
-                                                {**request.model_dump(mode="json"),
-                                                 "member": member})
+            answer: dict[str, Any] = remote.put(f"/api/v1/peer/groups/{name}/volumes", {
+                **request.model_dump(mode="json"), "member": member, "new_member": joining,
+                "forget_member": forget_member})
         finally:
             remote.close()
         return answer

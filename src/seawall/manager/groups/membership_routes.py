@@ -18,9 +18,18 @@ class MembersChange(BaseModel):
     remove: list[str] = Field(default=[], max_length=64)
 
 
+class JoiningMember(BaseModel):
+    agent: str = Field(min_length=1, max_length=64)
+    cert_pem: str = Field(min_length=1, max_length=8192)
+
+
 class PeerMembers(RecoveryMembers):
     member: str | None = Field(default=None, max_length=64)
     """The member stream that changes, in a group spanning agents."""
+    new_member: JoiningMember | None = None
+    """A member agent joining the group: ``member`` is its new stream."""
+    forget_member: bool = False
+    """A new member stream taken back: its journal goes."""
 
 
 def _service(request: Request) -> GroupMembership:
@@ -40,8 +49,11 @@ def delete_group(request: Request, name: str, keep_replicas: bool = False) -> di
 
 @router.put("/peer/groups/{name}/volumes")
 def peer_change_members(request: Request, name: str, body: PeerMembers) -> dict[str, Any]:
-    change = RecoveryMembers.model_validate(body.model_dump(exclude={"member"}))
-    return _service(request).members_from_peer(name, peer_site(request), change, body.member)
+    change = RecoveryMembers.model_validate(
+        body.model_dump(exclude={"member", "new_member", "forget_member"}))
+    joining = body.new_member.model_dump() if body.new_member else None
+    return _service(request).members_from_peer(name, peer_site(request), change, body.member,
+                                               joining, body.forget_member)
 
 
 @router.delete("/peer/groups/{name}")

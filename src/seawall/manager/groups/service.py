@@ -262,6 +262,9 @@ class GroupService:
                                          .model_extra or {}).get("retired", [])), None)
         if member is None:
             raise NotFound(f"group {group.name} has no volume named {volume!r}")
+        if member not in checkpoint["members"]:  # its agent joined the group later
+            raise NotFound(f"volume {volume!r} was added to group {group.name} after "
+                           f"checkpoint {checkpoint['id']}")
         return member, str(checkpoint["members"][member])
 
     def checkpoints_for_peer(self, name: str, source_site_id: str,
