@@ -126,6 +126,9 @@ def test_members_added_and_removed_read_back_exactly(
     assert at_dr[after_add]["volumes"] == ["disk0", "disk1"]
     too_early = refused(dr, "export", GROUP, "disk1", "--checkpoint", str(before_add))
     assert "added to group app after checkpoint" in too_early.stderr
+    drill = run_json(dr, "failover", "test", GROUP, "--checkpoint", str(before_add))
+    assert [image["volume"] for image in drill["images"]] == ["disk0"]  # as the group was
+    seawall(dr, "failover", "stop", GROUP, "--result", "pass")
 
     removed = run_json(prod, "group", "update", GROUP, "--remove-volume", "disk0")
     assert removed["removed"] == ["disk0"] and removed["warnings"] == []

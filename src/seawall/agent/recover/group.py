@@ -21,7 +21,7 @@ from typing import Any
 
 from seawall.agent.recover.aging import JournalAging
 from seawall.agent.recover.members import includes
-from seawall.contract.agent import RecoverySpec, RetiredVolume
+from seawall.contract.agent import GroupVolume, RecoverySpec, RetiredVolume
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
@@ -67,10 +67,14 @@ class RecoveryGroup:
                            f"checkpoint {checkpoint_seq}")
         raise NotFound(f"group {self.spec.name} has no volume {name!r}")
 
+    def volumes_in(self, checkpoint_seq: int) -> list[GroupVolume]:
+        """The volumes checkpoint ``checkpoint_seq`` includes (members and retired ones)."""
+        return [v for v in [*self.spec.volumes, *self.spec.retired]
+                if includes(self.spec, v, checkpoint_seq)]
+
     def volumes_at(self, checkpoint_seq: int) -> list[str]:
         """The names of the volumes checkpoint ``checkpoint_seq`` includes."""
-        return [v.name for v in [*self.spec.volumes, *self.spec.retired]
-                if includes(self.spec, v, checkpoint_seq)]
+        return [v.name for v in self.volumes_in(checkpoint_seq)]
 
     def resolve_checkpoint(self, checkpoint: str) -> CheckpointInfo:
         if checkpoint == "latest":

@@ -247,6 +247,15 @@ class GroupService:
         ``latest-tagged``) among those this site offers."""
         return choose_checkpoint(self.checkpoints(group.name), wanted, group.name)
 
+    @staticmethod
+    def volumes_at(group: Group, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        """The group's volumes that ``checkpoint`` (one of ``checkpoint_of``'s) includes: a
+        volume added after it is not in it (members changed: ``groups.membership``)."""
+        if is_spanning(group.volumes):
+            return [v for v in group.volumes if v["member"] in checkpoint["members"]]
+        names = checkpoint.get("volumes")  # the recovery site's list says; else all
+        return [v for v in group.volumes if names is None or v["name"] in names]
+
     def stream_at(self, group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
         """Where ``volume`` reads as at group ``checkpoint`` (one of ``checkpoint_of``'s):
         (the journal's id at the agent, the checkpoint id in that journal). For a group
