@@ -27,8 +27,16 @@ from seawall.contract.agent import (
     RetiredVolume,
 )
 from seawall.errors import Conflict, InvalidInput, NotFound
-from seawall.manager.groups.members import Member, join_checkpoints, members_of, stored_after
-from seawall.manager.groups.membership import plan_change, stream_changes
+from seawall.manager.groups.member_changes import plan_change, stream_changes
+from seawall.manager.groups.members import (
+    Member,
+    current,
+    ended,
+    join_checkpoints,
+    member_of_volume,
+    members_of,
+    stored_after,
+)
 from seawall.manager.models import Group
 from seawall.sync.plan import SyncPlan
 from seawall.wire.records import RecordKind
@@ -259,9 +267,35 @@ def test_group_checkpoints_need_a_joined_member_only_after_it_joined() -> None:
     assert [c["id"] for c in join_checkpoints(members, lists)] == [10]
 
 
-def test_stream_changes_refuse_ending_a_member_agent() -> None:
-    with pytest.raises(Conflict, match="member agent host2 of group app with no volume"):
-        stream_changes(spanning_group(SPANNING), {"a"}, [], "prod")
+def test_a_member_agents_last_volume_leaving_ends_it_but_not_the_leads() -> None:
+    [change] = stream_changes(spanning_group(SPANNING), {"a"}, [], "prod")
+    assert (change.stream, change.ending, change.kept) == ("g.1", True, [])
+    with pytest.raises(Conflict, match="leave the lead agent prod of group app with no"):
+        stream_changes(spanning_group(SPANNING), {"b", "c"}, [], "prod")
+    gone = ended(SPANNING, "g.1", 40)
+    assert [v["name"] for v in current(gone)] == ["a"]
+    assert [m.group_id for m in members_of(gone)] == ["g.0"]
+    assert [(m.group_id, m.ended_after) for m in members_of(gone, ended=True)] == [
+        ("g.0", None), ("g.1", 40)]
+    assert ended(gone, "g.1", None) == SPANNING  # taken back
+    # A new member after an ended one takes a number never used.
+    [joins] = stream_changes(spanning_group(gone), {"a"},
+                             [("host2", NewVolume(name="b", size_bytes=MIB))], "prod")
+    assert (joins.stream, joins.new_member) == ("g.2", True)
+    back = stored_after(gone, "g.2", "host2", [{"index": 0, "name": "b", "size_bytes": MIB}])
+    assert member_of_volume(back, "b") == "g.2"  # the volume now, not the ended entry
+
+
+def test_group_checkpoints_need_an_ended_member_only_up_to_its_end() -> None:
+    members = [Member("prod", "g.0"), Member("host2", "g.1", ended_after=20)]
+    lists = {"g.0": [{"id": seq, "time_ns": seq, "name": "", "sealed_as": seq}
+                     for seq in (10, 30)],
+             "g.1": [{"id": 4, "time_ns": 10, "name": "", "sealed_as": 10}]}
+    assert [(c["id"], c["members"]) for c in join_checkpoints(members, lists)] == [
+        (10, {"g.0": 10, "g.1": 4}), (30, {"g.0": 30})]
+
+
+def test_a_one_agent_group_takes_no_other_agents_volume() -> None:
     one_agent = spanning_group([{"index": 0, "name": "a", "size_bytes": MIB}])
     with pytest.raises(Conflict, match="cannot take another agent's volume yet"):
         stream_changes(one_agent, {"a"}, [("host2", NewVolume(name="d", size_bytes=MIB))],

@@ -39,7 +39,6 @@ stream, which the group's checkpoint joining does not follow over time yet).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,14 @@ from seawall.contract.agent import (
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning, members_of, stored_after
+from seawall.manager.groups.member_changes import StreamChange, plan_change, stream_changes
+from seawall.manager.groups.members import (
+    current,
+    ended,
+    is_spanning,
+    members_of,
+    stored_after,
+)
 from seawall.manager.groups.service import GroupService, Locate, describe
 from seawall.manager.groups.settings import (
     check,
@@ -67,96 +73,8 @@ from seawall.manager.groups.settings import (
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.store import OperationStore
 
-
-def plan_change(members: list[dict[str, Any]], add: list[str], remove: list[str],
-                group_name: str) -> list[dict[str, Any]]:
-    """The members kept, in order, after removing ``remove`` and before adding ``add``
-    (pure: the checks of a change that need no agent)."""
-    names = [v["name"] for v in members]
-    if not add and not remove:
-        raise InvalidInput("nothing to change: give --add-volume or --remove-volume")
-    for what, given in (("--add-volume", add), ("--remove-volume", remove)):
-        if len(set(given)) != len(given):
-            raise InvalidInput(f"a volume is given twice to {what}")
-    both = sorted(set(add) & set(remove))
-    if both:
-        raise InvalidInput(f"{', '.join(both)}: both added and removed")
-    already = [name for name in add if name in names]
-    if already:
-        raise Conflict(f"volume {already[0]!r} is already in group {group_name}")
-    unknown = [name for name in remove if name not in names]
-    if unknown:
-        raise NotFound(f"group {group_name} has no volume {unknown[0]!r} (its volumes: "
-                       f"{', '.join(names)})")
-    kept = [v for v in members if v["name"] not in remove]
-    if not kept and not add:
-        raise InvalidInput(f"removing {', '.join(remove)} would leave group {group_name} "
-                           f"with no volume: delete the group instead (`seawall group "
-                           f"delete {group_name}`)")
-    return kept
-
-
-@dataclass
-class StreamChange:
-    """One stream's change of members: the group's only one, or a member's."""
-
-    stream: str
-    member: str | None
-    """The member stream's id in a group spanning agents; None: the group is one stream."""
-    agent: str
-    old: list[GroupVolume]
-    kept: list[GroupVolume]
-    added: list[NewVolume]
-    new_member: bool = False
-    """A member agent that joins the group with these volumes: a new stream."""
-    volumes: list[GroupVolume] = field(default_factory=list)
-    """The stream's members once the recovery site gave the new ones their indexes."""
-    joined_after: int | None = None
-    """A new member's: the group checkpoints up to this id do not need it."""
-
-    def request(self) -> RecoveryMembers:
-        return RecoveryMembers(volumes=self.kept, added=self.added)
-
-
-def stream_changes(group: Group, kept: set[str], new: list[tuple[str, NewVolume]],
-                   own_agent: str) -> list[StreamChange]:
-    """The streams whose members change (pure): volumes are indexed as in their stream.
-
-    A volume to add must be on the group's agent; in a group spanning agents, a volume on
-    an agent that is not a member makes it one (a new member stream, numbered after the
-    others); a member agent keeps at least one volume."""
-    if not is_spanning(group.volumes):
-        for agent, volume in new:
-            if agent != own_agent:
-                raise Conflict(f"volume {volume.name!r} is on agent {agent}, group "
-                               f"{group.name}'s volumes on {own_agent}: a group made on one "
-                               "agent cannot take another agent's volume yet")
-        old = [GroupVolume.model_validate(v) for v in group.volumes]
-        return [StreamChange(group.group_id, None, own_agent, old,
-                             [v for v in old if v.name in kept], [v for _, v in new])]
-    members = members_of(group.volumes)
-    changes = []
-    for member in members:
-        old = [GroupVolume.model_validate(v) for v in member.volumes]
-        stays = [v for v in old if v.name in kept]
-        added = [v for agent, v in new if agent == member.agent]
-        if len(stays) == len(old) and not added:
-            continue
-        if not stays and not added:
-            raise Conflict(f"removing {', '.join(v.name for v in old)} would leave member "
-                           f"agent {member.agent} of group {group.name} with no volume: ending "
-                           "a member agent is not available yet")
-        changes.append(StreamChange(member.group_id, member.group_id, member.agent, old,
-                                    stays, added))
-    agents = [m.agent for m in members]
-    number = max(int(m.group_id.rpartition(".")[2]) for m in members) + 1
-    for agent in dict.fromkeys(agent for agent, _ in new if agent not in agents):
-        stream = f"{group.group_id}.{number}"
-        number += 1
-        changes.append(StreamChange(stream, stream, agent, [], [],
-                                    [v for a, v in new if a == agent], new_member=True))
-    return changes
-
+UNSETTLED = 0
+"""An ending member's ``ended_after`` until the lead's seq is known (never stored)."""
 
 _OPERATIONS = {"failover-test": "failover test", "failover-live": "failover live",
                "move": "move (a failover live)"}
@@ -174,7 +92,7 @@ class GroupMembership:
 
     def update(self, name: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         group, peer = self._protected_here(name, "change its members")
-        kept = plan_change(group.volumes, add, remove, name)
+        kept = plan_change(current(group.volumes), add, remove, name)
         new = self._new_volumes(add)
         check(options_of(group), [v["name"] for v in kept] + add, peer.name)
         changes = stream_changes(group, {v["name"] for v in kept}, new, self.config.name)
@@ -182,7 +100,7 @@ class GroupMembership:
         try:
             for change in changes:
                 answer = self._tell_peer(peer, name, change.request(), change.member,
-                                         self._joining(change))
+                                         self._joining(change), end_member=change.ending)
                 change.volumes = [GroupVolume.model_validate(v) for v in answer["volumes"]]
                 change.joined_after = answer.get("joined_after")
                 told.append(change)
@@ -191,6 +109,9 @@ class GroupMembership:
             raise
         stored = group.volumes
         for change in changes:
+            if change.ending:  # left in the list, marked: old checkpoints need them
+                stored = ended(stored, change.stream, UNSETTLED)
+                continue
             stored = stored_after(stored, change.member, change.agent,
                                   [v.model_dump() for v in change.volumes],
                                   change.joined_after)
@@ -199,10 +120,13 @@ class GroupMembership:
         for change in changes:
             if change.new_member:  # a journal of its own: nothing before it to settle
                 continue
+            seq = last_seqs[change.stream]
+            if change.ending:
+                stored = ended(stored, change.stream, seq)
             try:
                 self._tell_peer(peer, name, RecoveryMembers(
-                    volumes=change.volumes, changed_after_seq=last_seqs[change.stream]),
-                    change.member)
+                    volumes=change.volumes, changed_after_seq=None if change.ending else seq),
+                    change.member, ended_after=seq if change.ending else None)
             except SeawallError as exc:
                 warnings.append(f"the recovery site was not told where the change lies in "
                                 f"the stream ({exc.message}): its checkpoints from before "
@@ -226,6 +150,8 @@ class GroupMembership:
         last_seqs: dict[str, int] = {}
         started: list[StreamChange] = []
         members = members_of(stored)
+        ending = [change for change in changes if change.ending]
+        led = False
         try:
             for change in changes:
                 if change.new_member:
@@ -233,38 +159,44 @@ class GroupMembership:
                     self.groups.spanning.start_member(
                         group.group_id, group.name, members, index, self._target(group, peer))
                     started.append(change)
-                    continue
-                last_seqs[change.stream] = AgentApi(clients[change.stream]) \
-                    .change_protected_members(change.stream,
-                                              ProtectedMembers(volumes=change.volumes)).last_seq
-            if started:
-                self._pin_and_lead(group, stored)
+                elif not change.ending:
+                    last_seqs[change.stream] = AgentApi(clients[change.stream]) \
+                        .change_protected_members(change.stream, ProtectedMembers(
+                            volumes=change.volumes)).last_seq
+            if started or ending:
+                lead_seq = self._pin_and_lead(group, stored)
+                led = True
+                for change in ending:  # out of the rounds: the group's checkpoints after
+                    last_seqs[change.stream] = lead_seq  # the lead's seq do not need it
+                    AgentApi(clients[change.stream]).unprotect(change.stream)
         except SeawallError:  # all or nothing: every stream as it was, at both sites
             for change in changes:
                 with contextlib.suppress(SeawallError):
                     if change in started:
                         AgentApi(self.groups.spanning.client(change.agent)).unprotect(
                             change.stream)
-                    elif change.stream in last_seqs:
+                    elif change.stream in last_seqs and not change.ending:
                         AgentApi(clients[change.stream]).change_protected_members(
                             change.stream, ProtectedMembers(volumes=change.old))
-            if started:
+            if led:
                 with contextlib.suppress(SeawallError):
                     self._pin_and_lead(group, group.volumes)
             self._take_back(peer, name=group.name, changes=changes)
             raise
         return last_seqs
 
-    def _pin_and_lead(self, group: Group, stored: list[dict[str, Any]]) -> None:
-        """Let the lead call every member of ``stored`` (pins), and have it do so."""
+    def _pin_and_lead(self, group: Group, stored: list[dict[str, Any]]) -> int:
+        """Let the lead call every member of ``stored`` (pins), and have it do so from now
+        on; the lead stream's last seq then: its rounds after it are with these members."""
         with self.groups.sessions() as session:
             others = [g.volumes for g in session.scalars(select(Group))
                       if g.role == "protected" and g.group_id != group.group_id]
         self.groups.spanning.refresh_pins([*others, stored])
         members = members_of(stored)
         lead = members[0]
-        AgentApi(self.groups.spanning.client(lead.agent)).set_coordination(
+        status = AgentApi(self.groups.spanning.client(lead.agent)).set_coordination(
             lead.group_id, self.groups.spanning.coordination(group.group_id, members, lead=True))
+        return int((status.model_extra or {}).get("last_seq") or 0)
 
     def _target(self, group: Group, peer: Peer) -> dict[str, Any]:
         """Where a new member stream ships, with the group's protection settings."""
@@ -280,6 +212,9 @@ class GroupMembership:
                 if change.new_member:
                     self._tell_peer(peer, name, RecoveryMembers(volumes=[]), change.member,
                                     forget_member=True)
+                elif change.ending:
+                    self._tell_peer(peer, name, RecoveryMembers(volumes=change.old),
+                                    change.member, resume_member=True)
                 else:
                     self._tell_peer(peer, name, RecoveryMembers(
                         volumes=change.old, forget=[v.name for v in change.added]),
@@ -308,7 +243,9 @@ class GroupMembership:
 
     def members_from_peer(self, name: str, source_site_id: str, request: RecoveryMembers,
                           member: str | None = None, joining: dict[str, str] | None = None,
-                          forget_member: bool = False) -> dict[str, Any]:
+                          *, forget_member: bool = False, end_member: bool = False,
+                          resume_member: bool = False,
+                          ended_after: int | None = None) -> dict[str, Any]:
         """At the recovery site: the members the group's protected site asks for (of its
         member stream ``member``, in a group spanning agents; ``joining``: a new member
         agent's name and certificate, whose journal is made; ``forget_member``: a new
@@ -327,6 +264,17 @@ class GroupMembership:
             with contextlib.suppress(NotFound):
                 self.groups.agent_api.remove_recovery(member, keep_replicas=False)
             self._store(group, [v for v in group.volumes if v.get("member") != member])
+            return {"volumes": []}
+        if end_member or resume_member or ended_after is not None:
+            # A member ends: until the protected site says after which of the lead's seqs,
+            # the lead journal's durable seq now bounds it (a few checkpoints in between
+            # then leave its volumes out); taken back, it is a member again.
+            if end_member:
+                lead = members_of(group.volumes)[0]
+                status = self.groups.agent_api.group_status(lead.group_id)
+                ended_after = int((status.model_extra or {}).get("durable_seq") or 0)
+            self._store(group, ended(group.volumes, member,
+                                     None if resume_member else ended_after))
             return {"volumes": []}
         if joining is not None:
             return self._member_joins(group, source_site_id, member, joining, request)
@@ -359,13 +307,16 @@ class GroupMembership:
         return {"volumes": dumped, "joined_after": joined_after}
 
     def _tell_peer(self, peer: Peer, name: str, request: RecoveryMembers,
-                   member: str | None = None, joining: dict[str, str] | None = None,
-                   forget_member: bool = False) -> dict[str, Any]:
+                   member: str | None = None, joining: dict[str, str] | None = None, *,
+                   forget_member: bool = False, end_member: bool = False,
+                   resume_member: bool = False,
+                   ended_after: int | None = None) -> dict[str, Any]:
         remote = peer_client(self.config, peer)
         try:
             answer: dict[str, Any] = remote.put(f"/api/v1/peer/groups/{name}/volumes", {
                 **request.model_dump(mode="json"), "member": member, "new_member": joining,
-                "forget_member": forget_member})
+                "forget_member": forget_member, "end_member": end_member,
+                "resume_member": resume_member, "ended_after": ended_after})
         finally:
             remote.close()
         return answer

@@ -30,6 +30,12 @@ class PeerMembers(RecoveryMembers):
     """A member agent joining the group: ``member`` is its new stream."""
     forget_member: bool = False
     """A new member stream taken back: its journal goes."""
+    end_member: bool = False
+    """A member agent's last volumes leave: its stream ends (its journal stays)."""
+    resume_member: bool = False
+    """An ending taken back."""
+    ended_after: int | None = Field(default=None, ge=0)
+    """The lead's seq after which an ended member is in no group checkpoint."""
 
 
 def _service(request: Request) -> GroupMembership:
@@ -49,11 +55,13 @@ def delete_group(request: Request, name: str, keep_replicas: bool = False) -> di
 
 @router.put("/peer/groups/{name}/volumes")
 def peer_change_members(request: Request, name: str, body: PeerMembers) -> dict[str, Any]:
-    change = RecoveryMembers.model_validate(
-        body.model_dump(exclude={"member", "new_member", "forget_member"}))
+    change = RecoveryMembers.model_validate(body.model_dump(include=set(
+        RecoveryMembers.model_fields)))
     joining = body.new_member.model_dump() if body.new_member else None
-    return _service(request).members_from_peer(name, peer_site(request), change, body.member,
-                                               joining, body.forget_member)
+    return _service(request).members_from_peer(
+        name, peer_site(request), change, body.member, joining,
+        forget_member=body.forget_member, end_member=body.end_member,
+        resume_member=body.resume_member, ended_after=body.ended_after)
 
 
 @router.delete("/peer/groups/{name}")

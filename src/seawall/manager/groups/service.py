@@ -41,7 +41,13 @@ from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning, member_of_volume, members_of, plan
+from seawall.manager.groups.members import (
+    current,
+    is_spanning,
+    member_of_volume,
+    members_of,
+    plan,
+)
 from seawall.manager.groups.settings import (
     GroupOptions,
     check,
@@ -78,7 +84,7 @@ def describe(group: Group, peer_name: str) -> dict[str, Any]:
         "name": group.name,
         "role": group.role,
         "peer": peer_name,
-        "volumes": group.volumes,
+        "volumes": current(group.volumes),
         "checkpoint_interval_s": group.checkpoint_interval_s,
         "history_s": group.history_s,
         "created_at": group.created_at.isoformat(),
@@ -266,14 +272,17 @@ class GroupService:
             return group.group_id, str(checkpoint["id"])  # the agent knows its volumes
         member = member_of_volume(group.volumes, volume)
         if member is None and group.role == "recovery":
-            member = next((m.group_id for m in members_of(group.volumes)
+            member = next((m.group_id for m in members_of(group.volumes, ended=True)
                            if volume in (self.agent_api.group_status(m.group_id)
                                          .model_extra or {}).get("retired", [])), None)
         if member is None:
             raise NotFound(f"group {group.name} has no volume named {volume!r}")
-        if member not in checkpoint["members"]:  # its agent joined the group later
-            raise NotFound(f"volume {volume!r} was added to group {group.name} after "
-                           f"checkpoint {checkpoint['id']}")
+        if member not in checkpoint["members"]:  # its agent joined later, or left before
+            left = any(v["name"] == volume and v.get("ended_after") is not None
+                       for v in group.volumes)
+            raise NotFound(f"volume {volume!r} was {'removed from' if left else 'added to'} "
+                           f"group {group.name} {'before' if left else 'after'} checkpoint "
+                           f"{checkpoint['id']}")
         return member, str(checkpoint["members"][member])
 
     def checkpoints_for_peer(self, name: str, source_site_id: str,

@@ -184,7 +184,7 @@ class SpanningGroups:
                     newest: int | None = None) -> list[dict[str, Any]]:
         """The group's checkpoints, joined from its member journals (recovery site); with
         ``newest``, from the newest that many of each journal only."""
-        members = members_of(volumes)
+        members = members_of(volumes, ended=True)  # old checkpoints need ended ones
         local = AgentApi(self.local)
         lists = {m.group_id: [c.model_dump() for c in local.checkpoints(m.group_id, newest)]
                  for m in members}
@@ -212,8 +212,10 @@ class SpanningGroups:
 
     def streams(self, volumes: list[dict[str, Any]], protected: bool,
                 ) -> list[tuple[JsonClient, str]]:
-        """Each member's agent (at this site) and stream id."""
-        return [(self._member_client(m, protected), m.group_id) for m in members_of(volumes)]
+        """Each member's agent (at this site) and stream id (at the recovery site also the
+        journals of members that ended)."""
+        return [(self._member_client(m, protected), m.group_id)
+                for m in members_of(volumes, ended=not protected)]
 
     def _client(self, agent: str) -> JsonClient:
         return self.local if agent == self.config.name else self.agents.client(agent)
