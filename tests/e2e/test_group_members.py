@@ -7,23 +7,26 @@ reference model of each volume taken when the checkpoint was tagged (nothing els
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from seawall.errors import SeawallError
 from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
 from support.groups import sha256_of, write
 from support.hosts import Host
-from support.sites import stop_for_sure
+from support.sites import kill_agent, stop_for_sure
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 4 << 20
@@ -97,6 +100,17 @@ def shown(site: LocalSite, group: str) -> dict[str, str | None]:
     return {v["name"]: v.get("agent") for v in volumes}
 
 
+def wait_protecting_again(site: LocalSite, timeout_s: float = 60.0) -> None:
+    """Wait until the site's agent is back (its keeper restarts it) and protects ``GROUP``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(SeawallError):
+            if site.group_status(GROUP)["state"] == "protecting":
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"group {GROUP} not protecting again at {site.name}")
+
+
 def as_user(site: LocalSite, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "seawall", *args], capture_output=True,
                           text=True, timeout=120,
@@ -152,6 +166,18 @@ def test_members_added_and_removed_read_back_exactly(
     assert "removed from group app before checkpoint" in gone.stderr
     assert shown(dr, GROUP) == {"disk1": None}
     assert prod.group_status(GROUP)["state"] == "protecting"
+
+    # Both agents killed: each comes back from its saved state (the member left at the
+    # protected site, the retired volume kept at the recovery site) and it all goes on.
+    for site in (prod, dr):
+        kill_agent(site)
+    disk1_before_crash = disk1.sha256()
+    wait_protecting_again(prod)
+    disk1.write()
+    after_crash = tag(prod, dr, "after-crash")
+    assert exported_sha256(dr, "disk1", after_crash) == disk1.sha256()
+    assert exported_sha256(dr, "disk1", after_remove) == disk1_before_crash
+    assert exported_sha256(dr, "disk0", after_add) == disk0_after_add
 
 
 def test_bad_member_changes_change_nothing(pair: tuple[LocalSite, LocalSite]) -> None:
