@@ -344,7 +344,12 @@ def test_members_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite]) -
             assert shown(site, "span") == {"s0": "prod", "s3": "host3"}, site.name
         members = prod.group_status("span")["members"]
         assert [m["agent"] for m in members] == ["prod", "host3"]
-        seawall(prod, "group", "delete", "span", "--yes")
+        deleted = run_json(prod, "group", "delete", "span", "--yes", "--keep-replicas")
+        assert deleted["checkpoint"] >= fifth  # the newest group checkpoint, for every member
+        assert set(deleted["kept_replicas"]) == {"s0", "s3"}  # host2 had left the group
+        for disk in (s0, s3):
+            kept = Path(deleted["kept_replicas"][disk.name])
+            assert hashlib.sha256(kept.read_bytes()).hexdigest() == disk.sha256(), disk.name
         for site in (prod, dr):
             assert "span" not in {g["name"] for g in run_json(site, "group", "list")}
         assert all(v["group"] is None for v in run_json(prod, "volume", "list")

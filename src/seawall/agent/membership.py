@@ -223,7 +223,12 @@ class Membership:
             await group.stop()
             group.close()
 
-    async def remove_recovery(self, group_id: str, keep_replicas: bool) -> dict[str, Any]:
+    async def remove_recovery(self, group_id: str, keep_replicas: bool,
+                              checkpoint_seq: int | None = None) -> dict[str, Any]:
+        """Forget the group here with its journal; ``keep_replicas``: its replicas, made the
+        image of checkpoint ``checkpoint_seq`` first (its newest consistent one if None; a
+        member journal of a group spanning agents is given its marker of the group's
+        newest checkpoint, so that every member's kept replica is of the same one)."""
         agent = self.agent
         group = agent.recovery_group(group_id)
         spec = group.spec
@@ -238,8 +243,13 @@ class Membership:
             await group.stop()
             failed = None
             if keep_replicas:
-                with contextlib.suppress(NotReady):
-                    checkpoint = group.journal.latest_checkpoint().seq
+                try:
+                    checkpoint = (group.journal.latest_checkpoint().seq if checkpoint_seq is None
+                                  else group.journal.checkpoint(checkpoint_seq).seq)
+                except NotReady:
+                    checkpoint = None  # none consistent yet: kept as replicated
+                except SeawallError as exc:
+                    failed = exc
                 try:
                     if checkpoint is not None:  # the replicas become its image
                         await asyncio.to_thread(group.journal.apply_through, checkpoint)
@@ -282,18 +292,18 @@ class Membership:
 
 
 def _keep(spec: RecoverySpec, directory: Path) -> dict[str, str]:
-    """Move each member's replica out of the group's directory; where each is now."""
+    """Move each member's replica out of the group's directory; where each is now: in
+    ``<group>-replicas`` next to it (``.2``, ``.3``, ... if a file there has the name)."""
+    moved = [volume for volume in spec.volumes if volume.name not in spec.replica_paths]
     target = directory.parent / f"{spec.name}{KEPT_SUFFIX}"
     suffix = 1
-    while target.exists():
+    while any((target / f"{volume.name}.raw").exists() for volume in moved):
         suffix += 1
         target = directory.parent / f"{spec.name}{KEPT_SUFFIX}.{suffix}"
-    kept = {}
-    for volume in spec.volumes:
+    kept = {name: str(path) for name, path in spec.replica_paths.items()
+            if name in {volume.name for volume in spec.volumes}}
+    for volume in moved:
         source = replica_path(spec, directory, volume.name)
-        if volume.name in spec.replica_paths:
-            kept[volume.name] = str(source)
-            continue
         target.mkdir(parents=True, exist_ok=True)
         os.rename(source, target / source.name)
         kept[volume.name] = str(target / source.name)

@@ -135,9 +135,10 @@ class AgentApi:
     def unprotect(self, group_id: str) -> GroupRemoved:
         return self._call(GroupRemoved, "DELETE", f"/protected/{_id(group_id)}")
 
-    def remove_recovery(self, group_id: str, keep_replicas: bool) -> GroupRemoved:
+    def remove_recovery(self, group_id: str, keep_replicas: bool,
+                        checkpoint: int | None = None) -> GroupRemoved:
         return self._call(GroupRemoved, "DELETE", f"/recovering/{_id(group_id)}",
-                          keep_replicas=keep_replicas or None)
+                          keep_replicas=keep_replicas or None, checkpoint=checkpoint)
 
     def group_status(self, group_id: str) -> GroupStatus:
         return self._call(GroupStatus, "GET", f"/groups/{_id(group_id)}/status")

@@ -95,8 +95,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
         return await agent.membership.change_recovery(group_id, body)
 
     @app.delete("/recovering/{group_id}", response_model=GroupRemoved)
-    async def remove_recovery(group_id: str, keep_replicas: bool = False) -> dict[str, Any]:
-        return await agent.membership.remove_recovery(group_id, keep_replicas)
+    async def remove_recovery(group_id: str, keep_replicas: bool = False,
+                              checkpoint: Annotated[int | None, Query(gt=0)] = None,
+                              ) -> dict[str, Any]:
+        return await agent.membership.remove_recovery(group_id, keep_replicas, checkpoint)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:

@@ -356,10 +356,21 @@ class GroupMembership:
                            f"{self.config.name} (operation {holder.operation_id}): end it first")
         kept: dict[str, str] = {}
         checkpoint = None
+        markers: dict[str, int] = {}
+        if keep_replicas and is_spanning(group.volumes):
+            # One group checkpoint for every member's kept replicas: the newest one.
+            newest = self.groups.spanning.checkpoints(group.volumes)[-1:]
+            if not newest:
+                raise Conflict(f"group {name} has no checkpoint yet: its replicas hold no "
+                               "image of one to keep; delete it without --keep-replicas")
+            checkpoint, markers = newest[0]["id"], newest[0]["members"]
+        live = {m.group_id for m in members_of(group.volumes)}
         for agent, stream in self.groups.streams(group):
-            removed = AgentApi(agent).remove_recovery(stream, keep_replicas)
+            keep = keep_replicas and (not is_spanning(group.volumes) or stream in live)
+            removed = AgentApi(agent).remove_recovery(stream, keep, markers.get(stream))
             kept.update(removed.kept)
-            checkpoint = removed.checkpoint if checkpoint is None else checkpoint
+            if not is_spanning(group.volumes):
+                checkpoint = removed.checkpoint
         self._forget(group.group_id)
         return {"kept": kept, "checkpoint": checkpoint}
 
