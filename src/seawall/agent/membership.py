@@ -5,10 +5,14 @@ Rules and invariants:
   of the agent (``seawall.agent.service``).
 - Protected side: members change in place (``ProtectedGroup.change_volumes``): the other
   members keep streaming, a new one is shipped whole in a sync window. A member keeps its
-  index; a new one has an index the group never used (the manager's rule, checked here).
-- Recovery side: a member removed becomes *retired*: its replica and journal entries stay
-  until the group goes, and it reads back at the checkpoints that include it (up to its
-  ``removed_after_seq``). A new member needs its replica before its first record: the
+  index; a new one has an index the group never used (given by the recovery site, checked
+  here). A member of a group spanning agents keeps its hold's gate on exactly its volumes
+  (``CoordinatedGroups.follow_volumes``); its lead takes a new member list in place
+  (``set_coordination``: the rounds restart with it).
+- Recovery side: a member removed becomes *retired* (``recover.members``): its replica and
+  journal entries stay until the group goes, and it reads back at the checkpoints that
+  include it (up to its ``removed_after_seq``). A new member needs its replica before its
+  first record: the
   journal is closed and opened again with it (the index is rebuilt from the segments: the
   journal stays the truth). The replication session ends meanwhile (the group is out of
   the receiver's lookup, then its lock is taken, so no session runs on a closed journal),
@@ -16,9 +20,11 @@ Rules and invariants:
   an export runs on the group: each holds the journal open.
 - Removing a recovered group is refused for the same failovers (named in the error);
   exports of it are stopped. With ``keep_replicas`` the journal is first applied up to its
-  newest consistent checkpoint, so each member's replica is that checkpoint's image; the
-  replicas are then moved to ``<storage>/<group>-replicas/`` (a pre-seeded replica stays
-  where the operator put it). The state save that forgets the group is the commit point:
+  newest consistent checkpoint (or the one the manager names: a member journal's marker
+  of the group's newest checkpoint), so each member's replica is that checkpoint's image;
+  the replicas are then moved to ``<storage>/<group>-replicas/`` (``.2``... if names
+  clash; a pre-seeded replica stays where the operator put it). A failed apply changes
+  nothing: the group is opened again. The state save that forgets the group is the commit point:
   a crash after it leaves at most the group's directory behind, never a half group.
 - A volume in a group is not removed (the error names the group). A volume made by
   ``volume create`` (``owned``) has its file deleted; an added file or device is only

@@ -5,35 +5,41 @@ Both are asked of the group's protected site; the recovery site follows over the
 
 Order of a change of members (``update``):
 
-1. Check everything here: the group is protected here, each volume to add exists on the
-   group's agent and is in no group, each volume to remove is a member, some member is
+1. Check everything here (``member_changes``): the group is protected here, each volume
+   to add exists and is in no group, each volume to remove is a member, some volume is
    left (else: ``group delete``). A refusal changes nothing anywhere.
-2. The recovery site first (``from_peer``): its agent gives each new volume an index the
-   group never used and makes its replica; a removed one is retired there (its history
-   stays readable at the checkpoints that include it until they age out). Unreachable or
-   refusing: nothing changed anywhere.
-3. This site's agent changes the group in place (``ProtectedGroup.change_volumes``): a new
-   volume gets its initial sync in a sync window while the others keep replicating. If it
-   fails, the recovery site is told the old members back (the new replicas forgotten).
-4. The recovery site is told the protected agent's last seq at the change, which settles
-   which checkpoints include the changed volumes; if it cannot be told, the change stands
-   and the answer warns that older checkpoints list the changed volumes until a later
+2. The recovery site first (``members_from_peer``), stream by stream: its agent gives each
+   new volume an index the stream never used and makes its replica; a removed one is
+   retired there (its history stays readable at the checkpoints that include it until
+   they age out). Unreachable or refusing: what it took is taken back, nothing changed.
+3. This site's agents change each stream in place (``ProtectedGroup.change_volumes``): a
+   new volume gets its initial sync in a sync window while the others keep replicating.
+   If one fails, every stream is put back at both sites.
+4. The recovery site is told each stream's last seq at the change, which settles which
+   checkpoints include the changed volumes; if it cannot be told, the change stands and
+   the answer warns that checkpoints near the change may list them wrongly until a later
    change settles them (``RecoverySpec.unsettled``).
-5. This site stores the new members.
+5. This site stores the new members (both sites compute the same stored list through
+   ``members.stored_after``).
 
-Order of a delete (``delete``): the recovery site first (it refuses while a failover test
-or live failover of the group runs, naming it; it removes its journal and replicas, or
-keeps each replica as a plain raw file consistent at the newest checkpoint, and forgets the
-group); then this site's agents stop protecting and this site forgets the group. An
-unreachable recovery site: the command says so and nothing changes. A recovery site that
-no longer has the group (a delete cut short after it) counts as done, so running the same
-command again finishes it. Both calls are logged in the event log (``delete group``).
+Groups spanning agents, besides the same steps for each member stream that changes:
+- A volume on an agent that is not a member makes it one: a new stream (numbered after
+  every one the group ever had) whose journal the recovery site makes, started at its
+  agent, pinned at it for the lead, and added to the lead's rounds (``set_coordination``).
+  The group checkpoints up to the lead journal's durable seq at step 2 (``joined_after``)
+  do not need the new member's marker, so the older ones stay offered.
+- Removing a member agent's last volumes ends it: out of the lead's rounds, then no longer
+  protected at its agent; its volumes stay stored, marked ``ended_after`` (the lead's seq
+  then; the lead journal's durable seq until step 4 says it), and its journal stays at
+  the recovery site for the group checkpoints up to it. The lead's last volume cannot go.
 
-Groups spanning agents: the same steps, for each member stream whose volumes change (a
-volume of a member agent joins that agent's stream; both sites store the group's volumes
-through ``members.stored_after``). A volume on an agent that is not a member yet, or
-removing a member agent's last volume, is refused for now (it would add or end a member
-stream, which the group's checkpoint joining does not follow over time yet).
+Order of a delete (``delete``): the recovery site first (it refuses while a failover test,
+failover live or move of the group runs, naming it; it removes its journals and replicas,
+or keeps each member volume's replica as a plain raw file at the group's newest
+checkpoint, and forgets the group); then this site's agents stop protecting and this site
+forgets the group. An unreachable recovery site: the command says so and nothing changes.
+A recovery site that no longer has the group (a delete cut short after it) counts as done,
+so running the same command again finishes it. The event log has it (``delete group``).
 """
 
 from __future__ import annotations
