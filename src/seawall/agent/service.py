@@ -25,6 +25,7 @@ from seawall.agent.failover.source import SourceFailover
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.frontend.server import NbdFrontend
 from seawall.agent.images.exports import ExportRecord, ExportRegistry
+from seawall.agent.membership import Membership
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
@@ -67,6 +68,7 @@ class Agent:
                                             self.frontend.disconnect_export)
         self.live = LiveFailovers(config, self, self.failover_tests)
         self.source = SourceFailover(self)
+        self.membership = Membership(self)
         self.identity = config.identity()
         self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem))
         self.replication = ReplicationServer(self.recovering.get, self.identity)

@@ -7,6 +7,7 @@ setting (journal limit, networks, scripts, boot order). Ranges are checked by th
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -62,6 +63,7 @@ def add_group_commands(group_app: typer.Typer) -> None:
     group_app.command("create")(group_create)
     group_app.command("update")(group_update)
     group_app.command("show")(group_show)
+    group_app.command("delete")(group_delete)
 
 
 def _none(text: str) -> bool:
@@ -177,9 +179,16 @@ def group_update(
     failover_network: FailoverNetworkOption = None, test_network: TestNetworkOption = None,
     boot_order: BootOrderOption = None, pre_script: PreScriptOption = None,
     post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
+    add_volume: Annotated[list[str] | None, Opt(
+        "--add-volume", help="A volume to protect in the group from now on, after its "
+        "initial sync (repeatable).")] = None,
+    remove_volume: Annotated[list[str] | None, Opt(
+        "--remove-volume", help="A volume to stop protecting; its history at the recovery "
+        "site stays readable until it ages out (repeatable).")] = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Change settings of a group (at its protected site; both sites follow, no resync)."""
+    """Change settings or volumes of a group (at its protected site; both sites follow;
+    settings need no resync, a new volume gets its initial sync)."""
     body = settings_body(
         checkpoint_interval=checkpoint_interval, history=history, journal_max=journal_max,
         journal_warning=journal_warning, priority=priority, compression=compression,
@@ -187,9 +196,19 @@ def group_update(
         storage=storage, failover_network=failover_network, test_network=test_network,
         boot_order=boot_order, pre_script=pre_script, post_script=post_script,
         script_timeout=script_timeout)
-    if not body:
-        raise InvalidInput("nothing to change: give at least one setting (see --help)")
-    result = manager(url, token).request("PATCH", f"/api/v1/groups/{name}/settings", body)
+    if not body and not add_volume and not remove_volume:
+        raise InvalidInput("nothing to change: give at least one setting or --add-volume / "
+                           "--remove-volume (see --help)")
+    client = manager(url, token)
+    if add_volume or remove_volume:
+        members = client.request("PATCH", f"/api/v1/groups/{name}/volumes",
+                                 {"add": add_volume or [], "remove": remove_volume or []})
+        if not body:
+            _print_members(name, members, json_output)
+            return
+        if not json_output:
+            _print_members(name, members, json_output)
+    result = client.request("PATCH", f"/api/v1/groups/{name}/settings", body)
     if json_output:
         print_json(result)
         return
@@ -198,6 +217,55 @@ def group_update(
         console.print(f"group {name}: nothing changed")
     for field, (old, new) in sorted(changed.items()):
         console.print(f"{field}: {_text(field, old)} -> {_text(field, new)}")
+
+
+def _print_members(name: str, result: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print_json(result)
+        return
+    for volume in result["added"]:
+        console.print(f"group {name}: volume {volume} added; its initial sync runs (no "
+                      "checkpoint until it ends)")
+    for volume in result["removed"]:
+        console.print(f"group {name}: volume {volume} removed; its history at "
+                      f"{result['peer']} stays readable until it ages out")
+    for warning in result.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False, highlight=False)
+
+
+def group_delete(
+    name: str,
+    keep_replicas: Annotated[bool, Opt(
+        "--keep-replicas", help="Keep each volume's replica at the recovery site as a plain "
+        "raw file, consistent at the newest checkpoint (the output names each path).")] = False,
+    yes: Annotated[bool, Opt("--yes", help="Do not ask for confirmation.")] = False,
+    url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
+) -> None:
+    """Stop protecting a group and delete it at both sites, with its journal and replicas
+    (admin; refused while a failover test or live failover of it runs)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput(f"deleting group {name} removes its journal"
+                               f"{'' if keep_replicas else ' and replicas'} at the recovery "
+                               "site: give --yes to confirm")
+        typer.confirm(f"Delete group {name} and its journal"
+                      f"{'' if keep_replicas else ' and replicas'} at the recovery site?",
+                      abort=True)
+    result = manager(url, token).request(
+        "DELETE", f"/api/v1/groups/{name}",
+        params={"keep_replicas": "true"} if keep_replicas else None)
+    if json_output:
+        print_json(result)
+        return
+    console.print(f"group {name} deleted: no longer protected here, removed at "
+                  f"{result['recovery_site']}")
+    if result["kept_replicas"]:
+        checkpoint = result["checkpoint"]
+        at = (f"consistent at checkpoint {checkpoint}" if checkpoint is not None
+              else "as replicated (there was no consistent checkpoint)")
+        console.print(f"replicas kept at {result['recovery_site']} as raw files, {at}:")
+        for volume, path in sorted(result["kept_replicas"].items()):
+            print_line(f"  {volume}: {path}")
 
 
 def group_show(name: str, url: UrlOption = None, token: TokenOption = None,

@@ -265,6 +265,18 @@ def volume_add(
     _print_one(volume, json_output, f"volume {name} added: {volume['nbd_uri']}")
 
 
+@volume_app.command("remove")
+def volume_remove(name: str, url: UrlOption = None, token: TokenOption = None,
+                  json_output: JsonOption = False) -> None:
+    """Remove a volume that is in no group: a created volume's file is deleted, an added
+    file or device is only forgotten (left as it is)."""
+    removed = manager(url, token).request("DELETE", f"/api/v1/volumes/{name}")
+    what = ("its file deleted" if removed["deleted"]
+            else "only forgotten: the file or device is left as it is")
+    _print_one(removed, json_output, f"volume {name} removed from agent {removed['agent']}: "
+                                     f"{what} ({removed['path']})")
+
+
 @volume_app.command("list")
 def volume_list(url: UrlOption = None, token: TokenOption = None,
                 json_output: JsonOption = False) -> None:

@@ -52,6 +52,16 @@ class GroupVolume(BaseModel):
     size_bytes: int
 
 
+class RetiredVolume(GroupVolume):
+    """A volume removed from a group whose history the recovery site still keeps: it reads
+    back at the checkpoints that include it until they age out. ``removed_after_seq``: the
+    protected site's last seq at the removal (None until known: every later checkpoint is
+    then taken to include it); ``added_after_seq`` as ``RecoverySpec.added_after_seq``."""
+
+    removed_after_seq: int | None = None
+    added_after_seq: int | None = None
+
+
 class CoordinationMember(BaseModel):
     """Another member agent of a group spanning agents, as its lead reaches it."""
 
@@ -130,6 +140,15 @@ class RecoverySpec(BaseModel):
     """Pre-seeded replicas by volume name (others live in the group's directory)."""
     live: LiveFailoverSpec | None = None
     """Set while the group is failed over live: replication and retention stop."""
+    retired: list[RetiredVolume] = []
+    """Volumes removed from the group whose history its journal still holds (their
+    indexes are never reused)."""
+    added_after_seq: dict[int, int] = {}
+    """Members added after the group was made, by index: the seq after which the
+    checkpoints include them (a lower bound until the protected site's is known)."""
+    unsettled: list[int] = []
+    """Indexes whose ``added_after_seq``/``removed_after_seq`` wait for the protected site's
+    seq at the change (``RecoveryMembers.changed_after_seq``)."""
 
 
 class ProtectionChange(Request):
@@ -146,6 +165,62 @@ class RetentionChange(Request):
     history_s: float
     journal_max_bytes: int | None
     journal_warning_ratio: float
+
+
+class ProtectedMembers(Request):
+    """``PUT /protected/{id}/volumes``: the group's members from now on (indexes of kept
+    members unchanged, new ones never used before in the group)."""
+
+    volumes: list[GroupVolume] = Field(min_length=1, max_length=64)
+
+
+class MembersChanged(Answer):
+    group_id: str
+    last_seq: int
+    """The seq issued last at the change: no record of a removed volume comes after it."""
+
+
+class NewVolume(Request):
+    name: str = Field(pattern=NAME_PATTERN)
+    size_bytes: int = Field(gt=0)
+
+
+class RecoveryMembers(Request):
+    """``PUT /recovering/{id}/volumes``: the group's members from now on: ``volumes`` kept
+    (their indexes; a member left out is retired, its history kept), then ``added`` (each
+    given an index the group never used). ``forget``: names of members dropped with their
+    replica (an addition taken back). ``changed_after_seq``: the protected site's last seq
+    at the change just made, which settles which checkpoints include the volumes changed."""
+
+    volumes: list[GroupVolume] = Field(max_length=64)
+    added: list[NewVolume] = Field(default=[], max_length=64)
+    forget: list[str] = Field(default=[], max_length=64)
+    changed_after_seq: int | None = Field(default=None, ge=0)
+
+
+class RecoveryMembersChanged(Answer):
+    group_id: str
+    volumes: list[GroupVolume]
+    """The members, new ones with their indexes."""
+
+
+class GroupRemoved(Answer):
+    """``DELETE /protected/{id}`` or ``DELETE /recovering/{id}``: the group is gone here.
+    ``kept``: volume name -> the plain raw file its replica is now (``keep_replicas``),
+    consistent at checkpoint ``checkpoint`` (None: the journal had no consistent one)."""
+
+    group_id: str
+    kept: dict[str, str] = {}
+    checkpoint: int | None = None
+
+
+class VolumeRemoved(Answer):
+    """``DELETE /volumes/{name}``: ``deleted`` is True when the volume's file was ours (made
+    by ``volume create``) and is deleted; an added file or device is only forgotten."""
+
+    name: str
+    path: str
+    deleted: bool
 
 
 class PathsCheck(Request):

@@ -19,19 +19,25 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from seawall.contract.agent import (
     Checkpoint,
     CheckpointTag,
+    Coordination,
     ExportCreate,
     ExportDescription,
     FailoverRun,
     FailoverStart,
     FenceRequest,
+    GroupRemoved,
     GroupStatus,
     Health,
+    MembersChanged,
     PathsCheck,
     PathsChecked,
     PinForget,
     PinsLeft,
+    ProtectedMembers,
     ProtectionChange,
     ProtectionSpec,
+    RecoveryMembers,
+    RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
     ScriptOutcome,
@@ -41,6 +47,7 @@ from seawall.contract.agent import (
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
+    VolumeRemoved,
     dump,
 )
 from seawall.errors import InvalidInput, PeerError
@@ -90,6 +97,9 @@ class AgentApi:
     def vms(self) -> VmListing:
         return self._call(VmListing, "GET", "/vms")
 
+    def remove_volume(self, name: str) -> VolumeRemoved:
+        return self._call(VolumeRemoved, "DELETE", f"/volumes/{_id(name)}")
+
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))
 
@@ -112,6 +122,27 @@ class AgentApi:
 
     def update_retention(self, group_id: str, change: RetentionChange) -> GroupStatus:
         return self._call(GroupStatus, "PATCH", f"/recovering/{_id(group_id)}", change)
+
+    def change_protected_members(self, group_id: str,
+                                 members: ProtectedMembers) -> MembersChanged:
+        return self._call(MembersChanged, "PUT", f"/protected/{_id(group_id)}/volumes", members)
+
+    def change_recovery_members(self, group_id: str,
+                                members: RecoveryMembers) -> RecoveryMembersChanged:
+        return self._call(RecoveryMembersChanged, "PUT", f"/recovering/{_id(group_id)}/volumes",
+                          members)
+
+    def set_coordination(self, group_id: str, coordination: Coordination) -> GroupStatus:
+        return self._call(GroupStatus, "PUT", f"/protected/{_id(group_id)}/coordination",
+                          coordination)
+
+    def unprotect(self, group_id: str) -> GroupRemoved:
+        return self._call(GroupRemoved, "DELETE", f"/protected/{_id(group_id)}")
+
+    def remove_recovery(self, group_id: str, keep_replicas: bool,
+                        checkpoint: int | None = None) -> GroupRemoved:
+        return self._call(GroupRemoved, "DELETE", f"/recovering/{_id(group_id)}",
+                          keep_replicas=keep_replicas or None, checkpoint=checkpoint)
 
     def group_status(self, group_id: str) -> GroupStatus:
         return self._call(GroupStatus, "GET", f"/groups/{_id(group_id)}/status")

@@ -28,6 +28,8 @@ from seawall.manager.exports.routes import router as exports_router
 from seawall.manager.exports.service import ExportService
 from seawall.manager.files.routes import router as files_router
 from seawall.manager.files.service import FileService
+from seawall.manager.groups.membership import GroupMembership
+from seawall.manager.groups.membership_routes import router as group_members_router
 from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.routes import router as groups_router
 from seawall.manager.groups.service import GroupService
@@ -104,6 +106,8 @@ def create_app(config: SiteConfig) -> FastAPI:
     app.state.reverse = ReverseProtection(config, groups, agent, sites)
     live.reverse = app.state.reverse.reverse
     app.state.live, policies = live, CommitPolicyTimer(live)
+    app.state.group_members = GroupMembership(config, groups, operations,
+                                              app.state.volumes.locate)
     # status, alerts, events, tasks
     monitor = install_monitoring(app, config, sessions, clones, agents)
     app.state.metrics = metrics_service.MetricsService(
@@ -114,8 +118,8 @@ def create_app(config: SiteConfig) -> FastAPI:
         return {"status": "ok", "site": config.name, "version": __version__}
 
     for router in (access_router, sites_router, agents_router, volumes_router, vms_router,
-                   groups_router, group_settings_router, exports_router, recovery_router,
-                   files_router, metrics_router):
+                   groups_router, group_settings_router, group_members_router, exports_router,
+                   recovery_router, files_router, metrics_router):
         app.include_router(router)
     return app
 

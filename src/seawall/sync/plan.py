@@ -40,6 +40,7 @@ _TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
 
 class SyncPlan:
     def __init__(self, sizes_bytes: list[int], bound_bytes: int = DEFAULT_BOUND_BYTES) -> None:
+        self.bound_bytes = bound_bytes
         self.maps = [DirtyMap(size, bound_bytes) for size in sizes_bytes]
         self.compare_from: list[int | None] = [None] * len(sizes_bytes)
         self.base_seq = 0
@@ -88,6 +89,23 @@ class SyncPlan:
         for index, dirty in enumerate(self.maps):
             self.maps[index] = DirtyMap(dirty.size_bytes, dirty.bound_bytes)
             self.compare_from[index] = 0
+
+    def remap(self, sources: list[int | None], sizes_bytes: list[int]) -> None:
+        """The group's volumes changed: volume ``n`` of the new list is the old volume
+        ``sources[n]`` (its marks and comparison kept), or a new one (``None``): shipped
+        whole, nothing to compare. Old volumes not in ``sources`` are forgotten."""
+        maps: list[DirtyMap] = []
+        compare_from: list[int | None] = []
+        for source, size in zip(sources, sizes_bytes, strict=True):
+            if source is None:
+                fresh = DirtyMap(size, self.bound_bytes)
+                fresh.mark_all()
+                maps.append(fresh)
+                compare_from.append(None)
+            else:
+                maps.append(self.maps[source])
+                compare_from.append(self.compare_from[source])
+        self.maps, self.compare_from = maps, compare_from
 
     def compared_through(self, volume: int, offset: int) -> None:
         """Everything of ``volume`` below ``offset`` is compared (and shipped if it differed)."""

@@ -84,7 +84,14 @@ MAX_HASH_BLOCK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class VolumeSpec:
-    """One volume of the group, as the sender announces it."""
+    """One member volume of the group, as the sender announces it in HELLO.
+
+    ``index`` names the volume in every record (``Record.volume``) for as long as it is in
+    the group, and is never given to another volume of the group, so a removed volume's
+    records already sent stay its own. A change of members is announced by the next
+    session's HELLO (the sender resets its link after a change that adds a volume); the
+    records themselves carry no membership, and a new volume's first records come inside
+    a sync window (SYNC_BEGIN..SYNC_END)."""
 
     index: int
     name: str

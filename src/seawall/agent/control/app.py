@@ -26,16 +26,22 @@ from seawall.agent.vms import vm_listing
 from seawall.contract.agent import (
     Checkpoint,
     CheckpointTag,
+    Coordination,
     ExportCreate,
     ExportDescription,
+    GroupRemoved,
     GroupStatus,
     Health,
+    MembersChanged,
     PathsCheck,
     PathsChecked,
     PinForget,
     PinsLeft,
+    ProtectedMembers,
     ProtectionChange,
     ProtectionSpec,
+    RecoveryMembers,
+    RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
     TaggedCheckpoint,
@@ -43,6 +49,7 @@ from seawall.contract.agent import (
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
+    VolumeRemoved,
     same_id,
 )
 from seawall.http import install_error_handler
@@ -72,6 +79,32 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.get("/vms", response_model=VmListing)
     async def list_vms() -> VmListing:
         return await vm_listing(agent.hypervisor)
+
+    @app.delete("/volumes/{name}", response_model=VolumeRemoved)
+    async def remove_volume(name: str) -> dict[str, Any]:
+        return agent.membership.remove_volume(name)
+
+    @app.put("/protected/{group_id}/volumes", response_model=MembersChanged)
+    async def change_protected_members(group_id: str, body: ProtectedMembers) -> dict[str, Any]:
+        return agent.membership.change_protected(group_id, body.volumes)
+
+    @app.put("/protected/{group_id}/coordination", response_model=GroupStatus)
+    async def set_coordination(group_id: str, body: Coordination) -> dict[str, Any]:
+        return await agent.membership.set_coordination(group_id, body)
+
+    @app.delete("/protected/{group_id}", response_model=GroupRemoved)
+    async def unprotect(group_id: str) -> dict[str, Any]:
+        return await agent.membership.unprotect(group_id)
+
+    @app.put("/recovering/{group_id}/volumes", response_model=RecoveryMembersChanged)
+    async def change_recovery_members(group_id: str, body: RecoveryMembers) -> dict[str, Any]:
+        return await agent.membership.change_recovery(group_id, body)
+
+    @app.delete("/recovering/{group_id}", response_model=GroupRemoved)
+    async def remove_recovery(group_id: str, keep_replicas: bool = False,
+                              checkpoint: Annotated[int | None, Query(gt=0)] = None,
+                              ) -> dict[str, Any]:
+        return await agent.membership.remove_recovery(group_id, keep_replicas, checkpoint)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:

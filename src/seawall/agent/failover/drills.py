@@ -100,7 +100,7 @@ class FailoverTests:
         directory = self._scratch_dir / operation_id
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            for volume in group.spec.volumes:
+            for volume in group.volumes_in(info.seq):
                 name = f"{group.spec.name}.{volume.name}.cp{info.seq}.{operation_id}"
                 limit = scratch_max_bytes or default_scratch_limit_bytes(volume.size_bytes)
                 view = group.journal.view(volume.index, info.seq)

@@ -78,8 +78,8 @@ class ExportRegistry:
         self.exports: dict[str, ExportRecord] = {}
 
     def create(self, group: RecoveryGroup, volume: str, checkpoint: str) -> ExportRecord:
-        index = group.volume_index(volume)
         info = group.resolve_checkpoint(checkpoint)
+        index = group.volume_index(volume, info.seq)
         name = f"{group.spec.name}.{volume}.cp{info.seq}.{secrets.token_hex(3)}"
         view = group.journal.view(index, info.seq)
         record = ExportRecord(

@@ -54,6 +54,7 @@ from pydantic import BaseModel
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.checkpoints import LoggedCheckpoint
 from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.volumes import FileVolume
 from seawall.contract.agent import (
     CoordinationAbort,
     CoordinationAborted,
@@ -338,6 +339,25 @@ class CoordinatedGroups:
             coordinator = Coordinator(hold, members)
             self.coordinators[group.spec.group_id] = coordinator
             coordinator.start()
+
+    def follow_volumes(self, group_id: str, gone: list[FileVolume]) -> None:
+        """The group's members changed: its hold gates exactly its volumes now."""
+        hold = self.holds.get(group_id)
+        if hold is None:
+            return
+        for volume in gone:
+            volume.reply_gate = None
+        for volume in hold.group.volumes:
+            volume.reply_gate = hold.gate
+
+    async def remove(self, group_id: str) -> None:
+        """The group is no longer protected here: its rounds end, held acks go."""
+        coordinator = self.coordinators.pop(group_id, None)
+        if coordinator is not None:
+            await coordinator.stop()
+        hold = self.holds.pop(group_id, None)
+        if hold is not None:
+            hold.close()
 
     async def close_all(self) -> None:
         for coordinator in self.coordinators.values():

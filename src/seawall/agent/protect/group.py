@@ -25,6 +25,10 @@ Rules and invariants:
   runs a bitmap sync; the file is deleted as soon as it is read (see ``SyncPlan``).
 - Settings change in place (``reconfigure``): a new checkpoint interval restarts the timer
   at once; the stream, the plan and the link are untouched, so no sync follows.
+- Members change in place too (``change_volumes``), in one step of the event loop (no write
+  is taken meanwhile): a new volume is shipped whole inside a sync window, while the other
+  members keep streaming; a removed one is captured no more. Records name a volume by its
+  index in the group (``GroupVolume.index``, never reused), not by its place in ``volumes``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
 from seawall.agent.protect.stream import GroupStream
 from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
 from seawall.agent.protect.volumes import CaptureHook, FileVolume
-from seawall.contract.agent import ProtectionSpec
+from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
@@ -83,7 +87,8 @@ class ProtectedGroup:
         self.last_error = ""
         self.refusal: tuple[str, str] | None = None  # (code, message) from the recovery site
         self.overflows = 0
-        self.writes = [WriteCounter() for _ in volumes]  # by volume index
+        self.writes = [WriteCounter() for _ in volumes]  # by place in ``volumes``
+        self.wire_index = [volume.index for volume in spec.volumes]
         self.link_reset = asyncio.Event()
         self.stream_changed = asyncio.Event()
         self.acked = asyncio.Event()
@@ -209,7 +214,8 @@ class ProtectedGroup:
         syncer = Syncer(self.plan, self.volumes, self.stream,
                         stream_changed=self.stream_changed, acked=self.acked,
                         remote=self.remote_digests,
-                        pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2))
+                        pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
+                        wire_index=self.wire_index)
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
 
@@ -241,6 +247,7 @@ class ProtectedGroup:
 
     def _stream_hook(self, volume_index: int) -> CaptureHook:
         stream = self.stream
+        wire_index = self.wire_index[volume_index]
         changed = self.stream_changed
         overflow_bytes = int(self.buffer_limit_bytes * OVERFLOW_RATIO)
         counter = self.writes[volume_index]
@@ -248,12 +255,12 @@ class ProtectedGroup:
         def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
             now_ns = time.time_ns()
             if len(payload) <= CAPTURE_SPLIT_BYTES:
-                stream.append(kind, now_ns, volume_index, offset, length, payload)
+                stream.append(kind, now_ns, wire_index, offset, length, payload)
             else:
                 view = memoryview(payload)
                 for start in range(0, length, CAPTURE_SPLIT_BYTES):
                     piece = bytes(view[start : start + CAPTURE_SPLIT_BYTES])
-                    stream.append(kind, now_ns, volume_index, offset + start, len(piece), piece)
+                    stream.append(kind, now_ns, wire_index, offset + start, len(piece), piece)
             counter.written_bytes += length
             counter.write_count += 1
             changed.set()
@@ -278,7 +285,10 @@ class ProtectedGroup:
         if self._sync_task is not None:
             self._sync_task.cancel()
             self._sync_task = None
-        self.plan.mark_records(self.stream.unacked())
+        place = {index: n for n, index in enumerate(self.wire_index)}
+        self.plan.mark_records(record._replace(volume=place[record.volume])
+                               for record in self.stream.unacked()
+                               if record.volume in place)  # a removed volume's: not ours now
         self.plan.base_seq = self.stream.acked_seq
         self._issued_seq = max(self._issued_seq, self.stream.last_seq)
         self.stream.reset()
@@ -294,6 +304,37 @@ class ProtectedGroup:
         self.link_reset.set()  # the new session finds the stream unpositioned: sync
         self.stream_changed.set()
         self.acked.set()
+
+    # --- members -----------------------------------------------------------------------
+
+    def change_volumes(self, volumes: list[GroupVolume], files: list[FileVolume]) -> int:
+        """Take ``volumes`` (their ``files``, in the same order) as the group's members, in
+        place; the seq issued last, after which no record of a removed volume comes.
+
+        A member kept keeps its plan marks, counters and capture; a new one is shipped whole
+        in a sync window (no checkpoint until it ends; the recovery site made its replica
+        empty before we were told); a removed one is no longer captured. The link is reset so
+        that the next HELLO announces the new members (``seawall.wire.events.Hello``)."""
+        places = {volume.index: n for n, volume in enumerate(self.spec.volumes)}
+        sources = [places.get(volume.index) for volume in volumes]
+        kept = {volume.index for volume in volumes}
+        for volume, file in zip(self.spec.volumes, self.volumes, strict=True):
+            if volume.index not in kept:
+                file.capture = None
+        self.plan.remap(sources, [file.size_bytes for file in files])
+        self.writes = [WriteCounter() if source is None else self.writes[source]
+                       for source in sources]
+        self.volumes, self.spec.volumes = files, volumes
+        self.wire_index = [volume.index for volume in volumes]
+        self._set_capture(tracking=self.tracking)
+        last_seq = max(self._issued_seq, self.stream.last_seq)
+        if not self.tracking and (self.syncing or None in sources):
+            # A running sync works on the old places: it restarts on the new ones (what it
+            # took from the plan is in the stream already, the rest still in the plan).
+            self._start_sync("volumes added" if None in sources else "volumes removed")
+        if None in sources:
+            self.link_reset.set()
+        return last_seq
 
     # --- checkpoints -------------------------------------------------------------------
 

@@ -91,8 +91,12 @@ class Syncer:
 
     def __init__(self, plan: SyncPlan, volumes: list[FileVolume], stream: GroupStream, *,
                  stream_changed: asyncio.Event, acked: asyncio.Event,
-                 remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int) -> None:
+                 remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int,
+                 wire_index: list[int] | None = None) -> None:
         self.plan, self.volumes, self.stream = plan, volumes, stream
+        # Records and digest requests name a volume by its index in the group (the wire's),
+        # which differs from its place in ``volumes`` once a member was removed.
+        self.wire_index = wire_index or list(range(len(volumes)))
         self.stream_changed, self.acked = stream_changed, acked
         self._remote = remote
         self.pause_bytes = pause_bytes
@@ -123,12 +127,13 @@ class Syncer:
 
     def _append_data(self, index: int, offset: int, data: bytes | memoryview) -> None:
         stream = self.stream
+        volume = self.wire_index[index]
         for start in range(0, len(data), CHUNK_BYTES):
             piece = bytes(data[start : start + CHUNK_BYTES])
             if piece == _ZEROS[: len(piece)]:
-                stream.append(RecordKind.ZERO, time.time_ns(), index, offset + start, len(piece))
+                stream.append(RecordKind.ZERO, time.time_ns(), volume, offset + start, len(piece))
             else:
-                stream.append(RecordKind.WRITE, time.time_ns(), index, offset + start,
+                stream.append(RecordKind.WRITE, time.time_ns(), volume, offset + start,
                               len(piece), piece)
             self.progress.shipped_bytes += len(piece)
 
@@ -184,4 +189,5 @@ class Syncer:
         while True:
             remote = await self._remote()
             with contextlib.suppress(ConnectionError):
-                return await remote.digests(index, offset, length, DELTA_BLOCK_BYTES)
+                return await remote.digests(self.wire_index[index], offset, length,
+                                            DELTA_BLOCK_BYTES)

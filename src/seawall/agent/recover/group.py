@@ -7,6 +7,9 @@ Invariants:
   ``RetentionPolicy``); the policy also sizes the journal's segments (at open: a new
   journal limit sizes the segments from the next open on).
 - ``set_retention`` swaps the policy in place: the next retention step follows it.
+- The journal holds the group's members and its retired volumes (``RecoverySpec.retired``):
+  a retired volume reads back at the checkpoints that include it (seq at or below its
+  ``removed_after_seq``) until they age out; later checkpoints do not list it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from seawall.agent.recover.aging import JournalAging
-from seawall.contract.agent import RecoverySpec
+from seawall.agent.recover.members import includes
+from seawall.contract.agent import GroupVolume, RecoverySpec, RetiredVolume
 from seawall.errors import InvalidInput, NotFound, NotReady
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
@@ -36,10 +40,11 @@ class RecoveryGroup:
         self.spec = spec
         self.directory = directory
         policy = retention_policy(spec)
+        held = [*spec.volumes, *spec.retired]
         self.journal = Journal.open(
             directory / "journal",
-            {v.index: v.size_bytes for v in spec.volumes},
-            {v.index: replica_path(spec, directory, v.name) for v in spec.volumes},
+            {v.index: v.size_bytes for v in held},
+            {v.index: replica_path(spec, directory, v.name) for v in held},
             segment_limit_bytes=policy.segment_limit_bytes,
         )
         self.aging = JournalAging(self.journal, policy, spec.name)
@@ -47,11 +52,29 @@ class RecoveryGroup:
         self.connected = False
         self.received_bytes = 0
 
-    def volume_index(self, name: str) -> int:
-        for volume in self.spec.volumes:
-            if volume.name == name:
+    def volume_index(self, name: str, checkpoint_seq: int | None = None) -> int:
+        """The journal's index of volume ``name``: a member, or a retired one; at
+        ``checkpoint_seq``, only if that checkpoint includes it (``members.includes``)."""
+        for volume in [*self.spec.volumes, *self.spec.retired]:
+            if volume.name != name:
+                continue
+            if checkpoint_seq is None or includes(self.spec, volume, checkpoint_seq):
                 return volume.index
+            if isinstance(volume, RetiredVolume):
+                raise NotFound(f"volume {name!r} was removed from group {self.spec.name} "
+                               f"before checkpoint {checkpoint_seq}")
+            raise NotFound(f"volume {name!r} was added to group {self.spec.name} after "
+                           f"checkpoint {checkpoint_seq}")
         raise NotFound(f"group {self.spec.name} has no volume {name!r}")
+
+    def volumes_in(self, checkpoint_seq: int) -> list[GroupVolume]:
+        """The volumes checkpoint ``checkpoint_seq`` includes (members and retired ones)."""
+        return [v for v in [*self.spec.volumes, *self.spec.retired]
+                if includes(self.spec, v, checkpoint_seq)]
+
+    def volumes_at(self, checkpoint_seq: int) -> list[str]:
+        """The names of the volumes checkpoint ``checkpoint_seq`` includes."""
+        return [v.name for v in self.volumes_in(checkpoint_seq)]
 
     def resolve_checkpoint(self, checkpoint: str) -> CheckpointInfo:
         if checkpoint == "latest":
@@ -65,7 +88,8 @@ class RecoveryGroup:
     def checkpoint_list(self, newest: int | None = None) -> list[dict[str, Any]]:
         return [
             {"id": c.seq, "time_ns": c.time_ns, "name": c.name, "replicated": True,
-             "consistent": c.consistent, "sealed_as": c.sealed_as}
+             "consistent": c.consistent, "sealed_as": c.sealed_as,
+             "volumes": self.volumes_at(c.seq)}
             for c in self.journal.checkpoints(newest)
         ]
 
@@ -85,6 +109,7 @@ class RecoveryGroup:
             "newest_checkpoint_ns": latest.time_ns if latest else None,
             "rpo_s": (now_ns - latest.time_ns) / 1e9 if latest else None,
             **self.aging.status(now_ns),
+            "retired": [v.name for v in self.spec.retired],
         }
 
     def set_retention(self, history_s: float, journal_max_bytes: int | None,
@@ -107,3 +132,4 @@ class RecoveryGroup:
 
     def close(self) -> None:
         self.journal.close()
+

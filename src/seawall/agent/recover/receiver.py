@@ -14,6 +14,12 @@ Rules and invariants:
 - A session starts with HELLO naming a group this agent was told to recover (by its
   manager), from the site pinned for it; anything else is refused with an ERROR frame
   (``unknown_group``, ``unauthenticated``, ...) and the connection closed.
+- HELLO announces the sender's members (``VolumeSpec``: index, name, size). Each must be
+  one this agent holds for the group, a member or a retired volume, with the same name and
+  size (``volume_mismatch`` otherwise). A change of members is made here first (a new
+  volume's replica exists before any record of it comes), then at the sender, which then
+  opens a new session announcing the new members; a sender still on the old members
+  meanwhile is taken, since every volume it names is still held.
 - WELCOME carries the journal's durable seq, after syncing whatever an earlier session
   appended, so the sender resumes exactly after what is on disk.
 - Frames are appended as received; after each batch read from the socket the journal is
@@ -131,6 +137,8 @@ class ReplicationServer:
                 # Again: a live failover may have started while this session waited.
                 if await self._refused(self._refusal(hello, group, client), connection, stream):
                     return
+                if self._lookup(hello.group_id) is not group:  # closed meanwhile (members)
+                    return
                 await self._session(group, connection, stream)
         except asyncio.CancelledError:
             pass
@@ -169,12 +177,13 @@ class ReplicationServer:
         if group.spec.live is not None:
             return Error("failed_over", f"group {group.spec.name} is failed over live at the "
                                         "recovery site: replication resumes after a rollback")
-        expected = {(v.index, v.name, v.size_bytes) for v in group.spec.volumes}
+        known = {(v.index, v.name, v.size_bytes)
+                 for v in [*group.spec.volumes, *group.spec.retired]}
         offered = {(v.index, v.name, v.size_bytes) for v in hello.volumes}
-        if offered != expected:
+        if not offered or not offered <= known:
             return Error("volume_mismatch",
-                         f"group {group.spec.name}: volumes {sorted(offered)} do not match "
-                         f"the recovery site's {sorted(expected)}")
+                         f"group {group.spec.name}: volumes {sorted(offered - known)} are not "
+                         f"the recovery site's {sorted(known)}")
         if not group.journal.has_room():
             return Error(JournalFull.code, f"{group.journal.full_error} (no space was freed "
                                            "since: the session would be refused)")

@@ -118,6 +118,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("POST", "/api/v1/volumes"): ADMIN,
     ("POST", "/api/v1/volumes/add"): ADMIN,
     ("GET", "/api/v1/vms"): VIEWER,  # the VMs of the site's hosts
+    ("DELETE", "/api/v1/volumes/{name}"): ADMIN,
     # groups and checkpoints
     ("GET", "/api/v1/groups"): VIEWER,
     ("POST", "/api/v1/groups"): ADMIN,
@@ -137,6 +138,11 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/api/v1/groups/{name}/settings"): VIEWER,
     ("PATCH", "/api/v1/groups/{name}/settings"): ADMIN,
     ("PUT", "/api/v1/peer/groups/{name}/settings"): Access.PEER,
+    # members and deletion (seawall.manager.groups.membership); a delete is logged
+    ("PATCH", "/api/v1/groups/{name}/volumes"): ADMIN,
+    ("DELETE", "/api/v1/groups/{name}"): ADMIN,
+    ("PUT", "/api/v1/peer/groups/{name}/volumes"): Access.PEER,
+    ("DELETE", "/api/v1/peer/groups/{name}"): Access.PEER,
     # exports and recovery operations
     ("GET", "/api/v1/exports"): VIEWER,
     ("POST", "/api/v1/exports"): OPERATOR,

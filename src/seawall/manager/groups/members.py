@@ -14,7 +14,10 @@ Rules:
   member's stream id) and ``member_index`` (its index in that stream).
 - A checkpoint of the group is offered only when every member has a consistent marker
   sealed as it (``wire.records`` SEAL); its id is the lead's marker seq, its time and name
-  the lead's.
+  the lead's. A member agent added later (``joined_after`` on its volumes) is needed only
+  by the group checkpoints after the lead seq it joined at; one whose last volume left
+  (``ended_after``) only by those up to the lead seq it left at. Its volumes stay in the
+  stored list, marked so, for those checkpoints; ``current`` leaves them out.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ class Member:
     """Its stream's id: the protected group at its agent, the journal at the recovery site."""
     volumes: list[dict[str, Any]] = field(default_factory=list)
     """As in its stream: index (in the stream), name, size_bytes."""
+    joined_after: int | None = None
+    """A member agent added after the group was made: the group checkpoints up to this id
+    (the lead's seq) were taken without it, and do not need its marker."""
+    ended_after: int | None = None
+    """A member agent whose last volume left the group: only the group checkpoints up to
+    this id need its marker (its journal stays at the recovery site for them)."""
 
 
 def is_spanning(volumes: list[dict[str, Any]]) -> bool:
@@ -65,21 +74,70 @@ def plan(group_id: str, located: list[tuple[str, dict[str, Any]]],
     return stored, list(members.values())
 
 
-def members_of(volumes: list[dict[str, Any]]) -> list[Member]:
-    """The members of a spanning group from its stored volumes, lead first ([] if none)."""
+def members_of(volumes: list[dict[str, Any]], ended: bool = False) -> list[Member]:
+    """The members of a spanning group from its stored volumes, lead first ([] if none);
+    those that ended too with ``ended`` (the group's checkpoints and journals need them,
+    its protection does not)."""
     members: dict[str, Member] = {}
     for volume in volumes:
-        if not volume.get("member"):
+        if not volume.get("member") or (volume.get("ended_after") is not None and not ended):
             continue
-        member = members.setdefault(volume["member"], Member(volume["agent"], volume["member"]))
+        member = members.setdefault(volume["member"], Member(
+            volume["agent"], volume["member"], joined_after=volume.get("joined_after"),
+            ended_after=volume.get("ended_after")))
         member.volumes.append({"index": volume["member_index"], "name": volume["name"],
                                "size_bytes": volume["size_bytes"]})
     return sorted(members.values(), key=lambda m: int(m.group_id.rpartition(".")[2]))
 
 
-def member_of_volume(volumes: list[dict[str, Any]], name: str) -> str | None:
-    """The member stream holding volume ``name`` (None: not a spanning group's volume)."""
+def current(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The group's volumes now: without those of a member agent that ended."""
+    return [v for v in volumes if v.get("ended_after") is None]
+
+
+def ended(volumes: list[dict[str, Any]], member: str,
+          after: int | None) -> list[dict[str, Any]]:
+    """Member ``member`` ended after group checkpoint ``after`` (None: it goes on again)."""
+    changed = []
     for volume in volumes:
+        if volume.get("member") == member:
+            volume = {k: v for k, v in volume.items() if k != "ended_after"}
+            if after is not None:
+                volume["ended_after"] = after
+        changed.append(volume)
+    return changed
+
+
+def stored_after(stored: list[dict[str, Any]], member: str | None, agent: str,
+                 volumes: list[dict[str, Any]],
+                 joined_after: int | None = None) -> list[dict[str, Any]]:
+    """A group's stored volumes once one stream's members became ``volumes`` (index, name,
+    size_bytes, as in that stream): the whole list for a one-stream group (``member``
+    None); else that member's entries kept in place or dropped, new ones appended with the
+    next group index. Both sites compute the same list from the same one."""
+    if member is None:
+        return [{"index": v["index"], "name": v["name"], "size_bytes": v["size_bytes"]}
+                for v in volumes]
+    in_stream = {v["name"]: v for v in volumes}
+    result = [v for v in stored if v.get("member") != member or v["name"] in in_stream]
+    known = {v["name"] for v in result if v.get("member") == member}
+    next_index = max([v["index"] for v in stored] + [-1]) + 1
+    joined = next((v["joined_after"] for v in stored if v.get("member") == member
+                   and v.get("joined_after") is not None), joined_after)
+    for volume in volumes:
+        if volume["name"] not in known:
+            entry = {"index": next_index, "name": volume["name"],
+                     "size_bytes": volume["size_bytes"], "agent": agent,
+                     "member": member, "member_index": volume["index"]}
+            result.append(entry if joined is None else {**entry, "joined_after": joined})
+            next_index += 1
+    return result
+
+
+def member_of_volume(volumes: list[dict[str, Any]], name: str) -> str | None:
+    """The member stream holding volume ``name`` (None: not a spanning group's volume); a
+    volume of the group now before one of a member that ended (a name may come back)."""
+    for volume in [*current(volumes), *volumes]:
         if volume["name"] == name:
             member: str | None = volume.get("member")
             return member
@@ -106,7 +164,9 @@ def join_checkpoints(members: list[Member],
         if lead_entry["id"] != group_checkpoint:
             raise CorruptData(f"the lead's marker {lead_entry['id']} is sealed as checkpoint "
                               f"{group_checkpoint}: its journal is not the lead's")
-        markers = {m.group_id: sealed[m.group_id].get(group_checkpoint) for m in members}
+        markers = {m.group_id: sealed[m.group_id].get(group_checkpoint) for m in members
+                   if (m.joined_after is None or group_checkpoint > m.joined_after)
+                   and (m.ended_after is None or group_checkpoint <= m.ended_after)}
         if any(entry is None for entry in markers.values()):
             continue
         joined.append({

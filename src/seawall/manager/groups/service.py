@@ -41,7 +41,13 @@ from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
-from seawall.manager.groups.members import is_spanning, member_of_volume, plan
+from seawall.manager.groups.members import (
+    current,
+    is_spanning,
+    member_of_volume,
+    members_of,
+    plan,
+)
 from seawall.manager.groups.settings import (
     GroupOptions,
     check,
@@ -78,7 +84,7 @@ def describe(group: Group, peer_name: str) -> dict[str, Any]:
         "name": group.name,
         "role": group.role,
         "peer": peer_name,
-        "volumes": group.volumes,
+        "volumes": current(group.volumes),
         "checkpoint_interval_s": group.checkpoint_interval_s,
         "history_s": group.history_s,
         "created_at": group.created_at.isoformat(),
@@ -248,15 +254,35 @@ class GroupService:
         return choose_checkpoint(self.checkpoints(group.name), wanted, group.name)
 
     @staticmethod
-    def stream_at(group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
+    def volumes_at(group: Group, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        """The group's volumes that ``checkpoint`` (one of ``checkpoint_of``'s) includes: a
+        volume added after it is not in it (members changed: ``groups.membership``)."""
+        if is_spanning(group.volumes):
+            return [v for v in group.volumes if v["member"] in checkpoint["members"]]
+        names = checkpoint.get("volumes")  # the recovery site's list says; else all
+        return [v for v in group.volumes if names is None or v["name"] in names]
+
+    def stream_at(self, group: Group, volume: str, checkpoint: dict[str, Any]) -> tuple[str, str]:
         """Where ``volume`` reads as at group ``checkpoint`` (one of ``checkpoint_of``'s):
         (the journal's id at the agent, the checkpoint id in that journal). For a group
-        spanning agents: its member's journal, at that member's marker."""
+        spanning agents: its member's journal, at that member's marker; a volume removed
+        from the group is found among the member journals' retired ones (the agent then
+        says whether that checkpoint includes it)."""
         if not is_spanning(group.volumes):
             return group.group_id, str(checkpoint["id"])  # the agent knows its volumes
         member = member_of_volume(group.volumes, volume)
+        if member is None and group.role == "recovery":
+            member = next((m.group_id for m in members_of(group.volumes, ended=True)
+                           if volume in (self.agent_api.group_status(m.group_id)
+                                         .model_extra or {}).get("retired", [])), None)
         if member is None:
             raise NotFound(f"group {group.name} has no volume named {volume!r}")
+        if member not in checkpoint["members"]:  # its agent joined later, or left before
+            left = any(v["name"] == volume and v.get("ended_after") is not None
+                       for v in group.volumes)
+            raise NotFound(f"volume {volume!r} was {'removed from' if left else 'added to'} "
+                           f"group {group.name} {'before' if left else 'after'} checkpoint "
+                           f"{checkpoint['id']}")
         return member, str(checkpoint["members"][member])
 
     def checkpoints_for_peer(self, name: str, source_site_id: str,

@@ -94,19 +94,30 @@ class SpanningGroups:
                 target: dict[str, Any]) -> None:
         """Start every member's stream at its agent, the lead last: its first round then
         finds every member protecting."""
+        for index in range(len(members) - 1, -1, -1):
+            self.start_member(group_id, name, members, index, target)
+
+    def start_member(self, group_id: str, name: str, members: list[Member], index: int,
+                     target: dict[str, Any]) -> None:
+        """Start member ``index`` of ``members`` (the lead first) at its agent."""
+        member = members[index]
+        AgentApi(self._client(member.agent)).protect(ProtectionSpec(
+            **target, group_id=member.group_id, name=name,
+            volumes=[GroupVolume.model_validate(v) for v in member.volumes],
+            coordination=self.coordination(group_id, members, lead=index == 0)))
+
+    def coordination(self, group_id: str, members: list[Member], lead: bool) -> Coordination:
+        """A member's part in the group's rounds: the lead calls the others."""
         others = []
-        for member in members[1:]:
+        for member in members[1:] if lead else []:
             control_url, cert_pem = self.agents.endpoint(member.agent)
             others.append(CoordinationMember(agent=member.agent, group_id=member.group_id,
                                              control_url=control_url, cert_pem=cert_pem))
-        for index in range(len(members) - 1, -1, -1):
-            member = members[index]
-            coordination = Coordination(group_id=group_id, lead=index == 0,
-                                        members=others if index == 0 else [])
-            AgentApi(self._client(member.agent)).protect(ProtectionSpec(
-                **target, group_id=member.group_id, name=name,
-                volumes=[GroupVolume.model_validate(v) for v in member.volumes],
-                coordination=coordination))
+        return Coordination(group_id=group_id, lead=lead, members=others)
+
+    def client(self, agent: str) -> JsonClient:
+        """The control API of agent ``agent`` of this site."""
+        return self._client(agent)
 
     def recover(self, base: RecoverySpec, members: list[dict[str, Any]]) -> None:
         """Prepare a journal per member stream at the site's own agent."""
@@ -173,7 +184,7 @@ class SpanningGroups:
                     newest: int | None = None) -> list[dict[str, Any]]:
         """The group's checkpoints, joined from its member journals (recovery site); with
         ``newest``, from the newest that many of each journal only."""
-        members = members_of(volumes)
+        members = members_of(volumes, ended=True)  # old checkpoints need ended ones
         local = AgentApi(self.local)
         lists = {m.group_id: [c.model_dump() for c in local.checkpoints(m.group_id, newest)]
                  for m in members}
@@ -201,8 +212,10 @@ class SpanningGroups:
 
     def streams(self, volumes: list[dict[str, Any]], protected: bool,
                 ) -> list[tuple[JsonClient, str]]:
-        """Each member's agent (at this site) and stream id."""
-        return [(self._member_client(m, protected), m.group_id) for m in members_of(volumes)]
+        """Each member's agent (at this site) and stream id (at the recovery site also the
+        journals of members that ended)."""
+        return [(self._member_client(m, protected), m.group_id)
+                for m in members_of(volumes, ended=not protected)]
 
     def _client(self, agent: str) -> JsonClient:
         return self.local if agent == self.config.name else self.agents.client(agent)

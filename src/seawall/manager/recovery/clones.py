@@ -93,7 +93,7 @@ class CloneService:
         outputs = [{"volume": v["name"], "path": str(directory / f"{v['name']}.{image_format}"),
                     "format": image_format, "size_bytes": v["size_bytes"],
                     "read_from": self.groups.stream_at(group, v["name"], chosen)}
-                   for v in group.volumes]
+                   for v in self.groups.volumes_at(group, chosen)]
         taken = [o["path"] for o in outputs
                  if Path(o["path"]).exists() or directory.joinpath(part_name(o["path"])).exists()]
         if taken:

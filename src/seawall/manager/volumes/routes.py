@@ -47,3 +47,8 @@ def create_volume(request: Request, body: VolumeCreate) -> dict[str, Any]:
 @router.post("/add", status_code=201)
 def add_volume(request: Request, body: VolumeAdd) -> dict[str, Any]:
     return _service(request).add(body.name, body.path, body.agent)
+
+
+@router.delete("/{name}")
+def remove_volume(request: Request, name: str) -> dict[str, Any]:
+    return _service(request).remove(name)

@@ -49,6 +49,18 @@ class VolumeService:
                       else api.add_volume(request))
         return {**result.model_dump(), "agent": owner}
 
+    def remove(self, name: str) -> dict[str, Any]:
+        """Remove a volume from its agent: refused while it is in a group (named); a file
+        made by ``volume create`` is deleted, an added file or device only forgotten."""
+        agent, volume = self.locate([name])[name]
+        if volume.get("group"):
+            raise Conflict(f"volume {name!r} is in group {volume['group']!r}: remove it from "
+                           f"the group first (`seawall group update {volume['group']} "
+                           f"--remove-volume {name}`)")
+        local = agent == self.agents.config.name
+        removed = AgentApi(self.agents.client(None if local else agent)).remove_volume(name)
+        return {**removed.model_dump(), "agent": agent}
+
     def list_all(self) -> list[dict[str, Any]]:
         """Every agent's volumes, the site's own agent's first; a row per silent agent."""
         rows: list[dict[str, Any]] = []
