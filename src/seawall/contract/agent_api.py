@@ -36,6 +36,7 @@ from seawall.contract.agent import (
     RetentionChange,
     ScriptOutcome,
     ScriptRun,
+    SinkCreate,
     TaggedCheckpoint,
     VolumeAdd,
     VolumeCreate,
@@ -85,6 +86,9 @@ class AgentApi:
 
     def add_volume(self, request: VolumeAdd) -> VolumeInfo:
         return self._call(VolumeInfo, "POST", "/volumes/add", request)
+
+    def create_sink(self, request: SinkCreate) -> VolumeInfo:
+        return self._call(VolumeInfo, "POST", "/volumes/sinks", request)
 
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))

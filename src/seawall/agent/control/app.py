@@ -37,6 +37,7 @@ from seawall.contract.agent import (
     ProtectionSpec,
     RecoverySpec,
     RetentionChange,
+    SinkCreate,
     TaggedCheckpoint,
     VolumeAdd,
     VolumeCreate,
@@ -66,6 +67,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     @app.post("/volumes/add", response_model=VolumeInfo)
     async def add_volume(body: VolumeAdd) -> dict[str, Any]:
         return agent.add_volume(body.name, body.path)
+
+    @app.post("/volumes/sinks", response_model=VolumeInfo)
+    async def create_sink(body: SinkCreate) -> dict[str, Any]:
+        return agent.create_sink(body.name, body.size_bytes, body.vm_uuid, body.disk)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:
