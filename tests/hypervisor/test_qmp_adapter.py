@@ -19,8 +19,15 @@ from seawall.hypervisor.base import HypervisorEvent, MirrorEnded, MirrorReady
 from seawall.hypervisor.qmp_adapter import QmpHypervisor
 from seawall.hypervisor.qmp_inventory import check_write_blocking
 from seawall.wire.records import RecordKind
-from support.qemu_vm import DISK_BYTES, VM_UUID, QemuVm, file_bytes, own_monitor, qemu_io_write
-from support.qemu_vm import start_vm
+from support.qemu_vm import (
+    DISK_BYTES,
+    VM_UUID,
+    QemuVm,
+    file_bytes,
+    own_monitor,
+    qemu_io_write,
+    start_vm,
+)
 
 EVENT_TIMEOUT_S = 30.0
 
@@ -109,25 +116,26 @@ def test_mirror_into_a_sink_then_the_sink_dies(vm: QemuVm, tmp_path: Path, disk:
         events = hv.events().__aiter__()
         try:
             async with own_monitor(vm) as qmp:
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x11, 0, 1 << 20)  # before: the copy takes it
+                drive = f"drive-{disk}"
+                await qemu_io_write(vm, qmp, drive, 0x11, 0, 1 << 20)  # the copy takes it
                 await hv.attach_mirror(VM_UUID, disk, socket_path, "sink-a", full_copy=True)
                 with pytest.raises(Conflict):
                     await hv.attach_mirror(VM_UUID, disk, socket_path, "sink-a",
                                            full_copy=True)
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x22, 4096, 8192)  # during or after the copy
+                await qemu_io_write(vm, qmp, drive, 0x22, 4096, 8192)  # during/after the copy
                 ready = await next_event(events, MirrorReady)
                 assert ready == MirrorReady(VM_UUID, disk)
                 assert await hv.mirrored_disks(VM_UUID) == {disk: True}
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x33, 10 << 20, 65536)
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x44, DISK_BYTES - 512, 512)
+                await qemu_io_write(vm, qmp, drive, 0x33, 10 << 20, 65536)
+                await qemu_io_write(vm, qmp, drive, 0x44, DISK_BYTES - 512, 512)
                 assert model.images["sink-a"] == file_bytes(
                     vm.raw if fmt == "raw" else vm.qcow2, fmt)
 
                 await frontend.close()  # the sink dies (as with the agent's process)
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x55, 0, 4096)  # no error for the VM
+                await qemu_io_write(vm, qmp, drive, 0x55, 0, 4096)  # no error for the VM
                 ended = await next_event(events, MirrorEnded)
                 assert isinstance(ended, MirrorEnded) and ended.disk == disk
-                await qemu_io_write(vm, qmp, f"drive-{disk}", 0x66, 8192, 4096)
+                await qemu_io_write(vm, qmp, drive, 0x66, 8192, 4096)
                 status = await qmp.execute("query-status")
                 assert isinstance(status, dict) and status["status"] == "running"
                 assert await hv.mirrored_disks(VM_UUID) == {}
@@ -147,7 +155,7 @@ def test_refusals_leave_nothing_attached(vm: QemuVm, tmp_path: Path) -> None:
         try:
             with pytest.raises(NotFound, match="no disk 'vdz'"):
                 await hv.attach_mirror(VM_UUID, "vdz", tmp_path / "s", "x", full_copy=True)
-            with pytest.raises(InvalidInput, match="cd0.*CD-ROM"):
+            with pytest.raises(InvalidInput, match=r"cd0.*CD-ROM"):
                 await hv.attach_mirror(VM_UUID, "cd0", tmp_path / "s", "x", full_copy=True)
             with pytest.raises(NotFound, match="no VM"):
                 await hv.attach_mirror("0" * 8, "vda", tmp_path / "s", "x", full_copy=True)
