@@ -141,6 +141,9 @@ class SiteConfig(BaseModel):
     """The one group, besides the service's user, that may connect to the NBD socket (e.g.
     QEMU's); None: no one else (``seawall.local_access``)."""
 
+    hypervisor: str = "none"
+    """The agent's hypervisor adapter (``seawall.hypervisor.base.parse_hypervisor_spec``)."""
+
     @model_validator(mode="after")
     def _check_nbd_tcp_plain(self) -> SiteConfig:
         if self.nbd_tcp_plain and not (self.nbd_tcp_host and is_loopback(self.nbd_tcp_host)):

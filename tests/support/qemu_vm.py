@@ -59,7 +59,7 @@ def start_vm(tmp: Path, paused: bool = False) -> QemuVm:
     if shutil.which(QEMU) is None:
         pytest.skip(f"{QEMU} is not installed (Debian package qemu-system-x86)")
     sockets = tmp / "qmp"
-    sockets.mkdir()
+    sockets.mkdir(parents=True)
     raw, qcow2 = tmp / "vda.raw", tmp / "vdb.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), str(DISK_BYTES)],
                    check=True)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 import uvicorn
 import uvloop
@@ -24,6 +25,9 @@ from seawall.agent.control.listener import ControlPins, control_server, pins_rou
 from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
+from seawall.errors import InvalidInput
+from seawall.hypervisor.base import Hypervisor, parse_hypervisor_spec
+from seawall.hypervisor.qmp_adapter import QmpHypervisor
 from seawall.local_access import bind_unix, peer_checked
 from seawall.serving import Server, bind_tcp, limited_config
 
@@ -43,6 +47,7 @@ async def serve(config: SiteConfig) -> None:
     pins = ControlPins(config)
     control_socket = (bind_tcp(config.control_host, config.control_port, "control")
                       if config.control_host and config.control_port else None)
+    agent.hypervisor = _open_hypervisor(config.hypervisor)
     await agent.start()
     control_unix = bind_unix(config.agent_socket)  # 0600, root and our own user only
     app = create_control_app(agent, shutdown, metrics)
@@ -80,6 +85,15 @@ async def serve(config: SiteConfig) -> None:
         await agent.stop()
         with contextlib.suppress(FileNotFoundError):
             pid_path.unlink()
+
+
+def _open_hypervisor(text: str) -> Hypervisor | None:
+    spec = parse_hypervisor_spec(text)
+    if spec.kind == "qmp":
+        return QmpHypervisor(Path(spec.location))
+    if spec.kind == "libvirt":
+        raise InvalidInput("the libvirt adapter is not part of this build")
+    return None
 
 
 def run_agent(config: SiteConfig) -> None:

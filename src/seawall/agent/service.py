@@ -141,6 +141,8 @@ class Agent:
             volume.close()
         self.failover_tests.close_all()
         await self.live.release_all()
+        if self.hypervisor is not None:
+            await self.hypervisor.close()
         for recovery in self.recovering.values():
             await recovery.stop()
             recovery.close()
