@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,13 @@ def disk_sha256(vm: QemuVm, disk: str) -> str:
     return hashlib.sha256(file_bytes(path, DISKS[disk])).hexdigest()
 
 
+def wait_state(site: LocalSite, state: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while site.group_status("app")["state"] != state:
+        assert time.monotonic() < deadline, site.group_status("app")
+        time.sleep(0.1)
+
+
 def export_sha256(uri: str) -> str:
     with NbdClient(uri) as client:
         assert client.size == DISK_BYTES
@@ -122,6 +130,28 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
                       str(checkpoint)).stdout.strip()
         assert export_sha256(uri) == expected[disk], f"checkpoint {checkpoint} of {disk}"
         seawall(dr, "export", "--stop", uri)
+
+    # A mirror job that ends (cancelled here; a VM stopped, a sink lost) stops checkpoints:
+    # the group turns sync-required; a resync attaches a new mirror, whose copy closes it.
+    async def cancel_mirror() -> None:
+        async with own_monitor(vm) as qmp:
+            await qmp.execute("block-job-cancel", {"device": "seawall-vdb", "force": True})
+    asyncio.run(cancel_mirror())
+    wait_state(prod, "sync-required")
+    status = prod.group_status("app")
+    assert status["mirrors"] == {"vm1-vda": "mirroring", "vm1-vdb": "ended: cancelled"}
+    assert status["last_error"] == "mirror of vm1-vdb ended: cancelled"
+    refused = seawall(prod, "checkpoint", "tag", "app", "--name", "no", check=False)
+    assert refused.returncode != 0 and "sync-required" in refused.stderr
+    asyncio.run(qemu_io(("vdb", 0x51, 5 << 20, 65536)))  # not captured: the copy takes it
+    seawall(prod, "group", "resync", "app")
+    prod.wait_protecting("app")
+    checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c2").stdout.strip())
+    expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
+    dr.wait_checkpoint("app", checkpoint)
+    uri = seawall(dr, "export", "app", "vm1-vdb", "--checkpoint", str(checkpoint)).stdout.strip()
+    assert export_sha256(uri) == expected["vdb"]
+    seawall(dr, "export", "--stop", uri)
 
     kill_agent(prod)  # the VM must not notice, beyond its mirror jobs ending
 
