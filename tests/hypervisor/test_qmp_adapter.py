@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -178,3 +181,57 @@ def test_a_qemu_too_old_for_write_blocking_is_named() -> None:
     check_write_blocking({"qemu": {"major": 7, "minor": 2, "micro": 0}}, "web")
     with pytest.raises(InvalidInput, match=r"VM web runs QEMU 2\.12, too old"):
         check_write_blocking({"qemu": {"major": 2, "minor": 12, "micro": 0}}, "web")
+
+
+def test_a_storage_daemon_s_exports_are_its_disks(tmp_path: Path) -> None:
+    """qemu-storage-daemon (the same block layer, no machine): inventoried by its exports,
+    mirrored like a VM's disk; writes through its NBD export reach the sink."""
+    if shutil.which("qemu-storage-daemon") is None:
+        pytest.skip("qemu-storage-daemon is not installed (Debian package qemu-system-common)")
+    image, sockets = tmp_path / "disk.raw", tmp_path / "qmp"
+    sockets.mkdir()
+    image.write_bytes(b"\x01" * DISK_BYTES)
+    nbd = tmp_path / "qsd.nbd"
+    daemon = subprocess.Popen([
+        "qemu-storage-daemon",
+        "--blockdev", f"driver=file,filename={image},node-name=file0",
+        "--blockdev", "driver=raw,file=file0,node-name=disk0",
+        "--nbd-server", f"addr.type=unix,addr.path={nbd}",
+        "--export", "type=nbd,id=exp0,node-name=disk0,name=disk0,writable=on",
+        "--chardev", f"socket,id=qmp0,path={sockets / 'qsd.qmp'},server=on,wait=off",
+        "--monitor", "chardev=qmp0"], stdin=subprocess.DEVNULL)
+
+    async def scenario() -> None:
+        hv = QmpHypervisor(sockets)
+        model = ModelSinks()
+        frontend = NbdFrontend(model)
+        await frontend.start_unix(tmp_path / "sinks.sock")
+        events = hv.events().__aiter__()
+        try:
+            [info] = await hv.list_vms()
+            assert (info.name, info.state) == ("qsd", "running")
+            assert [(d.target, d.format, d.size_bytes) for d in info.disks] == [
+                ("exp0", "raw", DISK_BYTES)]
+            model.add("sink-q", "exp0")
+            model.sinks["sink-q"].vm_uuid = info.uuid
+            await hv.attach_mirror(info.uuid, "exp0", tmp_path / "sinks.sock", "sink-q",
+                                   full_copy=True)
+            assert await next_event(events, MirrorReady) == MirrorReady(info.uuid, "exp0")
+            await asyncio.to_thread(subprocess.run, [
+                "qemu-io", "-f", "raw", "-c", "write -P 0x5a 65536 65536",
+                f"nbd+unix:///disk0?socket={nbd}"], check=True, capture_output=True)
+            assert model.images["sink-q"] == image.read_bytes()
+            await hv.detach_mirror(info.uuid, "exp0")
+            assert await hv.mirrored_disks(info.uuid) == {}
+        finally:
+            await frontend.close()
+            await hv.close()
+    try:
+        deadline = time.monotonic() + 20
+        while not (sockets / "qsd.qmp").exists() or not nbd.exists():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        asyncio.run(scenario())
+    finally:
+        daemon.kill()
+        daemon.wait(10)

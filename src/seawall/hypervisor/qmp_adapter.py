@@ -9,7 +9,9 @@ that ``qm`` keeps its socket.
 Rules and invariants:
 - Inventory comes from ``query-name``, ``query-uuid``, ``query-status``, ``query-block``,
   ``query-rx-filter`` and HMP ``info network`` (``seawall.hypervisor.qmp_inventory``). A
-  VM started without ``-uuid`` (all zeros) is named by a uuid derived from its socket.
+  VM started without ``-uuid`` (all zeros) is named by a uuid derived from its socket
+  (``socket_uuid``), as is a qemu-storage-daemon (no ``query-uuid``), whose disks are its
+  block exports and which counts as running while it answers.
 - The splitter of disk D: ``blockdev-add`` of an NBD node ``seawall-sink-D`` on the sink's
   Unix socket, then ``blockdev-mirror`` job ``seawall-D`` from the drive's top node, with
   ``copy-mode: write-blocking``, ``sync: full`` (the initial copy) or ``none``, never
@@ -54,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from qemu.qmp import QMPClient, QMPError, Runstate
+from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError
 from seawall.hypervisor import qmp_inventory
@@ -75,6 +77,11 @@ _NO_UUID = "00000000-0000-0000-0000-000000000000"
 _ENDED_STATUSES = ("concluded", "null", "aborting")
 
 
+def socket_uuid(path: Path) -> str:
+    """The uuid of a VM with none of its own (``-uuid`` not given, a storage daemon)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"qmp:{os.path.realpath(path)}"))
+
+
 def job_id(disk: str) -> str:
     return "seawall-" + re.sub(r"[^A-Za-z0-9_.-]", "_", disk)
 
@@ -93,10 +100,18 @@ class _Vm:
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> disk, ours only
     ended: set[str] = field(default_factory=set)  # job ids already reported ended
     pump: asyncio.Task[None] | None = None
+    daemon: bool = False  # a qemu-storage-daemon: no machine, its disks are its exports
 
-    async def run(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    async def run(self, command: str, arguments: dict[str, Any] | None = None,
+                  optional: bool = False) -> Any:
+        """``optional``: None if this QEMU has no such command (a storage daemon)."""
         try:
             return await self.client.execute(command, arguments)
+        except ExecuteError as exc:
+            if optional and exc.error_class == "CommandNotFound":
+                return None
+            raise PeerError(f"VM {self.name or self.socket_path}: QMP {command} failed: "
+                            f"{exc}") from None
         except (QMPError, OSError, EOFError) as exc:
             raise PeerError(f"VM {self.name or self.socket_path}: QMP {command} failed: "
                             f"{exc}") from None
@@ -142,11 +157,12 @@ class QmpHypervisor:
     async def definition(self, vm_uuid: str) -> str:
         vm = await self._find(vm_uuid)
         view: dict[str, Any] = {"name": vm.name, "uuid": vm.uuid}
-        for command in ("query-status", "query-version", "query-block",
+        for command in ("query-status", "query-version", "query-block", "query-block-exports",
                         "query-named-block-nodes", "query-rx-filter"):
-            view[command] = await vm.run(command)
-        view["info network"] = await vm.run("human-monitor-command",
-                                            {"command-line": "info network"})
+            view[command] = await vm.run(command, optional=True)
+        if not vm.daemon:
+            view["info network"] = await vm.run("human-monitor-command",
+                                                {"command-line": "info network"})
         if vm.pid is not None:
             with contextlib.suppress(OSError):
                 raw = Path(f"/proc/{vm.pid}/cmdline").read_bytes()
@@ -160,7 +176,7 @@ class QmpHypervisor:
                             export_name: str, *, full_copy: bool) -> None:
         vm = await self._find(vm_uuid)
         qmp_inventory.check_write_blocking(await vm.run("query-version"), vm.name)
-        found = {d.info.target: d for d in qmp_inventory.disks(await vm.run("query-block"))}
+        found = {d.info.target: d for d in await self._disks(vm)}
         if disk not in found:
             raise NotFound(f"VM {vm.name} has no disk {disk!r} (it has "
                            f"{', '.join(sorted(found)) or 'none'})")
@@ -316,14 +332,17 @@ class QmpHypervisor:
             return None
         vm = _Vm(path, client, pid)
         try:
-            vm.name = str((await vm.run("query-name")).get("name") or path.stem)
-            vm.uuid = str((await vm.run("query-uuid"))["UUID"])
+            name = await vm.run("query-name", optional=True)
+            vm.daemon = name is None
+            vm.name = str((name or {}).get("name") or path.stem)
+            vm.uuid = str(((await vm.run("query-uuid", optional=True)) or {}).get("UUID")
+                          or _NO_UUID)
         except PeerError as exc:
             log.warning("QMP socket %s: %s", path, exc)
             await client.disconnect()
             return None
         if vm.uuid == _NO_UUID:
-            vm.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"qmp:{os.path.realpath(path)}"))
+            vm.uuid = socket_uuid(path)
         vm.pump = asyncio.create_task(self._pump(vm))
         return vm
 
@@ -338,14 +357,23 @@ class QmpHypervisor:
                 await self._refresh()
         raise NotFound(f"no VM {name_or_uuid!r} among the QMP sockets of {self.directory}")
 
+    async def _disks(self, vm: _Vm) -> list[qmp_inventory.QmpDisk]:
+        if vm.daemon:
+            return qmp_inventory.export_disks(
+                await vm.run("query-block-exports"),
+                await vm.run("query-named-block-nodes", {"flat": True}))
+        return qmp_inventory.disks(await vm.run("query-block"))
+
     async def _info(self, vm: _Vm) -> VmInfo:
+        disks = tuple(d.info for d in await self._disks(vm))
+        if vm.daemon:
+            return VmInfo(vm.name, vm.uuid, "running", disks, ())
         status = await vm.run("query-status")
-        disks = qmp_inventory.disks(await vm.run("query-block"))
         nics = qmp_inventory.nics(
             await vm.run("query-rx-filter"),
             str(await vm.run("human-monitor-command", {"command-line": "info network"})))
         return VmInfo(vm.name, vm.uuid, qmp_inventory.vm_state(str(status.get("status"))),
-                      tuple(d.info for d in disks), nics)
+                      disks, nics)
 
     async def close(self) -> None:
         if self._rescanner is not None:

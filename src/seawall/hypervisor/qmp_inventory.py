@@ -9,6 +9,8 @@ Rules and invariants:
   (``inserted.node-name``): for a qcow2 disk the format node, so the replica is raw.
 - Removable media (CD-ROM, floppy) and read-only drives are listed with a skip reason:
   they are never mirrored.
+- A qemu-storage-daemon (the same block layer without a VM, e.g. serving a VM's disks as
+  vhost-user-blk) has no devices: its disks are its block exports, named by export id.
 - The write-blocking copy mode of ``blockdev-mirror`` exists since QEMU 3.0.
 """
 
@@ -77,6 +79,22 @@ def disks(query_block: list[dict[str, Any]]) -> list[QmpDisk]:
         if skip is None and not node:
             skip = "drive without a node name: cannot be mirrored"
         found.append(QmpDisk(DiskInfo(target, source, fmt, size_bytes, skip), node))
+    return found
+
+
+def export_disks(exports: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> list[QmpDisk]:
+    """A qemu-storage-daemon's disks: its block exports (vhost-user-blk, NBD...), named by
+    export id, from ``query-block-exports`` and ``query-named-block-nodes``."""
+    by_name = {str(node.get("node-name")): node for node in nodes}
+    found = []
+    for export in exports:
+        node = by_name.get(str(export.get("node-name")), {})
+        image: dict[str, Any] = node.get("image") or {}
+        info = DiskInfo(str(export.get("id")), str(node.get("file") or ""),
+                        str(image.get("format") or node.get("drv") or ""),
+                        int(image.get("virtual-size") or 0),
+                        "read-only node: nothing to capture" if node.get("ro") else None)
+        found.append(QmpDisk(info, "" if info.skip_reason else str(export.get("node-name"))))
     return found
 
 
