@@ -74,6 +74,7 @@ class Run:
     fio: FioResult
     daemon_cpu_s: float
     agent_cpu_s: float
+    recovery_agent_cpu_s: float
     wall_s: float
     drain_s: float = 0.0
     group_state_after: str = ""
@@ -134,6 +135,7 @@ class Bench:
         prod.wait_protecting(GROUP, timeout_s=600.0)
         self.prod = prod
         self.pids["agent"] = int((prod.config.run_dir / "agent.pid").read_text())
+        self.pids["recovery agent"] = int((dr.config.run_dir / "agent.pid").read_text())
 
     def close(self) -> None:
         for site in self.sites:
@@ -147,14 +149,16 @@ def run_one(bench: Bench, job: FioJob, target: str, round_index: int,
     prod = bench.prod
     assert prod is not None
     argv = job.argv(bench.uris[target], bench.size_bytes, seconds, RAMP_S)
-    daemon_cpu, agent_cpu = cpu_seconds(bench.pids[target]), cpu_seconds(bench.pids["agent"])
+    pids = (bench.pids[target], bench.pids["agent"], bench.pids["recovery agent"])
+    cpu_before = [cpu_seconds(pid) for pid in pids]
     before = prod.group_status(GROUP)
     started = time.monotonic()
     result = run_fio(argv, timeout_s=seconds + RAMP_S + 120)
     wall_s = time.monotonic() - started
-    run = Run(job.name, target, round_index, result,
-              cpu_seconds(bench.pids[target]) - daemon_cpu,
-              cpu_seconds(bench.pids["agent"]) - agent_cpu, wall_s)
+    daemon_cpu_s, agent_cpu_s, recovery_cpu_s = (
+        cpu_seconds(pid) - before_s for pid, before_s in zip(pids, cpu_before, strict=True))
+    run = Run(job.name, target, round_index, result, daemon_cpu_s, agent_cpu_s,
+              recovery_cpu_s, wall_s)
     if target == "mirrored":
         last_seq = prod.group_status(GROUP)["last_seq"]
         drain_started = time.monotonic()
@@ -216,9 +220,15 @@ def print_table(summary: dict[str, Any], runs: list[Run], load: dict[str, Any]) 
     print()
     for run in runs:
         if run.target == "mirrored":
-            print(f"{run.job + ' r' + str(run.round):<24} drain {run.drain_s:5.2f} s, agent "
-                  f"{run.agent_cpu_s / run.wall_s:.2f} cores, after: {run.group_state_after}"
-                  f" / mirror {run.mirror_after}, overflows {run.overflows}")
+            print(f"{run.job + ' r' + str(run.round):<24} drain {run.drain_s:5.2f} s, cores: "
+                  f"daemon {run.daemon_cpu_s / run.wall_s:.2f}, agent "
+                  f"{run.agent_cpu_s / run.wall_s:.2f}, recovery agent "
+                  f"{run.recovery_agent_cpu_s / run.wall_s:.2f}; after: "
+                  f"{run.group_state_after} / mirror {run.mirror_after}, "
+                  f"overflows {run.overflows}")
+        else:
+            print(f"{run.job + ' r' + str(run.round):<24} (plain) cores: daemon "
+                  f"{run.daemon_cpu_s / run.wall_s:.2f}")
     print(f"\nload average before {load['before']}, after {load['after']} "
           f"({os.cpu_count()} cores)")
     for target in summary["targets"]:

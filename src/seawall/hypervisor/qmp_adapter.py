@@ -33,7 +33,8 @@ Rules and invariants:
 - A job ends as ``MirrorEnded`` once (``BLOCK_JOB_COMPLETED``/``CANCELLED``, or
   ``JOB_STATUS_CHANGE`` to concluded/null, whichever comes first), is ready as
   ``MirrorReady`` once (``BLOCK_JOB_READY``); ``RESUME`` is ``started``, ``SHUTDOWN`` and a
-  lost connection (QEMU exited) are ``stopped`` with every mirror of that VM ended.
+  lost connection (QEMU exited) are ``stopped`` with every mirror of that VM ended; a
+  socket that appears (found by the rescan) with its QEMU running is ``started``.
 - ``detach_mirror`` force-cancels the job, waits until QEMU dropped it, and deletes the
   NBD node, also one a dead agent left behind (a job that ended by itself keeps it).
 - ``events()`` may be iterated by several consumers: each gets every event.
@@ -137,8 +138,9 @@ class _Subscription:
 
 
 class QmpHypervisor:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, rescan_s: float = RESCAN_S) -> None:
         self.directory = directory
+        self.rescan_s = rescan_s
         self.spec = f"qmp:{directory}"
         self._vms: dict[Path, _Vm] = {}
         self._subscribers: list[asyncio.Queue[HypervisorEvent]] = []
@@ -297,9 +299,11 @@ class QmpHypervisor:
 
     async def _rescan(self) -> None:
         while True:
-            with contextlib.suppress(OSError):
+            try:
                 await self._refresh()
-            await asyncio.sleep(RESCAN_S)
+            except PeerError as exc:  # e.g. the directory is not there (yet)
+                log.debug("%s", exc.message)
+            await asyncio.sleep(self.rescan_s)
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -344,6 +348,9 @@ class QmpHypervisor:
         if vm.uuid == _NO_UUID:
             vm.uuid = socket_uuid(path)
         vm.pump = asyncio.create_task(self._pump(vm))
+        with contextlib.suppress(PeerError):
+            if vm.daemon or (await vm.run("query-status")).get("status") == "running":
+                self._publish(VmLifecycle(vm.uuid, "started"))  # a QEMU that appeared
         return vm
 
     async def _find(self, name_or_uuid: str) -> _Vm:
