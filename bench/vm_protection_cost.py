@@ -11,9 +11,13 @@ What runs, in one invocation, on Unix sockets only:
   export (``POST /volumes/sinks``) is the one member of a group protected to the recovery
   site (checkpoint every 1 s); measuring starts once the group is ``protecting``: the
   write-blocking mirror's full copy is done and every write goes through the sink;
-- the same fio jobs (nbd engine) against the plain and the mirrored daemon, one after the
-  other per job: 4 KiB random writes at queue depth 16 and 1, 1 MiB sequential writes at
-  queue depth 4.
+- a reference for the mirror itself: a third daemon mirrored the same way (``QmpHypervisor``
+  run by this script, write-blocking, ``sync: none``) into ``qemu-nbd`` serving a raw file
+  (``--cache=writeback --aio=threads``): what QEMU's write-blocking mirror costs with a
+  C target and no replication, the floor any sink can reach;
+- the same fio jobs (nbd engine) against the plain daemon, the daemon mirrored into
+  Seawall and the one mirrored into qemu-nbd, one after the other per job: 4 KiB random
+  writes at queue depth 16 and 1, 1 MiB sequential writes at queue depth 4.
 
 After each mirrored job the script waits until the recovery site acknowledged everything
 (``acked_seq`` reaches the ``last_seq`` seen when fio ended) and checks that the mirror
@@ -28,6 +32,7 @@ Results: a table on stdout (or the JSON with ``--json``) and a JSON file in
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -46,7 +51,7 @@ from common import FioJob, FioResult, cpu_seconds, run_fio, spawn, wait_for_sock
 from seawall.config import CONFIG_NAME
 from seawall.contract.agent import SinkCreate
 from seawall.contract.agent_api import AgentApi
-from seawall.hypervisor.qmp_adapter import socket_uuid
+from seawall.hypervisor.qmp_adapter import QmpHypervisor, socket_uuid
 from seawall.localsites import LocalSite, stop_process
 from seawall.manager.clients import agent_client
 from seawall.units import parse_size_bytes
@@ -62,7 +67,7 @@ JOBS = (
     FioJob("randwrite-4k-qd1", "randwrite", "4k", 1),
     FioJob("write-1m-qd4", "write", "1M", 4),
 )
-TARGETS = ("plain", "mirrored")
+TARGETS = ("plain", "mirrored", "mirrored-qemu-nbd")
 GROUP = "bench"
 
 
@@ -80,6 +85,7 @@ class Run:
     group_state_after: str = ""
     mirror_after: str = ""
     overflows: int = 0
+    sink_writes: int = 0  # the requests the sink took during the job (QEMU may split)
 
 
 class Bench:
@@ -115,6 +121,35 @@ class Bench:
         wait_for_socket(nbd, process)
         self.uris[target] = f"nbd+unix:///disk0?socket={nbd}"
         self.pids[target] = process.pid
+
+    def start_reference_mirror(self) -> None:
+        """The third daemon, mirrored into qemu-nbd by the adapter (this process holds its
+        QMP connection only while attaching: the job lives on in the daemon)."""
+        image = self.workdir / "qemu-nbd-target.raw"
+        with image.open("xb") as handle:
+            handle.truncate(self.size_bytes)
+        socket = self.workdir / "qemu-nbd.sock"
+        process = spawn(["qemu-nbd", "-t", "-k", str(socket), "-f", "raw", "-x", "target",
+                         "--cache=writeback", "--aio=threads", str(image)], self.log_path)
+        self.processes.append(process)
+        wait_for_socket(socket, process)
+        qmp_dir = self.workdir / "qmp-reference"
+        qmp_dir.mkdir()
+        self.start_daemon("mirrored-qemu-nbd", qmp_dir / "ref.qmp")
+
+        async def attach() -> None:
+            adapter = QmpHypervisor(qmp_dir)
+            try:
+                uuid = socket_uuid(qmp_dir / "ref.qmp")
+                await adapter.attach_mirror(uuid, "exp0", socket, "target", full_copy=False)
+                for _ in range(100):
+                    if (await adapter.mirrored_disks(uuid)).get("exp0"):
+                        return
+                    await asyncio.sleep(0.1)
+                raise RuntimeError("the reference mirror did not get ready")
+            finally:
+                await adapter.close()
+        asyncio.run(attach())
 
     def start_sites(self, log: Any) -> None:
         qmp = self.qmp_dir / "vm.qmp"
@@ -171,7 +206,12 @@ def run_one(bench: Bench, job: FioJob, target: str, round_index: int,
         run.group_state_after = after["state"]
         run.mirror_after = after["mirrors"]["vm-disk"]
         run.overflows = after["overflows"] - before["overflows"]
+        run.sink_writes = after["write_count"] - before["write_count"]
     return run
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
 
 
 def _median(runs: list[Run], job: str, target: str, attr: str) -> float:
@@ -197,6 +237,13 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                 seq["mirrored"]["bytes_per_s"] / seq["plain"]["bytes_per_s"],
                 lambda r: r >= 0.7),
     ]
+    summary["reference_mirror_into_qemu_nbd"] = {
+        "qd16_iops_ratio": _ratio(qd16["mirrored-qemu-nbd"]["iops"], qd16["plain"]["iops"]),
+        "qd1_p99_ratio": _ratio(qd1["mirrored-qemu-nbd"]["clat_p99_us"],
+                                qd1["plain"]["clat_p99_us"]),
+        "sequential_ratio": _ratio(seq["mirrored-qemu-nbd"]["bytes_per_s"],
+                                   seq["plain"]["bytes_per_s"]),
+    }
     summary["protected_throughout"] = all(
         r.group_state_after == "protecting" and r.mirror_after == "mirroring"
         and r.overflows == 0 for r in runs if r.target == "mirrored")
@@ -208,13 +255,13 @@ def _target(what: str, ratio: float, met: Any) -> dict[str, Any]:
 
 
 def print_table(summary: dict[str, Any], runs: list[Run], load: dict[str, Any]) -> None:
-    header = f"{'job':<18} {'target':<9} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>9}"
+    header = f"{'job':<18} {'target':<17} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>9}"
     print(header)
     print("-" * len(header))
     for job in JOBS:
         for target in TARGETS:
             figures = summary[job.name][target]
-            print(f"{job.name:<18} {target:<9} {figures['iops']:>9.0f} "
+            print(f"{job.name:<18} {target:<17} {figures['iops']:>9.0f} "
                   f"{figures['bytes_per_s'] / 1e6:>8.1f} {figures['clat_p50_us']:>8.0f} "
                   f"{figures['clat_p99_us']:>9.0f}")
     print()
@@ -225,15 +272,19 @@ def print_table(summary: dict[str, Any], runs: list[Run], load: dict[str, Any]) 
                   f"{run.agent_cpu_s / run.wall_s:.2f}, recovery agent "
                   f"{run.recovery_agent_cpu_s / run.wall_s:.2f}; after: "
                   f"{run.group_state_after} / mirror {run.mirror_after}, "
-                  f"overflows {run.overflows}")
+                  f"overflows {run.overflows}, sink writes {run.sink_writes}")
         else:
-            print(f"{run.job + ' r' + str(run.round):<24} (plain) cores: daemon "
+            print(f"{run.job + ' r' + str(run.round):<24} ({run.target}) cores: daemon "
                   f"{run.daemon_cpu_s / run.wall_s:.2f}")
     print(f"\nload average before {load['before']}, after {load['after']} "
           f"({os.cpu_count()} cores)")
     for target in summary["targets"]:
         verdict = "MET" if target["met"] else "NOT MET"
         print(f"target: {target['what']}: {target['ratio']:.2f}x -> {verdict}")
+    reference = summary["reference_mirror_into_qemu_nbd"]
+    print(f"reference, mirrored into qemu-nbd / plain: QD16 IOPS "
+          f"{reference['qd16_iops_ratio']:.2f}x, QD1 p99 {reference['qd1_p99_ratio']:.2f}x, "
+          f"sequential {reference['sequential_ratio']:.2f}x")
     if not summary["protected_throughout"]:
         print("WARNING: the mirror did not stay attached through every mirrored job")
 
@@ -253,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     size_bytes = parse_size_bytes(args.size)
-    for tool in ("fio", "qemu-storage-daemon"):
+    for tool in ("fio", "qemu-storage-daemon", "qemu-nbd"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
@@ -270,15 +321,17 @@ def main(argv: list[str] | None = None) -> int:
                 bench.qmp_dir.mkdir()
                 bench.start_daemon("plain", None)
                 bench.start_daemon("mirrored", bench.qmp_dir / "vm.qmp")
+                bench.start_reference_mirror()
                 bench.start_sites(log)
                 _progress("mirror attached, group protecting; measuring")
                 for round_index in range(args.rounds):
                     for job in JOBS:
-                        order = TARGETS if round_index % 2 == 0 else TARGETS[::-1]
+                        shift = round_index % len(TARGETS)
+                        order = TARGETS[shift:] + TARGETS[:shift]
                         for target in order:
                             run = run_one(bench, job, target, round_index, args.seconds)
                             runs.append(run)
-                            _progress(f"round {round_index + 1} {job.name:<18} {target:<9} "
+                            _progress(f"round {round_index + 1} {job.name:<18} {target:<17} "
                                       f"{run.fio.iops:>9.0f} IOPS "
                                       f"p99 {run.fio.clat_p99_us:>7.0f} us "
                                       f"{run.fio.bytes_per_s / 1e6:>8.1f} MB/s")

@@ -17,7 +17,7 @@ import pytest
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.frontend.server import NbdFrontend
 from seawall.agent.protect.sink import SinkVolume
-from seawall.errors import Conflict, InvalidInput, NotFound
+from seawall.errors import Conflict, InvalidInput, NotFound, PeerError
 from seawall.hypervisor.base import HypervisorEvent, MirrorEnded, MirrorReady
 from seawall.hypervisor.qmp_adapter import QmpHypervisor
 from seawall.hypervisor.qmp_inventory import check_write_blocking
@@ -163,7 +163,7 @@ def test_refusals_leave_nothing_attached(vm: QemuVm, tmp_path: Path) -> None:
             with pytest.raises(NotFound, match="no VM"):
                 await hv.attach_mirror("0" * 8, "vda", tmp_path / "s", "x", full_copy=True)
             # No sink listens there: refused, and no NBD node stays in the VM.
-            with pytest.raises(Exception, match="cannot open sink"):
+            with pytest.raises(PeerError, match="cannot open sink"):
                 await hv.attach_mirror(VM_UUID, "vda", tmp_path / "none.sock", "x",
                                        full_copy=True)
             async with own_monitor(vm) as qmp:
