@@ -29,6 +29,8 @@ Rules and invariants:
   A sink's write is "durable" once it is in the group's bounded buffer; if the agent dies
   the buffer is lost, the mirror job ends, and the group resyncs: the WAN is never waited
   for in a guest's I/O path.
+- A stalled agent must not stall the guest: its connections are ``stall_guarded``
+  (``seawall.agent.frontend.stall_guard``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SinkVolume:
     """The capture sink of one disk (``disk``, e.g. ``vda``) of VM ``vm_uuid``."""
 
     kind = "sink"
+    stall_guarded = True  # the front end closes its connections when the agent stalls
 
     def __init__(self, name: str, size_bytes: int, vm_uuid: str, disk: str) -> None:
         self.name = name
