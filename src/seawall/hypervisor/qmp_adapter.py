@@ -28,8 +28,8 @@ Rules and invariants:
   ``reconnect-delay``, so a sink that died fails the next write at once (the guest write
   that hits it waits for one failed request). A sink that *stalls* with its socket open
   stalls the guest's writes: QEMU 7.2's NBD client has no request timeout, and cancelling
-  the job waits for the in-flight request too; only a watchdog outside the stalled
-  process can end it (``block-job-cancel`` does not help; closing the socket does).
+  the job waits for the in-flight request too; ``block-job-cancel`` does not help, closing
+  the socket does (the agent's ``seawall.agent.frontend.stall_guard``).
 - A job ends as ``MirrorEnded`` once (``BLOCK_JOB_COMPLETED``/``CANCELLED``, or
   ``JOB_STATUS_CHANGE`` to concluded/null, whichever comes first), is ready as
   ``MirrorReady`` once (``BLOCK_JOB_READY``); ``RESUME`` is ``started``, ``SHUTDOWN`` and a
