@@ -157,6 +157,14 @@ def test_sync_required(state: str, refusal: dict[str, str] | None, severity: str
         assert refusal["message"] in message
 
 
+def test_a_mirror_that_ended_is_a_sync_required_error() -> None:
+    agent = protected_agent(state="sync-required", phase="",
+                            last_error="mirror of vm1-vda ended: cancelled")
+    key, severity, message = only(run(document(facts("protected"), agent)))
+    assert (key, severity) == ("sync-required:app", "error")
+    assert "mirror of vm1-vda ended: cancelled" in message
+
+
 def test_initial_sync_is_not_a_sync_required_alert() -> None:
     agent = protected_agent(state="initial-sync", phase="syncing",
                             newest_replicated_checkpoint_ns=None)

@@ -46,7 +46,7 @@ from seawall.agent.images.exports import ExportRegistry
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
-from seawall.agent.protect.volumes import FileVolume
+from seawall.agent.protect.sink import ProtectedVolume
 from seawall.agent.recover import members
 from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.recover.receiver import ReplicationServer
@@ -83,7 +83,7 @@ class MembershipHost(Protocol):
 
     config: SiteConfig
     state: AgentState
-    volumes: dict[str, FileVolume]
+    volumes: dict[str, ProtectedVolume]
     protected: dict[str, tuple[ProtectedGroup, Shipper]]
     recovering: dict[str, RecoveryGroup]
     exports: ExportRegistry
@@ -291,7 +291,7 @@ class Membership:
         agent.volumes.pop(name).close()
         agent.state.volumes = [v for v in agent.state.volumes if v.name != name]
         agent.save_state()
-        if saved.owned:
+        if saved.owned and saved.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(saved.path)
         return {"name": name, "path": str(saved.path), "deleted": saved.owned}

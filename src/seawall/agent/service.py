@@ -5,6 +5,9 @@ Rules and invariants:
   restarted agent serves the same volumes and resumes the same groups by itself.
 - A volume belongs to at most one protection group; a group's volumes are captured from
   the moment the recovery site answers (see ``ProtectedGroup``).
+- A volume is a file or a capture sink of one VM disk (``SinkVolume``: no file, at most
+  one per VM disk); a group with sinks gets a ``Splitter`` driving their mirrors through
+  ``hypervisor`` (none: the sinks stay ``sync-required``).
 - Replication both ways runs over mutual TLS with the site's identity; each group brings
   the certificate pinned for its peer site (``seawall.tls``).
 - This class does orchestration only; protocols live in ``nbd``/``wire``, storage in
@@ -29,6 +32,8 @@ from seawall.agent.membership import Membership
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
+from seawall.agent.protect.splitter import Splitter
 from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.recover.receiver import ReplicationServer
@@ -58,9 +63,10 @@ class Agent:
         self.agent_id = config.agent_id or config.site_id  # a joined agent has its own
         self._state_path = config.agent_dir / "state.json"
         self.state = AgentState.load(self._state_path)
-        self.volumes: dict[str, FileVolume] = {}
+        self.volumes: dict[str, ProtectedVolume] = {}
         self.hypervisor: Hypervisor | None = None  # opened at start (``--hypervisor``)
         self.protected: dict[str, tuple[ProtectedGroup, Shipper]] = {}
+        self.splitters: dict[str, Splitter] = {}  # by group id: groups with sinks
         self.recovering: dict[str, RecoveryGroup] = {}
         self.exports = ExportRegistry()
         self.frontend = NbdFrontend(self)
@@ -99,7 +105,7 @@ class Agent:
         # First: an unreachable hypervisor fails the start before anything else runs.
         self.hypervisor = await open_hypervisor(parse_hypervisor_spec(self.config.hypervisor))
         for spec in self.state.volumes:
-            self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+            self.volumes[spec.name] = _open_volume(spec)
         for recovery in list(self.state.recovering):
             if recovery.live is not None and recovery.live.state == "consolidated":
                 self.live.finish_consolidated(recovery)
@@ -125,6 +131,8 @@ class Agent:
     async def stop(self) -> None:
         # No more rounds, and held acknowledgements go, before the front end closes.
         await self.coordinated.close_all()
+        for splitter in self.splitters.values():  # QEMU sees cancelled jobs, not lost sinks
+            await splitter.stop(detach=True)
         # The front end first: a write taken after its group stopped capturing would be in
         # no stream and no saved plan, and the next start would trust that plan.
         await self.frontend.close()
@@ -149,7 +157,8 @@ class Agent:
 
     # --- volumes -----------------------------------------------------------------------
 
-    def _new_saved_volume(self, name: str, path: Path, size_bytes: int, owned: bool) -> SavedVolume:
+    def _new_saved_volume(self, name: str, path: Path | None, size_bytes: int,
+                          owned: bool) -> SavedVolume:
         if name in self.volumes:
             raise Conflict(f"volume {name!r} already exists")
         try:
@@ -175,8 +184,20 @@ class Agent:
         spec = self._new_saved_volume(name, path, device_size_bytes(path), owned=False)
         return self._register_volume(spec)
 
+    def create_sink(self, name: str, size_bytes: int, vm_uuid: str, disk: str) -> dict[str, Any]:
+        """A capture sink for disk ``disk`` of VM ``vm_uuid`` (``SinkVolume``), served on the
+        NBD socket by ``name``; one per VM disk."""
+        if size_bytes <= 0 or size_bytes % 512:
+            raise InvalidInput("a sink's size must be a positive multiple of 512 bytes")
+        for other in self.state.volumes:
+            if other.kind == "sink" and (other.vm_uuid, other.disk) == (vm_uuid, disk):
+                raise Conflict(f"disk {disk} of VM {vm_uuid} already has sink {other.name}")
+        spec = self._new_saved_volume(name, None, size_bytes, owned=True)
+        return self._register_volume(spec.model_copy(
+            update={"kind": "sink", "vm_uuid": vm_uuid, "disk": disk}))
+
     def _register_volume(self, spec: SavedVolume) -> dict[str, Any]:
-        self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+        self.volumes[spec.name] = _open_volume(spec)
         self.state.volumes.append(spec)
         self.save_state()
         return self.describe_volume(spec.name)
@@ -190,10 +211,12 @@ class Agent:
         description = {
             "name": name,
             "size": volume.size_bytes,
-            "path": str(volume.path),
+            "path": str(volume.path) if isinstance(volume, FileVolume) else "",
             "nbd_uri": f"nbd+unix:///{name}?socket={self.config.nbd_socket}",
             "group": group,
         }
+        if isinstance(volume, SinkVolume):
+            description.update(kind="sink", vm_uuid=volume.vm_uuid, disk=volume.disk)
         description.update(self.nbd_tcp_description(name))
         return description
 
@@ -237,6 +260,10 @@ class Agent:
         pinned = spec.target_cert_pem
         shipper = Shipper(group, self.config.site_id, self.throttle,
                           client_context(self.identity, pinned) if pinned else None)
+        if group.sinks and self.hypervisor is not None:
+            splitter = Splitter(group, self.hypervisor, self.config.nbd_socket)
+            splitter.start()
+            self.splitters[spec.group_id] = splitter
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
@@ -282,6 +309,7 @@ class Agent:
         volumes go; they become the replicas of the recovery group ``spec``; one state
         save switches over."""
         group, _ = self.protected.pop(spec.group_id)
+        self.splitters.pop(spec.group_id, None)  # a reversal refuses groups with sinks
         names = {v.name for v in group.spec.volumes}
         for name in names:
             self.volumes.pop(name).close()
@@ -312,7 +340,7 @@ class Agent:
         """A pre-seeded replica must be a file of the volume's size that nothing else uses,
         inside a directory this site allows (it is written: it becomes the replica)."""
         sizes = {v.name: v.size_bytes for v in spec.volumes}
-        taken = {v.path.resolve() for v in self.state.volumes} | {
+        taken = {v.path.resolve() for v in self.state.volumes if v.path is not None} | {
             path.resolve() for other in self.state.recovering
             for path in other.replica_paths.values()}
         for name, path in spec.replica_paths.items():
@@ -371,7 +399,7 @@ class Agent:
         self.state.volumes.extend(volumes)
         self.save_state()  # the commit point
         for spec in volumes:
-            self.volumes[spec.name] = FileVolume(spec.name, spec.path)
+            self.volumes[spec.name] = _open_volume(spec)
 
     def group_dir(self, spec: RecoverySpec) -> Path:
         """Where a recovered group's journal and replicas live."""
@@ -415,3 +443,11 @@ class Agent:
     def _describe_export(self, record: ExportRecord) -> dict[str, Any]:
         return record.describe(str(self.config.nbd_socket))
 
+
+
+def _open_volume(spec: SavedVolume) -> ProtectedVolume:
+    if spec.kind == "sink":
+        assert spec.vm_uuid is not None and spec.disk is not None
+        return SinkVolume(spec.name, spec.size_bytes, spec.vm_uuid, spec.disk)
+    assert spec.path is not None
+    return FileVolume(spec.name, spec.path)

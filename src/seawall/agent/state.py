@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,12 +20,16 @@ from seawall.contract.agent import NAME_PATTERN, ProtectionSpec, RecoverySpec
 
 class SavedVolume(BaseModel):
     """A volume this agent serves, as ``state.json`` remembers it (a group's volume as the
-    wire announces it is ``seawall.wire.events.VolumeSpec``)."""
+    wire announces it is ``seawall.wire.events.VolumeSpec``): a file, or a capture sink of
+    a VM's disk (``seawall.agent.protect.sink``), which has no file."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    path: Path
+    kind: Literal["file", "sink"] = "file"
+    path: Path | None = None  # the file; None for a sink
     size_bytes: int
     owned: bool = True  # created by us (in the data dir) rather than added
+    vm_uuid: str | None = None  # a sink's VM and disk target
+    disk: str | None = None
 
 
 class AgentState(BaseModel):

@@ -282,12 +282,25 @@ class VolumeAdd(Request):
     path: Path
 
 
+class SinkCreate(Request):
+    """``POST /volumes/sinks``: a capture sink for one disk of a VM on this agent's host
+    (``seawall.agent.protect.sink``), the target of that disk's write-blocking mirror."""
+
+    name: str
+    size_bytes: int = Field(gt=0)
+    vm_uuid: str = Field(min_length=1, max_length=64)
+    disk: str = Field(min_length=1, max_length=64)
+
+
 class VolumeInfo(Answer):
     name: str
     size: int
-    path: str
+    path: str  # "" for a sink
     nbd_uri: str
     group: str | None
+    kind: Literal["file", "sink"] = "file"
+    vm_uuid: str | None = None
+    disk: str | None = None
 
 
 class VmDisk(Answer):

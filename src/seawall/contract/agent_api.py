@@ -42,6 +42,7 @@ from seawall.contract.agent import (
     RetentionChange,
     ScriptOutcome,
     ScriptRun,
+    SinkCreate,
     TaggedCheckpoint,
     VmListing,
     VolumeAdd,
@@ -99,6 +100,9 @@ class AgentApi:
 
     def remove_volume(self, name: str) -> VolumeRemoved:
         return self._call(VolumeRemoved, "DELETE", f"/volumes/{_id(name)}")
+
+    def create_sink(self, request: SinkCreate) -> VolumeInfo:
+        return self._call(VolumeInfo, "POST", "/volumes/sinks", request)
 
     def forget_pin(self, cert_pem: str) -> PinsLeft:
         return self._call(PinsLeft, "POST", "/pins/forget", PinForget(cert_pem=cert_pem))

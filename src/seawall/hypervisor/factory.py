@@ -10,7 +10,6 @@ Rules:
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from seawall.errors import InvalidInput
@@ -26,9 +25,8 @@ async def open_hypervisor(spec: HypervisorSpec) -> Hypervisor | None:
         except ImportError as exc:
             raise InvalidInput(f"--hypervisor libvirt needs libvirt-python: {exc}") from None
         return await LibvirtHypervisor.open(spec.location)
-    try:  # written on another branch: looked up by name, so this one works without it
-        adapter = importlib.import_module("seawall.hypervisor.qmp_adapter")
+    try:
+        from seawall.hypervisor.qmp_adapter import QmpHypervisor
     except ImportError as exc:
-        raise InvalidInput(f"--hypervisor qmp needs the QMP adapter and qemu.qmp: {exc}") from None
-    qmp: Hypervisor = adapter.QmpHypervisor(Path(spec.location))
-    return qmp
+        raise InvalidInput(f"--hypervisor qmp needs qemu.qmp: {exc}") from None
+    return QmpHypervisor(Path(spec.location))

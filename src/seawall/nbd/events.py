@@ -64,6 +64,7 @@ class ExportInfo:
     min_block_bytes: int = 1
     preferred_block_bytes: int = 4096
     max_block_bytes: int = MAX_PAYLOAD_BYTES
+    can_trim: bool = True  # advertise TRIM (a capture sink does not: see agent/protect/sink)
 
     def __post_init__(self) -> None:
         if self.size_bytes < 0 or self.size_bytes >= 1 << 63:

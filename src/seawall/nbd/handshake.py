@@ -53,7 +53,7 @@ def transmission_flags(info: ExportInfo) -> int:
     if info.read_only:
         flags |= TFLAG_READ_ONLY
     else:
-        flags |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
+        flags |= TFLAG_SEND_WRITE_ZEROES | (TFLAG_SEND_TRIM if info.can_trim else 0)
     return flags
 
 

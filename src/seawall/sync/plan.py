@@ -107,6 +107,13 @@ class SyncPlan:
                 compare_from.append(self.compare_from[source])
         self.maps, self.compare_from = maps, compare_from
 
+    def forget(self, volume: int) -> None:
+        """Nothing of ``volume`` is left to ship: something else covers it whole (a capture
+        sink's mirror copies its whole disk in the sync window)."""
+        dirty = self.maps[volume]
+        self.maps[volume] = DirtyMap(dirty.size_bytes, dirty.bound_bytes)
+        self.compare_from[volume] = None
+
     def compared_through(self, volume: int, offset: int) -> None:
         """Everything of ``volume`` below ``offset`` is compared (and shipped if it differed)."""
         self.compare_from[volume] = None if offset >= self.maps[volume].size_bytes else offset

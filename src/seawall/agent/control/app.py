@@ -44,6 +44,7 @@ from seawall.contract.agent import (
     RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
+    SinkCreate,
     TaggedCheckpoint,
     VmListing,
     VolumeAdd,
@@ -105,6 +106,10 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
                               checkpoint: Annotated[int | None, Query(gt=0)] = None,
                               ) -> dict[str, Any]:
         return await agent.membership.remove_recovery(group_id, keep_replicas, checkpoint)
+
+    @app.post("/volumes/sinks", response_model=VolumeInfo)
+    async def create_sink(body: SinkCreate) -> dict[str, Any]:
+        return agent.create_sink(body.name, body.size_bytes, body.vm_uuid, body.disk)
 
     @app.put("/protected/{group_id}", response_model=GroupStatus)
     async def protect(group_id: str, body: ProtectionSpec) -> dict[str, Any]:

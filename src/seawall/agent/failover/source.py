@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
+from seawall.agent.protect.volumes import FileVolume
 from seawall.contract.agent import RecoverySpec
 from seawall.errors import InvalidInput, NotFound
 
@@ -90,7 +91,11 @@ class SourceFailover:
         if sizes != [v.size_bytes for v in old]:
             raise InvalidInput(f"the reversed group's volume sizes {sizes} differ from this "
                                f"site's {[v.size_bytes for v in old]}")
-        served = {volume.name: volume for volume in group.volumes}
+        served = {volume.name: volume for volume in group.volumes
+                  if isinstance(volume, FileVolume)}
+        if len(served) != len(group.volumes):
+            raise InvalidInput(f"group {spec.name} protects VM disks (capture sinks, no files "
+                               "here): reversing it is not supported yet")
         paths = {volume.name: served[previous.name].path
                  for volume, previous in zip(sorted(spec.volumes, key=lambda v: v.index), old,
                                              strict=True)}

@@ -23,6 +23,9 @@ Rules and invariants:
   never held. A write on a backend without a gate costs one attribute read more.
 - A connection that ends drops its held replies and abandons its deferred ones; after DISC
   or EOF it closes once its flushes are done and its held replies went out.
+- Connections to a backend with ``stall_guarded`` set (capture sinks) are closed by the
+  frontend's ``StallGuard`` thread when the event loop stalls: a guest never waits on a
+  stalled agent longer than its ``stall_s`` (``seawall.agent.frontend.stall_guard``).
 - Loop-agnostic: uvloop is chosen (or not) by the process entry point.
 - TLS only where a listener is given a context (TCP): its connections' cores run in
   FORCEDTLS mode, and at ``StartTls`` the shell stops reading, sends the ACK and upgrades
@@ -50,6 +53,7 @@ from typing import cast
 
 from seawall.agent.frontend.backend import BackendCatalog, ExportBackend
 from seawall.agent.frontend.reply_gate import DeferredReply, ReplyGate
+from seawall.agent.frontend.stall_guard import StallGuard
 from seawall.errors import ProtocolViolation
 from seawall.local_access import bind_unix
 from seawall.nbd.constants import EIO, nbd_errno_for
@@ -202,6 +206,7 @@ class _NbdProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._frontend.connections.discard(self)
+        self._frontend.stall_guard.release(id(self))
         self._handshake_over()
         for task, owed in self._tasks.items():
             task.cancel()
@@ -399,6 +404,9 @@ class _NbdProtocol(asyncio.BufferedProtocol):
             return None
         self._backend = backend
         self._flusher = self._frontend.flusher_for(info.name, backend)
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if getattr(backend, "stall_guarded", False) and sock is not None:
+            self._frontend.stall_guard.guard(id(self), sock.fileno())
         self.export_name = info.name
         return backend
 
@@ -513,10 +521,15 @@ class NbdFrontend:
         self._servers: list[asyncio.Server] = []
         self._flushers: dict[str, _FlushCoalescer] = {}
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="nbd-read")
+        self.stall_guard = StallGuard()
+        self._guard_started = False
 
     async def start_unix(self, path: str | Path, group: str | None = None) -> None:
         """Listen on ``path``: 0600, or 0660 for ``group`` (``seawall.local_access``)."""
         loop = asyncio.get_running_loop()
+        if not self._guard_started:  # the sinks' connections come over the Unix socket
+            self.stall_guard.start()
+            self._guard_started = True
         listener = _Listener(self.max_handshaking)
         listener.name = f"unix:{path}"
         server = await loop.create_unix_server(lambda: _NbdProtocol(self, listener),
@@ -561,3 +574,4 @@ class NbdFrontend:
         self._servers.clear()
         self._flushers.clear()
         self.readers.shutdown(wait=False, cancel_futures=True)
+        await self.stall_guard.close()

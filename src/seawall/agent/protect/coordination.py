@@ -54,7 +54,7 @@ from pydantic import BaseModel
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.checkpoints import LoggedCheckpoint
 from seawall.agent.protect.group import ProtectedGroup
-from seawall.agent.protect.volumes import FileVolume
+from seawall.agent.protect.sink import ProtectedVolume
 from seawall.contract.agent import (
     CoordinationAbort,
     CoordinationAborted,
@@ -340,7 +340,7 @@ class CoordinatedGroups:
             self.coordinators[group.spec.group_id] = coordinator
             coordinator.start()
 
-    def follow_volumes(self, group_id: str, gone: list[FileVolume]) -> None:
+    def follow_volumes(self, group_id: str, gone: list[ProtectedVolume]) -> None:
         """The group's members changed: its hold gates exactly its volumes now."""
         hold = self.holds.get(group_id)
         if hold is None:

@@ -29,6 +29,12 @@ Rules and invariants:
   is taken meanwhile): a new volume is shipped whole inside a sync window, while the other
   members keep streaming; a removed one is captured no more. Records name a volume by its
   index in the group (``GroupVolume.index``, never reused), not by its place in ``volumes``.
+- Capture sinks (a VM disk's mirror target, ``SinkVolume``) cannot be read: every sync
+  window forgets their part of the plan and asks ``on_copy_needed`` (the group's
+  ``Splitter``) for a mirror with a full copy of each disk; the window closes (SYNC_END)
+  only when the syncer is done and every sink reported its copy done (``sink_ready``). A
+  sink whose mirror ended (``sink_lost``) makes the group ``sync-required``: no checkpoint
+  until a new window copied it again (``copy_sinks``). The stream goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
+from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.stream import GroupStream
 from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
-from seawall.agent.protect.volumes import CaptureHook, FileVolume
+from seawall.agent.protect.volumes import CaptureHook
 from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
@@ -76,7 +84,7 @@ class WriteCounter:
 
 
 class ProtectedGroup:
-    def __init__(self, spec: ProtectionSpec, volumes: list[FileVolume], state_dir: Path,
+    def __init__(self, spec: ProtectionSpec, volumes: list[ProtectedVolume], state_dir: Path,
                  buffer_limit_bytes: int, bitmap_bytes: int = DEFAULT_BOUND_BYTES) -> None:
         self.spec = spec
         self.volumes = volumes
@@ -114,6 +122,11 @@ class ProtectedGroup:
         self.sync = SyncProgress()
         self._sync_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
+        self.mirrors_pending = set(self.sinks)  # sinks whose full copy is still due
+        self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
+        self._sinks_settled = asyncio.Event()
+        self.on_copy_needed: Callable[[list[int]], None] | None = None
         self._set_capture(tracking=True)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -202,12 +215,16 @@ class ProtectedGroup:
         if not self.tracking:
             self._start_sync("requested")
 
-    def _start_sync(self, reason: str) -> None:
+    def _start_sync(self, reason: str, sinks: list[int] | None = None) -> None:
+        """Open a sync window; ``sinks``: the sinks to copy again (None: all of them)."""
         if self._sync_task is not None:
             self._sync_task.cancel()
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
         self._set_capture(tracking=False)
         self.syncing = True
+        for index in self.sinks:
+            self.plan.forget(index)  # the mirror's full copy covers it
+        self._copy_sinks(self.sinks if sinks is None else sinks)
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
                  self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
                  extra={"group": self.spec.name})
@@ -222,6 +239,9 @@ class ProtectedGroup:
     async def _run_sync(self, syncer: Syncer) -> None:
         try:
             await syncer.run()
+            while self.mirrors_pending:
+                self._sinks_settled.clear()
+                await self._sinks_settled.wait()
         except Exception as exc:  # e.g. a volume read error: track, retry on a new session
             log.exception("group %s: sync failed", self.spec.name,
                           extra={"group": self.spec.name})
@@ -237,6 +257,43 @@ class ProtectedGroup:
         self._initial = False
         log.info("group %s: sync complete (%d bytes shipped), protecting", self.spec.name,
                  syncer.progress.shipped_bytes, extra={"group": self.spec.name})
+
+    # --- capture sinks (the Splitter reports on their mirrors) ---------------------------
+
+    def _copy_sinks(self, sinks: list[int]) -> None:
+        for index in sinks:
+            self.mirrors_lost.pop(index, None)
+            self.mirrors_pending.add(index)
+        if not sinks:
+            return
+        if self.on_copy_needed is None:
+            for index in sinks:
+                self.sink_lost(index, "no hypervisor adapter to attach its mirror (the agent "
+                                      "runs with --hypervisor none)")
+        else:
+            self.on_copy_needed(sorted(sinks))
+
+    def sink_ready(self, index: int) -> None:
+        """The mirror of sink ``index`` finished its full copy: it now sees every write."""
+        self.mirrors_pending.discard(index)
+        self._sinks_settled.set()
+
+    def sink_lost(self, index: int, reason: str) -> None:
+        """The mirror of sink ``index`` is gone (or could not start): its disk's writes are
+        no longer captured, so no checkpoint is taken until it is copied again."""
+        self.mirrors_pending.discard(index)
+        self.mirrors_lost[index] = reason
+        self.last_error = f"mirror of {self.volumes[index].name} ended: {reason}"
+        log.warning("group %s: %s; sync required", self.spec.name, self.last_error,
+                    extra={"group": self.spec.name})
+        self._sinks_settled.set()
+
+    def copy_sinks(self, sinks: list[int]) -> None:
+        """Copy these sinks again (their mirror can be attached again): in a new window, or
+        in the next one if the group is tracking (a session with a sync is coming)."""
+        if self.tracking:
+            return
+        self._start_sync("mirror attached again", sinks)
 
     # --- capture -----------------------------------------------------------------------
 
@@ -307,7 +364,7 @@ class ProtectedGroup:
 
     # --- members -----------------------------------------------------------------------
 
-    def change_volumes(self, volumes: list[GroupVolume], files: list[FileVolume]) -> int:
+    def change_volumes(self, volumes: list[GroupVolume], files: list[ProtectedVolume]) -> int:
         """Take ``volumes`` (their ``files``, in the same order) as the group's members, in
         place; the seq issued last, after which no record of a removed volume comes.
 
@@ -340,7 +397,7 @@ class ProtectedGroup:
 
     @property
     def protecting(self) -> bool:
-        return not self.tracking and not self.syncing
+        return not self.tracking and not self.syncing and not self.mirrors_lost
 
     def tag_checkpoint(self, name: str, tagged: bool = True) -> LoggedCheckpoint:
         if len(name.encode()) > MAX_CHECKPOINT_NAME_BYTES:
@@ -422,6 +479,8 @@ class ProtectedGroup:
             return "failed-over"
         if self.refusal is not None:
             return "paused" if self.refusal[0] in PAUSE_CODES else "error"
+        if self.mirrors_lost:
+            return "sync-required"
         if self.protecting:
             return "protecting"
         if self._initial:
@@ -454,4 +513,10 @@ class ProtectedGroup:
             "newest_replicated_checkpoint_ns": newest.time_ns if newest else None,
             "rpo_s": (time.time_ns() - newest.time_ns) / 1e9 if newest else None,
             "sync": self.sync.describe(),
+            "mirrors": {self.volumes[i].name: self._mirror_state(i) for i in self.sinks},
         }
+
+    def _mirror_state(self, index: int) -> str:
+        if index in self.mirrors_lost:
+            return f"ended: {self.mirrors_lost[index]}"
+        return "copying" if index in self.mirrors_pending else "mirroring"

@@ -15,6 +15,8 @@ Rules and invariants:
 - The sync pauses while the stream holds more than ``pause_bytes`` unacknowledged, well
   below the group's buffer bound, so a sync never overflows the buffer by itself.
 - Reads leave no page cache behind (see ``_open_volume``).
+- A capture sink (``SinkVolume``) has no file and is never read: its part of the plan is
+  empty (the group forgets it: the sink's mirror copies the whole disk in the window).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.stream import GroupStream
-from seawall.agent.protect.volumes import FileVolume
 from seawall.sync.digests import block_digests, differing_blocks
 from seawall.sync.plan import SyncPlan
 from seawall.wire.records import RecordKind
@@ -89,7 +91,7 @@ class Syncer:
     """One sync of a protected group, given the group's parts it works on (the group owns
     them, and the two events: ``stream_changed`` wakes the shipper, ``acked`` this sync)."""
 
-    def __init__(self, plan: SyncPlan, volumes: list[FileVolume], stream: GroupStream, *,
+    def __init__(self, plan: SyncPlan, volumes: list[ProtectedVolume], stream: GroupStream, *,
                  stream_changed: asyncio.Event, acked: asyncio.Event,
                  remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int,
                  wire_index: list[int] | None = None) -> None:
@@ -105,6 +107,8 @@ class Syncer:
     async def run(self) -> None:
         plan = self.plan
         for index, volume in enumerate(self.volumes):
+            if isinstance(volume, SinkVolume):
+                continue
             fd = _open_volume(str(volume.path))
             try:
                 await self._ship_dirty(index, fd)

@@ -13,7 +13,7 @@ Rules (each document is a ``monitoring.status`` document):
 - ``journal``: the journal's filesystem is full: error; at its warning level (75% of its
   hard limit, set by the agent): warning.
 - ``sync-required`` (protected site): a bitmap or delta sync runs: warning; ``paused`` or
-  ``error``: error.
+  ``error``, or state ``sync-required`` (a VM disk's mirror ended): error.
 - ``test-overdue``: no failover test passed within the reminder interval (counted from
   the group's creation when none ever passed): warning. Recovery site only (it runs them).
 - ``agent-unreachable`` (subject ``agent`` for the site's own, the agent's name for one
@@ -188,6 +188,11 @@ def _sync(document: dict[str, Any]) -> Alert | None:
         return _alert(Kind.SYNC_REQUIRED, document, Severity.WARNING,
                       f"{state} running ({document['sub_state']}{done}): no new "
                       "checkpoints until it completes")
+    if state == "sync-required":
+        why = (document["agent"] or {}).get("last_error") or "a VM disk's mirror ended"
+        return _alert(Kind.SYNC_REQUIRED, document, Severity.ERROR,
+                      f"{why}: no new checkpoints until its disk is copied again (the mirror "
+                      "is attached again when the VM starts, or by `seawall group resync`)")
     if state in ("paused", "error"):
         reason = (document["agent"] or {}).get("refusal") or {}
         return _alert(Kind.SYNC_REQUIRED, document, Severity.ERROR,

@@ -1,0 +1,94 @@
+"""A capture sink: the NBD export a VM's write-blocking mirror writes into.
+
+QEMU's active mirror (``blockdev-mirror``, ``copy-mode: write-blocking``) sends every write
+of the guest, and during its full copy the whole disk, to an NBD node on the agent's Unix
+socket; the export it connects to is a sink. The VM's own disk stays the only copy of the
+data at the protected site: a sink keeps none.
+
+Rules and invariants:
+- A sink has the disk's (virtual) size and is served by name on the agent's NBD socket
+  like a volume. It is a member of a protection group like a ``FileVolume``, through the
+  same ``capture`` hook (so the group stream, shipping, checkpoints and the recovery site
+  see no difference), and the same ``reply_gate``.
+- WRITE: captured, then acknowledged. WRITE_ZEROES: captured as a ``ZERO`` record (the
+  mirror's full copy sends the source's holes this way; QEMU falls back to writing zero
+  buffers if it is not advertised, which would only cost bandwidth).
+- TRIM is not advertised (``ExportInfo.can_trim``), so QEMU's NBD client never sends it:
+  a guest discard on a source with ``discard=ignore`` leaves the data on the VM's disk,
+  and a replayed trim would zero the replica where the source still holds it. (The
+  mirror forwards a guest discard to the target after the source took it, whatever the
+  source did with it; it also turns the full copy's unallocated-but-not-zero areas into
+  discards, which only a backing chain has: those stay as the replica had them.) A TRIM
+  that comes anyway is acknowledged and changes nothing: NBD leaves the content of a
+  trimmed range unspecified, so keeping the data is correct.
+- READ fails with EIO: there is no copy to read. QEMU's mirror never reads its target
+  (the NBD driver is opened as a plain protocol node: no format probe), so only a
+  misdirected client sees this.
+- FLUSH (and FUA) return at once: the VM's disk holds the data, and the guest's flushes
+  are not forwarded to a mirror's target anyway (only the job's own flush before READY).
+  A sink's write is "durable" once it is in the group's bounded buffer; if the agent dies
+  the buffer is lost, the mirror job ends, and the group resyncs: the WAN is never waited
+  for in a guest's I/O path.
+- A stalled agent must not stall the guest: its connections are ``stall_guarded``
+  (``seawall.agent.frontend.stall_guard``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from seawall.agent.frontend.backend import check_range
+from seawall.agent.frontend.reply_gate import ReplyGate
+from seawall.agent.protect.volumes import CaptureHook, FileVolume
+from seawall.nbd.events import ExportInfo
+from seawall.wire.records import RecordKind
+
+
+class SinkVolume:
+    """The capture sink of one disk (``disk``, e.g. ``vda``) of VM ``vm_uuid``."""
+
+    kind = "sink"
+    stall_guarded = True  # the front end closes its connections when the agent stalls
+
+    def __init__(self, name: str, size_bytes: int, vm_uuid: str, disk: str) -> None:
+        self.name = name
+        self.size_bytes = size_bytes
+        self.vm_uuid = vm_uuid
+        self.disk = disk
+        self.info = ExportInfo(name=name, size_bytes=size_bytes, read_only=False,
+                               description=f"seawall capture sink of {disk} of VM {vm_uuid}",
+                               can_trim=False)
+        self.capture: CaptureHook | None = None
+        self.reply_gate: ReplyGate | None = None
+
+    def read(self, offset: int, length: int) -> bytes:
+        check_range(self.size_bytes, offset, length)
+        raise OSError(errno.EIO, f"sink {self.name} keeps no copy of the disk to read")
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._check_change(offset, len(data), errno.ENOSPC)
+        if self.capture is not None:
+            self.capture(RecordKind.WRITE, offset, len(data), bytes(data))
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._check_change(offset, length, errno.ENOSPC)
+        if self.capture is not None:
+            self.capture(RecordKind.ZERO, offset, length, b"")
+
+    def trim(self, offset: int, length: int) -> None:
+        self._check_change(offset, length, errno.EINVAL)  # then nothing: see the rules
+
+    async def flush(self) -> None:
+        return None  # the VM's own disk holds the data: see the rules
+
+    def close(self) -> None:
+        return None
+
+    def _check_change(self, offset: int, length: int, past_end: int) -> None:
+        if self.info.read_only:
+            raise OSError(errno.EPERM, f"sink {self.name} is read-only")
+        check_range(self.size_bytes, offset, length, past_end)
+
+
+ProtectedVolume = FileVolume | SinkVolume
+"""What a protection group's members are."""

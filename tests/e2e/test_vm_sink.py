@@ -1,0 +1,172 @@
+"""A running QEMU's disks protected live through write-blocking mirrors into capture sinks.
+
+Real parts only: a QEMU (TCG, no guest kernel: writes go through HMP ``qemu-io`` on the
+devices' drives, above the mirror's filter, as a guest's would), two real local sites, the
+protected site's agent running the QMP adapter (``hypervisor: qmp:DIR``). A raw and a qcow2
+disk are sinks of one group; the mirrors' full copies are the initial sync; a tagged
+checkpoint must read back at the recovery site byte for byte as the VM's disks were when it
+was tagged. Then the protected agent is killed (-9): QEMU's mirror jobs end, the VM's writes
+go on with no error and it keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seawall.config import CONFIG_NAME
+from seawall.contract.agent import SinkCreate
+from seawall.contract.agent_api import AgentApi
+from seawall.localsites import LocalSite
+from seawall.manager.clients import agent_client
+from seawall.nbd.blocking import NbdClient
+from support.cli import seawall
+from support.qemu_vm import (
+    DISK_BYTES,
+    VM_UUID,
+    QemuVm,
+    file_bytes,
+    own_monitor,
+    qemu_io_write,
+    start_vm,
+)
+from support.sites import kill_agent, stop_for_sure
+
+pytestmark = pytest.mark.e2e
+DISKS = {"vda": "raw", "vdb": "qcow2"}
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[QemuVm]:
+    started = start_vm(tmp_path / "vm")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def vm_sites(tmp_path: Path, vm: QemuVm) -> Iterator[tuple[LocalSite, LocalSite]]:
+    """``prod`` (its agent watching the VM's QMP directory) and ``dr``, started and paired."""
+    log = (tmp_path / "sites.log").open("w")
+    prod = LocalSite("prod", tmp_path / "prod", log)
+    config_path = prod.directory / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "hypervisor": f"qmp:{vm.directory}"}))
+    dr = LocalSite("dr", tmp_path / "dr", log)
+    try:
+        prod.launch()
+        dr.launch()
+        prod.wait_started()
+        dr.wait_started()
+        prod.pair_with(dr)
+        yield prod, dr
+    finally:
+        for site in (prod, dr):
+            stop_for_sure(site)
+        log.close()
+
+
+def disk_sha256(vm: QemuVm, disk: str) -> str:
+    path = vm.raw if DISKS[disk] == "raw" else vm.qcow2
+    return hashlib.sha256(file_bytes(path, DISKS[disk])).hexdigest()
+
+
+def wait_state(site: LocalSite, state: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while site.group_status("app")["state"] != state:
+        assert time.monotonic() < deadline, site.group_status("app")
+        time.sleep(0.1)
+
+
+def export_sha256(uri: str) -> str:
+    with NbdClient(uri) as client:
+        assert client.size == DISK_BYTES
+        digest = hashlib.sha256()
+        for offset in range(0, DISK_BYTES, 8 << 20):
+            digest.update(client.read(offset, 8 << 20))
+        return digest.hexdigest()
+
+
+def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
+        vm: QemuVm, vm_sites: tuple[LocalSite, LocalSite]) -> None:
+    prod, dr = vm_sites
+
+    async def qemu_io(*writes: tuple[str, int, int, int]) -> None:
+        async with own_monitor(vm) as qmp:
+            for disk, pattern, offset, length in writes:
+                await qemu_io_write(vm, qmp, f"drive-{disk}", pattern, offset, length)
+            for disk in DISKS:  # qcow2 metadata reaches the file: it is read from outside
+                await qmp.execute("human-monitor-command",
+                                  {"command-line": f'qemu-io drive-{disk} "flush"'})
+
+    # Data on the disks before protection: the mirrors' full copies must carry it.
+    asyncio.run(qemu_io(("vda", 0x11, 0, 1 << 20), ("vdb", 0x12, 3 << 20, 1 << 20)))
+    agent = AgentApi(agent_client(prod.config))
+    for disk in DISKS:
+        sink = agent.create_sink(SinkCreate(name=f"vm1-{disk}", size_bytes=DISK_BYTES,
+                                            vm_uuid=VM_UUID, disk=disk))
+        assert (sink.kind, sink.path, sink.disk) == ("sink", "", disk)
+    prod.api.post("/api/v1/groups", {"name": "app", "volumes": ["vm1-vda", "vm1-vdb"],
+                                     "to": "dr", "checkpoint_interval_s": 0.5})
+    prod.wait_protecting("app")
+    assert prod.group_status("app")["state"] == "protecting"
+
+    asyncio.run(qemu_io(("vda", 0x21, 4096, 8192), ("vdb", 0x22, 0, 65536),
+                        ("vda", 0x23, DISK_BYTES - 4096, 4096), ("vdb", 0x24, 10 << 20, 1 << 20)))
+    checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c1").stdout.strip())
+    expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
+    asyncio.run(qemu_io(("vda", 0x31, 0, 4096)))  # after the checkpoint: not in it
+
+    dr.wait_checkpoint("app", checkpoint)
+    for disk in DISKS:
+        uri = seawall(dr, "export", "app", f"vm1-{disk}", "--checkpoint",
+                      str(checkpoint)).stdout.strip()
+        assert export_sha256(uri) == expected[disk], f"checkpoint {checkpoint} of {disk}"
+        seawall(dr, "export", "--stop", uri)
+
+    # A mirror job that ends (cancelled here; a VM stopped, a sink lost) stops checkpoints:
+    # the group turns sync-required; a resync attaches a new mirror, whose copy closes it.
+    async def cancel_mirror() -> None:
+        async with own_monitor(vm) as qmp:
+            await qmp.execute("block-job-cancel", {"device": "seawall-vdb", "force": True})
+    asyncio.run(cancel_mirror())
+    wait_state(prod, "sync-required")
+    status = prod.group_status("app")
+    assert status["mirrors"] == {"vm1-vda": "mirroring", "vm1-vdb": "ended: cancelled"}
+    assert status["last_error"] == "mirror of vm1-vdb ended: cancelled"
+    refused = seawall(prod, "checkpoint", "tag", "app", "--name", "no", check=False)
+    assert refused.returncode != 0 and "sync-required" in refused.stderr
+    asyncio.run(qemu_io(("vdb", 0x51, 5 << 20, 65536)))  # not captured: the copy takes it
+    seawall(prod, "group", "resync", "app")
+    prod.wait_protecting("app")
+    checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c2").stdout.strip())
+    expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
+    dr.wait_checkpoint("app", checkpoint)
+    uri = seawall(dr, "export", "app", "vm1-vdb", "--checkpoint", str(checkpoint)).stdout.strip()
+    assert export_sha256(uri) == expected["vdb"]
+    seawall(dr, "export", "--stop", uri)
+
+    kill_agent(prod)  # the VM must not notice, beyond its mirror jobs ending
+
+    async def after_the_agent() -> None:
+        async with own_monitor(vm) as qmp:
+            for round_index in range(3):
+                for disk in DISKS:
+                    await qemu_io_write(vm, qmp, f"drive-{disk}", 0x41 + round_index,
+                                        round_index << 20, 65536)
+            for _ in range(100):
+                jobs = await qmp.execute("query-block-jobs")
+                if not jobs:
+                    break
+                await asyncio.sleep(0.1)
+            assert jobs == [], jobs
+            status = await qmp.execute("query-status")
+            assert isinstance(status, dict) and status["status"] == "running"
+    asyncio.run(after_the_agent())
