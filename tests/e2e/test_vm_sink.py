@@ -6,27 +6,35 @@ protected site's agent running the QMP adapter (``hypervisor: qmp:DIR``). A raw 
 disk are sinks of one group; the mirrors' full copies are the initial sync; a tagged
 checkpoint must read back at the recovery site byte for byte as the VM's disks were when it
 was tagged. Then the protected agent is killed (-9): QEMU's mirror jobs end, the VM's writes
-go on with no error and it keeps running.
+go on with no error and it keeps running. The site starts its agent again, which attaches
+the mirrors by itself; then it is stopped whole (SIGSTOP, no thread of it runs): its
+watchdog kills it within the bound, and the VM's write that waited on it completes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from seawall.agent.watchdog import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, STALL_KILL_S
 from seawall.config import CONFIG_NAME
 from seawall.contract.agent import SinkCreate
 from seawall.contract.agent_api import AgentApi
+from seawall.errors import SeawallError
 from seawall.localsites import LocalSite
 from seawall.manager.clients import agent_client
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
+from support.faultproxy import wait_until
 from support.qemu_vm import (
     DISK_BYTES,
     VM_UUID,
@@ -36,7 +44,7 @@ from support.qemu_vm import (
     qemu_io_write,
     start_vm,
 )
-from support.sites import kill_agent, stop_for_sure
+from support.sites import agent_pid, kill_agent, stop_for_sure, wait_pid_gone
 
 pytestmark = pytest.mark.e2e
 DISKS = {"vda": "raw", "vdb": "qcow2"}
@@ -170,3 +178,26 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
             status = await qmp.execute("query-status")
             assert isinstance(status, dict) and status["status"] == "running"
     asyncio.run(after_the_agent())
+
+    # The site's keeper starts the agent again; its group resumes and the mirrors are
+    # attached again by the agent itself (a full copy: resync by comparison is not built).
+    def mirrors_back() -> bool:
+        try:
+            return prod.group_status("app")["state"] == "protecting"
+        except SeawallError:  # the agent is not up yet
+            return False
+    assert wait_until(mirrors_back, timeout_s=60), "the agent did not attach its mirrors again"
+    assert prod.group_status("app")["mirrors"] == {"vm1-vda": "mirroring",
+                                                   "vm1-vdb": "mirroring"}
+    stalled = agent_pid(prod)
+    assert stalled is not None
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        started_s = time.monotonic()
+        asyncio.run(qemu_io(("vda", 0x61, 0, 4096)))  # waits on the stopped sink, then not
+        waited_s = time.monotonic() - started_s
+        assert wait_pid_gone(stalled), "the watchdog did not kill the stopped agent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGCONT)
+    assert waited_s < STALL_KILL_S + PROBE_INTERVAL_S + PROBE_TIMEOUT_S + 5, waited_s

@@ -14,26 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from seawall.agent.watchdog import StallWatch
+from seawall.agent.watchdog import SINK_CONNECTIONS_FILE, StallWatch
 from support.faultproxy import wait_until
 
 
-def test_never_kills_before_a_first_answer_or_without_mirrors() -> None:
-    watch = StallWatch(stall_kill_s=10)
-    assert not watch.should_kill(100.0)
-    watch.answered(100.0, mirrors_attached=0)
-    assert not watch.should_kill(1000.0)
-
-
-def test_kills_a_mirrored_agent_silent_for_the_bound_and_not_before() -> None:
-    watch = StallWatch(stall_kill_s=10)
-    watch.answered(100.0, mirrors_attached=2)
-    assert not watch.should_kill(109.9)
-    assert watch.should_kill(110.0)
-    watch.answered(111.0, mirrors_attached=2)  # it answered again: the clock starts anew
-    assert not watch.should_kill(115.0)
-    watch.answered(116.0, mirrors_attached=0)  # its mirrors ended: a stall harms no VM now
-    assert not watch.should_kill(200.0)
+def test_kills_only_with_mirrors_connected_and_silent_for_the_bound() -> None:
+    watch = StallWatch(started_s=100.0, stall_kill_s=10)
+    assert not watch.should_kill(109.9, sink_connections=1)
+    assert watch.should_kill(110.0, sink_connections=1)  # never answered since the watch began
+    assert not watch.should_kill(1000.0, sink_connections=0)  # a stall then stops no VM
+    watch.answered(111.0)  # it answered again: the clock starts anew
+    assert not watch.should_kill(120.9, sink_connections=2)
+    assert watch.should_kill(121.0, sink_connections=2)
 
 
 STAND_IN = textwrap.dedent("""
@@ -42,8 +34,7 @@ STAND_IN = textwrap.dedent("""
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"status": "ok", "agent_id": "a",
-                               "mirrors_attached": int(sys.argv[2])}).encode()
+            body = json.dumps({"status": "ok", "agent_id": "a"}).encode()
             self.send_response(200)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -60,7 +51,8 @@ STAND_IN = textwrap.dedent("""
 def stand_in_agent(tmp_path: Path, mirrors: int) -> Iterator[tuple[subprocess.Popen[bytes],
                                                                     subprocess.Popen[bytes]]]:
     socket_path = tmp_path / "agent.sock"
-    agent = subprocess.Popen([sys.executable, "-c", STAND_IN, str(socket_path), str(mirrors)])
+    (tmp_path / SINK_CONNECTIONS_FILE).write_text(f"{mirrors}\n")  # as its StallGuard keeps it
+    agent = subprocess.Popen([sys.executable, "-c", STAND_IN, str(socket_path)])
     watchdog: subprocess.Popen[bytes] | None = None
     try:
         assert wait_until(socket_path.exists, timeout_s=10)

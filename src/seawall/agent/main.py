@@ -23,6 +23,7 @@ from seawall.agent.control.app import create_control_app
 from seawall.agent.control.listener import ControlPins, control_server, pins_router
 from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.service import Agent
+from seawall.agent.watchdog import start_watchdog, stop_watchdog
 from seawall.config import SiteConfig
 from seawall.local_access import bind_unix, peer_checked
 from seawall.serving import Server, bind_tcp, limited_config
@@ -58,6 +59,8 @@ async def serve(config: SiteConfig) -> None:
     pid_path = config.run_dir / "agent.pid"
     pid_path.write_text(f"{os.getpid()}\n")
     tasks = [asyncio.create_task(servers[0].serve(sockets=[control_unix]))]
+    # With VMs' mirrors possible, a watchdog outside this process ends a stall of it whole.
+    watchdog = start_watchdog(config.agent_socket) if agent.hypervisor is not None else None
     if metrics_socket is not None:
         tasks.append(asyncio.create_task(servers[1].serve(sockets=[metrics_socket])))
         log.info("agent %s serving metrics on http://%s:%d/metrics", config.name,
@@ -74,6 +77,8 @@ async def serve(config: SiteConfig) -> None:
         await shutdown.wait()
     finally:
         log.info("agent stopping")
+        if watchdog is not None:
+            stop_watchdog(watchdog)
         for server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks)

@@ -38,6 +38,7 @@ from seawall.agent.protect.volumes import FileVolume, create_volume_file, device
 from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.recover.receiver import ReplicationServer
 from seawall.agent.state import AgentState, SavedVolume
+from seawall.agent.watchdog import SINK_CONNECTIONS_FILE
 from seawall.config import SiteConfig
 from seawall.confined import inside_any
 from seawall.contract.agent import ProtectionChange, ProtectionSpec, RecoverySpec, RetentionChange
@@ -69,7 +70,7 @@ class Agent:
         self.splitters: dict[str, Splitter] = {}  # by group id: groups with sinks
         self.recovering: dict[str, RecoveryGroup] = {}
         self.exports = ExportRegistry()
-        self.frontend = NbdFrontend(self)
+        self.frontend = NbdFrontend(self, sink_count_path=config.run_dir / SINK_CONNECTIONS_FILE)
         self.failover_tests = FailoverTests(config, self.recovery_group,
                                             self.frontend.disconnect_export)
         self.live = LiveFailovers(config, self, self.failover_tests)

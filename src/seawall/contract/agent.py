@@ -270,6 +270,7 @@ class TaggedCheckpoint(Answer):
 class Health(Answer):
     status: str
     agent_id: str
+    sink_connections: int = 0  # QEMU mirrors connected to capture sinks (the watchdog's cue)
 
 
 class VolumeCreate(Request):

@@ -63,7 +63,8 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "agent_id": agent.agent_id}
+        return {"status": "ok", "agent_id": agent.agent_id,
+                "sink_connections": agent.frontend.stall_guard.guarded_connections}
 
     @app.get("/volumes", response_model=list[VolumeInfo])
     async def list_volumes() -> list[dict[str, Any]]:

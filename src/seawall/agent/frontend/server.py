@@ -512,7 +512,8 @@ class NbdFrontend:
 
     def __init__(self, catalog: BackendCatalog,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
-                 max_handshaking: int = MAX_HANDSHAKING_CONNECTIONS) -> None:
+                 max_handshaking: int = MAX_HANDSHAKING_CONNECTIONS,
+                 sink_count_path: Path | None = None) -> None:
         self.catalog = catalog
         self.handshake_timeout_s = handshake_timeout_s
         self.max_handshaking = max_handshaking
@@ -521,7 +522,7 @@ class NbdFrontend:
         self._servers: list[asyncio.Server] = []
         self._flushers: dict[str, _FlushCoalescer] = {}
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="nbd-read")
-        self.stall_guard = StallGuard()
+        self.stall_guard = StallGuard(count_path=sink_count_path)
         self._guard_started = False
 
     async def start_unix(self, path: str | Path, group: str | None = None) -> None:

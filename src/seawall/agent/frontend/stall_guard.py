@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,12 @@ TICK_S = 0.25
 
 
 class StallGuard:
-    def __init__(self, stall_s: float = STALL_S) -> None:
+    def __init__(self, stall_s: float = STALL_S, count_path: Path | None = None) -> None:
+        """``count_path``: a file kept holding the number of guarded connections, for the
+        watchdog outside the process (``seawall.agent.watchdog``), which reads it whatever
+        state this process is in."""
         self.stall_s = stall_s
+        self.count_path = count_path
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}  # id of the connection -> its duplicated descriptor
         self._beat_s = time.monotonic()
@@ -50,6 +55,8 @@ class StallGuard:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        with self._lock:  # what a previous process of the agent left there is stale
+            self._publish_count()
         self._ticker = asyncio.create_task(self._tick())
         self._thread = threading.Thread(target=self._watch, name="sink-stall-guard",
                                         daemon=True)
@@ -66,15 +73,31 @@ class StallGuard:
                 os.close(fd)
             self._fds.clear()
 
+    @property
+    def guarded_connections(self) -> int:
+        """Connections to capture sinks now open: QEMU mirrors that wait on this agent."""
+        with self._lock:
+            return len(self._fds)
+
     def guard(self, key: int, fd: int) -> None:
         with self._lock:
             self._fds[key] = os.dup(fd)
+            self._publish_count()
 
     def release(self, key: int) -> None:
         with self._lock:
             fd = self._fds.pop(key, None)
+            self._publish_count()
         if fd is not None:
             os.close(fd)
+
+    def _publish_count(self) -> None:
+        # Runtime state, not data: replaced whole (never read half-written), no fsync.
+        if self.count_path is None:
+            return
+        tmp = self.count_path.with_name(f".{self.count_path.name}.tmp")
+        tmp.write_text(f"{len(self._fds)}\n")
+        os.replace(tmp, self.count_path)
 
     async def _tick(self) -> None:
         while True:
