@@ -46,3 +46,10 @@ def test_a_vm_with_nothing_to_protect_or_a_taken_name_is_refused() -> None:
     odd = FoundVm("host1", "web+prod", "5", (FoundDisk("vda", GIB, None),))
     with pytest.raises(InvalidInput, match="no valid volume name"):
         plan_vm_sinks(["web+prod"], [odd], set())
+
+
+def test_a_vm_protected_already_is_refused_naming_its_group() -> None:
+    with pytest.raises(Conflict, match="VM web is already protected by group 'app'"):
+        plan_vm_sinks(["db", "web"], [WEB, DB], set(), protected={WEB.uuid: "app"})
+    with pytest.raises(Conflict, match="already has capture sinks in no group"):
+        plan_vm_sinks(["web"], [WEB], set(), protected={WEB.uuid: None})

@@ -46,7 +46,8 @@ from seawall.agent.images.exports import ExportRegistry
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
-from seawall.agent.protect.sink import ProtectedVolume
+from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
+from seawall.agent.protect.splitter import Splitter
 from seawall.agent.recover import members
 from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.recover.receiver import ReplicationServer
@@ -60,6 +61,7 @@ from seawall.contract.agent import (
     RetiredVolume,
 )
 from seawall.errors import Conflict, InvalidInput, NotFound, NotReady, SeawallError
+from seawall.hypervisor.base import Hypervisor
 
 KEPT_SUFFIX = "-replicas"
 
@@ -84,6 +86,8 @@ class MembershipHost(Protocol):
     config: SiteConfig
     state: AgentState
     volumes: dict[str, ProtectedVolume]
+    hypervisor: Hypervisor | None
+    splitters: dict[str, Splitter]
     protected: dict[str, tuple[ProtectedGroup, Shipper]]
     recovering: dict[str, RecoveryGroup]
     exports: ExportRegistry
@@ -119,7 +123,8 @@ class Membership:
 
     # --- protected side ------------------------------------------------------------------
 
-    def change_protected(self, group_id: str, volumes: list[GroupVolume]) -> dict[str, Any]:
+    async def change_protected(self, group_id: str,
+                               volumes: list[GroupVolume]) -> dict[str, Any]:
         agent = self.agent
         group = agent.protected_group(group_id)
         if group.spec.fenced:
@@ -136,10 +141,22 @@ class Membership:
                 raise Conflict(f"volume {volume.name} has {found['size']} bytes, not "
                                f"{volume.size_bytes}")
         before = list(group.volumes)
-        last_seq = group.change_volumes(volumes, [agent.volumes[v.name] for v in volumes])
-        agent.coordinated.follow_volumes(group_id, [v for v in before
-                                                    if v not in group.volumes])
+        files = [agent.volumes[v.name] for v in volumes]
+        splitter = agent.splitters.get(group_id)
+        if splitter is None and agent.hypervisor is not None and \
+                any(isinstance(file, SinkVolume) for file in files):
+            # Before the change: it asks the splitter to copy the new sinks.
+            splitter = agent.splitters[group_id] = Splitter(group, agent.hypervisor,
+                                                            agent.config.nbd_socket)
+            splitter.start()
+        last_seq = group.change_volumes(volumes, files)
+        gone = [v for v in before if v not in group.volumes]
+        agent.coordinated.follow_volumes(group_id, gone)
         agent.save_state()  # the spec is the saved one, changed in place
+        if splitter is not None:  # their VMs keep running, untouched
+            await splitter.detach([v for v in gone if isinstance(v, SinkVolume)])
+            if not group.sinks:
+                await agent.splitters.pop(group_id).stop(detach=False)
         return {"group_id": group_id, "last_seq": last_seq}
 
     async def set_coordination(self, group_id: str,
@@ -165,6 +182,9 @@ class Membership:
         if entry is None:
             raise NotFound(f"group {group_id} is not protected by this agent")
         group, shipper = entry
+        splitter = agent.splitters.pop(group_id, None)
+        if splitter is not None:  # the VMs keep running, untouched, their mirrors ended
+            await splitter.stop(detach=True)
         await agent.coordinated.remove(group_id)
         await shipper.stop()
         await group.stop()

@@ -123,8 +123,11 @@ def settings_body(**given: str | None) -> dict[str, Any]:
 
 def group_create(
     name: str,
-    volume: Annotated[list[str], Opt("--volume", help="A volume (repeatable).")],
     to: Annotated[str, Opt("--to", help="Name of the paired recovery site.")],
+    volume: Annotated[list[str] | None, Opt("--volume", help="A volume (repeatable).")] = None,
+    vm: Annotated[list[str] | None, Opt(
+        "--vm", help="A VM (name or uuid, see `seawall vm list`) whose disks the group "
+        "protects, live, wherever it runs among the site's agents (repeatable).")] = None,
     preseed: Annotated[list[str] | None, Opt(
         "--preseed", help="VOLUME=PATH (or PATH for a one-volume group): a copy of the volume "
         "in a file at the recovery site (in its data dir or a --storage-root it allows), "
@@ -140,7 +143,7 @@ def group_create(
     post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Protect volumes of this site to a paired site."""
+    """Protect volumes and VMs of this site to a paired site."""
     body = settings_body(
         checkpoint_interval=checkpoint_interval, history=history, journal_max=journal_max,
         journal_warning=journal_warning, priority=priority, compression=compression,
@@ -149,12 +152,14 @@ def group_create(
         boot_order=boot_order, pre_script=pre_script, post_script=post_script,
         script_timeout=script_timeout)
     group = manager(url, token).post("/api/v1/groups", {
-        "name": name, "volumes": volume, "to": to, **body,
-        "preseed": _preseed_paths(preseed or [], volume)})
+        "name": name, "volumes": volume or [], "vms": vm or [], "to": to, **body,
+        "preseed": _preseed_paths(preseed or [], volume or [])})
     if json_output:
         print_json(group)
-    else:
-        console.print(f"group {name} created; initial sync to {to} started")
+        return
+    console.print(f"group {name} created; initial sync to {to} started")
+    for warning in group.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False, highlight=False)
 
 
 def _preseed_paths(values: list[str], volumes: list[str]) -> dict[str, str]:
@@ -185,9 +190,14 @@ def group_update(
     remove_volume: Annotated[list[str] | None, Opt(
         "--remove-volume", help="A volume to stop protecting; its history at the recovery "
         "site stays readable until it ages out (repeatable).")] = None,
+    add_vm: Annotated[list[str] | None, Opt(
+        "--add-vm", help="A VM whose disks to protect from now on, live (repeatable).")] = None,
+    remove_vm: Annotated[list[str] | None, Opt(
+        "--remove-vm", help="A VM to stop protecting: its mirrors end, it keeps running; "
+        "its history stays readable until it ages out (repeatable).")] = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Change settings or volumes of a group (at its protected site; both sites follow;
+    """Change settings, volumes or VMs of a group (at its protected site; both sites follow;
     settings need no resync, a new volume gets its initial sync)."""
     body = settings_body(
         checkpoint_interval=checkpoint_interval, history=history, journal_max=journal_max,
@@ -196,13 +206,14 @@ def group_update(
         storage=storage, failover_network=failover_network, test_network=test_network,
         boot_order=boot_order, pre_script=pre_script, post_script=post_script,
         script_timeout=script_timeout)
-    if not body and not add_volume and not remove_volume:
+    members_change = {"add": add_volume or [], "remove": remove_volume or [],
+                      "add_vms": add_vm or [], "remove_vms": remove_vm or []}
+    if not body and not any(members_change.values()):
         raise InvalidInput("nothing to change: give at least one setting or --add-volume / "
-                           "--remove-volume (see --help)")
+                           "--remove-volume / --add-vm / --remove-vm (see --help)")
     client = manager(url, token)
-    if add_volume or remove_volume:
-        members = client.request("PATCH", f"/api/v1/groups/{name}/volumes",
-                                 {"add": add_volume or [], "remove": remove_volume or []})
+    if any(members_change.values()):
+        members = client.request("PATCH", f"/api/v1/groups/{name}/volumes", members_change)
         if not body:
             _print_members(name, members, json_output)
             return
@@ -229,6 +240,12 @@ def _print_members(name: str, result: dict[str, Any], json_output: bool) -> None
     for volume in result["removed"]:
         console.print(f"group {name}: volume {volume} removed; its history at "
                       f"{result['peer']} stays readable until it ages out")
+    for vm in result.get("added_vms", []):
+        console.print(f"group {name}: VM {vm} added; its mirrors' full copies are its "
+                      "initial sync", markup=False, highlight=False)
+    for vm in result.get("removed_vms", []):
+        console.print(f"group {name}: VM {vm} removed; its mirrors ended, it runs on",
+                      markup=False, highlight=False)
     for warning in result.get("warnings", []):
         console.print(f"warning: {warning}", markup=False, highlight=False)
 

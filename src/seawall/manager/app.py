@@ -52,6 +52,7 @@ from seawall.manager.sites.service import SiteService
 from seawall.manager.sites.unpairing import Unpairing
 from seawall.manager.vms.routes import router as vms_router
 from seawall.manager.vms.service import VmService
+from seawall.manager.vms.sinks import VmSinks
 from seawall.manager.volumes.routes import router as volumes_router
 from seawall.manager.volumes.service import VolumeService
 
@@ -89,9 +90,10 @@ def create_app(config: SiteConfig) -> FastAPI:
     sites = SiteService(config, sessions)
     agents = AgentDirectory(config, sessions, agent)  # the site's own + joined
     app.state.agents, app.state.volumes = agents, VolumeService(agents)
-    app.state.vms = VmService(agents)
+    app.state.vms = VmService(agents, app.state.volumes)
     groups = GroupService(config, sessions, agent, sites, SpanningGroups(config, agents, agent),
-                          locate=app.state.volumes.locate)
+                          locate=app.state.volumes.locate,
+                          vm_sinks=VmSinks(agents, app.state.vms, app.state.volumes))
     app.state.sites = sites
     app.state.unpairing = Unpairing(config, sites, agent)
     app.state.groups = groups

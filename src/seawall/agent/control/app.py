@@ -88,7 +88,7 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
 
     @app.put("/protected/{group_id}/volumes", response_model=MembersChanged)
     async def change_protected_members(group_id: str, body: ProtectedMembers) -> dict[str, Any]:
-        return agent.membership.change_protected(group_id, body.volumes)
+        return await agent.membership.change_protected(group_id, body.volumes)
 
     @app.put("/protected/{group_id}/coordination", response_model=GroupStatus)
     async def set_coordination(group_id: str, body: Coordination) -> dict[str, Any]:

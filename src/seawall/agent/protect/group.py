@@ -383,15 +383,28 @@ class ProtectedGroup:
                        for source in sources]
         self.volumes, self.spec.volumes = files, volumes
         self.wire_index = [volume.index for volume in volumes]
+        self._follow_sinks(sources)
         self._set_capture(tracking=self.tracking)
         last_seq = max(self._issued_seq, self.stream.last_seq)
         if not self.tracking and (self.syncing or None in sources):
             # A running sync works on the old places: it restarts on the new ones (what it
             # took from the plan is in the stream already, the rest still in the plan).
-            self._start_sync("volumes added" if None in sources else "volumes removed")
+            # Sinks kept keep their mirrors; new ones are copied (or still due).
+            due = [i for i in self.sinks if sources[i] is None or i in self.mirrors_pending]
+            self._start_sync("volumes added" if None in sources else "volumes removed", due)
         if None in sources:
             self.link_reset.set()
         return last_seq
+
+    def _follow_sinks(self, sources: list[int | None]) -> None:
+        """The sink bookkeeping, by place, after the members changed (``sources``: the old
+        place of each new member, None for a new one)."""
+        moved = {old: new for new, old in enumerate(sources) if old is not None}
+        self.sinks = [i for i, volume in enumerate(self.volumes)
+                      if isinstance(volume, SinkVolume)]
+        self.mirrors_pending = {moved[i] for i in self.mirrors_pending if i in moved}
+        self.mirrors_lost = {moved[i]: why for i, why in self.mirrors_lost.items() if i in moved}
+        self._sinks_settled.set()
 
     # --- checkpoints -------------------------------------------------------------------
 

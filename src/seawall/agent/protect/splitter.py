@@ -37,11 +37,27 @@ class Splitter:
         self.group = group
         self.hypervisor = hypervisor
         self.socket_path = socket_path
-        self._sinks: dict[int, SinkVolume] = {
-            i: volume for i, volume in enumerate(group.volumes) if isinstance(volume, SinkVolume)}
-        self._by_disk = {(sink.vm_uuid, sink.disk): i for i, sink in self._sinks.items()}
         self._attaching: dict[int, asyncio.Task[None]] = {}
         self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def _sinks(self) -> dict[int, SinkVolume]:
+        # Read from the group each time: its members change in place (change_volumes).
+        return {i: volume for i, volume in enumerate(self.group.volumes)
+                if isinstance(volume, SinkVolume)}
+
+    @property
+    def _by_disk(self) -> dict[tuple[str, str], int]:
+        return {(sink.vm_uuid, sink.disk): i for i, sink in self._sinks.items()}
+
+    async def detach(self, sinks: list[SinkVolume]) -> None:
+        """End the mirrors of sinks that left the group (the VM keeps running, untouched)."""
+        for sink in sinks:
+            try:
+                await self.hypervisor.detach_mirror(sink.vm_uuid, sink.disk)
+            except SeawallError as exc:
+                log.warning("group %s: cannot detach the mirror of %s: %s",
+                            self.group.spec.name, sink.name, exc.message)
 
     def start(self) -> None:
         self.group.on_copy_needed = self.copy
@@ -57,12 +73,7 @@ class Splitter:
                 await task
         self._attaching.clear()
         if detach:
-            for sink in self._sinks.values():
-                try:
-                    await self.hypervisor.detach_mirror(sink.vm_uuid, sink.disk)
-                except SeawallError as exc:
-                    log.warning("group %s: cannot detach the mirror of %s: %s",
-                                self.group.spec.name, sink.name, exc.message)
+            await self.detach(list(self._sinks.values()))
 
     def copy(self, sinks: list[int]) -> None:
         """``ProtectedGroup.on_copy_needed``: (re)attach these sinks' mirrors, full copy."""

@@ -141,6 +141,25 @@ class GroupMembership:
         return {**describe(group, peer.name), "added": add, "removed": remove,
                 "warnings": warnings}
 
+    def update_vms(self, name: str, add: list[str], remove: list[str], add_vms: list[str],
+                   remove_vms: list[str]) -> dict[str, Any]:
+        """``update`` with VMs too: a VM added brings a capture sink per disk (made first,
+        removed again if the change fails); a VM removed takes its sinks out of the group,
+        then they are deleted (their history stays at the recovery site until it ages
+        out; the VM keeps running, its mirrors ended)."""
+        group, _ = self._protected_here(name, "change its members")
+        sinks = self.groups.vm_sinks
+        leaving = sinks.of_vms(remove_vms, [v["name"] for v in current(group.volumes)])
+        joining, warnings = sinks.make(add_vms) if add_vms else ([], [])
+        try:
+            changed = self.update(name, [*add, *joining], [*remove, *leaving])
+        except BaseException:
+            sinks.remove(joining)
+            raise
+        sinks.remove(leaving)
+        return {**changed, "added_vms": add_vms, "removed_vms": remove_vms,
+                "warnings": [*warnings, *changed["warnings"]]}
+
     def _joining(self, change: StreamChange) -> dict[str, str] | None:
         """What the recovery site needs of a new member agent: its name and certificate."""
         if not change.new_member:
@@ -342,8 +361,10 @@ class GroupMembership:
             remote.close()
         for agent, stream in self.groups.streams(group):
             with contextlib.suppress(NotFound):  # stopped already (a delete cut short)
-                AgentApi(agent).unprotect(stream)
+                AgentApi(agent).unprotect(stream)  # a VM's mirrors end; the VM runs on
         self._forget(group.group_id)
+        self.groups.vm_sinks.remove(self.groups.vm_sinks.in_volumes(
+            [v["name"] for v in current(group.volumes)]))
         if is_spanning(group.volumes):
             self.groups.refresh_pins()
         return {"name": name, "recovery_site": peer.name,

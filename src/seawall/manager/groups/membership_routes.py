@@ -16,6 +16,8 @@ router = APIRouter(prefix="/api/v1", tags=["groups"])
 class MembersChange(BaseModel):
     add: list[str] = Field(default=[], max_length=64)
     remove: list[str] = Field(default=[], max_length=64)
+    add_vms: list[str] = Field(default=[], max_length=64)
+    remove_vms: list[str] = Field(default=[], max_length=64)
 
 
 class JoiningMember(BaseModel):
@@ -45,6 +47,9 @@ def _service(request: Request) -> GroupMembership:
 
 @router.patch("/groups/{name}/volumes")
 def change_members(request: Request, name: str, body: MembersChange) -> dict[str, Any]:
+    if body.add_vms or body.remove_vms:
+        return _service(request).update_vms(name, body.add, body.remove, body.add_vms,
+                                            body.remove_vms)
     return _service(request).update(name, body.add, body.remove)
 
 

@@ -60,6 +60,7 @@ from seawall.manager.groups.spanning import SpanningGroups, recovery_checkpoints
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.machine import choose_checkpoint
 from seawall.manager.sites.service import SiteService
+from seawall.manager.vms.sinks import VmSinks
 from seawall.names import check_checkpoint_name
 
 
@@ -67,7 +68,9 @@ class GroupSettings(GroupOptions):
     """What ``group create`` takes: the group, and its settings (checked in ``create``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    volumes: list[str] = Field(min_length=1, max_length=64)
+    volumes: list[str] = Field(default_factory=list, max_length=64)
+    vms: list[str] = Field(default_factory=list, max_length=64)
+    """VMs (names or uuids) whose disks the group protects through capture sinks."""
     to: str = Field(min_length=1, max_length=64)
     preseed: dict[str, str] = Field(default_factory=dict)
     """Volume name -> a file at the recovery site holding a copy of it (e.g. restored from
@@ -97,7 +100,8 @@ Locate = Callable[[list[str]], dict[str, tuple[str, dict[str, Any]]]]
 
 class GroupService:
     def __init__(self, config: SiteConfig, sessions: sessionmaker[Session], agent: JsonClient,
-                 sites: SiteService, spanning: SpanningGroups, locate: Locate) -> None:
+                 sites: SiteService, spanning: SpanningGroups, locate: Locate,
+                 vm_sinks: VmSinks) -> None:
         self.config = config
         self.sessions = sessions
         self.agent = agent
@@ -105,11 +109,12 @@ class GroupService:
         self.sites = sites
         self.spanning = spanning
         self.locate = locate
+        self.vm_sinks = vm_sinks
 
     def create(self, settings: GroupSettings) -> dict[str, Any]:
         name, volume_names, to = settings.name, settings.volumes, settings.to
-        if not volume_names:
-            raise InvalidInput("a group needs at least one --volume")
+        if not volume_names and not settings.vms:
+            raise InvalidInput("a group needs at least one --volume or --vm")
         if len(set(volume_names)) != len(volume_names):
             raise InvalidInput("a volume is named twice")
         unknown = sorted(set(settings.preseed) - set(volume_names))
@@ -120,22 +125,29 @@ class GroupService:
                 raise Conflict(f"group {name!r} already exists")
             peer = self.sites.peer_by_name(session, to)
         options = settings.options()
-        check(options, volume_names, peer.name)
+        check(options, [*volume_names, *settings.vms], peer.name)
         options.recovery_agent = peer.name  # named after its site: one agent per site
         target_cert_pem = self.sites.pinned_cert(peer)
         group_id = str(uuid.uuid4())
-        volumes, members = plan(group_id, self._located(volume_names), self.config.name)
-        spec = {"group_id": group_id, "name": name, "volumes": volumes,
-                "checkpoint_interval_s": options.checkpoint_interval_s,
-                "history_s": options.history_s, "journal_max_bytes": options.journal_max_bytes,
-                "replica_paths": settings.preseed, "settings": options.model_dump()}
-        if members:
-            spec["members"] = self.spanning.recovery_members(members)
-        remote = peer_client(self.config, peer)
-        try:
-            remote.post("/api/v1/peer/groups", spec)
-        finally:
-            remote.close()
+        sinks, warnings = self.vm_sinks.make(settings.vms) if settings.vms else ([], [])
+        try:  # until the recovery site has the group, a failure leaves no sink behind
+            volume_names = [*volume_names, *sinks]
+            volumes, members = plan(group_id, self._located(volume_names), self.config.name)
+            spec = {"group_id": group_id, "name": name, "volumes": volumes,
+                    "checkpoint_interval_s": options.checkpoint_interval_s,
+                    "history_s": options.history_s,
+                    "journal_max_bytes": options.journal_max_bytes,
+                    "replica_paths": settings.preseed, "settings": options.model_dump()}
+            if members:
+                spec["members"] = self.spanning.recovery_members(members)
+            remote = peer_client(self.config, peer)
+            try:
+                remote.post("/api/v1/peer/groups", spec)
+            finally:
+                remote.close()
+        except BaseException:
+            self.vm_sinks.remove(sinks)
+            raise
         group = Group(group_id=group_id, name=name, role="protected", peer_site_id=peer.site_id,
                       volumes=volumes, created_at=datetime.now(UTC))
         store(group, options)
@@ -151,7 +163,7 @@ class GroupService:
             self.agent_api.protect(ProtectionSpec(
                 group_id=group_id, name=name,
                 volumes=[GroupVolume.model_validate(v) for v in volumes], **target))
-        return describe(group, peer.name)
+        return {**describe(group, peer.name), "warnings": warnings}
 
     def _located(self, names: list[str]) -> list[tuple[str, dict[str, Any]]]:
         located = self.locate(names)

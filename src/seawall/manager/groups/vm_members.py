@@ -7,8 +7,8 @@ Rules and invariants:
   (``web-vda``) on the VM's agent, of the disk's virtual size; from then on the group
   treats it as any other volume. Disks that cannot be mirrored (CD-ROMs, shareable disks,
   passthrough LUNs) are skipped, each with a warning naming VM, disk and reason.
-- A VM none of whose disks can be mirrored, a VM named twice, a sink name that is not a
-  valid volume name or is taken already: clear errors, nothing planned.
+- A VM none of whose disks can be mirrored, a VM named twice or protected already, a sink
+  name that is not a valid volume name or is taken already: clear errors, nothing planned.
 """
 
 from __future__ import annotations
@@ -67,13 +67,20 @@ def choose_vm(wanted: str, inventory: Iterable[FoundVm]) -> FoundVm:
     return matches[0]
 
 
-def plan_vm_sinks(wanted: list[str], inventory: list[FoundVm],
-                  taken_volumes: set[str]) -> VmPlan:
-    """The sinks protecting the VMs ``wanted`` (names or uuids), and what is skipped."""
+def plan_vm_sinks(wanted: list[str], inventory: list[FoundVm], taken_volumes: set[str],
+                  protected: dict[str, str | None] | None = None) -> VmPlan:
+    """The sinks protecting the VMs ``wanted`` (names or uuids), and what is skipped;
+    ``protected``: the uuids of VMs that have sinks already -> their group (None: none)."""
     vms = [choose_vm(name, inventory) for name in wanted]
     uuids = [vm.uuid for vm in vms]
     if len(set(uuids)) != len(uuids):
         raise InvalidInput("a VM is named twice")
+    for vm in vms:
+        if vm.uuid in (protected or {}):
+            group = (protected or {})[vm.uuid]
+            raise Conflict(f"VM {vm.name} is already protected by group {group!r}" if group
+                           else f"VM {vm.name} already has capture sinks in no group: remove "
+                           "them first (`seawall volume remove`)")
     sinks: list[SinkPlan] = []
     warnings: list[str] = []
     for vm in vms:
