@@ -125,6 +125,12 @@ def test_vms_join_leave_and_delete_groups_and_keep_running(
     assert sinks(prod) == {"vm1-vda": "app", "vm1-vdb": "app"}
     assert vm_row(prod)["group"] == "app"
     assert mirror_jobs(vm) == ["seawall-vda", "seawall-vdb"]
+    shown = cli_json(prod, "group", "show", "app")["vms"]
+    assert shown == [{"name": "vm1", "uuid": row["uuid"], "agent": "prod", "found": True,
+                      "volumes": {"vda": "vm1-vda", "vdb": "vm1-vdb"},
+                      "skipped": [{"disk": "cd0", "reason": shown[0]["skipped"][0]["reason"]}]}]
+    assert "CD-ROM" in shown[0]["skipped"][0]["reason"]
+    assert "warning: disk cd0 not protected" in seawall(prod, "group", "show", "app").stdout
     write(vm, 0x12, 1 << 20)
     check_checkpoint(prod, dr, vm, "created")
 

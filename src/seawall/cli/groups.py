@@ -297,6 +297,12 @@ def group_show(name: str, url: UrlOption = None, token: TokenOption = None,
                f"{group['recovery_site']}); volumes: {volumes}")
     for field, value in group["settings"].items():
         print_line(f"  {field:24} {_text(field, value)}")
+    for vm in group.get("vms", []):
+        disks = ", ".join(f"{disk} -> {volume}" for disk, volume in sorted(vm["volumes"].items()))
+        where = f"on {vm['agent']}" if vm["found"] else f"not found on {vm['agent']}"
+        print_line(f"  VM {vm['name'] or vm['uuid']} ({where}): {disks}")
+        for skipped in vm["skipped"]:
+            print_line(f"    warning: disk {skipped['disk']} not protected: {skipped['reason']}")
 
 
 def _text(field: str, value: Any) -> str:

@@ -57,7 +57,9 @@ class SettingsUpdates:
     def show(self, name: str) -> dict[str, Any]:
         """The group and every one of its settings, as this site stores them."""
         group, peer = self.groups.get(name)
-        return self._describe(group, peer, options_of(group))
+        vms = (self.groups.vm_sinks.describe(_volume_names(group))
+               if group.role == "protected" else [])
+        return {**self._describe(group, peer, options_of(group)), "vms": vms}
 
     def update(self, name: str, change: dict[str, Any]) -> dict[str, Any]:
         """Apply ``change`` (only the fields given) at both sites; what changed in ``changed``."""

@@ -75,6 +75,23 @@ class VmSinks:
             names.extend(sinks)
         return names
 
+    def describe(self, group_volumes: list[str]) -> list[dict[str, Any]]:
+        """The VMs whose sinks are among ``group_volumes``: each with its agent, its disks'
+        volumes, and the disks skipped (as its hypervisor reports them now)."""
+        rows = [row for row in self._volume_rows()
+                if row.get("kind") == "sink" and row["name"] in group_volumes]
+        inventory = {vm.uuid: vm for vm in self._inventory(quiet=True)}
+        described: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            vm = inventory.get(row["vm_uuid"])
+            entry = described.setdefault(row["vm_uuid"], {
+                "name": vm.name if vm else None, "uuid": row["vm_uuid"], "agent": row["agent"],
+                "found": vm is not None, "volumes": {},
+                "skipped": [{"disk": disk.target, "reason": disk.skip_reason}
+                            for disk in (vm.disks if vm else ()) if disk.skip_reason]})
+            entry["volumes"][row["disk"]] = row["name"]
+        return list(described.values())
+
     def in_volumes(self, names: list[str]) -> list[str]:
         """The capture sinks among these volumes (a deleted group's, to delete them too)."""
         return [row["name"] for row in self._volume_rows()
