@@ -28,6 +28,7 @@ from seawall.agent.images.exports import ExportRecord, ExportRegistry
 from seawall.agent.membership import Membership
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.quiesce import Quiescer
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.agent.recover.group import RecoveryGroup
@@ -70,7 +71,9 @@ class Agent:
         self.source = SourceFailover(self)
         self.membership = Membership(self)
         self.identity = config.identity()
-        self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem))
+        self.quiescer = Quiescer(None, config.agent_dir / "frozen.json")  # --quiesce
+        self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem),
+                                             self.quiescer)
         self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
         self.throttle = SiteThrottle(config.throttle_bytes_per_s,
@@ -98,6 +101,8 @@ class Agent:
     async def start(self) -> None:
         # First: an unreachable hypervisor fails the start before anything else runs.
         self.hypervisor = await open_hypervisor(parse_hypervisor_spec(self.config.hypervisor))
+        self.quiescer.hypervisor = self.hypervisor
+        await self.quiescer.recover()  # guests an earlier run froze and could not thaw
         for spec in self.state.volumes:
             self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         for recovery in list(self.state.recovering):

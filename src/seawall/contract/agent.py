@@ -250,10 +250,14 @@ class Checkpoint(Answer):
     time_ns: int
     name: str
     replicated: bool
+    consistency: Literal["crash", "application"] = "crash"
 
 
 class CheckpointTag(Request):
     name: str = ""
+    quiesce: bool = False
+    """Freeze the group's guests' file systems around the marker (application-consistent;
+    crash-consistent for a VM whose guest agent does not answer)."""
 
 
 class TaggedCheckpoint(Answer):
@@ -262,6 +266,8 @@ class TaggedCheckpoint(Answer):
     id: int
     time_ns: int
     name: str
+    consistency: Literal["crash", "application"] = "crash"
+    notes: list[str] = []  # why a quiesced checkpoint is only crash-consistent
 
 
 # --- volumes, exports, pins, health ------------------------------------------------------
@@ -405,6 +411,7 @@ class ScriptOutcome(Answer):
 class CoordinationPrepare(Request):
     name: str = Field(default="", max_length=512)
     tagged: bool = False
+    quiesce: bool = False  # freeze this member's guests from before its marker to RELEASE
 
 
 class CoordinationPrepared(Answer):

@@ -5,7 +5,9 @@ Rules and invariants:
   records in ``seq`` order with no gap. Any prefix of it is crash-consistent.
 - ``WRITE`` carries ``length`` bytes of data for ``[offset, offset + length)`` of one volume.
 - ``ZERO`` says that range now reads as zeros (NBD WRITE_ZEROES and TRIM both map to it).
-- ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name.
+- ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name. Its
+  ``offset`` is its consistency (``CONSISTENCY``): 0 crash-consistent, 1 application-
+  consistent (the guests' file systems were frozen around it: ``--quiesce``).
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
 - ``SEAL`` closes a *coordinated* checkpoint of a group spanning several agents
@@ -42,6 +44,9 @@ class RecordKind(enum.IntEnum):
     SYNC_END = 5
     SEAL = 6
 
+
+CONSISTENCY = ("crash", "application")
+"""A CHECKPOINT record's ``offset`` indexes this."""
 
 # seq, time_ns, offset, length, payload_length, volume, kind, flags, payload_hash
 RECORD_HEADER_FORMAT = ">QQQQIHBBQ"
@@ -98,9 +103,10 @@ def write_record(seq: int, time_ns: int, volume: int, offset: int, data: bytes) 
     return Record(seq, time_ns, RecordKind.WRITE, volume, offset, len(data), data)
 
 
-def checkpoint_record(seq: int, time_ns: int, name: str) -> Record:
+def checkpoint_record(seq: int, time_ns: int, name: str, consistency: str = "crash") -> Record:
     encoded = name.encode()
-    return Record(seq, time_ns, RecordKind.CHECKPOINT, 0, 0, len(encoded), encoded)
+    return Record(seq, time_ns, RecordKind.CHECKPOINT, 0, CONSISTENCY.index(consistency),
+                  len(encoded), encoded)
 
 
 def seal_record(seq: int, time_ns: int, marker_seq: int, group_checkpoint: int) -> Record:
@@ -127,6 +133,8 @@ def validate_header(header: RecordHeader) -> None:
         raise CorruptData(f"record {header.seq}: write payload does not match its length")
     if kind == RecordKind.CHECKPOINT and header.payload_length != header.length:
         raise CorruptData(f"record {header.seq}: checkpoint name does not match its length")
+    if kind == RecordKind.CHECKPOINT and header.offset >= len(CONSISTENCY):
+        raise CorruptData(f"record {header.seq}: checkpoint consistency {header.offset} unknown")
     if kind in (RecordKind.ZERO, RecordKind.SYNC_BEGIN, RecordKind.SYNC_END) and (
         header.payload_length != 0
     ):
