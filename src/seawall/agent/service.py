@@ -14,6 +14,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ from seawall.agent.membership import Membership
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.quiesce import Quiescer
+from seawall.agent.protect.quiesce_schedule import QuiesceSchedule
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.agent.recover.group import RecoveryGroup
@@ -72,6 +74,7 @@ class Agent:
         self.membership = Membership(self)
         self.identity = config.identity()
         self.quiescer = Quiescer(None, config.agent_dir / "frozen.json")  # --quiesce
+        self._quiesce_task: asyncio.Task[None] | None = None  # --quiesce-every
         self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem),
                                              self.quiescer)
         self.replication = ReplicationServer(self.recovering.get, self.identity)
@@ -103,6 +106,9 @@ class Agent:
         self.hypervisor = await open_hypervisor(parse_hypervisor_spec(self.config.hypervisor))
         self.quiescer.hypervisor = self.hypervisor
         await self.quiescer.recover()  # guests an earlier run froze and could not thaw
+        schedule = QuiesceSchedule(lambda: [group for group, _ in self.protected.values()],
+                                   self.quiescer, self.coordinated)
+        self._quiesce_task = asyncio.create_task(schedule.run())
         for spec in self.state.volumes:
             self.volumes[spec.name] = FileVolume(spec.name, spec.path)
         for recovery in list(self.state.recovering):
@@ -128,6 +134,10 @@ class Agent:
                  len(self.volumes), len(self.protected), len(self.recovering))
 
     async def stop(self) -> None:
+        if self._quiesce_task is not None:
+            self._quiesce_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quiesce_task
         # No more rounds, and held acknowledgements go, before the front end closes.
         await self.coordinated.close_all()
         # The front end first: a write taken after its group stopped capturing would be in

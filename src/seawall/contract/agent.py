@@ -101,6 +101,9 @@ class ProtectionSpec(BaseModel):
     codec: Literal["zstd", "lz4", "none"] = "zstd"
     priority: Literal["high", "medium", "low"] = "medium"
     """Its share of the site's throttled bandwidth (``seawall.wan.throttle``)."""
+    quiesce_every_s: float = 0.0
+    """Take an application-consistent checkpoint this often (``seawall.agent.protect.
+    quiesce``); 0: none."""
     preseeded: bool = False
     """The recovery site's replicas were seeded from a copy: the first sync compares."""
     fenced: bool = False
@@ -157,6 +160,7 @@ class ProtectionChange(Request):
     checkpoint_interval_s: float | None = Field(default=None, ge=0.1, le=3600.0)
     codec: Literal["zstd", "lz4", "none"] | None = None
     priority: Literal["high", "medium", "low"] | None = None
+    quiesce_every_s: float | None = Field(default=None, ge=0.0, le=86400.0)
 
 
 class RetentionChange(Request):

@@ -68,7 +68,7 @@ from seawall.journal.segments import DEFAULT_SEGMENT_LIMIT_BYTES, FaultHook, Seg
 from seawall.journal.state import JournalState, SyncState, ensure_replica, load_or_create_state
 from seawall.journal.view import PointInTimeView
 from seawall.wire.frames import FRAME_HEADER, FrameKind, RecordsDirectory, parse_header
-from seawall.wire.records import CONSISTENCY, follows, payload_hash
+from seawall.wire.records import consistency_name, follows, payload_hash
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -381,7 +381,7 @@ class Journal:
             name = catalog.names[entry.seq] = bytes(raw).decode(errors="replace")
         seal = catalog.seals.get(entry.seq)
         return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED,
-                              seal[0] if seal else None, CONSISTENCY[entry.consistency])
+                              seal[0] if seal else None, consistency_name(entry.consistency))
 
     # --- retention (see seawall.journal.retention) ----------------------------------------
 

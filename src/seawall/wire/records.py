@@ -7,7 +7,8 @@ Rules and invariants:
 - ``ZERO`` says that range now reads as zeros (NBD WRITE_ZEROES and TRIM both map to it).
 - ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name. Its
   ``offset`` is its consistency (``CONSISTENCY``): 0 crash-consistent, 1 application-
-  consistent (the guests' file systems were frozen around it: ``--quiesce``).
+  consistent (the guests' file systems were frozen around it: ``--quiesce``); any other
+  value reads as crash-consistent (``consistency_name``), the claim that is always true.
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
 - ``SEAL`` closes a *coordinated* checkpoint of a group spanning several agents
@@ -113,6 +114,11 @@ def seal_record(seq: int, time_ns: int, marker_seq: int, group_checkpoint: int) 
     return Record(seq, time_ns, RecordKind.SEAL, 0, marker_seq, group_checkpoint, b"")
 
 
+def consistency_name(code: int) -> str:
+    """A CHECKPOINT record's ``offset`` as its consistency."""
+    return CONSISTENCY[code] if 0 <= code < len(CONSISTENCY) else "crash"
+
+
 def checkpoint_name(record: Record) -> str:
     return record.payload.decode(errors="replace")
 
@@ -133,8 +139,6 @@ def validate_header(header: RecordHeader) -> None:
         raise CorruptData(f"record {header.seq}: write payload does not match its length")
     if kind == RecordKind.CHECKPOINT and header.payload_length != header.length:
         raise CorruptData(f"record {header.seq}: checkpoint name does not match its length")
-    if kind == RecordKind.CHECKPOINT and header.offset >= len(CONSISTENCY):
-        raise CorruptData(f"record {header.seq}: checkpoint consistency {header.offset} unknown")
     if kind in (RecordKind.ZERO, RecordKind.SYNC_BEGIN, RecordKind.SYNC_END) and (
         header.payload_length != 0
     ):

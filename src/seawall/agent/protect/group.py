@@ -439,6 +439,7 @@ class ProtectedGroup:
             "name": self.spec.name,
             "role": "protected",
             "checkpoint_interval_s": self.spec.checkpoint_interval_s,
+            "quiesce_every_s": self.spec.quiesce_every_s,
             "state": self.state,
             "phase": "tracking" if self.tracking else "syncing" if self.syncing else "",
             "link_up": self.link_up,
