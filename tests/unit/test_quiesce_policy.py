@@ -18,6 +18,7 @@ from seawall.agent.protect.quiesce import consistency_of, notes_of, vms_of
 from seawall.agent.protect.quiesce_schedule import due
 from seawall.errors import PeerError
 from seawall.hypervisor import guest_agent
+from seawall.manager.groups.members import Member, join_checkpoints
 from seawall.wire.records import (
     CONSISTENCY,
     checkpoint_record,
@@ -116,3 +117,17 @@ def test_quiesce_schedule_is_due_one_interval_after_it_is_set_or_changed() -> No
     assert due(60.0, (60.0, 100.0), 159.0) == (False, 100.0)
     assert due(60.0, (60.0, 100.0), 160.0) == (True, 100.0)
     assert due(3600.0, (60.0, 100.0), 500.0) == (False, 500.0)  # changed: from now again
+
+
+def test_a_group_checkpoint_spanning_agents_is_application_only_if_every_marker_is() -> None:
+    members = [Member("prod", "lead"), Member("host2", "other")]
+
+    def marker(seq: int, sealed_as: int, consistency: str) -> dict[str, object]:
+        return {"id": seq, "time_ns": seq, "name": "", "consistent": True,
+                "sealed_as": sealed_as, "consistency": consistency}
+
+    lists = {"lead": [marker(10, 10, "application"), marker(20, 20, "application")],
+             "other": [marker(4, 10, "application"), marker(7, 20, "crash")]}
+    joined = join_checkpoints(members, lists)
+    assert [(c["id"], c["consistency"]) for c in joined] == [(10, "application"),
+                                                               (20, "crash")]
