@@ -16,8 +16,13 @@ import time
 from pathlib import Path
 
 from seawall.agent.protect import quiesce
-from seawall.agent.protect.quiesce import Quiescer
+from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.quiesce import Quiescer, quiesced_checkpoint
+from seawall.agent.protect.volumes import FileVolume
+from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
+from seawall.sync.digests import block_digests
+from seawall.wire.records import Record, RecordKind, consistency_name
 from support.guests import Guest, SessionGuests
 
 
@@ -149,3 +154,52 @@ def test_a_restarted_agent_thaws_what_a_dead_one_froze(guests: SessionGuests,
     assert not record.exists()
     assert len(freeze_spans_s(running)) == spans_before + 1  # frozen, then thawed
     assert fsfreeze_status(guests, running) == "thawed"
+
+
+class EmptyReplica:
+    """The recovery site of a first sync: its replica reads as zeros."""
+
+    async def digests(self, volume: int, offset: int, length: int, block_bytes: int) -> bytes:
+        return block_digests(bytes(length), block_bytes)
+
+
+def test_a_quiesced_marker_in_the_stream_says_application(guests: SessionGuests,
+                                                           tmp_path: Path) -> None:
+    """A group whose volume belongs to the guest (a stand-in for the capture sink of its
+    disk, which carries ``vm_uuid`` the same way): the CHECKPOINT record carries the
+    consistency, and so does the checkpoint log."""
+    wait_agent(guests)
+    path = tmp_path / "sink.raw"
+    path.write_bytes(bytes(1 << 20))
+    volume = FileVolume("vda", path)
+    volume.vm_uuid = guests.running.uuid  # type: ignore[attr-defined]
+    spec = ProtectionSpec(group_id="g", name="app", target_host="127.0.0.1", target_port=1,
+                          volumes=[GroupVolume(index=0, name="vda", size_bytes=1 << 20)])
+
+    async def scenario() -> tuple[list[Record], list[str], str]:
+        hypervisor = await LibvirtHypervisor.open(guests.uri)
+        group = ProtectedGroup(spec, [volume], tmp_path / "state", buffer_limit_bytes=8 << 20)
+        try:
+            group.on_connected(0, EmptyReplica())
+            while not group.protecting:
+                await asyncio.sleep(0.02)
+            quiescer = Quiescer(hypervisor, tmp_path / "frozen.json")
+            entry, notes = await quiesced_checkpoint(group, quiescer, "frozen")
+            plain = group.tag_checkpoint("plain")
+            markers = [r for r in group.stream.unacked() if r.kind == RecordKind.CHECKPOINT]
+            assert [r.seq for r in markers] == [entry.seq, plain.seq]
+            return markers, notes, entry.consistency
+        finally:
+            await group.stop()
+            await hypervisor.close()
+
+    spans_before = len(freeze_spans_s(guests.running))
+    markers, notes, consistency = asyncio.run(scenario())
+    volume.close()
+    assert consistency == "application" and notes == []
+    assert [consistency_name(r.offset) for r in markers] == ["application", "crash"]
+    assert len(freeze_spans_s(guests.running)) == spans_before + 1
+    logged = [json.loads(line) for line in (tmp_path / "state" / "checkpoints.jsonl")
+              .read_text().splitlines()]
+    assert [(c["name"], c["consistency"]) for c in logged] == [("frozen", "application"),
+                                                              ("plain", "crash")]
