@@ -21,6 +21,7 @@ from seawall.agent.frontend.server import NbdFrontend
 from seawall.agent.protect import coordination
 from seawall.agent.protect.coordination import Coordinator, MemberHold
 from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.quiesce import Quiescer
 from seawall.agent.protect.volumes import FileVolume
 from seawall.contract.agent import Coordination, GroupVolume, ProtectionSpec
 from seawall.errors import NotReady, PeerError
@@ -50,10 +51,10 @@ class LocalMember:
         self.aborted: list[int] = []
         self.probes = 0
 
-    async def prepare(self, name: str, tagged: bool) -> int:
+    async def prepare(self, name: str, tagged: bool, quiesce: bool = False) -> int:
         if self.fail_prepare:
             raise PeerError(f"member agent {self.agent} unreachable: test")
-        return (await self.hold.prepare(name, tagged)).seq
+        return (await self.hold.prepare(name, tagged, quiesce)).seq
 
     async def release(self, marker_seq: int, group_checkpoint: int) -> bool:
         return self.hold.release(marker_seq, group_checkpoint)
@@ -102,7 +103,8 @@ class Members:
         await self.frontend.start_unix(self.socket_path)
 
     async def _hold(self, name: str) -> MemberHold:
-        return MemberHold(self.groups[name])
+        state_dir = self.groups[name].checkpoints.path.parent
+        return MemberHold(self.groups[name], Quiescer(None, state_dir / "frozen.json"))
 
     # BackendCatalog
     def backend(self, name: str) -> ExportBackend | None:

@@ -13,6 +13,14 @@ Rules and invariants:
   serial console after each write that succeeded, ``sw-ioerror N`` after one that did not.
   So a test reads from the console whether the guest kept writing and saw no I/O error,
   and knows from the last N what every slot holds.
+- The guest carries Debian's qemu-guest-agent (the host's ``/usr/sbin/qemu-ga`` and the
+  shared libraries ``ldd`` names, from the host package qemu-guest-agent: its service only
+  starts on a host with the virtio port, so none runs here) and virtio_console. When the
+  domain has the ``org.qemu.guest_agent.0`` channel (``guest_agent=True``), init finds its
+  port in /sys/class/virtio-ports and starts qemu-ga on it, with a freeze hook that prints
+  ``sw-fsfreeze freeze|thaw UPTIME`` on the console: the guest's own account of how long
+  it stayed frozen. Its only file systems are RAM ones (rootfs, tmpfs), which qemu-ga does
+  not freeze: a freeze answers 0 file systems but runs the hooks and sets the frozen state.
 - Domains run under TCG (``<domain type='qemu'>``) unless ``SEAWALL_TEST_ACCEL=kvm``:
   guests hang under KVM on the machines this was written for.
 - libvirt's QEMU runs as libvirt-qemu: everything a guest opens (disks, the console log,
@@ -49,7 +57,9 @@ except ImportError:  # the VM tests say so and skip (``libvirt_problem``)
 GUEST_CACHE = Path(os.environ.get("SEAWALL_GUEST_CACHE", "/var/cache/seawall-tests"))
 ACCEL = os.environ.get("SEAWALL_TEST_ACCEL", "qemu")  # libvirt's domain type: qemu (TCG) or kvm
 VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-                  "virtio_pci", "virtio_blk")
+                  "virtio_pci", "virtio_blk", "virtio_console")
+QEMU_GA = Path("/usr/sbin/qemu-ga")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 COUNTER_BASE_BYTES = 1 << 20
 SLOT_BYTES = 4096
 BOOT_TIMEOUT_S = 120.0
@@ -70,6 +80,14 @@ tries=0
 while [ ! -b /dev/vda ] && [ $tries -lt 100 ]; do usleep 100000; tries=$((tries + 1)); done
 [ -b /dev/vda ] || { echo "sw-no-disk"; poweroff -f; }
 echo "sw-ready"
+for port in /sys/class/virtio-ports/*; do
+  if [ "$(cat $port/name 2>/dev/null)" = @CHANNEL@ ] && [ -x /usr/sbin/qemu-ga ]; then
+    mkdir -p /run /etc/qemu
+    (qemu-ga -m virtio-serial -p /dev/${port##*/} -t /run -f /run/qemu-ga.pid \\
+      -F/bin/sw-fsfreeze-hook || echo "sw-guest-agent-exited $?") 2>&1 | sed 's/^/sw-qga: /' &
+    echo "sw-guest-agent ${port##*/}"
+  fi
+done
 if [ "$sw_writer" = counter ]; then
   n=0
   while true; do
@@ -86,7 +104,12 @@ if [ "$sw_writer" = counter ]; then
 fi
 while true; do sleep 3600; done
 """.replace("@MODULES@", " ".join(VIRTIO_MODULES)).replace(
-    "@BASE_BLOCKS@", str(COUNTER_BASE_BYTES // SLOT_BYTES))
+    "@BASE_BLOCKS@", str(COUNTER_BASE_BYTES // SLOT_BYTES)).replace(
+    "@CHANNEL@", GUEST_AGENT_CHANNEL)
+
+FSFREEZE_HOOK = """#!/bin/busybox sh
+echo "sw-fsfreeze $1 $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+"""
 
 
 @dataclass(frozen=True)
@@ -125,7 +148,7 @@ def build_guest_image(cache: Path = GUEST_CACHE) -> GuestImage:
         raise RuntimeError("no /bin/busybox: install Debian's busybox-static")
     key = re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join((
         package, _package_version(package), _package_version("busybox-static"),
-        f"{hash_text(INIT_SCRIPT):08x}")))
+        _guest_agent_version(), f"{hash_text(INIT_SCRIPT + FSFREEZE_HOOK):08x}")))
     directory = cache / f"guest-{key}"
     image = GuestImage(directory / "vmlinuz", directory / "initramfs.cpio", package)
     cache.mkdir(parents=True, exist_ok=True)
@@ -138,6 +161,25 @@ def build_guest_image(cache: Path = GUEST_CACHE) -> GuestImage:
 
 def hash_text(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def _guest_agent_version() -> str:
+    if not QEMU_GA.exists():
+        raise RuntimeError("no /usr/sbin/qemu-ga: install Debian's qemu-guest-agent "
+                           "(`make setup`)")
+    return _package_version("qemu-guest-agent")
+
+
+def _guest_agent_files() -> dict[str, tuple[int, bytes]]:
+    """qemu-ga and every shared library ldd names for it, at the paths ldd names."""
+    files = {QEMU_GA.as_posix().lstrip("/"): (0o100755, QEMU_GA.read_bytes()),
+             "bin/sw-fsfreeze-hook": (0o100755, FSFREEZE_HOOK.encode())}
+    for line in _run("ldd", str(QEMU_GA)).splitlines():
+        match = re.search(r"(/\S+) \(0x", line)
+        if match is not None:
+            library = Path(match.group(1))  # read through symlinks, stored under this name
+            files[library.as_posix().lstrip("/")] = (0o100755, library.read_bytes())
+    return files
 
 
 def _build(directory: Path, package: str, busybox: Path) -> None:
@@ -153,6 +195,7 @@ def _build(directory: Path, package: str, busybox: Path) -> None:
         files: dict[str, tuple[int, bytes]] = {
             "init": (0o100755, INIT_SCRIPT.encode()),
             "bin/busybox": (0o100755, busybox.read_bytes()),
+            **_guest_agent_files(),
         }
         for module in VIRTIO_MODULES:
             files[f"lib/modules/{module}.ko"] = (0o100644, _module_bytes(unpacked, module))
@@ -210,7 +253,8 @@ def make_disk(path: Path, size_bytes: int, disk_format: str = "raw") -> Path:
 
 def domain_xml(name: str, image: GuestImage, disks: Sequence[GuestDisk], console_log: Path,
                network: str | None = None, mac: str = "52:54:00:5e:a0:01",
-               writer: str = "counter", slots: int = 64, delay_us: int = 50000) -> str:
+               writer: str = "counter", slots: int = 64, delay_us: int = 50000,
+               guest_agent: bool = False) -> str:
     disk_xml = []
     for disk in disks:
         bus = "virtio" if disk.device == "disk" else "ide"
@@ -222,6 +266,9 @@ def domain_xml(name: str, image: GuestImage, disks: Sequence[GuestDisk], console
             f"{readonly}</disk>")
     nic = ("" if network is None else f"<interface type='network'><source network="
            f"'{escape(network)}'/><mac address='{mac}'/><model type='virtio'/></interface>")
+    channel = ("" if not guest_agent else  # libvirt makes and owns its socket
+               f"<channel type='unix'><target type='virtio' name='{GUEST_AGENT_CHANNEL}'/>"
+               "</channel>")
     cmdline = (f"console=ttyS0 panic=-1 quiet sw_writer={writer} sw_slots={slots} "
                f"sw_delay_us={delay_us}")
     return f"""<domain type='{ACCEL}'>
@@ -237,6 +284,7 @@ def domain_xml(name: str, image: GuestImage, disks: Sequence[GuestDisk], console
     {''.join(disk_xml)}
     {nic}
     <serial type='file'><source path='{escape(str(console_log))}'/><target port='0'/></serial>
+    {channel}
     <memballoon model='none'/>
   </devices>
 </domain>"""
@@ -372,11 +420,12 @@ class GuestHost:
             "</network>")
 
     def define(self, name: str, disks: Sequence[GuestDisk], *, start: bool,
-               mac: str = "52:54:00:5e:a0:01") -> Guest:
+               mac: str = "52:54:00:5e:a0:01", guest_agent: bool = False) -> Guest:
         full_name = f"{self.prefix}-{name}"
         console_log = self.workdir / f"{name}.console.log"
         domain = self.connection.defineXML(domain_xml(
-            full_name, self.image, disks, console_log, self.network, mac))
+            full_name, self.image, disks, console_log, self.network, mac,
+            guest_agent=guest_agent))
         self._domains.append(full_name)
         if start:
             domain.create()
@@ -386,6 +435,17 @@ class GuestHost:
 
     def domain(self, guest: Guest) -> Any:
         return self.connection.lookupByName(guest.name)
+
+    def wait_guest_agent(self, guest: Guest, timeout_s: float = 60.0) -> None:
+        """Until libvirt sees the guest agent's channel connected (qemu-ga opened it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live_xml = self.domain(guest).XMLDesc(0)
+            if re.search(rf"name='{GUEST_AGENT_CHANNEL}' state='connected'", live_xml):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no guest agent connected in {timeout_s:.0f} s; the guest's "
+                             f"console:\n{guest.console.text()[-2000:]}")
 
     def close(self) -> None:
         assert libvirt is not None
@@ -434,7 +494,7 @@ def start_session_guests(uri: str) -> SessionGuests:
             GuestDisk("vdb", make_disk(work / "writer-vdb.qcow2", QCOW2_DISK_BYTES, "qcow2"),
                       "qcow2"),
             GuestDisk("hdc", None, device="cdrom"),
-        ], start=True, mac=RUNNING_MAC)
+        ], start=True, mac=RUNNING_MAC, guest_agent=True)
         stopped = host.define("stopped", [
             GuestDisk("vda", make_disk(work / "stopped-vda.raw", STOPPED_DISK_BYTES)),
         ], start=False, mac=STOPPED_MAC)

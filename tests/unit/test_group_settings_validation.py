@@ -116,9 +116,19 @@ def test_what_the_agents_take() -> None:
     settings = options(checkpoint_interval_s=2.0, compression="lz4", pre_script="/x/pre",
                        storage_path="/srv/j")
     assert protection_settings(settings) == {"checkpoint_interval_s": 2.0, "codec": "lz4",
-                                             "priority": "medium"}
+                                             "priority": "medium", "quiesce_every_s": 0.0}
     assert protection_settings(settings, frozenset({"compression"})) == {"codec": "lz4"}
     assert recovery_paths(settings) == {"directories": ["/srv/j"], "scripts": ["/x/pre"]}
+
+
+def test_quiesce_every_is_none_or_between_a_minute_and_a_day() -> None:
+    check(options(quiesce_every_s=0.0), ["disk0"], "dr")
+    check(options(quiesce_every_s=3600.0), ["disk0"], "dr")
+    for value in (30.0, 2 * 86400.0):
+        with pytest.raises(InvalidInput, match="quiesce interval must be between 1m and 1d"):
+            check(options(quiesce_every_s=value), ["disk0"], "dr")
+    assert settings_body(quiesce_every="1h") == {"quiesce_every_s": 3600.0}
+    assert settings_body(quiesce_every="none") == {"quiesce_every_s": 0.0}
 
 
 def test_cli_parses_settings_options() -> None:

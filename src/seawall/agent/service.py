@@ -17,6 +17,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ from seawall.agent.images.exports import ExportRecord, ExportRegistry
 from seawall.agent.membership import Membership
 from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.quiesce import Quiescer
+from seawall.agent.protect.quiesce_schedule import QuiesceSchedule
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.splitter import Splitter
@@ -77,7 +80,10 @@ class Agent:
         self.source = SourceFailover(self)
         self.membership = Membership(self)
         self.identity = config.identity()
-        self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem))
+        self.quiescer = Quiescer(None, config.agent_dir / "frozen.json")  # --quiesce
+        self._quiesce_task: asyncio.Task[None] | None = None  # --quiesce-every
+        self.coordinated = CoordinatedGroups(lambda pem: client_context(self.identity, pem),
+                                             self.quiescer)
         self.replication = ReplicationServer(self.recovering.get, self.identity)
         schedule = config.throttle_schedule
         self.throttle = SiteThrottle(config.throttle_bytes_per_s,
@@ -105,6 +111,11 @@ class Agent:
     async def start(self) -> None:
         # First: an unreachable hypervisor fails the start before anything else runs.
         self.hypervisor = await open_hypervisor(parse_hypervisor_spec(self.config.hypervisor))
+        self.quiescer.hypervisor = self.hypervisor
+        await self.quiescer.recover()  # guests an earlier run froze and could not thaw
+        schedule = QuiesceSchedule(lambda: [group for group, _ in self.protected.values()],
+                                   self.quiescer, self.coordinated)
+        self._quiesce_task = asyncio.create_task(schedule.run())
         for spec in self.state.volumes:
             self.volumes[spec.name] = _open_volume(spec)
         for recovery in list(self.state.recovering):
@@ -130,6 +141,10 @@ class Agent:
                  len(self.volumes), len(self.protected), len(self.recovering))
 
     async def stop(self) -> None:
+        if self._quiesce_task is not None:
+            self._quiesce_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quiesce_task
         # No more rounds, and held acknowledgements go, before the front end closes.
         await self.coordinated.close_all()
         for splitter in self.splitters.values():  # QEMU sees cancelled jobs, not lost sinks

@@ -57,6 +57,9 @@ PostScriptOption = Annotated[str | None, Opt(
     "run once a failover's images are up; or none.")]
 ScriptTimeoutOption = Annotated[str | None, Opt(
     "--script-timeout", help="Time allowed to each script, 1s to 1h (default 5m).")]
+QuiesceEveryOption = Annotated[str | None, Opt(
+    "--quiesce-every", help="Take an application-consistent checkpoint (guests frozen "
+    "through qemu-guest-agent) this often, 1m to 1d; or none (the default).")]
 
 
 def add_group_commands(group_app: typer.Typer) -> None:
@@ -112,6 +115,7 @@ def settings_body(**given: str | None) -> dict[str, Any]:
         "pre_script": ("pre_script", lambda t: None if _none(t) else t),
         "post_script": ("post_script", lambda t: None if _none(t) else t),
         "script_timeout": ("script_timeout_s", parse_duration_s),
+        "quiesce_every": ("quiesce_every_s", lambda t: 0.0 if _none(t) else parse_duration_s(t)),
     }
     body = {}
     for option, text in given.items():
@@ -141,6 +145,7 @@ def group_create(
     failover_network: FailoverNetworkOption = None, test_network: TestNetworkOption = None,
     boot_order: BootOrderOption = None, pre_script: PreScriptOption = None,
     post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
+    quiesce_every: QuiesceEveryOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
     """Protect volumes and VMs of this site to a paired site."""
@@ -150,7 +155,7 @@ def group_create(
         rpo_alert=rpo_alert, test_reminder=test_reminder, recovery_agent=recovery_agent,
         storage=storage, failover_network=failover_network, test_network=test_network,
         boot_order=boot_order, pre_script=pre_script, post_script=post_script,
-        script_timeout=script_timeout)
+        script_timeout=script_timeout, quiesce_every=quiesce_every)
     group = manager(url, token).post("/api/v1/groups", {
         "name": name, "volumes": volume or [], "vms": vm or [], "to": to, **body,
         "preseed": _preseed_paths(preseed or [], volume or [])})
@@ -184,6 +189,7 @@ def group_update(
     failover_network: FailoverNetworkOption = None, test_network: TestNetworkOption = None,
     boot_order: BootOrderOption = None, pre_script: PreScriptOption = None,
     post_script: PostScriptOption = None, script_timeout: ScriptTimeoutOption = None,
+    quiesce_every: QuiesceEveryOption = None,
     add_volume: Annotated[list[str] | None, Opt(
         "--add-volume", help="A volume to protect in the group from now on, after its "
         "initial sync (repeatable).")] = None,
@@ -205,7 +211,7 @@ def group_update(
         rpo_alert=rpo_alert, test_reminder=test_reminder, recovery_agent=recovery_agent,
         storage=storage, failover_network=failover_network, test_network=test_network,
         boot_order=boot_order, pre_script=pre_script, post_script=post_script,
-        script_timeout=script_timeout)
+        script_timeout=script_timeout, quiesce_every=quiesce_every)
     members_change = {"add": add_volume or [], "remove": remove_volume or [],
                       "add_vms": add_vm or [], "remove_vms": remove_vm or []}
     if not body and not any(members_change.values()):

@@ -363,11 +363,21 @@ def group_resync(name: str, url: UrlOption = None, token: TokenOption = None,
 @checkpoint_app.command("tag")
 def checkpoint_tag(
     group: str, name: Annotated[str, typer.Option("--name", help="A label for it.")] = "",
+    quiesce: Annotated[bool, typer.Option(
+        "--quiesce", help="Freeze the guests' file systems around it (qemu-guest-agent): "
+        "application-consistent, or crash-consistent with a note for a VM without one.")
+    ] = False,
     url: UrlOption = None, token: TokenOption = None,
 ) -> None:
-    """Insert a tagged checkpoint now; prints its id."""
-    print_line(str(manager(url, token).post(f"/api/v1/groups/{group}/checkpoints",
-                                            {"name": name})["id"]))
+    """Insert a tagged checkpoint now; prints its id (and its consistency with --quiesce)."""
+    tagged = manager(url, token).post(f"/api/v1/groups/{group}/checkpoints",
+                                      {"name": name, "quiesce": quiesce})
+    if not quiesce:
+        print_line(str(tagged["id"]))
+        return
+    print_line(f"{tagged['id']} consistency: {tagged.get('consistency', 'crash')}")
+    for note in tagged.get("notes", []):
+        print_line(f"note: {note}")
 
 
 @checkpoint_app.command("list")
@@ -380,7 +390,8 @@ def checkpoint_list(group: str, url: UrlOption = None, token: TokenOption = None
         return
     for checkpoint in checkpoints:
         checkpoint["time"] = time_text(checkpoint["time_ns"])
-    print_table(checkpoints, ["id", "time", "name", "replicated"])
+        checkpoint.setdefault("consistency", "crash")
+    print_table(checkpoints, ["id", "time", "name", "replicated", "consistency"])
 
 
 # --- exports ---------------------------------------------------------------------------

@@ -101,6 +101,9 @@ class ProtectionSpec(BaseModel):
     codec: Literal["zstd", "lz4", "none"] = "zstd"
     priority: Literal["high", "medium", "low"] = "medium"
     """Its share of the site's throttled bandwidth (``seawall.wan.throttle``)."""
+    quiesce_every_s: float = 0.0
+    """Take an application-consistent checkpoint this often (``seawall.agent.protect.
+    quiesce``); 0: none."""
     preseeded: bool = False
     """The recovery site's replicas were seeded from a copy: the first sync compares."""
     fenced: bool = False
@@ -157,6 +160,7 @@ class ProtectionChange(Request):
     checkpoint_interval_s: float | None = Field(default=None, ge=0.1, le=3600.0)
     codec: Literal["zstd", "lz4", "none"] | None = None
     priority: Literal["high", "medium", "low"] | None = None
+    quiesce_every_s: float | None = Field(default=None, ge=0.0, le=86400.0)
 
 
 class RetentionChange(Request):
@@ -250,10 +254,14 @@ class Checkpoint(Answer):
     time_ns: int
     name: str
     replicated: bool
+    consistency: Literal["crash", "application"] = "crash"
 
 
 class CheckpointTag(Request):
     name: str = ""
+    quiesce: bool = False
+    """Freeze the group's guests' file systems around the marker (application-consistent;
+    crash-consistent for a VM whose guest agent does not answer)."""
 
 
 class TaggedCheckpoint(Answer):
@@ -262,6 +270,8 @@ class TaggedCheckpoint(Answer):
     id: int
     time_ns: int
     name: str
+    consistency: Literal["crash", "application"] = "crash"
+    notes: list[str] = []  # why a quiesced checkpoint is only crash-consistent
 
 
 # --- volumes, exports, pins, health ------------------------------------------------------
@@ -419,6 +429,7 @@ class ScriptOutcome(Answer):
 class CoordinationPrepare(Request):
     name: str = Field(default="", max_length=512)
     tagged: bool = False
+    quiesce: bool = False  # freeze this member's guests from before its marker to RELEASE
 
 
 class CoordinationPrepared(Answer):

@@ -14,6 +14,11 @@ Rules and invariants:
 - Every call that fails raises ``SeawallError`` subclasses naming the VM and disk
   (``NotFound`` for an unknown VM, ``Unavailable`` when the hypervisor cannot be reached,
   ``Conflict`` for a disk already mirrored, ``InvalidInput`` for a disk that cannot be).
+- ``freeze``/``thaw`` go through the guest's qemu-guest-agent: ``freeze`` returns how many
+  file systems it froze, or None when no guest agent answered within ``timeout_s`` (the
+  caller then takes a crash-consistent checkpoint). A freeze that timed out may still
+  happen in the guest, so a caller thaws every VM it *tried* to freeze; ``thaw`` of a VM
+  that is not frozen, or has no agent, does nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class Hypervisor(Protocol):
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]: ...  # disk -> ready
 
     def events(self) -> AsyncIterator[HypervisorEvent]: ...
+
+    async def freeze(self, vm_uuid: str, timeout_s: float) -> int | None: ...
+
+    async def thaw(self, vm_uuid: str) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -19,6 +19,10 @@ Rules and invariants:
   The job is never pivoted: ``detach_mirror`` aborts it, the VM keeps its own disk.
   libvirt's block copy always starts with a full copy; ``full_copy=False`` (QEMU's
   ``sync: none``) cannot be asked of it and is refused.
+- ``freeze``/``thaw`` are ``virDomainFSFreeze``/``virDomainFSThaw`` (libvirt asks the guest
+  agent on the domain's ``org.qemu.guest_agent.0`` channel), with the domain's agent
+  response timeout set first (``agentSetResponseTimeout``, whole seconds, at least 1): a
+  missing, unconfigured or silent agent is None, not an error.
 - ``definition`` is the persistent domain XML (``INACTIVE | MIGRATABLE``, no ``SECURE``):
   what another host can define, with no passwords in it.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -63,6 +68,13 @@ _UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC,
                       libvirt.VIR_ERR_AUTH_FAILED}
 _UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
                       libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}
+
+_NO_AGENT_CODES = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED,
+                   libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_INVALID,
+                   libvirt.VIR_ERR_OPERATION_TIMEOUT}
+"""What libvirt says when a guest has no agent answering: not configured (no channel),
+not connected (qemu-ga not started yet), not responding or too slow, VM not running."""
+THAW_TIMEOUT_S = 2
 
 _event_thread_lock = threading.Lock()
 _event_thread: list[threading.Thread] = []  # the one thread running libvirt's event loop
@@ -302,6 +314,37 @@ class LibvirtHypervisor:
             return found
 
         return await self._call(f"VM {vm_uuid!r}", mirrored, retry=True)
+
+    # --- the guest agent --------------------------------------------------------------
+
+    async def freeze(self, vm_uuid: str, timeout_s: float) -> int | None:
+        def frozen(connection: Any) -> int | None:
+            domain = find_domain(connection, vm_uuid)
+            try:
+                domain.agentSetResponseTimeout(max(1, math.ceil(timeout_s)), 0)
+                return int(domain.fsFreeze(None, 0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _NO_AGENT_CODES:
+                    log.info("VM %s: no guest agent answered a freeze: %s", vm_uuid,
+                             exc.get_error_message())
+                    return None
+                raise
+
+        return await self._call(f"freeze of VM {vm_uuid!r}", frozen)
+
+    async def thaw(self, vm_uuid: str) -> None:
+        def thawed(connection: Any) -> None:
+            domain = find_domain(connection, vm_uuid)
+            try:
+                domain.agentSetResponseTimeout(THAW_TIMEOUT_S, 0)
+                domain.fsThaw(None, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _NO_AGENT_CODES:
+                    raise
+                log.info("VM %s: no guest agent answered a thaw: %s", vm_uuid,
+                         exc.get_error_message())
+
+        await self._call(f"thaw of VM {vm_uuid!r}", thawed)
 
     # --- events --------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ from typing import Any, cast
 from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unavailable
-from seawall.hypervisor import qmp_inventory
+from seawall.hypervisor import guest_agent, qmp_inventory
 from seawall.hypervisor.base import (
     HypervisorEvent,
     MirrorEnded,
@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 RESCAN_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 DETACH_TIMEOUT_S = 10.0
+THAW_TIMEOUT_S = 2.0
 _NO_UUID = "00000000-0000-0000-0000-000000000000"
 _ENDED_STATUSES = ("concluded", "null", "aborting")
 
@@ -381,6 +382,15 @@ class QmpHypervisor:
             str(await vm.run("human-monitor-command", {"command-line": "info network"})))
         return VmInfo(vm.name, vm.uuid, qmp_inventory.vm_state(str(status.get("status"))),
                       disks, nics)
+
+    async def freeze(self, vm_uuid: str, timeout_s: float) -> int | None:
+        """Through the guest agent's socket beside the QMP one (``ID.qga``)."""
+        vm = await self._find(vm_uuid)
+        return await guest_agent.freeze(guest_agent.qga_socket_for(vm.socket_path), timeout_s)
+
+    async def thaw(self, vm_uuid: str) -> None:
+        vm = await self._find(vm_uuid)
+        await guest_agent.thaw(guest_agent.qga_socket_for(vm.socket_path), THAW_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._rescanner is not None:

@@ -40,6 +40,7 @@ class CheckpointEntry(NamedTuple):
     blob_offset: int
     name_length: int
     payload_hash: int
+    consistency: int = 0  # an index of ``seawall.wire.records.CONSISTENCY``
 
 
 class Catalog:
@@ -106,6 +107,7 @@ class Catalog:
                         blob_offset,
                         record.payload_length,
                         record.payload_hash,
+                        record.offset,
                     )
                 )
                 self._checkpoint_seqs.append(record.seq)

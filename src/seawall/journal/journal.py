@@ -68,7 +68,7 @@ from seawall.journal.segments import DEFAULT_SEGMENT_LIMIT_BYTES, FaultHook, Seg
 from seawall.journal.state import JournalState, SyncState, ensure_replica, load_or_create_state
 from seawall.journal.view import PointInTimeView
 from seawall.wire.frames import FRAME_HEADER, FrameKind, RecordsDirectory, parse_header
-from seawall.wire.records import follows, payload_hash
+from seawall.wire.records import consistency_name, follows, payload_hash
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -82,6 +82,7 @@ class CheckpointInfo:
     sealed_as: int | None = None
     """The group-wide checkpoint this marker is part of, once sealed (a group spanning
     agents); None for a checkpoint of a one-agent group, or one not sealed (yet)."""
+    consistency: str = "crash"  # or "application": guests frozen around it (--quiesce)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +381,7 @@ class Journal:
             name = catalog.names[entry.seq] = bytes(raw).decode(errors="replace")
         seal = catalog.seals.get(entry.seq)
         return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED,
-                              seal[0] if seal else None)
+                              seal[0] if seal else None, consistency_name(entry.consistency))
 
     # --- retention (see seawall.journal.retention) ----------------------------------------
 

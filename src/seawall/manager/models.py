@@ -123,6 +123,7 @@ class Group(Base):
     storage_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     failover_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
     test_network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    quiesce_every_s: Mapped[float] = mapped_column(Float, server_default="0")
     boot_order: Mapped[list[dict[str, Any]]] = mapped_column(JSON, server_default="[]")
     pre_script: Mapped[str | None] = mapped_column(Text, nullable=True)
     post_script: Mapped[str | None] = mapped_column(Text, nullable=True)

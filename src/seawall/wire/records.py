@@ -5,7 +5,10 @@ Rules and invariants:
   records in ``seq`` order with no gap. Any prefix of it is crash-consistent.
 - ``WRITE`` carries ``length`` bytes of data for ``[offset, offset + length)`` of one volume.
 - ``ZERO`` says that range now reads as zeros (NBD WRITE_ZEROES and TRIM both map to it).
-- ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name.
+- ``CHECKPOINT`` is a marker; its id is its ``seq`` and its payload its UTF-8 name. Its
+  ``offset`` is its consistency (``CONSISTENCY``): 0 crash-consistent, 1 application-
+  consistent (the guests' file systems were frozen around it: ``--quiesce``); any other
+  value reads as crash-consistent (``consistency_name``), the claim that is always true.
 - ``SYNC_BEGIN`` / ``SYNC_END`` bracket a resynchronisation (initial, bitmap or delta sync):
   a point between them is not consistent, so no checkpoint inside the window is offered.
 - ``SEAL`` closes a *coordinated* checkpoint of a group spanning several agents
@@ -42,6 +45,9 @@ class RecordKind(enum.IntEnum):
     SYNC_END = 5
     SEAL = 6
 
+
+CONSISTENCY = ("crash", "application")
+"""A CHECKPOINT record's ``offset`` indexes this."""
 
 # seq, time_ns, offset, length, payload_length, volume, kind, flags, payload_hash
 RECORD_HEADER_FORMAT = ">QQQQIHBBQ"
@@ -98,13 +104,19 @@ def write_record(seq: int, time_ns: int, volume: int, offset: int, data: bytes) 
     return Record(seq, time_ns, RecordKind.WRITE, volume, offset, len(data), data)
 
 
-def checkpoint_record(seq: int, time_ns: int, name: str) -> Record:
+def checkpoint_record(seq: int, time_ns: int, name: str, consistency: str = "crash") -> Record:
     encoded = name.encode()
-    return Record(seq, time_ns, RecordKind.CHECKPOINT, 0, 0, len(encoded), encoded)
+    return Record(seq, time_ns, RecordKind.CHECKPOINT, 0, CONSISTENCY.index(consistency),
+                  len(encoded), encoded)
 
 
 def seal_record(seq: int, time_ns: int, marker_seq: int, group_checkpoint: int) -> Record:
     return Record(seq, time_ns, RecordKind.SEAL, 0, marker_seq, group_checkpoint, b"")
+
+
+def consistency_name(code: int) -> str:
+    """A CHECKPOINT record's ``offset`` as its consistency."""
+    return CONSISTENCY[code] if 0 <= code < len(CONSISTENCY) else "crash"
 
 
 def checkpoint_name(record: Record) -> str:

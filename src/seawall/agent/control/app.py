@@ -20,6 +20,7 @@ from seawall.agent.control.coordination_routes import coordination_router
 from seawall.agent.control.failover_routes import failover_router
 from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.control.scripts import scripts_router
+from seawall.agent.protect.quiesce import quiesced_checkpoint
 from seawall.agent.service import Agent
 from seawall.agent.settings import check_paths
 from seawall.agent.vms import vm_listing
@@ -152,11 +153,17 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:
         group = agent.protected_group(group_id)
         name = check_checkpoint_name(body.name)
-        entry = await agent.coordinated.tag(group_id, name)
-        if entry is None:
+        notes: list[str] = []
+        tagged = await agent.coordinated.tag(group_id, name, body.quiesce)
+        if tagged is not None:
+            entry, notes = tagged
+        elif body.quiesce:
+            entry, notes = await quiesced_checkpoint(group, agent.quiescer, name)
+        else:
             entry = group.tag_checkpoint(name)
             await group.persist_checkpoints()
-        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name}
+        return {"id": entry.seq, "time_ns": entry.time_ns, "name": entry.name,
+                "consistency": entry.consistency, "notes": notes}
 
     @app.post("/groups/{group_id}/resync", response_model=GroupStatus)
     async def resync(group_id: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def coordination_router(groups: CoordinatedGroups) -> APIRouter:
 
     @router.post("/prepare", response_model=CoordinationPrepared)
     async def prepare(group_id: str, body: CoordinationPrepare) -> dict[str, Any]:
-        entry = await groups.hold(group_id).prepare(body.name, body.tagged)
+        entry = await groups.hold(group_id).prepare(body.name, body.tagged, body.quiesce)
         return {"marker_seq": entry.seq, "time_ns": entry.time_ns}
 
     @router.post("/release", response_model=CoordinationReleased)

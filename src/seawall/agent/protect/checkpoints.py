@@ -32,6 +32,7 @@ class LoggedCheckpoint:
     name: str
     tagged: bool
     lost: bool = False
+    consistency: str = "crash"  # or "application" (``seawall.wire.records.CONSISTENCY``)
 
 
 def _line(entry: LoggedCheckpoint) -> bytes:
@@ -96,6 +97,7 @@ class CheckpointLog:
                 "tagged": entry.tagged,
                 "replicated": entry.seq <= acked_seq and not entry.lost,
                 "lost": entry.lost,
+                "consistency": entry.consistency,
             }
             for entry in self.entries
         ]

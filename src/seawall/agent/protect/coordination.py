@@ -30,6 +30,11 @@ Rules:
   holds for another marker.
 - A member that is not protecting (syncing, tracking, paused) refuses PREPARE: the round
   is aborted and no checkpoint of the group is taken, as for a one-agent group.
+- ``--quiesce``: each member freezes its own VMs' guests before its marker (PREPARE) and
+  thaws them at RELEASE, ABORT or its hold's expiry (``HOLD_TIMEOUT_S``, within
+  ``quiesce.THAW_AT_S``, whose backstop timer thaws anyway); its marker says whether they
+  were all frozen, and the group's checkpoint is application-consistent only if every
+  member's marker is.
 - Writes are never refused or lost by a round: at worst their acknowledgement waits for
   the hold timeout.
 - A member that could not be reached in a round is *suspect*: before the next round the
@@ -54,6 +59,7 @@ from pydantic import BaseModel
 from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.checkpoints import LoggedCheckpoint
 from seawall.agent.protect.group import ProtectedGroup
+from seawall.agent.protect.quiesce import Freeze, Quiescer, vms_of
 from seawall.agent.protect.sink import ProtectedVolume
 from seawall.contract.agent import (
     CoordinationAbort,
@@ -79,8 +85,11 @@ before any member's hold runs out on its own)."""
 class MemberHold:
     """A member's side of the rounds, for one protected group of a spanning group."""
 
-    def __init__(self, group: ProtectedGroup) -> None:
+    def __init__(self, group: ProtectedGroup, quiescer: Quiescer) -> None:
         self.group = group
+        self.quiescer = quiescer
+        self.freeze: Freeze | None = None  # the guests frozen for the held marker
+        self._thawing: set[asyncio.Task[None]] = set()
         self.gate = ReplyGate()
         for volume in group.volumes:
             volume.reply_gate = self.gate
@@ -88,12 +97,20 @@ class MemberHold:
         self.hold_timeouts = 0
         self._expiry: asyncio.TimerHandle | None = None
 
-    async def prepare(self, name: str, tagged: bool) -> LoggedCheckpoint:
-        if self.held_seq is not None:
+    async def prepare(self, name: str, tagged: bool, quiesce: bool = False) -> LoggedCheckpoint:
+        if self.held_seq is not None or self.freeze is not None:
             raise Conflict(f"group {self.group.spec.name}: a coordinated checkpoint is being "
                            "taken already")
+        consistency = "crash"
+        if quiesce:
+            self.freeze = await self.quiescer.freeze(vms_of(self.group.volumes))
+            consistency = self.freeze.consistency()
         # The marker and the closing of the gate in one step: no write comes between them.
-        entry = self.group.tag_checkpoint(name, tagged)
+        try:
+            entry = self.group.tag_checkpoint(name, tagged, consistency)
+        except SeawallError:
+            self._thaw()
+            raise
         self.gate.close()
         self.held_seq = entry.seq
         self._expiry = asyncio.get_running_loop().call_later(
@@ -137,6 +154,14 @@ class MemberHold:
             self._expiry.cancel()
             self._expiry = None
         self.gate.open()
+        self._thaw()
+
+    def _thaw(self) -> None:
+        freeze, self.freeze = self.freeze, None
+        if freeze is not None:
+            task = asyncio.get_running_loop().create_task(self.quiescer.thaw(freeze))
+            self._thawing.add(task)
+            task.add_done_callback(self._thawing.discard)
 
 
 class Member(Protocol):
@@ -144,7 +169,7 @@ class Member(Protocol):
 
     agent: str
 
-    async def prepare(self, name: str, tagged: bool) -> int: ...
+    async def prepare(self, name: str, tagged: bool, quiesce: bool = False) -> int: ...
 
     async def release(self, marker_seq: int, group_checkpoint: int) -> bool: ...
 
@@ -165,9 +190,9 @@ class RemoteMember:
         self._client = httpx.AsyncClient(base_url=member.control_url, verify=tls,
                                          timeout=ROUND_TIMEOUT_S)
 
-    async def prepare(self, name: str, tagged: bool) -> int:
-        prepared = await self._post("prepare", CoordinationPrepare(name=name, tagged=tagged),
-                                    CoordinationPrepared)
+    async def prepare(self, name: str, tagged: bool, quiesce: bool = False) -> int:
+        prepared = await self._post("prepare", CoordinationPrepare(
+            name=name, tagged=tagged, quiesce=quiesce), CoordinationPrepared)
         return prepared.marker_seq
 
     async def release(self, marker_seq: int, group_checkpoint: int) -> bool:
@@ -238,7 +263,8 @@ class Coordinator:
         for member in self.members:
             await member.close()
 
-    async def checkpoint(self, name: str, tagged: bool) -> LoggedCheckpoint:
+    async def checkpoint(self, name: str, tagged: bool,
+                         quiesce: bool = False) -> LoggedCheckpoint:
         """Take one checkpoint of the whole group; its id is the lead's marker seq.
 
         NotReady (or the member's error) when a member could not take part: nothing is
@@ -246,7 +272,7 @@ class Coordinator:
         async with self._lock:
             self.rounds += 1
             try:
-                entry = await self._round(name, tagged)
+                entry = await self._round(name, tagged, quiesce)
             except SeawallError as exc:
                 self.failed_rounds += 1
                 self.last_error = exc.message
@@ -254,11 +280,11 @@ class Coordinator:
             self.last_error = ""
             return entry
 
-    async def _round(self, name: str, tagged: bool) -> LoggedCheckpoint:
+    async def _round(self, name: str, tagged: bool, quiesce: bool) -> LoggedCheckpoint:
         await self._probe_suspects()
-        lead = await self.local.prepare(name, tagged)
-        answers = await asyncio.gather(*(m.prepare(name, tagged) for m in self.members),
-                                       return_exceptions=True)
+        lead = await self.local.prepare(name, tagged, quiesce)
+        answers = await asyncio.gather(*(m.prepare(name, tagged, quiesce)
+                                         for m in self.members), return_exceptions=True)
         failures = [(m, a) for m, a in zip(self.members, answers, strict=True)
                     if isinstance(a, BaseException)]
         self.suspects = {m.agent for m, a in failures if _unreachable(a)}
@@ -323,8 +349,9 @@ def _as_seawall_error(error: BaseException, agent: str) -> SeawallError:
 class CoordinatedGroups:
     """The agent's holds (every member group) and coordinators (the groups it leads)."""
 
-    def __init__(self, tls_for: Callable[[str], ssl.SSLContext]) -> None:
+    def __init__(self, tls_for: Callable[[str], ssl.SSLContext], quiescer: Quiescer) -> None:
         self._tls_for = tls_for  # a member's certificate -> a client context pinning it
+        self.quiescer = quiescer
         self.holds: dict[str, MemberHold] = {}
         self.coordinators: dict[str, Coordinator] = {}
 
@@ -332,7 +359,7 @@ class CoordinatedGroups:
         coordination = group.spec.coordination
         if coordination is None:
             return
-        hold = self.holds[group.spec.group_id] = MemberHold(group)
+        hold = self.holds[group.spec.group_id] = MemberHold(group, self.quiescer)
         if coordination.lead:
             members: list[Member] = [RemoteMember(m, self._tls_for(m.cert_pem))
                                      for m in coordination.members]
@@ -371,15 +398,20 @@ class CoordinatedGroups:
             raise NotFound(f"group {group_id} is not a member of a group spanning agents here")
         return hold
 
-    async def tag(self, group_id: str, name: str) -> LoggedCheckpoint | None:
-        """A tagged checkpoint of a spanning group (at its lead); None for other groups."""
+    async def tag(self, group_id: str, name: str,
+                  quiesce: bool = False) -> tuple[LoggedCheckpoint, list[str]] | None:
+        """A tagged checkpoint of a spanning group (at its lead), with the lead's notes on
+        its consistency; None for other groups. The lead's marker says only whether the
+        lead's own VMs were frozen: the group's consistency is joined from every member's
+        marker at the recovery site (``manager.groups.members.join_checkpoints``)."""
         if group_id not in self.holds:
             return None
         coordinator = self.coordinators.get(group_id)
         if coordinator is None:
             raise Conflict("this agent is a member, not the lead, of the group: its checkpoints "
                            "are taken by the lead agent (ask the site manager)")
-        return await coordinator.checkpoint(name, tagged=True)
+        entry = await coordinator.checkpoint(name, tagged=True, quiesce=quiesce)
+        return entry, []
 
     def status(self, group_id: str) -> dict[str, Any] | None:
         hold = self.holds.get(group_id)

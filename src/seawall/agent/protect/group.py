@@ -57,7 +57,7 @@ from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
-from seawall.wire.records import MAX_PAYLOAD_BYTES, RecordKind
+from seawall.wire.records import CONSISTENCY, MAX_PAYLOAD_BYTES, RecordKind
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,10 @@ class ProtectedGroup:
     def protecting(self) -> bool:
         return not self.tracking and not self.syncing and not self.mirrors_lost
 
-    def tag_checkpoint(self, name: str, tagged: bool = True) -> LoggedCheckpoint:
+    def tag_checkpoint(self, name: str, tagged: bool = True,
+                       consistency: str = "crash") -> LoggedCheckpoint:
+        """Append a CHECKPOINT marker now; ``consistency`` "application" only while the
+        group's guests are frozen (``seawall.agent.protect.quiesce``)."""
         if len(name.encode()) > MAX_CHECKPOINT_NAME_BYTES:
             raise InvalidInput(f"checkpoint name longer than {MAX_CHECKPOINT_NAME_BYTES} bytes")
         if not self.protecting:
@@ -422,8 +425,9 @@ class ProtectedGroup:
             )
         now_ns = time.time_ns()
         encoded = name.encode()
-        record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0, 0, len(encoded), encoded)
-        entry = LoggedCheckpoint(record.seq, now_ns, name, tagged)
+        record = self.stream.append(RecordKind.CHECKPOINT, now_ns, 0,
+                                    CONSISTENCY.index(consistency), len(encoded), encoded)
+        entry = LoggedCheckpoint(record.seq, now_ns, name, tagged, consistency=consistency)
         self.checkpoints.append(entry)
         self.stream_changed.set()
         return entry
@@ -507,6 +511,7 @@ class ProtectedGroup:
             "name": self.spec.name,
             "role": "protected",
             "checkpoint_interval_s": self.spec.checkpoint_interval_s,
+            "quiesce_every_s": self.spec.quiesce_every_s,
             "state": self.state,
             "phase": "tracking" if self.tracking else "syncing" if self.syncing else "",
             "link_up": self.link_up,

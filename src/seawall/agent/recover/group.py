@@ -89,6 +89,7 @@ class RecoveryGroup:
         return [
             {"id": c.seq, "time_ns": c.time_ns, "name": c.name, "replicated": True,
              "consistent": c.consistent, "sealed_as": c.sealed_as,
+             "consistency": c.consistency,
              "volumes": self.volumes_at(c.seq)}
             for c in self.journal.checkpoints(newest)
         ]

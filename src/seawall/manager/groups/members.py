@@ -172,6 +172,9 @@ def join_checkpoints(members: list[Member],
         joined.append({
             "id": group_checkpoint, "time_ns": lead_entry["time_ns"], "name": lead_entry["name"],
             "replicated": True, "consistent": True,
+            "consistency": ("application" if all(e.get("consistency") == "application"
+                                                 for e in markers.values() if e)
+                            else "crash"),
             "members": {gid: entry["id"] for gid, entry in markers.items() if entry},
         })
     return joined

@@ -48,6 +48,7 @@ class PeerGroup(BaseModel):
 
 class CheckpointTag(BaseModel):
     name: str = Field(default="", max_length=512)
+    quiesce: bool = False  # freeze the guests around it (``--quiesce``)
 
 
 def _service(request: Request) -> GroupService:
@@ -77,7 +78,7 @@ def list_checkpoints(request: Request, name: str) -> list[dict[str, Any]]:
 
 @router.post("/groups/{name}/checkpoints", status_code=201)
 def tag_checkpoint(request: Request, name: str, body: CheckpointTag) -> dict[str, Any]:
-    return _service(request).tag(name, body.name)
+    return _service(request).tag(name, body.name, body.quiesce)
 
 
 @router.post("/groups/{name}/resync")
@@ -97,12 +98,13 @@ class PeerAction(BaseModel):
     """A tag or resync asked of the recovery site, forwarded by it to the protected site."""
 
     name: str = Field(default="", max_length=512)
+    quiesce: bool = False
 
 
 @router.post("/peer/groups/{name}/checkpoints", status_code=201)
 def peer_tag_checkpoint(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
     return _service(request).forwarded(name, "checkpoints", peer_site(request),
-                                       {"name": body.name})
+                                       {"name": body.name, "quiesce": body.quiesce})
 
 
 @router.get("/peer/groups/{name}/checkpoints")

@@ -308,11 +308,12 @@ class GroupService:
             return self.spanning.newest_checkpoints(group.volumes)[-1:]
         return self.checkpoints(name)
 
-    def tag(self, name: str, checkpoint_name: str) -> dict[str, Any]:
+    def tag(self, name: str, checkpoint_name: str, quiesce: bool = False) -> dict[str, Any]:
         """A tagged checkpoint now, its name checked here (``seawall.names``) before either
-        agent is asked."""
+        agent is asked; ``quiesce``: the guests frozen around it."""
         return self.at_protected_agent(name, "checkpoints",
-                                       {"name": check_checkpoint_name(checkpoint_name)})
+                                       {"name": check_checkpoint_name(checkpoint_name),
+                                        "quiesce": quiesce})
 
     def resync(self, name: str) -> dict[str, Any]:
         """Compare every volume of the group with the recovery site (a delta sync)."""

@@ -39,13 +39,14 @@ RPO_ALERT_MIN_S, RPO_ALERT_MAX_S = 1.0, 7 * 86400.0
 TEST_REMINDER_MIN_S, TEST_REMINDER_MAX_S = 3600.0, 365 * 86400.0
 BOOT_DELAY_MAX_S = 3600.0
 SCRIPT_TIMEOUT_MIN_S, SCRIPT_TIMEOUT_MAX_S = 1.0, 3600.0
+QUIESCE_EVERY_MIN_S, QUIESCE_EVERY_MAX_S = 60.0, 86400.0
 PRIORITIES = ("high", "medium", "low")
 COMPRESSIONS = ("zstd", "lz4", "none")
 NETWORK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
 
 PROTECTION_KEYS = {"checkpoint_interval_s": "checkpoint_interval_s", "priority": "priority",
-                   "compression": "codec"}
+                   "compression": "codec", "quiesce_every_s": "quiesce_every_s"}
 """Setting -> its name in the protected site agent's ``ProtectionSpec``."""
 PROTECTION_FIELDS = frozenset(PROTECTION_KEYS)
 RETENTION_FIELDS = frozenset({"history_s", "journal_max_bytes", "journal_warning_ratio"})
@@ -78,6 +79,7 @@ class GroupOptions(BaseModel):
     pre_script: str | None = Field(default=None, max_length=4096)
     post_script: str | None = Field(default=None, max_length=4096)
     script_timeout_s: float = 300.0
+    quiesce_every_s: float = 0.0  # application-consistent checkpoints this often; 0: none
 
 
 class SettingsChange(BaseModel):
@@ -101,6 +103,7 @@ class SettingsChange(BaseModel):
     pre_script: str | None = Field(default=None, max_length=4096)
     post_script: str | None = Field(default=None, max_length=4096)
     script_timeout_s: float | None = None
+    quiesce_every_s: float | None = None
 
     def given(self) -> dict[str, Any]:
         """The fields the caller set, as plain values."""
@@ -154,6 +157,9 @@ def check(options: GroupOptions, volumes: list[str], recovery_site: str) -> None
     _check_boot_order(options.boot_order, volumes)
     _between("script timeout", options.script_timeout_s, SCRIPT_TIMEOUT_MIN_S,
              SCRIPT_TIMEOUT_MAX_S, "1s and 1h (seconds)")
+    if options.quiesce_every_s != 0:
+        _between("quiesce interval", options.quiesce_every_s, QUIESCE_EVERY_MIN_S,
+                 QUIESCE_EVERY_MAX_S, "1m and 1d (seconds), or none")
 
 
 def _check_boot_order(steps: list[BootStep], volumes: list[str]) -> None:
