@@ -11,6 +11,8 @@ its NBD socket open to libvirt's QEMU (``socket_group`` kvm, the group of libvir
 - kill -9 of the protected agent: the guest's counter goes on with no I/O error; the site
   starts the agent again, which attaches the mirrors again by itself, and the next
   checkpoint is exact again.
+- `checkpoint tag --quiesce` freezes the guest through its qemu-guest-agent: the
+  checkpoint says `application`, the others `crash`.
 - `group delete` ends the mirrors and leaves the guest running, writing, its disk intact.
 """
 
@@ -138,6 +140,12 @@ def test_a_running_guest_protected_live_survives_its_agent_and_its_group(
     guest.console.wait_counter_past(before + 10)  # it writes on through the mirror
     held = exact_checkpoint(guests, prod, dr, guest, "protected")
     assert held > before
+    quiesced = seawall(prod, "checkpoint", "tag", "app", "--name", "quiet", "--quiesce")
+    assert "consistency: application" in quiesced.stdout, quiesced.stdout + quiesced.stderr
+    listed = {c["name"]: c for c in json.loads(seawall(prod, "checkpoint", "list", "app",
+                                                       "--json").stdout)}
+    assert listed["quiet"]["consistency"] == "application"
+    assert listed["protected"]["consistency"] == "crash"
 
     kill_agent(prod)
     after_kill = guest.console.counter()
