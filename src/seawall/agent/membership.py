@@ -47,6 +47,7 @@ from seawall.agent.protect.coordination import CoordinatedGroups
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.sink import ProtectedVolume
+from seawall.agent.protect.vm_watch import VmWatch
 from seawall.agent.recover import members
 from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.recover.receiver import ReplicationServer
@@ -85,6 +86,7 @@ class MembershipHost(Protocol):
     state: AgentState
     volumes: dict[str, ProtectedVolume]
     protected: dict[str, tuple[ProtectedGroup, Shipper]]
+    vm_watches: dict[str, VmWatch]
     recovering: dict[str, RecoveryGroup]
     exports: ExportRegistry
     coordinated: CoordinatedGroups
@@ -166,6 +168,9 @@ class Membership:
             raise NotFound(f"group {group_id} is not protected by this agent")
         group, shipper = entry
         await agent.coordinated.remove(group_id)
+        watch = agent.vm_watches.pop(group_id, None)
+        if watch is not None:
+            await watch.stop()
         await shipper.stop()
         await group.stop()
         if group.spec.fenced:  # stopped for a failover: its volumes take writes again
