@@ -89,12 +89,12 @@ def create_app(config: SiteConfig) -> FastAPI:
     sites = SiteService(config, sessions)
     agents = AgentDirectory(config, sessions, agent)  # the site's own + joined
     app.state.agents, app.state.volumes = agents, VolumeService(agents)
-    app.state.vms = VmService(agents)
     groups = GroupService(config, sessions, agent, sites, SpanningGroups(config, agents, agent),
                           locate=app.state.volumes.locate)
     app.state.sites = sites
     app.state.unpairing = Unpairing(config, sites, agent)
     app.state.groups = groups
+    app.state.vms = VmService(agents, groups)
     app.state.group_settings = SettingsUpdates(config, groups, agent)
     app.state.exports = ExportService(agent, groups)
     app.state.files = FileService(agent, groups)
