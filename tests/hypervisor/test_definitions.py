@@ -30,13 +30,15 @@ def test_a_libvirt_definition_lists_its_disks_with_their_volumes_and_its_nics() 
 
 
 def test_a_qmp_definition_reads_like_the_adapter_inventory() -> None:
-    view = {"query-block": [{"device": "drive-vda", "qdev": "/machine/peripheral/vda/virtio-backend",
+    view = {"query-block": [{"device": "drive-vda",
+                             "qdev": "/machine/peripheral/vda/virtio-backend",
                              "inserted": {"node-name": "n1", "drv": "raw", "ro": False,
                                           "file": "/images/vda.raw",
                                           "image": {"virtual-size": 1024}}}],
             "query-rx-filter": [{"name": "net0", "main-mac": "52:54:00:12:34:56"}],
             "info network": "net0: index=0,type=nic,model=virtio-net-pci,"
-                            "macaddr=52:54:00:12:34:56\r\n \\ n0: index=0,type=user,net=10.0.2.0\r\n"}
+                            "macaddr=52:54:00:12:34:56\r\n"
+                            " \\ n0: index=0,type=user,net=10.0.2.0\r\n"}
     shown = describe(VmConfig("u2", "vm1", "qmp-json", json.dumps(view), (("vda", "vm1-vda"),)))
     assert [(d["target"], d["volume"]) for d in shown["disks"]] == [("vda", "vm1-vda")]
     assert [nic["mac"] for nic in shown["nics"]] == ["52:54:00:12:34:56"]
