@@ -178,9 +178,13 @@ class QmpHypervisor:
     async def definition(self, vm_uuid: str) -> str:
         vm = await self._find(vm_uuid)
         view: dict[str, Any] = {"name": vm.name, "uuid": vm.uuid}
-        for command in ("query-version", "query-block", "query-block-exports",
-                        "query-rx-filter"):
+        for command in ("query-version", "query-block", "query-block-exports"):
             view[command] = _without_runtime(await vm.run(command, optional=True))
+        # Of a NIC's receive filter only its name and MAC are configuration: the guest's
+        # driver sets the rest (promiscuous mode, multicast and VLAN tables, 23 KB a NIC).
+        filters = await vm.run("query-rx-filter", optional=True)
+        view["query-rx-filter"] = None if filters is None else [
+            {key: nic.get(key) for key in ("name", "main-mac")} for nic in filters]
         if not vm.daemon:
             view["info network"] = await vm.run("human-monitor-command",
                                                 {"command-line": "info network"})
