@@ -20,7 +20,8 @@ Rules and invariants:
   libvirt's block copy always starts with a full copy; ``full_copy=False`` (QEMU's
   ``sync: none``) cannot be asked of it and is refused.
 - ``definition`` is the persistent domain XML (``INACTIVE | MIGRATABLE``, no ``SECURE``):
-  what another host can define, with no passwords in it.
+  what another host can define, with no passwords in it (libvirt 9.0 puts a console's
+  password in that XML even so: ``libvirt_xml.without_secrets`` takes it out).
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ from seawall.hypervisor.base import (
     VmLifecycle,
 )
 from seawall.hypervisor.libvirt_inventory import STATES, disk_entry, find_domain, vm_info
-from seawall.hypervisor.libvirt_xml import mirror_target_xml, mirrors_ready, parse_domain
+from seawall.hypervisor.libvirt_xml import (
+    mirror_target_xml,
+    mirrors_ready,
+    parse_domain,
+    without_secrets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +249,7 @@ class LibvirtHypervisor:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
         text: str = await self._call(f"VM {vm_uuid!r}",
                                      lambda c: find_domain(c, vm_uuid).XMLDesc(flags), retry=True)
-        return text
+        return without_secrets(text)  # libvirt adds console passwords even without SECURE
 
     # --- the splitter --------------------------------------------------------------------
 
