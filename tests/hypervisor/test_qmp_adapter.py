@@ -98,7 +98,9 @@ def test_inventory_and_definition(vm: QemuVm) -> None:
             with pytest.raises(NotFound, match="nope"):
                 await hv.vm("nope")
             view = json.loads(await hv.definition(VM_UUID))
-            assert "-drive" in view["cmdline"] and view["query-status"]["running"]
+            assert "-drive" in view["cmdline"] and "query-status" not in view  # not config
+            assert view["query-block"][0]["inserted"]["image"]["virtual-size"] == DISK_BYTES
+            assert "actual-size" not in view["query-block"][0]["inserted"]["image"]
         finally:
             await hv.close()
     asyncio.run(scenario())

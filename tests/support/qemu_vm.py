@@ -7,7 +7,8 @@ in a directory of its own. Without a guest, writes reach the disks' block layer 
 BlockBackend, above the mirror's filter node, exactly like a guest write. The disks are
 ``-drive if=none,id=drive-vdX`` (as Proxmox starts them) because QEMU 7.2's HMP qemu-io
 finds a BlockBackend only by drive name: a ``-blockdev`` disk's backend is anonymous, and
-``qemu-io -d NODE`` would write below the mirror's filter, bypassing it.
+``qemu-io -d NODE`` would write below the mirror's filter, bypassing it. A PCIe root
+port (``rp1``) takes hot-plugged disks: q35's root bus takes none.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def start_vm(tmp: Path, paused: bool = False) -> QemuVm:
         "-drive", f"if=none,id=drive-vdb,file={qcow2},format=qcow2",
         "-device", "virtio-blk-pci,drive=drive-vdb,id=vdb",
         "-device", "ide-cd,id=cd0,bus=ide.1",
+        "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,id=net0,"
         "mac=52:54:00:12:34:56",
         "-qmp", f"unix:{sockets / 'vm1.qmp'},server=on,wait=off",

@@ -18,7 +18,7 @@ from seawall.wire.protocol import (
     Welcome,
     WireConnection,
 )
-from seawall.wire.records import Record, RecordKind
+from seawall.wire.records import Record, RecordKind, VmConfig, vm_config_record
 
 MAX_SEQ = 2**64 - 1
 
@@ -48,6 +48,10 @@ def record_at(draw: st.DrawFn, seq: int) -> Record:
     if kind == RecordKind.CHECKPOINT:
         name = draw(st.text(max_size=40)).encode()
         return Record(seq, time_ns, kind, volume, offset, len(name), name)
+    if kind == RecordKind.VM_CONFIG:  # no volume range; its payload is the definition
+        return vm_config_record(seq, time_ns, VmConfig(
+            draw(st.uuids()).hex, draw(st.text(max_size=20)), "libvirt-xml",
+            draw(st.text(max_size=200))))
     return Record(seq, time_ns, kind, volume, offset, draw(st.integers(0, 2**64 - 1)))
 
 

@@ -252,3 +252,16 @@ def test_syncs_and_clones_as_tasks() -> None:
         "running", 25.0, "to /srv/c (raw)")
     done = operation_task({**clone, "state": "done", "progress": None})
     assert done["progress_percent"] == 100.0
+
+
+def test_each_vm_change_is_one_warning_that_clears_with_it() -> None:
+    problems = [{"vm": "web", "uuid": "u1", "subject": "disk vdc",
+                 "message": "VM web has a disk vdc the group does not protect"},
+                {"vm": "db", "uuid": "u2", "subject": "host",
+                 "message": "VM db migrated to another host"}]
+    alerts = run(document(facts("protected"), protected_agent(vm_alerts=problems))).alerts
+    assert {key: (a.severity.value, a.message) for key, a in alerts.items()} == {
+        "vm-change:app/u1/disk vdc": ("warning", "group app: VM web has a disk vdc the "
+                                                 "group does not protect"),
+        "vm-change:app/u2/host": ("warning", "group app: VM db migrated to another host")}
+    assert run(document(facts("protected"), protected_agent(vm_alerts=[]))).alerts == {}

@@ -9,7 +9,12 @@ import pytest
 
 from seawall.errors import ProtocolViolation
 from seawall.hypervisor.base import NicInfo
-from seawall.hypervisor.libvirt_xml import mirror_target_xml, mirrors_ready, parse_domain
+from seawall.hypervisor.libvirt_xml import (
+    mirror_target_xml,
+    mirrors_ready,
+    parse_domain,
+    without_secrets,
+)
 
 DOMAIN = """<domain type='qemu' id='3'>
   <name>web &amp; db</name>
@@ -94,3 +99,13 @@ def test_mirror_target_escapes_what_it_is_given() -> None:
 def test_a_domain_xml_that_does_not_parse() -> None:
     with pytest.raises(ProtocolViolation, match="does not parse"):
         parse_domain("<domain><name>x</domain>")
+
+
+def test_console_passwords_are_taken_out_and_other_xml_kept_verbatim() -> None:
+    assert without_secrets(DOMAIN) is DOMAIN  # nothing secret: as libvirt gave it
+    secret = ("<domain type='qemu'><name>a</name><devices><graphics type='vnc' port='-1' "
+              "passwd='s3cr3tpw' passwdValidTo='2030-01-01T00:00:00'/><graphics "
+              "type='spice' passwd='other'/></devices></domain>")
+    cleaned = without_secrets(secret)
+    assert "s3cr3tpw" not in cleaned and "other" not in cleaned
+    assert parse_domain(cleaned).name == "a" and "passwdValidTo" in cleaned

@@ -48,6 +48,7 @@ from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.splitter import Splitter
+from seawall.agent.protect.vm_watch import VmWatch
 from seawall.agent.recover import members
 from seawall.agent.recover.group import RecoveryGroup, replica_path
 from seawall.agent.recover.receiver import ReplicationServer
@@ -89,6 +90,7 @@ class MembershipHost(Protocol):
     hypervisor: Hypervisor | None
     splitters: dict[str, Splitter]
     protected: dict[str, tuple[ProtectedGroup, Shipper]]
+    vm_watches: dict[str, VmWatch]
     recovering: dict[str, RecoveryGroup]
     exports: ExportRegistry
     coordinated: CoordinatedGroups
@@ -157,7 +159,19 @@ class Membership:
             await splitter.detach([v for v in gone if isinstance(v, SinkVolume)])
             if not group.sinks:
                 await agent.splitters.pop(group_id).stop(detach=False)
+        await self._follow_vm_watch(group)
         return {"group_id": group_id, "last_seq": last_seq}
+
+    async def _follow_vm_watch(self, group: ProtectedGroup) -> None:
+        """A group with sinks has a VM watch (its VMs' configurations), one without none."""
+        agent, group_id = self.agent, group.spec.group_id
+        watch = agent.vm_watches.get(group_id)
+        if group.sinks and watch is None and agent.hypervisor is not None:
+            watch = agent.vm_watches[group_id] = VmWatch(group, agent.hypervisor,
+                                                         agent.config.vm_config_check_s)
+            watch.start()
+        elif not group.sinks and watch is not None:
+            await agent.vm_watches.pop(group_id).stop()
 
     async def set_coordination(self, group_id: str,
                                coordination: Coordination) -> dict[str, Any]:
@@ -186,6 +200,9 @@ class Membership:
         if splitter is not None:  # the VMs keep running, untouched, their mirrors ended
             await splitter.stop(detach=True)
         await agent.coordinated.remove(group_id)
+        watch = agent.vm_watches.pop(group_id, None)
+        if watch is not None:
+            await watch.stop()
         await shipper.stop()
         await group.stop()
         if group.spec.fenced:  # stopped for a failover: its volumes take writes again

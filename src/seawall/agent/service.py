@@ -37,6 +37,7 @@ from seawall.agent.protect.quiesce_schedule import QuiesceSchedule
 from seawall.agent.protect.shipper import Shipper
 from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.splitter import Splitter
+from seawall.agent.protect.vm_watch import VmWatch
 from seawall.agent.protect.volumes import FileVolume, create_volume_file, device_size_bytes
 from seawall.agent.recover.group import RecoveryGroup
 from seawall.agent.recover.receiver import ReplicationServer
@@ -71,6 +72,7 @@ class Agent:
         self.hypervisor: Hypervisor | None = None  # opened at start (``--hypervisor``)
         self.protected: dict[str, tuple[ProtectedGroup, Shipper]] = {}
         self.splitters: dict[str, Splitter] = {}  # by group id: groups with sinks
+        self.vm_watches: dict[str, VmWatch] = {}  # by group id: the same groups
         self.recovering: dict[str, RecoveryGroup] = {}
         self.exports = ExportRegistry()
         self.frontend = NbdFrontend(self, sink_count_path=config.run_dir / SINK_CONNECTIONS_FILE)
@@ -149,6 +151,8 @@ class Agent:
         await self.coordinated.close_all()
         for splitter in self.splitters.values():  # QEMU sees cancelled jobs, not lost sinks
             await splitter.stop(detach=True)
+        for watch in self.vm_watches.values():
+            await watch.stop()
         # The front end first: a write taken after its group stopped capturing would be in
         # no stream and no saved plan, and the next start would trust that plan.
         await self.frontend.close()
@@ -280,6 +284,9 @@ class Agent:
             splitter = Splitter(group, self.hypervisor, self.config.nbd_socket)
             splitter.start()
             self.splitters[spec.group_id] = splitter
+            watch = VmWatch(group, self.hypervisor, self.config.vm_config_check_s)
+            watch.start()
+            self.vm_watches[spec.group_id] = watch
         group.start()
         shipper.start()
         self.protected[spec.group_id] = (group, shipper)
@@ -432,8 +439,10 @@ class Agent:
     def group_status(self, group_id: str) -> dict[str, Any]:
         if group_id in self.protected:
             group, shipper = self.protected[group_id]
+            watch = self.vm_watches.get(group_id)
             return {**group.status(), "wan": shipper.status(),
-                    "coordination": self.coordinated.status(group_id)}
+                    "coordination": self.coordinated.status(group_id),
+                    "vm_alerts": watch.status() if watch else []}
         return self.recovery_group(group_id).status()
 
     def checkpoints(self, group_id: str, newest: int | None = None) -> list[dict[str, Any]]:

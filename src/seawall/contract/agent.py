@@ -344,6 +344,31 @@ class VmListing(Answer):
     vms: list[VmDescription]
 
 
+class VmConfigDisk(Answer):
+    target: str
+    source: str
+    format: str
+    volume: str | None
+    """The group volume holding this disk; None for a disk the group did not protect."""
+
+
+class VmConfigView(Answer):
+    """``GET /groups/{id}/vms/{vm}`` at the recovery site: a VM's configuration at a
+    checkpoint (the newest captured at or before it: ``config_seq``)."""
+
+    name: str
+    uuid: str
+    checkpoint: int
+    checkpoint_name: str
+    config_seq: int
+    config_time_ns: int
+    format: str
+    """``libvirt-xml`` (domain XML, no secrets) or ``qmp-json`` (the QMP adapter's view)."""
+    disks: list[VmConfigDisk]
+    nics: list[VmNic]
+    definition: str
+
+
 class ExportCreate(Request):
     group_id: str
     volume: str

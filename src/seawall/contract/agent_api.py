@@ -44,6 +44,7 @@ from seawall.contract.agent import (
     ScriptRun,
     SinkCreate,
     TaggedCheckpoint,
+    VmConfigView,
     VmListing,
     VolumeAdd,
     VolumeCreate,
@@ -154,6 +155,10 @@ class AgentApi:
     def checkpoints(self, group_id: str, newest: int | None = None) -> list[Checkpoint]:
         return self._call(list[Checkpoint], "GET", f"/groups/{_id(group_id)}/checkpoints",
                           newest=newest or None)
+
+    def vm_config(self, group_id: str, vm: str, checkpoint: str) -> VmConfigView:
+        return self._call(VmConfigView, "GET", f"/groups/{_id(group_id)}/vms/{_id(vm)}",
+                          checkpoint=checkpoint)
 
     def tag(self, group_id: str, request: CheckpointTag) -> TaggedCheckpoint:
         return self._call(TaggedCheckpoint, "POST", f"/groups/{_id(group_id)}/checkpoints",

@@ -24,7 +24,8 @@ Rules and invariants:
   response timeout set first (``agentSetResponseTimeout``, whole seconds, at least 1): a
   missing, unconfigured or silent agent is None, not an error.
 - ``definition`` is the persistent domain XML (``INACTIVE | MIGRATABLE``, no ``SECURE``):
-  what another host can define, with no passwords in it.
+  what another host can define, with no passwords in it (libvirt 9.0 puts a console's
+  password in that XML even so: ``libvirt_xml.without_secrets`` takes it out).
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ from seawall.hypervisor.base import (
     VmLifecycle,
 )
 from seawall.hypervisor.libvirt_inventory import STATES, disk_entry, find_domain, vm_info
-from seawall.hypervisor.libvirt_xml import mirror_target_xml, mirrors_ready, parse_domain
+from seawall.hypervisor.libvirt_xml import (
+    mirror_target_xml,
+    mirrors_ready,
+    parse_domain,
+    without_secrets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +261,7 @@ class LibvirtHypervisor:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
         text: str = await self._call(f"VM {vm_uuid!r}",
                                      lambda c: find_domain(c, vm_uuid).XMLDesc(flags), retry=True)
-        return text
+        return without_secrets(text)  # libvirt adds console passwords even without SECURE
 
     # --- the splitter --------------------------------------------------------------------
 

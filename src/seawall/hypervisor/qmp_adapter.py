@@ -38,6 +38,10 @@ Rules and invariants:
 - ``detach_mirror`` force-cancels the job, waits until QEMU dropped it, and deletes the
   NBD node, also one a dead agent left behind (a job that ended by itself keeps it).
 - ``events()`` may be iterated by several consumers: each gets every event.
+- ``definition`` is the VM's configuration as QMP shows it (``query-version``, ``-block``,
+  ``-block-exports``, ``-rx-filter``, HMP ``info network``, the command line), without
+  run-time state (status, sizes, dirty bitmaps, our own mirror nodes): it changes only
+  when the configuration does (a disk or NIC added, throttling set, ...).
 """
 
 from __future__ import annotations
@@ -77,6 +81,21 @@ DETACH_TIMEOUT_S = 10.0
 THAW_TIMEOUT_S = 2.0
 _NO_UUID = "00000000-0000-0000-0000-000000000000"
 _ENDED_STATUSES = ("concluded", "null", "aborting")
+
+
+_RUNTIME_KEYS = frozenset({"actual-size", "dirty-bitmaps", "dirty-flag", "io-status",
+                           "locked", "tray_open"})
+"""What ``query-*`` report that changes as the VM runs, not as it is configured: left out
+of ``definition`` so that its digest changes only with the configuration."""
+
+
+def _without_runtime(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_runtime(item) for key, item in value.items()
+                if key not in _RUNTIME_KEYS}
+    if isinstance(value, list):
+        return [_without_runtime(item) for item in value]
+    return value
 
 
 def socket_uuid(path: Path) -> str:
@@ -160,9 +179,13 @@ class QmpHypervisor:
     async def definition(self, vm_uuid: str) -> str:
         vm = await self._find(vm_uuid)
         view: dict[str, Any] = {"name": vm.name, "uuid": vm.uuid}
-        for command in ("query-status", "query-version", "query-block", "query-block-exports",
-                        "query-named-block-nodes", "query-rx-filter"):
-            view[command] = await vm.run(command, optional=True)
+        for command in ("query-version", "query-block", "query-block-exports"):
+            view[command] = _without_runtime(await vm.run(command, optional=True))
+        # Of a NIC's receive filter only its name and MAC are configuration: the guest's
+        # driver sets the rest (promiscuous mode, multicast and VLAN tables, 23 KB a NIC).
+        filters = await vm.run("query-rx-filter", optional=True)
+        view["query-rx-filter"] = None if filters is None else [
+            {key: nic.get(key) for key in ("name", "main-mac")} for nic in filters]
         if not vm.daemon:
             view["info network"] = await vm.run("human-monitor-command",
                                                 {"command-line": "info network"})

@@ -15,6 +15,8 @@ Rules and invariants:
 - ``seals`` maps a marker's seq to the group-wide checkpoint a SEAL record made of it
   (groups spanning agents, ``wire.records``), with the seal's own seq; a seal goes with
   its frame, like everything else.
+- ``vm_configs`` locates every VM_CONFIG record (``seawall.journal.vm_configs``) like a
+  checkpoint's name: located here, read by the journal when asked.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class CheckpointEntry(NamedTuple):
     consistency: int = 0  # an index of ``seawall.wire.records.CONSISTENCY``
 
 
+class VmConfigEntry(NamedTuple):
+    seq: int
+    time_ns: int
+    frame: int
+    blob_offset: int
+    length: int
+    payload_hash: int
+
+
 class Catalog:
     def __init__(
         self, volume_sizes: dict[int, int], base_sync_state: SyncState, first_frame: int = 0
@@ -59,6 +70,7 @@ class Catalog:
         self.seals: dict[int, tuple[int, int]] = {}  # marker seq -> (group checkpoint, seq)
         self._checkpoints: list[CheckpointEntry] = []
         self._checkpoint_seqs: list[int] = []
+        self.vm_configs: list[VmConfigEntry] = []  # in seq order
 
     # --- adding -------------------------------------------------------------------------
 
@@ -113,6 +125,10 @@ class Catalog:
                 self._checkpoint_seqs.append(record.seq)
             elif kind == RecordKind.SEAL:
                 self.seals[record.offset] = (record.length, record.seq)
+            elif kind == RecordKind.VM_CONFIG:
+                self.vm_configs.append(VmConfigEntry(record.seq, record.time_ns, frame,
+                                                     blob_offset, record.payload_length,
+                                                     record.payload_hash))
             else:
                 self.sync_state = SYNC_TRANSITIONS[(self.sync_state, kind)]
             blob_offset += record.payload_length
@@ -186,6 +202,7 @@ class Catalog:
         # A copy first: the loop thread may cache a name meanwhile (dict() is one step).
         catalog.names = {seq: name for seq, name in dict(self.names).items() if seq > boundary}
         catalog.seals = {seq: seal for seq, seal in self.seals.items() if seq > boundary}
+        catalog.vm_configs = [entry for entry in self.vm_configs if entry.seq > boundary]
         catalog._refresh_times()
         return catalog
 
@@ -201,6 +218,7 @@ class Catalog:
             self.names.pop(dropped, None)
         del self._checkpoints[kept:], self._checkpoint_seqs[kept:]
         self.seals = {marker: seal for marker, seal in self.seals.items() if seal[1] <= seq}
+        self.vm_configs = [entry for entry in self.vm_configs if entry.seq <= seq]
         self.sync_state = self.sync_state_through(count)
         self._refresh_times()
 

@@ -58,7 +58,7 @@ from seawall.errors import (
     ProtocolViolation,
     SeawallError,
 )
-from seawall.journal.catalog import Catalog, CheckpointEntry
+from seawall.journal.catalog import Catalog, CheckpointEntry, VmConfigEntry
 from seawall.journal.extents import Piece
 from seawall.journal.index import VolumeIndex
 from seawall.journal.payloads import Payloads
@@ -67,8 +67,9 @@ from seawall.journal.segment_format import FrameLocation
 from seawall.journal.segments import DEFAULT_SEGMENT_LIMIT_BYTES, FaultHook, SegmentStore
 from seawall.journal.state import JournalState, SyncState, ensure_replica, load_or_create_state
 from seawall.journal.view import PointInTimeView
+from seawall.journal.vm_configs import JournalVmConfigs
 from seawall.wire.frames import FRAME_HEADER, FrameKind, RecordsDirectory, parse_header
-from seawall.wire.records import consistency_name, follows, payload_hash
+from seawall.wire.records import VmConfig, consistency_name, follows, payload_hash
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -124,6 +125,7 @@ class Journal:
         self._free_at_full_bytes = 0
         self._payloads = Payloads(directory, lambda: self.store, replica_paths)
         self._store: SegmentStore | None = None
+        self.vm_configs = JournalVmConfigs(directory, self._vm_config_payload)
 
     # --- open / close -----------------------------------------------------------------
 
@@ -382,6 +384,14 @@ class Journal:
         seal = catalog.seals.get(entry.seq)
         return CheckpointInfo(entry.seq, entry.time_ns, name, entry.sync_state == SyncState.SYNCED,
                               seal[0] if seal else None, consistency_name(entry.consistency))
+
+    def vm_configs_at(self, seq: int) -> dict[str, VmConfig]:
+        """Each VM's configuration in force at ``seq`` (see ``seawall.journal.vm_configs``)."""
+        return self.vm_configs.at(lambda: self.catalog, seq)
+
+    def _vm_config_payload(self, catalog: Catalog, entry: VmConfigEntry) -> memoryview:
+        return self._payloads.blob_slice(catalog.frames, entry.frame, entry.blob_offset,
+                                         entry.length)
 
     # --- retention (see seawall.journal.retention) ----------------------------------------
 

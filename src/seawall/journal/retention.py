@@ -1,14 +1,15 @@
 """Journal retention: applying the oldest frames to the replicas and freeing their segments.
 
 Rules and invariants:
-- ``Retention.apply_through`` applies whole frames, up to a durable frame boundary, in
-  this order (crash rule): (1) state file gets the intent ``applying_through_seq``;
-  (2) replicas written and fsynced; (3) state file gets the new base, no intent; (4) the
-  journal's index swapped; (5) segments whose frames are all <= base deleted, oldest
-  first. A crash before (3) leaves the intent, and ``Journal.open`` replays the apply
-  before offering anything (same bytes again); a crash after (3) leaves applied segments
-  that open deletes or skips. So checkpoints between the old and new base are never
-  offered over a half-written replica.
+- ``Retention.apply_through`` applies whole frames, up to a durable frame boundary, in this
+  order (crash rule): (0) the VM configurations in force at the boundary become the base
+  ones (``seawall.journal.vm_configs``); (1) state file gets the intent
+  ``applying_through_seq``; (2) replicas written and fsynced; (3) state file gets the new
+  base, no intent; (4) the journal's index swapped; (5) segments whose frames are all <=
+  base deleted, oldest first. A crash before (3) leaves the intent, and ``Journal.open``
+  replays the apply before offering anything (same bytes again); a crash after (3) leaves
+  applied segments that open deletes or skips. So checkpoints between the old and new base
+  are never offered over a half-written replica.
 - Floor: from the moment an apply has picked its boundary, the journal refuses
   checkpoints and head seqs at or below it (aged out), so no view opens over replicas being
   written. An apply that fails midway (e.g. ENOSPC) leaves the floor there and the next
@@ -43,6 +44,7 @@ from seawall.journal.index import VolumeIndex
 from seawall.journal.segments import FaultHook, SegmentStore
 from seawall.journal.state import JournalState, write_state
 from seawall.journal.view import PointInTimeView
+from seawall.journal.vm_configs import JournalVmConfigs
 from seawall.wire.records import RecordKind
 
 APPLY_FAULT_POINTS = (
@@ -67,6 +69,7 @@ class RetainedJournal(Protocol):
     catalog: Catalog
     directory: Path
     index_lock: threading.Lock
+    vm_configs: JournalVmConfigs
 
     @property
     def durable_seq(self) -> int: ...
@@ -149,6 +152,7 @@ class Retention:
                             "is open"
                         )
                 self.floor_seq = boundary
+            journal.vm_configs.keep_through(catalog, boundary)
             intent = JournalState(
                 self._journal_id, journal.base_seq, catalog.base_sync_state, boundary
             )

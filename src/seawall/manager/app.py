@@ -50,6 +50,7 @@ from seawall.manager.recovery.store import OperationStore
 from seawall.manager.sites.routes import router as sites_router
 from seawall.manager.sites.service import SiteService
 from seawall.manager.sites.unpairing import Unpairing
+from seawall.manager.vms.configs import VmConfigs
 from seawall.manager.vms.routes import router as vms_router
 from seawall.manager.vms.service import VmService
 from seawall.manager.vms.sinks import VmSinks
@@ -97,6 +98,7 @@ def create_app(config: SiteConfig) -> FastAPI:
     app.state.sites = sites
     app.state.unpairing = Unpairing(config, sites, agent)
     app.state.groups = groups
+    app.state.vm_configs = VmConfigs(groups)
     app.state.group_settings = SettingsUpdates(config, groups, agent)
     app.state.exports = ExportService(agent, groups)
     app.state.files = FileService(agent, groups)

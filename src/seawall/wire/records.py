@@ -20,6 +20,13 @@ Rules and invariants:
   SYNC_BEGIN may jump forward. A restarted protected agent numbers on above every seq it
   ever issued, so no checkpoint id is ever reused; the jump is harmless because nothing
   inside a sync window is offered.
+- ``VM_CONFIG`` carries the definition of one VM whose disks the group holds (libvirt domain
+  XML, or the QMP adapter's JSON view), captured when protection starts and whenever it
+  changes: its payload is ``encode_vm_config`` (UTF-8 JSON: uuid, name, format,
+  definition, and which group volume holds each disk), ``length`` its length,
+  ``volume`` and ``offset`` 0. It goes through the stream like any record, so the
+  configuration of a VM at checkpoint C is the newest VM_CONFIG of that VM at or before
+  C (``seawall.journal.vm_configs``). Never secrets.
 - ``payload_hash`` is xxh3-64 of the uncompressed payload, computed where the record was
   captured and checked wherever it is decompressed: an end-to-end check across codecs.
 
@@ -29,6 +36,7 @@ This module is pure: no I/O. The header layout is fixed by ``RECORD_HEADER``.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,6 +52,7 @@ class RecordKind(enum.IntEnum):
     SYNC_BEGIN = 4
     SYNC_END = 5
     SEAL = 6
+    VM_CONFIG = 7
 
 
 CONSISTENCY = ("crash", "application")
@@ -119,6 +128,41 @@ def consistency_name(code: int) -> str:
     return CONSISTENCY[code] if 0 <= code < len(CONSISTENCY) else "crash"
 
 
+@dataclass(frozen=True)
+class VmConfig:
+    """One VM's definition as a VM_CONFIG record carries it (``seq``: that record's)."""
+
+    uuid: str
+    name: str
+    format: str  # "libvirt-xml" or "qmp-json"
+    definition: str
+    volumes: tuple[tuple[str, str], ...] = ()  # (disk target, the group's volume), sorted
+    seq: int = 0
+    time_ns: int = 0
+
+
+def encode_vm_config(config: VmConfig) -> bytes:
+    return json.dumps({"uuid": config.uuid, "name": config.name, "format": config.format,
+                       "definition": config.definition, "volumes": dict(config.volumes)},
+                      sort_keys=True).encode()
+
+
+def decode_vm_config(payload: bytes | memoryview, seq: int, time_ns: int) -> VmConfig:
+    try:
+        value = json.loads(bytes(payload))
+        volumes = tuple(sorted((str(disk), str(volume))
+                               for disk, volume in dict(value["volumes"]).items()))
+        return VmConfig(str(value["uuid"]), str(value["name"]), str(value["format"]),
+                        str(value["definition"]), volumes, seq, time_ns)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptData(f"record {seq}: not a VM configuration ({exc})") from None
+
+
+def vm_config_record(seq: int, time_ns: int, config: VmConfig) -> Record:
+    encoded = encode_vm_config(config)
+    return Record(seq, time_ns, RecordKind.VM_CONFIG, 0, 0, len(encoded), encoded)
+
+
 def checkpoint_name(record: Record) -> str:
     return record.payload.decode(errors="replace")
 
@@ -139,6 +183,12 @@ def validate_header(header: RecordHeader) -> None:
         raise CorruptData(f"record {header.seq}: write payload does not match its length")
     if kind == RecordKind.CHECKPOINT and header.payload_length != header.length:
         raise CorruptData(f"record {header.seq}: checkpoint name does not match its length")
+    if kind == RecordKind.VM_CONFIG and (
+        header.payload_length != header.length or header.payload_length == 0
+        or header.volume != 0 or header.offset != 0
+    ):
+        raise CorruptData(f"record {header.seq}: a VM configuration must carry its payload "
+                          "and no volume range")
     if kind in (RecordKind.ZERO, RecordKind.SYNC_BEGIN, RecordKind.SYNC_END) and (
         header.payload_length != 0
     ):

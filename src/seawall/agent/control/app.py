@@ -47,6 +47,7 @@ from seawall.contract.agent import (
     RetentionChange,
     SinkCreate,
     TaggedCheckpoint,
+    VmConfigView,
     VmListing,
     VolumeAdd,
     VolumeCreate,
@@ -148,6 +149,11 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
     async def checkpoints(group_id: str, newest: Annotated[int | None, Query(gt=0)] = None,
                           ) -> list[dict[str, Any]]:
         return agent.checkpoints(group_id, newest)
+
+    @app.get("/groups/{group_id}/vms/{vm}", response_model=VmConfigView)
+    async def vm_config(group_id: str, vm: str, checkpoint: str = "latest") -> dict[str, Any]:
+        """A VM's configuration at a checkpoint of a group recovered here."""
+        return agent.recovery_group(group_id).vm_config(vm, checkpoint)
 
     @app.post("/groups/{group_id}/checkpoints", response_model=TaggedCheckpoint)
     async def tag(group_id: str, body: CheckpointTag) -> dict[str, Any]:

@@ -35,6 +35,10 @@ Rules and invariants:
   only when the syncer is done and every sink reported its copy done (``sink_ready``). A
   sink whose mirror ended (``sink_lost``) makes the group ``sync-required``: no checkpoint
   until a new window copied it again (``copy_sinks``). The stream goes on meanwhile.
+- VM configurations (``set_vm_config``, from ``VmWatch``): the newest of each VM is kept
+  and put into the stream as a VM_CONFIG record when it changes and again at the start of
+  every sync window, so the recovery site has each VM's configuration at or before every
+  checkpoint, whatever records a dropped stream lost.
 """
 
 from __future__ import annotations
@@ -57,7 +61,13 @@ from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
-from seawall.wire.records import CONSISTENCY, MAX_PAYLOAD_BYTES, RecordKind
+from seawall.wire.records import (
+    CONSISTENCY,
+    MAX_PAYLOAD_BYTES,
+    RecordKind,
+    VmConfig,
+    encode_vm_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +137,7 @@ class ProtectedGroup:
         self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
         self._sinks_settled = asyncio.Event()
         self.on_copy_needed: Callable[[list[int]], None] | None = None
+        self.vm_configs: dict[str, VmConfig] = {}  # by VM uuid: the newest captured
         self._set_capture(tracking=True)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -220,6 +231,8 @@ class ProtectedGroup:
         if self._sync_task is not None:
             self._sync_task.cancel()
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
+        for config in self.vm_configs.values():
+            self._append_vm_config(config)
         self._set_capture(tracking=False)
         self.syncing = True
         for index in self.sinks:
@@ -294,6 +307,20 @@ class ProtectedGroup:
         if self.tracking:
             return
         self._start_sync("mirror attached again", sinks)
+
+    # --- VM configurations ---------------------------------------------------------------
+
+    def set_vm_config(self, config: VmConfig) -> None:
+        """A VM's definition as captured now: into the stream unless tracking (then the
+        next sync window carries it)."""
+        self.vm_configs[config.uuid] = config
+        if not self.tracking:
+            self._append_vm_config(config)
+            self.stream_changed.set()
+
+    def _append_vm_config(self, config: VmConfig) -> None:
+        encoded = encode_vm_config(config)
+        self.stream.append(RecordKind.VM_CONFIG, time.time_ns(), 0, 0, len(encoded), encoded)
 
     # --- capture -----------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ Invariants:
 - The journal holds the group's members and its retired volumes (``RecoverySpec.retired``):
   a retired volume reads back at the checkpoints that include it (seq at or below its
   ``removed_after_seq``) until they age out; later checkpoints do not list it.
+- A VM's configuration at a checkpoint is the journal's (``seawall.journal.vm_configs``):
+  the newest captured at or before it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from seawall.agent.recover.aging import JournalAging
 from seawall.agent.recover.members import includes
 from seawall.contract.agent import GroupVolume, RecoverySpec, RetiredVolume
-from seawall.errors import InvalidInput, NotFound, NotReady
+from seawall.errors import Conflict, InvalidInput, NotFound, NotReady
+from seawall.hypervisor.definitions import describe
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
 
@@ -93,6 +96,24 @@ class RecoveryGroup:
              "volumes": self.volumes_at(c.seq)}
             for c in self.journal.checkpoints(newest)
         ]
+
+    def vm_config(self, vm: str, checkpoint: str) -> dict[str, Any]:
+        """VM ``vm`` (name or uuid) as configured at ``checkpoint`` (an id or latest)."""
+        info = self.resolve_checkpoint(checkpoint)
+        configs = self.journal.vm_configs_at(info.seq)
+        found = [c for c in configs.values() if vm in (c.uuid, c.name)]
+        if not found:
+            known = ", ".join(sorted(c.name for c in configs.values())) or "none"
+            raise NotFound(f"group {self.spec.name} has no configuration of VM {vm!r} at "
+                           f"checkpoint {info.seq} (VMs there: {known})")
+        if len(found) > 1:
+            raise Conflict(f"{len(found)} VMs of group {self.spec.name} are named {vm!r}: "
+                           "use a uuid")
+        config = found[0]
+        return {"name": config.name, "uuid": config.uuid, "checkpoint": info.seq,
+                "checkpoint_name": info.name, "config_seq": config.seq,
+                "config_time_ns": config.time_ns, "format": config.format,
+                **describe(config), "definition": config.definition}
 
     def status(self) -> dict[str, Any]:
         try:

@@ -124,11 +124,13 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("POST", "/api/v1/groups"): ADMIN,
     ("GET", "/api/v1/groups/{name}"): VIEWER,
     ("GET", "/api/v1/groups/{name}/checkpoints"): VIEWER,
+    ("GET", "/api/v1/groups/{name}/vms/{vm}"): VIEWER,  # `vm show`
     ("POST", "/api/v1/groups/{name}/checkpoints"): OPERATOR,
     ("POST", "/api/v1/groups/{name}/resync"): OPERATOR,
     ("POST", "/api/v1/peer/groups"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/checkpoints"): Access.PEER,
     ("GET", "/api/v1/peer/groups/{name}/checkpoints"): Access.PEER,
+    ("GET", "/api/v1/peer/groups/{name}/vms/{vm}"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/resync"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/fence"): Access.PEER,
     ("POST", "/api/v1/peer/groups/{name}/unfence"): Access.PEER,

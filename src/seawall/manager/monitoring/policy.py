@@ -14,6 +14,9 @@ Rules (each document is a ``monitoring.status`` document):
   hard limit, set by the agent): warning.
 - ``sync-required`` (protected site): a bitmap or delta sync runs: warning; ``paused`` or
   ``error``, or state ``sync-required`` (a VM disk's mirror ended): error.
+- ``vm-change`` (protected site, subject ``GROUP/VM-UUID/what``): a protected VM has a
+  disk the group does not protect (hot-plugged), was migrated to another host, or was
+  undefined or is no longer found (``agent.protect.vm_watch``): warning, one per problem.
 - ``test-overdue``: no failover test passed within the reminder interval (counted from
   the group's creation when none ever passed): warning. Recovery site only (it runs them).
 - ``agent-unreachable`` (subject ``agent`` for the site's own, the agent's name for one
@@ -54,9 +57,11 @@ class Kind(enum.Enum):
     AGENT_UNREACHABLE = "agent-unreachable"
     PEER_UNREACHABLE = "peer-unreachable"
     DATABASE = "manager-database"
+    VM_CHANGE = "vm-change"
 
 
-AGENT_KINDS = frozenset({Kind.RPO, Kind.HISTORY, Kind.JOURNAL, Kind.SYNC_REQUIRED})
+AGENT_KINDS = frozenset({Kind.RPO, Kind.HISTORY, Kind.JOURNAL, Kind.SYNC_REQUIRED,
+                         Kind.VM_CHANGE})
 """Kinds that need the group's agent: kept as they were while it does not answer."""
 
 
@@ -121,6 +126,8 @@ def evaluate(documents: Iterable[dict[str, Any]], agent_error: str | None,
                       _sync(document)):
             if alert is not None:
                 result.add(alert)
+        for alert in _vm_changes(document):
+            result.add(alert)
     return result
 
 
@@ -198,6 +205,13 @@ def _sync(document: dict[str, Any]) -> Alert | None:
         return _alert(Kind.SYNC_REQUIRED, document, Severity.ERROR,
                       f"replication {state}: {reason.get('message') or document['sub_state']}")
     return None
+
+
+def _vm_changes(document: dict[str, Any]) -> list[Alert]:
+    group: str = document["group"]
+    return [Alert(Kind.VM_CHANGE, f"{group}/{problem['uuid']}/{problem['subject']}",
+                  Severity.WARNING, f"group {group}: {problem['message']}", group)
+            for problem in (document["agent"] or {}).get("vm_alerts") or []]
 
 
 def _test_overdue(document: dict[str, Any], now: datetime) -> Alert | None:
