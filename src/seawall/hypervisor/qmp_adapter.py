@@ -38,6 +38,8 @@ Rules and invariants:
 - ``detach_mirror`` force-cancels the job, waits until QEMU dropped it, and deletes the
   NBD node, also one a dead agent left behind (a job that ended by itself keeps it).
 - ``events()`` may be iterated by several consumers: each gets every event.
+- ``open_reader``/``close_reader``: a read-only NBD export of the disk served by QEMU
+  (``seawall.hypervisor.qmp_reader``), for a resync by comparison.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from typing import Any, cast
 from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unavailable
-from seawall.hypervisor import qmp_inventory
+from seawall.hypervisor import qmp_inventory, qmp_reader
 from seawall.hypervisor.base import (
     HypervisorEvent,
     MirrorEnded,
@@ -142,6 +144,7 @@ class QmpHypervisor:
         self.directory = directory
         self.rescan_s = rescan_s
         self.spec = f"qmp:{directory}"
+        self.reads_disks = True
         self._vms: dict[Path, _Vm] = {}
         self._subscribers: list[asyncio.Queue[HypervisorEvent]] = []
         self._rescanner: asyncio.Task[None] | None = None
@@ -237,6 +240,17 @@ class QmpHypervisor:
             disk = vm.jobs.get(name) or name.removeprefix("seawall-")
             mirrored[disk] = bool(job.get("ready"))
         return mirrored
+
+    async def open_reader(self, vm_uuid: str, disk: str, socket_dir: Path) -> tuple[Path, str]:
+        vm = await self._find(vm_uuid)
+        found = {d.info.target: d for d in await self._disks(vm)}
+        if disk not in found or not found[disk].node_name:
+            raise NotFound(f"VM {vm.name} has no disk {disk!r} to read")
+        return await qmp_reader.open_export(vm.run, vm.name, vm.uuid, disk,
+                                            found[disk].node_name, socket_dir)
+
+    async def close_reader(self, vm_uuid: str, disk: str) -> None:
+        await qmp_reader.close_export((await self._find(vm_uuid)).run, disk)
 
     # --- events --------------------------------------------------------------------------
 

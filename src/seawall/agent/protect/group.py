@@ -29,12 +29,18 @@ Rules and invariants:
   is taken meanwhile): a new volume is shipped whole inside a sync window, while the other
   members keep streaming; a removed one is captured no more. Records name a volume by its
   index in the group (``GroupVolume.index``, never reused), not by its place in ``volumes``.
-- Capture sinks (a VM disk's mirror target, ``SinkVolume``) cannot be read: every sync
-  window forgets their part of the plan and asks ``on_copy_needed`` (the group's
-  ``Splitter``) for a mirror with a full copy of each disk; the window closes (SYNC_END)
-  only when the syncer is done and every sink reported its copy done (``sink_ready``). A
-  sink whose mirror ended (``sink_lost``) makes the group ``sync-required``: no checkpoint
-  until a new window copied it again (``copy_sinks``). The stream goes on meanwhile.
+- Capture sinks (a VM disk's mirror target, ``SinkVolume``) keep no copy. A sink whose
+  mirror runs since this agent attached it (``mirrors_running``) keeps it across windows:
+  its part of the plan is read through QEMU (``open_reader``, the ``Splitter``'s) like a
+  file's. A sink without one gets a mirror in the window (``on_copy_needed``): a full copy
+  when its plan ships it whole (a first sync: the recovery site holds nothing of it), else
+  a mirror of new writes only and a comparison of the whole disk (its writes since the
+  last mirror were captured nowhere). With an adapter that cannot read disks
+  (``sinks_readable`` False: libvirt) every window copies every sink whole. The window
+  closes (SYNC_END) when the syncer is done and every new mirror is ready
+  (``sink_ready``). A sink whose mirror ended (``sink_lost``) makes the group
+  ``sync-required``: no checkpoint until a new window attached it again (``copy_sinks``).
+  The stream goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from typing import Any
 from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
 from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.stream import GroupStream
-from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.syncer import OpenReader, RemoteDigests, Syncer, SyncProgress
 from seawall.agent.protect.volumes import CaptureHook
 from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
@@ -125,8 +131,12 @@ class ProtectedGroup:
         self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
         self.mirrors_pending = set(self.sinks)  # sinks whose full copy is still due
         self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
+        self.mirrors_running: set[int] = set()  # attached by this agent and not ended
         self._sinks_settled = asyncio.Event()
-        self.on_copy_needed: Callable[[list[int]], None] | None = None
+        # the Splitter's: attach mirrors (sink -> with a full copy), read disks through QEMU
+        self.on_copy_needed: Callable[[dict[int, bool]], None] | None = None
+        self.open_reader: OpenReader | None = None
+        self.sinks_readable = False
         self._set_capture(tracking=True)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -222,9 +232,7 @@ class ProtectedGroup:
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
         self._set_capture(tracking=False)
         self.syncing = True
-        for index in self.sinks:
-            self.plan.forget(index)  # the mirror's full copy covers it
-        self._copy_sinks(self.sinks if sinks is None else sinks)
+        self._copy_sinks(self._mirrors_to_attach(self.sinks if sinks is None else sinks))
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
                  self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
                  extra={"group": self.spec.name})
@@ -232,7 +240,8 @@ class ProtectedGroup:
                         stream_changed=self.stream_changed, acked=self.acked,
                         remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
-                        wire_index=self.wire_index)
+                        wire_index=self.wire_index,
+                        open_reader=self.open_reader if self.sinks_readable else None)
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
 
@@ -260,9 +269,28 @@ class ProtectedGroup:
 
     # --- capture sinks (the Splitter reports on their mirrors) ---------------------------
 
-    def _copy_sinks(self, sinks: list[int]) -> None:
+    def _mirrors_to_attach(self, sinks: list[int]) -> dict[int, bool]:
+        """Which of ``sinks`` get a new mirror in this window, each with a full copy or
+        not; their parts of the plan set to match (see the module rules)."""
+        if not self.sinks_readable:
+            for index in self.sinks:
+                self.plan.forget(index)  # the mirrors' full copies cover them
+            return dict.fromkeys(sinks, True)
+        attach: dict[int, bool] = {}
+        for index in sinks:
+            if index in self.mirrors_running:
+                continue  # it captured every write: its plan part is read through QEMU
+            attach[index] = self.plan.is_whole(index)
+            if attach[index]:
+                self.plan.forget(index)  # the mirror's full copy covers it
+            else:
+                self.plan.compare_volume(index)
+        return attach
+
+    def _copy_sinks(self, sinks: dict[int, bool]) -> None:
         for index in sinks:
             self.mirrors_lost.pop(index, None)
+            self.mirrors_running.discard(index)
             self.mirrors_pending.add(index)
         if not sinks:
             return
@@ -271,10 +299,14 @@ class ProtectedGroup:
                 self.sink_lost(index, "no hypervisor adapter to attach its mirror (the agent "
                                       "runs with --hypervisor none)")
         else:
-            self.on_copy_needed(sorted(sinks))
+            self.on_copy_needed(dict(sorted(sinks.items())))
+
+    def sink_attached(self, index: int) -> None:
+        """The mirror of sink ``index`` exists: every write from now on reaches the sink."""
+        self.mirrors_running.add(index)
 
     def sink_ready(self, index: int) -> None:
-        """The mirror of sink ``index`` finished its full copy: it now sees every write."""
+        """The mirror of sink ``index`` is ready (a full copy done): it sees every write."""
         self.mirrors_pending.discard(index)
         self._sinks_settled.set()
 
@@ -282,6 +314,7 @@ class ProtectedGroup:
         """The mirror of sink ``index`` is gone (or could not start): its disk's writes are
         no longer captured, so no checkpoint is taken until it is copied again."""
         self.mirrors_pending.discard(index)
+        self.mirrors_running.discard(index)
         self.mirrors_lost[index] = reason
         self.last_error = f"mirror of {self.volumes[index].name} ended: {reason}"
         log.warning("group %s: %s; sync required", self.spec.name, self.last_error,
@@ -519,4 +552,6 @@ class ProtectedGroup:
     def _mirror_state(self, index: int) -> str:
         if index in self.mirrors_lost:
             return f"ended: {self.mirrors_lost[index]}"
+        if self.syncing and (self.plan.maps[index] or self.plan.compare_from[index] is not None):
+            return "comparing"  # its disk is read through QEMU
         return "copying" if index in self.mirrors_pending else "mirroring"
