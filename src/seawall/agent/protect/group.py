@@ -33,7 +33,8 @@ Rules and invariants:
   mirror runs since this agent attached it (``mirrors_running``) keeps it across windows:
   its part of the plan is read through QEMU (``open_reader``, the ``Splitter``'s) like a
   file's. A sink without one gets a mirror in the window (``on_copy_needed``): a full copy
-  when its plan ships it whole (a first sync: the recovery site holds nothing of it), else
+  when its plan ships it whole or the recovery site holds nothing of the group yet (a
+  first sync, durable seq 0 and not pre-seeded; or its full copy did not finish), else
   a mirror of new writes only and a comparison of the whole disk (its writes since the
   last mirror were captured nowhere). With an adapter that cannot read disks
   (``sinks_readable`` False: libvirt) every window copies every sink whole. The window
@@ -132,6 +133,7 @@ class ProtectedGroup:
         self.mirrors_pending = set(self.sinks)  # sinks whose full copy is still due
         self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
         self.mirrors_running: set[int] = set()  # attached by this agent and not ended
+        self._full_copy_due: set[int] = set()  # sinks whose full copy has not finished
         self._sinks_settled = asyncio.Event()
         # the Splitter's: attach mirrors (sink -> with a full copy), read disks through QEMU
         self.on_copy_needed: Callable[[dict[int, bool]], None] | None = None
@@ -280,9 +282,13 @@ class ProtectedGroup:
         for index in sinks:
             if index in self.mirrors_running:
                 continue  # it captured every write: its plan part is read through QEMU
-            attach[index] = self.plan.is_whole(index)
+            # Nothing to compare with while the recovery site holds nothing of the group,
+            # or not all of this disk (a full copy that did not finish).
+            attach[index] = (self.plan.is_whole(index) or index in self._full_copy_due
+                             or (self._initial and not self.spec.preseeded))
             if attach[index]:
                 self.plan.forget(index)  # the mirror's full copy covers it
+                self._full_copy_due.add(index)
             else:
                 self.plan.compare_volume(index)
         return attach
@@ -308,6 +314,7 @@ class ProtectedGroup:
     def sink_ready(self, index: int) -> None:
         """The mirror of sink ``index`` is ready (a full copy done): it sees every write."""
         self.mirrors_pending.discard(index)
+        self._full_copy_due.discard(index)
         self._sinks_settled.set()
 
     def sink_lost(self, index: int, reason: str) -> None:
