@@ -137,6 +137,8 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
                       interval_s=0.1)
     status = prod.group_status("app")
     assert status["state"] == "protecting"
+    print(f"initial full copies: {status['wan']['sent_bytes']} bytes sent for {disks_bytes} "
+          "bytes of disks")
     assert status["wan"]["sent_bytes"] > 0.95 * disks_bytes, status["wan"]  # full copies
 
     asyncio.run(qemu_io(("vda", 0x21, 4096, 8192), ("vdb", 0x22, 0, 65536),
@@ -171,6 +173,8 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
     prod.wait_protecting("app")
     status = prod.group_status("app")
     assert status["sync"]["shipped_bytes"] >= 65536, status["sync"]
+    print(f"group resync: {status['wan']['sent_bytes'] - sent_before} bytes sent; "
+          f"{status['sync']}")
     assert status["wan"]["sent_bytes"] - sent_before < 0.1 * disks_bytes, status["wan"]
     checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c2").stdout.strip())
     expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
