@@ -133,6 +133,7 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                 await until(lambda: group.state == "protecting")
                 assert racers and racers[0].raced
                 assert await qmp.execute("query-block-exports") == []
+                assert list(tmp_path.glob("qemu-*.nbd")) == []  # the server stopped
                 jobs = await qmp.execute("query-block-jobs")
                 assert [(j["device"], j["status"]) for j in jobs] == [("seawall-vdb", "ready")]
                 await hmp_flush(qmp)

@@ -145,6 +145,7 @@ class QmpHypervisor:
         self.rescan_s = rescan_s
         self.spec = f"qmp:{directory}"
         self.reads_disks = True
+        self._reader_sockets: dict[tuple[str, str], Path] = {}  # open readers' servers
         self._vms: dict[Path, _Vm] = {}
         self._subscribers: list[asyncio.Queue[HypervisorEvent]] = []
         self._rescanner: asyncio.Task[None] | None = None
@@ -246,11 +247,15 @@ class QmpHypervisor:
         found = {d.info.target: d for d in await self._disks(vm)}
         if disk not in found or not found[disk].node_name:
             raise NotFound(f"VM {vm.name} has no disk {disk!r} to read")
-        return await qmp_reader.open_export(vm.run, vm.name, vm.uuid, disk,
-                                            found[disk].node_name, socket_dir)
+        address = await qmp_reader.open_export(vm.run, vm.name, vm.uuid, disk,
+                                               found[disk].node_name, socket_dir)
+        self._reader_sockets[(vm.uuid, disk)] = address[0]
+        return address
 
     async def close_reader(self, vm_uuid: str, disk: str) -> None:
-        await qmp_reader.close_export((await self._find(vm_uuid)).run, disk)
+        vm = await self._find(vm_uuid)
+        await qmp_reader.close_export(vm.run, disk, self._reader_sockets.pop((vm.uuid, disk),
+                                                                           None))
 
     # --- events --------------------------------------------------------------------------
 

@@ -63,7 +63,9 @@ async def open_export(run: Run, vm_name: str, vm_uuid: str, disk: str, node: str
     return path, name
 
 
-async def close_export(run: Run, disk: str) -> None:
+async def close_export(run: Run, disk: str, socket_path: Path | None) -> None:
+    """Remove the export; stop the server (and remove its socket file, so that a socket
+    there always means a server of ours) once it serves nothing."""
     name = export_name(disk)
     exports = await run("query-block-exports", None)
     if any(e.get("id") == name for e in exports):
@@ -75,6 +77,8 @@ async def close_export(run: Run, disk: str) -> None:
         except PeerError as exc:
             if "not running" not in exc.message:
                 raise
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)
 
 
 async def _wait_gone(run: Run, name: str) -> None:
