@@ -3,12 +3,16 @@
 Real parts only: a QEMU (TCG, no guest kernel: writes go through HMP ``qemu-io`` on the
 devices' drives, above the mirror's filter, as a guest's would), two real local sites, the
 protected site's agent running the QMP adapter (``hypervisor: qmp:DIR``). A raw and a qcow2
-disk are sinks of one group; the mirrors' full copies are the initial sync; a tagged
-checkpoint must read back at the recovery site byte for byte as the VM's disks were when it
-was tagged. Then the protected agent is killed (-9): QEMU's mirror jobs end, the VM's writes
-go on with no error and it keeps running. The site starts its agent again, which attaches
-the mirrors by itself; then it is stopped whole (SIGSTOP, no thread of it runs): its
-watchdog kills it within the bound, and the VM's write that waited on it completes.
+disk, filled with random data first, are sinks of one group; the mirrors' full copies are
+the initial sync (the whole disks cross the WAN); a tagged checkpoint must read back at the
+recovery site byte for byte as the VM's disks were when it was tagged. A mirror that ends
+and ``group resync`` resync by comparison (a mirror of new writes only, the disk read
+through QEMU's own NBD export). Then the protected agent is killed (-9): QEMU's mirror jobs
+end, the VM's writes go on with no error and it keeps running. The site starts its agent
+again, which attaches the mirrors by itself and compares: under 10% of the disks cross the
+WAN, and the next checkpoint is exact. Then it is stopped whole (SIGSTOP, no thread of it
+runs): its watchdog kills it within the bound, and the VM's write that waited on it
+completes.
 """
 
 from __future__ import annotations
@@ -105,8 +109,9 @@ def export_sha256(uri: str) -> str:
 def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
         vm: QemuVm, vm_sites: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = vm_sites
+    disks_bytes = len(DISKS) * DISK_BYTES
 
-    async def qemu_io(*writes: tuple[str, int, int, int]) -> None:
+    async def qemu_io(*writes: tuple[str, int | Path, int, int]) -> None:
         async with own_monitor(vm) as qmp:
             for disk, pattern, offset, length in writes:
                 await qemu_io_write(vm, qmp, f"drive-{disk}", pattern, offset, length)
@@ -114,8 +119,12 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
                 await qmp.execute("human-monitor-command",
                                   {"command-line": f'qemu-io drive-{disk} "flush"'})
 
-    # Data on the disks before protection: the mirrors' full copies must carry it.
-    asyncio.run(qemu_io(("vda", 0x11, 0, 1 << 20), ("vdb", 0x12, 3 << 20, 1 << 20)))
+    # Data on the disks before protection, incompressible: the mirrors' full copies must
+    # carry it, and the WAN sees the whole disks cross it.
+    noise = vm.directory.parent / "noise"
+    noise.write_bytes(os.urandom(DISK_BYTES))
+    asyncio.run(qemu_io(("vda", noise, 0, DISK_BYTES), ("vdb", noise, 0, DISK_BYTES),
+                        ("vdb", 0x12, 3 << 20, 1 << 20)))
     agent = AgentApi(agent_client(prod.config))
     for disk in DISKS:
         sink = agent.create_sink(SinkCreate(name=f"vm1-{disk}", size_bytes=DISK_BYTES,
@@ -124,7 +133,13 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
     prod.api.post("/api/v1/groups", {"name": "app", "volumes": ["vm1-vda", "vm1-vdb"],
                                      "to": "dr", "checkpoint_interval_s": 0.5})
     prod.wait_protecting("app")
-    assert prod.group_status("app")["state"] == "protecting"
+    assert wait_until(lambda: prod.group_status("app")["buffered_bytes"] == 0, timeout_s=60,
+                      interval_s=0.1)
+    status = prod.group_status("app")
+    assert status["state"] == "protecting"
+    print(f"initial full copies: {status['wan']['sent_bytes']} bytes sent for {disks_bytes} "
+          "bytes of disks")
+    assert status["wan"]["sent_bytes"] > 0.95 * disks_bytes, status["wan"]  # full copies
 
     asyncio.run(qemu_io(("vda", 0x21, 4096, 8192), ("vdb", 0x22, 0, 65536),
                         ("vda", 0x23, DISK_BYTES - 4096, 4096), ("vdb", 0x24, 10 << 20, 1 << 20)))
@@ -140,7 +155,8 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
         seawall(dr, "export", "--stop", uri)
 
     # A mirror job that ends (cancelled here; a VM stopped, a sink lost) stops checkpoints:
-    # the group turns sync-required; a resync attaches a new mirror, whose copy closes it.
+    # the group turns sync-required; a resync attaches a new mirror of new writes only and
+    # compares the disk (read through QEMU) with the recovery site: little crosses the WAN.
     async def cancel_mirror() -> None:
         async with own_monitor(vm) as qmp:
             await qmp.execute("block-job-cancel", {"device": "seawall-vdb", "force": True})
@@ -151,9 +167,15 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
     assert status["last_error"] == "mirror of vm1-vdb ended: cancelled"
     refused = seawall(prod, "checkpoint", "tag", "app", "--name", "no", check=False)
     assert refused.returncode != 0 and "sync-required" in refused.stderr
-    asyncio.run(qemu_io(("vdb", 0x51, 5 << 20, 65536)))  # not captured: the copy takes it
+    asyncio.run(qemu_io(("vdb", 0x51, 5 << 20, 65536)))  # not captured: compared
+    sent_before = prod.group_status("app")["wan"]["sent_bytes"]
     seawall(prod, "group", "resync", "app")
     prod.wait_protecting("app")
+    status = prod.group_status("app")
+    assert status["sync"]["shipped_bytes"] >= 65536, status["sync"]
+    print(f"group resync: {status['wan']['sent_bytes'] - sent_before} bytes sent; "
+          f"{status['sync']}")
+    assert status["wan"]["sent_bytes"] - sent_before < 0.1 * disks_bytes, status["wan"]
     checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c2").stdout.strip())
     expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
     dr.wait_checkpoint("app", checkpoint)
@@ -179,16 +201,31 @@ def test_vm_disks_protected_live_and_the_vm_survives_the_agent(
             assert isinstance(status, dict) and status["status"] == "running"
     asyncio.run(after_the_agent())
 
-    # The site's keeper starts the agent again; its group resumes and the mirrors are
-    # attached again by the agent itself (a full copy: resync by comparison is not built).
+    # The site's keeper starts the agent again; its group resumes, the agent attaches the
+    # mirrors again by itself (new writes only) and compares the disks, read through QEMU.
     def mirrors_back() -> bool:
         try:
             return prod.group_status("app")["state"] == "protecting"
         except SeawallError:  # the agent is not up yet
             return False
     assert wait_until(mirrors_back, timeout_s=60), "the agent did not attach its mirrors again"
-    assert prod.group_status("app")["mirrors"] == {"vm1-vda": "mirroring",
-                                                   "vm1-vdb": "mirroring"}
+    status = prod.group_status("app")
+    assert status["mirrors"] == {"vm1-vda": "mirroring", "vm1-vdb": "mirroring"}
+    # What crossed the WAN since the restart (a new agent counts from zero): the blocks
+    # written while it was down (6 x 64 KiB) and little more, never the disks.
+    print(f"resync after kill -9: {status['wan']['sent_bytes']} bytes sent for "
+          f"{disks_bytes} bytes of disks; {status['sync']}")
+    assert status["sync"]["shipped_bytes"] >= 6 * 65536, status["sync"]
+    assert status["wan"]["sent_bytes"] < 0.1 * disks_bytes, status["wan"]
+    asyncio.run(qemu_io(("vdb", 0x71, 7 << 20, 4096)))
+    checkpoint = int(seawall(prod, "checkpoint", "tag", "app", "--name", "c3").stdout.strip())
+    expected = {disk: disk_sha256(vm, disk) for disk in DISKS}
+    dr.wait_checkpoint("app", checkpoint)
+    for disk in DISKS:
+        uri = seawall(dr, "export", "app", f"vm1-{disk}", "--checkpoint",
+                      str(checkpoint)).stdout.strip()
+        assert export_sha256(uri) == expected[disk], f"checkpoint {checkpoint} of {disk}"
+        seawall(dr, "export", "--stop", uri)
     stalled = agent_pid(prod)
     assert stalled is not None
     os.kill(stalled, signal.SIGSTOP)

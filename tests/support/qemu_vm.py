@@ -98,11 +98,13 @@ async def hmp(client: QMPClient, command_line: str) -> str:
     return str(await client.execute("human-monitor-command", {"command-line": command_line}))
 
 
-async def qemu_io_write(vm: QemuVm, client: QMPClient, device: str, pattern: int,
+async def qemu_io_write(vm: QemuVm, client: QMPClient, device: str, pattern: int | Path,
                         offset: int, length: int) -> None:
-    """A write through the device's block backend (as the guest's would go); any error
+    """A write through the device's block backend (as the guest's would go) of a byte
+    pattern, or of a file's bytes (``pattern`` a path; repeated if shorter); any error
     qemu-io reports (on QEMU's stdout, where 7.2 prints them) fails the test."""
-    await hmp(client, f'qemu-io {device} "write -P {pattern:#x} {offset} {length}"')
+    fill = f"-s {pattern}" if isinstance(pattern, Path) else f"-P {pattern:#x}"
+    await hmp(client, f'qemu-io {device} "write {fill} {offset} {length}"')
     with vm.output.open("rb") as out:
         out.seek(vm.output_read)
         printed = out.read().decode(errors="replace")

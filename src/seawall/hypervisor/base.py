@@ -11,6 +11,12 @@ Rules and invariants:
   agent (a capture sink on a Unix socket). ``attach_mirror`` returns once the job exists;
   the job's progress comes as ``MirrorReady`` / ``MirrorEnded`` events. Whatever happens
   to the agent, the mirror job only ever ends: the VM keeps its disk and keeps running.
+- ``full_copy=False`` attaches a mirror of new writes only (QEMU's ``sync: none``): every
+  guest write from the moment ``attach_mirror`` returns reaches the sink, nothing else.
+  Only an adapter with ``reads_disks`` offers it, and ``open_reader``: a read-only NBD
+  export of the running disk served *by QEMU* (never the image file behind QEMU's back),
+  on a Unix socket in ``socket_dir``; ``close_reader`` removes it. A resync reads the disk
+  there and compares it with the recovery site (``seawall.agent.protect.syncer``).
 - Every call that fails raises ``SeawallError`` subclasses naming the VM and disk
   (``NotFound`` for an unknown VM, ``Unavailable`` when the hypervisor cannot be reached,
   ``Conflict`` for a disk already mirrored, ``InvalidInput`` for a disk that cannot be).
@@ -89,6 +95,7 @@ HypervisorEvent = MirrorReady | MirrorEnded | VmLifecycle
 
 class Hypervisor(Protocol):
     spec: str  # as given to --hypervisor, for messages and `agent list`
+    reads_disks: bool  # offers full_copy=False and open_reader (see the rules)
 
     async def list_vms(self) -> list[VmInfo]: ...
 
@@ -102,6 +109,11 @@ class Hypervisor(Protocol):
     async def detach_mirror(self, vm_uuid: str, disk: str) -> None: ...  # no-op if none
 
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]: ...  # disk -> ready
+
+    async def open_reader(self, vm_uuid: str, disk: str,
+                          socket_dir: Path) -> tuple[Path, str]: ...  # (socket, export)
+
+    async def close_reader(self, vm_uuid: str, disk: str) -> None: ...  # no-op if none
 
     def events(self) -> AsyncIterator[HypervisorEvent]: ...
 

@@ -23,6 +23,12 @@ Rules and invariants:
   agent on the domain's ``org.qemu.guest_agent.0`` channel), with the domain's agent
   response timeout set first (``agentSetResponseTimeout``, whole seconds, at least 1): a
   missing, unconfigured or silent agent is None, not an error.
+- So a resync of a libvirt VM is still the mirror's full copy (``reads_disks`` is False,
+  ``open_reader`` refuses). The comparison path would need a mirror that captures only
+  new writes (libvirt has none: a full-copy block copy whose copy phase the sink would
+  have to tell apart from guest writes, which the NBD protocol does not show) and a
+  read-only export of the live disk (a pull-mode ``virDomainBackupBegin`` with a scratch
+  file, or ``qemu-monitor-command`` passthrough, which taints the domain). Not built yet.
 - ``definition`` is the persistent domain XML (``INACTIVE | MIGRATABLE``, no ``SECURE``):
   what another host can define, with no passwords in it (libvirt 9.0 puts a console's
   password in that XML even so: ``libvirt_xml.without_secrets`` takes it out).
@@ -109,6 +115,7 @@ class LibvirtHypervisor:
     def __init__(self, uri: str, loop: asyncio.AbstractEventLoop) -> None:
         self.uri = uri
         self.spec = f"libvirt:{uri}"
+        self.reads_disks = False  # see the module rules: resyncs are full copies here
         self._loop = loop
         self._lock = threading.Lock()
         self._connection: Any = None  # libvirt.virConnect, when open
@@ -304,6 +311,13 @@ class LibvirtHypervisor:
             domain.blockJobAbort(disk, 0)  # no pivot: the VM keeps its own disk
 
         await self._call(f"disk {disk} of VM {vm_uuid!r}", detach)
+
+    async def open_reader(self, vm_uuid: str, disk: str, socket_dir: Path) -> tuple[Path, str]:
+        raise InvalidInput(f"disk {disk} of VM {vm_uuid}: reading a live disk through "
+                           "libvirt is not supported (resyncs are full copies)")
+
+    async def close_reader(self, vm_uuid: str, disk: str) -> None:
+        return None
 
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]:
         def mirrored(connection: Any) -> dict[str, bool]:

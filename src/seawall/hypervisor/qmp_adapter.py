@@ -42,6 +42,8 @@ Rules and invariants:
   ``-block-exports``, ``-rx-filter``, HMP ``info network``, the command line), without
   run-time state (status, sizes, dirty bitmaps, our own mirror nodes): it changes only
   when the configuration does (a disk or NIC added, throttling set, ...).
+- ``open_reader``/``close_reader``: a read-only NBD export of the disk served by QEMU
+  (``seawall.hypervisor.qmp_reader``), for a resync by comparison.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from typing import Any, cast
 from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unavailable
-from seawall.hypervisor import guest_agent, qmp_inventory
+from seawall.hypervisor import guest_agent, qmp_inventory, qmp_reader
 from seawall.hypervisor.base import (
     HypervisorEvent,
     MirrorEnded,
@@ -162,6 +164,8 @@ class QmpHypervisor:
         self.directory = directory
         self.rescan_s = rescan_s
         self.spec = f"qmp:{directory}"
+        self.reads_disks = True
+        self._reader_sockets: dict[tuple[str, str], Path] = {}  # open readers' servers
         self._vms: dict[Path, _Vm] = {}
         self._subscribers: list[asyncio.Queue[HypervisorEvent]] = []
         self._rescanner: asyncio.Task[None] | None = None
@@ -261,6 +265,21 @@ class QmpHypervisor:
             disk = vm.jobs.get(name) or name.removeprefix("seawall-")
             mirrored[disk] = bool(job.get("ready"))
         return mirrored
+
+    async def open_reader(self, vm_uuid: str, disk: str, socket_dir: Path) -> tuple[Path, str]:
+        vm = await self._find(vm_uuid)
+        found = {d.info.target: d for d in await self._disks(vm)}
+        if disk not in found or not found[disk].node_name:
+            raise NotFound(f"VM {vm.name} has no disk {disk!r} to read")
+        address = await qmp_reader.open_export(vm.run, vm.name, vm.uuid, disk,
+                                               found[disk].node_name, socket_dir)
+        self._reader_sockets[(vm.uuid, disk)] = address[0]
+        return address
+
+    async def close_reader(self, vm_uuid: str, disk: str) -> None:
+        vm = await self._find(vm_uuid)
+        await qmp_reader.close_export(vm.run, disk, self._reader_sockets.pop((vm.uuid, disk),
+                                                                           None))
 
     # --- events --------------------------------------------------------------------------
 

@@ -114,6 +114,23 @@ class SyncPlan:
         self.maps[volume] = DirtyMap(dirty.size_bytes, dirty.bound_bytes)
         self.compare_from[volume] = None
 
+    def compare_volume(self, volume: int) -> None:
+        """Compare ``volume`` whole (its writes of some while were captured nowhere)."""
+        dirty = self.maps[volume]
+        self.maps[volume] = DirtyMap(dirty.size_bytes, dirty.bound_bytes)
+        self.compare_from[volume] = 0
+
+    def is_whole(self, volume: int) -> bool:
+        """``volume`` is to be shipped whole (a first sync): nothing to compare it with."""
+        dirty = self.maps[volume]
+        return self.compare_from[volume] is None and dirty.dirty_bytes == dirty.size_bytes
+
+    def pending_bytes_of(self, volume: int) -> int:
+        compare_from = self.compare_from[volume]
+        dirty = self.maps[volume]
+        return dirty.dirty_bytes + (dirty.size_bytes - compare_from
+                                    if compare_from is not None else 0)
+
     def compared_through(self, volume: int, offset: int) -> None:
         """Everything of ``volume`` below ``offset`` is compared (and shipped if it differed)."""
         self.compare_from[volume] = None if offset >= self.maps[volume].size_bytes else offset

@@ -29,12 +29,19 @@ Rules and invariants:
   is taken meanwhile): a new volume is shipped whole inside a sync window, while the other
   members keep streaming; a removed one is captured no more. Records name a volume by its
   index in the group (``GroupVolume.index``, never reused), not by its place in ``volumes``.
-- Capture sinks (a VM disk's mirror target, ``SinkVolume``) cannot be read: every sync
-  window forgets their part of the plan and asks ``on_copy_needed`` (the group's
-  ``Splitter``) for a mirror with a full copy of each disk; the window closes (SYNC_END)
-  only when the syncer is done and every sink reported its copy done (``sink_ready``). A
-  sink whose mirror ended (``sink_lost``) makes the group ``sync-required``: no checkpoint
-  until a new window copied it again (``copy_sinks``). The stream goes on meanwhile.
+- Capture sinks (a VM disk's mirror target, ``SinkVolume``) keep no copy. A sink whose
+  mirror runs since this agent attached it (``mirrors_running``) keeps it across windows:
+  its part of the plan is read through QEMU (``open_reader``, the ``Splitter``'s) like a
+  file's. A sink without one gets a mirror in the window (``on_copy_needed``): a full copy
+  when its plan ships it whole or the recovery site holds nothing of the group yet (a
+  first sync, durable seq 0 and not pre-seeded; or its full copy did not finish), else
+  a mirror of new writes only and a comparison of the whole disk (its writes since the
+  last mirror were captured nowhere). With an adapter that cannot read disks
+  (``sinks_readable`` False: libvirt) every window copies every sink whole. The window
+  closes (SYNC_END) when the syncer is done and every new mirror is ready
+  (``sink_ready``). A sink whose mirror ended (``sink_lost``) makes the group
+  ``sync-required``: no checkpoint until a new window attached it again (``copy_sinks``).
+  The stream goes on meanwhile.
 - VM configurations (``set_vm_config``, from ``VmWatch``): the newest of each VM is kept
   and put into the stream as a VM_CONFIG record when it changes and again at the start of
   every sync window, so the recovery site has each VM's configuration at or before every
@@ -55,7 +62,7 @@ from typing import Any
 from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
 from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
 from seawall.agent.protect.stream import GroupStream
-from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.syncer import OpenReader, RemoteDigests, Syncer, SyncProgress
 from seawall.agent.protect.volumes import CaptureHook
 from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
@@ -135,8 +142,13 @@ class ProtectedGroup:
         self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
         self.mirrors_pending = set(self.sinks)  # sinks whose full copy is still due
         self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
+        self.mirrors_running: set[int] = set()  # attached by this agent and not ended
+        self._full_copy_due: set[int] = set()  # sinks whose full copy has not finished
         self._sinks_settled = asyncio.Event()
-        self.on_copy_needed: Callable[[list[int]], None] | None = None
+        # the Splitter's: attach mirrors (sink -> with a full copy), read disks through QEMU
+        self.on_copy_needed: Callable[[dict[int, bool]], None] | None = None
+        self.open_reader: OpenReader | None = None
+        self.sinks_readable = False
         self.vm_configs: dict[str, VmConfig] = {}  # by VM uuid: the newest captured
         self._set_capture(tracking=True)
 
@@ -235,9 +247,7 @@ class ProtectedGroup:
             self._append_vm_config(config)
         self._set_capture(tracking=False)
         self.syncing = True
-        for index in self.sinks:
-            self.plan.forget(index)  # the mirror's full copy covers it
-        self._copy_sinks(self.sinks if sinks is None else sinks)
+        self._copy_sinks(self._mirrors_to_attach(self.sinks if sinks is None else sinks))
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
                  self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
                  extra={"group": self.spec.name})
@@ -245,7 +255,8 @@ class ProtectedGroup:
                         stream_changed=self.stream_changed, acked=self.acked,
                         remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
-                        wire_index=self.wire_index)
+                        wire_index=self.wire_index,
+                        open_reader=self.open_reader if self.sinks_readable else None)
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
 
@@ -273,9 +284,32 @@ class ProtectedGroup:
 
     # --- capture sinks (the Splitter reports on their mirrors) ---------------------------
 
-    def _copy_sinks(self, sinks: list[int]) -> None:
+    def _mirrors_to_attach(self, sinks: list[int]) -> dict[int, bool]:
+        """Which of ``sinks`` get a new mirror in this window, each with a full copy or
+        not; their parts of the plan set to match (see the module rules)."""
+        if not self.sinks_readable:
+            for index in self.sinks:
+                self.plan.forget(index)  # the mirrors' full copies cover them
+            return dict.fromkeys(sinks, True)
+        attach: dict[int, bool] = {}
+        for index in sinks:
+            if index in self.mirrors_running:
+                continue  # it captured every write: its plan part is read through QEMU
+            # Nothing to compare with while the recovery site holds nothing of the group,
+            # or not all of this disk (a full copy that did not finish).
+            attach[index] = (self.plan.is_whole(index) or index in self._full_copy_due
+                             or (self._initial and not self.spec.preseeded))
+            if attach[index]:
+                self.plan.forget(index)  # the mirror's full copy covers it
+                self._full_copy_due.add(index)
+            else:
+                self.plan.compare_volume(index)
+        return attach
+
+    def _copy_sinks(self, sinks: dict[int, bool]) -> None:
         for index in sinks:
             self.mirrors_lost.pop(index, None)
+            self.mirrors_running.discard(index)
             self.mirrors_pending.add(index)
         if not sinks:
             return
@@ -284,17 +318,23 @@ class ProtectedGroup:
                 self.sink_lost(index, "no hypervisor adapter to attach its mirror (the agent "
                                       "runs with --hypervisor none)")
         else:
-            self.on_copy_needed(sorted(sinks))
+            self.on_copy_needed(dict(sorted(sinks.items())))
+
+    def sink_attached(self, index: int) -> None:
+        """The mirror of sink ``index`` exists: every write from now on reaches the sink."""
+        self.mirrors_running.add(index)
 
     def sink_ready(self, index: int) -> None:
-        """The mirror of sink ``index`` finished its full copy: it now sees every write."""
+        """The mirror of sink ``index`` is ready (a full copy done): it sees every write."""
         self.mirrors_pending.discard(index)
+        self._full_copy_due.discard(index)
         self._sinks_settled.set()
 
     def sink_lost(self, index: int, reason: str) -> None:
         """The mirror of sink ``index`` is gone (or could not start): its disk's writes are
         no longer captured, so no checkpoint is taken until it is copied again."""
         self.mirrors_pending.discard(index)
+        self.mirrors_running.discard(index)
         self.mirrors_lost[index] = reason
         self.last_error = f"mirror of {self.volumes[index].name} ended: {reason}"
         log.warning("group %s: %s; sync required", self.spec.name, self.last_error,
@@ -416,9 +456,8 @@ class ProtectedGroup:
         if not self.tracking and (self.syncing or None in sources):
             # A running sync works on the old places: it restarts on the new ones (what it
             # took from the plan is in the stream already, the rest still in the plan).
-            # Sinks kept keep their mirrors; new ones are copied (or still due).
-            due = [i for i in self.sinks if sources[i] is None or i in self.mirrors_pending]
-            self._start_sync("volumes added" if None in sources else "volumes removed", due)
+            # Sinks kept keep their running mirrors; a new one is copied whole.
+            self._start_sync("volumes added" if None in sources else "volumes removed")
         if None in sources:
             self.link_reset.set()
         return last_seq
@@ -431,6 +470,8 @@ class ProtectedGroup:
                       if isinstance(volume, SinkVolume)]
         self.mirrors_pending = {moved[i] for i in self.mirrors_pending if i in moved}
         self.mirrors_lost = {moved[i]: why for i, why in self.mirrors_lost.items() if i in moved}
+        self.mirrors_running = {moved[i] for i in self.mirrors_running if i in moved}
+        self._full_copy_due = {moved[i] for i in self._full_copy_due if i in moved}
         self._sinks_settled.set()
 
     # --- checkpoints -------------------------------------------------------------------
@@ -564,4 +605,6 @@ class ProtectedGroup:
     def _mirror_state(self, index: int) -> str:
         if index in self.mirrors_lost:
             return f"ended: {self.mirrors_lost[index]}"
+        if self.syncing and (self.plan.maps[index] or self.plan.compare_from[index] is not None):
+            return "comparing"  # its disk is read through QEMU
         return "copying" if index in self.mirrors_pending else "mirroring"

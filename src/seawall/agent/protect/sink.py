@@ -31,6 +31,11 @@ Rules and invariants:
   for in a guest's I/O path.
 - A stalled agent must not stall the guest: its connections are ``stall_guarded``
   (``seawall.agent.frontend.stall_guard``).
+- Sync reads: a resync reads the disk through QEMU (not through the sink) while the sink
+  keeps capturing. Each such read is watched (``watch``/``unwatch``, both on the event
+  loop): every WRITE or WRITE_ZEROES captured meanwhile that overlaps it is noted in the
+  watch (clipped to it), so the syncer appends none of those bytes (why that is byte
+  exact: ``seawall.agent.protect.syncer``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ from seawall.agent.frontend.reply_gate import ReplyGate
 from seawall.agent.protect.volumes import CaptureHook, FileVolume
 from seawall.nbd.events import ExportInfo
 from seawall.wire.records import RecordKind
+
+
+class ReadWatch:
+    """The ranges written into ``[offset, end)`` since a sync read of it was issued."""
+
+    __slots__ = ("end", "offset", "written")
+
+    def __init__(self, offset: int, end: int) -> None:
+        self.offset, self.end = offset, end
+        self.written: list[tuple[int, int]] = []  # [start, stop), in capture order
 
 
 class SinkVolume:
@@ -60,6 +75,22 @@ class SinkVolume:
                                can_trim=False)
         self.capture: CaptureHook | None = None
         self.reply_gate: ReplyGate | None = None
+        self._watches: list[ReadWatch] = []
+
+    def watch(self, offset: int, length: int) -> ReadWatch:
+        """Note the writes into ``[offset, +length)`` from now until ``unwatch``."""
+        watch = ReadWatch(offset, offset + length)
+        self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: ReadWatch) -> None:
+        self._watches.remove(watch)
+
+    def _noted(self, offset: int, length: int) -> None:
+        end = offset + length
+        for watch in self._watches:
+            if offset < watch.end and watch.offset < end:
+                watch.written.append((max(offset, watch.offset), min(end, watch.end)))
 
     def read(self, offset: int, length: int) -> bytes:
         check_range(self.size_bytes, offset, length)
@@ -67,11 +98,15 @@ class SinkVolume:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._check_change(offset, len(data), errno.ENOSPC)
+        if self._watches:
+            self._noted(offset, len(data))
         if self.capture is not None:
             self.capture(RecordKind.WRITE, offset, len(data), bytes(data))
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._check_change(offset, length, errno.ENOSPC)
+        if self._watches:
+            self._noted(offset, length)
         if self.capture is not None:
             self.capture(RecordKind.ZERO, offset, length, b"")
 

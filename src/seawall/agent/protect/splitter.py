@@ -3,12 +3,18 @@
 Rules and invariants:
 - One ``Splitter`` per protected group with sinks, given the hypervisor adapter
   (``seawall.hypervisor.base.Hypervisor``); it is the group's ``on_copy_needed``.
-- The group decides when a sink needs a full copy (every sync window: the sink cannot be
-  read, so the mirror's own full copy is the sync); the splitter then detaches any mirror
-  of that disk and attaches a new one with ``full_copy=True``. Its ``MirrorReady`` closes
-  the sink's part of the window (``group.sink_ready``); ``MirrorEnded`` or an attach that
-  fails makes the group ``sync-required`` (``group.sink_lost``). The VM is never touched
-  beyond attaching and detaching the mirror: whatever happens, it keeps its disk.
+- The group decides when a sink needs a new mirror and whether with a full copy (a first
+  sync) or of new writes only (``ProtectedGroup._mirrors_to_attach``); the splitter then
+  detaches any mirror of that disk, attaches the new one and tells the group
+  (``sink_attached``). Its ``MirrorReady`` closes the sink's part of the window
+  (``group.sink_ready``); ``MirrorEnded`` or an attach that fails makes the group
+  ``sync-required`` (``group.sink_lost``). The VM is never touched beyond attaching and
+  detaching the mirror and a read-only export: whatever happens, it keeps its disk.
+- ``reader(index)`` is the group's ``open_reader``: once the sink's attach is done, a
+  read-only NBD export of the disk served by QEMU (``Hypervisor.open_reader``) and an NBD
+  client of it (``seawall.nbd.blocking`` in a worker thread: one request at a time, the
+  event loop never waits); the export is removed when the sync is done with it. None
+  when the sink has no mirror (a read would then miss the writes: nothing to watch).
 - Events are checked against the hypervisor's current jobs before they count: a
   ``MirrorEnded`` of a job the splitter replaced itself (detach then attach) arrives after
   the new job exists and is ignored, as is a ``MirrorReady`` of a job since replaced.
@@ -22,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.sink import SinkVolume
+from seawall.agent.protect.syncer import DiskReader
 from seawall.errors import SeawallError
 from seawall.hypervisor.base import Hypervisor, MirrorEnded, MirrorReady, VmLifecycle
+from seawall.nbd.blocking import NbdClient
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +70,13 @@ class Splitter:
 
     def start(self) -> None:
         self.group.on_copy_needed = self.copy
+        self.group.open_reader = self.reader
+        self.group.sinks_readable = self.hypervisor.reads_disks
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self, detach: bool) -> None:
         self.group.on_copy_needed = None
+        self.group.open_reader = None
         tasks = [*self._attaching.values(), *([self._watcher] if self._watcher else [])]
         for task in tasks:
             task.cancel()
@@ -75,13 +87,14 @@ class Splitter:
         if detach:
             await self.detach(list(self._sinks.values()))
 
-    def copy(self, sinks: list[int]) -> None:
-        """``ProtectedGroup.on_copy_needed``: (re)attach these sinks' mirrors, full copy."""
-        for index in sinks:
+    def copy(self, sinks: dict[int, bool]) -> None:
+        """``ProtectedGroup.on_copy_needed``: (re)attach these sinks' mirrors, each with a
+        full copy or of new writes only."""
+        for index, full_copy in sinks.items():
             previous = self._attaching.pop(index, None)
             if previous is not None:
                 previous.cancel()
-            task = asyncio.create_task(self._attach(index, previous))
+            task = asyncio.create_task(self._attach(index, full_copy, previous))
             self._attaching[index] = task
             task.add_done_callback(self._attached)
 
@@ -90,7 +103,8 @@ class Splitter:
             if attaching is task:
                 del self._attaching[index]
 
-    async def _attach(self, index: int, previous: asyncio.Task[None] | None) -> None:
+    async def _attach(self, index: int, full_copy: bool,
+                      previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await previous
@@ -98,13 +112,41 @@ class Splitter:
         try:
             await self.hypervisor.detach_mirror(sink.vm_uuid, sink.disk)
             await self.hypervisor.attach_mirror(sink.vm_uuid, sink.disk, self.socket_path,
-                                                sink.name, full_copy=True)
+                                                sink.name, full_copy=full_copy)
         except SeawallError as exc:
             self.group.sink_lost(index, f"cannot attach: {exc.message}")
             return
-        log.info("group %s: mirror of %s (VM %s, %s) attached, full copy running",
-                 self.group.spec.name, sink.name, sink.vm_uuid, sink.disk,
+        self.group.sink_attached(index)
+        log.info("group %s: mirror of %s (VM %s, %s) attached, %s", self.group.spec.name,
+                 sink.name, sink.vm_uuid, sink.disk,
+                 "full copy running" if full_copy else "new writes only, disk compared",
                  extra={"group": self.group.spec.name})
+
+    @contextlib.asynccontextmanager
+    async def reader(self, index: int) -> AsyncIterator[DiskReader | None]:
+        """The group's ``open_reader``: sink ``index``'s disk, read through QEMU."""
+        attaching = self._attaching.get(index)
+        if attaching is not None:
+            await asyncio.wait([attaching])
+        sink = self._sinks[index]
+        if index not in self.group.mirrors_running:
+            yield None
+            return
+        socket_path, export = await self.hypervisor.open_reader(sink.vm_uuid, sink.disk,
+                                                                self.socket_path.parent)
+        try:
+            client = NbdClient(str(socket_path), export)
+            await asyncio.to_thread(client.connect)
+            try:
+                yield _ThreadedReader(client)
+            finally:
+                await asyncio.to_thread(client.close)
+        finally:
+            try:
+                await self.hypervisor.close_reader(sink.vm_uuid, sink.disk)
+            except SeawallError as exc:
+                log.warning("group %s: cannot remove the read export of %s: %s",
+                            self.group.spec.name, sink.name, exc.message)
 
     async def _watch(self) -> None:
         async for event in self.hypervisor.events():
@@ -136,3 +178,13 @@ class Splitter:
                 self.group.sink_ready(index)
         elif event.disk not in jobs:
             self.group.sink_lost(index, event.reason)
+
+
+class _ThreadedReader:
+    """A blocking NBD client's reads, each in a worker thread (one at a time)."""
+
+    def __init__(self, client: NbdClient) -> None:
+        self._client = client
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await asyncio.to_thread(self._client.read, offset, length)

@@ -15,17 +15,39 @@ Rules and invariants:
 - The sync pauses while the stream holds more than ``pause_bytes`` unacknowledged, well
   below the group's buffer bound, so a sync never overflows the buffer by itself.
 - Reads leave no page cache behind (see ``_open_volume``).
-- A capture sink (``SinkVolume``) has no file and is never read: its part of the plan is
-  empty (the group forgets it: the sink's mirror copies the whole disk in the window).
+- A capture sink (``SinkVolume``) has no file: its disk is read through QEMU, by a
+  ``DiskReader`` the group's ``open_reader`` gives (an NBD client of QEMU's own read-only
+  export; ``None`` when the sink has no mirror: then its part is forgotten, and compared
+  whole once a mirror is attached again). When the group copies a sink with a full mirror
+  instead, its part of the plan is empty.
+- Reading a sink takes a network round trip while its mirror keeps capturing, so the
+  read-and-append-in-one-step rule becomes: each read is watched by the sink
+  (``SinkVolume.watch``) from before it is issued until its result is appended, in the
+  same loop step as the append; the bytes any capture wrote meanwhile (``written``) are
+  masked: not appended. Byte exact: let t0 be the watch, t1 the moment QEMU read the
+  source, t2 the append (t0 < t1 < t2). A guest write reaches the source before the sink
+  captures it (write-blocking: the source first, then the sink, then the guest's
+  completion). Take an unmasked byte b; the read saw V, the last source write to b
+  before t1. V's capture is not in (t0, t2) (b would be masked), and not after t1 yet
+  before t2 either: so it came before t0 (its record precedes ours and holds the bytes we
+  append) or after t2 (its record follows ours). Any source write to b after t1 is
+  captured after it, hence after t2 (not in the window). So the last record for b is
+  ours with the latest content, or a later capture. A masked byte was captured in the
+  window: a record after SYNC_BEGIN holds it, and every later write follows; leaving it
+  out keeps that record last. The comparison's skipped blocks are the same case as the
+  file's (state(D) plus every record after D). Cancelled mid-read, a dirty range goes
+  back into the plan (``_ship_dirty_sink``) and a compare chunk is compared again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,11 +65,36 @@ DELTA_BLOCK_BYTES = 4096
 DIGEST_WINDOW = 8
 """Digest requests in flight ahead of the comparison (8 x 4 MiB of volume)."""
 _ZEROS = bytes(CHUNK_BYTES)
+CompareChunk = Callable[[int, int, bytes], Awaitable[None]]
+"""Compare ``[offset, +length)`` with the remote digests, append what differs."""
 
 
 class RemoteDigests(Protocol):
     async def digests(self, volume: int, offset: int, length: int, block_bytes: int) -> bytes:
         """Digests of the recovery site's image; ConnectionError if the session ends."""
+
+
+class DiskReader(Protocol):
+    async def read(self, offset: int, length: int) -> bytes:
+        """The disk's bytes, read through the hypervisor (QEMU's export)."""
+
+
+OpenReader = Callable[[int], AbstractAsyncContextManager[DiskReader | None]]
+"""A reader of sink ``index``'s disk, None when it has no mirror (the group's hook)."""
+
+
+def unmasked(start: int, stop: int, written: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[start, stop)`` no range of ``written`` covers, in order."""
+    parts, position = [], start
+    for first, end in sorted(written):
+        if first > position:
+            parts.append((position, min(first, stop)))
+        position = max(position, end)
+        if position >= stop:
+            break
+    if position < stop:
+        parts.append((position, stop))
+    return [(a, b) for a, b in parts if a < b]
 
 
 @dataclass
@@ -94,7 +141,8 @@ class Syncer:
     def __init__(self, plan: SyncPlan, volumes: list[ProtectedVolume], stream: GroupStream, *,
                  stream_changed: asyncio.Event, acked: asyncio.Event,
                  remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int,
-                 wire_index: list[int] | None = None) -> None:
+                 wire_index: list[int] | None = None,
+                 open_reader: OpenReader | None = None) -> None:
         self.plan, self.volumes, self.stream = plan, volumes, stream
         # Records and digest requests name a volume by its index in the group (the wire's),
         # which differs from its place in ``volumes`` once a member was removed.
@@ -102,18 +150,21 @@ class Syncer:
         self.stream_changed, self.acked = stream_changed, acked
         self._remote = remote
         self.pause_bytes = pause_bytes
+        self._open_reader = open_reader
         self.progress = SyncProgress(total_bytes=plan.pending_bytes, started_ns=time.time_ns())
 
     async def run(self) -> None:
         plan = self.plan
         for index, volume in enumerate(self.volumes):
             if isinstance(volume, SinkVolume):
+                if plan.maps[index] or plan.compare_from[index] is not None:
+                    await self._sync_sink(index, volume)
                 continue
             fd = _open_volume(str(volume.path))
             try:
                 await self._ship_dirty(index, fd)
                 if plan.compare_from[index] is not None:
-                    await self._compare(index, fd)
+                    await self._compare(index, functools.partial(self._file_chunk, index, fd))
             finally:
                 os.close(fd)
 
@@ -151,7 +202,7 @@ class Syncer:
                     self.progress.done_bytes += length
                 await asyncio.sleep(0)
 
-    async def _compare(self, index: int, fd: int) -> None:
+    async def _compare(self, index: int, chunk: CompareChunk) -> None:
         plan = self.plan
         size_bytes = self.volumes[index].size_bytes
         ahead: dict[int, asyncio.Task[bytes]] = {}
@@ -167,27 +218,96 @@ class Syncer:
                 remote = await ahead.pop(offset)
                 await self._room()
                 length = min(DELTA_CHUNK_BYTES, size_bytes - offset)
-                self._compare_chunk(index, fd, offset, length, remote)
+                await chunk(offset, length, remote)
                 plan.compared_through(index, offset + length)
                 self.progress.done_bytes += length
         finally:
             for task in ahead.values():
                 task.cancel()
 
-    def _compare_chunk(self, index: int, fd: int, offset: int, length: int,
-                       remote: bytes) -> None:
-        data = memoryview(_read(fd, offset, length))
-        runs: list[list[int]] = []  # [first block, end block) of differing blocks
+    @staticmethod
+    def _differing_runs(data: memoryview, remote: bytes) -> list[list[int]]:
+        """[first block, end block) of the runs of blocks whose digests differ."""
+        runs: list[list[int]] = []
         for block in differing_blocks(block_digests(data, DELTA_BLOCK_BYTES), remote):
             if runs and runs[-1][1] == block:
                 runs[-1][1] = block + 1
             else:
                 runs.append([block, block + 1])
+        return runs
+
+    async def _file_chunk(self, index: int, fd: int, offset: int, length: int,
+                          remote: bytes) -> None:
+        data = memoryview(_read(fd, offset, length))  # read and append: no await between
+        runs = self._differing_runs(data, remote)
         for first, end in runs:
             start, stop = first * DELTA_BLOCK_BYTES, min(end * DELTA_BLOCK_BYTES, length)
             self._append_data(index, offset + start, data[start:stop])
         if runs:
             self.stream_changed.set()
+
+    # --- capture sinks: read through QEMU while the mirror captures (see the rules) ------
+
+    async def _sync_sink(self, index: int, sink: SinkVolume) -> None:
+        if self._open_reader is None:
+            self.plan.forget(index)
+            return
+        async with self._open_reader(index) as reader:
+            if reader is None:  # no mirror: compared whole when one is attached again
+                self.progress.done_bytes += self.plan.pending_bytes_of(index)
+                self.plan.forget(index)
+                return
+            await self._ship_dirty_sink(index, sink, reader)
+            if self.plan.compare_from[index] is not None:
+                await self._compare(index, functools.partial(self._compare_sink, index, sink,
+                                                             reader))
+
+    @staticmethod
+    async def _watched_read(sink: SinkVolume, reader: DiskReader, offset: int,
+                            length: int) -> tuple[bytes, list[tuple[int, int]]]:
+        watch = sink.watch(offset, length)
+        try:
+            data = await reader.read(offset, length)
+        finally:
+            sink.unwatch(watch)  # no await from here to the caller's append
+        return data, watch.written
+
+    def _append_unmasked(self, index: int, offset: int, data: bytes | memoryview,
+                         parts: list[tuple[int, int]]) -> None:
+        view = memoryview(data)
+        for start, stop in parts:
+            self._append_data(index, offset + start, view[start:stop])
+
+    async def _ship_dirty_sink(self, index: int, sink: SinkVolume, reader: DiskReader) -> None:
+        dirty = self.plan.maps[index]
+        while dirty:
+            for region in dirty.regions():
+                await self._room()
+                taken = list(dirty.take(region))
+                try:
+                    while taken:
+                        offset, length = taken[0]
+                        size = min(CHUNK_BYTES, length)
+                        data, written = await self._watched_read(sink, reader, offset, size)
+                        relative = [(a - offset, b - offset) for a, b in written]
+                        self._append_unmasked(index, offset, data, unmasked(0, size, relative))
+                        self.stream_changed.set()
+                        self.progress.done_bytes += size
+                        taken[0] = (offset + size, length - size)
+                        if size == length:
+                            taken.pop(0)
+                finally:  # cancelled or failed mid-way: what was not appended stays due
+                    for offset, length in taken:
+                        self.plan.mark(index, offset, length)
+
+    async def _compare_sink(self, index: int, sink: SinkVolume, reader: DiskReader,
+                            offset: int, length: int, remote: bytes) -> None:
+        data, written = await self._watched_read(sink, reader, offset, length)
+        relative = [(a - offset, b - offset) for a, b in written]
+        for first, end in self._differing_runs(memoryview(data), remote):
+            start, stop = first * DELTA_BLOCK_BYTES, min(end * DELTA_BLOCK_BYTES, length)
+            self._append_unmasked(index, offset, data, unmasked(start, stop, relative))
+        self.stream_changed.set()
 
     async def _digests(self, index: int, offset: int, length: int) -> bytes:
         while True:
