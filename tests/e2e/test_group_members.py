@@ -28,8 +28,7 @@ from support.groups import sha256_of, write
 from support.hosts import Host
 from support.sites import kill_agent, stop_for_sure
 
-# One pair of sites, the tests in order (each takes the group as the one before left it).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("group-members")]
+pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 4 << 20
 GROUP = "app"
 

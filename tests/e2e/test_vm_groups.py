@@ -158,9 +158,6 @@ def test_vms_join_leave_and_delete_groups_and_keep_running(
     assert mirror_jobs(vm) == ["seawall-vda", "seawall-vdb"]
     write(vm, 0x14, 3 << 20)
     check_checkpoint(prod, dr, vm, "added-again")
-    # Its configuration follows it into the group again (a VM watch for the group anew).
-    shown = cli_json(prod, "vm", "show", "app", "vm1")
-    assert (shown["name"], shown["uuid"]) == ("vm1", row["uuid"])
 
     # Deleted: both sites forget the group, the mirrors end, the VM runs on untouched.
     deleted = cli_json(prod, "group", "delete", "app", "--yes")

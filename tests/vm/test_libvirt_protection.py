@@ -42,7 +42,7 @@ from support.guests import (
 )
 from support.sites import kill_agent, stop_for_sure
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("libvirt-guests")]  # one boot
+pytestmark = pytest.mark.e2e
 DISKS = {"vda": ("raw", RAW_DISK_BYTES), "vdb": ("qcow2", QCOW2_DISK_BYTES)}
 
 

@@ -25,7 +25,7 @@ from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
 from seawall.wire.records import RecordKind, VmConfig, decode_vm_config
 from support.guests import GuestDisk, SessionGuests, domain_xml, make_disk
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("libvirt-guests")]  # one boot
+pytestmark = pytest.mark.e2e
 
 DISK_BYTES = 1 << 20
 EVENT_TIMEOUT_S = 60.0

@@ -37,7 +37,7 @@ from support.guests import (
 )
 from support.sites import stop_for_sure
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("libvirt-guests")]  # one boot
+pytestmark = pytest.mark.e2e
 
 EVENT_TIMEOUT_S = 60.0
 

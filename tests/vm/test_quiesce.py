@@ -15,8 +15,6 @@ import re
 import time
 from pathlib import Path
 
-import pytest
-
 from seawall.agent.protect import quiesce
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.quiesce import Quiescer, quiesced_checkpoint
@@ -26,8 +24,6 @@ from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
 from seawall.sync.digests import block_digests
 from seawall.wire.records import Record, RecordKind, consistency_name
 from support.guests import Guest, SessionGuests
-
-pytestmark = pytest.mark.xdist_group("libvirt-guests")  # one boot
 
 
 def fsfreeze_status(guests: SessionGuests, guest: Guest) -> str:
