@@ -117,8 +117,16 @@ def as_user(site: LocalSite, token: str, *args: str) -> subprocess.CompletedProc
                           env={**os.environ, "SEAWALL_URL": site.url, "SEAWALL_TOKEN": token})
 
 
-def test_members_added_and_removed_read_back_exactly(
+def test_members_change_then_bad_changes_then_deletes(
         pair: tuple[LocalSite, LocalSite]) -> None:
+    """In this order, on one pair of sites: each step takes the groups as the one before
+    left them (one test, so that no test runner can split or reorder the steps)."""
+    members_added_and_removed_read_back_exactly(pair)
+    bad_member_changes_change_nothing(pair)
+    delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(pair)
+
+
+def members_added_and_removed_read_back_exactly(pair: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = pair
     disk0, disk1 = Volume(prod, "disk0", 1), Volume(prod, "disk1", 2)
     disk0.write()
@@ -180,7 +188,7 @@ def test_members_added_and_removed_read_back_exactly(
     assert exported_sha256(dr, "disk0", after_add) == disk0_after_add
 
 
-def test_bad_member_changes_change_nothing(pair: tuple[LocalSite, LocalSite]) -> None:
+def bad_member_changes_change_nothing(pair: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = pair
     Volume(prod, "disk2", 3)
     seawall(prod, "group", "create", "other", "--volume", "disk2", "--to", "dr")
@@ -216,7 +224,7 @@ def test_bad_member_changes_change_nothing(pair: tuple[LocalSite, LocalSite]) ->
     assert "no volume named 'disk0'" in refused(prod, "volume", "remove", "disk0").stderr
 
 
-def test_delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(
+def delete_admin_only_refused_during_a_failover_test_and_keeps_replicas(
         pair: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = pair
     tokens = {role: seawall(prod, "user", "create", f"a-{role}", "--role", role).stdout.strip()
