@@ -115,7 +115,7 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                     await qemu_io_write(vm, qmp, "drive-vdb", 0x33, RACED_BYTES, 4096)
 
                 splitter.start()
-                through_qemu = group.open_reader
+                through_qemu = group.mirrors.open_reader
                 assert through_qemu is not None
                 racers: list[RacingReader] = []
 
@@ -128,7 +128,7 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                         assert [e["id"] for e in exports] == ["seawall-read-vdb"]
                         yield racers[-1]
 
-                group.open_reader = racing
+                group.mirrors.open_reader = racing
                 group.on_connected(DURABLE_SEQ, ReplicaDigests(replica))
                 await until(lambda: group.state == "protecting")
                 assert racers and racers[0].raced
@@ -219,7 +219,7 @@ def test_after_an_overflow_only_the_dirty_ranges_are_read_through_qemu(tmp_path:
                 async def racing_write() -> None:
                     await qemu_io_write(vm, qmp, "drive-vdb", 0x66, (20 << 20) + 512, 4096)
 
-                through_qemu = group.open_reader
+                through_qemu = group.mirrors.open_reader
                 assert through_qemu is not None
                 racers: list[RacingReader] = []
 
@@ -230,7 +230,7 @@ def test_after_an_overflow_only_the_dirty_ranges_are_read_through_qemu(tmp_path:
                         racers.append(RacingReader(reader, racing_write, at=20 << 20))
                         yield racers[-1]
 
-                group.open_reader = racing
+                group.mirrors.open_reader = racing
                 group.on_connected(group.stream.acked_seq, ReplicaDigests(b""))  # no compare
                 await until(lambda: group.state == "protecting")
                 assert racers and racers[0].raced

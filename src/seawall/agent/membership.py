@@ -157,7 +157,7 @@ class Membership:
         agent.save_state()  # the spec is the saved one, changed in place
         if splitter is not None:  # their VMs keep running, untouched
             await splitter.detach([v for v in gone if isinstance(v, SinkVolume)])
-            if not group.sinks:
+            if not group.mirrors.sinks:
                 await agent.splitters.pop(group_id).stop(detach=False)
         await self._follow_vm_watch(group)
         return {"group_id": group_id, "last_seq": last_seq}
@@ -166,11 +166,11 @@ class Membership:
         """A group with sinks has a VM watch (its VMs' configurations), one without none."""
         agent, group_id = self.agent, group.spec.group_id
         watch = agent.vm_watches.get(group_id)
-        if group.sinks and watch is None and agent.hypervisor is not None:
+        if group.mirrors.sinks and watch is None and agent.hypervisor is not None:
             watch = agent.vm_watches[group_id] = VmWatch(group, agent.hypervisor,
                                                          agent.config.vm_config_check_s)
             watch.start()
-        elif not group.sinks and watch is not None:
+        elif not group.mirrors.sinks and watch is not None:
             await agent.vm_watches.pop(group_id).stop()
 
     async def set_coordination(self, group_id: str,

@@ -280,7 +280,7 @@ class Agent:
         pinned = spec.target_cert_pem
         shipper = Shipper(group, self.config.site_id, self.throttle,
                           client_context(self.identity, pinned) if pinned else None)
-        if group.sinks and self.hypervisor is not None:
+        if group.mirrors.sinks and self.hypervisor is not None:
             splitter = Splitter(group, self.hypervisor, self.config.nbd_socket)
             splitter.start()
             self.splitters[spec.group_id] = splitter

@@ -29,23 +29,10 @@ Rules and invariants:
   is taken meanwhile): a new volume is shipped whole inside a sync window, while the other
   members keep streaming; a removed one is captured no more. Records name a volume by its
   index in the group (``GroupVolume.index``, never reused), not by its place in ``volumes``.
-- Capture sinks (a VM disk's mirror target, ``SinkVolume``) keep no copy. A sink whose
-  mirror runs since this agent attached it (``mirrors_running``) keeps it across windows:
-  its part of the plan is read through QEMU (``open_reader``, the ``Splitter``'s) like a
-  file's. A sink without one gets a mirror in the window (``on_copy_needed``): a full copy
-  when its plan ships it whole or the recovery site holds nothing of the group yet (a
-  first sync, durable seq 0 and not pre-seeded; or its full copy did not finish), else
-  a mirror of new writes only and a comparison of the whole disk (its writes since the
-  last mirror were captured nowhere). With an adapter that cannot read disks
-  (``sinks_readable`` False: libvirt) every window copies every sink whole. The window
-  closes (SYNC_END) when the syncer is done and every new mirror is ready
-  (``sink_ready``). A sink whose mirror ended (``sink_lost``) makes the group
-  ``sync-required``: no checkpoint until a new window attached it again (``copy_sinks``).
-  The stream goes on meanwhile.
-- VM configurations (``set_vm_config``, from ``VmWatch``): the newest of each VM is kept
-  and put into the stream as a VM_CONFIG record when it changes and again at the start of
-  every sync window, so the recovery site has each VM's configuration at or before every
-  checkpoint, whatever records a dropped stream lost.
+- Capture sinks (a VM disk's mirror target) keep no copy: their mirrors are followed by
+  ``SinkMirrors`` (``self.mirrors``, see its rules); a sink whose mirror ended makes the
+  group ``sync-required`` (no checkpoint) until a new window attached it again.
+- VM configurations: ``GroupVmConfigs`` (``self.vm_configs``, see its rules).
 """
 
 from __future__ import annotations
@@ -54,27 +41,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
-from seawall.agent.protect.sink import ProtectedVolume, SinkVolume
+from seawall.agent.protect.sink import ProtectedVolume
+from seawall.agent.protect.sink_mirrors import SinkMirrors
 from seawall.agent.protect.stream import GroupStream
-from seawall.agent.protect.syncer import OpenReader, RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
+from seawall.agent.protect.vm_configs import GroupVmConfigs
 from seawall.agent.protect.volumes import CaptureHook
 from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
-from seawall.wire.records import (
-    CONSISTENCY,
-    MAX_PAYLOAD_BYTES,
-    RecordKind,
-    VmConfig,
-    encode_vm_config,
-)
+from seawall.wire.records import CONSISTENCY, MAX_PAYLOAD_BYTES, RecordKind, VmConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +121,8 @@ class ProtectedGroup:
         self.sync = SyncProgress()
         self._sync_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
-        self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
-        self.mirrors_pending = set(self.sinks)  # sinks whose full copy is still due
-        self.mirrors_lost: dict[int, str] = {}  # sinks with no mirror running: why
-        self.mirrors_running: set[int] = set()  # attached by this agent and not ended
-        self._full_copy_due: set[int] = set()  # sinks whose full copy has not finished
-        self._sinks_settled = asyncio.Event()
-        # the Splitter's: attach mirrors (sink -> with a full copy), read disks through QEMU
-        self.on_copy_needed: Callable[[dict[int, bool]], None] | None = None
-        self.open_reader: OpenReader | None = None
-        self.sinks_readable = False
-        self.vm_configs: dict[str, VmConfig] = {}  # by VM uuid: the newest captured
+        self.mirrors = SinkMirrors(volumes, self._mirror_ended)
+        self.vm_configs = GroupVmConfigs(self.stream)
         self._set_capture(tracking=True)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -243,11 +216,12 @@ class ProtectedGroup:
         if self._sync_task is not None:
             self._sync_task.cancel()
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
-        for config in self.vm_configs.values():
-            self._append_vm_config(config)
+        self.vm_configs.append_all()
         self._set_capture(tracking=False)
         self.syncing = True
-        self._copy_sinks(self._mirrors_to_attach(self.sinks if sinks is None else sinks))
+        first_sync = self._initial and not self.spec.preseeded
+        self.mirrors.copy(self.mirrors.to_attach(self.mirrors.sinks if sinks is None else sinks,
+                                                 self.plan, first_sync))
         log.info("group %s: %s from seq %d (%s): %d bytes to go", self.spec.name,
                  self.state, self.stream.last_seq, reason, self.plan.pending_bytes,
                  extra={"group": self.spec.name})
@@ -256,16 +230,14 @@ class ProtectedGroup:
                         remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
                         wire_index=self.wire_index,
-                        open_reader=self.open_reader if self.sinks_readable else None)
+                        open_reader=self.mirrors.open_reader if self.mirrors.readable else None)
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
 
     async def _run_sync(self, syncer: Syncer) -> None:
         try:
             await syncer.run()
-            while self.mirrors_pending:
-                self._sinks_settled.clear()
-                await self._sinks_settled.wait()
+            await self.mirrors.wait_settled()
         except Exception as exc:  # e.g. a volume read error: track, retry on a new session
             log.exception("group %s: sync failed", self.spec.name,
                           extra={"group": self.spec.name})
@@ -284,62 +256,10 @@ class ProtectedGroup:
 
     # --- capture sinks (the Splitter reports on their mirrors) ---------------------------
 
-    def _mirrors_to_attach(self, sinks: list[int]) -> dict[int, bool]:
-        """Which of ``sinks`` get a new mirror in this window, each with a full copy or
-        not; their parts of the plan set to match (see the module rules)."""
-        if not self.sinks_readable:
-            for index in self.sinks:
-                self.plan.forget(index)  # the mirrors' full copies cover them
-            return dict.fromkeys(sinks, True)
-        attach: dict[int, bool] = {}
-        for index in sinks:
-            if index in self.mirrors_running:
-                continue  # it captured every write: its plan part is read through QEMU
-            # Nothing to compare with while the recovery site holds nothing of the group,
-            # or not all of this disk (a full copy that did not finish).
-            attach[index] = (self.plan.is_whole(index) or index in self._full_copy_due
-                             or (self._initial and not self.spec.preseeded))
-            if attach[index]:
-                self.plan.forget(index)  # the mirror's full copy covers it
-                self._full_copy_due.add(index)
-            else:
-                self.plan.compare_volume(index)
-        return attach
-
-    def _copy_sinks(self, sinks: dict[int, bool]) -> None:
-        for index in sinks:
-            self.mirrors_lost.pop(index, None)
-            self.mirrors_running.discard(index)
-            self.mirrors_pending.add(index)
-        if not sinks:
-            return
-        if self.on_copy_needed is None:
-            for index in sinks:
-                self.sink_lost(index, "no hypervisor adapter to attach its mirror (the agent "
-                                      "runs with --hypervisor none)")
-        else:
-            self.on_copy_needed(dict(sorted(sinks.items())))
-
-    def sink_attached(self, index: int) -> None:
-        """The mirror of sink ``index`` exists: every write from now on reaches the sink."""
-        self.mirrors_running.add(index)
-
-    def sink_ready(self, index: int) -> None:
-        """The mirror of sink ``index`` is ready (a full copy done): it sees every write."""
-        self.mirrors_pending.discard(index)
-        self._full_copy_due.discard(index)
-        self._sinks_settled.set()
-
-    def sink_lost(self, index: int, reason: str) -> None:
-        """The mirror of sink ``index`` is gone (or could not start): its disk's writes are
-        no longer captured, so no checkpoint is taken until it is copied again."""
-        self.mirrors_pending.discard(index)
-        self.mirrors_running.discard(index)
-        self.mirrors_lost[index] = reason
-        self.last_error = f"mirror of {self.volumes[index].name} ended: {reason}"
+    def _mirror_ended(self, message: str) -> None:
+        self.last_error = message
         log.warning("group %s: %s; sync required", self.spec.name, self.last_error,
                     extra={"group": self.spec.name})
-        self._sinks_settled.set()
 
     def copy_sinks(self, sinks: list[int]) -> None:
         """Copy these sinks again (their mirror can be attached again): in a new window, or
@@ -353,14 +273,9 @@ class ProtectedGroup:
     def set_vm_config(self, config: VmConfig) -> None:
         """A VM's definition as captured now: into the stream unless tracking (then the
         next sync window carries it)."""
-        self.vm_configs[config.uuid] = config
+        self.vm_configs.set(config, streaming=not self.tracking)
         if not self.tracking:
-            self._append_vm_config(config)
             self.stream_changed.set()
-
-    def _append_vm_config(self, config: VmConfig) -> None:
-        encoded = encode_vm_config(config)
-        self.stream.append(RecordKind.VM_CONFIG, time.time_ns(), 0, 0, len(encoded), encoded)
 
     # --- capture -----------------------------------------------------------------------
 
@@ -450,7 +365,7 @@ class ProtectedGroup:
                        for source in sources]
         self.volumes, self.spec.volumes = files, volumes
         self.wire_index = [volume.index for volume in volumes]
-        self._follow_sinks(sources)
+        self.mirrors.follow(files, sources)
         self._set_capture(tracking=self.tracking)
         last_seq = max(self._issued_seq, self.stream.last_seq)
         if not self.tracking and (self.syncing or None in sources):
@@ -462,23 +377,11 @@ class ProtectedGroup:
             self.link_reset.set()
         return last_seq
 
-    def _follow_sinks(self, sources: list[int | None]) -> None:
-        """The sink bookkeeping, by place, after the members changed (``sources``: the old
-        place of each new member, None for a new one)."""
-        moved = {old: new for new, old in enumerate(sources) if old is not None}
-        self.sinks = [i for i, volume in enumerate(self.volumes)
-                      if isinstance(volume, SinkVolume)]
-        self.mirrors_pending = {moved[i] for i in self.mirrors_pending if i in moved}
-        self.mirrors_lost = {moved[i]: why for i, why in self.mirrors_lost.items() if i in moved}
-        self.mirrors_running = {moved[i] for i in self.mirrors_running if i in moved}
-        self._full_copy_due = {moved[i] for i in self._full_copy_due if i in moved}
-        self._sinks_settled.set()
-
     # --- checkpoints -------------------------------------------------------------------
 
     @property
     def protecting(self) -> bool:
-        return not self.tracking and not self.syncing and not self.mirrors_lost
+        return not self.tracking and not self.syncing and not self.mirrors.lost
 
     def tag_checkpoint(self, name: str, tagged: bool = True,
                        consistency: str = "crash") -> LoggedCheckpoint:
@@ -564,7 +467,7 @@ class ProtectedGroup:
             return "failed-over"
         if self.refusal is not None:
             return "paused" if self.refusal[0] in PAUSE_CODES else "error"
-        if self.mirrors_lost:
+        if self.mirrors.lost:
             return "sync-required"
         if self.protecting:
             return "protecting"
@@ -599,12 +502,6 @@ class ProtectedGroup:
             "newest_replicated_checkpoint_ns": newest.time_ns if newest else None,
             "rpo_s": (time.time_ns() - newest.time_ns) / 1e9 if newest else None,
             "sync": self.sync.describe(),
-            "mirrors": {self.volumes[i].name: self._mirror_state(i) for i in self.sinks},
+            "mirrors": self.mirrors.describe(self.syncing, self.plan),
         }
 
-    def _mirror_state(self, index: int) -> str:
-        if index in self.mirrors_lost:
-            return f"ended: {self.mirrors_lost[index]}"
-        if self.syncing and (self.plan.maps[index] or self.plan.compare_from[index] is not None):
-            return "comparing"  # its disk is read through QEMU
-        return "copying" if index in self.mirrors_pending else "mirroring"

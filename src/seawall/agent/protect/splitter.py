@@ -2,15 +2,15 @@
 
 Rules and invariants:
 - One ``Splitter`` per protected group with sinks, given the hypervisor adapter
-  (``seawall.hypervisor.base.Hypervisor``); it is the group's ``on_copy_needed``.
+  (``seawall.hypervisor.base.Hypervisor``); it is the group's ``mirrors.on_copy_needed``.
 - The group decides when a sink needs a new mirror and whether with a full copy (a first
-  sync) or of new writes only (``ProtectedGroup._mirrors_to_attach``); the splitter then
+  sync) or of new writes only (``SinkMirrors.to_attach``); the splitter then
   detaches any mirror of that disk, attaches the new one and tells the group
-  (``sink_attached``). Its ``MirrorReady`` closes the sink's part of the window
-  (``group.sink_ready``); ``MirrorEnded`` or an attach that fails makes the group
-  ``sync-required`` (``group.sink_lost``). The VM is never touched beyond attaching and
+  (``mirrors.sink_attached``). Its ``MirrorReady`` closes the sink's part of the window
+  (``group.mirrors.sink_ready``); ``MirrorEnded`` or an attach that fails makes the group
+  ``sync-required`` (``group.mirrors.sink_lost``). The VM is never touched beyond attaching and
   detaching the mirror and a read-only export: whatever happens, it keeps its disk.
-- ``reader(index)`` is the group's ``open_reader``: once the sink's attach is done, a
+- ``reader(index)`` is the group's ``mirrors.open_reader``: once the sink's attach is done, a
   read-only NBD export of the disk served by QEMU (``Hypervisor.open_reader``) and an NBD
   client of it (``seawall.nbd.blocking`` in a worker thread: one request at a time, the
   event loop never waits); the export is removed when the sync is done with it. None
@@ -69,14 +69,14 @@ class Splitter:
                             self.group.spec.name, sink.name, exc.message)
 
     def start(self) -> None:
-        self.group.on_copy_needed = self.copy
-        self.group.open_reader = self.reader
-        self.group.sinks_readable = self.hypervisor.reads_disks
+        self.group.mirrors.on_copy_needed = self.copy
+        self.group.mirrors.open_reader = self.reader
+        self.group.mirrors.readable = self.hypervisor.reads_disks
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self, detach: bool) -> None:
-        self.group.on_copy_needed = None
-        self.group.open_reader = None
+        self.group.mirrors.on_copy_needed = None
+        self.group.mirrors.open_reader = None
         tasks = [*self._attaching.values(), *([self._watcher] if self._watcher else [])]
         for task in tasks:
             task.cancel()
@@ -88,7 +88,7 @@ class Splitter:
             await self.detach(list(self._sinks.values()))
 
     def copy(self, sinks: dict[int, bool]) -> None:
-        """``ProtectedGroup.on_copy_needed``: (re)attach these sinks' mirrors, each with a
+        """``SinkMirrors.on_copy_needed``: (re)attach these sinks' mirrors, each with a
         full copy or of new writes only."""
         for index, full_copy in sinks.items():
             previous = self._attaching.pop(index, None)
@@ -114,9 +114,9 @@ class Splitter:
             await self.hypervisor.attach_mirror(sink.vm_uuid, sink.disk, self.socket_path,
                                                 sink.name, full_copy=full_copy)
         except SeawallError as exc:
-            self.group.sink_lost(index, f"cannot attach: {exc.message}")
+            self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
             return
-        self.group.sink_attached(index)
+        self.group.mirrors.sink_attached(index)
         log.info("group %s: mirror of %s (VM %s, %s) attached, %s", self.group.spec.name,
                  sink.name, sink.vm_uuid, sink.disk,
                  "full copy running" if full_copy else "new writes only, disk compared",
@@ -124,12 +124,12 @@ class Splitter:
 
     @contextlib.asynccontextmanager
     async def reader(self, index: int) -> AsyncIterator[DiskReader | None]:
-        """The group's ``open_reader``: sink ``index``'s disk, read through QEMU."""
+        """The group's ``mirrors.open_reader``: sink ``index``'s disk, read through QEMU."""
         attaching = self._attaching.get(index)
         if attaching is not None:
             await asyncio.wait([attaching])
         sink = self._sinks[index]
-        if index not in self.group.mirrors_running:
+        if index not in self.group.mirrors.running:
             yield None
             return
         socket_path, export = await self.hypervisor.open_reader(sink.vm_uuid, sink.disk,
@@ -159,7 +159,7 @@ class Splitter:
         if isinstance(event, VmLifecycle):
             if event.change == "started":
                 lost = [i for i, sink in self._sinks.items()
-                        if sink.vm_uuid == event.vm_uuid and i in self.group.mirrors_lost]
+                        if sink.vm_uuid == event.vm_uuid and i in self.group.mirrors.lost]
                 if lost:
                     self.group.copy_sinks(lost)
             return
@@ -175,9 +175,9 @@ class Splitter:
             jobs = {}  # the VM is gone with its jobs
         if isinstance(event, MirrorReady):
             if jobs.get(event.disk):
-                self.group.sink_ready(index)
+                self.group.mirrors.sink_ready(index)
         elif event.disk not in jobs:
-            self.group.sink_lost(index, event.reason)
+            self.group.mirrors.sink_lost(index, event.reason)
 
 
 class _ThreadedReader:
