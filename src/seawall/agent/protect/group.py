@@ -3,7 +3,7 @@
 Capture has two modes. *Streaming*: every write is appended to the group's stream (and
 shipped from there) before it is acknowledged. *Tracking*: the stream is dropped and only
 the ranges written are marked in the group's ``SyncPlan`` (bounded memory); a bitmap or
-delta sync ships them later (``Syncer``).
+delta sync ships them later (``Syncer``). The hooks: ``seawall.agent.protect.capture``.
 
 Rules and invariants:
 - Coverage (the plan's rule): every write not durable at the recovery site is in the
@@ -41,45 +41,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seawall.agent.protect.capture import WriteCounter, stream_hook, tracking_hook
 from seawall.agent.protect.checkpoints import CheckpointLog, LoggedCheckpoint
 from seawall.agent.protect.sink import ProtectedVolume
 from seawall.agent.protect.sink_mirrors import SinkMirrors
 from seawall.agent.protect.stream import GroupStream
 from seawall.agent.protect.syncer import RemoteDigests, Syncer, SyncProgress
 from seawall.agent.protect.vm_configs import GroupVmConfigs
-from seawall.agent.protect.volumes import CaptureHook
 from seawall.contract.agent import GroupVolume, ProtectionSpec
 from seawall.errors import InvalidInput, NotReady
 from seawall.sync.dirtymap import DEFAULT_BOUND_BYTES
 from seawall.sync.plan import SyncPlan
-from seawall.wire.records import CONSISTENCY, MAX_PAYLOAD_BYTES, RecordKind, VmConfig
+from seawall.wire.records import CONSISTENCY, RecordKind, VmConfig
 
 log = logging.getLogger(__name__)
 
 SYNC_BUFFER_LIMIT_BYTES = 64 << 20
 """A sync pauses while this much (or half the group's buffer) awaits its ACK."""
 OVERFLOW_RATIO = 0.9
-CAPTURE_SPLIT_BYTES = 1 << 20
-assert MAX_PAYLOAD_BYTES >= CAPTURE_SPLIT_BYTES
 MAX_CHECKPOINT_NAME_BYTES = 512
 PLAN_FILE = "sync-plan.bin"
 PAUSE_CODES = frozenset({"journal_full", "failed_over"})
 """Refusals that pause the group (it retries by itself); any other one is an error."""
-
-
-@dataclass(slots=True)
-class WriteCounter:
-    """Changes captured on one volume since the group started (read by status and metrics).
-
-    The capture hook adds to it in place of group-wide counters: no more work per write.
-    """
-
-    written_bytes: int = 0
-    write_count: int = 0
 
 
 class ProtectedGroup:
@@ -282,42 +268,12 @@ class ProtectedGroup:
     def _set_capture(self, tracking: bool) -> None:
         self.tracking = tracking
         for index, volume in enumerate(self.volumes):
-            volume.capture = self._tracking_hook(index) if tracking else self._stream_hook(index)
-
-    def _stream_hook(self, volume_index: int) -> CaptureHook:
-        stream = self.stream
-        wire_index = self.wire_index[volume_index]
-        changed = self.stream_changed
-        overflow_bytes = int(self.buffer_limit_bytes * OVERFLOW_RATIO)
-        counter = self.writes[volume_index]
-
-        def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
-            now_ns = time.time_ns()
-            if len(payload) <= CAPTURE_SPLIT_BYTES:
-                stream.append(kind, now_ns, wire_index, offset, length, payload)
-            else:
-                view = memoryview(payload)
-                for start in range(0, length, CAPTURE_SPLIT_BYTES):
-                    piece = bytes(view[start : start + CAPTURE_SPLIT_BYTES])
-                    stream.append(kind, now_ns, wire_index, offset + start, len(piece), piece)
-            counter.written_bytes += length
-            counter.write_count += 1
-            changed.set()
-            if stream.buffered_bytes >= overflow_bytes:
-                self._overflow()
-
-        return capture
-
-    def _tracking_hook(self, volume_index: int) -> CaptureHook:
-        plan = self.plan
-        counter = self.writes[volume_index]
-
-        def capture(kind: RecordKind, offset: int, length: int, payload: bytes) -> None:
-            plan.mark(volume_index, offset, length)
-            counter.written_bytes += length
-            counter.write_count += 1
-
-        return capture
+            counter = self.writes[index]
+            volume.capture = (
+                tracking_hook(self.plan, index, counter) if tracking else
+                stream_hook(self.stream, self.wire_index[index], self.stream_changed,
+                            int(self.buffer_limit_bytes * OVERFLOW_RATIO), counter,
+                            self._overflow))
 
     def _drop_stream(self) -> None:
         """Turn the unacknowledged records into plan marks and start tracking."""
