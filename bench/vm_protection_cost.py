@@ -49,8 +49,8 @@ from typing import Any
 
 from common import FioJob, FioResult, cpu_seconds, run_fio, spawn, wait_for_socket
 from seawall.config import CONFIG_NAME
-from seawall.contract.agent import SinkCreate
 from seawall.contract.agent_api import AgentApi
+from seawall.contract.vms import SinkCreate
 from seawall.hypervisor.qmp_adapter import QmpHypervisor, socket_uuid
 from seawall.localsites import LocalSite, stop_process
 from seawall.manager.clients import agent_client

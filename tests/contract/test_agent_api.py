@@ -2,8 +2,8 @@
 Unix socket as in production; and the control app's routes against the contract.
 
 - Every route of the control app that the manager calls declares its answer (a model of
-  ``seawall.contract.agent``) and takes its body as one: a route added without a contract
-  fails here.
+  ``seawall.contract.agent`` or ``.vms``) and takes its body as one: a route added
+  without a contract fails here.
 - ``AgentApi`` reads real answers into the models, maps the agent's errors as before
   (NotFound stays NotFound), and refuses an answer that breaks the contract as a
   ``PeerError`` naming the route (here from a real server that answers the wrong shape).
@@ -31,6 +31,7 @@ from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
 from seawall.contract import agent as contract
+from seawall.contract import vms as vm_contract
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import NotFound, PeerError
 from seawall.http import JsonClient, install_error_handler
@@ -81,7 +82,8 @@ def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
 def test_every_route_the_manager_calls_has_a_contract(tmp_path: Path) -> None:
     agent = Agent(site(tmp_path))
     app = create_control_app(agent, asyncio.Event(), AgentMetrics(agent))
-    contract_models = {value for value in vars(contract).values()
+    contract_models = {value for module in (contract, vm_contract)
+                       for value in vars(module).values()
                        if isinstance(value, type) and issubclass(value, BaseModel)}
     missing = []
     routes = list(api_routes(app.routes))

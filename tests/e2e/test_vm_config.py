@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from seawall.config import CONFIG_NAME
-from seawall.contract.agent import RetentionChange, SinkCreate
+from seawall.contract.agent import RetentionChange
 from seawall.contract.agent_api import AgentApi
+from seawall.contract.vms import SinkCreate
 from seawall.localsites import LocalSite
 from seawall.manager.clients import agent_client
 from support.cli import seawall

@@ -31,8 +31,8 @@ import pytest
 
 from seawall.agent.watchdog import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, STALL_KILL_S
 from seawall.config import CONFIG_NAME
-from seawall.contract.agent import SinkCreate
 from seawall.contract.agent_api import AgentApi
+from seawall.contract.vms import SinkCreate
 from seawall.errors import SeawallError
 from seawall.localsites import LocalSite
 from seawall.manager.clients import agent_client

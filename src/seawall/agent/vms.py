@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from seawall.contract.agent import VmDescription, VmListing
+from seawall.contract.vms import VmDescription, VmListing
 from seawall.hypervisor.base import Hypervisor
 
 

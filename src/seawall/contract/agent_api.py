@@ -42,16 +42,14 @@ from seawall.contract.agent import (
     RetentionChange,
     ScriptOutcome,
     ScriptRun,
-    SinkCreate,
     TaggedCheckpoint,
-    VmConfigView,
-    VmListing,
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
     VolumeRemoved,
     dump,
 )
+from seawall.contract.vms import SinkCreate, VmConfigView, VmListing
 from seawall.errors import InvalidInput, PeerError
 from seawall.http import JsonClient
 

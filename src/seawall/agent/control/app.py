@@ -45,16 +45,14 @@ from seawall.contract.agent import (
     RecoveryMembersChanged,
     RecoverySpec,
     RetentionChange,
-    SinkCreate,
     TaggedCheckpoint,
-    VmConfigView,
-    VmListing,
     VolumeAdd,
     VolumeCreate,
     VolumeInfo,
     VolumeRemoved,
     same_id,
 )
+from seawall.contract.vms import SinkCreate, VmConfigView, VmListing
 from seawall.http import install_error_handler
 from seawall.names import check_checkpoint_name
 

@@ -17,8 +17,8 @@ import contextlib
 import logging
 from typing import Any
 
-from seawall.contract.agent import SinkCreate
 from seawall.contract.agent_api import AgentApi
+from seawall.contract.vms import SinkCreate
 from seawall.errors import InvalidInput, NotFound, SeawallError
 from seawall.manager.agents.directory import AgentDirectory
 from seawall.manager.groups.vm_members import (
