@@ -26,7 +26,7 @@ from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
 from support.groups import sha256_of, write
 from support.hosts import Host
-from support.sites import kill_agent, stop_for_sure
+from support.sites import kill_agent, running_pair
 
 pytestmark = pytest.mark.e2e
 VOLUME_BYTES = 4 << 20
@@ -37,20 +37,10 @@ GROUP = "app"
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite, LocalSite]]:
     """A started, paired ``prod`` and ``dr``, shared by the tests of this module."""
     directory = tmp_path_factory.mktemp("members")
-    log = (directory / "sites.log").open("w")
-    prod = LocalSite("prod", directory / "prod", log)
-    dr = LocalSite("dr", directory / "dr", log)
-    try:
-        prod.launch()
-        dr.launch()
-        prod.wait_started()
-        dr.wait_started()
-        prod.pair_with(dr)
-        yield prod, dr
-    finally:
-        for site in (prod, dr):
-            stop_for_sure(site)
-        log.close()
+    with (directory / "sites.log").open("w") as log, running_pair(
+            LocalSite("prod", directory / "prod", log),
+            LocalSite("dr", directory / "dr", log)) as pair:
+        yield pair
 
 
 class Volume:

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from seawall.config import CONFIG_NAME
 from seawall.contract.agent import RetentionChange
 from seawall.contract.agent_api import AgentApi
 from seawall.contract.vms import SinkCreate
@@ -31,7 +30,7 @@ from seawall.manager.clients import agent_client
 from support.cli import seawall
 from support.faultproxy import wait_until
 from support.qemu_vm import DISK_BYTES, VM_UUID, QemuVm, own_monitor, start_vm
-from support.sites import stop_for_sure
+from support.vm_sites import qmp_vm_sites
 
 pytestmark = pytest.mark.e2e
 
@@ -49,23 +48,8 @@ def vm(tmp_path: Path) -> Iterator[QemuVm]:
 def vm_sites(tmp_path: Path, vm: QemuVm,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LocalSite, LocalSite]]:
     monkeypatch.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")  # alerts within a second
-    log = (tmp_path / "sites.log").open("w")
-    prod = LocalSite("prod", tmp_path / "prod", log)
-    config_path = prod.directory / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "hypervisor": f"qmp:{vm.directory}",
-                                       "vm_config_check_s": 0.5}))
-    dr = LocalSite("dr", tmp_path / "dr", log)
-    try:
-        prod.launch()
-        dr.launch()
-        prod.wait_started()
-        dr.wait_started()
-        prod.pair_with(dr)
-        yield prod, dr
-    finally:
-        for site in (prod, dr):
-            stop_for_sure(site)
+    with qmp_vm_sites(tmp_path, vm, vm_config_check_s=0.5) as pair:
+        yield pair
 
 
 def vm_show(site: LocalSite, checkpoint: int | str, *extra: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 import pytest
 
 from seawall.agent.watchdog import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, STALL_KILL_S
-from seawall.config import CONFIG_NAME
 from seawall.contract.agent_api import AgentApi
 from seawall.contract.vms import SinkCreate
 from seawall.errors import SeawallError
@@ -48,7 +46,8 @@ from support.qemu_vm import (
     qemu_io_write,
     start_vm,
 )
-from support.sites import agent_pid, kill_agent, stop_for_sure, wait_pid_gone
+from support.sites import agent_pid, kill_agent, wait_pid_gone
+from support.vm_sites import qmp_vm_sites
 
 pytestmark = pytest.mark.e2e
 DISKS = {"vda": "raw", "vdb": "qcow2"}
@@ -66,23 +65,8 @@ def vm(tmp_path: Path) -> Iterator[QemuVm]:
 @pytest.fixture
 def vm_sites(tmp_path: Path, vm: QemuVm) -> Iterator[tuple[LocalSite, LocalSite]]:
     """``prod`` (its agent watching the VM's QMP directory) and ``dr``, started and paired."""
-    log = (tmp_path / "sites.log").open("w")
-    prod = LocalSite("prod", tmp_path / "prod", log)
-    config_path = prod.directory / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "hypervisor": f"qmp:{vm.directory}"}))
-    dr = LocalSite("dr", tmp_path / "dr", log)
-    try:
-        prod.launch()
-        dr.launch()
-        prod.wait_started()
-        dr.wait_started()
-        prod.pair_with(dr)
-        yield prod, dr
-    finally:
-        for site in (prod, dr):
-            stop_for_sure(site)
-        log.close()
+    with qmp_vm_sites(tmp_path, vm) as pair:
+        yield pair
 
 
 def disk_sha256(vm: QemuVm, disk: str) -> str:

@@ -13,11 +13,15 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from seawall.config import CONFIG_NAME
 from seawall.localsites import LocalSite
 
 AGENT_EXIT_TIMEOUT_S = 10.0
@@ -69,3 +73,25 @@ def stop_for_sure(site: LocalSite) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_pid_gone(pid)
+
+
+def configure(site: LocalSite, **settings: Any) -> None:
+    """Settings written into a (stopped) site's ``site.json``, as an operator edits it."""
+    path = site.directory / CONFIG_NAME
+    path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
+
+
+@contextlib.contextmanager
+def running_pair(prod: LocalSite, dr: LocalSite) -> Iterator[tuple[LocalSite, LocalSite]]:
+    """Both sites started side by side and ``prod`` paired with ``dr``; both stopped for
+    sure at the end, their agents included."""
+    try:
+        prod.launch()
+        dr.launch()
+        prod.wait_started()
+        dr.wait_started()
+        prod.pair_with(dr)
+        yield prod, dr
+    finally:
+        for site in (prod, dr):
+            stop_for_sure(site)

@@ -3,34 +3,23 @@ hypervisor adapter), for the end-to-end tests of VM protection."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from seawall.config import CONFIG_NAME
 from seawall.localsites import LocalSite
 from support.qemu_vm import QemuVm
-from support.sites import stop_for_sure
+from support.sites import configure, running_pair
 
 
 @contextmanager
-def qmp_vm_sites(tmp_path: Path, vm: QemuVm) -> Iterator[tuple[LocalSite, LocalSite]]:
-    """``prod`` (its agent with ``hypervisor: qmp:DIR`` of ``vm``) and ``dr``, paired."""
-    log = (tmp_path / "sites.log").open("w")
-    prod = LocalSite("prod", tmp_path / "prod", log)
-    config_path = prod.directory / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "hypervisor": f"qmp:{vm.directory}"}))
-    dr = LocalSite("dr", tmp_path / "dr", log)
-    try:
-        prod.launch()
-        dr.launch()
-        prod.wait_started()
-        dr.wait_started()
-        prod.pair_with(dr)
-        yield prod, dr
-    finally:
-        for site in (prod, dr):
-            stop_for_sure(site)
-        log.close()
+def qmp_vm_sites(tmp_path: Path, vm: QemuVm,
+                 **settings: Any) -> Iterator[tuple[LocalSite, LocalSite]]:
+    """``prod`` (its agent with ``hypervisor: qmp:DIR`` of ``vm``, and ``settings``) and
+    ``dr``, started and paired; one log, ``tmp_path/sites.log``."""
+    with (tmp_path / "sites.log").open("w") as log:
+        prod = LocalSite("prod", tmp_path / "prod", log)
+        configure(prod, hypervisor=f"qmp:{vm.directory}", **settings)
+        with running_pair(prod, LocalSite("dr", tmp_path / "dr", log)) as pair:
+            yield pair

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from seawall.config import CONFIG_NAME
 from seawall.errors import SeawallError
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
@@ -40,7 +39,7 @@ from support.guests import (
     counter_slot,
     guest_workdir,
 )
-from support.sites import kill_agent, stop_for_sure
+from support.sites import configure, kill_agent, running_pair
 
 pytestmark = pytest.mark.e2e
 DISKS = {"vda": ("raw", RAW_DISK_BYTES), "vdb": ("qcow2", QCOW2_DISK_BYTES)}
@@ -49,23 +48,11 @@ DISKS = {"vda": ("raw", RAW_DISK_BYTES), "vdb": ("qcow2", QCOW2_DISK_BYTES)}
 @pytest.fixture
 def sites(guests: SessionGuests) -> Iterator[tuple[LocalSite, LocalSite]]:
     work = guest_workdir()  # libvirt's QEMU must traverse to the agent's NBD socket
-    log = (work / "sites.log").open("w")
-    prod = LocalSite("prod", work / "prod", log, hypervisor=f"libvirt:{guests.uri}")
-    config_path = prod.directory / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "socket_group": "kvm"}))
-    dr = LocalSite("dr", work / "dr", log)
-    try:
-        prod.launch()
-        dr.launch()
-        prod.wait_started()
-        dr.wait_started()
-        prod.pair_with(dr)
-        yield prod, dr
-    finally:
-        for site in (prod, dr):
-            stop_for_sure(site)  # a clean stop ends the mirrors; a kill closes their socket
-        log.close()
+    with (work / "sites.log").open("w") as log:
+        prod = LocalSite("prod", work / "prod", log, hypervisor=f"libvirt:{guests.uri}")
+        configure(prod, socket_group="kvm")  # a clean stop ends the mirrors; a kill their socket
+        with running_pair(prod, LocalSite("dr", work / "dr", log)) as pair:
+            yield pair
 
 
 def block_jobs(guests: SessionGuests, guest: Guest) -> list[str]:
