@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from seawall.localsites import LocalSite
+from support.qemu_vm import QemuVm, start_vm
 from support.sites import agent_pid, kill_agent, stop_for_sure
 
 
@@ -47,3 +48,13 @@ def sites(tmp_path: Path) -> Iterator[tuple[LocalSite, LocalSite]]:
         for site in (prod, dr):
             stop_for_sure(site)  # and its agent, left behind if its manager was killed
         log.close()
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[QemuVm]:
+    """A running test QEMU (``support.qemu_vm``: raw and qcow2 disks, a CD-ROM, a NIC)."""
+    started = start_vm(tmp_path / "vm")
+    try:
+        yield started
+    finally:
+        started.stop()

@@ -29,19 +29,10 @@ from seawall.localsites import LocalSite
 from seawall.manager.clients import agent_client
 from support.cli import seawall
 from support.faultproxy import wait_until
-from support.qemu_vm import DISK_BYTES, VM_UUID, QemuVm, own_monitor, start_vm
+from support.qemu_vm import DISK_BYTES, VM_UUID, QemuVm, own_monitor
 from support.vm_sites import qmp_vm_sites
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[QemuVm]:
-    started = start_vm(tmp_path / "vm")
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

@@ -21,19 +21,10 @@ import pytest
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
-from support.qemu_vm import DISK_BYTES, QemuVm, file_bytes, own_monitor, qemu_io_write, start_vm
+from support.qemu_vm import DISK_BYTES, QemuVm, file_bytes, own_monitor, qemu_io_write
 from support.vm_sites import qmp_vm_sites
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[QemuVm]:
-    started = start_vm(tmp_path / "vm")
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

@@ -44,22 +44,12 @@ from support.qemu_vm import (
     file_bytes,
     own_monitor,
     qemu_io_write,
-    start_vm,
 )
 from support.sites import agent_pid, kill_agent, wait_pid_gone
 from support.vm_sites import qmp_vm_sites
 
 pytestmark = pytest.mark.e2e
 DISKS = {"vda": "raw", "vdb": "qcow2"}
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[QemuVm]:
-    started = start_vm(tmp_path / "vm")
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture
