@@ -145,6 +145,9 @@ class SiteConfig(BaseModel):
     hypervisor: str = "none"
     """The agent's ``--hypervisor`` (``seawall.hypervisor.base.parse_hypervisor_spec``):
     ``none`` (volumes only), ``libvirt[:URI]`` or ``qmp:DIR``."""
+    agent_deadline_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long the manager waits for its agent to answer a call (each step), before the
+    caller is told the agent did not answer (``seawall.manager.clients``)."""
     vm_config_check_s: float = Field(default=30.0, gt=0, le=3600)
     """How often the agent compares each protected VM's definition with the last one
     captured (``seawall.agent.protect.vm_watch``), besides the hypervisor's events."""

@@ -17,17 +17,17 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from seawall.localsites import LocalSite
-from seawall.manager.clients import AGENT_DEADLINE_S
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
 from support.groups import GROUP, protect, tag
-from support.sites import agent_pid
+from support.sites import agent_pid, configure, stop_for_sure
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,6 +40,27 @@ VOLUME_BYTES = 48 * MIB
 CHUNK_BYTES = 64 << 10
 OLD_CONFIG = b"threads = 4\nmode = old\n"
 NEW_CONFIG = b"threads = 16\nmode = new, and longer than before\n" * 3
+AGENT_DEADLINE_S = 8.0
+"""The recovery site's deadline for its agent (``agent_deadline_s``): short, so that the
+stopped-agent case does not wait the default 30 s."""
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[tuple[LocalSite, LocalSite]]:
+    """A started ``prod`` and ``dr`` (not paired), ``dr`` with a short agent deadline."""
+    with (tmp_path / "sites.log").open("w") as log:
+        prod = LocalSite("prod", tmp_path / "prod", log)
+        dr = LocalSite("dr", tmp_path / "dr", log)
+        configure(dr, agent_deadline_s=AGENT_DEADLINE_S)
+        try:
+            prod.launch()
+            dr.launch()
+            prod.wait_started()
+            dr.wait_started()
+            yield prod, dr
+        finally:
+            for site in (prod, dr):
+                stop_for_sure(site)
 
 
 def write_changes(uri: str, model: bytearray, image: bytes) -> int:

@@ -14,14 +14,14 @@ from seawall.http import JsonClient
 from seawall.manager.models import Peer
 from seawall.tls import client_context
 
-AGENT_DEADLINE_S = 30.0
-"""How long a call to an agent may go unanswered (each step: ``seawall.http``'s deadlines)."""
 PEER_DEADLINE_S = 30.0
-"""The same for a call to a paired site's manager."""
+"""How long a call to a paired site's manager may go unanswered (each step:
+``seawall.http``'s deadlines). A call to the agent waits ``SiteConfig.agent_deadline_s``."""
 
 
-def agent_client(config: SiteConfig, timeout_s: float = AGENT_DEADLINE_S) -> JsonClient:
-    return JsonClient("http://agent", uds=str(config.agent_socket), timeout_s=timeout_s,
+def agent_client(config: SiteConfig, timeout_s: float | None = None) -> JsonClient:
+    return JsonClient("http://agent", uds=str(config.agent_socket),
+                      timeout_s=config.agent_deadline_s if timeout_s is None else timeout_s,
                       what="the site's agent")
 
 

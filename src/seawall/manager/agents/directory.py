@@ -47,7 +47,6 @@ from seawall.tls import check_certificate, client_context, fingerprint
 
 T = TypeVar("T")
 
-CALL_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
 """Longest a listing waits for one agent: an agent that does not answer is listed as such."""
 PROBE_WORKERS = 8
@@ -223,10 +222,13 @@ class AgentDirectory:
 
     # --- reaching them -----------------------------------------------------------------
 
-    def client(self, agent_name: str | None, timeout_s: float = CALL_TIMEOUT_S) -> JsonClient:
-        """The client of agent ``agent_name`` (None or the site's name: the site's own)."""
+    def client(self, agent_name: str | None, timeout_s: float | None = None) -> JsonClient:
+        """The client of agent ``agent_name`` (None or the site's name: the site's own);
+        ``timeout_s`` None: the site's ``agent_deadline_s``."""
+        if timeout_s is None:
+            timeout_s = self.config.agent_deadline_s
         if self.is_local(agent_name):
-            if timeout_s == CALL_TIMEOUT_S:
+            if timeout_s == self.config.agent_deadline_s:
                 return self._local
             return self._kept(("", timeout_s), lambda: agent_client(self.config, timeout_s))
         assert agent_name is not None
