@@ -31,6 +31,7 @@ from seawall.agent.control.metrics import AgentMetrics
 from seawall.agent.service import Agent
 from seawall.config import SiteConfig
 from seawall.contract import agent as contract
+from seawall.contract import recovered_vms as recovered_vm_contract
 from seawall.contract import vms as vm_contract
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import NotFound, PeerError
@@ -82,7 +83,7 @@ def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
 def test_every_route_the_manager_calls_has_a_contract(tmp_path: Path) -> None:
     agent = Agent(site(tmp_path))
     app = create_control_app(agent, asyncio.Event(), AgentMetrics(agent))
-    contract_models = {value for module in (contract, vm_contract)
+    contract_models = {value for module in (contract, vm_contract, recovered_vm_contract)
                        for value in vars(module).values()
                        if isinstance(value, type) and issubclass(value, BaseModel)}
     missing = []

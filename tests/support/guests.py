@@ -12,7 +12,9 @@ Rules and invariants:
   ``COUNTER_BASE_BYTES`` of /dev/vda) with an fsync, and prints ``sw-count N`` on the
   serial console after each write that succeeded, ``sw-ioerror N`` after one that did not.
   So a test reads from the console whether the guest kept writing and saw no I/O error,
-  and knows from the last N what every slot holds.
+  and knows from the last N what every slot holds. Before writing, init prints
+  ``sw-boot-counter N``, the highest counter its disk already holds: a guest booted from a
+  recovered disk says which moment that disk is from.
 - The guest carries Debian's qemu-guest-agent (the host's ``/usr/sbin/qemu-ga`` and the
   shared libraries ``ldd`` names, from the host package qemu-guest-agent: its service only
   starts on a host with the virtio port, so none runs here) and virtio_console. When the
@@ -79,6 +81,13 @@ done
 tries=0
 while [ ! -b /dev/vda ] && [ $tries -lt 100 ]; do usleep 100000; tries=$((tries + 1)); done
 [ -b /dev/vda ] || { echo "sw-no-disk"; poweroff -f; }
+last=0
+for slot in $(seq 0 $(( ${sw_slots:-1} - 1 ))); do
+  found=$(dd if=/dev/vda bs=4096 skip=$(( @BASE_BLOCKS@ + slot )) count=1 2>/dev/null | \
+    head -c 40 | sed -n 's/^seawall counter \\([0-9]*\\).*/\\1/p')
+  [ -n "$found" ] && [ "$found" -gt "$last" ] && last=$found
+done
+echo "sw-boot-counter $last"
 echo "sw-ready"
 for port in /sys/class/virtio-ports/*; do
   if [ "$(cat $port/name 2>/dev/null)" = @CHANNEL@ ] && [ -x /usr/sbin/qemu-ga ]; then

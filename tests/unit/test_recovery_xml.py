@@ -1,5 +1,6 @@
-"""The pure core of booting a recovered VM: what the recovery site defines, from a captured
-domain XML. Each output is also checked against libvirt's own schema (virt-xml-validate)."""
+"""The pure cores of booting a recovered VM: what the recovery site defines, from a captured
+domain XML (each output also checked against libvirt's own schema, virt-xml-validate), and
+in which order the VMs start."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import pytest
 
 from seawall.errors import CorruptData, InvalidInput
 from seawall.hypervisor.recovery_xml import (
+    METADATA_URI,
     NbdDisk,
     RecoveryTarget,
     isolated_network_xml,
+    recovered_mark,
     recovery_domain,
 )
+from seawall.manager.recovery.vm_boot import boot_plan
 
 CAPTURED = """<domain type='kvm' id='7'>
   <name>web</name>
@@ -73,6 +77,7 @@ TARGET = RecoveryTarget(
     network_map={"52:54:00:aa:bb:02": "dr-db", "prod": "dr-front"},
     default_network="seawall-test-app",
     console_log=Path("/srv/seawall/tests/web-test-app.console.log"),
+    mark={"operation": "test-20261208-app", "group": "app"},
     domain_type="qemu",
 )
 ON_RECOVERY_HOST = {"/iso/tools.iso", "/boot/vmlinuz-web"}
@@ -93,9 +98,13 @@ def test_the_recovered_domain_is_new_served_by_the_recovery_site_and_validates(
         tmp_path: Path) -> None:
     recovered = recovery_domain(CAPTURED, TARGET, ON_RECOVERY_HOST.__contains__)
     validate(recovered.xml, "domain", tmp_path)
+    assert recovered.guest_agent
     root = ET.fromstring(recovered.xml)
     assert root.findtext("name") == "web-test-app"
     assert root.find("uuid") is None and "id" not in root.attrib
+    [mark] = root.findall(f"metadata/{{{METADATA_URI}}}recovered")
+    assert recovered_mark(ET.tostring(mark, encoding="unicode")) == {
+        "operation": "test-20261208-app", "group": "app"}
     assert root.get("type") == "qemu" and root.find("cpu") is None
     assert root.find("cputune") is None and root.find("resource") is None
     assert "cpuset" not in root.find("vcpu").attrib  # type: ignore[union-attr]
@@ -165,11 +174,11 @@ def test_a_minimal_domain_gets_a_logged_console_and_its_accelerator_kept(
                 "</devices></domain>")
     target = RecoveryTarget(name="tiny-live-app", disks={"vda": NbdDisk(Path("/s"), "e")},
                             network_map={}, default_network="prod",
-                            console_log=Path("/l.log"))
+                            console_log=Path("/l.log"), mark={})
     recovered = recovery_domain(captured, target, lambda path: False)
     validate(recovered.xml, "domain", tmp_path)
     root = ET.fromstring(recovered.xml)
-    assert root.get("type") == "kvm" and recovered.notes == ()
+    assert root.get("type") == "kvm" and recovered.notes == () and not recovered.guest_agent
     serial = root.find("devices/serial")
     assert serial is not None and serial.find("log").get("file") == "/l.log"  # type: ignore[union-attr]
     assert serial.find("target").get("port") == "0"  # type: ignore[union-attr]
@@ -178,11 +187,12 @@ def test_a_minimal_domain_gets_a_logged_console_and_its_accelerator_kept(
 
 def test_refusals_name_what_is_wrong() -> None:
     no_default = RecoveryTarget(name="web-live-app", disks={}, network_map={"prod": "dr"},
-                                default_network=None, console_log=Path("/l"))
+                                default_network=None, console_log=Path("/l"), mark={})
     with pytest.raises(InvalidInput, match=r"NIC 52:54:00:aa:bb:02 on 'br-db' .*--network-map"):
         recovery_domain(CAPTURED, no_default, lambda path: True)
     missing_disk = RecoveryTarget(name="x", disks={"vdz": NbdDisk(Path("/s"), "e")},
-                                  network_map={}, default_network="n", console_log=Path("/l"))
+                                  network_map={}, default_network="n", console_log=Path("/l"),
+                                  mark={})
     with pytest.raises(InvalidInput, match="no disk vdz"):
         recovery_domain(CAPTURED, missing_disk, lambda path: True)
     with pytest.raises(CorruptData, match="does not parse"):
@@ -198,3 +208,11 @@ def test_the_isolated_network_has_no_forward_no_address_and_validates(tmp_path: 
     assert network.findtext("name") == "seawall-test-app & co"
     assert network.find("forward") is None and network.find("ip") is None
     assert network.find("bridge") is not None
+
+
+def test_the_boot_plan_follows_the_boot_order_then_names() -> None:
+    order = [{"name": "db", "delay_s": 30.0}, {"name": "db-vda", "delay_s": 5.0},
+             {"name": "gone", "delay_s": 1.0}, {"name": "web"}]
+    assert boot_plan(["web", "cache", "db", "api"], order) == [
+        ("db", 30.0), ("web", 0.0), ("api", 0.0), ("cache", 0.0)]
+    assert boot_plan([], order) == []

@@ -11,6 +11,9 @@ its NBD socket open to libvirt's QEMU (``socket_group`` kvm, the group of libvir
 - kill -9 of the protected agent: the guest's counter goes on with no I/O error; the site
   starts the agent again, which attaches the mirrors again by itself, and the next
   checkpoint is exact again.
+- `failover test` at that checkpoint boots the guest at the recovery site from the test's
+  images, on the group's isolated network: it reads that checkpoint's counter from its
+  disk; `failover stop` removes the domain and the network.
 - `checkpoint tag --quiesce` freezes the guest through its qemu-guest-agent: the
   checkpoint says `application`, the others `crash`.
 - `group delete` ends the mirrors and leaves the guest running, writing, its disk intact.
@@ -39,6 +42,7 @@ from support.guests import (
     counter_slot,
     guest_workdir,
 )
+from support.recovered_vms import failover_test_boots_the_guest
 from support.sites import configure, kill_agent, running_pair
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +55,9 @@ def sites(guests: SessionGuests) -> Iterator[tuple[LocalSite, LocalSite]]:
     with (work / "sites.log").open("w") as log:
         prod = LocalSite("prod", work / "prod", log, hypervisor=f"libvirt:{guests.uri}")
         configure(prod, socket_group="kvm")  # a clean stop ends the mirrors; a kill their socket
-        with running_pair(prod, LocalSite("dr", work / "dr", log)) as pair:
+        dr = LocalSite("dr", work / "dr", log, hypervisor=f"libvirt:{guests.uri}")
+        configure(dr, socket_group="kvm")  # the recovered guest's QEMU reads its disks there
+        with running_pair(prod, dr) as pair:
             yield pair
 
 
@@ -127,6 +133,7 @@ def test_a_running_guest_protected_live_survives_its_agent_and_its_group(
     guest.console.wait_counter_past(before + 10)  # it writes on through the mirror
     held = exact_checkpoint(guests, prod, dr, guest, "protected")
     assert held > before
+    failover_test_boots_the_guest(dr, guests.host, guest, held)
     quiesced = seawall(prod, "checkpoint", "tag", "app", "--name", "quiet", "--quiesce")
     assert "consistency: application" in quiesced.stdout, quiesced.stdout + quiesced.stderr
     listed = {c["name"]: c for c in json.loads(seawall(prod, "checkpoint", "list", "app",

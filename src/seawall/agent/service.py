@@ -26,6 +26,7 @@ from typing import Any
 from seawall.agent.failover.drills import FailoverTests
 from seawall.agent.failover.live import LiveFailovers
 from seawall.agent.failover.source import SourceFailover
+from seawall.agent.failover.vm_boot import RecoveredVms
 from seawall.agent.frontend.backend import ExportBackend
 from seawall.agent.frontend.server import NbdFrontend
 from seawall.agent.images.exports import ExportRecord, ExportRegistry
@@ -79,6 +80,7 @@ class Agent:
         self.failover_tests = FailoverTests(config, self.recovery_group,
                                             self.frontend.disconnect_export)
         self.live = LiveFailovers(config, self, self.failover_tests)
+        self.recovered_vms = RecoveredVms(config, None)  # the tests' VMs; hypervisor at start
         self.source = SourceFailover(self)
         self.membership = Membership(self)
         self.identity = config.identity()
@@ -127,7 +129,9 @@ class Agent:
             self.open_recovery(recovery)
             if recovery.live is not None:
                 self.live.resume(self.recovering[recovery.group_id])
-        self.failover_tests.clear_leftovers()  # an agent restart ends failover tests
+        self.recovered_vms.hypervisor = self.hypervisor
+        await self.recovered_vms.clear_leftovers()  # an agent restart ends failover tests,
+        self.failover_tests.clear_leftovers()  # their VMs first, then their images
         for protection in self.state.protected:
             self._start_protection(protection)
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +157,7 @@ class Agent:
             await splitter.stop(detach=True)
         for watch in self.vm_watches.values():
             await watch.stop()
+        await self.recovered_vms.stop_all()  # before their disks' exports go
         # The front end first: a write taken after its group stopped capturing would be in
         # no stream and no saved plan, and the next start would trust that plan.
         await self.frontend.close()

@@ -66,9 +66,19 @@ def failover_test(
         print_json(test)
         return
     print_table(test["images"], ["volume", "uri"])
+    if test.get("vms"):
+        print_table(test["vms"], ["vm", "domain", "state", "started_s", "ready_s",
+                                  "network", "console_log"])
+        for vm in test["vms"]:
+            for note in vm.get("notes", []):
+                console.print(f"VM {vm['vm']}: {note}")
+    ready = test.get("vms_ready_s")
+    vms_text = f", every VM ready in {ready:.3f} s" if ready is not None else ""
     console.print(f"failover test {test['id']} of group {group} at {checkpoint_text(test)}: "
-                  f"every volume readable in {test['rto_s']:.3f} s; "
+                  f"every volume readable in {test['rto_s']:.3f} s{vms_text}; "
                   f"end it with `seawall failover stop {group} --result pass|fail`")
+    if test.get("error"):
+        console.print(f"warning: {test['error']}")
 
 
 @failover_app.command("stop")

@@ -49,6 +49,7 @@ from seawall.contract.agent import (
     VolumeRemoved,
     dump,
 )
+from seawall.contract.recovered_vms import RecoveredVm, VmBoot
 from seawall.contract.vms import SinkCreate, VmConfigView, VmListing
 from seawall.errors import InvalidInput, PeerError
 from seawall.http import JsonClient
@@ -195,6 +196,14 @@ class AgentApi:
 
     def stop_failover_test(self, operation_id: str) -> FailoverRun:
         return self._call(FailoverRun, "DELETE", f"/failover-tests/{_id(operation_id)}")
+
+    def boot_test_vm(self, operation_id: str, request: VmBoot) -> RecoveredVm:
+        return self._call(RecoveredVm, "POST", f"/failover-tests/{_id(operation_id)}/vms",
+                          request)
+
+    def test_vms(self, operation_id: str) -> list[RecoveredVm]:
+        return self._call(list[RecoveredVm], "GET",
+                          f"/failover-tests/{_id(operation_id)}/vms")
 
     def live_failovers(self) -> list[FailoverRun]:
         return self._call(list[FailoverRun], "GET", "/failover-live")

@@ -229,6 +229,10 @@ class LibvirtHypervisor:
 
         return await asyncio.to_thread(blocking)
 
+    async def run(self, what: str, call: Callable[[Any], T]) -> T:
+        """``call(connection)`` as the adapter's own calls run (``libvirt_boot`` uses it)."""
+        return await self._call(what, call)
+
     def _error(self, exc: libvirt.libvirtError, what: str) -> SeawallError:
         code, message = exc.get_error_code(), exc.get_error_message()
         if code == libvirt.VIR_ERR_NO_DOMAIN:  # ``what`` ends with the VM asked for

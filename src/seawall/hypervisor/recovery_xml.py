@@ -27,6 +27,9 @@ Rules and invariants:
   (libvirt makes one for the recovered domain).
 - ``domain_type`` overrides the accelerator (``qemu`` for TCG where KVM is unusable); a
   host CPU model (``host-passthrough``/``host-model``) cannot run under TCG and goes then.
+- The domain carries ``<metadata>`` with Seawall's element (``METADATA_URI``): the
+  operation and group it was made for, so that what a crashed agent left running can be
+  found and removed by that mark alone, never by name.
 - Graphical consoles listen where the recovery host's libvirt defaults (``listen`` and
   fixed ports go): a recovered VM is never published on an address chosen for another host.
 """
@@ -48,6 +51,10 @@ _HOST_DEVICES = {
 _KEPT_NIC_CHILDREN = ("mac", "model", "address", "boot", "mtu", "driver")
 _KEPT_DISK_CHILDREN = ("target", "boot", "address", "serial", "wwn", "alias")
 _OS_PATHS = ("kernel", "initrd", "dtb", "loader")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+METADATA_URI = "https://seawall.dev/xmlns/recovered/1"
+METADATA_KEY = "seawall"
+ET.register_namespace(METADATA_KEY, METADATA_URI)  # serialised as seawall:, not ns0:
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class RecoveryTarget:
     network_map: Mapping[str, str]  # NIC MAC or original network/bridge -> recovery network
     default_network: str | None  # unmapped NICs (None: every NIC must be mapped)
     console_log: Path
+    mark: Mapping[str, str]  # e.g. operation and group: the attributes of our metadata
     domain_type: str | None = None  # None: the captured one (kvm, qemu)
 
 
@@ -74,6 +82,15 @@ class RecoveryTarget:
 class RecoveryDomain:
     xml: str
     notes: tuple[str, ...]  # what was left out or changed, one sentence each, for the report
+    guest_agent: bool  # the domain has qemu-guest-agent's channel (readiness can be asked)
+
+
+def recovered_mark(metadata_xml: str) -> dict[str, str]:
+    """The attributes of our metadata element (libvirt's ``metadata(ELEMENT, URI)``)."""
+    try:
+        return dict(ET.fromstring(metadata_xml).attrib)
+    except ET.ParseError as exc:
+        raise CorruptData(f"a recovered domain's metadata does not parse: {exc}") from None
 
 
 def recovery_domain(definition: str, target: RecoveryTarget,
@@ -93,7 +110,10 @@ def recovery_domain(definition: str, target: RecoveryTarget,
     if devices is None:
         devices = ET.SubElement(root, "devices")
     _devices(devices, target, host_path_exists, notes)
-    return RecoveryDomain(xml=ET.tostring(root, encoding="unicode"), notes=tuple(notes))
+    guest_agent = any(target.get("name") == GUEST_AGENT_CHANNEL
+                      for target in devices.iterfind("channel/target"))
+    return RecoveryDomain(xml=ET.tostring(root, encoding="unicode"), notes=tuple(notes),
+                          guest_agent=guest_agent)
 
 
 def isolated_network_xml(name: str) -> str:
@@ -112,6 +132,12 @@ def _identity(root: ET.Element, target: RecoveryTarget, notes: list[str]) -> Non
     name = ET.Element("name")
     name.text = target.name
     root.insert(0, name)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for ours in metadata.findall(f"{{{METADATA_URI}}}recovered"):
+        metadata.remove(ours)
+    ET.SubElement(metadata, f"{{{METADATA_URI}}}recovered", dict(target.mark))
     root.attrib.pop("id", None)
     if target.domain_type is not None and root.get("type") != target.domain_type:
         notes.append(f"runs with accelerator {target.domain_type!r} (captured: "

@@ -2,7 +2,8 @@
 
 ``async def`` like every control route, so that images are made and closed in the event
 loop that serves their NBD requests (no request sees half a test or half a failover).
-Failover tests: ``FailoverTests``. Live failovers at the recovery site: ``LiveFailovers``.
+Failover tests: ``FailoverTests``, their VMs ``RecoveredVms``. Live failovers at the
+recovery site: ``LiveFailovers``.
 At the protected site: fence (stop taking writes, ship up to a final checkpoint), unfence
 (take writes again, after a rollback) and reverse (become the recovery site of the group).
 """
@@ -22,13 +23,14 @@ from seawall.contract.agent import (
     TaggedCheckpoint,
     same_id,
 )
+from seawall.contract.recovered_vms import RecoveredVm, VmBoot
 
 if TYPE_CHECKING:
     from seawall.agent.service import Agent
 
 def failover_router(agent: Agent) -> APIRouter:
     router = APIRouter()
-    tests, live = agent.failover_tests, agent.live
+    tests, live, vms = agent.failover_tests, agent.live, agent.recovered_vms
 
     @router.get("/failover-tests", response_model=list[FailoverRun])
     async def list_tests() -> list[dict[str, Any]]:
@@ -41,7 +43,20 @@ def failover_router(agent: Agent) -> APIRouter:
 
     @router.delete("/failover-tests/{operation_id}", response_model=FailoverRun)
     async def stop_test(operation_id: str) -> dict[str, Any]:
-        return tests.stop(operation_id)
+        try:
+            await vms.stop(operation_id)  # before the images the VMs run on close
+        finally:
+            result = tests.stop(operation_id)
+        return result
+
+    @router.post("/failover-tests/{operation_id}/vms", response_model=RecoveredVm)
+    async def boot_test_vm(operation_id: str, body: VmBoot) -> dict[str, Any]:
+        return await vms.boot(tests.get(operation_id), body.vm, body.network)
+
+    @router.get("/failover-tests/{operation_id}/vms", response_model=list[RecoveredVm])
+    async def test_vms(operation_id: str) -> list[dict[str, Any]]:
+        tests.get(operation_id)  # NotFound for a test that does not run here
+        return await vms.states(operation_id)
 
     @router.get("/failover-live", response_model=list[FailoverRun])
     async def list_live() -> list[dict[str, Any]]:

@@ -116,6 +116,12 @@ class FailoverTests:
         self.tests[operation_id] = test
         return self.describe(test)
 
+    def get(self, operation_id: str) -> FailoverTest:
+        test = self.tests.get(operation_id)
+        if test is None:
+            raise NotFound(f"no failover test {operation_id} runs at this agent")
+        return test
+
     def stop(self, operation_id: str) -> dict[str, Any]:
         test = self.tests.pop(operation_id, None)
         if test is None:
@@ -160,6 +166,8 @@ class FailoverTests:
                            "name": checkpoint.name},
             "created_ns": test.created_ns,
             "images": images,
+            "vms": sorted({c.name for c in
+                           test.group.journal.vm_configs_at(checkpoint.seq).values()}),
             "scratch_alert": any(image["scratch_alert"] for image in images),
         }
 

@@ -54,7 +54,7 @@ CREATE_ONLY = frozenset({"recovery_agent", "storage_path"})
 
 
 class BootStep(BaseModel):
-    """Start ``name`` (a volume of the group, or later a VM), then wait ``delay_s``."""
+    """Start ``name`` (a VM of the group; a volume boots nothing), then wait ``delay_s``."""
 
     name: str = Field(min_length=1, max_length=64)
     delay_s: float = 0.0
@@ -163,8 +163,10 @@ def check(options: GroupOptions, volumes: list[str], recovery_site: str) -> None
 
 
 def _check_boot_order(steps: list[BootStep], volumes: list[str]) -> None:
+    """Steps name volumes or VMs; a VM's disks are the group's volumes ``VM-TARGET``."""
     names = [step.name for step in steps]
-    unknown = sorted(set(names) - set(volumes))
+    vms = {volume.rsplit("-", 1)[0] for volume in volumes if "-" in volume}
+    unknown = sorted(set(names) - set(volumes) - vms)
     if unknown:
         raise InvalidInput(f"boot order names {', '.join(unknown)}, not in the group "
                            f"(its volumes: {', '.join(volumes)})")

@@ -39,6 +39,7 @@ from seawall.manager.recovery.operations import (
     recovery_group,
 )
 from seawall.manager.recovery.store import add_step, describe
+from seawall.manager.recovery.vm_boot import TestVmBooter, boot_plan
 
 KIND = "failover-test"
 RESULTS = ("pass", "fail")
@@ -74,7 +75,8 @@ class FailoverTestService(OperationRunner):
             self.store.create(operation)
             try:
                 self.scripts.pre(operation_id, KIND, group, str(chosen["id"]))
-                images = self._make_images(operation_id, group, chosen["id"], scratch_max_bytes)
+                images, vm_names = self._make_images(operation_id, group, chosen["id"],
+                                                     scratch_max_bytes)
             except SeawallError as exc:
                 # The agent may have made images even if its answer got lost: drop them.
                 with contextlib.suppress(SeawallError):
@@ -84,9 +86,13 @@ class FailoverTestService(OperationRunner):
                 raise
             rto_s = round(time.monotonic() - started_s, 3)
             self.store.update(operation_id, step="every volume readable")
+            details: dict[str, Any] = {"images": images}
+            problems = self._boot_vms(operation_id, group, vm_names, started_s, details)
             warning = self.scripts.post(operation_id, KIND, group, str(chosen["id"]), images)
+            warnings = [w for w in (*problems, warning) if w]
             operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
-                                              error=warning, details={"images": images})
+                                              error="; ".join(warnings) or None,
+                                              details=details)
         return describe(operation)
 
     def stop(self, group_name: str, result: str | None, notes: str,
@@ -147,15 +153,30 @@ class FailoverTestService(OperationRunner):
     # --- helpers ------------------------------------------------------------------------
 
     def _make_images(self, operation_id: str, group: Group, checkpoint_id: int,
-                     scratch_max_bytes: int | None) -> list[dict[str, Any]]:
-        """Images from the agent, each read once over NBD (the end of the RTO)."""
+                     scratch_max_bytes: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Images from the agent, each read once over NBD (the end of the RTO), and the
+        names of the VMs whose configuration the checkpoint has."""
         test = self.agent.start_failover_test(FailoverStart(
             operation_id=operation_id, group_id=group.group_id,
-            checkpoint=str(checkpoint_id), scratch_max_bytes=scratch_max_bytes))
-        images: list[dict[str, Any]] = test.model_dump()["images"]
+            checkpoint=str(checkpoint_id), scratch_max_bytes=scratch_max_bytes)).model_dump()
+        images: list[dict[str, Any]] = test["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
-        return images
+        return images, list(test.get("vms", []))
+
+    def _boot_vms(self, operation_id: str, group: Group, vm_names: list[str],
+                  started_s: float, details: dict[str, Any]) -> list[str]:
+        """Boot the checkpoint's VMs (``vm_boot``) into ``details``; what went wrong."""
+        if not vm_names:
+            return []
+
+        def step(name: str) -> None:
+            self.store.update(operation_id, step=name)
+
+        booter = TestVmBooter(self.agent, step)
+        details["vms"], details["vms_ready_s"] = booter.boot(
+            operation_id, boot_plan(vm_names, group.boot_order), group.test_network, started_s)
+        return [f"VM {vm['vm']}: {vm['error']}" for vm in details["vms"] if "error" in vm]
 
     def _finish_stop(self, operation: RecoveryOperation) -> dict[str, Any]:
         images = self._discard_images(operation.operation_id)

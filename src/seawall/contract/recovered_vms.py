@@ -1,0 +1,34 @@
+"""The agent's control API about recovered VMs: the VMs a failover test boots.
+
+Rules and invariants: those of ``seawall.contract.agent`` (whose ``Request`` and ``Answer``
+these build on). This module imports neither the agent nor the manager.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from seawall.contract.agent import Answer, Request
+
+NETWORK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class VmBoot(Request):
+    """``POST /failover-tests/{operation_id}/vms``: boot one VM of the test's group."""
+
+    vm: str = Field(min_length=1, max_length=255)
+    network: str | None = Field(default=None, pattern=NETWORK_NAME_PATTERN)
+    """An existing network of the recovery host; None: the group's isolated network."""
+
+
+class RecoveredVm(Answer):
+    vm: str  # the protected VM's name
+    domain: str  # the recovered domain's name at the recovery host
+    uuid: str
+    console_log: str
+    network: str
+    notes: list[str]  # what was left out or changed (``hypervisor.recovery_xml``)
+    has_guest_agent: bool  # its definition has qemu-guest-agent's channel
+    started_ns: int
+    running: bool | None = None  # in ``GET``: does it run now
+    guest_agent: bool | None = None  # in ``GET``: did its qemu-guest-agent answer

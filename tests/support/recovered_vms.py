@@ -1,0 +1,50 @@
+"""Checks of a failover test that boots a protected libvirt guest at the recovery site."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from seawall.localsites import LocalSite
+from support.cli import seawall
+from support.guests import Console, Guest, GuestHost
+
+ISOLATED = "seawall-isolated-app"
+
+
+def failover_test_boots_the_guest(dr: LocalSite, host: GuestHost, guest: Guest,
+                                  counter: int) -> None:
+    """`failover test` at the latest tagged checkpoint (whose disk holds ``counter`` last)
+    boots ``guest`` from the test's images on the group's isolated network, ready when its
+    guest agent answers; the guest reads that counter from its disk; `failover stop`
+    leaves no domain and no network behind."""
+    test: dict[str, Any] = json.loads(seawall(dr, "failover", "test", "app", "--checkpoint",
+                                              "latest-tagged", "--json").stdout)
+    try:
+        [vm] = test["vms"]
+        assert (vm["vm"], vm["domain"], vm["state"]) == (guest.name, f"{guest.name}-test-app",
+                                                         "ready"), vm
+        assert vm["network"] == ISOLATED and vm["has_guest_agent"]
+        assert test["rto_s"] <= vm["started_s"] <= vm["ready_s"] <= test["vms_ready_s"]
+        console = Console(Path(vm["console_log"]))
+        console.wait_for(rf"^sw-boot-counter {counter}$")  # the checkpoint's, not a later one
+        assert console.io_errors() == []
+
+        domain = ET.fromstring(host.connection.lookupByName(vm["domain"]).XMLDesc(0))
+        sources = {d.find("target").get("dev"): d.find("source")  # type: ignore[union-attr]
+                   for d in domain.iterfind("devices/disk")}
+        for disk in ("vda", "vdb"):
+            source = sources[disk]
+            assert source is not None and source.get("protocol") == "nbd", disk
+            assert source.find("host").get("socket") == str(dr.config.nbd_socket)  # type: ignore[union-attr]
+        [nic] = domain.iterfind("devices/interface")
+        assert nic.find("source").get("network") == ISOLATED  # type: ignore[union-attr]
+        network = ET.fromstring(host.connection.networkLookupByName(ISOLATED).XMLDesc(0))
+        assert network.find("forward") is None and network.find("ip") is None
+    finally:
+        seawall(dr, "failover", "stop", "app", "--result", "pass")
+    assert f"{guest.name}-test-app" not in [d.name() for d in
+                                            host.connection.listAllDomains(0)]
+    assert ISOLATED not in host.connection.listNetworks()
