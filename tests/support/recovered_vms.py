@@ -19,7 +19,15 @@ def failover_test_boots_the_guest(dr: LocalSite, host: GuestHost, guest: Guest,
     """`failover test` at the latest tagged checkpoint (whose disk holds ``counter`` last)
     boots ``guest`` from the test's images on the group's isolated network, ready when its
     guest agent answers; the guest reads that counter from its disk; `failover stop`
-    leaves no domain and no network behind."""
+    leaves no domain and no network behind. First, network maps that cannot be followed
+    are refused, and nothing is started."""
+    unknown = seawall(dr, "failover", "test", "app", "--network-map",
+                      f"{guest.name}-nic=no-such-net", check=False)
+    assert unknown.returncode == 3, unknown.stderr
+    assert "network no-such-net does not exist at the recovery host" in unknown.stderr
+    malformed = seawall(dr, "failover", "test", "app", "--network-map", "prod", check=False)
+    assert malformed.returncode == 2 and "use KEY=NETWORK" in malformed.stderr
+    assert "no failover" in seawall(dr, "failover", "status", "app").stderr
     test: dict[str, Any] = json.loads(seawall(dr, "failover", "test", "app", "--checkpoint",
                                               "latest-tagged", "--json").stdout)
     try:

@@ -15,7 +15,7 @@ import typer
 
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, progress, time_text
-from seawall.errors import SeawallError
+from seawall.errors import InvalidInput, SeawallError
 from seawall.units import format_bytes, parse_size_bytes, parse_time
 
 CLONE_POLL_S = 0.5
@@ -56,12 +56,18 @@ def failover_test(
         "--scratch-max", help="Scratch space per volume for the test's writes (e.g. 2G); "
         "default 10% of the volume, at least 64M.")] = None,
     at: AtOption = None,
+    network_map: Annotated[list[str] | None, typer.Option(
+        "--network-map", help="KEY=NETWORK (repeatable): the VMs' NICs with that MAC, or "
+        "on that network or bridge, go on NETWORK of the recovery host; the others on the "
+        "group's test network.")] = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Writable images of every volume of GROUP at a checkpoint, over NBD; replication goes on."""
+    """Writable images of every volume of GROUP at a checkpoint, over NBD, and its VMs
+    booted from them; replication goes on."""
     test = manager(url, token).post(f"/api/v1/failover/{group}/test", {
         "checkpoint": checkpoint, "at": at_text(at),
-        "scratch_max_bytes": parse_size_bytes(scratch_max) if scratch_max else None})
+        "scratch_max_bytes": parse_size_bytes(scratch_max) if scratch_max else None,
+        "network_map": parse_network_map(network_map or [])})
     if json_output:
         print_json(test)
         return
@@ -204,6 +210,19 @@ def report_show(
     rows += [{"field": key, "value": report.get(key)} for key in fields]
     print_table(rows, ["field", "value"])
     print_table(report.get("steps", []), ["step", "at", "elapsed_s"])
+
+
+def parse_network_map(items: list[str]) -> dict[str, str]:
+    mapping = {}
+    for item in items:
+        key, equals, network = item.partition("=")
+        if not (key and equals and network):
+            raise InvalidInput(f"--network-map {item!r}: use KEY=NETWORK, KEY a NIC's MAC "
+                               "or the network or bridge it was on (e.g. prod=dr-test)")
+        if key in mapping:
+            raise InvalidInput(f"--network-map maps {key} twice")
+        mapping[key] = network
+    return mapping
 
 
 def checkpoint_text(operation: dict[str, Any]) -> str:

@@ -49,7 +49,7 @@ from seawall.contract.agent import (
     VolumeRemoved,
     dump,
 )
-from seawall.contract.recovered_vms import RecoveredVm, VmBoot
+from seawall.contract.recovered_vms import RecoveredVm, RecoveryNetworks, VmBoot
 from seawall.contract.vms import SinkCreate, VmConfigView, VmListing
 from seawall.errors import InvalidInput, PeerError
 from seawall.http import JsonClient
@@ -200,6 +200,9 @@ class AgentApi:
     def boot_test_vm(self, operation_id: str, request: VmBoot) -> RecoveredVm:
         return self._call(RecoveredVm, "POST", f"/failover-tests/{_id(operation_id)}/vms",
                           request)
+
+    def recovery_networks(self) -> RecoveryNetworks:
+        return self._call(RecoveryNetworks, "GET", "/recovery-networks")
 
     def test_vms(self, operation_id: str) -> list[RecoveredVm]:
         return self._call(list[RecoveredVm], "GET",

@@ -6,11 +6,15 @@ these build on). This module imports neither the agent nor the manager.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
 
 from seawall.contract.agent import Answer, Request
 
 NETWORK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+NetworkName = Annotated[str, StringConstraints(pattern=NETWORK_NAME_PATTERN)]
+NetworkKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class VmBoot(Request):
@@ -19,6 +23,9 @@ class VmBoot(Request):
     vm: str = Field(min_length=1, max_length=255)
     network: str | None = Field(default=None, pattern=NETWORK_NAME_PATTERN)
     """An existing network of the recovery host; None: the group's isolated network."""
+    network_map: dict[NetworkKey, NetworkName] = Field(default={}, max_length=256)
+    """NIC MAC or original network/bridge -> a network of the recovery host (``network``
+    for the NICs it does not name)."""
 
 
 class RecoveredVm(Answer):
@@ -32,3 +39,9 @@ class RecoveredVm(Answer):
     started_ns: int
     running: bool | None = None  # in ``GET``: does it run now
     guest_agent: bool | None = None  # in ``GET``: did its qemu-guest-agent answer
+
+
+class RecoveryNetworks(Answer):
+    """``GET /recovery-networks``: the networks of the recovery agent's libvirt host."""
+
+    networks: list[str]

@@ -51,11 +51,12 @@ class LibvirtBoot:
 
         return await self.adapter.run(f"network {name}", ensure)
 
-    async def network_exists(self, name: str) -> bool:
-        def exists(connection: Any) -> bool:
-            return name in connection.listNetworks() + connection.listDefinedNetworks()
+    async def networks(self) -> list[str]:
+        """The names of the host's networks, running or not."""
+        def names(connection: Any) -> list[str]:
+            return sorted(connection.listNetworks() + connection.listDefinedNetworks())
 
-        return await self.adapter.run("networks", exists)
+        return await self.adapter.run("networks", names)
 
     async def remove_network(self, name: str) -> None:
         """Stop (and so remove, being transient) network ``name``; nothing if it is gone."""

@@ -23,7 +23,7 @@ from seawall.contract.agent import (
     TaggedCheckpoint,
     same_id,
 )
-from seawall.contract.recovered_vms import RecoveredVm, VmBoot
+from seawall.contract.recovered_vms import RecoveredVm, RecoveryNetworks, VmBoot
 
 if TYPE_CHECKING:
     from seawall.agent.service import Agent
@@ -51,7 +51,12 @@ def failover_router(agent: Agent) -> APIRouter:
 
     @router.post("/failover-tests/{operation_id}/vms", response_model=RecoveredVm)
     async def boot_test_vm(operation_id: str, body: VmBoot) -> dict[str, Any]:
-        return await vms.boot(tests.get(operation_id), body.vm, body.network)
+        return await vms.boot(tests.get(operation_id), body.vm, body.network,
+                              body.network_map)
+
+    @router.get("/recovery-networks", response_model=RecoveryNetworks)
+    async def recovery_networks() -> dict[str, Any]:
+        return {"networks": await vms.networks()}
 
     @router.get("/failover-tests/{operation_id}/vms", response_model=list[RecoveredVm])
     async def test_vms(operation_id: str) -> list[dict[str, Any]]:

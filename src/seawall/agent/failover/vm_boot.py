@@ -9,10 +9,12 @@ Rules and invariants:
   it. Only configurations captured from libvirt (``libvirt-xml``) are booted: a VM
   protected through QMP is refused with the reason (its definition is QEMU's view, not one
   libvirt can define).
-- Each VM's domain is named ``VM-test-GROUP`` and its NICs are on the group's test
-  network: the one given (which must exist) or, by default, an isolated network made for
-  the group (``seawall-isolated-GROUP``: no forwarding, no host address). The VM cannot
-  reach production unless the operator maps it there.
+- Each VM's domain is named ``VM-test-GROUP``. Its NICs are on the networks the
+  operator's network map names for them (by MAC, or by the network or bridge they were
+  on), the others on the group's test network: the one given or, by default, an
+  isolated network made for the group (``seawall-isolated-GROUP``: no forwarding, no
+  host address). Every network named must exist (``NotFound`` naming it, nothing
+  started). The VM cannot reach production unless the operator maps it there.
 - What is booted is remembered with the test (``BootedVm``); ``stop`` destroys the test's
   domains *before* its images close (a guest never sees its disk vanish while it runs
   here) and removes the isolated network. An agent that restarted removes every domain
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,8 +98,10 @@ class RecoveredVms:
                                "libvirt`)")
         return LibvirtBoot(self.hypervisor)
 
-    async def boot(self, test: FailoverTest, vm: str, network: str | None) -> dict[str, Any]:
-        """Define and start VM ``vm`` of ``test``'s group from the test's images."""
+    async def boot(self, test: FailoverTest, vm: str, network: str | None,
+                   network_map: Mapping[str, str]) -> dict[str, Any]:
+        """Define and start VM ``vm`` of ``test``'s group from the test's images, its NICs
+        on the networks ``network_map`` names for them, the others on ``network``."""
         host = self._host()
         group = test.group.spec.name
         configs = test.group.journal.vm_configs_at(test.checkpoint.seq)
@@ -113,6 +118,8 @@ class RecoveredVms:
         if config.name in state.vms:
             raise Conflict(f"VM {config.name} of this test runs already "
                            f"(as {state.vms[config.name].domain})")
+        for mapped in sorted(set(network_map.values())):
+            await self._check_network(host, mapped, "mapped network")
         network = await self._network(host, state, group, network)
         exports = {volume: export for export, (volume, _) in test.images.items()}
         disks = {target: NbdDisk(self.config.nbd_socket, exports[volume])
@@ -122,7 +129,9 @@ class RecoveredVms:
         console_log.parent.mkdir(mode=0o700, exist_ok=True)
         console_log.unlink(missing_ok=True)  # this boot's console only
         recovered = recovery_domain(config.definition, RecoveryTarget(
-            name=domain_name, disks=disks, network_map={}, default_network=network,
+            name=domain_name, disks=disks, default_network=network,
+            network_map={key.lower() if ":" in key else key: value
+                         for key, value in network_map.items()},
             console_log=console_log,
             mark={"kind": MARK_KIND, "operation": test.operation_id, "group": group,
                   "vm": config.name}), lambda path: Path(path).exists())
@@ -135,14 +144,22 @@ class RecoveredVms:
     async def _network(self, host: LibvirtBoot, state: TestVms, group: str,
                        network: str | None) -> str:
         if network is not None:
-            if not await host.network_exists(network):
-                raise NotFound(f"test network {network!r} does not exist at the recovery "
-                               "host (`virsh net-list --all`)")
+            await self._check_network(host, network, "test network")
             return network
         name = isolated_network_name(group)
         await host.ensure_network(name, isolated_network_xml(name))
         state.isolated_network = name
         return name
+
+    async def networks(self) -> list[str]:
+        """The recovery host's networks (``InvalidInput`` without libvirt)."""
+        return await self._host().networks()
+
+    @staticmethod
+    async def _check_network(host: LibvirtBoot, network: str, what: str) -> None:
+        if network not in await host.networks():
+            raise NotFound(f"{what} {network!r} does not exist at the recovery host "
+                           "(`virsh net-list --all`)")
 
     async def states(self, operation_id: str) -> list[dict[str, Any]]:
         """Each booted VM of the test: running, and whether its guest agent answers."""

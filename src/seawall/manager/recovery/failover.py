@@ -51,9 +51,11 @@ class FailoverTestService(OperationRunner):
     # --- requests -----------------------------------------------------------------------
 
     def start(self, group_name: str, checkpoint: str, scratch_max_bytes: int | None,
-              user: str | None, at: datetime | None = None) -> dict[str, Any]:
+              user: str | None, at: datetime | None = None,
+              network_map: dict[str, str] | None = None) -> dict[str, Any]:
         started_s, started_at = time.monotonic(), datetime.now(UTC)
         group = recovery_group(self.groups, group_name, "seawall failover test")
+        self._check_networks(group, network_map or {})
         self.reconcile()
         checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         chosen = pick_checkpoint(checkpoints, checkpoint, at, group_name)
@@ -66,7 +68,8 @@ class FailoverTestService(OperationRunner):
             started_at=started_at, notes="",
             details={"options": {"checkpoint": checkpoint,
                                  "at": at.isoformat() if at else None,
-                                 "scratch_max_bytes": scratch_max_bytes}},
+                                 "scratch_max_bytes": scratch_max_bytes,
+                                 "network_map": network_map or {}}},
         )
         add_step(operation, "requested", started_at)
         add_step(operation, "checkpoint chosen")
@@ -87,7 +90,8 @@ class FailoverTestService(OperationRunner):
             rto_s = round(time.monotonic() - started_s, 3)
             self.store.update(operation_id, step="every volume readable")
             details: dict[str, Any] = {"images": images}
-            problems = self._boot_vms(operation_id, group, vm_names, started_s, details)
+            problems = self._boot_vms(operation_id, group, vm_names, network_map or {},
+                                      started_s, details)
             warning = self.scripts.post(operation_id, KIND, group, str(chosen["id"]), images)
             warnings = [w for w in (*problems, warning) if w]
             operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
@@ -164,8 +168,27 @@ class FailoverTestService(OperationRunner):
         read_first_blocks(images)
         return images, list(test.get("vms", []))
 
+    def _check_networks(self, group: Group, network_map: dict[str, str]) -> None:
+        """Every network the test would put VMs on exists at the recovery host. Asked only
+        when one is named; a group's ``test_network`` at a host without libvirt is not an
+        error (a group of volumes boots nothing), a ``--network-map`` there is."""
+        wanted = {*network_map.values(), *([group.test_network] if group.test_network else [])}
+        if not wanted:
+            return
+        try:
+            networks = self.agent.recovery_networks().networks
+        except InvalidInput:
+            if network_map:
+                raise
+            return
+        missing = sorted(wanted - set(networks))
+        if missing:
+            raise NotFound(f"network {', '.join(missing)} does not exist at the recovery "
+                           "host (`virsh net-list --all` there); nothing was started")
+
     def _boot_vms(self, operation_id: str, group: Group, vm_names: list[str],
-                  started_s: float, details: dict[str, Any]) -> list[str]:
+                  network_map: dict[str, str], started_s: float,
+                  details: dict[str, Any]) -> list[str]:
         """Boot the checkpoint's VMs (``vm_boot``) into ``details``; what went wrong."""
         if not vm_names:
             return []
@@ -175,7 +198,8 @@ class FailoverTestService(OperationRunner):
 
         booter = TestVmBooter(self.agent, step)
         details["vms"], details["vms_ready_s"] = booter.boot(
-            operation_id, boot_plan(vm_names, group.boot_order), group.test_network, started_s)
+            operation_id, boot_plan(vm_names, group.boot_order), group.test_network,
+            network_map, started_s)
         return [f"VM {vm['vm']}: {vm['error']}" for vm in details["vms"] if "error" in vm]
 
     def _finish_stop(self, operation: RecoveryOperation) -> dict[str, Any]:

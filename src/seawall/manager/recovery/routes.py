@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from seawall.contract.recovered_vms import NetworkKey, NetworkName
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
 from seawall.manager.recovery.live import FailoverLiveService, LiveOptions
@@ -23,6 +24,8 @@ class FailoverTestRequest(BaseModel):
     checkpoint: str = CheckpointField
     at: datetime | None = None
     scratch_max_bytes: int | None = Field(default=None, gt=0)
+    network_map: dict[NetworkKey, NetworkName] = Field(default={}, max_length=256)
+    """VMs' NICs (MAC, or the network or bridge they were on) -> a recovery network."""
 
 
 class FailoverStopRequest(BaseModel):
@@ -61,7 +64,7 @@ def _reports(request: Request) -> ReportStore:
 @router.post("/failover/{group}/test", status_code=201)
 def failover_test(request: Request, group: str, body: FailoverTestRequest) -> dict[str, Any]:
     return _failover(request).start(group, body.checkpoint, body.scratch_max_bytes,
-                                    _who(request), body.at)
+                                    _who(request), body.at, body.network_map)
 
 
 @router.post("/failover/{group}/stop")

@@ -54,6 +54,7 @@ class TestVmBooter:
         self.sleep = sleep
 
     def boot(self, operation_id: str, plan: list[tuple[str, float]], network: str | None,
+             network_map: dict[str, str],
              started_s: float) -> tuple[list[dict[str, Any]], float | None]:
         """Boot ``plan``; each VM's entry, and when all were ready (None: not all)."""
         entries = []
@@ -61,7 +62,8 @@ class TestVmBooter:
             entry: dict[str, Any] = {"vm": vm, "delay_s": delay_s}
             entries.append(entry)
             try:
-                booted = self.agent.boot_test_vm(operation_id, VmBoot(vm=vm, network=network))
+                booted = self.agent.boot_test_vm(operation_id, VmBoot(
+                    vm=vm, network=network, network_map=network_map))
             except SeawallError as exc:
                 entry.update(state="failed", error=exc.message)
                 self.on_step(f"VM {vm} failed")
