@@ -14,7 +14,9 @@ Rules and invariants:
   its log, until it stops): a warning for support, nothing changes for the VM. The
   commands used change no state libvirt tracks (an NBD server and an export of our own,
   removed after the comparison); libvirt's own NBD server (a migration with storage copy,
-  a pull backup) is never touched: ``qmp_reader`` gives ``Conflict`` while one runs.
+  a pull backup) is never touched: ``qmp_reader`` gives ``Conflict`` while one runs. The
+  other way round, libvirt cannot start its own (a storage migration fails) while ours
+  runs: during a comparison, or after an agent killed in one until its next comparison.
 - The node exported is the disk's top node as QEMU names it in ``query-block``
   (``inserted.node-name``, libvirt's ``libvirt-N-format``; QEMU shows it below the copy's
   implicit ``mirror_top`` filter), found by the disk's device alias from the live XML
