@@ -57,3 +57,22 @@ def test_flush_returns_at_once_and_ranges_are_checked_before_capture() -> None:
             call()
         assert refused.value.errno == code
     assert log == []
+
+
+def test_a_discarding_sink_acknowledges_writes_and_captures_none_until_switched() -> None:
+    """libvirt's full copy for a comparison: acknowledged, captured nowhere, until the
+    Splitter switches the sink to capture (its job is ready); then every write counts."""
+    sink, log = sink_with_log()
+    watch = sink.watch(0, SIZE_BYTES)  # no read runs then; even so, nothing is noted
+    sink.discarding = True
+    sink.write(0, b"c" * 65536)  # the copy phase: returns, so the mirror goes on
+    sink.write_zeroes(65536, 65536)
+    with pytest.raises(OSError) as refused:  # still checked: a bad range is not acknowledged
+        sink.write(SIZE_BYTES - 512, b"x" * 1024)
+    assert refused.value.errno == errno.ENOSPC
+    assert log == [] and watch.written == []
+    sink.discarding = False
+    sink.write(4096, b"g" * 512)
+    sink.write_zeroes(8192, 4096)
+    assert log == [(RecordKind.WRITE, 4096, 512, b"g" * 512), (RecordKind.ZERO, 8192, 4096, b"")]
+    assert watch.written == [(4096, 4608), (8192, 12288)]

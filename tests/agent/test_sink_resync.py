@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from qemu.qmp import QMPClient
 
 from seawall.agent.frontend.backend import ExportBackend
@@ -89,8 +90,11 @@ def test_unmasked_parts() -> None:
     assert unmasked(40, 60, [(0, 45), (55, 58)]) == [(45, 55), (58, 60)]
 
 
+@pytest.mark.parametrize("new_writes_only", [True, False], ids=["sync-none", "copy-discarded"])
 def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
-        tmp_path: Path) -> None:
+        tmp_path: Path, new_writes_only: bool) -> None:
+    """``copy-discarded``: an adapter whose mirrors always start with a full copy (libvirt):
+    the sink discards the copy until the job is ready, then the same comparison runs."""
     async def scenario() -> None:
         vm = await asyncio.to_thread(start_vm, tmp_path / "vm")
         sink = SinkVolume("vm1-vdb", DISK_BYTES, VM_UUID, "vdb")
@@ -100,8 +104,16 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
         frontend = NbdFrontend(OneSink(sink))
         await frontend.start_unix(tmp_path / "nbd.sock")
         hv = QmpHypervisor(vm.directory, rescan_s=0.2)
+        hv.mirrors_new_writes = new_writes_only
         group = ProtectedGroup(spec, [sink], tmp_path / "group", buffer_limit_bytes=1 << 30)
         splitter = Splitter(group, hv, tmp_path / "nbd.sock")
+        discarded: list[int] = []
+        take_write = sink.write
+        def write(offset: int, data: bytes | memoryview) -> None:
+            if sink.discarding:
+                discarded.append(len(data))
+            take_write(offset, data)
+        sink.write = write  # type: ignore[method-assign]
         try:
             async with own_monitor(vm) as qmp:
                 # What the recovery site holds; then writes made while no agent ran.
@@ -152,6 +164,10 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
             # Compared, not copied: the differing blocks crossed, and the racing write.
             assert group.sync.shipped_bytes < 256 << 10, group.sync.describe()
             assert sum(c.written_bytes for c in group.writes) == 4096
+            # libvirt's way: the full copy (2 MiB + 68 KiB of data) went to the sink and
+            # was discarded, none of it captured; the sink captures again.
+            assert (sum(discarded) >= (2 << 20) + 65536) != new_writes_only
+            assert not sink.discarding
         finally:
             await splitter.stop(detach=True)
             await group.stop()

@@ -9,6 +9,7 @@ checks the copy byte for byte with the guest paused, and leaves the guest runnin
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from seawall.errors import Conflict, InvalidInput, NotFound, Unavailable
 from seawall.hypervisor.base import MirrorEnded, MirrorReady, VmLifecycle
 from seawall.hypervisor.libvirt_adapter import LibvirtHypervisor
 from seawall.localsites import LocalSite
+from seawall.nbd.blocking import NbdClient
 from support.cli import refused, run_json, seawall
 from support.guests import (
     QCOW2_DISK_BYTES,
@@ -151,6 +153,30 @@ def test_mirror_reaches_ready_copies_exactly_and_detaches(guests: SessionGuests)
         _wait_socket(socket_path)
         socket_path.chmod(0o777)  # libvirt's QEMU runs as libvirt-qemu
 
+        async def read_through_qemu_beside_the_copy(hypervisor: LibvirtHypervisor) -> None:
+            """A resync's reader: QEMU's own export of vda (QMP passthrough), while the
+            block copy runs; gone with its socket afterwards, the copy still ready."""
+            run_dir = guest.workdir / "agent-run"  # as the agent's: root:kvm 0710
+            run_dir.mkdir()
+            os.chown(run_dir, -1, grp.getgrnam("kvm").gr_gid)
+            run_dir.chmod(0o710)
+            socket, export = await hypervisor.open_reader(guest.uuid, "vda", run_dir)
+            try:
+                await asyncio.to_thread(domain.suspend)
+                try:
+                    with NbdClient(str(socket), export) as client:
+                        through_qemu = b"".join(
+                            client.read(offset, 4 << 20)
+                            for offset in range(0, RAW_DISK_BYTES, 4 << 20))
+                    source = guest.disks["vda"].read_bytes()
+                finally:
+                    await asyncio.to_thread(domain.resume)
+                assert through_qemu == source
+            finally:
+                await hypervisor.close_reader(guest.uuid, "vda")
+            assert not socket.exists()
+            assert await hypervisor.mirrored_disks(guest.uuid) == {"vda": True}
+
         async def scenario() -> None:
             hypervisor = await LibvirtHypervisor.open(guests.uri)
             events = hypervisor.events()
@@ -186,6 +212,7 @@ def test_mirror_reaches_ready_copies_exactly_and_detaches(guests: SessionGuests)
                 assert last > before
                 assert counter_slot(copy, last % 64) == last  # the guest's latest write
                 assert source == copy, "the mirror's copy differs from the guest's disk"
+                await read_through_qemu_beside_the_copy(hypervisor)
 
                 await hypervisor.detach_mirror(guest.uuid, "vda")
                 event = await asyncio.wait_for(anext(events), EVENT_TIMEOUT_S)

@@ -13,10 +13,12 @@ Rules and invariants:
   to the agent, the mirror job only ever ends: the VM keeps its disk and keeps running.
 - ``full_copy=False`` attaches a mirror of new writes only (QEMU's ``sync: none``): every
   guest write from the moment ``attach_mirror`` returns reaches the sink, nothing else.
-  Only an adapter with ``reads_disks`` offers it, and ``open_reader``: a read-only NBD
-  export of the running disk served *by QEMU* (never the image file behind QEMU's back),
-  on a Unix socket in ``socket_dir``; ``close_reader`` removes it. A resync reads the disk
-  there and compares it with the recovery site (``seawall.agent.protect.syncer``).
+  Only an adapter with ``mirrors_new_writes`` offers it (QMP; libvirt's block copy always
+  starts with a full copy: the ``Splitter`` then has the sink discard the copy phase).
+- ``reads_disks``: the adapter offers ``open_reader``, a read-only NBD export of the
+  running disk served *by QEMU* (never the image file behind QEMU's back), on a Unix
+  socket in ``socket_dir``; ``close_reader`` removes it. A resync reads the disk there
+  and compares it with the recovery site (``seawall.agent.protect.syncer``).
 - Every call that fails raises ``SeawallError`` subclasses naming the VM and disk
   (``NotFound`` for an unknown VM, ``Unavailable`` when the hypervisor cannot be reached,
   ``Conflict`` for a disk already mirrored, ``InvalidInput`` for a disk that cannot be).
@@ -95,7 +97,8 @@ HypervisorEvent = MirrorReady | MirrorEnded | VmLifecycle
 
 class Hypervisor(Protocol):
     spec: str  # as given to --hypervisor, for messages and `agent list`
-    reads_disks: bool  # offers full_copy=False and open_reader (see the rules)
+    reads_disks: bool  # offers open_reader (see the rules)
+    mirrors_new_writes: bool  # offers attach_mirror(full_copy=False)
 
     async def list_vms(self) -> list[VmInfo]: ...
 

@@ -23,12 +23,14 @@ Rules and invariants:
   agent on the domain's ``org.qemu.guest_agent.0`` channel), with the domain's agent
   response timeout set first (``agentSetResponseTimeout``, whole seconds, at least 1): a
   missing, unconfigured or silent agent is None, not an error.
-- So a resync of a libvirt VM is still the mirror's full copy (``reads_disks`` is False,
-  ``open_reader`` refuses). The comparison path would need a mirror that captures only
-  new writes (libvirt has none: a full-copy block copy whose copy phase the sink would
-  have to tell apart from guest writes, which the NBD protocol does not show) and a
-  read-only export of the live disk (a pull-mode ``virDomainBackupBegin`` with a scratch
-  file, or ``qemu-monitor-command`` passthrough, which taints the domain). Not built yet.
+- A resync compares (``reads_disks``), with two parts libvirt has no plain call for.
+  A mirror of new writes only (``mirrors_new_writes`` False): the block copy's full copy
+  goes into a sink that discards it until the job is ready, then captures (the
+  ``Splitter``; why that is a mirror of new writes from the switch on:
+  ``seawall.agent.protect.sink``); the copy crosses a local socket, not the WAN. A read
+  of the live disk through QEMU: ``open_reader`` is QEMU's own read-only NBD export
+  through libvirt's QMP passthrough (``seawall.hypervisor.libvirt_reader``: a pull-mode
+  backup is refused beside a block copy; the passthrough taints the domain).
 - ``definition`` is the persistent domain XML (``INACTIVE | MIGRATABLE``, no ``SECURE``):
   what another host can define, with no passwords in it (libvirt 9.0 puts a console's
   password in that XML even so: ``libvirt_xml.without_secrets`` takes it out).
@@ -48,6 +50,7 @@ from typing import Any, Literal, TypeVar
 import libvirt
 
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError, Unavailable
+from seawall.hypervisor import libvirt_reader, qmp_reader
 from seawall.hypervisor.base import (
     HypervisorEvent,
     MirrorEnded,
@@ -115,7 +118,9 @@ class LibvirtHypervisor:
     def __init__(self, uri: str, loop: asyncio.AbstractEventLoop) -> None:
         self.uri = uri
         self.spec = f"libvirt:{uri}"
-        self.reads_disks = False  # see the module rules: resyncs are full copies here
+        self.reads_disks = True  # through QMP passthrough: see libvirt_reader
+        self.mirrors_new_writes = False  # a block copy starts with a full copy
+        self._reader_sockets: dict[tuple[str, str], Path] = {}  # open readers' servers
         self._loop = loop
         self._lock = threading.Lock()
         self._connection: Any = None  # libvirt.virConnect, when open
@@ -317,11 +322,31 @@ class LibvirtHypervisor:
         await self._call(f"disk {disk} of VM {vm_uuid!r}", detach)
 
     async def open_reader(self, vm_uuid: str, disk: str, socket_dir: Path) -> tuple[Path, str]:
-        raise InvalidInput(f"disk {disk} of VM {vm_uuid}: reading a live disk through "
-                           "libvirt is not supported (resyncs are full copies)")
+        def node(connection: Any) -> tuple[str, str]:
+            domain = find_domain(connection, vm_uuid)
+            alias = libvirt_reader.disk_alias(domain.XMLDesc(0), disk)
+            blocks = libvirt_reader.monitor(domain, "query-block", None)
+            return domain.name(), libvirt_reader.disk_node(blocks, domain.name(), disk, alias)
+
+        vm_name, node_name = await self._call(f"disk {disk} of VM {vm_uuid!r}", node)
+        directory = await asyncio.to_thread(libvirt_reader.reader_dir, socket_dir)
+        address = await qmp_reader.open_export(self._monitor(vm_uuid), vm_name, vm_uuid, disk,
+                                               node_name, directory)
+        self._reader_sockets[(vm_uuid, disk)] = address[0]
+        return address
 
     async def close_reader(self, vm_uuid: str, disk: str) -> None:
-        return None
+        await qmp_reader.close_export(self._monitor(vm_uuid), disk,
+                                      self._reader_sockets.pop((vm_uuid, disk), None))
+
+    def _monitor(self, vm_uuid: str) -> qmp_reader.Run:
+        """QMP commands to the QEMU of VM ``vm_uuid`` through libvirt (see libvirt_reader)."""
+        async def run(command: str, arguments: dict[str, Any] | None) -> Any:
+            return await self._call(
+                f"{command} in the QEMU of VM {vm_uuid!r}",
+                lambda c: libvirt_reader.monitor(find_domain(c, vm_uuid), command, arguments))
+
+        return run
 
     async def mirrored_disks(self, vm_uuid: str) -> dict[str, bool]:
         def mirrored(connection: Any) -> dict[str, bool]:

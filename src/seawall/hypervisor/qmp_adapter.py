@@ -165,6 +165,7 @@ class QmpHypervisor:
         self.rescan_s = rescan_s
         self.spec = f"qmp:{directory}"
         self.reads_disks = True
+        self.mirrors_new_writes = True
         self._reader_sockets: dict[tuple[str, str], Path] = {}  # open readers' servers
         self._vms: dict[Path, _Vm] = {}
         self._subscribers: list[asyncio.Queue[HypervisorEvent]] = []

@@ -36,6 +36,12 @@ Rules and invariants:
   loop): every WRITE or WRITE_ZEROES captured meanwhile that overlaps it is noted in the
   watch (clipped to it), so the syncer appends none of those bytes (why that is byte
   exact: ``seawall.agent.protect.syncer``).
+- Discarding (``discarding`` True): WRITE and WRITE_ZEROES are checked and acknowledged,
+  and nothing else: no capture, no watch notes. A mirror that cannot start without a full
+  copy (libvirt's block copy) is attached for a comparison this way: its copy phase, and
+  the guest writes meanwhile, are all on the VM's disk already, and the comparison reads
+  them there once the ``Splitter`` has switched the sink to capture (when the job is
+  ready), exactly as if a mirror of new writes only had been attached at the switch.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class SinkVolume:
         self.capture: CaptureHook | None = None
         self.reply_gate: ReplyGate | None = None
         self._watches: list[ReadWatch] = []
+        self.discarding = False  # see the rules: set and cleared by the Splitter only
 
     def watch(self, offset: int, length: int) -> ReadWatch:
         """Note the writes into ``[offset, +length)`` from now until ``unwatch``."""
@@ -98,6 +105,8 @@ class SinkVolume:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._check_change(offset, len(data), errno.ENOSPC)
+        if self.discarding:
+            return
         if self._watches:
             self._noted(offset, len(data))
         if self.capture is not None:
@@ -105,6 +114,8 @@ class SinkVolume:
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._check_change(offset, length, errno.ENOSPC)
+        if self.discarding:
+            return
         if self._watches:
             self._noted(offset, length)
         if self.capture is not None:

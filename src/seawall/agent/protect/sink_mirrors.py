@@ -11,8 +11,9 @@ Rules and invariants:
   copy when its plan ships it whole or the recovery site holds nothing of the group yet (a
   first sync, durable seq 0 and not pre-seeded; or its full copy did not finish), else a
   mirror of new writes only and a comparison of the whole disk (its writes since the last
-  mirror were captured nowhere). With an adapter that cannot read disks (``readable``
-  False: libvirt) every window copies every sink whole.
+  mirror were captured nowhere; on libvirt that mirror is a full copy the sink discards:
+  ``seawall.agent.protect.splitter``). Without an adapter that reads disks (``readable``
+  False) every window copies every sink whole.
 - The window closes (SYNC_END) when the syncer is done and every new mirror is ready
   (``sink_ready``; ``wait_settled``). A sink whose mirror ended (``sink_lost``) makes the
   group ``sync-required``: no checkpoint until a new window attached it again

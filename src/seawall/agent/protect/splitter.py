@@ -10,6 +10,12 @@ Rules and invariants:
   (``group.mirrors.sink_ready``); ``MirrorEnded`` or an attach that fails makes the group
   ``sync-required`` (``group.mirrors.sink_lost``). The VM is never touched beyond attaching and
   detaching the mirror and a read-only export: whatever happens, it keeps its disk.
+- A mirror of new writes only on an adapter without ``mirrors_new_writes`` (libvirt: its
+  block copy always starts with a full copy) is a full copy into a *discarding* sink
+  (``SinkVolume.discarding``: acknowledged, nothing enters the stream; see its rules):
+  the attach goes on, polling the job every ``READY_POLL_S``, until the job is ready; then
+  the sink captures again and only then is it ``sink_attached`` (so ``reader`` waits for
+  it: the comparison reads after the switch). The copy crosses a local Unix socket only.
 - ``reader(index)`` is the group's ``mirrors.open_reader``: once the sink's attach is done, a
   read-only NBD export of the disk served by QEMU (``Hypervisor.open_reader``) and an NBD
   client of it (``seawall.nbd.blocking`` in a worker thread: one request at a time, the
@@ -39,6 +45,9 @@ from seawall.hypervisor.base import Hypervisor, MirrorEnded, MirrorReady, VmLife
 from seawall.nbd.blocking import NbdClient
 
 log = logging.getLogger(__name__)
+
+READY_POLL_S = 0.25
+"""How often a discarded full copy's job is asked whether it is ready (see the rules)."""
 
 
 class Splitter:
@@ -109,18 +118,36 @@ class Splitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await previous
         sink = self._sinks[index]
+        discard = not full_copy and not self.hypervisor.mirrors_new_writes
+        sink.discarding = discard  # before the job exists: its first write is the copy's
         try:
             await self.hypervisor.detach_mirror(sink.vm_uuid, sink.disk)
             await self.hypervisor.attach_mirror(sink.vm_uuid, sink.disk, self.socket_path,
-                                                sink.name, full_copy=full_copy)
+                                                sink.name, full_copy=full_copy or discard)
+            if discard and not await self._copied(sink):
+                self.group.mirrors.sink_lost(index, "its job ended during its full copy")
+                return
         except SeawallError as exc:
             self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
             return
+        sink.discarding = False  # every write from now on is captured: see the rules
         self.group.mirrors.sink_attached(index)
         log.info("group %s: mirror of %s (VM %s, %s) attached, %s", self.group.spec.name,
                  sink.name, sink.vm_uuid, sink.disk,
-                 "full copy running" if full_copy else "new writes only, disk compared",
+                 "full copy running" if full_copy else
+                 "full copy discarded, disk compared" if discard else
+                 "new writes only, disk compared",
                  extra={"group": self.group.spec.name})
+
+    async def _copied(self, sink: SinkVolume) -> bool:
+        """Until the job of ``sink`` is ready (True) or gone (False)."""
+        while True:
+            jobs = await self.hypervisor.mirrored_disks(sink.vm_uuid)
+            if sink.disk not in jobs:
+                return False
+            if jobs[sink.disk]:
+                return True
+            await asyncio.sleep(READY_POLL_S)
 
     @contextlib.asynccontextmanager
     async def reader(self, index: int) -> AsyncIterator[DiskReader | None]:
