@@ -1,8 +1,8 @@
 """The recovery side answers delta-sync hash requests on a real socket, while records flow.
 
-Digests describe the image at the session's Welcome seq, whatever is appended meanwhile;
-the pinned views hold retention back until the sender's SYNC_END; bad requests end the
-session with an Error and the server goes on.
+Digests describe the image at the durable seq of their first request, whatever is
+appended meanwhile; the pinned views hold retention back until the sender's SYNC_END or
+next SYNC_BEGIN; bad requests end the session with an Error and the server goes on.
 """
 
 from __future__ import annotations
@@ -132,23 +132,30 @@ def test_hashes_describe_the_welcome_seq_while_records_flow(tmp_path: Path) -> N
             assert expected(images, requests[2]) != answers[2].digests  # writes did land
 
             # The views pinned at seq 6 (durable at the first request) hold retention back
-            # until the sync completes...
+            # until the window ends, or a new one begins: the next window's digests must
+            # describe a seq at or after its SYNC_BEGIN (a window cut short left records
+            # that a missed write may have undone; see protect.syncer).
             with pytest.raises(Conflict):
                 journal.apply_through(6)
             sender.records(Record(10, 5, RecordKind.SYNC_BEGIN),
                            write_record(11, 5, 0, 0, b"g" * 4096))
-            await sender.until_ack(11)
+            request = HashRequest(0, 0, 1 << 20, 4096)
+            sender.ask(request)  # right behind them: pinned only once they are durable
+            events = [await sender.next()]
+            while not (Ack(11) in events and any(isinstance(e, Hashes) for e in events)):
+                events.append(await sender.next())
+            [later] = [event for event in events if isinstance(event, Hashes)]
+            assert later.at_seq == 11 and later.digests == expected(images, request)
+            assert journal.apply_through(6) == 6  # the old views went at SYNC_BEGIN
             with pytest.raises(Conflict):
-                journal.apply_through(6)
+                journal.apply_through(11)
             sender.records(Record(12, 5, RecordKind.SYNC_END))
             await sender.until_ack(12)
-            assert journal.apply_through(6) == 6
+            assert journal.apply_through(11) == 11
             # ...and a later request (the next sync) pins the newest durable seq.
-            request = HashRequest(0, 0, 1 << 20, 4096)
             sender.ask(request)
-            later = await sender.next()
-            assert isinstance(later, Hashes) and later.at_seq == 12
-            assert later.digests == expected(images, request)
+            latest = await sender.next()
+            assert isinstance(latest, Hashes) and latest.at_seq == 12
             with pytest.raises(Conflict):
                 journal.apply_through(12)
             sender.close()

@@ -114,6 +114,7 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                 discarded.append(len(data))
             take_write(offset, data)
         sink.write = write  # type: ignore[method-assign]
+        applier: asyncio.Task[None] | None = None
         try:
             async with own_monitor(vm) as qmp:
                 # What the recovery site holds; then writes made while no agent ran.
@@ -141,6 +142,8 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                         yield racers[-1]
 
                 group.mirrors.open_reader = racing
+                site = Applier(group, replica)  # acknowledges: digests wait for SYNC_BEGIN's
+                applier = asyncio.create_task(site.run())
                 group.on_connected(DURABLE_SEQ, ReplicaDigests(replica))
                 await until(lambda: group.state == "protecting")
                 assert racers and racers[0].raced
@@ -150,14 +153,8 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
                 assert [(j["device"], j["status"]) for j in jobs] == [("seawall-vdb", "ready")]
                 await hmp_flush(qmp)
 
-            records = group.stream.unacked()
-            assert records[0].kind is RecordKind.SYNC_BEGIN
-            image = bytearray(replica)  # the recovery site's image replayed
-            for record in records:
-                if record.kind is RecordKind.WRITE:
-                    image[record.offset:record.offset + record.length] = record.payload
-                elif record.kind is RecordKind.ZERO:
-                    image[record.offset:record.offset + record.length] = bytes(record.length)
+            site.apply()
+            image = site.image  # the recovery site's image, every record applied in order
             disk = file_bytes(vm.qcow2, "qcow2")
             assert disk[RACED_BYTES:RACED_BYTES + 1] == b"\x33"
             assert image == disk
@@ -169,6 +166,8 @@ def test_a_restarted_group_compares_through_qemu_and_a_racing_write_wins(
             assert (sum(discarded) >= (2 << 20) + 65536) != new_writes_only
             assert not sink.discarding
         finally:
+            if applier is not None:
+                applier.cancel()
             await splitter.stop(detach=True)
             await group.stop()
             await frontend.close()
@@ -219,9 +218,9 @@ def test_after_an_overflow_only_the_dirty_ranges_are_read_through_qemu(tmp_path:
                 await hmp_flush(qmp)
                 site = Applier(group, file_bytes(vm.qcow2, "qcow2"))
                 splitter.start()
+                applier = asyncio.create_task(site.run())
                 group.on_connected(DURABLE_SEQ, ReplicaDigests(bytes(site.image)))
                 await until(lambda: group.state == "protecting")
-                applier = asyncio.create_task(site.run())
                 await until(lambda: group.stream.buffered_bytes == 0)
 
                 # 8 MiB in one guest write: the buffer (90% of 8 MiB) overflows; then a

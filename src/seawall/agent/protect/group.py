@@ -202,6 +202,7 @@ class ProtectedGroup:
         if self._sync_task is not None:
             self._sync_task.cancel()
         self.stream.append(RecordKind.SYNC_BEGIN, time.time_ns())
+        window_seq = self.stream.last_seq
         self.vm_configs.append_all()
         self._set_capture(tracking=False)
         self.syncing = True
@@ -213,6 +214,7 @@ class ProtectedGroup:
                  extra={"group": self.spec.name})
         syncer = Syncer(self.plan, self.volumes, self.stream,
                         stream_changed=self.stream_changed, acked=self.acked,
+                        window_seq=window_seq,
                         remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
                         wire_index=self.wire_index,

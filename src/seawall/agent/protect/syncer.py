@@ -12,6 +12,12 @@ Rules and invariants:
   to it meanwhile is in the stream after D, and it wrote exactly the bytes the volume now
   holds there. Digests may be asked for ahead (``DIGEST_WINDOW``); they stay valid across
   reconnects because each session pins its own D.
+- That skip needs D at or after this window's SYNC_BEGIN (``window_seq``): records of an
+  earlier window cut short (a VM started, a mirror ended, a resync asked for) lie before
+  it, and a write the stream missed since may have put a block back to state(D)'s
+  content under such a record, which would then stay last. So the first digest request
+  waits until the recovery site acknowledged ``window_seq``, and the recovery site pins
+  its views anew at every SYNC_BEGIN (``recover.hash_responder``).
 - The sync pauses while the stream holds more than ``pause_bytes`` unacknowledged, well
   below the group's buffer bound, so a sync never overflows the buffer by itself.
 - Reads leave no page cache behind (see ``_open_volume``).
@@ -141,9 +147,10 @@ class Syncer:
     def __init__(self, plan: SyncPlan, volumes: list[ProtectedVolume], stream: GroupStream, *,
                  stream_changed: asyncio.Event, acked: asyncio.Event,
                  remote: Callable[[], Awaitable[RemoteDigests]], pause_bytes: int,
-                 wire_index: list[int] | None = None,
+                 window_seq: int, wire_index: list[int] | None = None,
                  open_reader: OpenReader | None = None) -> None:
         self.plan, self.volumes, self.stream = plan, volumes, stream
+        self.window_seq = window_seq  # this window's SYNC_BEGIN (see the module rules)
         # Records and digest requests name a volume by its index in the group (the wire's),
         # which differs from its place in ``volumes`` once a member was removed.
         self.wire_index = wire_index or list(range(len(volumes)))
@@ -310,6 +317,10 @@ class Syncer:
         self.stream_changed.set()
 
     async def _digests(self, index: int, offset: int, length: int) -> bytes:
+        while self.stream.acked_seq < self.window_seq:  # D at or after SYNC_BEGIN
+            self.stream_changed.set()  # the shipper may not have woken for it yet
+            self.acked.clear()
+            await self.acked.wait()
         while True:
             remote = await self._remote()
             with contextlib.suppress(ConnectionError):

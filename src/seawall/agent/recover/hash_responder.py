@@ -9,9 +9,11 @@ Rules and invariants:
   block written since then differ).
 - One head view per volume (``Journal.head_view``), opened on the first request for that
   volume, on the event loop thread as the journal wants. While views are held, retention
-  cannot apply past ``at_seq``. ``release`` lets them go once a SYNC_END was appended (the
-  sender's sync is complete) and the answers in flight are out; ``close`` at session end.
-  A later request (the next sync) opens new views at the then newest durable seq.
+  cannot apply past ``at_seq``. ``release`` lets them go once a SYNC_END (the sender's
+  sync is complete) or a SYNC_BEGIN (a new window, maybe after one cut short: its
+  digests must describe a seq at or after it, ``protect.syncer``) was appended and the
+  answers in flight are out; ``close`` at session end. A later request opens new views
+  at the then newest durable seq (the sender asks only once its SYNC_BEGIN is durable).
 - Reading and hashing run in one worker thread per session, so appends go on in the event
   loop meanwhile and jobs run in request order; each answer is written only after the
   previous one, so Hashes leave in request order, as the protocol requires. The protocol
@@ -39,6 +41,7 @@ from seawall.wire.records import RecordKind
 
 T = TypeVar("T")
 
+_WINDOW_EDGES = (RecordKind.SYNC_BEGIN, RecordKind.SYNC_END)
 READ_BYTES = 4 * 1024 * 1024
 """A request is read and hashed in pieces of this size (a multiple of any block size the
 protocol allows), so a 64 MiB request never holds 64 MiB."""
@@ -72,9 +75,15 @@ class HashResponder:
         task.add_done_callback(self._done)
         self._last = task
 
+    def pins(self, request: HashRequest) -> bool:
+        """Whether answering ``request`` pins a new view (at the journal's durable seq, so
+        the caller makes durable first what arrived before the request)."""
+        return request.volume not in self._views
+
     def appended(self, directory: RecordsDirectory) -> None:
-        """Note a frame appended to the journal: a SYNC_END in it releases the views."""
-        if self._views and any(h.kind == RecordKind.SYNC_END for h in directory.headers):
+        """Note a frame appended to the journal: a SYNC_BEGIN or SYNC_END releases the views
+        (a new window's digests must come from a seq at or after its SYNC_BEGIN)."""
+        if self._views and any(h.kind in _WINDOW_EDGES for h in directory.headers):
             self.release()
 
     def release(self) -> None:

@@ -34,7 +34,8 @@ Rules and invariants:
   frames to be refused. Space freed by retention or by the operator lets the next one in.
 - A corrupt frame ends the session with an ERROR; the sender resends from the last ACK.
 - HASH_REQUESTs (delta sync) are answered from the image at a durable seq, hashed in a
-  worker thread while appends go on (see ``seawall.agent.recover.hash_responder``).
+  worker thread while appends go on (see ``seawall.agent.recover.hash_responder``); a
+  request that pins a view first makes durable every frame that came before it.
 """
 
 from __future__ import annotations
@@ -208,6 +209,8 @@ class ReplicationServer:
                         appended = True
                         hashes.appended(event.directory)
                     elif isinstance(event, HashRequest):
+                        if appended and hashes.pins(event):  # at or after what came first
+                            await asyncio.to_thread(journal.sync)
                         hashes.answer(event)
                     elif isinstance(event, ConnectionClosed | Error):
                         return
