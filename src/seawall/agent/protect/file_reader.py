@@ -22,8 +22,11 @@ Rules and invariants:
   only if, once the read has completed, no process holds the image's write permission
   (QEMU's lock byte 100 + WRITE, seen with ``F_OFD_GETLK``: a VM's QEMU takes it when it
   opens the disk, before any write) and the file's mtime has not moved since the reader
-  opened (a write that began during the read moved it). Otherwise ``DiskInUse``: nothing
-  of that read is appended. So every byte appended was on the disk while nothing wrote it.
+  opened (a write that began during the read moved it; a block device's mtime does not
+  move: the lock alone judges there). Otherwise ``DiskInUse``: nothing of that read is
+  appended (the syncer appends in the same loop step as this check). So every byte
+  appended was on the disk while nothing wrote it. The ``Splitter`` then asks the
+  hypervisor: a VM no longer shut off has started (its event may come later).
 """
 
 from __future__ import annotations
@@ -105,7 +108,10 @@ class FileReader:
             raise UnreadableDisk(f"{self._name()}: cannot open it: {exc.strerror}") from None
         status = os.fstat(self._fd)
         self._mtime_ns = status.st_mtime_ns
-        self._check_untouched()
+        try:
+            self._check_untouched()
+        except OSError as exc:  # a file system without OFD locks: nothing proves a read
+            raise UnreadableDisk(f"{self._name()}: cannot see its locks: {exc}") from None
         driver = "host_device" if stat.S_ISBLK(status.st_mode) else "file"
         options = (f"driver={disk_format},read-only=on,force-share=on,file.driver={driver},"
                    f"file.filename={source.replace(',', ',,')}")  # QEMU's comma escape
@@ -188,10 +194,10 @@ class DiskFiles:
             del self._readers[(reader.vm_uuid, reader.disk.target)]
         await reader.close()
 
-    def stop(self, vm_uuid: str | None = None) -> None:
-        """Kill the readers of ``vm_uuid``'s disks (of every VM: None) at once."""
+    def stop(self, vm_uuid: str) -> None:
+        """Kill the readers of ``vm_uuid``'s disks at once (it starts)."""
         for (uuid, _), reader in self._readers.items():
-            if vm_uuid is None or uuid == vm_uuid:
+            if uuid == vm_uuid:
                 reader.kill()
 
     @property

@@ -88,7 +88,6 @@ class Splitter:
     async def stop(self, detach: bool) -> None:
         self.group.mirrors.on_copy_needed = None
         self.group.mirrors.open_reader = None
-        self.files.stop()
         tasks = [*self._attaching.values(),
                  *[task for task in (self._watcher, self._checker) if task is not None]]
         for task in tasks:
