@@ -4,7 +4,8 @@
   (``qemu-img convert`` to raw), holes and all.
 - While it holds the image, a writer can open it (``qemu-io`` takes QEMU's write lock as
   a starting VM does): the reader never keeps a VM from starting. Its next read is refused
-  (``DiskInUse``: the file moved), and a reader cannot open while a writer holds it.
+  (``DiskInUse``: the file moved). A writer holding the image is seen
+  (``held_for_writing``), and no reader opens while it does.
 - ``stop`` kills the qemu-nbd at once: the read in flight and every later one fail, and
   closing leaves no process and no socket behind.
 - A disk that is no readable local image is ``UnreadableDisk``, naming it.
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from seawall.agent.protect.file_reader import (
     DiskFiles,
     DiskInUse,
     UnreadableDisk,
+    held_for_writing,
     socket_path_for,
-    writer_holds,
 )
 from seawall.errors import SeawallError
 from seawall.hypervisor.base import DiskInfo
@@ -86,15 +86,11 @@ def test_reader_lifecycle(tmp_path: Path) -> None:
             "qemu-io", "-f", "qcow2", str(image), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL)
         try:
-            fd = os.open(image, os.O_RDONLY)
-            try:
-                for _ in range(100):
-                    if writer_holds(fd):
-                        break
-                    await asyncio.sleep(0.05)
-                assert writer_holds(fd)
-            finally:
-                os.close(fd)
+            for _ in range(100):
+                if held_for_writing(str(image)):
+                    break
+                await asyncio.sleep(0.05)
+            assert held_for_writing(str(image))
             with pytest.raises(DiskInUse, match="open for writing"):
                 await files.open(VM, disk)
             assert files.reading == []
@@ -102,6 +98,8 @@ def test_reader_lifecycle(tmp_path: Path) -> None:
             assert holder.stdin is not None
             holder.stdin.close()
             await holder.wait()
+        assert not held_for_writing(str(image))
+        assert not held_for_writing(str(tmp_path / "gone.qcow2"))
 
         # stop() kills the qemu-nbd at once: the read in flight fails, so do later ones.
         reader = await files.open(VM, disk)

@@ -73,6 +73,21 @@ def writer_holds(fd: int) -> bool:
     return bool(kind != fcntl.F_UNLCK)
 
 
+def held_for_writing(path: str) -> bool:
+    """A process holds the image at ``path`` for writing (False when it cannot be told:
+    no such local file; a reader opened on it says why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return writer_holds(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def socket_path_for(run_dir: Path, vm_uuid: str, disk: str) -> Path:
     """Short (a Unix socket's path has 107 bytes at most) and one per VM disk."""
     key = hashlib.sha256(f"{vm_uuid}/{disk}".encode()).hexdigest()[:16]

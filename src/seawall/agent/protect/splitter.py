@@ -19,13 +19,14 @@ Rules and invariants:
   ``MirrorEnded`` of a job the splitter replaced itself (detach then attach) arrives after
   the new job exists and is ignored, as is a ``MirrorReady`` of a job since replaced.
 - A VM that starts again (``VmLifecycle`` ``started``) gets its lost sinks copied again.
-- A VM found shut off (checked at start, on ``stopped``, and when an attach fails) has
-  its sinks synced from its disk files (``mirrors.sink_shut_off``; ``reader`` then gives
-  a ``FileReader``, see ``seawall.agent.protect.file_reader``) in a window of their own,
-  and its mirrors' end is no loss. When it starts (``started``, or a file read finds the
-  disk open for writing and the hypervisor says the VM is no longer shut off) its file
-  readers are killed at once, the window is restarted (the plan keeps what was not
-  shipped) and its mirrors are attached as for any running VM.
+- A VM found shut off (checked at start, on ``stopped``, and when an attach fails), its
+  disks held for writing by no process, has its sinks synced from its disk files
+  (``mirrors.sink_shut_off``; ``reader`` then gives a ``FileReader``, see
+  ``seawall.agent.protect.file_reader``) in a window of their own, and its mirrors' end
+  is no loss. When it starts (``started``, or a file read finds the disk open for
+  writing and the hypervisor says the VM is no longer shut off) its file readers are
+  killed at once, the window is restarted (the plan keeps what was not shipped) and its
+  mirrors are attached as for any running VM.
 - ``stop(detach=True)`` ends the mirrors first (a clean agent stop or unprotect), so that
   QEMU sees a cancelled job rather than a target that vanished.
 """
@@ -38,7 +39,12 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from seawall.agent.protect.file_reader import DiskFiles, DiskInUse, UnreadableDisk
+from seawall.agent.protect.file_reader import (
+    DiskFiles,
+    DiskInUse,
+    UnreadableDisk,
+    held_for_writing,
+)
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.sink import SinkVolume
 from seawall.agent.protect.syncer import DiskReader
@@ -207,12 +213,15 @@ class Splitter:
             await self._shut_off(vm_uuid)
 
     async def _shut_off(self, vm_uuid: str) -> bool:
-        """True if ``vm_uuid`` is shut off; its sinks are then read from its files."""
+        """True if ``vm_uuid`` is shut off and no process holds its disks for writing (a
+        QEMU kept alive after its guest shut down still does: its mirror goes on); its
+        sinks are then read from its files."""
         try:
-            state = (await self.hypervisor.vm(vm_uuid)).state
+            info = await self.hypervisor.vm(vm_uuid)
         except SeawallError:  # a QEMU that exited (QMP), an undefined VM, no hypervisor:
             return False  # nothing to read; an attach that fails says why
-        if state != "shut off":
+        if info.state != "shut off" or any(held_for_writing(disk.source)
+                                           for disk in info.disks if disk.skip_reason is None):
             return False
         mirrors = self.group.mirrors
         off = [i for i, sink in self._sinks.items()
