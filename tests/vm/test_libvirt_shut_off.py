@@ -7,8 +7,10 @@ NBD socket), qemu-nbd, qemu-img.
 
 - `group create --vm` of the shut-off guest syncs it from its file: protecting, and a
   tagged checkpoint reads back byte for byte as the qcow2 (converted to raw).
-- While a comparison reads the file (held open: the recovery agent is stopped, so the
-  digests it waits for do not come), `virsh start` succeeds: the reader takes no lock a
+- kill -9 of the protected agent while a comparison reads the file (held open: the
+  recovery agent is stopped, so the digests it waits for do not come): its qemu-nbd dies
+  with it; the agent, started again, finds the guest shut off and compares its file.
+- While such a comparison reads the file, `virsh start` succeeds: the reader takes no lock a
   VM needs. Its qemu-nbd is killed, the mirror is attached, the group protects again, and
   a checkpoint holds what the guest wrote (paused to hold its disk still).
 - The guest is destroyed: the group goes back to its file, compared, protecting, and the
@@ -30,12 +32,13 @@ from pathlib import Path
 import pytest
 
 from seawall.agent.protect.file_reader import socket_path_for
+from seawall.errors import SeawallError
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
 from support.faultproxy import wait_until
 from support.guests import Guest, GuestDisk, SessionGuests, guest_workdir
-from support.sites import agent_pid, configure, running_pair
+from support.sites import agent_pid, configure, kill_agent, running_pair, wait_pid_gone
 
 pytestmark = pytest.mark.e2e
 DISK_BYTES = 16 << 20
@@ -102,6 +105,32 @@ def mirror_state(prod: LocalSite, guest: Guest) -> str:
     return f"{status['state']}/{status['mirrors'][f'{guest.name}-{SINK}']}"
 
 
+def state_or_none(prod: LocalSite, guest: Guest) -> str | None:
+    try:
+        return mirror_state(prod, guest)
+    except SeawallError:  # the agent is starting again
+        return None
+
+
+def reading(prod: LocalSite, guest: Guest, reader_socket: Path) -> None:
+    """``group resync``; until its comparison reads the file (and waits for digests)."""
+    prod.api.post("/api/v1/groups/app/resync", {})
+    assert wait_until(lambda: reader_socket.exists(), timeout_s=20), mirror_state(prod, guest)
+    assert mirror_state(prod, guest) == "delta-sync/shut off: reading its file"
+
+
+def reader_pid(reader_socket: Path) -> int:
+    """The qemu-nbd serving ``reader_socket`` (its command line names the socket)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(reader_socket).encode() in \
+                    (entry / "cmdline").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue  # gone meanwhile
+    raise AssertionError(f"no process serves {reader_socket}")
+
+
 def test_a_shut_off_guest_is_protected_from_its_file_and_mirrored_once_it_runs(
         guests: SessionGuests, sites: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = sites
@@ -121,10 +150,19 @@ def test_a_shut_off_guest_is_protected_from_its_file_and_mirrored_once_it_runs(
     assert dr_agent is not None
     os.kill(dr_agent, signal.SIGSTOP)
     try:
-        prod.api.post("/api/v1/groups/app/resync", {})
-        assert wait_until(lambda: reader_socket.exists(), timeout_s=20), \
-            mirror_state(prod, guest)
-        assert mirror_state(prod, guest) == "delta-sync/shut off: reading its file"
+        reading(prod, guest, reader_socket)
+        reader = reader_pid(reader_socket)
+        kill_agent(prod)  # its qemu-nbd dies with it; the restarted agent finds the VM off
+        assert wait_pid_gone(reader), "the file reader outlived its agent"
+    finally:
+        os.kill(dr_agent, signal.SIGCONT)
+    assert wait_until(lambda: state_or_none(prod, guest) ==
+                      "protecting/shut off: read from its file", timeout_s=60), \
+        state_or_none(prod, guest)
+
+    os.kill(dr_agent, signal.SIGSTOP)
+    try:
+        reading(prod, guest, reader_socket)
         started = time.monotonic()
         domain.create()  # no lock refused: the reader shares the image
         assert wait_until(lambda: not reader_socket.exists(), timeout_s=10), \
