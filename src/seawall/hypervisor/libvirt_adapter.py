@@ -311,6 +311,8 @@ class LibvirtHypervisor:
     async def detach_mirror(self, vm_uuid: str, disk: str) -> None:
         def detach(connection: Any) -> None:
             domain = find_domain(connection, vm_uuid)
+            if not domain.isActive():
+                return  # a shut-off VM has no mirror (and no block job to ask about)
             job = domain.blockJobInfo(disk, 0)
             if not job:
                 return

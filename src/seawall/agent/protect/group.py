@@ -218,7 +218,8 @@ class ProtectedGroup:
                         remote=self.remote_digests,
                         pause_bytes=min(SYNC_BUFFER_LIMIT_BYTES, self.buffer_limit_bytes // 2),
                         wire_index=self.wire_index,
-                        open_reader=self.mirrors.open_reader if self.mirrors.readable else None)
+                        open_reader=self.mirrors.open_reader
+                        if self.mirrors.readable or self.mirrors.offline else None)
         self.sync = syncer.progress
         self._sync_task = asyncio.create_task(self._run_sync(syncer))
 
@@ -249,12 +250,13 @@ class ProtectedGroup:
         log.warning("group %s: %s; sync required", self.spec.name, self.last_error,
                     extra={"group": self.spec.name})
 
-    def copy_sinks(self, sinks: list[int]) -> None:
-        """Copy these sinks again (their mirror can be attached again): in a new window, or
-        in the next one if the group is tracking (a session with a sync is coming)."""
+    def copy_sinks(self, sinks: list[int], reason: str = "mirror attached again") -> None:
+        """Copy these sinks again (their mirror can be attached again, or their VM is shut
+        off: read from its files): in a new window, or in the next one if the group is
+        tracking (a session with a sync is coming)."""
         if self.tracking:
             return
-        self._start_sync("mirror attached again", sinks)
+        self._start_sync(reason, sinks)
 
     # --- VM configurations ---------------------------------------------------------------
 

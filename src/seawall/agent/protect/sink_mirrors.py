@@ -14,6 +14,12 @@ Rules and invariants:
   mirror were captured nowhere; on libvirt that mirror is a full copy the sink discards:
   ``seawall.agent.protect.splitter``). Without an adapter that reads disks (``readable``
   False) every window copies every sink whole.
+- A sink whose VM is shut off (``offline``, the ``Splitter`` says when) gets no mirror:
+  nothing writes its disk, so its part of the plan is read from the disk file
+  (``seawall.agent.protect.file_reader``): whole if a full copy is due (as above), else
+  compared whole (the VM may have written after its mirror ended, or while the agent was
+  down). It is not ``lost``: once synced, the group is protecting and its checkpoints are
+  exact. When the VM starts it leaves ``offline`` and gets a mirror as any sink.
 - The window closes (SYNC_END) when the syncer is done and every new mirror is ready
   (``sink_ready``; ``wait_settled``). A sink whose mirror ended (``sink_lost``) makes the
   group ``sync-required``: no checkpoint until a new window attached it again
@@ -41,6 +47,7 @@ class SinkMirrors:
         self.lost: dict[int, str] = {}  # sinks with no mirror running: why
         self.running: set[int] = set()  # attached by this agent and not ended
         self._full_copy_due: set[int] = set()  # sinks whose full copy has not finished
+        self.offline: set[int] = set()  # sinks whose VM is shut off: read from their files
         self._settled = asyncio.Event()
         # the Splitter's: attach mirrors (sink -> with a full copy), read disks through QEMU
         self.on_copy_needed: Callable[[dict[int, bool]], None] | None = None
@@ -51,9 +58,13 @@ class SinkMirrors:
         """Which of ``sinks`` get a new mirror in this window, each with a full copy or
         not; their parts of the plan set to match (see the module rules). ``first_sync``:
         the recovery site holds nothing of the group yet (and it is not pre-seeded)."""
+        for index in self.offline.intersection(sinks):
+            self._read_files(index, plan, first_sync)
+        sinks = [index for index in sinks if index not in self.offline]
         if not self.readable:
             for index in self.sinks:
-                plan.forget(index)  # the mirrors' full copies cover them
+                if index not in self.offline:
+                    plan.forget(index)  # the mirrors' full copies cover them
             return dict.fromkeys(sinks, True)
         attach: dict[int, bool] = {}
         for index in sinks:
@@ -68,6 +79,28 @@ class SinkMirrors:
             else:
                 plan.compare_volume(index)
         return attach
+
+    def _read_files(self, index: int, plan: SyncPlan, first_sync: bool) -> None:
+        """Sink ``index``'s VM is shut off: its plan part is read from the disk file."""
+        self.lost.pop(index, None)
+        if first_sync or index in self._full_copy_due or plan.is_whole(index):
+            plan.forget(index)
+            plan.mark(index, 0, self._volumes[index].size_bytes)
+            self._full_copy_due.discard(index)  # if cut short, the rest is compared
+        else:
+            plan.compare_volume(index)
+
+    def sink_shut_off(self, index: int) -> None:
+        """Sink ``index``'s VM is shut off: no mirror, its disk is read from the file."""
+        self.pending.discard(index)
+        self.running.discard(index)
+        self.lost.pop(index, None)
+        self.offline.add(index)
+        self._settled.set()
+
+    def sink_started(self, index: int) -> None:
+        """Sink ``index``'s VM runs again: it needs a mirror (``copy``) from now on."""
+        self.offline.discard(index)
 
     def copy(self, sinks: dict[int, bool]) -> None:
         """Attach these sinks' mirrors (sink -> with a full copy) through the Splitter."""
@@ -119,6 +152,7 @@ class SinkMirrors:
         self.lost = {moved[i]: why for i, why in self.lost.items() if i in moved}
         self.running = {moved[i] for i in self.running if i in moved}
         self._full_copy_due = {moved[i] for i in self._full_copy_due if i in moved}
+        self.offline = {moved[i] for i in self.offline if i in moved}
         self._settled.set()
 
     def describe(self, syncing: bool, plan: SyncPlan) -> dict[str, str]:
@@ -128,6 +162,9 @@ class SinkMirrors:
     def _state(self, index: int, syncing: bool, plan: SyncPlan) -> str:
         if index in self.lost:
             return f"ended: {self.lost[index]}"
+        if index in self.offline:
+            reading = syncing and (plan.maps[index] or plan.compare_from[index] is not None)
+            return "shut off: reading its file" if reading else "shut off: read from its file"
         if syncing and (plan.maps[index] or plan.compare_from[index] is not None):
             return "comparing"  # its disk is read through QEMU
         return "copying" if index in self.pending else "mirroring"

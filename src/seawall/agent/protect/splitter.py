@@ -25,6 +25,14 @@ Rules and invariants:
   ``MirrorEnded`` of a job the splitter replaced itself (detach then attach) arrives after
   the new job exists and is ignored, as is a ``MirrorReady`` of a job since replaced.
 - A VM that starts again (``VmLifecycle`` ``started``) gets its lost sinks copied again.
+- A VM found shut off (checked at start, on ``stopped``, and when an attach fails), its
+  disks held for writing by no process, has its sinks synced from its disk files
+  (``mirrors.sink_shut_off``; ``reader`` then gives a ``FileReader``, see
+  ``seawall.agent.protect.file_reader``) in a window of their own, and its mirrors' end
+  is no loss. When it starts (``started``, or a file read finds the disk open for
+  writing and the hypervisor says the VM is no longer shut off) its file readers are
+  killed at once, the window is restarted (the plan keeps what was not shipped) and its
+  mirrors are attached as for any running VM.
 - ``stop(detach=True)`` ends the mirrors first (a clean agent stop or unprotect), so that
   QEMU sees a cancelled job rather than a target that vanished.
 """
@@ -37,10 +45,16 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from seawall.agent.protect.file_reader import (
+    DiskFiles,
+    DiskInUse,
+    UnreadableDisk,
+    held_for_writing,
+)
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.sink import SinkVolume
 from seawall.agent.protect.syncer import DiskReader
-from seawall.errors import SeawallError
+from seawall.errors import NotFound, SeawallError
 from seawall.hypervisor.base import Hypervisor, MirrorEnded, MirrorReady, VmLifecycle
 from seawall.nbd.blocking import NbdClient
 
@@ -57,6 +71,8 @@ class Splitter:
         self.socket_path = socket_path
         self._attaching: dict[int, asyncio.Task[None]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self.files = DiskFiles(socket_path.parent)
 
     @property
     def _sinks(self) -> dict[int, SinkVolume]:
@@ -82,11 +98,13 @@ class Splitter:
         self.group.mirrors.open_reader = self.reader
         self.group.mirrors.readable = self.hypervisor.reads_disks
         self._watcher = asyncio.create_task(self._watch())
+        self._checker = asyncio.create_task(self._check_vms())
 
     async def stop(self, detach: bool) -> None:
         self.group.mirrors.on_copy_needed = None
         self.group.mirrors.open_reader = None
-        tasks = [*self._attaching.values(), *([self._watcher] if self._watcher else [])]
+        tasks = [*self._attaching.values(),
+                 *[task for task in (self._watcher, self._checker) if task is not None]]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -94,7 +112,8 @@ class Splitter:
                 await task
         self._attaching.clear()
         if detach:
-            await self.detach(list(self._sinks.values()))
+            await self.detach([sink for index, sink in self._sinks.items()
+                               if index not in self.group.mirrors.offline])
 
     def copy(self, sinks: dict[int, bool]) -> None:
         """``SinkMirrors.on_copy_needed``: (re)attach these sinks' mirrors, each with a
@@ -128,7 +147,8 @@ class Splitter:
                 self.group.mirrors.sink_lost(index, "its job ended during its full copy")
                 return
         except SeawallError as exc:
-            self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
+            if not await self._shut_off(sink.vm_uuid):
+                self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
             return
         sink.discarding = False  # every write from now on is captured: see the rules
         self.group.mirrors.sink_attached(index)
@@ -156,7 +176,11 @@ class Splitter:
         if attaching is not None:
             await asyncio.wait([attaching])
         sink = self._sinks[index]
-        if index not in self.group.mirrors.running:
+        if index in self.group.mirrors.offline:
+            async with self._file_reader(index, sink) as reader:
+                yield reader
+            return
+        if index not in self.group.mirrors.running or not self.hypervisor.reads_disks:
             yield None
             return
         socket_path, export = await self.hypervisor.open_reader(sink.vm_uuid, sink.disk,
@@ -175,6 +199,79 @@ class Splitter:
                 log.warning("group %s: cannot remove the read export of %s: %s",
                             self.group.spec.name, sink.name, exc.message)
 
+    @contextlib.asynccontextmanager
+    async def _file_reader(self, index: int,
+                           sink: SinkVolume) -> AsyncIterator[DiskReader | None]:
+        """Sink ``index``'s disk read from its file (its VM is shut off); None, and the
+        sink lost, if that file cannot be read."""
+        try:
+            info = await self.hypervisor.vm(sink.vm_uuid)
+            disk = next((d for d in info.disks if d.target == sink.disk), None)
+            if disk is None:
+                raise NotFound(f"VM {info.name} has no disk {sink.disk} any more")
+            reader = await self.files.open(sink.vm_uuid, disk)
+        except (NotFound, UnreadableDisk) as exc:
+            self.group.mirrors.sink_lost(index, f"VM shut off, its disk not readable from "
+                                                f"its file: {exc.message}")
+            yield None
+            return
+        except DiskInUse:
+            await self._in_use(sink)
+            raise
+        try:
+            yield reader
+        except DiskInUse:
+            await self._in_use(sink)
+            raise
+        finally:
+            await self.files.close(reader)
+
+    async def _in_use(self, sink: SinkVolume) -> None:
+        """A file read found the disk open for writing: if the VM runs, it started (the
+        event may not be here yet); that cancels this sync and attaches the mirrors.
+        Otherwise something else writes the file: the sync fails and is retried."""
+        if (await self.hypervisor.vm(sink.vm_uuid)).state != "shut off":
+            self._started(sink.vm_uuid)
+            await asyncio.sleep(0)  # the cancellation of this sync lands here
+
+    async def _check_vms(self) -> None:
+        """At start: which VMs of the group are shut off (read from their files)."""
+        for vm_uuid in sorted({sink.vm_uuid for sink in self._sinks.values()}):
+            await self._shut_off(vm_uuid)
+
+    async def _shut_off(self, vm_uuid: str) -> bool:
+        """True if ``vm_uuid`` is shut off and no process holds its disks for writing (a
+        QEMU kept alive after its guest shut down still does: its mirror goes on); its
+        sinks are then read from its files."""
+        try:
+            info = await self.hypervisor.vm(vm_uuid)
+        except SeawallError:  # a QEMU that exited (QMP), an undefined VM, no hypervisor:
+            return False  # nothing to read; an attach that fails says why
+        if info.state != "shut off" or any(held_for_writing(disk.source)
+                                           for disk in info.disks if disk.skip_reason is None):
+            return False
+        mirrors = self.group.mirrors
+        off = [i for i, sink in self._sinks.items()
+               if sink.vm_uuid == vm_uuid and i not in mirrors.offline]
+        for index in off:
+            mirrors.sink_shut_off(index)
+        if off:
+            log.info("group %s: VM %s is shut off: its disks are synced from their files",
+                     self.group.spec.name, vm_uuid, extra={"group": self.group.spec.name})
+            self.group.copy_sinks(off, "VM shut off: read from its disk files")
+        return True
+
+    def _started(self, vm_uuid: str) -> None:
+        """``vm_uuid`` runs: no file of it is read any more; its sinks get mirrors."""
+        self.files.stop(vm_uuid)  # at once: a disk being written is not read from outside
+        mirrors = self.group.mirrors
+        again = [i for i, sink in self._sinks.items() if sink.vm_uuid == vm_uuid
+                 and (i in mirrors.lost or i in mirrors.offline)]
+        for index in again:
+            mirrors.sink_started(index)
+        if again:
+            self.group.copy_sinks(again, "VM started")
+
     async def _watch(self) -> None:
         async for event in self.hypervisor.events():
             try:
@@ -185,14 +282,13 @@ class Splitter:
     async def _on_event(self, event: MirrorReady | MirrorEnded | VmLifecycle) -> None:
         if isinstance(event, VmLifecycle):
             if event.change == "started":
-                lost = [i for i, sink in self._sinks.items()
-                        if sink.vm_uuid == event.vm_uuid and i in self.group.mirrors.lost]
-                if lost:
-                    self.group.copy_sinks(lost)
+                self._started(event.vm_uuid)
+            elif event.change == "stopped":
+                await self._shut_off(event.vm_uuid)
             return
         index = self._by_disk.get((event.vm_uuid, event.disk))
-        if index is None:
-            return
+        if index is None or index in self.group.mirrors.offline:
+            return  # a shut-off VM's mirror ended with it: its files are read now
         attaching = self._attaching.get(index)
         if attaching is not None:  # the event may be of the job it replaces: judge after
             await asyncio.wait([attaching])
