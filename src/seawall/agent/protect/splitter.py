@@ -114,7 +114,7 @@ class Splitter:
             await self.hypervisor.attach_mirror(sink.vm_uuid, sink.disk, self.socket_path,
                                                 sink.name, full_copy=full_copy)
         except SeawallError as exc:
-            self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
+            self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}", exc.code)
             return
         self.group.mirrors.sink_attached(index)
         log.info("group %s: mirror of %s (VM %s, %s) attached, %s", self.group.spec.name,

@@ -33,6 +33,12 @@ Groups spanning agents, besides the same steps for each member stream that chang
   then; the lead journal's durable seq until step 4 says it), and its journal stays at
   the recovery site for the group checkpoints up to it. The lead's last volume cannot go.
 
+VM disks added (``create`` with VMs, ``update_vms``, a hot-plugged disk) are waited for
+between steps 3 and 4 until their mirrors started (``vm_attach``); one that cannot start
+fails the change as a failed step 3 does (every stream put back at both sites, which
+detaches the mirrors attached), or removes a new group at both sites as ``delete`` does;
+the sinks made for it are removed, and the error names the VM, the disk and the reason.
+
 Order of a delete (``delete``): the recovery site first (it refuses while a failover test,
 failover live or move of the group runs, naming it; it removes its journals and replicas,
 or keeps each member volume's replica as a plain raw file at the group's newest
@@ -45,6 +51,7 @@ so running the same command again finishes it. The event log has it (``delete gr
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,7 @@ from seawall.contract.agent import (
 )
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
+from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.member_changes import StreamChange, plan_change, stream_changes
 from seawall.manager.groups.members import (
@@ -69,15 +77,19 @@ from seawall.manager.groups.members import (
     members_of,
     stored_after,
 )
-from seawall.manager.groups.service import GroupService, Locate, describe
+from seawall.manager.groups.service import GroupService, GroupSettings, Locate, describe
 from seawall.manager.groups.settings import (
     check,
     options_of,
     protection_settings,
     retention_settings,
 )
+from seawall.manager.groups.vm_attach import undone, wait_started
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.store import OperationStore
+
+Settle = Callable[[list[tuple[JsonClient, str]]], None]
+"""Called with the group's streams once each changed at its agent; raising fails the change."""
 
 UNSETTLED = 0
 """An ending member's ``ended_after`` until the lead's seq is known (never stored)."""
@@ -94,9 +106,34 @@ class GroupMembership:
         self.operations = operations
         self.locate = locate
 
+    # --- create with VMs -------------------------------------------------------------------
+
+    def create(self, settings: GroupSettings) -> dict[str, Any]:
+        """``GroupService.create``, returning once the VMs' mirrors started; one that
+        cannot start removes the group again at both sites (see the module rules)."""
+        created = self.groups.create(settings)
+        if not settings.vms:
+            return created
+        group, _ = self.groups.get(settings.name)
+        sinks = self.groups.vm_sinks.in_volumes([v["name"] for v in current(group.volumes)])
+        try:
+            wait_started(self.groups.streams(group), sinks,
+                         self.groups.vm_sinks.labels(sinks))
+        except SeawallError as exc:
+            try:
+                self.delete(settings.name, keep_replicas=False)
+            except SeawallError as undo:
+                raise undone(exc, f"group {settings.name} could not be removed again: "
+                                  f"{undo.message}") from None
+            raise undone(exc, f"group {settings.name} was not created (removed again at "
+                              "both sites, its mirrors detached, its capture sinks removed)"
+                         ) from None
+        return created
+
     # --- members -------------------------------------------------------------------------
 
-    def update(self, name: str, add: list[str], remove: list[str]) -> dict[str, Any]:
+    def update(self, name: str, add: list[str], remove: list[str],
+               settle: Settle | None = None) -> dict[str, Any]:
         group, peer = self._protected_here(name, "change its members")
         kept = plan_change(current(group.volumes), add, remove, name)
         new = self._new_volumes(add)
@@ -121,7 +158,7 @@ class GroupMembership:
             stored = stored_after(stored, change.member, change.agent,
                                   [v.model_dump() for v in change.volumes],
                                   change.joined_after)
-        last_seqs = self._change_protected(group, peer, changes, stored)
+        last_seqs = self._change_protected(group, peer, changes, stored, settle)
         warnings = []
         for change in changes:
             if change.new_member:  # a journal of its own: nothing before it to settle
@@ -144,15 +181,26 @@ class GroupMembership:
     def update_vms(self, name: str, add: list[str], remove: list[str], add_vms: list[str],
                    remove_vms: list[str]) -> dict[str, Any]:
         """``update`` with VMs too: a VM added brings a capture sink per disk (made first,
-        removed again if the change fails); a VM removed takes its sinks out of the group,
+        removed again if the change fails), and the change stands only once their mirrors
+        started (see the module rules); a VM the group has already gets sinks for its
+        disks that have none (hot-plugged). A VM removed takes its sinks out of the group,
         then they are deleted (their history stays at the recovery site until it ages
         out; the VM keeps running, its mirrors ended)."""
         group, _ = self._protected_here(name, "change its members")
         sinks = self.groups.vm_sinks
         leaving = sinks.of_vms(remove_vms, [v["name"] for v in current(group.volumes)])
-        joining, warnings = sinks.make(add_vms) if add_vms else ([], [])
+        joining, warnings = sinks.make(add_vms, group=name) if add_vms else ([], [])
+
+        def settle(streams: list[tuple[JsonClient, str]]) -> None:
+            try:
+                wait_started(streams, joining, sinks.labels(joining))
+            except SeawallError as exc:
+                raise undone(exc, f"group {name} was put back as it was at both sites (its "
+                                  "new mirrors detached, the capture sinks made for it "
+                                  "removed)") from None
         try:
-            changed = self.update(name, [*add, *joining], [*remove, *leaving])
+            changed = self.update(name, [*add, *joining], [*remove, *leaving],
+                                  settle if joining else None)
         except BaseException:
             sinks.remove(joining)
             raise
@@ -167,7 +215,8 @@ class GroupMembership:
         return {"agent": change.agent, "cert_pem": self.groups.spanning.cert_of(change.agent)}
 
     def _change_protected(self, group: Group, peer: Peer, changes: list[StreamChange],
-                          stored: list[dict[str, Any]]) -> dict[str, int]:
+                          stored: list[dict[str, Any]],
+                          settle: Settle | None = None) -> dict[str, int]:
         """Each stream's change at its protected agent (a new member started, then the
         lead's rounds told of it); the last seq of each existing stream at its change. A
         failure puts every stream back as it was, at both sites."""
@@ -194,6 +243,10 @@ class GroupMembership:
                 for change in ending:  # out of the rounds: the group's checkpoints after
                     last_seqs[change.stream] = lead_seq  # the lead's seq do not need it
                     AgentApi(clients[change.stream]).unprotect(change.stream)
+            if settle is not None:
+                settle([(clients.get(change.stream)
+                         or self.groups.spanning.client(change.agent), change.stream)
+                        for change in changes if not change.ending])
         except SeawallError:  # all or nothing: every stream as it was, at both sites
             for change in changes:
                 with contextlib.suppress(SeawallError):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from seawall.manager.access.guard import peer_site
+from seawall.manager.groups.membership import GroupMembership
 from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.service import GroupService, GroupSettings
 from seawall.manager.groups.settings import GroupOptions
@@ -63,7 +64,8 @@ def list_groups(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/groups", status_code=201)
 def create_group(request: Request, body: GroupSettings) -> dict[str, Any]:
-    return _service(request).create(body)
+    members: GroupMembership = request.app.state.group_members  # waits for VM mirrors
+    return members.create(body)
 
 
 @router.get("/groups/{name}")
