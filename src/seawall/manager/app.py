@@ -51,6 +51,7 @@ from seawall.manager.sites.routes import router as sites_router
 from seawall.manager.sites.service import SiteService
 from seawall.manager.sites.unpairing import Unpairing
 from seawall.manager.vms.configs import VmConfigs
+from seawall.manager.vms.hotplug import HotPlugs
 from seawall.manager.vms.routes import router as vms_router
 from seawall.manager.vms.service import VmService
 from seawall.manager.vms.sinks import VmSinks
@@ -114,6 +115,7 @@ def create_app(config: SiteConfig) -> FastAPI:
                                               app.state.volumes.locate)
     # status, alerts, events, tasks
     monitor = install_monitoring(app, config, sessions, clones, agents)
+    monitor.followers.append(HotPlugs(app.state.group_members).follow)
     app.state.metrics = metrics_service.MetricsService(
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 
