@@ -36,6 +36,7 @@ from seawall.manager.groups.service import GroupService
 from seawall.manager.groups.settings_routes import router as group_settings_router
 from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.groups.updates import SettingsUpdates
+from seawall.manager.groups.vm_groups import VmGroups
 from seawall.manager.metrics import service as metrics_service
 from seawall.manager.metrics.routes import router as metrics_router
 from seawall.manager.models import create_database, is_out_of_space
@@ -115,7 +116,8 @@ def create_app(config: SiteConfig) -> FastAPI:
                                               app.state.volumes.locate)
     # status, alerts, events, tasks
     monitor = install_monitoring(app, config, sessions, clones, agents)
-    monitor.followers.append(HotPlugs(app.state.group_members).follow)
+    app.state.vm_groups = VmGroups(app.state.group_members)
+    monitor.followers.append(HotPlugs(app.state.vm_groups).follow)
     app.state.metrics = metrics_service.MetricsService(
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 

@@ -33,11 +33,9 @@ Groups spanning agents, besides the same steps for each member stream that chang
   then; the lead journal's durable seq until step 4 says it), and its journal stays at
   the recovery site for the group checkpoints up to it. The lead's last volume cannot go.
 
-VM disks added (``create`` with VMs, ``update_vms``, a hot-plugged disk) are waited for
-between steps 3 and 4 until their mirrors started (``vm_attach``); one that cannot start
-fails the change as a failed step 3 does (every stream put back at both sites, which
-detaches the mirrors attached), or removes a new group at both sites as ``delete`` does;
-the sinks made for it are removed, and the error names the VM, the disk and the reason.
+A change may be given ``settle``, called once every stream changed at its agent (after
+step 3): raising fails the change as a failed step 3 does (every stream put back at both
+sites). ``groups.vm_groups`` waits there for the mirrors of the VM disks it adds.
 
 Order of a delete (``delete``): the recovery site first (it refuses while a failover test,
 failover live or move of the group runs, naming it; it removes its journals and replicas,
@@ -77,14 +75,13 @@ from seawall.manager.groups.members import (
     members_of,
     stored_after,
 )
-from seawall.manager.groups.service import GroupService, GroupSettings, Locate, describe
+from seawall.manager.groups.service import GroupService, Locate, describe
 from seawall.manager.groups.settings import (
     check,
     options_of,
     protection_settings,
     retention_settings,
 )
-from seawall.manager.groups.vm_attach import undone, wait_started
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.store import OperationStore
 
@@ -106,35 +103,11 @@ class GroupMembership:
         self.operations = operations
         self.locate = locate
 
-    # --- create with VMs -------------------------------------------------------------------
-
-    def create(self, settings: GroupSettings) -> dict[str, Any]:
-        """``GroupService.create``, returning once the VMs' mirrors started; one that
-        cannot start removes the group again at both sites (see the module rules)."""
-        created = self.groups.create(settings)
-        if not settings.vms:
-            return created
-        group, _ = self.groups.get(settings.name)
-        sinks = self.groups.vm_sinks.in_volumes([v["name"] for v in current(group.volumes)])
-        try:
-            wait_started(self.groups.streams(group), sinks,
-                         self.groups.vm_sinks.labels(sinks))
-        except SeawallError as exc:
-            try:
-                self.delete(settings.name, keep_replicas=False)
-            except SeawallError as undo:
-                raise undone(exc, f"group {settings.name} could not be removed again: "
-                                  f"{undo.message}") from None
-            raise undone(exc, f"group {settings.name} was not created (removed again at "
-                              "both sites, its mirrors detached, its capture sinks removed)"
-                         ) from None
-        return created
-
     # --- members -------------------------------------------------------------------------
 
     def update(self, name: str, add: list[str], remove: list[str],
                settle: Settle | None = None) -> dict[str, Any]:
-        group, peer = self._protected_here(name, "change its members")
+        group, peer = self.protected_here(name, "change its members")
         kept = plan_change(current(group.volumes), add, remove, name)
         new = self._new_volumes(add)
         check(options_of(group), [v["name"] for v in kept] + add, peer.name)
@@ -177,36 +150,6 @@ class GroupMembership:
         self._store(group, stored)
         return {**describe(group, peer.name), "added": add, "removed": remove,
                 "warnings": warnings}
-
-    def update_vms(self, name: str, add: list[str], remove: list[str], add_vms: list[str],
-                   remove_vms: list[str]) -> dict[str, Any]:
-        """``update`` with VMs too: a VM added brings a capture sink per disk (made first,
-        removed again if the change fails), and the change stands only once their mirrors
-        started (see the module rules); a VM the group has already gets sinks for its
-        disks that have none (hot-plugged). A VM removed takes its sinks out of the group,
-        then they are deleted (their history stays at the recovery site until it ages
-        out; the VM keeps running, its mirrors ended)."""
-        group, _ = self._protected_here(name, "change its members")
-        sinks = self.groups.vm_sinks
-        leaving = sinks.of_vms(remove_vms, [v["name"] for v in current(group.volumes)])
-        joining, warnings = sinks.make(add_vms, group=name) if add_vms else ([], [])
-
-        def settle(streams: list[tuple[JsonClient, str]]) -> None:
-            try:
-                wait_started(streams, joining, sinks.labels(joining))
-            except SeawallError as exc:
-                raise undone(exc, f"group {name} was put back as it was at both sites (its "
-                                  "new mirrors detached, the capture sinks made for it "
-                                  "removed)") from None
-        try:
-            changed = self.update(name, [*add, *joining], [*remove, *leaving],
-                                  settle if joining else None)
-        except BaseException:
-            sinks.remove(joining)
-            raise
-        sinks.remove(leaving)
-        return {**changed, "added_vms": add_vms, "removed_vms": remove_vms,
-                "warnings": [*warnings, *changed["warnings"]]}
 
     def _joining(self, change: StreamChange) -> dict[str, str] | None:
         """What the recovery site needs of a new member agent: its name and certificate."""
@@ -402,7 +345,7 @@ class GroupMembership:
     # --- delete --------------------------------------------------------------------------
 
     def delete(self, name: str, keep_replicas: bool) -> dict[str, Any]:
-        group, peer = self._protected_here(name, "delete it")
+        group, peer = self.protected_here(name, "delete it")
         remote = peer_client(self.config, peer)
         try:
             recovery: dict[str, Any] = remote.request(
@@ -462,7 +405,7 @@ class GroupMembership:
 
     # --- whose group ---------------------------------------------------------------------
 
-    def _protected_here(self, name: str, doing: str) -> tuple[Group, Peer]:
+    def protected_here(self, name: str, doing: str) -> tuple[Group, Peer]:
         group, peer = self.groups.get(name)
         if group.role != "protected":
             where = (f"at its protected site ({peer.name}), which tells this one"

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from seawall.manager.access.guard import peer_site
-from seawall.manager.groups.membership import GroupMembership
 from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.service import GroupService, GroupSettings
 from seawall.manager.groups.settings import GroupOptions
+from seawall.manager.groups.vm_groups import VmGroups
 
 router = APIRouter(prefix="/api/v1", tags=["groups"])
 
@@ -64,8 +64,8 @@ def list_groups(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/groups", status_code=201)
 def create_group(request: Request, body: GroupSettings) -> dict[str, Any]:
-    members: GroupMembership = request.app.state.group_members  # waits for VM mirrors
-    return members.create(body)
+    vm_groups: VmGroups = request.app.state.vm_groups  # waits for the VMs' mirrors
+    return vm_groups.create(body)
 
 
 @router.get("/groups/{name}")

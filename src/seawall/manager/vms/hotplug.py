@@ -7,7 +7,7 @@ documents here.
 
 Rules:
 - A disk to protect is added through the one path of ``group update --add-vm``
-  (``GroupMembership.update_vms`` with the VM's uuid: a VM the group has gets sinks for its
+  (``VmGroups.update`` with the VM's uuid: a VM the group has gets sinks for its
   disks without one): a sink made, the recovery site told, the mirror attached with its
   full copy as the disk's initial sync, the membership stored at both sites. Nothing
   half-attached is left if its mirror cannot start (the same undo).
@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from seawall.errors import SeawallError
-from seawall.manager.groups.membership import GroupMembership
+from seawall.manager.groups.vm_groups import VmGroups
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RETRY_S = 60.0
 
 
 class HotPlugs:
-    def __init__(self, members: GroupMembership, retry_s: float = RETRY_S) -> None:
+    def __init__(self, members: VmGroups, retry_s: float = RETRY_S) -> None:
         self.members = members
         self.retry_s = retry_s
         self._failed_s: dict[tuple[str, str], float] = {}  # (group, VM uuid) -> when
@@ -53,7 +53,7 @@ class HotPlugs:
 
     def _protect(self, group: str, vm_uuid: str, now_s: float) -> None:
         try:
-            changed = self.members.update_vms(group, [], [], [vm_uuid], [])
+            changed = self.members.update(group, [], [], [vm_uuid], [])
         except SeawallError as exc:
             self._failed_s[(group, vm_uuid)] = now_s
             log.warning("group %s: the disks hot-plugged into VM %s are not protected: %s "
