@@ -190,8 +190,8 @@ def test_vms_join_leave_and_delete_groups_and_keep_running(
     assert "put back as it was" in failed.stderr, failed.stderr
     assert mirror_jobs(vm) == ["backup-job"] and sinks(prod) == {}
     for site in (prod, dr):
-        assert [v["name"] for v in cli_json(site, "group", "show", "app")["volumes"]] == \
-            ["disk0"]
+        shown = [v["name"] for v in cli_json(site, "group", "show", "app")["volumes"]]
+        assert shown == ["disk0"], (site.name, shown)
     set_busy(vm, False)
     prod.wait_protecting("app")
     seawall(prod, "group", "update", "app", "--add-vm", "vm1")

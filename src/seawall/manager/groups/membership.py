@@ -49,6 +49,7 @@ so running the same command again finishes it. The event log has it (``delete gr
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ from seawall.manager.recovery.store import OperationStore
 
 Settle = Callable[[list[tuple[JsonClient, str]]], None]
 """Called with the group's streams once each changed at its agent; raising fails the change."""
+
+log = logging.getLogger(__name__)
 
 UNSETTLED = 0
 """An ending member's ``ended_after`` until the lead's seq is known (never stored)."""
@@ -237,9 +240,15 @@ class GroupMembership:
                     self._tell_peer(peer, name, RecoveryMembers(volumes=change.old),
                                     change.member, resume_member=True)
                 else:
-                    self._tell_peer(peer, name, RecoveryMembers(
-                        volumes=change.old, forget=[v.name for v in change.added]),
-                        change.member)
+                    try:
+                        self._tell_peer(peer, name, RecoveryMembers(
+                            volumes=change.old, forget=[v.name for v in change.added]),
+                            change.member)
+                    except SeawallError as exc:  # then retired: its history ages out
+                        log.warning("group %s: additions not forgotten at the recovery site "
+                                    "(%s): retired instead", name, exc.message)
+                        self._tell_peer(peer, name, RecoveryMembers(volumes=change.old),
+                                        change.member)
 
     def _store(self, group: Group, stored: list[dict[str, Any]]) -> None:
         with self.groups.sessions.begin() as session:
