@@ -28,7 +28,7 @@ from seawall.manager.groups.vm_groups import VmGroups
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 60.0
+RETRY_S = 300.0
 
 
 class HotPlugs:
