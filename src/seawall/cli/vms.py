@@ -49,7 +49,7 @@ def vm_list(
         print_table(vms + silent, [*columns, "error"] if silent else columns)
     for row in rows:
         if row.get("mirror_problem"):
-            console.print(f"warning: {row['mirror_problem']}: it cannot be protected live",
+            console.print(f"warning: {row['mirror_problem']}",
                           markup=False, highlight=False)
         if row.get("name") is None and row.get("hypervisor") == "none":
             console.print(f"agent {row['agent']} has no hypervisor (run it with "
