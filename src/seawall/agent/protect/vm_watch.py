@@ -78,7 +78,11 @@ class VmWatch:
         return disks
 
     def status(self) -> list[dict[str, Any]]:
-        return [self.problems[key] for key in sorted(self.problems)]
+        # A disk protected since the last check is no problem any more (nor to act on).
+        held = self._disks
+        return [problem for key, problem in sorted(self.problems.items())
+                if not (problem["protect"]
+                        and key[1].removeprefix("disk ") in held.get(key[0], {}))]
 
     async def _pump(self) -> None:
         # A queue between the adapter's iterator and the loop: waiting on a queue with a
