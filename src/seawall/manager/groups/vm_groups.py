@@ -6,8 +6,10 @@ per disk (``seawall.manager.vms.sinks``); the group's agents attach their mirror
 group's next sync window.
 
 Rules:
-- The command returns only once every new disk's mirror started (``vm_attach``: attached;
-  its full copy may take hours) or one failed. On a failure nothing is left
+- The command returns only once every new disk of a VM whose QEMU runs (``VmSinks.live``:
+  running or paused) has its mirror started (``vm_attach``: attached; its full copy may
+  take hours) or one failed. A shut-off VM's disks are not waited for: their mirrors
+  are attached when it starts. On a failure nothing is left
   half-attached: a create removes the group again at both sites (as ``group delete``
   does: its mirrors detached, its sinks removed); an update is failed after its step 3
   (``GroupMembership.update``'s ``settle``), which puts every stream back as it was at both
@@ -42,7 +44,8 @@ class VmGroups:
         if not settings.vms:
             return created
         group, _ = self.groups.get(settings.name)
-        sinks = self.groups.vm_sinks.in_volumes([v["name"] for v in current(group.volumes)])
+        sinks = self.groups.vm_sinks.live(self.groups.vm_sinks.in_volumes(
+            [v["name"] for v in current(group.volumes)]))
         try:
             wait_started(self.groups.streams(group), sinks,
                          self.groups.vm_sinks.labels(sinks))
@@ -64,17 +67,19 @@ class VmGroups:
         sinks = self.groups.vm_sinks
         leaving = sinks.of_vms(remove_vms, [v["name"] for v in current(group.volumes)])
         joining, warnings = sinks.make(add_vms, group=name) if add_vms else ([], [])
+        live: list[str] = []
 
         def settle(streams: list[tuple[JsonClient, str]]) -> None:
             try:
-                wait_started(streams, joining, sinks.labels(joining))
+                wait_started(streams, live, sinks.labels(live))
             except SeawallError as exc:
                 raise undone(exc, f"group {name} was put back as it was at both sites (its "
                                   "new mirrors detached, the capture sinks made for it "
                                   "removed)") from None
         try:
+            live.extend(sinks.live(joining))
             changed = self.members.update(name, [*add, *joining], [*remove, *leaving],
-                                          settle if joining else None)
+                                          settle if live else None)
         except BaseException:
             sinks.remove(joining)
             raise

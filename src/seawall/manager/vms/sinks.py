@@ -99,6 +99,14 @@ class VmSinks:
             entry["volumes"][row["disk"]] = row["name"]
         return list(described.values())
 
+    def live(self, names: list[str]) -> list[str]:
+        """The sinks among ``names`` whose VM's QEMU runs now (running or paused): their
+        mirrors can be attached at once; a shut-off VM's wait until it starts."""
+        up = {row["uuid"] for row in self.vms.list_all()
+              if row.get("name") and row.get("state") in ("running", "paused")}
+        return [row["name"] for row in self._volume_rows() if row.get("kind") == "sink"
+                and row["name"] in names and row["vm_uuid"] in up]
+
     def labels(self, names: list[str]) -> dict[str, str]:
         """Sink volume -> "VM web (agent prod), disk vda", for messages."""
         return {volume: f"VM {vm['name'] or vm['uuid']} (agent {vm['agent']}), disk {disk}"
