@@ -14,7 +14,9 @@ Order of a change of members (``update``):
    they age out). Unreachable or refusing: what it took is taken back, nothing changed.
 3. This site's agents change each stream in place (``ProtectedGroup.change_volumes``): a
    new volume gets its initial sync in a sync window while the others keep replicating.
-   If one fails, every stream is put back at both sites.
+   If one fails, every stream is put back at both sites (an added volume whose first
+   records reached the recovery site already cannot be forgotten there: it is retired,
+   in no checkpoint, and ages out).
 4. The recovery site is told each stream's last seq at the change, which settles which
    checkpoints include the changed volumes; if it cannot be told, the change stands and
    the answer warns that checkpoints near the change may list them wrongly until a later
