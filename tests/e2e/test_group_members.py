@@ -26,6 +26,7 @@ from seawall.localsites import LocalSite
 from support.cli import refused, run_json, seawall
 from support.groups import sha256_of, write
 from support.hosts import Host
+from support.qemu_vm import VM_UUID, QemuVm
 from support.sites import kill_agent, running_pair
 
 pytestmark = pytest.mark.e2e
@@ -105,6 +106,41 @@ def as_user(site: LocalSite, token: str, *args: str) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "seawall", *args], capture_output=True,
                           text=True, timeout=120,
                           env={**os.environ, "SEAWALL_URL": site.url, "SEAWALL_TOKEN": token})
+
+
+def test_vm_show_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite],
+                                            vm: QemuVm) -> None:
+    """A VM on a joined agent (the QMP adapter) and a volume of the site's own agent: `vm
+    show` at either site finds the VM's configuration in its agent's member journal, at
+    the group checkpoint's marker there. (First in the module: the later tests leave
+    stopped agents joined.)"""
+    prod, dr = pair
+    log = (prod.directory.parent / "hv.log").open("w")
+    host = Host("hv", prod.directory.parent / "hv", log)
+    try:
+        token = prod.api.post("/api/v1/agents/token", {})["token"]
+        host.run(*host.join_args(prod, token), "--hypervisor", f"qmp:{vm.directory}")
+        host.wait_reachable(prod)
+        Volume(prod, "plain", 20)
+        seawall(prod, "group", "create", "vms", "--volume", "plain", "--vm", "vm1",
+                "--to", "dr", "--checkpoint-interval", "200ms")
+        prod.wait_protecting("vms")
+        checkpoint = tag(prod, dr, "c1", "vms")
+        for site in (prod, dr):
+            shown_vm = run_json(site, "vm", "show", "vms", "vm1", "--checkpoint",
+                                str(checkpoint))
+            assert shown_vm["uuid"] == VM_UUID and shown_vm["checkpoint"] == checkpoint
+            assert shown_vm["checkpoint_name"] == "c1" and shown_vm["member"].endswith(".1")
+            assert {d["target"]: d["volume"] for d in shown_vm["disks"]} == {
+                "vda": "vm1-vda", "vdb": "vm1-vdb", "cd0": None}, site.name
+        assert "no configuration of VM 'mail'" in refused(prod, "vm", "show", "vms",
+                                                          "mail").stderr
+        run_json(prod, "group", "delete", "vms", "--yes")
+        seawall(prod, "agent", "remove", "hv")  # the next tests make volumes: all agents up
+        seawall(prod, "volume", "remove", "plain")
+    finally:
+        host.stop()
+        log.close()
 
 
 def test_members_change_then_bad_changes_then_deletes(
@@ -356,3 +392,4 @@ def test_members_of_a_group_spanning_agents(pair: tuple[LocalSite, LocalSite]) -
         host2.stop()
         host3.stop()
         log.close()
+

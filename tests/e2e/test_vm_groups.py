@@ -4,7 +4,10 @@
 Real parts: a running QEMU (TCG, no guest kernel; writes through HMP ``qemu-io`` above the
 mirror's filter, as a guest's), two real local sites, the protected agent on the QMP
 adapter. The VM never stops and never sees an error; whatever leaves a group takes its
-mirrors (and capture sinks) with it and leaves the VM untouched.
+mirrors (and capture sinks) with it and leaves the VM untouched. A disk busy with another
+tool's block job (a real mirror into a null node, as a backup tool's) cannot take the
+splitter: the create or update that needs it is undone whole, the other disk's mirror,
+attached meanwhile, detached.
 """
 
 from __future__ import annotations
@@ -65,6 +68,27 @@ def mirror_jobs(vm: QemuVm) -> list[str]:
     return asyncio.run(query())
 
 
+def set_busy(vm: QemuVm, busy: bool) -> None:
+    """Start (or end) another tool's block job on disk vdb: QEMU takes one per disk."""
+    async def job() -> None:
+        async with own_monitor(vm) as qmp:
+            if busy:
+                await qmp.execute("blockdev-add", {"driver": "null-co", "node-name": "other",
+                                                   "size": DISK_BYTES})
+                await qmp.execute("blockdev-mirror", {"job-id": "backup-job", "sync": "full",
+                                                      "device": "drive-vdb", "target": "other"})
+                return
+            await qmp.execute("block-job-cancel", {"device": "backup-job", "force": True})
+            while await qmp.execute("query-block-jobs"):
+                await asyncio.sleep(0.05)
+            await qmp.execute("blockdev-del", {"node-name": "other"})
+    asyncio.run(job())
+
+
+def group_names(site: LocalSite) -> list[str]:
+    return [group["name"] for group in cli_json(site, "group", "list")]
+
+
 def write(vm: QemuVm, pattern: int, offset: int) -> None:
     async def io() -> None:
         async with own_monitor(vm) as qmp:
@@ -96,7 +120,7 @@ def check_checkpoint(prod: LocalSite, dr: LocalSite, vm: QemuVm, name: str) -> N
 
 
 def test_vms_join_leave_and_delete_groups_and_keep_running(
-        vm: QemuVm, sites: tuple[LocalSite, LocalSite]) -> None:
+        tmp_path: Path, vm: QemuVm, sites: tuple[LocalSite, LocalSite]) -> None:
     prod, dr = sites
     row = vm_row(prod)
     assert row["group"] is None and row["state"] == "running"
@@ -107,6 +131,21 @@ def test_vms_join_leave_and_delete_groups_and_keep_running(
     assert "named twice" in refused(prod, "group", "create", "app", "--vm", "vm1",
                                     "--vm", row["uuid"], "--to", "dr")
     assert sinks(prod) == {} and mirror_jobs(vm) == []
+
+    # A disk that cannot take its mirror: nothing half-attached. vda's mirror was attached
+    # (the agent logged it), then detached with the group, at both sites.
+    write(vm, 0x10, 0)
+    before = (file_bytes(vm.raw, "raw"), file_bytes(vm.qcow2, "qcow2"))
+    set_busy(vm, True)
+    failed = seawall(prod, "group", "create", "app", "--vm", "vm1", "--to", "dr", check=False)
+    assert failed.returncode == 4, failed.stderr  # Conflict
+    assert "VM vm1 (agent prod), disk vdb: the mirror was not attached" in failed.stderr
+    assert "busy" in failed.stderr and "was not created" in failed.stderr, failed.stderr
+    assert "mirror of vm1-vda (VM" in (tmp_path / "sites.log").read_text()
+    assert mirror_jobs(vm) == ["backup-job"] and sinks(prod) == {}
+    assert "app" not in group_names(prod) and "app" not in group_names(dr)
+    assert (file_bytes(vm.raw, "raw"), file_bytes(vm.qcow2, "qcow2")) == before
+    set_busy(vm, False)
 
     write(vm, 0x11, 0)
     created = seawall(prod, "group", "create", "app", "--vm", "vm1", "--to", "dr",
@@ -143,7 +182,18 @@ def test_vms_join_leave_and_delete_groups_and_keep_running(
     assert "VM vm1 is not protected by this group" in refused(
         prod, "group", "update", "app", "--remove-vm", "vm1")
 
-    # Back in: new sinks, a full copy, exact checkpoints again.
+    # Back in, first refused whole while vdb is busy; then new sinks, a full copy, exact
+    # checkpoints again.
+    set_busy(vm, True)
+    failed = seawall(prod, "group", "update", "app", "--add-vm", "vm1", check=False)
+    assert failed.returncode == 4 and "disk vdb" in failed.stderr, failed.stderr
+    assert "put back as it was" in failed.stderr, failed.stderr
+    assert mirror_jobs(vm) == ["backup-job"] and sinks(prod) == {}
+    for site in (prod, dr):
+        shown = [v["name"] for v in cli_json(site, "group", "show", "app")["volumes"]]
+        assert shown == ["disk0"], (site.name, shown)
+    set_busy(vm, False)
+    prod.wait_protecting("app")
     seawall(prod, "group", "update", "app", "--add-vm", "vm1")
     prod.wait_protecting("app")
     assert mirror_jobs(vm) == ["seawall-vda", "seawall-vdb"]

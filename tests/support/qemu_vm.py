@@ -8,7 +8,7 @@ BlockBackend, above the mirror's filter node, exactly like a guest write. The di
 ``-drive if=none,id=drive-vdX`` (as Proxmox starts them) because QEMU 7.2's HMP qemu-io
 finds a BlockBackend only by drive name: a ``-blockdev`` disk's backend is anonymous, and
 ``qemu-io -d NODE`` would write below the mirror's filter, bypassing it. A PCIe root
-port (``rp1``) takes hot-plugged disks: q35's root bus takes none.
+port each (``rp1``, ``rp2``) takes a hot-plugged disk: q35's root bus takes none.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def start_vm(tmp: Path, paused: bool = False) -> QemuVm:
         "-device", "virtio-blk-pci,drive=drive-vdb,id=vdb",
         "-device", "ide-cd,id=cd0,bus=ide.1",
         "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
+        "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2",
         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,id=net0,"
         "mac=52:54:00:12:34:56",
         "-qmp", f"unix:{sockets / 'vm1.qmp'},server=on,wait=off",

@@ -107,6 +107,15 @@ def test_merged_status_sums_counters_and_shows_the_worst_state() -> None:
     healthy = merge_status([(members[0], lead), (members[1], {**other, "state": "protecting",
                                                                "link_up": True})], None, 1)
     assert healthy["state"] == "protecting" and healthy["rpo_s"] is None
+    # VM disks' mirrors and VM alerts are each member agent's own: all of them shown.
+    vms = merge_status([(members[0], {**lead, "mirrors": {}, "mirror_refusals": {},
+                                      "vm_alerts": []}),
+                        (members[1], {**other, "mirrors": {"web-vda": "copying"},
+                                      "mirror_refusals": {"web-vdb": "conflict"},
+                                      "vm_alerts": [{"subject": "disk vdc"}]})], None, 1)
+    assert vms["mirrors"] == {"web-vda": "copying"}
+    assert vms["mirror_refusals"] == {"web-vdb": "conflict"}
+    assert vms["vm_alerts"] == [{"subject": "disk vdc"}]
 
 
 def test_merged_status_of_the_recovery_journals_keeps_their_shape() -> None:

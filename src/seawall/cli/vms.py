@@ -48,6 +48,9 @@ def vm_list(
     if vms or silent:
         print_table(vms + silent, [*columns, "error"] if silent else columns)
     for row in rows:
+        if row.get("mirror_problem"):
+            console.print(f"warning: {row['mirror_problem']}",
+                          markup=False, highlight=False)
         if row.get("name") is None and row.get("hypervisor") == "none":
             console.print(f"agent {row['agent']} has no hypervisor (run it with "
                           "--hypervisor libvirt[:URI] or qmp:DIR to list its VMs)")

@@ -44,6 +44,8 @@ class VmDescription(Answer):
     state: str
     disks: list[VmDisk]
     nics: list[VmNic]
+    mirror_problem: str | None = None
+    """Why its hypervisor cannot run a write-blocking mirror (too old): not protectable."""
 
 
 class VmListing(Answer):

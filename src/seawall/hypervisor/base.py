@@ -19,6 +19,8 @@ Rules and invariants:
   running disk served *by QEMU* (never the image file behind QEMU's back), on a Unix
   socket in ``socket_dir``; ``close_reader`` removes it. A resync reads the disk there
   and compares it with the recovery site (``seawall.agent.protect.syncer``).
+- ``VmInfo.mirror_problem`` says, before anything is made, why a VM's hypervisor cannot
+  run a write-blocking mirror (libvirt < 8.0, QEMU < 3.0), naming the VM or host.
 - Every call that fails raises ``SeawallError`` subclasses naming the VM and disk
   (``NotFound`` for an unknown VM, ``Unavailable`` when the hypervisor cannot be reached,
   ``Conflict`` for a disk already mirrored, ``InvalidInput`` for a disk that cannot be).
@@ -65,6 +67,7 @@ class VmInfo:
     state: VmState
     disks: tuple[DiskInfo, ...]
     nics: tuple[NicInfo, ...]
+    mirror_problem: str | None = None  # why its hypervisor cannot mirror it (too old)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -267,11 +268,21 @@ class LibvirtHypervisor:
                     # undefined between the listing and this look: not a VM any more
             return found
 
-        return await self._call("the VM listing", every, retry=True)
+        return [self._checked(vm) for vm in
+                await self._call("the VM listing", every, retry=True)]
 
     async def vm(self, name_or_uuid: str) -> VmInfo:
-        return await self._call(f"VM {name_or_uuid!r}",
-                                lambda c: vm_info(find_domain(c, name_or_uuid)), retry=True)
+        return self._checked(await self._call(
+            f"VM {name_or_uuid!r}", lambda c: vm_info(find_domain(c, name_or_uuid)),
+            retry=True))
+
+    def _checked(self, info: VmInfo) -> VmInfo:
+        """The VM with why this host cannot mirror it, if it cannot (told before anything
+        is made for it)."""
+        if self._mirror_problem is None:
+            return info
+        return replace(info, mirror_problem=f"VM {info.name} on libvirt at {self.uri}: "
+                                            f"{self._mirror_problem}")
 
     async def definition(self, vm_uuid: str) -> str:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE

@@ -217,6 +217,12 @@ class QmpHypervisor:
         job = job_id(disk)
         if disk in await self.mirrored_disks(vm_uuid):
             raise Conflict(f"disk {disk} of VM {vm.name} is already mirrored (job {job})")
+        busy = qmp_inventory.busy_with(await vm.run("query-named-block-nodes", {"flat": True}),
+                                       found[disk].info.source)
+        if busy:
+            raise Conflict(f"disk {disk} of VM {vm.name} is busy: {busy} block job of another "
+                           "tool runs on it (`query-block-jobs`); QEMU takes one job per "
+                           "disk: end it first")
         node = sink_node(disk)
         try:
             await vm.run("blockdev-add", {
@@ -236,7 +242,10 @@ class QmpHypervisor:
             vm.jobs.pop(job, None)
             with contextlib.suppress(PeerError, Unavailable):
                 await vm.run("blockdev-del", {"node-name": node})
-            raise PeerError(f"VM {vm.name}: cannot start the mirror of {disk}: {exc}") from None
+            if isinstance(exc, Unavailable):
+                raise
+            raise InvalidInput(f"VM {vm.name}: QEMU refused to mirror disk {disk}: "
+                               f"{exc.message}") from None
 
     async def detach_mirror(self, vm_uuid: str, disk: str) -> None:
         vm = await self._find(vm_uuid)
@@ -417,14 +426,15 @@ class QmpHypervisor:
 
     async def _info(self, vm: _Vm) -> VmInfo:
         disks = tuple(d.info for d in await self._disks(vm))
+        problem = qmp_inventory.mirror_problem(await vm.run("query-version"), vm.name)
         if vm.daemon:
-            return VmInfo(vm.name, vm.uuid, "running", disks, ())
+            return VmInfo(vm.name, vm.uuid, "running", disks, (), problem)
         status = await vm.run("query-status")
         nics = qmp_inventory.nics(
             await vm.run("query-rx-filter"),
             str(await vm.run("human-monitor-command", {"command-line": "info network"})))
         return VmInfo(vm.name, vm.uuid, qmp_inventory.vm_state(str(status.get("status"))),
-                      disks, nics)
+                      disks, nics, problem)
 
     async def freeze(self, vm_uuid: str, timeout_s: float) -> int | None:
         """Through the guest agent's socket beside the QMP one (``ID.qga``)."""

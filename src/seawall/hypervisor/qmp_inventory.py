@@ -12,6 +12,9 @@ Rules and invariants:
 - A qemu-storage-daemon (the same block layer without a VM, e.g. serving a VM's disks as
   vhost-user-blk) has no devices: its disks are its block exports, named by export id.
 - The write-blocking copy mode of ``blockdev-mirror`` exists since QEMU 3.0.
+- A drive with a block job's filter node above it (``JOB_FILTERS``: another mirror, a
+  commit, a backup; ``query-block`` hides such implicit nodes, ``query-named-block-nodes``
+  lists them with the file below) is busy: QEMU refuses a second job on it (``busy_with``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from seawall.errors import InvalidInput
 from seawall.hypervisor.base import DiskInfo, NicInfo, VmState
 
 WRITE_BLOCKING_SINCE = (3, 0)
+JOB_FILTERS = {"mirror_top": "a mirror", "commit_top": "a commit",
+               "copy-before-write": "a backup", "backup-top": "a backup"}
 _PERIPHERAL = re.compile(r"^/machine/peripheral/([^/]+)")
 _NETWORK_LINE = re.compile(r"^\s*(?:\\\s*)?([^:\s]+):\s*index=\d+,type=(\w+),?(.*)$")
 
@@ -82,6 +87,16 @@ def disks(query_block: list[dict[str, Any]]) -> list[QmpDisk]:
     return found
 
 
+def busy_with(nodes: list[dict[str, Any]], source: str) -> str:
+    """The kind of block job whose filter sits above the image ``source``, from
+    ``query-named-block-nodes`` (flat); "" when none does."""
+    for node in nodes:
+        kind = JOB_FILTERS.get(str(node.get("drv") or ""))
+        if kind and source and node.get("file") == source:
+            return kind
+    return ""
+
+
 def export_disks(exports: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> list[QmpDisk]:
     """A qemu-storage-daemon's disks: its block exports (vhost-user-blk, NBD...), named by
     export id, from ``query-block-exports`` and ``query-named-block-nodes``."""
@@ -126,10 +141,17 @@ def nics(rx_filters: list[dict[str, Any]], info_network: str) -> tuple[NicInfo, 
 
 def check_write_blocking(version: dict[str, Any], vm: str) -> None:
     """Refuse a QEMU older than write-blocking mirrors (``query-version``'s answer)."""
+    problem = mirror_problem(version, vm)
+    if problem is not None:
+        raise InvalidInput(problem)
+
+
+def mirror_problem(version: dict[str, Any], vm: str) -> str | None:
+    """Why VM ``vm``'s QEMU cannot run a write-blocking mirror (None: it can)."""
     qemu = version.get("qemu") or {}
     have = (int(qemu.get("major", 0)), int(qemu.get("minor", 0)))
-    if have < WRITE_BLOCKING_SINCE:
-        raise InvalidInput(
-            f"VM {vm} runs QEMU {have[0]}.{have[1]}, too old for a write-blocking mirror "
-            f"(QEMU {WRITE_BLOCKING_SINCE[0]}.{WRITE_BLOCKING_SINCE[1]} or newer): "
-            "it cannot be protected live")
+    if have >= WRITE_BLOCKING_SINCE:
+        return None
+    return (f"VM {vm} runs QEMU {have[0]}.{have[1]}, too old for a write-blocking mirror "
+            f"(QEMU {WRITE_BLOCKING_SINCE[0]}.{WRITE_BLOCKING_SINCE[1]} or newer): it cannot "
+            "be protected live")

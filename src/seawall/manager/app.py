@@ -36,6 +36,7 @@ from seawall.manager.groups.service import GroupService
 from seawall.manager.groups.settings_routes import router as group_settings_router
 from seawall.manager.groups.spanning import SpanningGroups
 from seawall.manager.groups.updates import SettingsUpdates
+from seawall.manager.groups.vm_groups import VmGroups
 from seawall.manager.metrics import service as metrics_service
 from seawall.manager.metrics.routes import router as metrics_router
 from seawall.manager.models import create_database, is_out_of_space
@@ -51,6 +52,7 @@ from seawall.manager.sites.routes import router as sites_router
 from seawall.manager.sites.service import SiteService
 from seawall.manager.sites.unpairing import Unpairing
 from seawall.manager.vms.configs import VmConfigs
+from seawall.manager.vms.hotplug import HotPlugs
 from seawall.manager.vms.routes import router as vms_router
 from seawall.manager.vms.service import VmService
 from seawall.manager.vms.sinks import VmSinks
@@ -114,6 +116,8 @@ def create_app(config: SiteConfig) -> FastAPI:
                                               app.state.volumes.locate)
     # status, alerts, events, tasks
     monitor = install_monitoring(app, config, sessions, clones, agents)
+    app.state.vm_groups = VmGroups(app.state.group_members)
+    monitor.followers.append(HotPlugs(app.state.vm_groups).follow)
     app.state.metrics = metrics_service.MetricsService(
         config, groups, agent_client(config, timeout_s=metrics_service.AGENT_TIMEOUT_S))
 

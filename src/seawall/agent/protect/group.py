@@ -463,5 +463,6 @@ class ProtectedGroup:
             "rpo_s": (time.time_ns() - newest.time_ns) / 1e9 if newest else None,
             "sync": self.sync.describe(),
             "mirrors": self.mirrors.describe(self.syncing, self.plan),
+            "mirror_refusals": self.mirrors.refusals(),
         }
 

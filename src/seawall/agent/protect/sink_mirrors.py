@@ -23,7 +23,9 @@ Rules and invariants:
 - The window closes (SYNC_END) when the syncer is done and every new mirror is ready
   (``sink_ready``; ``wait_settled``). A sink whose mirror ended (``sink_lost``) makes the
   group ``sync-required``: no checkpoint until a new window attached it again
-  (``ProtectedGroup.copy_sinks``). The stream goes on meanwhile.
+  (``ProtectedGroup.copy_sinks``). The stream goes on meanwhile. A mirror that could not
+  be attached keeps the error's code (``codes``): the manager, waiting for the mirrors of
+  a VM it adds (``attaching`` until then), undoes the change and names it.
 - Everything here is by place in the group's ``volumes``; ``follow`` moves it when the
   members change (a removed sink's entries go with it).
 """
@@ -45,6 +47,7 @@ class SinkMirrors:
         self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
         self.pending = set(self.sinks)  # sinks whose full copy is still due
         self.lost: dict[int, str] = {}  # sinks with no mirror running: why
+        self.codes: dict[int, str] = {}  # sinks whose mirror could not be attached: the code
         self.running: set[int] = set()  # attached by this agent and not ended
         self._full_copy_due: set[int] = set()  # sinks whose full copy has not finished
         self.offline: set[int] = set()  # sinks whose VM is shut off: read from their files
@@ -106,6 +109,7 @@ class SinkMirrors:
         """Attach these sinks' mirrors (sink -> with a full copy) through the Splitter."""
         for index in sinks:
             self.lost.pop(index, None)
+            self.codes.pop(index, None)
             self.running.discard(index)
             self.pending.add(index)
         if not sinks:
@@ -133,12 +137,15 @@ class SinkMirrors:
         self._full_copy_due.discard(index)
         self._settled.set()
 
-    def sink_lost(self, index: int, reason: str) -> None:
-        """The mirror of sink ``index`` is gone (or could not start): its disk's writes are
-        no longer captured, so no checkpoint is taken until it is copied again."""
+    def sink_lost(self, index: int, reason: str, code: str | None = None) -> None:
+        """The mirror of sink ``index`` is gone (or could not start: ``code``, the error's):
+        its disk's writes are no longer captured, so no checkpoint is taken until it is
+        copied again."""
         self.pending.discard(index)
         self.running.discard(index)
         self.lost[index] = reason
+        if code is not None:
+            self.codes[index] = code
         self._on_lost(f"mirror of {self._volumes[index].name} ended: {reason}")
         self._settled.set()
 
@@ -150,6 +157,7 @@ class SinkMirrors:
         self.sinks = [i for i, volume in enumerate(volumes) if isinstance(volume, SinkVolume)]
         self.pending = {moved[i] for i in self.pending if i in moved}
         self.lost = {moved[i]: why for i, why in self.lost.items() if i in moved}
+        self.codes = {moved[i]: code for i, code in self.codes.items() if i in moved}
         self.running = {moved[i] for i in self.running if i in moved}
         self._full_copy_due = {moved[i] for i in self._full_copy_due if i in moved}
         self.offline = {moved[i] for i in self.offline if i in moved}
@@ -159,12 +167,18 @@ class SinkMirrors:
         """Each sink's mirror by volume name, for the group's status."""
         return {self._volumes[i].name: self._state(i, syncing, plan) for i in self.sinks}
 
+    def refusals(self) -> dict[str, str]:
+        """The error code of each sink whose mirror could not be attached, by volume name."""
+        return {self._volumes[i].name: code for i, code in self.codes.items()}
+
     def _state(self, index: int, syncing: bool, plan: SyncPlan) -> str:
         if index in self.lost:
             return f"ended: {self.lost[index]}"
         if index in self.offline:
             reading = syncing and (plan.maps[index] or plan.compare_from[index] is not None)
             return "shut off: reading its file" if reading else "shut off: read from its file"
+        if index not in self.running:
+            return "attaching"  # no mirror yet: its first window has not attached it
         if syncing and (plan.maps[index] or plan.compare_from[index] is not None):
             return "comparing"  # its disk is read through QEMU
         return "copying" if index in self.pending else "mirroring"

@@ -148,7 +148,7 @@ class Splitter:
                 return
         except SeawallError as exc:
             if not await self._shut_off(sink.vm_uuid):
-                self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}")
+                self.group.mirrors.sink_lost(index, f"cannot attach: {exc.message}", exc.code)
             return
         sink.discarding = False  # every write from now on is captured: see the rules
         self.group.mirrors.sink_attached(index)

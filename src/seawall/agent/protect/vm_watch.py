@@ -9,14 +9,18 @@ Rules and invariants:
   connection missed). A definition that differs from the last one captured (a digest)
   goes to the group as a ``VmConfig`` (``ProtectedGroup.set_vm_config``): a VM_CONFIG
   record in the stream, ordered with the writes and checkpoints.
-- Problems are reported, never acted on: a disk the VM has now that no sink of the group
-  holds (hot-plugged; protecting it automatically is a later step: the operator adds it
-  with ``group update --add-vm``/``--add-volume``), a VM migrated to another host, or one
-  undefined or no longer found. ``status`` lists them for the manager's alerts
-  (``vm-change``); nothing replicated is touched (the group keeps its history; its mirrors
-  end and its sinks go sync-required as any lost mirror does). A problem clears when a
-  check no longer finds it.
-- Disks Seawall cannot mirror (``DiskInfo.skip_reason``: CD-ROMs, ...) are not problems.
+- Problems are reported, never acted on here: a disk the VM has now that no sink of the
+  group holds (hot-plugged: ``protect`` True; the site manager adds it to the group as
+  ``group update --add-vm`` does, ``seawall.manager.vms.hotplug``), a disk hot-plugged
+  that Seawall cannot mirror (``protect`` False: a CD-ROM, a read-only or shareable disk),
+  a VM migrated to another host, or one undefined or no longer found. ``status`` lists
+  them for the manager's alerts (``vm-change``); nothing replicated is touched (the group
+  keeps its history; its mirrors end and its sinks go sync-required as any lost mirror
+  does). A problem clears when a check no longer finds it.
+- Disks Seawall cannot mirror that the VM had at the watch's first look at it are not
+  problems (they were skipped, with a warning, when it was protected).
+- The definition is captured again when the group's disks of the VM change too (a disk
+  hot-plugged and then protected): the record maps disks to the group's volumes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from typing import Any
 
 from seawall.agent.protect.group import ProtectedGroup
 from seawall.agent.protect.sink import SinkVolume
@@ -47,7 +52,8 @@ class VmWatch:
         self.format = "qmp-json" if hypervisor.spec.startswith("qmp:") else "libvirt-xml"
         self._digests: dict[str, str] = {}
         self._names: dict[str, str] = {}
-        self.problems: dict[tuple[str, str], dict[str, str]] = {}  # (uuid, subject) -> alert
+        self._skipped: dict[str, set[str]] = {}  # unmirrorable disks at the first look
+        self.problems: dict[tuple[str, str], dict[str, Any]] = {}  # (uuid, subject) -> alert
         self._events: asyncio.Queue[HypervisorEvent] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,8 +77,12 @@ class VmWatch:
                 disks.setdefault(volume.vm_uuid, {})[volume.disk] = volume.name
         return disks
 
-    def status(self) -> list[dict[str, str]]:
-        return [self.problems[key] for key in sorted(self.problems)]
+    def status(self) -> list[dict[str, Any]]:
+        # A disk protected since the last check is no problem any more (nor to act on).
+        held = self._disks
+        return [problem for key, problem in sorted(self.problems.items())
+                if not (problem["protect"]
+                        and key[1].removeprefix("disk ") in held.get(key[0], {}))]
 
     async def _pump(self) -> None:
         # A queue between the adapter's iterator and the loop: waiting on a queue with a
@@ -122,18 +132,24 @@ class VmWatch:
         for subject in ("defined", "host"):
             self.problems.pop((vm_uuid, subject), None)
         held = self._disks.get(vm_uuid, {})
-        added = sorted(d.target for d in info.disks if d.skip_reason is None
-                       and d.target not in held)
+        skipped = self._skipped.setdefault(
+            vm_uuid, {d.target for d in info.disks if d.skip_reason is not None})
+        added = {d.target: d.skip_reason for d in info.disks if d.target not in held
+                 and not (d.skip_reason is not None and d.target in skipped)}
         for key in [key for key in self.problems
                     if key[0] == vm_uuid and key[1].startswith("disk ")]:
             if key[1].removeprefix("disk ") not in added:
                 del self.problems[key]
-        for disk in added:
-            self._problem(vm_uuid, f"disk {disk}", f"has a disk {disk} the group does not "
-                          f"protect (hot-plugged?): add it with `seawall group update "
-                          f"{self.group.spec.name} --add-vm {info.name}` (protecting it by "
-                          "itself is not built yet)")
-        digest = hashlib.sha256(definition.encode()).hexdigest()
+        for disk, reason in sorted(added.items()):
+            if reason is None:
+                self._problem(vm_uuid, f"disk {disk}", f"has a disk {disk} the group does not "
+                              "protect yet (hot-plugged?): the site manager adds it (as "
+                              f"`seawall group update {self.group.spec.name} --add-vm "
+                              f"{info.name}` does)", protect=True)
+            else:
+                self._problem(vm_uuid, f"disk {disk}", f"has a disk {disk} hot-plugged that "
+                              f"Seawall cannot mirror ({reason}): it is not protected")
+        digest = hashlib.sha256(f"{definition}\n{sorted(held.items())}".encode()).hexdigest()
         if self._digests.get(vm_uuid) == digest:
             return
         self._digests[vm_uuid] = digest
@@ -142,12 +158,13 @@ class VmWatch:
         log.info("group %s: configuration of VM %s captured (%d bytes)", self.group.spec.name,
                  info.name, len(definition), extra={"group": self.group.spec.name})
 
-    def _problem(self, vm_uuid: str, subject: str, message: str) -> None:
+    def _problem(self, vm_uuid: str, subject: str, message: str,
+                 protect: bool = False) -> None:
         name = self._names.get(vm_uuid, vm_uuid)
         key = (vm_uuid, subject)
         if key not in self.problems:
             log.warning("group %s: VM %s %s", self.group.spec.name, name, message,
                         extra={"group": self.group.spec.name})
         self.problems[key] = {"vm": name, "uuid": vm_uuid, "subject": subject,
-                              "message": f"VM {name} {message}"}
+                              "message": f"VM {name} {message}", "protect": protect}
 

@@ -225,6 +225,11 @@ def merge_status(statuses: list[tuple[Member, dict[str, Any]]],
                   in merged else "newest_checkpoint_ns")
     merged[newest_key] = newest_checkpoint_ns
     merged["rpo_s"] = (now_ns - newest_checkpoint_ns) / 1e9 if newest_checkpoint_ns else None
+    for key in ("mirrors", "mirror_refusals"):  # VM disks' mirrors, on their agents
+        if key in merged:
+            merged[key] = {k: v for _, s in statuses for k, v in (s.get(key) or {}).items()}
+    if "vm_alerts" in merged:
+        merged["vm_alerts"] = [alert for _, s in statuses for alert in s.get("vm_alerts") or []]
     wan = [s.get("wan") or {} for _, s in statuses]
     if "wan" in merged:
         merged["wan"] = {**wan[0], "sent_bytes": sum(int(w.get("sent_bytes") or 0)

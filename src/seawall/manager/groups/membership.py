@@ -14,7 +14,9 @@ Order of a change of members (``update``):
    they age out). Unreachable or refusing: what it took is taken back, nothing changed.
 3. This site's agents change each stream in place (``ProtectedGroup.change_volumes``): a
    new volume gets its initial sync in a sync window while the others keep replicating.
-   If one fails, every stream is put back at both sites.
+   If one fails, every stream is put back at both sites (an added volume whose first
+   records reached the recovery site already cannot be forgotten there: it is retired,
+   in no checkpoint, and ages out).
 4. The recovery site is told each stream's last seq at the change, which settles which
    checkpoints include the changed volumes; if it cannot be told, the change stands and
    the answer warns that checkpoints near the change may list them wrongly until a later
@@ -33,6 +35,10 @@ Groups spanning agents, besides the same steps for each member stream that chang
   then; the lead journal's durable seq until step 4 says it), and its journal stays at
   the recovery site for the group checkpoints up to it. The lead's last volume cannot go.
 
+A change may be given ``settle``, called once every stream changed at its agent (after
+step 3): raising fails the change as a failed step 3 does (every stream put back at both
+sites). ``groups.vm_groups`` waits there for the mirrors of the VM disks it adds.
+
 Order of a delete (``delete``): the recovery site first (it refuses while a failover test,
 failover live or move of the group runs, naming it; it removes its journals and replicas,
 or keeps each member volume's replica as a plain raw file at the group's newest
@@ -45,6 +51,8 @@ so running the same command again finishes it. The event log has it (``delete gr
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +68,7 @@ from seawall.contract.agent import (
 )
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
+from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
 from seawall.manager.groups.member_changes import StreamChange, plan_change, stream_changes
 from seawall.manager.groups.members import (
@@ -79,6 +88,11 @@ from seawall.manager.groups.settings import (
 from seawall.manager.models import Group, Peer
 from seawall.manager.recovery.store import OperationStore
 
+Settle = Callable[[list[tuple[JsonClient, str]]], None]
+"""Called with the group's streams once each changed at its agent; raising fails the change."""
+
+log = logging.getLogger(__name__)
+
 UNSETTLED = 0
 """An ending member's ``ended_after`` until the lead's seq is known (never stored)."""
 
@@ -96,8 +110,9 @@ class GroupMembership:
 
     # --- members -------------------------------------------------------------------------
 
-    def update(self, name: str, add: list[str], remove: list[str]) -> dict[str, Any]:
-        group, peer = self._protected_here(name, "change its members")
+    def update(self, name: str, add: list[str], remove: list[str],
+               settle: Settle | None = None) -> dict[str, Any]:
+        group, peer = self.protected_here(name, "change its members")
         kept = plan_change(current(group.volumes), add, remove, name)
         new = self._new_volumes(add)
         check(options_of(group), [v["name"] for v in kept] + add, peer.name)
@@ -121,7 +136,7 @@ class GroupMembership:
             stored = stored_after(stored, change.member, change.agent,
                                   [v.model_dump() for v in change.volumes],
                                   change.joined_after)
-        last_seqs = self._change_protected(group, peer, changes, stored)
+        last_seqs = self._change_protected(group, peer, changes, stored, settle)
         warnings = []
         for change in changes:
             if change.new_member:  # a journal of its own: nothing before it to settle
@@ -141,25 +156,6 @@ class GroupMembership:
         return {**describe(group, peer.name), "added": add, "removed": remove,
                 "warnings": warnings}
 
-    def update_vms(self, name: str, add: list[str], remove: list[str], add_vms: list[str],
-                   remove_vms: list[str]) -> dict[str, Any]:
-        """``update`` with VMs too: a VM added brings a capture sink per disk (made first,
-        removed again if the change fails); a VM removed takes its sinks out of the group,
-        then they are deleted (their history stays at the recovery site until it ages
-        out; the VM keeps running, its mirrors ended)."""
-        group, _ = self._protected_here(name, "change its members")
-        sinks = self.groups.vm_sinks
-        leaving = sinks.of_vms(remove_vms, [v["name"] for v in current(group.volumes)])
-        joining, warnings = sinks.make(add_vms) if add_vms else ([], [])
-        try:
-            changed = self.update(name, [*add, *joining], [*remove, *leaving])
-        except BaseException:
-            sinks.remove(joining)
-            raise
-        sinks.remove(leaving)
-        return {**changed, "added_vms": add_vms, "removed_vms": remove_vms,
-                "warnings": [*warnings, *changed["warnings"]]}
-
     def _joining(self, change: StreamChange) -> dict[str, str] | None:
         """What the recovery site needs of a new member agent: its name and certificate."""
         if not change.new_member:
@@ -167,7 +163,8 @@ class GroupMembership:
         return {"agent": change.agent, "cert_pem": self.groups.spanning.cert_of(change.agent)}
 
     def _change_protected(self, group: Group, peer: Peer, changes: list[StreamChange],
-                          stored: list[dict[str, Any]]) -> dict[str, int]:
+                          stored: list[dict[str, Any]],
+                          settle: Settle | None = None) -> dict[str, int]:
         """Each stream's change at its protected agent (a new member started, then the
         lead's rounds told of it); the last seq of each existing stream at its change. A
         failure puts every stream back as it was, at both sites."""
@@ -194,6 +191,10 @@ class GroupMembership:
                 for change in ending:  # out of the rounds: the group's checkpoints after
                     last_seqs[change.stream] = lead_seq  # the lead's seq do not need it
                     AgentApi(clients[change.stream]).unprotect(change.stream)
+            if settle is not None:
+                settle([(clients.get(change.stream)
+                         or self.groups.spanning.client(change.agent), change.stream)
+                        for change in changes if not change.ending])
         except SeawallError:  # all or nothing: every stream as it was, at both sites
             for change in changes:
                 with contextlib.suppress(SeawallError):
@@ -241,9 +242,15 @@ class GroupMembership:
                     self._tell_peer(peer, name, RecoveryMembers(volumes=change.old),
                                     change.member, resume_member=True)
                 else:
-                    self._tell_peer(peer, name, RecoveryMembers(
-                        volumes=change.old, forget=[v.name for v in change.added]),
-                        change.member)
+                    try:
+                        self._tell_peer(peer, name, RecoveryMembers(
+                            volumes=change.old, forget=[v.name for v in change.added]),
+                            change.member)
+                    except SeawallError as exc:  # then retired: its history ages out
+                        log.warning("group %s: additions not forgotten at the recovery site "
+                                    "(%s): retired instead", name, exc.message)
+                        self._tell_peer(peer, name, RecoveryMembers(volumes=change.old),
+                                        change.member)
 
     def _store(self, group: Group, stored: list[dict[str, Any]]) -> None:
         with self.groups.sessions.begin() as session:
@@ -349,7 +356,7 @@ class GroupMembership:
     # --- delete --------------------------------------------------------------------------
 
     def delete(self, name: str, keep_replicas: bool) -> dict[str, Any]:
-        group, peer = self._protected_here(name, "delete it")
+        group, peer = self.protected_here(name, "delete it")
         remote = peer_client(self.config, peer)
         try:
             recovery: dict[str, Any] = remote.request(
@@ -409,7 +416,7 @@ class GroupMembership:
 
     # --- whose group ---------------------------------------------------------------------
 
-    def _protected_here(self, name: str, doing: str) -> tuple[Group, Peer]:
+    def protected_here(self, name: str, doing: str) -> tuple[Group, Peer]:
         group, peer = self.groups.get(name)
         if group.role != "protected":
             where = (f"at its protected site ({peer.name}), which tells this one"

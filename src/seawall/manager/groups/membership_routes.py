@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from seawall.contract.agent import RecoveryMembers
 from seawall.manager.access.guard import peer_site
 from seawall.manager.groups.membership import GroupMembership
+from seawall.manager.groups.vm_groups import VmGroups
 
 router = APIRouter(prefix="/api/v1", tags=["groups"])
 
@@ -48,8 +49,8 @@ def _service(request: Request) -> GroupMembership:
 @router.patch("/groups/{name}/volumes")
 def change_members(request: Request, name: str, body: MembersChange) -> dict[str, Any]:
     if body.add_vms or body.remove_vms:
-        return _service(request).update_vms(name, body.add, body.remove, body.add_vms,
-                                            body.remove_vms)
+        vm_groups: VmGroups = request.app.state.vm_groups  # waits for the VMs' mirrors
+        return vm_groups.update(name, body.add, body.remove, body.add_vms, body.remove_vms)
     return _service(request).update(name, body.add, body.remove)
 
 

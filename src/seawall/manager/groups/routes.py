@@ -11,6 +11,7 @@ from seawall.manager.access.guard import peer_site
 from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.service import GroupService, GroupSettings
 from seawall.manager.groups.settings import GroupOptions
+from seawall.manager.groups.vm_groups import VmGroups
 
 router = APIRouter(prefix="/api/v1", tags=["groups"])
 
@@ -63,7 +64,8 @@ def list_groups(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/groups", status_code=201)
 def create_group(request: Request, body: GroupSettings) -> dict[str, Any]:
-    return _service(request).create(body)
+    vm_groups: VmGroups = request.app.state.vm_groups  # waits for the VMs' mirrors
+    return vm_groups.create(body)
 
 
 @router.get("/groups/{name}")

@@ -7,8 +7,12 @@ Rules and invariants:
   (``web-vda``) on the VM's agent, of the disk's virtual size; from then on the group
   treats it as any other volume. Disks that cannot be mirrored (CD-ROMs, shareable disks,
   passthrough LUNs) are skipped, each with a warning naming VM, disk and reason.
-- A VM none of whose disks can be mirrored, a VM named twice or protected already, a sink
-  name that is not a valid volume name or is taken already: clear errors, nothing planned.
+- A VM none of whose disks can be mirrored, a VM named twice or protected already by
+  another group, a VM whose hypervisor is too old for write-blocking mirrors
+  (``mirror_problem``), a sink name that is not a valid volume name or is taken already:
+  clear errors, nothing planned.
+- A VM the group protects already (``held``) is extended: only its disks without a sink
+  get one (a disk hot-plugged since); none such is an error.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class FoundVm:
     name: str
     uuid: str
     disks: tuple[FoundDisk, ...]
+    mirror_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,20 @@ def choose_vm(wanted: str, inventory: Iterable[FoundVm]) -> FoundVm:
 
 
 def plan_vm_sinks(wanted: list[str], inventory: list[FoundVm], taken_volumes: set[str],
-                  protected: dict[str, str | None] | None = None) -> VmPlan:
+                  protected: dict[str, str | None] | None = None,
+                  held: dict[str, set[str]] | None = None) -> VmPlan:
     """The sinks protecting the VMs ``wanted`` (names or uuids), and what is skipped;
-    ``protected``: the uuids of VMs that have sinks already -> their group (None: none)."""
+    ``protected``: the uuids of VMs that have sinks already -> their group (None: none);
+    ``held``: of those, the ones of the group being changed -> their disks with a sink."""
+    held = held or {}
     vms = [choose_vm(name, inventory) for name in wanted]
     uuids = [vm.uuid for vm in vms]
     if len(set(uuids)) != len(uuids):
         raise InvalidInput("a VM is named twice")
     for vm in vms:
-        if vm.uuid in (protected or {}):
+        if vm.mirror_problem:
+            raise InvalidInput(f"{vm.mirror_problem} (agent {vm.agent})")
+        if vm.uuid in (protected or {}) and vm.uuid not in held:
             group = (protected or {})[vm.uuid]
             raise Conflict(f"VM {vm.name} is already protected by group {group!r}" if group
                            else f"VM {vm.name} already has capture sinks in no group: remove "
@@ -84,11 +94,14 @@ def plan_vm_sinks(wanted: list[str], inventory: list[FoundVm], taken_volumes: se
     sinks: list[SinkPlan] = []
     warnings: list[str] = []
     for vm in vms:
-        mirrorable = [disk for disk in vm.disks if disk.skip_reason is None]
+        mirrorable = [disk for disk in vm.disks if disk.skip_reason is None
+                      and disk.target not in held.get(vm.uuid, ())]
         warnings.extend(f"VM {vm.name}: disk {disk.target} skipped: {disk.skip_reason}"
                         for disk in vm.disks if disk.skip_reason is not None)
         if not mirrorable:
-            raise InvalidInput(f"VM {vm.name} has no disk Seawall can protect")
+            raise InvalidInput(f"VM {vm.name} is protected by this group already, with every "
+                               "disk it can mirror" if vm.uuid in held else
+                               f"VM {vm.name} has no disk Seawall can protect")
         for disk in mirrorable:
             volume = f"{vm.name}-{disk.target}"
             if not re.match(NAME_PATTERN, volume):

@@ -12,6 +12,9 @@ Rules:
   out of space does not fail a round: the store keeps the alerts in memory meanwhile.
 - Once a day cleared alerts older than ``CLEARED_RETENTION`` are deleted.
 - ``stop`` ends the thread after the round under way (manager shutdown).
+- ``followers`` get each round's status documents once its alerts are stored (disks
+  hot-plugged into protected VMs join their group: ``seawall.manager.vms.hotplug``); one
+  that fails is logged, the others still run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from seawall.errors import InvalidInput
 from seawall.manager.monitoring.alerts import AlertStore
@@ -58,6 +63,7 @@ class Monitor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pruned_s: float | None = None  # monotonic time of the last prune
+        self.followers: list[Callable[[list[dict[str, Any]]], None]] = []
 
     def tick(self) -> Evaluation:
         """One round: probe, evaluate, store; the evaluation (for tests and logs)."""
@@ -77,6 +83,11 @@ class Monitor:
         if self._pruned_s is None or time.monotonic() - self._pruned_s >= PRUNE_PERIOD_S:
             self._pruned_s = time.monotonic()
             self.alerts.prune(now - CLEARED_RETENTION)
+        for follow in self.followers:
+            try:
+                follow(documents)
+            except Exception:  # a bug there must not stop the alerts
+                log.exception("monitor follower failed")
         return evaluation
 
     def start(self) -> None:

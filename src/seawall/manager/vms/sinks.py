@@ -6,7 +6,8 @@ Rules:
   VM, on the agent the VM runs on; skipped disks become warnings) from what the agents
   report now, and creates the sinks at their agents. If one cannot be made, the ones made
   so far are removed: nothing half-made is left behind.
-- A VM is protected once: a VM that already has sinks is refused, naming their group.
+- A VM is protected once: a VM that already has sinks is refused, naming their group;
+  unless it is ``group``'s own: then its disks without a sink get one (hot-plugged).
 - ``of_vms`` finds the sink volumes of VMs among a group's volumes (by the VM's uuid, which
   each sink carries), for ``--remove-vm``; ``remove`` deletes sinks a group no longer has.
 """
@@ -40,13 +41,19 @@ class VmSinks:
         self.vms = vms
         self.volumes = volumes
 
-    def make(self, vm_names: list[str]) -> tuple[list[str], list[str]]:
-        """Sinks for every disk of these VMs: (their volume names, warnings)."""
+    def make(self, vm_names: list[str], group: str | None = None) -> tuple[list[str], list[str]]:
+        """Sinks for every disk of these VMs (of ``group``'s own VMs: every disk without
+        one): (their volume names, warnings)."""
         inventory = self._inventory()
         rows = self._volume_rows()
-        protected = {row["vm_uuid"]: row.get("group") for row in rows
-                     if row.get("kind") == "sink"}
-        plan = plan_vm_sinks(vm_names, inventory, {row["name"] for row in rows}, protected)
+        sinks = [row for row in rows if row.get("kind") == "sink"]
+        protected = {row["vm_uuid"]: row.get("group") for row in sinks}
+        held: dict[str, set[str]] = {}
+        for row in sinks:
+            if group is not None and row.get("group") == group:
+                held.setdefault(row["vm_uuid"], set()).add(row["disk"])
+        plan = plan_vm_sinks(vm_names, inventory, {row["name"] for row in rows}, protected,
+                             held)
         made: list[str] = []
         try:
             for sink in plan.sinks:
@@ -92,6 +99,19 @@ class VmSinks:
             entry["volumes"][row["disk"]] = row["name"]
         return list(described.values())
 
+    def live(self, names: list[str]) -> list[str]:
+        """The sinks among ``names`` whose VM's QEMU runs now (running or paused): their
+        mirrors can be attached at once; a shut-off VM's wait until it starts."""
+        up = {row["uuid"] for row in self.vms.list_all()
+              if row.get("name") and row.get("state") in ("running", "paused")}
+        return [row["name"] for row in self._volume_rows() if row.get("kind") == "sink"
+                and row["name"] in names and row["vm_uuid"] in up]
+
+    def labels(self, names: list[str]) -> dict[str, str]:
+        """Sink volume -> "VM web (agent prod), disk vda", for messages."""
+        return {volume: f"VM {vm['name'] or vm['uuid']} (agent {vm['agent']}), disk {disk}"
+                for vm in self.describe(names) for disk, volume in vm["volumes"].items()}
+
     def in_volumes(self, names: list[str]) -> list[str]:
         """The capture sinks among these volumes (a deleted group's, to delete them too)."""
         return [row["name"] for row in self._volume_rows()
@@ -123,7 +143,7 @@ class VmSinks:
                 continue
             found.append(FoundVm(row["agent"], row["name"], row["uuid"], tuple(
                 FoundDisk(disk["target"], disk["size_bytes"], disk.get("skip_reason"))
-                for disk in row["disks"])))
+                for disk in row["disks"]), row.get("mirror_problem")))
         return found
 
     def _volume_rows(self) -> list[dict[str, Any]]:
