@@ -7,7 +7,7 @@ Rules:
   an unknown API path still gets the API's JSON 404 and a wrong method its 405.
 - Every answer carries the security headers (``SECURITY_HEADERS``): a Content-Security-
   Policy allowing only this origin's own files (no inline script or style, no framing),
-  ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``, ``nosniff``; pages are
+  ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` (``no-referrer`` would make the browser send ``Origin: null`` with forms), ``nosniff``; pages are
   ``no-store`` (they show protected state), the static files may be cached.
 - Errors are pages: a ``SeawallError`` with its status and message, a request no route
   takes a 404 page, anything else a 500 page that says where the details are (the
@@ -46,7 +46,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
 ]
 
