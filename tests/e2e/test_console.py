@@ -40,6 +40,7 @@ if not (CHROMEDRIVER.exists() and CHROMIUM.exists()):
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip '.[dev]')")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
@@ -127,10 +128,13 @@ def submit(browser: Any, selector: str) -> None:
 
 
 def login(browser: Any, page: Callable[[str], None], user: str, password: str) -> None:
+    """With the keyboard only: the user field has the focus, Tab, Enter."""
     page("/login")
-    browser.find_element(By.ID, "user").send_keys(user)
-    browser.find_element(By.ID, "password").send_keys(password)
-    submit(browser, "form button[type=submit]")
+    old = browser.find_element(By.TAG_NAME, "html")
+    assert browser.switch_to.active_element.get_attribute("id") == "user"
+    browser.switch_to.active_element.send_keys(user, Keys.TAB, password, Keys.ENTER)
+    WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    check_log(browser)
 
 
 def session(browser: Any, site: LocalSite) -> httpx.Client:
@@ -172,6 +176,12 @@ def test_dashboard_shows_the_group_and_refreshes_live(
              "refresh of the dashboard")
     assert browser.execute_script("return window.seawallTestMarker") == 42
     check_log(browser)
+    browser.set_window_size(420, 800)  # a narrow window: the page does not overflow it
+    try:
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        browser.set_window_size(1280, 800)
 
 
 def test_settings_are_edited_with_the_api_validation(

@@ -7,8 +7,9 @@ Rules:
   an unknown API path still gets the API's JSON 404 and a wrong method its 405.
 - Every answer carries the security headers (``SECURITY_HEADERS``): a Content-Security-
   Policy allowing only this origin's own files (no inline script or style, no framing),
-  ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` (``no-referrer`` would make the browser send ``Origin: null`` with forms), ``nosniff``; pages are
-  ``no-store`` (they show protected state), the static files may be cached.
+  ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` (``no-referrer`` would make
+  the browser send ``Origin: null`` with forms), ``nosniff``; pages are ``no-store``
+  (they show protected state), the static files may be cached.
 - Errors are pages: a ``SeawallError`` with its status and message, a request no route
   takes a 404 page, anything else a 500 page that says where the details are (the
   manager's log), never a traceback. A request without a valid session is sent to the
@@ -119,6 +120,7 @@ def _answer_pages(console: FastAPI, parent: FastAPI, templates: Jinja2Templates)
 
     @console.exception_handler(SeawallError)
     async def _refused(request: Request, exc: SeawallError) -> Response:
+        request.state.error_body = exc.body()  # for the event log
         return page(request, exc.http_status, f"Refused ({exc.code})", exc.message)
 
     @console.exception_handler(RequestValidationError)

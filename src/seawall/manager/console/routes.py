@@ -11,7 +11,9 @@ Rules:
 - The user's name goes to ``request.state.user`` as the API's guard leaves it, so the
   event log (its middleware wraps the console too) names who did what; endpoints are
   named as the API's (``login``, ``tag_checkpoint``, ``update_settings``, ...), so both
-  log the same operation. Forms hold no JSON, so no body (no password) is ever logged.
+  log the same operation. Forms hold no JSON, so no body (no password) is ever logged;
+  a refusal leaves its error in ``request.state.error_body``, which the log records as
+  it records the API's JSON error.
 - Service calls run in worker threads (they block on the database and the agents).
 """
 
@@ -129,6 +131,7 @@ async def login(request: Request) -> Response:
         token = await _manager(request).login.login(
             name, password, source, sessions.policy.absolute_s, "console")
     except SeawallError as exc:
+        request.state.error_body = exc.body()  # for the event log
         return _render(request, "login.html", {"error": exc.message, "name": name}, None,
                        status_code=exc.http_status)
     session_id, _csrf = await run_in_threadpool(sessions.open, token["id"])
@@ -216,6 +219,7 @@ async def update_settings(request: Request, name: str,
         change = settings_body(**{field: text for field, text in typed.items() if text})
         result = await run_in_threadpool(_manager(request).group_settings.update, name, change)
     except SeawallError as exc:
+        request.state.error_body = exc.body()
         context = await run_in_threadpool(_group_page, request, user, name, None,
                                           exc.message, typed)
         return _render(request, "group.html", context, user, status_code=exc.http_status)
