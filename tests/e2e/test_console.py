@@ -255,13 +255,13 @@ def test_alerts_are_acknowledged(browser: Any, page: Callable[[str], None],
                      json={"checkpoint_interval_s": 60, "rpo_alert_s": 1})
     wait_for(lambda: prod.api.get("/api/v1/alerts"), "RPO alert")
     page("/alerts")
+    screenshot(browser, "alerts")
     button = browser.find_element(By.CSS_SELECTOR, "table.alerts form button")
     alert_id = button.get_attribute("aria-label").removeprefix("Acknowledge ")
     submit(browser, "table.alerts form button")
     assert browser.find_element(By.ID, "notice").text == f"{alert_id} acknowledged"
     acknowledged = [a for a in prod.api.get("/api/v1/alerts") if a["id"] == alert_id]
     assert acknowledged[0]["acknowledged_by"] == "alice"
-    screenshot(browser, "alerts")
     prod.api.request("PATCH", f"/api/v1/groups/{GROUP}/settings",
                      json={"checkpoint_interval_s": 0.5, "rpo_alert_s": 300})
 

@@ -110,6 +110,12 @@ def test_durations_shown(seconds: float | None, text: str) -> None:
     assert views.format_duration(seconds) == text
 
 
+def test_times_shown_in_utc_to_the_second() -> None:
+    assert views.format_iso("2026-12-08T00:47:18.489511+00:00") == "2026-12-08 00:47:18 UTC"
+    assert views.format_iso("2026-12-08T01:47:18+01:00") == "2026-12-08 00:47:18 UTC"
+    assert views.format_iso(None) == "-"
+
+
 def test_checkpoint_kinds() -> None:
     assert views.checkpoint_kind({"name": "", "consistency": "crash"}) == "periodic"
     assert views.checkpoint_kind({"name": "v1", "consistency": "crash"}) == "tagged"

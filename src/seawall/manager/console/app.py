@@ -97,7 +97,7 @@ def create_console(parent: FastAPI) -> FastAPI:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(duration=views.format_duration, rate=views.format_rate,
                                  ratio=views.format_ratio, time_ns=views.format_time_ns,
-                                 bytes=format_bytes)
+                                 iso=views.format_iso, bytes=format_bytes)
     console.state.templates = templates
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(router)

@@ -46,6 +46,13 @@ def format_time_ns(time_ns: int | None) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def format_iso(moment: str | None) -> str:
+    """An ISO 8601 UTC time from the services, to the second (``2026-12-08 00:47:18 UTC``)."""
+    if not moment:
+        return "-"
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def rpo_level(rpo_s: float | None, threshold_s: float | None) -> str:
     if rpo_s is None or not threshold_s:
         return "unknown"
