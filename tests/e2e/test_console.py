@@ -277,10 +277,18 @@ def test_logout_ends_the_session(browser: Any, page: Callable[[str], None],
     with old:
         assert old.get("/").headers["location"] == "/login"  # the old cookie: to login
         assert old.get(f"/groups/{GROUP}").status_code == 303
-        # A session id of another site (or made up) under this site's cookie: to login.
-        (name, value), = old.cookies.items()
-        dr_cookie = name.replace(name.rsplit("-", 1)[1], dr.config.site_id[:8])
-        with httpx.Client(base_url=prod.url, cookies={dr_cookie: value}) as other:
+    # A session of the other site (same host, so the browser would send it here too):
+    # under its own name it is ignored, under this site's name it is unknown: to login.
+    dr.api.post("/api/v1/users", {"name": "alice", "role": "admin", "password": PASSWORD})
+    with httpx.Client(base_url=dr.url, follow_redirects=False) as at_dr:
+        answer = at_dr.post("/login", data={"user": "alice", "password": PASSWORD})
+    (dr_name, dr_value), = answer.cookies.items()
+    (prod_name, _), = old.cookies.items()
+    assert dr_name != prod_name
+    with httpx.Client(base_url=dr.url, cookies={dr_name: dr_value}) as at_dr:
+        assert at_dr.get("/").status_code == 200  # a live session, at dr
+    for cookies in ({dr_name: dr_value}, {prod_name: dr_value}):
+        with httpx.Client(base_url=prod.url, cookies=cookies) as other:
             assert other.get("/").headers["location"] == "/login"
 
 

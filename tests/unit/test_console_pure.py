@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from seawall.manager.access.policy import Role
+from seawall.manager.access.service import Principal
 from seawall.manager.console import policy, views
+from seawall.manager.console.app import page_templates
+from seawall.manager.console.sessions import ConsoleUser
 from seawall.manager.groups.options_text import settings_body
 from seawall.manager.groups.settings import GroupOptions, merge
 
@@ -129,3 +133,27 @@ def test_vendored_files_are_the_recorded_ones() -> None:
         "htmx-2.0.11.min.js", "uPlot-1.6.32.iife.min.js", "uPlot-1.6.32.min.css"}
     for name, sha256 in recorded:
         assert hashlib.sha256((STATIC / name).read_bytes()).hexdigest() == sha256, name
+
+
+def test_the_group_page_of_a_vm_group_at_its_recovery_site_renders_read_only() -> None:
+    user = ConsoleUser(Principal("u1", "alice", Role.ADMIN, "t1"), "csrf-value")
+    settings = GroupOptions().model_dump()
+    group = {"name": "web", "role": "recovery", "peer": "prod", "recovery_site": "dr",
+             "volumes": [{"name": "web-vda", "size_bytes": 1 << 30}], "settings": settings,
+             "vms": [{"name": "web<1>", "uuid": "u-1", "agent": "prod", "found": True,
+                      "volumes": {"vda": "web-vda"},
+                      "skipped": [{"disk": "sdb", "reason": "a CD-ROM"}]}]}
+    status = {"state": "receiving", "sub_state": "", "rpo_s": 2.5, "rpo_alert_s": 300.0,
+              "rpo_level": "ok", "history": {"covered_s": 600.0, "target_s": 86400.0},
+              "journal": {"used_bytes": 1 << 20, "max_bytes": None}, "buffer": None,
+              "alerts": []}
+    html = page_templates().env.get_template("group.html").render(
+        group=group, status=status, notice=None, error=None, user=user, site="dr",
+        fields=views.setting_fields(settings), events=[], checkpoints_error=None,
+        checkpoints=[{"id": 7, "time_ns": 1, "name": "v1", "kind": "tagged"}],
+        may_edit=True, may_tag=True)
+    assert "web&lt;1&gt;" in html and "<1>" not in html  # names are escaped
+    assert "vda (web-vda)" in html and "sdb: a CD-ROM" in html
+    assert 'id="settings-form"' not in html and 'id="tag-form"' not in html  # recovery side
+    assert "change its settings at its protected site, prod" in html
+    assert 'data-checkpoint-id="7"' in html

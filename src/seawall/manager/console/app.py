@@ -89,15 +89,21 @@ def mount(parent: FastAPI) -> None:
     parent.router.routes.append(ConsoleMount("/", app=create_console(parent)))
 
 
+def page_templates() -> Jinja2Templates:
+    """The console's templates, with the filters that format figures (``views``)."""
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters.update(duration=views.format_duration, rate=views.format_rate,
+                                 ratio=views.format_ratio, time_ns=views.format_time_ns,
+                                 iso=views.format_iso, bytes=format_bytes)
+    return templates
+
+
 def create_console(parent: FastAPI) -> FastAPI:
     console = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     console.state.manager = parent.state
     console.state.console_sessions = ConsoleSessions(parent.state.access.sessions)
     console.state.cookie_name = cookie_name(parent.state.sites.config.site_id)
-    templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters.update(duration=views.format_duration, rate=views.format_rate,
-                                 ratio=views.format_ratio, time_ns=views.format_time_ns,
-                                 iso=views.format_iso, bytes=format_bytes)
+    templates = page_templates()
     console.state.templates = templates
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(router)
