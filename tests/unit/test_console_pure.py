@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from starlette.routing import Match
 
 from seawall.manager.access.policy import Role
 from seawall.manager.access.service import Principal
 from seawall.manager.console import policy, views
-from seawall.manager.console.app import page_templates
+from seawall.manager.console.app import ConsoleMount, page_templates
 from seawall.manager.console.sessions import ConsoleUser
 from seawall.manager.groups.options_text import settings_body
 from seawall.manager.groups.settings import GroupOptions, merge
+from seawall.manager.peer_listener import PEER_LISTENER_KEY
 
 T0 = datetime(2026, 12, 8, 1, 0, tzinfo=UTC)
 STATIC = Path(views.__file__).resolve().parent / "static"
@@ -157,3 +159,17 @@ def test_the_group_page_of_a_vm_group_at_its_recovery_site_renders_read_only() -
     assert 'id="settings-form"' not in html and 'id="tag-form"' not in html  # recovery side
     assert "change its settings at its protected site, prod" in html
     assert 'data-checkpoint-id="7"' in html
+
+
+@pytest.mark.parametrize(("path", "state", "match"), [
+    ("/", {}, Match.FULL), ("/groups/app", {}, Match.FULL), ("/static/console.css", {}, Match.FULL),
+    ("/api/v1/nothing", {}, Match.NONE), ("/health", {}, Match.NONE),
+    ("/metrics", {}, Match.NONE), ("/openapi.json", {}, Match.NONE),
+    ("/login", {PEER_LISTENER_KEY: True}, Match.NONE),  # paired managers get no console
+])
+def test_the_console_takes_every_path_but_the_apis(path: str, state: dict[str, bool],
+                                                   match: Match) -> None:
+    mount = ConsoleMount("/", app=lambda scope, receive, send: None)
+    found, _ = mount.matches({"type": "http", "path": path, "root_path": "", "state": state,
+                              "method": "GET"})
+    assert found is match

@@ -4,7 +4,8 @@ Rules:
 - It is an app of its own (its exception handlers answer pages, not JSON) under the
   manager's: the event log and body limit around the whole manager apply to it too. It
   takes every path but the API's (``/api/``, ``/health``, ``/metrics``, the API docs), so
-  an unknown API path still gets the API's JSON 404 and a wrong method its 405.
+  an unknown API path still gets the API's JSON 404 and a wrong method its 405. The peer
+  API's listener (the same app, for paired managers) does not serve it.
 - Every answer carries the security headers (``SECURITY_HEADERS``): a Content-Security-
   Policy allowing only this origin's own files (no inline script or style, no framing),
   ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` (``no-referrer`` would make
@@ -35,6 +36,7 @@ from seawall.manager.console import views
 from seawall.manager.console.policy import cookie_name
 from seawall.manager.console.routes import SignInNeeded, router
 from seawall.manager.console.sessions import ConsoleSessions
+from seawall.manager.peer_listener import PEER_LISTENER_KEY
 from seawall.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,13 @@ SECURITY_HEADERS = [
 
 
 class ConsoleMount(Mount):
-    """A mount at ``/`` that leaves the API's paths to the API."""
+    """A mount at ``/`` that leaves the API's paths to the API, and is not served on the
+    peer API's listener (the same app, for paired managers: they get no console)."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and str(scope.get("path", "")).startswith(API_PATHS):
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(API_PATHS):
+            return Match.NONE, {}
+        if (scope.get("state") or {}).get(PEER_LISTENER_KEY):
             return Match.NONE, {}
         return super().matches(scope)
 
