@@ -14,11 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +29,7 @@ from seawall.config import SiteConfig
 from seawall.localsites import free_port
 from seawall.manager.access.service import AccessService
 from seawall.manager.app import create_app
+from seawall.manager.console.app import install_error_pages, page_templates
 from seawall.manager.models import ConsoleSession, create_database
 from seawall.serving import Server
 
@@ -184,3 +188,20 @@ def test_errors_are_pages(manager: Manager) -> None:
         for answer in (missing, acknowledged):
             assert answer.headers["content-type"].startswith("text/html")
             assert "Traceback" not in answer.text
+
+
+def test_an_unforeseen_failure_is_a_page_without_its_traceback() -> None:
+    parent = FastAPI()
+    parent.state.sites = SimpleNamespace(config=SimpleNamespace(name="prod"))
+    console = FastAPI()
+    install_error_pages(console, parent, page_templates())
+
+    @console.get("/broken")
+    def broken() -> None:
+        raise RuntimeError("secret detail of a bug")
+
+    with TestClient(console, raise_server_exceptions=False) as client:
+        answer = client.get("/broken")
+    assert answer.status_code == 500
+    assert "log has the details" in answer.text
+    assert "secret detail" not in answer.text and "Traceback" not in answer.text

@@ -286,7 +286,10 @@ def test_logout_ends_the_session(browser: Any, page: Callable[[str], None],
     (prod_name, _), = old.cookies.items()
     assert dr_name != prod_name
     with httpx.Client(base_url=dr.url, cookies={dr_name: dr_value}) as at_dr:
-        assert at_dr.get("/").status_code == 200  # a live session, at dr
+        dashboard = at_dr.get("/")  # a live session, at dr: the recovery side's pages
+        assert dashboard.status_code == 200 and "receiving" in dashboard.text
+        group = at_dr.get(f"/groups/{GROUP}")
+        assert group.status_code == 200 and 'id="settings-form"' not in group.text
     for cookies in ({dr_name: dr_value}, {prod_name: dr_value}):
         with httpx.Client(base_url=prod.url, cookies=cookies) as other:
             assert other.get("/").headers["location"] == "/login"

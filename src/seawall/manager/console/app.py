@@ -113,11 +113,11 @@ def create_console(parent: FastAPI) -> FastAPI:
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(router)
     console.add_middleware(SecurityHeaders)
-    _answer_pages(console, parent, templates)
+    install_error_pages(console, parent, templates)
     return console
 
 
-def _answer_pages(console: FastAPI, parent: FastAPI, templates: Jinja2Templates) -> None:
+def install_error_pages(console: FastAPI, parent: FastAPI, templates: Jinja2Templates) -> None:
     def page(request: Request, status: int, title: str, message: str) -> Response:
         return templates.TemplateResponse(request, "error.html", {
             "title": title, "message": message, "user": None,
