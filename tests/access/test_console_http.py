@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
@@ -30,7 +30,7 @@ from seawall.localsites import free_port
 from seawall.manager.access.service import AccessService
 from seawall.manager.app import create_app
 from seawall.manager.console.app import install_error_pages, page_templates
-from seawall.manager.models import ConsoleSession, create_database
+from seawall.manager.models import ApiToken, ConsoleSession, create_database
 from seawall.serving import Server
 
 PASSWORD = "a console password"
@@ -77,9 +77,9 @@ def browser(manager: Manager) -> httpx.Client:
 
 
 @contextlib.contextmanager
-def signed_in(manager: Manager) -> Iterator[httpx.Client]:
+def signed_in(manager: Manager, user: str = "alice") -> Iterator[httpx.Client]:
     with browser(manager) as client:
-        answer = client.post("/login", data={"user": "alice", "password": PASSWORD})
+        answer = client.post("/login", data={"user": user, "password": PASSWORD})
         assert answer.status_code == 303, answer.text
         # The cookie is Secure: httpx keeps it for HTTPS only, a browser for localhost too.
         (name, value), = answer.cookies.items()
@@ -175,6 +175,18 @@ def test_a_revoked_token_ends_its_session_and_logout_revokes_it(manager: Manager
         assert client.get("/").status_code == 303  # httpx kept the cookie: it is dead
         tokens = manager.admin.get("/api/v1/users/alice/tokens").json()
         assert max(tokens, key=lambda t: t["created_at"])["state"] == "revoked"
+
+
+def test_deleting_a_user_ends_their_sessions(manager: Manager) -> None:
+    manager.admin.post("/api/v1/users", json={"name": "bob", "role": "viewer",
+                                              "password": PASSWORD}).raise_for_status()
+    with signed_in(manager, "bob") as client:
+        assert client.get("/").status_code == 200
+        assert manager.admin.delete("/api/v1/users/bob").status_code == 204
+        assert client.get("/").headers["location"] == "/login"
+    with manager.sessions() as session:  # its row went with its token: no orphan left
+        tokens = set(session.scalars(select(ApiToken.token_id)))
+        assert set(session.scalars(select(ConsoleSession.token_id))) <= tokens
 
 
 def test_errors_are_pages(manager: Manager) -> None:
