@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := qemu-utils qemu-system-common libnbd-bin fio nbdkit zstd rsync python3-venv \
 	e2fsprogs fdisk dosfstools mtools postgresql \
 	libvirt-daemon-system libvirt-dev pkg-config python3-dev qemu-system-x86 busybox-static \
-	qemu-guest-agent libxml2-utils
+	qemu-guest-agent libxml2-utils chromium chromium-driver
 
 RUNS ?= 20
 SEED ?= 1

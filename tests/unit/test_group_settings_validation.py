@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from seawall.agent.settings import check_paths
-from seawall.cli.groups import parse_boot_order, parse_ratio, settings_body
 from seawall.config import SiteConfig
 from seawall.contract.agent import PathsCheck
 from seawall.errors import InvalidInput
+from seawall.manager.groups.options_text import parse_boot_order, parse_ratio, settings_body
 from seawall.manager.groups.settings import (
     GroupOptions,
     SettingsChange,

@@ -24,6 +24,7 @@ from seawall.manager.access.service import AccessService
 from seawall.manager.agents.directory import AgentDirectory
 from seawall.manager.agents.routes import router as agents_router
 from seawall.manager.clients import agent_client
+from seawall.manager.console.app import mount as mount_console
 from seawall.manager.exports.routes import router as exports_router
 from seawall.manager.exports.service import ExportService
 from seawall.manager.files.routes import router as files_router
@@ -129,6 +130,7 @@ def create_app(config: SiteConfig) -> FastAPI:
                    groups_router, group_settings_router, group_members_router, exports_router,
                    recovery_router, files_router, metrics_router):
         app.include_router(router)
+    mount_console(app)  # the web console, at / (last: it takes the paths the API does not)
     return app
 
 

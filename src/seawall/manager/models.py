@@ -179,6 +179,10 @@ class Alert(Base):
     raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
                                                         index=True)
+    # An operator saw it (``AlertStore.acknowledge``); it stays active until it clears.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Event(Base):
@@ -228,6 +232,22 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in session of the web console (``seawall.manager.console.sessions``).
+
+    Only the SHA-256 of the session id (the cookie's value) is stored; the session acts
+    through its API token (``token_id``: revoking it, or deleting its user, ends it).
+    """
+
+    __tablename__ = "console_sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.token_id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def create_database(url: str) -> tuple[Engine, sessionmaker[Any]]:

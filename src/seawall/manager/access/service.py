@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from seawall.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from seawall.manager.access import hashing
 from seawall.manager.access.policy import Role
-from seawall.manager.models import ApiToken, User, utc
+from seawall.manager.models import ApiToken, ConsoleSession, User, utc
 
 ADMIN_NAME = "admin"
 LOGIN_TOKEN_LIFETIME_S = 30 * 86400.0
@@ -134,6 +134,8 @@ class AccessService:
         with self.sessions.begin() as session:
             user = self._user(session, name)
             self._keep_an_admin(session, user, None)
+            tokens = select(ApiToken.token_id).where(ApiToken.user_id == user.user_id)
+            session.execute(delete(ConsoleSession).where(ConsoleSession.token_id.in_(tokens)))
             session.execute(delete(ApiToken).where(ApiToken.user_id == user.user_id))
             session.delete(user)
 

@@ -13,8 +13,9 @@ once the response is sent, records one ``EventEntry`` (``entry_for``, pure):
 - target and group: the route's path parameters, else the body's naming fields (only
   those: bodies may carry passwords and tokens, which are never stored);
 - outcome: ok (with the id the answer names, if any), or the error's code and message
-  exactly as the caller got them; an exception no handler turned into an answer is
-  ``internal``.
+  exactly as the caller got them (an answer that is a page, the console's, leaves its
+  error's JSON body in the request's state as ``error_body``); an exception no handler
+  turned into an answer is ``internal``.
 
 Recording runs in a worker thread (a database write) after the answer was sent, and a
 failure to record is logged (once while they go on failing: a full disk fails them all),
@@ -131,7 +132,8 @@ def entry_for(scope: Scope, at: datetime, status_code: int, request: Any, respon
     operation = name.replace("_", " ") if name else f"{scope['method']} {scope['path']}"
     params = {k: str(v) for k, v in (scope.get("path_params") or {}).items()}
     body = request if isinstance(request, dict) else {}
-    answer = response if isinstance(response, dict) else {}
+    state = scope.get("state") or {}
+    answer = response if isinstance(response, dict) else state.get("error_body") or {}
     group = params.get("group") or (params.get("name") if "/groups/{name}" in template else None)
     if group is None and isinstance(body.get("group"), str):
         group = body["group"]
@@ -149,7 +151,7 @@ def entry_for(scope: Scope, at: datetime, status_code: int, request: Any, respon
         message = " ".join(f"{key} {answer[key]}" for key in ("id", "name", "state")
                            if isinstance(answer.get(key), str | int) and
                            str(answer[key]) != target)
-    user = (scope.get("state") or {}).get("user") or ANONYMOUS
+    user = state.get("user") or ANONYMOUS
     return EventEntry(at=at, user=str(user), operation=operation, method=scope["method"],
                       path=scope["path"], group=group, target=target,
                       status_code=status_code if failure is None else 500,

@@ -8,6 +8,8 @@ Rules:
   (same row, same ``raised_at``: the alert has been on since then).
 - Only the monitor calls ``apply`` (one thread), so there is at most one active row per key.
 - Cleared rows are history; ``prune`` deletes those cleared before a given time.
+- ``acknowledge`` marks an active alert as seen (who, when); it stays active until its
+  condition clears. A condition that comes back raises a new row, not acknowledged.
 - A database out of space (``models.is_out_of_space``) must not lose the alert about it:
   ``apply`` then keeps the evaluation in memory (*held*, with the ``manager-database``
   alert added if the probe had not seen it) and ``list`` serves the held alerts as the
@@ -30,6 +32,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from seawall.errors import NotFound
 from seawall.manager.models import Alert as AlertRow
 from seawall.manager.models import is_out_of_space, utc
 from seawall.manager.monitoring.policy import (
@@ -131,6 +134,17 @@ class AlertStore:
                                  datetime.fromisoformat(r["since"]), r["id"]))
         return rows
 
+    def acknowledge(self, key: str, user: str, now: datetime) -> dict[str, Any]:
+        """Mark the active alert ``key`` as seen by ``user`` (again: keeps the first)."""
+        with self.sessions.begin() as session:
+            row = session.scalars(select(AlertRow).where(
+                AlertRow.alert_key == key, AlertRow.cleared_at.is_(None))).first()
+            if row is None:
+                raise NotFound(f"no active alert {key!r}")
+            if row.acknowledged_at is None:
+                row.acknowledged_at, row.acknowledged_by = now, user
+            return describe(row)
+
     def prune(self, cleared_before: datetime) -> int:
         with self.sessions.begin() as session:
             result = session.execute(delete(AlertRow).where(
@@ -159,7 +173,7 @@ def _describe_held(alert: Alert, since: datetime) -> dict[str, Any]:
     return {"id": alert.key, "kind": alert.kind.value, "group": alert.group,
             "subject": alert.subject, "severity": alert.severity.value,
             "message": alert.message, "since": since.isoformat(), "cleared_at": None,
-            "active": True}
+            "active": True, "acknowledged_at": None, "acknowledged_by": None}
 
 
 def _new_row(alert: Alert, now: datetime) -> AlertRow:
@@ -179,4 +193,6 @@ def describe(row: AlertRow) -> dict[str, Any]:
         "since": utc(row.raised_at).isoformat(),
         "cleared_at": utc(row.cleared_at).isoformat() if row.cleared_at else None,
         "active": row.cleared_at is None,
+        "acknowledged_at": utc(row.acknowledged_at).isoformat() if row.acknowledged_at else None,
+        "acknowledged_by": row.acknowledged_by,
     }

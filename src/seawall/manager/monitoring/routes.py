@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
+from seawall.manager.access.guard import current_principal
+from seawall.manager.access.service import Principal
 from seawall.manager.monitoring.alerts import AlertStore
 from seawall.manager.monitoring.service import StatusService
 
@@ -39,3 +42,9 @@ def list_alerts(
     group: str | None = Query(None, max_length=64),
 ) -> list[dict[str, Any]]:
     return _alerts(request).list(include_cleared, group)
+
+
+@router.post("/alerts/{alert_id}/acknowledge")
+def acknowledge_alert(request: Request, alert_id: str,
+                      principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    return _alerts(request).acknowledge(alert_id, principal.name, datetime.now(UTC))

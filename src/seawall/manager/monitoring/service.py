@@ -202,6 +202,11 @@ class StatusService:
             self._peer_errors = errors
         return errors
 
+    def peer_errors(self) -> dict[str, str | None]:
+        """The last probe's answer per peer (None: it answered); empty before the first."""
+        with self._lock:
+            return dict(self._peer_errors)
+
     def close(self) -> None:
         self.agent.close()
 

@@ -1,0 +1,323 @@
+"""The web console in a real browser: Debian's chromium through chromium-driver (Selenium).
+
+One pair of sites (prod protecting group ``app`` to dr) and one headless browser for the
+whole module, at 1280x800; the cases run in order, as one operator's session would. The
+browser's log is read after every page and must hold no Content-Security-Policy
+violation (nor any other error). Forged requests go by httpx with the browser's cookie.
+
+With ``SEAWALL_UI_SCREENSHOTS=1`` the run saves a screenshot of each main page into
+``docs/ui/`` (the README shows them); otherwise it writes nothing into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from seawall.errors import InvalidInput
+from seawall.localsites import LocalSite
+from support.groups import GROUP, protect
+from support.sites import running_pair
+
+pytestmark = pytest.mark.e2e
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+PASSWORD = "a console password"
+WAIT_S = 15.0
+
+if not (CHROMEDRIVER.exists() and CHROMIUM.exists()):
+    pytest.skip("needs Debian's chromium and chromium-driver (make debs)",
+                allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip '.[dev]')")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite, LocalSite]]:
+    base = tmp_path_factory.mktemp("console")
+    log = (base / "sites.log").open("w")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")  # alerts within a second
+        prod, dr = LocalSite("prod", base / "prod", log), LocalSite("dr", base / "dr", log)
+        with running_pair(prod, dr):
+            protect(prod, dr, bytearray(4 << 20), count=4)
+            for name, role in (("alice", "admin"), ("victor", "viewer")):
+                prod.api.post("/api/v1/users", {"name": name, "role": role,
+                                                "password": PASSWORD})
+            yield prod, dr
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--window-size=1280,800"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The driver's path given: Selenium Manager does not run, nothing is downloaded.
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
+                              options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, sites: tuple[LocalSite, LocalSite]) -> Callable[[str], None]:
+    prod, _ = sites
+
+    def go(path: str) -> None:
+        browser.get(prod.url + path)
+        check_log(browser)
+    return go
+
+
+def check_log(browser: Any) -> None:
+    """No CSP violation, no script error, no failed script, style or fragment in the
+    browser's console (its log is consumed). A page's own refusal (a 401 login page, a 400
+    form) is logged as a failed load too: the cases check those pages themselves."""
+    problems = [entry["message"] for entry in browser.get_log("browser")
+                if entry["level"] in ("SEVERE", "WARNING") and not (
+                    "Failed to load resource" in entry["message"]
+                    and not re.search(r"/(static|fragments)/", entry["message"]))]
+    assert problems == [], problems
+
+
+def screenshot(browser: Any, name: str) -> None:
+    """The whole page (up to 2000 px high), 1280 px wide, into ``docs/ui/NAME.png``."""
+    if os.environ.get("SEAWALL_UI_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, min(2000, height + 150))
+        browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+        browser.set_window_size(1280, 800)
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {WAIT_S} s")
+
+
+def submit(browser: Any, selector: str) -> None:
+    """Click a form's button and wait for the answer's page to replace this one."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, selector).click()
+    WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    check_log(browser)
+
+
+def login(browser: Any, page: Callable[[str], None], user: str, password: str) -> None:
+    """With the keyboard only: the user field has the focus, Tab, Enter."""
+    page("/login")
+    old = browser.find_element(By.TAG_NAME, "html")
+    assert browser.switch_to.active_element.get_attribute("id") == "user"
+    browser.switch_to.active_element.send_keys(user, Keys.TAB, password, Keys.ENTER)
+    WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    check_log(browser)
+
+
+def session(browser: Any, site: LocalSite) -> httpx.Client:
+    """An HTTP client holding the browser's cookies for ``site``."""
+    client = httpx.Client(base_url=site.url, follow_redirects=False, timeout=30)
+    for cookie in browser.get_cookies():
+        client.cookies.set(cookie["name"], cookie["value"])
+    return client
+
+
+def csrf_of(browser: Any) -> str:
+    token: str = browser.find_element(By.NAME, "csrf_token").get_attribute("value")
+    return token
+
+
+def test_login_refuses_a_wrong_password(browser: Any, page: Callable[[str], None]) -> None:
+    page("/")  # not signed in: sent to the login page
+    assert browser.current_url.endswith("/login")
+    screenshot(browser, "login")
+    login(browser, page, "alice", "not the password")
+    assert browser.find_element(By.ID, "login-error").text == "wrong user name or password"
+
+
+def test_dashboard_shows_the_group_and_refreshes_live(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    login(browser, page, "alice", PASSWORD)
+    assert browser.current_url.rstrip("/") == sites[0].url.rstrip("/")
+    assert browser.find_element(By.ID, "whoami").text == "alice (admin)"
+    row = browser.find_element(By.ID, f"group-{GROUP}")
+    assert "protecting" in row.find_element(By.CLASS_NAME, "state").text
+    rpo = row.find_element(By.CLASS_NAME, "rpo")
+    assert float(rpo.get_attribute("data-rpo-s")) < 5.0  # 0.5 s checkpoints
+    assert "rpo-ok" in rpo.get_attribute("class").split()
+    screenshot(browser, "dashboard")
+    browser.execute_script("window.seawallTestMarker = 42")  # gone if the page reloads
+    first = browser.find_element(By.ID, "updated-at").text
+    wait_for(lambda: browser.find_element(By.ID, "updated-at").text != first,
+             "refresh of the dashboard")
+    assert browser.execute_script("return window.seawallTestMarker") == 42
+    check_log(browser)
+    browser.set_window_size(420, 800)  # a narrow window: the page does not overflow it
+    try:
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        browser.set_window_size(1280, 800)
+
+
+def test_settings_are_edited_with_the_api_validation(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    prod, dr = sites
+    page(f"/groups/{GROUP}")
+    field = browser.find_element(By.ID, "setting-rpo_alert")
+    assert field.get_attribute("value") == "5m"
+    field.clear()
+    field.send_keys("2m")
+    submit(browser, "#settings-form button")
+    assert browser.find_element(By.ID, "notice").text == "changed: rpo_alert_s 300.0 -> 120.0"
+    for site in (prod, dr):  # applied at both sites, as by the API
+        assert site.api.get(f"/api/v1/groups/{GROUP}/settings")["settings"]["rpo_alert_s"] == 120
+
+    field = browser.find_element(By.ID, "setting-history")
+    field.clear()
+    field.send_keys("10m")
+    submit(browser, "#settings-form button")
+    with pytest.raises(InvalidInput) as refused:
+        prod.api.request("PATCH", f"/api/v1/groups/{GROUP}/settings",
+                         json={"history_s": 600})
+    assert browser.find_element(By.ID, "error-message").text == refused.value.message
+    assert browser.find_element(By.ID, "setting-history").get_attribute("value") == "10m"
+    assert prod.api.get(f"/api/v1/groups/{GROUP}/settings")["settings"]["history_s"] == 86400
+
+
+def test_tag_a_checkpoint(browser: Any, page: Callable[[str], None],
+                          sites: tuple[LocalSite, LocalSite]) -> None:
+    page(f"/groups/{GROUP}")
+    browser.find_element(By.ID, "tag-name").send_keys("before-upgrade")
+    submit(browser, "#tag-form button")
+    notice = browser.find_element(By.ID, "notice").text
+    checkpoint_id = re.fullmatch(r"checkpoint (\d+) tagged 'before-upgrade'", notice)
+    assert checkpoint_id, notice
+    page(f"/groups/{GROUP}")
+    mark = browser.find_element(By.CSS_SELECTOR,
+                                f"li[data-checkpoint-id='{checkpoint_id.group(1)}']")
+    assert "mark-tagged" in mark.get_attribute("class").split()
+    assert mark.find_element(By.CLASS_NAME, "name").text == "before-upgrade"
+    assert browser.find_elements(By.CSS_SELECTOR, ".timeline li.mark-periodic")
+    screenshot(browser, "group")
+
+
+def test_forms_need_this_sessions_csrf_token(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    prod, _ = sites
+    page("/")
+    with session(browser, prod) as client:
+        tagged = {"name": "forged"}
+        missing = client.post(f"/groups/{GROUP}/checkpoints", data=tagged)
+        assert missing.status_code == 403
+        assert "CSRF token is missing" in missing.text
+        other = client.post(f"/groups/{GROUP}/checkpoints", data={
+            **tagged, "csrf_token": "another-sessions-token"})
+        assert other.status_code == 403
+        from_elsewhere = client.post(f"/groups/{GROUP}/checkpoints", data={
+            **tagged, "csrf_token": csrf_of(browser)}, headers={"Origin": "https://evil.example"})
+        assert from_elsewhere.status_code == 403
+    names = [c.get("name") for c in prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")]
+    assert "forged" not in names
+
+
+def test_alerts_are_acknowledged(browser: Any, page: Callable[[str], None],
+                                 sites: tuple[LocalSite, LocalSite]) -> None:
+    prod, _ = sites
+    # Checkpoints every minute against an RPO alert at 1 s: the alert is up within seconds.
+    prod.api.request("PATCH", f"/api/v1/groups/{GROUP}/settings",
+                     json={"checkpoint_interval_s": 60, "rpo_alert_s": 1})
+    wait_for(lambda: prod.api.get("/api/v1/alerts"), "RPO alert")
+    page("/alerts")
+    screenshot(browser, "alerts")
+    button = browser.find_element(By.CSS_SELECTOR, "table.alerts form button")
+    alert_id = button.get_attribute("aria-label").removeprefix("Acknowledge ")
+    submit(browser, "table.alerts form button")
+    assert browser.find_element(By.ID, "notice").text == f"{alert_id} acknowledged"
+    acknowledged = [a for a in prod.api.get("/api/v1/alerts") if a["id"] == alert_id]
+    assert acknowledged[0]["acknowledged_by"] == "alice"
+    prod.api.request("PATCH", f"/api/v1/groups/{GROUP}/settings",
+                     json={"checkpoint_interval_s": 0.5, "rpo_alert_s": 300})
+
+
+def test_logout_ends_the_session(browser: Any, page: Callable[[str], None],
+                                 sites: tuple[LocalSite, LocalSite]) -> None:
+    prod, dr = sites
+    page("/events")
+    assert browser.find_element(By.CSS_SELECTOR, "table.events tbody tr td").text
+    old = session(browser, prod)
+    submit(browser, ".who button")
+    assert browser.current_url.endswith("/login")
+    with old:
+        assert old.get("/").headers["location"] == "/login"  # the old cookie: to login
+        assert old.get(f"/groups/{GROUP}").status_code == 303
+    # A session of the other site (same host, so the browser would send it here too):
+    # under its own name it is ignored, under this site's name it is unknown: to login.
+    dr.api.post("/api/v1/users", {"name": "alice", "role": "admin", "password": PASSWORD})
+    with httpx.Client(base_url=dr.url, follow_redirects=False) as at_dr:
+        answer = at_dr.post("/login", data={"user": "alice", "password": PASSWORD})
+    (dr_name, dr_value), = answer.cookies.items()
+    (prod_name, _), = old.cookies.items()
+    assert dr_name != prod_name
+    with httpx.Client(base_url=dr.url, cookies={dr_name: dr_value}) as at_dr:
+        dashboard = at_dr.get("/")  # a live session, at dr: the recovery side's pages
+        assert dashboard.status_code == 200 and "receiving" in dashboard.text
+        group = at_dr.get(f"/groups/{GROUP}")
+        assert group.status_code == 200 and 'id="settings-form"' not in group.text
+    for cookies in ({dr_name: dr_value}, {prod_name: dr_value}):
+        with httpx.Client(base_url=prod.url, cookies=cookies) as other:
+            assert other.get("/").headers["location"] == "/login"
+
+
+def test_viewer_sees_no_operations_and_is_refused_them(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    prod, _ = sites
+    login(browser, page, "victor", PASSWORD)
+    assert browser.find_element(By.ID, "whoami").text == "victor (viewer)"
+    page(f"/groups/{GROUP}")
+    assert browser.find_elements(By.ID, "settings-form") == []
+    assert browser.find_elements(By.ID, "tag-form") == []
+    assert browser.find_element(By.ID, "setting-rpo_alert").text == "5m"  # read-only
+    page("/alerts")
+    assert browser.find_elements(By.CSS_SELECTOR, "table.alerts form") == []
+    with session(browser, prod) as client:  # a forged POST with a valid token
+        forged = client.post(f"/groups/{GROUP}/checkpoints", data={
+            "name": "by-viewer", "csrf_token": csrf_of(browser)})
+        assert forged.status_code == 403
+        assert "user victor (viewer) may not POST" in forged.text
+        settings = client.post(f"/groups/{GROUP}/settings", data={
+            "history": "48h", "csrf_token": csrf_of(browser)})
+        assert settings.status_code == 403
+    names = [c.get("name") for c in prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")]
+    assert "by-viewer" not in names
+    assert prod.api.get(f"/api/v1/groups/{GROUP}/settings")["settings"]["history_s"] == 86400
+    events = prod.api.get("/api/v1/events", limit=5)
+    refused = [e for e in events if e["user"] == "victor" and e["status_code"] == 403]
+    assert refused, events  # the event log names who was refused
