@@ -1,7 +1,9 @@
-"""Checks of a failover test that boots a protected libvirt guest at the recovery site."""
+"""Checks of the recovery of a protected libvirt guest at the recovery site: a failover
+test that boots it, a clone that defines it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -56,3 +58,29 @@ def failover_test_boots_the_guest(dr: LocalSite, host: GuestHost, guest: Guest,
     assert f"{guest.name}-test-app" not in [d.name() for d in
                                             host.connection.listAllDomains(0)]
     assert ISOLATED not in host.connection.listNetworks()
+
+
+def clone_defines_the_guest(dr: LocalSite, host: GuestHost, guest: Guest) -> None:
+    """`clone --define` at the latest tagged checkpoint writes the guest's images and a
+    domain definition pointing at them, defined shut off at the recovery host."""
+    clone: dict[str, Any] = json.loads(seawall(
+        dr, "clone", "app", "--checkpoint", "latest-tagged", "--to", "vm-clone", "--define",
+        "--json").stdout)
+    [definition] = clone["definitions"]
+    domain_name = f"{guest.name}-clone-vm-clone"
+    try:
+        assert (definition["vm"], definition["domain"]) == (guest.name, domain_name)
+        images = {Path(o["path"]).name: o["path"] for o in clone["outputs"]}
+        domain = host.connection.lookupByName(domain_name)
+        assert not domain.isActive() and domain.isPersistent()
+        assert domain.UUIDString() == definition["defined_uuid"]
+        defined = ET.fromstring(domain.XMLDesc(0))
+        files = {d.find("target").get("dev"): d.find("source").get("file")  # type: ignore[union-attr]
+                 for d in defined.iterfind("devices/disk") if d.get("device") == "disk"}
+        assert files == {"vda": images[f"{guest.name}-vda.raw"],
+                         "vdb": images[f"{guest.name}-vdb.raw"]}
+        written = ET.fromstring(Path(definition["path"]).read_text())
+        assert written.findtext("name") == domain_name
+    finally:
+        with contextlib.suppress(Exception):
+            host.connection.lookupByName(domain_name).undefine()

@@ -14,6 +14,7 @@ import pytest
 from seawall.errors import CorruptData, InvalidInput
 from seawall.hypervisor.recovery_xml import (
     METADATA_URI,
+    FileDisk,
     NbdDisk,
     RecoveryTarget,
     isolated_network_xml,
@@ -216,3 +217,28 @@ def test_the_boot_plan_follows_the_boot_order_then_names() -> None:
     assert boot_plan(["web", "cache", "db", "api"], order) == [
         ("db", 30.0), ("web", 0.0), ("api", 0.0), ("cache", 0.0)]
     assert boot_plan([], order) == []
+
+
+def test_a_clone_definition_points_at_its_files_and_keeps_its_networks(
+        tmp_path: Path) -> None:
+    target = RecoveryTarget(
+        name="web-clone-monday", disks={"vda": FileDisk(Path("/c/monday/web-vda.qcow2"),
+                                                        "qcow2")},
+        network_map={"prod": "dr-front"}, default_network=None, keep_unmapped_nics=True,
+        console_log=Path("/c/monday/web.console.log"), mark={"kind": "clone"})
+    recovered = recovery_domain(CAPTURED, target, lambda path: True)
+    validate(recovered.xml, "domain", tmp_path)
+    devices = ET.fromstring(recovered.xml).find("devices")
+    assert devices is not None
+    [vda] = [d for d in devices.findall("disk")
+             if d.find("target").get("dev") == "vda"]  # type: ignore[union-attr]
+    assert vda.get("type") == "file"
+    assert vda.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert vda.find("source").attrib == {"file": "/c/monday/web-vda.qcow2"}  # type: ignore[union-attr]
+    assert "vdb" not in {d.find("target").get("dev")  # type: ignore[union-attr]
+                         for d in devices.findall("disk")}  # not in this clone
+    sources = {n.find("mac").get("address"): (n.get("type"), n.find("source").attrib)  # type: ignore[union-attr]
+               for n in devices.findall("interface")}
+    assert sources["52:54:00:AA:BB:01"] == ("network", {"network": "dr-front"})
+    assert sources["52:54:00:aa:bb:02"] == ("bridge", {"bridge": "br-db"})  # as captured
+    assert all(n.find("target") is None for n in devices.findall("interface"))

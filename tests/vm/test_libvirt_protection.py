@@ -16,7 +16,8 @@ its NBD socket open to libvirt's QEMU (``socket_group`` kvm, the group of libvir
   WAN; the next checkpoint is exact again.
 - `failover test` at the first tagged checkpoint boots the guest at the recovery site
   from the test's images, on the group's isolated network: it reads that checkpoint's
-  counter from its disk; `failover stop` removes the domain and the network.
+  counter from its disk; `failover stop` removes the domain and the network. `clone
+  --define` there writes its images and a definition using them, defined shut off.
 - `checkpoint tag --quiesce` freezes the guest through its qemu-guest-agent: the
   checkpoint says `application`, the others `crash`.
 - `group delete` ends the mirrors and leaves the guest running, writing, its disk intact.
@@ -45,7 +46,7 @@ from support.guests import (
     counter_slot,
     guest_workdir,
 )
-from support.recovered_vms import failover_test_boots_the_guest
+from support.recovered_vms import clone_defines_the_guest, failover_test_boots_the_guest
 from support.sites import configure, kill_agent, running_pair
 
 pytestmark = pytest.mark.e2e
@@ -138,6 +139,7 @@ def test_a_running_guest_protected_live_survives_its_agent_and_its_group(
     held = exact_checkpoint(guests, prod, dr, guest, "protected")
     assert held > before
     failover_test_boots_the_guest(dr, guests.host, guest, held)
+    clone_defines_the_guest(dr, guests.host, guest)
     quiesced = seawall(prod, "checkpoint", "tag", "app", "--name", "quiet", "--quiesce")
     assert "consistency: application" in quiesced.stdout, quiesced.stdout + quiesced.stderr
     listed = {c["name"]: c for c in json.loads(seawall(prod, "checkpoint", "list", "app",

@@ -147,13 +147,17 @@ def clone(
         "--to", help="Directory for the image files, inside the recovery site's clone "
                      "directory: relative to it (e.g. app-monday), or absolute under it.")],
     image_format: Annotated[str, typer.Option("--format", help="raw or qcow2.")] = "raw",
+    define: Annotated[bool, typer.Option(
+        "--define", help="Also define each VM's definition at the recovery host's libvirt, "
+        "shut off.")] = False,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Write standalone images of every volume of GROUP at a checkpoint (protection goes on)."""
+    """Write standalone images of every volume of GROUP at a checkpoint, and a domain
+    definition per VM pointing at them (protection goes on)."""
     client = manager(url, token)
     operation = client.post("/api/v1/clones", {
         "group": group, "checkpoint": checkpoint, "to": to,
-        "format": image_format})
+        "format": image_format, "define": define})
     with progress() as bar:
         task = bar.add_task(f"clone of {group}", total=None)
         while operation["state"] not in FINAL_STATES:
@@ -169,6 +173,14 @@ def clone(
                               f"{operation['error']} (report {operation['id']})")
     if not json_output:
         print_table(operation["outputs"], ["volume", "path", "format"])
+        definitions = operation.get("definitions", [])
+        if definitions:
+            print_table(definitions, ["vm", "domain", "path", "defined_uuid"])
+        for definition in definitions:
+            for note in definition.get("notes", []):
+                console.print(f"VM {definition['vm']}: {note}")
+            if definition.get("skipped"):
+                console.print(f"VM {definition['vm']}: no definition: {definition['skipped']}")
         console.print(f"clone {operation['id']} of group {group} at "
                       f"{checkpoint_text(operation)} done; report {operation['id']}")
 

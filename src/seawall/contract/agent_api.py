@@ -49,7 +49,13 @@ from seawall.contract.agent import (
     VolumeRemoved,
     dump,
 )
-from seawall.contract.recovered_vms import RecoveredVm, RecoveryNetworks, VmBoot
+from seawall.contract.recovered_vms import (
+    RecoveredVm,
+    RecoveryNetworks,
+    VmBoot,
+    VmDefine,
+    VmDefined,
+)
 from seawall.contract.vms import SinkCreate, VmConfigView, VmListing
 from seawall.errors import InvalidInput, PeerError
 from seawall.http import JsonClient
@@ -155,6 +161,10 @@ class AgentApi:
         return self._call(list[Checkpoint], "GET", f"/groups/{_id(group_id)}/checkpoints",
                           newest=newest or None)
 
+    def vm_configs(self, group_id: str, checkpoint: str) -> list[VmConfigView]:
+        return self._call(list[VmConfigView], "GET", f"/groups/{_id(group_id)}/vm-configs",
+                          checkpoint=checkpoint)
+
     def vm_config(self, group_id: str, vm: str, checkpoint: str) -> VmConfigView:
         return self._call(VmConfigView, "GET", f"/groups/{_id(group_id)}/vms/{_id(vm)}",
                           checkpoint=checkpoint)
@@ -200,6 +210,9 @@ class AgentApi:
     def boot_test_vm(self, operation_id: str, request: VmBoot) -> RecoveredVm:
         return self._call(RecoveredVm, "POST", f"/failover-tests/{_id(operation_id)}/vms",
                           request)
+
+    def define_vm(self, request: VmDefine) -> VmDefined:
+        return self._call(VmDefined, "POST", "/vms/definitions", request)
 
     def recovery_networks(self) -> RecoveryNetworks:
         return self._call(RecoveryNetworks, "GET", "/recovery-networks")

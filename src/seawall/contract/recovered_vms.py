@@ -45,3 +45,15 @@ class RecoveryNetworks(Answer):
     """``GET /recovery-networks``: the networks of the recovery agent's libvirt host."""
 
     networks: list[str]
+
+
+class VmDefine(Request):
+    """``POST /vms/definitions``: define a domain (a clone's VM), shut off."""
+
+    name: str = Field(min_length=1, max_length=255)
+    xml: str = Field(min_length=1, max_length=1 << 20)
+
+
+class VmDefined(Answer):
+    name: str
+    uuid: str

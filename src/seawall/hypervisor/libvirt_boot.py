@@ -87,6 +87,17 @@ class LibvirtBoot:
 
         return await self.adapter.run(f"start VM {name}", start)
 
+    async def define(self, name: str, xml: str) -> str:
+        """Define the persistent domain ``xml`` (named ``name``), shut off; its UUID."""
+        def define(connection: Any) -> str:
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.lookupByName(name)
+                raise Conflict(f"a VM named {name} exists already on {self.adapter.uri}")
+            uuid: str = connection.defineXML(xml).UUIDString()
+            return uuid
+
+        return await self.adapter.run(f"define VM {name}", define)
+
     async def destroy(self, name: str) -> None:
         """Power off (and so remove) domain ``name``, if it still runs."""
         def destroy(connection: Any) -> None:

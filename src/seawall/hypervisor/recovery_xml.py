@@ -5,8 +5,9 @@ Rules and invariants:
 - The recovered domain can never be mistaken for production: it has the name it is given
   (``web-test-app``) and no ``<uuid>`` (libvirt makes a new one).
 - Every disk the group protected is served by the recovery site: a raw NBD disk on the
-  agent's Unix socket (``NbdDisk``), keeping the guest-visible parts of the original
-  (``<target>``, ``<boot order>``, ``<address>``, ``<serial>``, ``<wwn>``), so the guest
+  agent's Unix socket (``NbdDisk``), or a clone's image file (``FileDisk``), keeping the
+  guest-visible parts of the original (``<target>``, ``<boot order>``, ``<address>``,
+  ``<serial>``, ``<wwn>``), so the guest
   finds its disks where it left them. Nothing of the original source or driver is kept.
 - Nothing that names a host resource of the protected site is carried blindly. Removable
   media keep their host file only where that path exists at the recovery host (else the
@@ -18,7 +19,9 @@ Rules and invariants:
   can change what the guest sees is a note for the report.
 - Every NIC ends on a libvirt network of the recovery host: the network mapped for its
   MAC, else for its original network or bridge name, else ``default_network`` (the
-  group's isolated test network); with no default an unmapped NIC is refused, naming it.
+  group's isolated test network); with no default an unmapped NIC is refused, naming it,
+  unless the target keeps unmapped NICs as captured (a clone's definition, defined shut
+  off: the operator chooses its networks before starting it).
   Its MAC, model, PCI address and boot order are kept; host-side settings (tap name,
   virtual port, VLAN, filter, bandwidth) are not.
 - The guest's first serial port is a pty whose output libvirt logs to ``console_log``
@@ -66,16 +69,25 @@ class NbdDisk:
 
 
 @dataclass(frozen=True)
+class FileDisk:
+    """A recovered disk as an image file (a clone), in ``format`` (raw or qcow2)."""
+
+    path: Path
+    format: str
+
+
+@dataclass(frozen=True)
 class RecoveryTarget:
     """What the recovered domain is made of at the recovery site."""
 
     name: str
-    disks: Mapping[str, NbdDisk]  # disk target (vda) -> its recovered image
+    disks: Mapping[str, NbdDisk | FileDisk]  # disk target (vda) -> its recovered image
     network_map: Mapping[str, str]  # NIC MAC or original network/bridge -> recovery network
-    default_network: str | None  # unmapped NICs (None: every NIC must be mapped)
+    default_network: str | None  # unmapped NICs (None: every NIC must be mapped...)
     console_log: Path
     mark: Mapping[str, str]  # e.g. operation and group: the attributes of our metadata
     domain_type: str | None = None  # None: the captured one (kvm, qemu)
+    keep_unmapped_nics: bool = False  # ...unless they stay on the network they were on
 
 
 @dataclass(frozen=True)
@@ -232,11 +244,16 @@ def _disk(devices: ET.Element, disk: ET.Element, target: RecoveryTarget,
     if served is not None:
         kept = [child for tag in _KEPT_DISK_CHILDREN for child in disk.findall(tag)]
         disk.clear()
-        disk.set("type", "network")
         disk.set("device", "disk")
-        ET.SubElement(disk, "driver", name="qemu", type="raw")
-        nbd = ET.SubElement(disk, "source", protocol="nbd", name=served.export_name)
-        ET.SubElement(nbd, "host", transport="unix", socket=str(served.socket_path))
+        if isinstance(served, FileDisk):
+            disk.set("type", "file")
+            ET.SubElement(disk, "driver", name="qemu", type=served.format)
+            ET.SubElement(disk, "source", file=str(served.path))
+        else:
+            disk.set("type", "network")
+            ET.SubElement(disk, "driver", name="qemu", type="raw")
+            nbd = ET.SubElement(disk, "source", protocol="nbd", name=served.export_name)
+            ET.SubElement(nbd, "host", transport="unix", socket=str(served.socket_path))
         disk.extend(kept)
         return
     if disk.get("device") in ("cdrom", "floppy"):
@@ -260,6 +277,11 @@ def _interface(interface: ET.Element, target: RecoveryTarget) -> None:
                                           or source.get("dev") or "")
     network = (target.network_map.get(mac) or target.network_map.get(original)
                or target.default_network)
+    if network is None and target.keep_unmapped_nics:
+        for host_side in ("target", "alias"):
+            for element in interface.findall(host_side):
+                interface.remove(element)
+        return
     if network is None:
         raise InvalidInput(f"NIC {mac or '(no MAC)'} on {original or interface.get('type')!r} "
                            "has no network at the recovery site: map it "

@@ -148,6 +148,11 @@ def create_control_app(agent: Agent, shutdown: asyncio.Event, metrics: AgentMetr
                           ) -> list[dict[str, Any]]:
         return agent.checkpoints(group_id, newest)
 
+    @app.get("/groups/{group_id}/vm-configs", response_model=list[VmConfigView])
+    async def vm_configs(group_id: str, checkpoint: str = "latest") -> list[dict[str, Any]]:
+        """Every VM's configuration at a checkpoint of a group recovered here."""
+        return agent.recovery_group(group_id).vm_configs(checkpoint)
+
     @app.get("/groups/{group_id}/vms/{vm}", response_model=VmConfigView)
     async def vm_config(group_id: str, vm: str, checkpoint: str = "latest") -> dict[str, Any]:
         """A VM's configuration at a checkpoint of a group recovered here."""

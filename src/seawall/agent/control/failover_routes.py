@@ -23,7 +23,13 @@ from seawall.contract.agent import (
     TaggedCheckpoint,
     same_id,
 )
-from seawall.contract.recovered_vms import RecoveredVm, RecoveryNetworks, VmBoot
+from seawall.contract.recovered_vms import (
+    RecoveredVm,
+    RecoveryNetworks,
+    VmBoot,
+    VmDefine,
+    VmDefined,
+)
 
 if TYPE_CHECKING:
     from seawall.agent.service import Agent
@@ -53,6 +59,10 @@ def failover_router(agent: Agent) -> APIRouter:
     async def boot_test_vm(operation_id: str, body: VmBoot) -> dict[str, Any]:
         return await vms.boot(tests.get(operation_id), body.vm, body.network,
                               body.network_map)
+
+    @router.post("/vms/definitions", response_model=VmDefined)
+    async def define_vm(body: VmDefine) -> dict[str, Any]:
+        return await vms.define(body.name, body.xml)
 
     @router.get("/recovery-networks", response_model=RecoveryNetworks)
     async def recovery_networks() -> dict[str, Any]:

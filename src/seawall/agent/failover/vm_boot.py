@@ -151,6 +151,10 @@ class RecoveredVms:
         state.isolated_network = name
         return name
 
+    async def define(self, name: str, xml: str) -> dict[str, Any]:
+        """Define a clone's VM (shut off, persistent: the operator's from now on)."""
+        return {"name": name, "uuid": await self._host().define(name, xml)}
+
     async def networks(self) -> list[str]:
         """The recovery host's networks (``InvalidInput`` without libvirt)."""
         return await self._host().networks()

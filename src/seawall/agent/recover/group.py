@@ -28,6 +28,7 @@ from seawall.errors import Conflict, InvalidInput, NotFound, NotReady
 from seawall.hypervisor.definitions import describe
 from seawall.journal.journal import CheckpointInfo, Journal
 from seawall.journal.policy import RetentionPolicy
+from seawall.wire.records import VmConfig
 
 
 def retention_policy(spec: RecoverySpec) -> RetentionPolicy:
@@ -97,6 +98,12 @@ class RecoveryGroup:
             for c in self.journal.checkpoints(newest)
         ]
 
+    def vm_configs(self, checkpoint: str) -> list[dict[str, Any]]:
+        """Every VM's configuration at ``checkpoint`` (an id or latest), by name."""
+        info = self.resolve_checkpoint(checkpoint)
+        configs = sorted(self.journal.vm_configs_at(info.seq).values(), key=lambda c: c.name)
+        return [self._config_view(config, info) for config in configs]
+
     def vm_config(self, vm: str, checkpoint: str) -> dict[str, Any]:
         """VM ``vm`` (name or uuid) as configured at ``checkpoint`` (an id or latest)."""
         info = self.resolve_checkpoint(checkpoint)
@@ -109,7 +116,10 @@ class RecoveryGroup:
         if len(found) > 1:
             raise Conflict(f"{len(found)} VMs of group {self.spec.name} are named {vm!r}: "
                            "use a uuid")
-        config = found[0]
+        return self._config_view(found[0], info)
+
+    @staticmethod
+    def _config_view(config: VmConfig, info: CheckpointInfo) -> dict[str, Any]:
         return {"name": config.name, "uuid": config.uuid, "checkpoint": info.seq,
                 "checkpoint_name": info.name, "config_seq": config.seq,
                 "config_time_ns": config.time_ns, "format": config.format,

@@ -37,10 +37,12 @@ from seawall.config import SiteConfig
 from seawall.confined import inside, open_directory
 from seawall.contract.agent import ExportCreate
 from seawall.contract.agent_api import AgentApi
+from seawall.contract.recovered_vms import VmDefine
 from seawall.errors import Conflict, InvalidInput, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import RecoveryOperation
+from seawall.manager.recovery.clone_vms import clone_definitions
 from seawall.manager.recovery.imaging import FORMATS, write_image
 from seawall.manager.recovery.machine import OperationEvent, OperationState
 from seawall.manager.recovery.operations import new_operation_id, recovery_group
@@ -82,7 +84,7 @@ class CloneService:
         self._running: dict[str, CloneProgress] = {}  # clones whose thread is in this process
 
     def start(self, group_name: str, checkpoint: str, to: str, image_format: str,
-              user: str | None) -> dict[str, Any]:
+              user: str | None, define: bool = False) -> dict[str, Any]:
         started_at = datetime.now(UTC)
         if image_format not in FORMATS:
             raise InvalidInput(f"format must be raw or qcow2, not {image_format!r}")
@@ -94,21 +96,27 @@ class CloneService:
                     "format": image_format, "size_bytes": v["size_bytes"],
                     "read_from": self.groups.stream_at(group, v["name"], chosen)}
                    for v in self.groups.volumes_at(group, chosen)]
+        operation_id = new_operation_id("clone", started_at)
+        definitions = self._definitions(group.name, operation_id, directory, outputs)
+        if define:
+            self.agent.recovery_networks()  # InvalidInput now if no libvirt can define them
         taken = [o["path"] for o in outputs
                  if Path(o["path"]).exists() or directory.joinpath(part_name(o["path"])).exists()]
+        taken += [d["path"] for d in definitions if Path(d["path"]).exists()]
         if taken:
             raise Conflict(f"{', '.join(taken)} exists already: clone into another directory")
         os.close(self._open_directory(str(directory), create=True))
         operation = RecoveryOperation(
-            operation_id=new_operation_id("clone", started_at), kind=KIND,
+            operation_id=operation_id, kind=KIND,
             group_id=group.group_id, group_name=group.name,
             state=OperationState.RUNNING.value, holds_group_id=None,
             checkpoint_id=chosen["id"], checkpoint_time_ns=chosen["time_ns"],
             checkpoint_name=chosen["name"], user=user or getpass.getuser(),
             started_at=started_at, notes="",
             details={"options": {"checkpoint": checkpoint, "to": to,
-                                 "directory": str(directory), "format": image_format},
-                     "outputs": outputs, "exports": []},
+                                 "directory": str(directory), "format": image_format,
+                                 "define": define},
+                     "outputs": outputs, "definitions": definitions, "exports": []},
         )
         add_step(operation, "requested", started_at)
         progress = CloneProgress(sum(o["size_bytes"] for o in outputs))
@@ -164,8 +172,10 @@ class CloneService:
             for output in outputs:
                 os.replace(part_name(output["path"]), Path(output["path"]).name,
                            src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+            definitions = self._write_definitions(operation, directory_fd)
             os.fsync(directory_fd)
-            final = self.store.transition(operation_id, OperationEvent.FINISH, step="done")
+            final = self.store.transition(operation_id, OperationEvent.FINISH, step="done",
+                                          details={"definitions": definitions})
         except Exception as exc:  # any failure must end the row, or it stays running
             log.exception("clone %s failed", operation_id)
             message = exc.message if isinstance(exc, SeawallError) else str(exc)
@@ -180,6 +190,44 @@ class CloneService:
             with self._guard:
                 self._running.pop(operation_id, None)
         self.reports.write(build_report(final, self.config.name))
+
+    # --- VM definitions (``clone_vms``) ---------------------------------------------------
+
+    def _definitions(self, group: str, operation_id: str, directory: Path,
+                     outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The definitions of the checkpoint's VMs, from each member journal the clone
+        reads (one for most groups)."""
+        images = {o["volume"]: (Path(o["path"]), o["format"]) for o in outputs}
+        journals = sorted({(journal, str(seq)) for journal, seq in
+                           (o["read_from"] for o in outputs)})
+        configs = [config for journal, seq in journals
+                   for config in self.agent.vm_configs(journal, seq)]
+        mark = {"kind": "clone", "operation": operation_id, "group": group}
+        return [{"vm": d.vm, "domain": d.domain, "path": str(directory / d.file_name),
+                 "xml": d.xml, "notes": list(d.notes), "skipped": d.skipped}
+                for d in clone_definitions(configs, images, directory, mark,
+                                           lambda path: Path(path).exists())]
+
+    def _write_definitions(self, operation: RecoveryOperation,
+                           directory_fd: int) -> list[dict[str, Any]]:
+        """Each definition's file beside the images (0600, never over a file), and defined
+        at the recovery host, shut off, if asked; what was done, without the XML."""
+        written = []
+        for definition in operation.details.get("definitions", []):
+            entry = {k: v for k, v in definition.items() if k != "xml"}
+            if definition["xml"] is not None:
+                fd = os.open(Path(definition["path"]).name,
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                             dir_fd=directory_fd)
+                with os.fdopen(fd, "w") as file:
+                    file.write(definition["xml"])
+                    file.flush()
+                    os.fsync(file.fileno())
+                if operation.details["options"].get("define"):
+                    entry["defined_uuid"] = self.agent.define_vm(VmDefine(
+                        name=definition["domain"], xml=definition["xml"])).uuid
+            written.append(entry)
+        return written
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class CloneRequest(BaseModel):
     checkpoint: str = CheckpointField
     to: str = Field(min_length=1, max_length=4096)
     format: Literal["raw", "qcow2"] = "raw"
+    define: bool = False  # also define the VMs' definitions at the recovery host, shut off
 
 
 def _who(request: Request) -> str:
@@ -80,7 +81,7 @@ def failover_status(request: Request, group: str) -> dict[str, Any]:
 @router.post("/clones", status_code=202)
 def clone(request: Request, body: CloneRequest) -> dict[str, Any]:
     return _clones(request).start(body.group, body.checkpoint, body.to, body.format,
-                                  _who(request))
+                                  _who(request), body.define)
 
 
 @router.get("/clones/{operation_id}")
