@@ -73,8 +73,13 @@ def test_report_page_escapes_everything_and_stands_alone() -> None:
         "user": "ops & co", "state": "stopped", "result": "pass", "notes": hostile,
         "rto_s": 0.1234, "steps": [{"step": hostile, "at": "t", "elapsed_s": 1.5}],
         "images": [{"volume": "disk0", "uri": "nbd+unix:///a?socket=/x&y"}],
+        "vms": [{"vm": hostile, "domain": "web-test-app", "state": "ready", "started_s": 0.5,
+                 "ready_s": 12.25, "network": "seawall-isolated-app",
+                 "console_log": "/d/consoles/web-test-app.log", "notes": [hostile]}],
+        "vms_ready_s": 12.5,
         "error": hostile,
     })
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "ops &amp; co" in page and "0.123 s" in page and "?socket=/x&amp;y" in page
+    assert "every VM ready)</th><td>12.500 s" in page and "web-test-app" in page
     assert "http" not in page and "src=" not in page  # no external assets

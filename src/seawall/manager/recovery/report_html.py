@@ -60,6 +60,9 @@ def render_html(report: dict[str, Any]) -> str:
         ("Result", result),
         ("RTO (command to every volume readable)", _seconds(report.get("rto_s"))),
     ]
+    if report.get("vms"):
+        summary.append(("RTO (command to every VM ready)",
+                        _seconds(report.get("vms_ready_s")) or "not every VM was ready"))
     summary_rows = "".join(
         f"<tr><th>{html.escape(label)}</th>"
         f"<td class=\"{html.escape(str(value or ''))}\">{_text(value)}</td></tr>"
@@ -76,6 +79,21 @@ def render_html(report: dict[str, Any]) -> str:
             ["Volume", "NBD URI", "Size (bytes)", "Scratch used (bytes)", "Scratch limit"],
             [[i.get("volume"), i.get("uri"), i.get("size_bytes"), i.get("scratch_used_bytes"),
               i.get("scratch_limit_bytes")] for i in images]))
+    vms = report.get("vms") or []
+    if vms:
+        sections.append("<h2>VMs</h2>" + _table(
+            ["VM", "Domain", "State", "Started", "Ready", "Network", "Console log", "Notes"],
+            [[v.get("vm"), v.get("domain"), v.get("state"), _seconds(v.get("started_s")),
+              _seconds(v.get("ready_s")), v.get("network"), v.get("console_log"),
+              "; ".join([*v.get("notes", []), *([v["error"]] if v.get("error") else [])])]
+             for v in vms]))
+    definitions = report.get("definitions") or []
+    if definitions:
+        sections.append("<h2>VM definitions</h2>" + _table(
+            ["VM", "Domain", "File", "Defined (uuid)", "Notes"],
+            [[d.get("vm"), d.get("domain"), d.get("path"), d.get("defined_uuid"),
+              "; ".join([*d.get("notes", []), *([d["skipped"]] if d.get("skipped") else [])])]
+             for d in definitions]))
     outputs = report.get("outputs") or []
     if outputs:
         sections.append("<h2>Images written</h2>" + _table(
