@@ -52,6 +52,8 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     """A context serving ``cert_path`` (a chain, leaf first) with ``key_path``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.num_tickets = 0  # no resumption: every connection shows the current certificate
+    context.options |= ssl.OP_NO_TICKET
     try:
         context.load_cert_chain(cert_path, key_path)
     except (OSError, ssl.SSLError) as exc:

@@ -33,6 +33,7 @@ class Site:
     url: str
     admin_token: str
     home: Path
+    fingerprint: str
 
     def run(self, *args: str, stdin: str = "", token: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -52,6 +53,11 @@ class Site:
         return self.home / ".config" / "seawall" / "credentials.json"
 
 
+def fingerprint_in(init_stderr: str) -> str:
+    """The API certificate's fingerprint ``site init`` printed."""
+    return " ".join(init_stderr.split()).split("fingerprint (sha256): ")[1].split()[0]
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     api_port = free_port()
@@ -65,7 +71,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         capture_output=True, text=True, timeout=60, check=True)
     assert "shown once" in init.stderr  # people read stderr; stdout is the token alone
     token = init.stdout.strip()
-    url = f"http://127.0.0.1:{api_port}"
+    url = f"https://127.0.0.1:{api_port}"
     log = (tmp_path / "manager.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "seawall", "manager", "run", "--data", str(tmp_path / "prod")],
@@ -75,12 +81,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
         while True:
             assert process.poll() is None, "the manager exited"
             try:
-                httpx.get(url + "/health", timeout=1.0)
+                httpx.get(url + "/health", timeout=1.0, verify=False)  # no secret sent
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the manager did not start"
                 time.sleep(0.1)
-        yield Site(tmp_path / "prod", url, token, home)
+        yield Site(tmp_path / "prod", url, token, home, fingerprint_in(init.stderr))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -91,7 +97,16 @@ def test_init_token_login_users_and_tokens(site: Site) -> None:
     # Nothing without a token; the token printed at init works once kept by login.
     refused = site.run("user", "list", check=False)
     assert refused.returncode == 6 and "seawall login" in refused.stderr + refused.stdout
-    site.run("login", "--token", site.admin_token)
+    # HTTPS: a fingerprint that is not the server's is refused, and nothing is kept...
+    wrong = site.run("login", "--token", site.admin_token, "--fingerprint", "AB" * 32,
+                     check=False)
+    assert wrong.returncode == 7 and "not AB:AB:" in " ".join(wrong.stderr.split())
+    assert not site.credentials.exists()
+    # ... on first contact, login shows the certificate's and pins it for the URL.
+    first = site.run("login", "--token", site.admin_token)
+    assert site.fingerprint in " ".join(first.stderr.split()), first.stderr
+    pins = json.loads(site.credentials.read_text())["pins"]
+    assert pins[site.url]["fingerprint"] == site.fingerprint
     assert stat.S_IMODE(site.credentials.stat().st_mode) == 0o600
     assert stat.S_IMODE(site.credentials.parent.stat().st_mode) == 0o700
     kept = json.loads(site.credentials.read_text())["managers"]

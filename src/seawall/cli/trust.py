@@ -4,7 +4,8 @@ Rules:
 - An ``https://`` URL is called only with the trust kept for it in the credentials file
   (``cli.credentials``: ``seawall login`` keeps it): the pinned certificate as the one
   trust anchor, or the operator's CA bundle with the host name checked
-  (``seawall.api_tls``). A URL with none is refused before any connection: log in first.
+  (``seawall.api_tls``). A URL with none is refused before any connection, as not logged
+  in (``Unauthorized``): log in first.
 - ``seawall login`` sets it (``login_trust``): ``--ca-bundle FILE``; ``--fingerprint FP``
   (the server must present a certificate of that SHA-256, which is then pinned); else the
   pin kept already; else, on first contact, the certificate presented, whose fingerprint
@@ -32,7 +33,7 @@ from seawall.api_tls import (
 )
 from seawall.cli.credentials import CredentialStore
 from seawall.config import is_loopback
-from seawall.errors import InvalidInput, PeerError
+from seawall.errors import InvalidInput, PeerError, Unauthorized
 from seawall.tls import fingerprint
 
 
@@ -60,7 +61,7 @@ def trust_for(url: str) -> ssl.SSLContext | None:
         return None
     pin = CredentialStore().pin(url)
     if pin is None:
-        raise InvalidInput(f"no certificate is pinned for {url}: `seawall login --url {url}` "
+        raise Unauthorized(f"no certificate is pinned for {url}: `seawall login --url {url}` "
                            "shows its fingerprint and pins it (or give --fingerprint SHA256 "
                            "or --ca-bundle FILE to login)")
     return _context(pin)
