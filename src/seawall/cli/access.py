@@ -86,7 +86,9 @@ def login(
 ) -> None:
     """Log in to a site manager; later commands against its URL send the token.
 
-    On first contact it shows the server's certificate fingerprint and pins it for the URL."""
+    On first contact it shows the server's certificate fingerprint and pins it for the URL;
+    with --fingerprint (or --ca-bundle) and no new credentials it accepts a new certificate
+    for the token kept already."""
     base_url = manager_url(url)
     token = secret(token, token_file, None, "API token")  # SEAWALL_TOKEN needs no login
     tls, new_pin = login_trust(base_url, fingerprint, ca_bundle)
@@ -94,7 +96,12 @@ def login(
         console.print(f"first contact with {base_url}: its certificate's fingerprint (sha256) "
                       f"is {new_pin['fingerprint']}; compare it with the one `seawall site "
                       "init` printed. Pinned for this URL once logged in.", highlight=False)
-    if token:
+    kept = CredentialStore().get(base_url)
+    if not token and user is None and new_pin is not None and kept and kept.get("token"):
+        # A new certificate accepted (--fingerprint, --ca-bundle): the kept token goes on.
+        me = manager_client(base_url, str(kept["token"]), tls, timeout_s=30.0).get("/api/v1/me")
+        entry = kept
+    elif token:
         client = manager_client(base_url, token, tls, timeout_s=30.0)
         me = client.get("/api/v1/me")
         entry = {"token": token, "user": me["user"], "token_id": me["token_id"],
