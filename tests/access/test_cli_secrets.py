@@ -216,3 +216,13 @@ def test_plain_http_only_on_loopback(site: Site, tmp_path: Path) -> None:
     ("localhost.example.org", False)])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_url_token_and_json_before_the_command(site: Site) -> None:
+    before = site.run("--url", site.url, "--token", "-", "--json", "whoami",
+                      stdin=site.token + "\n")
+    assert before.returncode == 0 and json.loads(before.stdout)["user"] == "admin", before.stderr
+    # The same option after the command wins over the one before it.
+    after = site.run("--url", "https://127.0.0.1:1", "whoami", "--url", site.url,
+                     SEAWALL_TOKEN=site.token)
+    assert after.returncode == 0 and after.stdout.startswith("admin (admin)"), after.stderr
