@@ -76,6 +76,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+INSECURE_BEYOND_LOOPBACK = (
+    "--insecure-http serves the API without TLS: only on a loopback --api address "
+    "(127.0.0.1, ::1 or localhost), not {host}; API tokens and passwords would cross the "
+    "network in clear text")
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -160,10 +166,7 @@ class SiteConfig(BaseModel):
             if self.api_tls_cert is not None:
                 raise ValueError("--insecure-http serves no certificate: not with --tls-cert")
             if not is_loopback(self.api_host):
-                raise ValueError(
-                    f"--insecure-http serves the API without TLS: only on a loopback --api "
-                    f"address (127.0.0.1, ::1 or localhost), not {self.api_host}; API tokens "
-                    "and passwords would cross the network in clear text")
+                raise ValueError(INSECURE_BEYOND_LOOPBACK.format(host=self.api_host))
         return self
 
     clone_dir: Path
@@ -344,6 +347,10 @@ class SiteConfig(BaseModel):
         if (data_dir / CONFIG_NAME).exists():
             raise Conflict(f"{data_dir} already holds a site")
         api_host, api_port = parse_host_port(api)
+        if (tls_cert is None) != (tls_key is None):
+            raise InvalidInput("--tls-cert and --tls-key go together")
+        if insecure_http and not is_loopback(api_host):
+            raise InvalidInput(INSECURE_BEYOND_LOOPBACK.format(host=api_host))
         replication_host, replication_port = parse_host_port(replication)
         advertised = parse_host_port(advertise_replication) if advertise_replication else None
         nbd_tcp_address = parse_host_port(nbd_tcp) if nbd_tcp else None

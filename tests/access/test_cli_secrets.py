@@ -178,7 +178,8 @@ def test_join_token_from_a_file_stdin_or_the_environment(site: Site, tmp_path: P
 
 def test_plain_http_only_on_loopback(site: Site, tmp_path: Path) -> None:
     """--insecure-http is refused beyond loopback; on loopback it serves plain HTTP."""
-    assert "--token -` checks that fingerprint" in site.init_stderr
+    assert "--token -` reads it from standard input, shows the server's fingerprint" in (
+        site.init_stderr)
     init = [sys.executable, "-m", "seawall", "site", "init", "--name", "plain", "--replication",
             f"127.0.0.1:{free_port()}", "--peer-api", f"127.0.0.1:{free_port()}",
             "--insecure-http", "--json"]

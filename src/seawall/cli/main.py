@@ -191,8 +191,9 @@ def site_init(
                       "(`seawall site admin-token` makes one)")
         return
     console.print("API token of the user admin (shown once, only its hash is kept; "
-                  f"`seawall login --url {config.api_url} --token -` checks that fingerprint, "
-                  "reads the token from standard input and keeps both for you):",
+                  f"`seawall login --url {config.api_url} --token -` reads it from standard "
+                  "input, shows the server's fingerprint to compare with the one above, and "
+                  "keeps both for you):",
                   highlight=False)
     print_line(token)
 
