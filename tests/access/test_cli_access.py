@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from seawall.localsites import free_port
+from support.readme import examples
 
 PASSWORD = "correct horse battery"
 START_TIMEOUT_S = 60.0
@@ -164,7 +165,10 @@ def test_init_token_login_users_and_tokens(site: Site) -> None:
     assert last.returncode == 4 and "last admin" in last.stderr
 
 
-def test_a_credentials_file_others_can_read_is_not_used(site: Site) -> None:
+def test_readme_examples_run_and_a_credentials_file_others_can_read_is_not_used(
+        site: Site) -> None:
+    """The README's user and token commands, as written there, against a real manager (one
+    manager for both parts: each start costs seconds of the suite)."""
     site.run("login", "--token", site.admin_token)
     site.credentials.chmod(0o644)
     refused = site.run("whoami", check=False)
@@ -172,3 +176,12 @@ def test_a_credentials_file_others_can_read_is_not_used(site: Site) -> None:
     assert refused.returncode == 2 and "chmod 600" in " ".join(refused.stderr.split())
     site.credentials.chmod(0o600)
     assert "admin" in site.run("whoami").stdout
+
+    ran = []
+    for line, args in examples():
+        if args[:1] in (["whoami"], ["user"], ["token"]) and "revoke" not in args:
+            result = site.run(*args, stdin="a long passphrase\n", check=False)
+            assert result.returncode == 0, f"README: {line}\n{result.stderr}"
+            ran.append(tuple(args[:2]))
+    assert {("user", "create"), ("token", "create"), ("token", "list"), ("user", "list"),
+            ("whoami",)} <= set(ran)

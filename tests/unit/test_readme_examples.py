@@ -1,11 +1,7 @@
 """Every ``seawall ...`` example of the README parses against the real CLI.
 
-The examples are the ``sh`` blocks' command lines: continued lines (``\\``, a trailing
-``|``) are joined, comments dropped, and each ``seawall`` command is taken out of its shell
-around it (``VAR=$(...)``, pipes, ``&``, redirections, ``NAME=value`` prefixes). Shell
-variables stand for a value (``"$ID"``: a word); ``[--opt X]`` is the README's notation for
-an optional part and ``a|b`` inside it for a choice: both are taken as the first form.
-Each command is then parsed by the CLI's own click commands, group by group down to the
+The examples (``support.readme``: the ``sh`` blocks' commands, out of their shell) are
+each parsed by the CLI's own click commands, group by group down to the
 leaf (``make_context``: options, arguments, types, required ones), without running it. So
 an option the README names and the CLI does not take, or a subcommand that does not exist,
 fails here, with the README line in the message.
@@ -13,65 +9,14 @@ fails here, with the README line in the message.
 
 from __future__ import annotations
 
-import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 
 from seawall.cli.main import app
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-SEPARATORS = {"|", "||", "&", "&&", ";", "(", ")", "$("}
-
-
-def sh_lines(text: str) -> list[str]:
-    """The logical lines of the README's ``sh`` blocks."""
-    lines: list[str] = []
-    pending = ""
-    in_sh = False
-    for line in text.splitlines():
-        if line.startswith("```"):
-            in_sh = line.strip() == "```sh" and not in_sh
-            continue
-        if not in_sh:
-            continue
-        code = re.sub(r"(^|\s)#.*$", "", line).rstrip()  # a word that starts with #
-        if code.endswith("\\"):
-            pending += code[:-1] + " "
-        elif code.endswith("|"):
-            pending += code + " "
-        else:
-            lines.append(pending + code)
-            pending = ""
-    return [line for line in lines if line.strip()]
-
-
-def commands(line: str) -> list[list[str]]:
-    """The ``seawall`` commands of one shell line, as argument lists (without ``seawall``)."""
-    line = re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split("|")[0], line)
-    line = line.replace("$(", " ( ")
-    lexer = shlex.shlex(line, posix=True, punctuation_chars="|&;()<>")
-    lexer.whitespace_split = True
-    found: list[list[str]] = []
-    segment: list[str] = []
-    skip_next = False
-    for word in [*lexer, ";"]:
-        if skip_next:
-            skip_next = False
-        elif set(word) <= set("<>"):
-            skip_next = True  # a redirection and its target
-        elif word in SEPARATORS or set(word) <= set("|&;()"):
-            while segment and re.fullmatch(r"[A-Z_]+=.*", segment[0]):
-                segment.pop(0)  # NAME=value before the command
-            if segment[:1] == ["seawall"]:
-                found.append([f"x{w[1:]}" if w.startswith("$") else w for w in segment[1:]])
-            segment = []
-        else:
-            segment.append(word)
-    return found
+from support.readme import examples
 
 
 def parse(args: list[str]) -> None:
@@ -85,7 +30,7 @@ def parse(args: list[str]) -> None:
         context = command.make_context(name, rest, parent=context)
 
 
-EXAMPLES = [(line, args) for line in sh_lines(README.read_text()) for args in commands(line)]
+EXAMPLES = examples()
 
 
 def test_the_readme_has_its_examples() -> None:
