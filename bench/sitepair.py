@@ -125,7 +125,7 @@ class StatusSampler:
 
     def __init__(self, site: LocalSite, interval_s: float, group: str = GROUP) -> None:
         self._client = JsonClient(site.url, timeout_s=10.0, what=f"site {site.name}",
-                                  token=site.token)
+                                  token=site.token, tls=site.tls)
         self._path = f"/api/v1/groups/{group}"
         self.interval_s = interval_s
         self.samples: list[tuple[float, dict[str, Any]]] = []

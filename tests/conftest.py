@@ -5,6 +5,10 @@ directory, or a new database on one PostgreSQL server shared by the session (sta
 first use by ``support.postgres``, stopped at the end). Without PostgreSQL's binaries the
 PostgreSQL cases are skipped, saying why, except under CI (``CI`` set), where they fail:
 ``make test`` installs them, so their absence there is a broken set-up.
+
+Every site a test starts serves its API over HTTPS; ``cli_trusts_local_sites`` gives the
+session (each xdist worker) a CLI credentials file of its own, where each ``LocalSite``
+pins its certificate, so every ``seawall`` command a test runs trusts the test's sites.
 """
 
 from __future__ import annotations
@@ -15,9 +19,26 @@ from pathlib import Path
 
 import pytest
 
+from seawall.localsites import LocalSite
 from support.postgres import PostgresServer, find_binaries
 
 DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_trusts_local_sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("cli") / "credentials.json"
+    saved = os.environ.get("SEAWALL_CREDENTIALS")
+    os.environ["SEAWALL_CREDENTIALS"] = str(path)
+    LocalSite.cli_credentials = path
+    try:
+        yield path
+    finally:
+        LocalSite.cli_credentials = None
+        if saved is None:
+            os.environ.pop("SEAWALL_CREDENTIALS", None)
+        else:
+            os.environ["SEAWALL_CREDENTIALS"] = saved
 
 
 @pytest.fixture(scope="session")

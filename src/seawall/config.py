@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from seawall.api_tls import leaf_pem, server_context
 from seawall.atomic import atomic_write_json
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.hypervisor.base import parse_hypervisor_spec
@@ -75,16 +76,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def plain_api_warning(host: str, port: int) -> str | None:
-    """What an operator must know when the API, plain HTTP today, is bound beyond loopback;
-    None when it is not (``site init``, ``site run`` and ``manager run`` say it)."""
-    if is_loopback(host):
-        return None
-    return (f"the API on {host}:{port} is plain HTTP and reachable from other hosts: API "
-            "tokens and passwords cross the network in clear text, readable and reusable by "
-            "anyone on the path. Bind it to 127.0.0.1 (the default) and reach it through an "
-            "SSH tunnel or a TLS reverse proxy until the API serves TLS itself (planned, see "
-            "docs/security.md); paired managers use the peer API, mutual TLS already.")
+INSECURE_BEYOND_LOOPBACK = (
+    "--insecure-http serves the API without TLS: only on a loopback --api address "
+    "(127.0.0.1, ::1 or localhost), not {host}; API tokens and passwords would cross the "
+    "network in clear text")
 
 
 class SiteConfig(BaseModel):
@@ -148,6 +143,13 @@ class SiteConfig(BaseModel):
     agent_deadline_s: float = Field(default=30.0, gt=0, le=3600)
     """How long the manager waits for its agent to answer a call (each step), before the
     caller is told the agent did not answer (``seawall.manager.clients``)."""
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    """The certificate (chain, PEM) and key the API serves (``--tls-cert/--tls-key``);
+    None: the site's identity (``DATA/tls``). Read again on SIGHUP (``seawall.api_tls``)."""
+    insecure_http: bool = False
+    """The API in plain HTTP (``--insecure-http``): only on a loopback address."""
+
     vm_config_check_s: float = Field(default=30.0, gt=0, le=3600)
     """How often the agent compares each protected VM's definition with the last one
     captured (``seawall.agent.protect.vm_watch``), besides the hypervisor's events."""
@@ -157,6 +159,17 @@ class SiteConfig(BaseModel):
         if self.nbd_tcp_plain and not (self.nbd_tcp_host and is_loopback(self.nbd_tcp_host)):
             raise ValueError("NBD on TCP without TLS (--nbd-tcp-plain) needs a loopback "
                              "--nbd-tcp address (127.0.0.1, ::1 or localhost)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_api_tls(self) -> SiteConfig:
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.insecure_http:
+            if self.api_tls_cert is not None:
+                raise ValueError("--insecure-http serves no certificate: not with --tls-cert")
+            if not is_loopback(self.api_host):
+                raise ValueError(INSECURE_BEYOND_LOOPBACK.format(host=self.api_host))
         return self
 
     clone_dir: Path
@@ -213,7 +226,16 @@ class SiteConfig(BaseModel):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        """The API's URL: ``https://`` unless ``insecure_http`` (loopback only)."""
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"{'http' if self.insecure_http else 'https'}://{host}:{self.api_port}"
+
+    def api_tls_files(self) -> tuple[Path, Path]:
+        """(certificate, key) the API serves: the operator's, else the site's identity."""
+        if self.api_tls_cert is not None and self.api_tls_key is not None:
+            return self.api_tls_cert, self.api_tls_key
+        identity = self.identity()
+        return identity.cert_path, identity.key_path
 
     @property
     def peer_api(self) -> tuple[str, int]:
@@ -322,11 +344,16 @@ class SiteConfig(BaseModel):
         socket_group: str | None = None, clone_dir: Path | None = None,
         scripts_dir: Path | None = None, script_user: str | None = None,
         storage_roots: tuple[Path, ...] = (), hypervisor: str = "none",
+        tls_cert: Path | None = None, tls_key: Path | None = None, insecure_http: bool = False,
     ) -> SiteConfig:
         data_dir = data_dir.resolve()
         if (data_dir / CONFIG_NAME).exists():
             raise Conflict(f"{data_dir} already holds a site")
         api_host, api_port = parse_host_port(api)
+        if (tls_cert is None) != (tls_key is None):
+            raise InvalidInput("--tls-cert and --tls-key go together")
+        if insecure_http and not is_loopback(api_host):
+            raise InvalidInput(INSECURE_BEYOND_LOOPBACK.format(host=api_host))
         replication_host, replication_port = parse_host_port(replication)
         advertised = parse_host_port(advertise_replication) if advertise_replication else None
         nbd_tcp_address = parse_host_port(nbd_tcp) if nbd_tcp else None
@@ -364,6 +391,9 @@ class SiteConfig(BaseModel):
                 script_user=script_user,
                 storage_roots=tuple(root.resolve() for root in storage_roots),
                 hypervisor=hypervisor,
+                api_tls_cert=tls_cert.resolve() if tls_cert else None,
+                api_tls_key=tls_key.resolve() if tls_key else None,
+                insecure_http=insecure_http,
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid site settings: {exc}") from None
@@ -382,6 +412,9 @@ class SiteConfig(BaseModel):
                                "give --agent-control HOST:PORT apart from the other listeners")
         if socket_group is not None:
             group_id(socket_group)  # InvalidInput before anything is made
+        if config.api_tls_cert is not None and config.api_tls_key is not None:
+            server_context(config.api_tls_cert, config.api_tls_key)  # they load, together
+            leaf_pem(config.api_tls_cert)
         for directory in (data_dir, config.run_dir, config.agent_dir, config.volumes_dir,
                           config.journals_dir):
             directory.mkdir(parents=True, exist_ok=True)

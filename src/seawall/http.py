@@ -19,11 +19,12 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from seawall.api_tls import is_verify_failure
 from seawall.errors import (
     Forbidden,
     InvalidInput,
@@ -109,11 +110,15 @@ class JsonClient:
 
     def __init__(self, base_url: str, uds: str | None = None, timeout_s: float = 30.0,
                  what: str = "server", token: str | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 tls_refused: Callable[[], str] | None = None) -> None:
         """``token``: an API token of a manager's user, sent as ``Authorization: Bearer``;
-        ``tls``: the context of an ``https`` URL (a peer's pin), instead of the system's CAs."""
+        ``tls``: the context of an ``https`` URL (a peer's pin), instead of the system's CAs;
+        ``tls_refused``: the message of a call whose server certificate failed verification
+        (why, and what to do), instead of the TLS library's."""
         transport = httpx.HTTPTransport(uds=uds) if uds else None
         self.what = what
+        self._tls_refused = tls_refused
         self.base_url = base_url
         self.timeout_s = timeout_s
         self._inside = threading.local()  # ``busy``: this thread is inside a call
@@ -174,6 +179,8 @@ class JsonClient:
         if isinstance(exc, httpx.TimeoutException):
             return PeerError(f"{self.what} at {self.base_url} did not answer {method} {path} "
                              f"within {self.timeout_s:g} s")
+        if self._tls_refused is not None and is_verify_failure(exc):
+            return PeerError(self._tls_refused())
         return PeerError(f"cannot reach {self.what} at {self.base_url}: {exc}")
 
     def _raise_for_error(self, response: httpx.Response) -> None:

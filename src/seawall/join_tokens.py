@@ -2,12 +2,13 @@
 the manager, which makes and checks them, and the joining agent, which checks the PIN).
 
 Rules:
-- A token is ``swjt_SECRET.PIN``: SECRET is random (24 bytes), PIN is the SHA-256 of the
-  manager's certificate (DER, base64url). The manager keeps only the SHA-256 of the whole
-  token; the token is shown once.
-- The PIN lets the joining agent check the manager's answer: the join runs over the
-  manager's plain HTTP API, and an answer whose certificate does not match the PIN is
-  refused, so the agent pins the manager the operator's token came from.
+- A token is ``swjt_SECRET.PIN``: SECRET is random (24 bytes), PIN is the SHA-256 (DER,
+  base64url) of the certificate the manager's API serves (its identity, or the operator's
+  ``--tls-cert``; the identity for an ``--insecure-http`` manager). The manager keeps only
+  the SHA-256 of the whole token; the token is shown once.
+- The PIN lets the joining agent make sure it talks to the manager the operator's token
+  came from: the join's HTTPS connection takes only that certificate
+  (``seawall.agent.joining``).
 - A token is usable until it expires (``ttl_s`` from its making, at most ``MAX_TTL_S``)
   and until it is used; an unknown, expired or used token gets one and the same answer.
 """
@@ -35,6 +36,12 @@ def certificate_pin(cert_pem: str) -> str:
     der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(
         serialization.Encoding.DER)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def pin_fingerprint(pin: str) -> str:
+    """The SHA-256 fingerprint (``AB:CD:…``, as ``seawall.tls.fingerprint``) a PIN names."""
+    digest = base64.urlsafe_b64decode(pin + "=")
+    return ":".join(f"{byte:02X}" for byte in digest)
 
 
 def new_token(manager_cert_pem: str) -> str:

@@ -4,8 +4,15 @@ A ``LocalSite`` is ``seawall site init`` + ``seawall site run`` in a directory, 
 ports picked for it (outside the kernel's ephemeral range: ``LISTEN_PORTS``), and a JSON
 client for its REST API that authenticates as the site's admin (``token``: the one
 ``site init`` makes, or, for a site that exists already, a new one made from its data
-directory as ``seawall site admin-token`` does). Stopping it sends SIGTERM (what an
-operator's Ctrl-C does) and waits; ``kill`` sends SIGKILL to the manager only.
+directory as ``seawall site admin-token`` does). The client speaks HTTPS to the API and
+takes only the certificate the site serves (read from its files: ``tls``, the pin).
+Stopping it sends SIGTERM (what an operator's Ctrl-C does) and waits; ``kill`` sends
+SIGKILL to the manager only.
+
+``LocalSite.cli_credentials``: a CLI credentials file (``cli.credentials``) where each new
+LocalSite pins its URL's certificate, as a first ``seawall login`` would; the tests set it
+(with ``SEAWALL_CREDENTIALS``) so that every ``seawall`` command they run trusts their
+sites. None (the demo): no CLI file is touched.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
+from seawall.api_tls import leaf_pem, pinned_context
+from seawall.cli.credentials import CredentialStore
 from seawall.config import CONFIG_NAME, SiteConfig
 from seawall.errors import PeerError, SeawallError
 from seawall.http import JsonClient
 from seawall.manager.access.local import first_admin_token, local_admin_token
+from seawall.tls import fingerprint
 
 START_TIMEOUT_S = 60.0
 
@@ -65,6 +75,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> N
 
 
 class LocalSite:
+    cli_credentials: ClassVar[Path | None] = None
+
     def __init__(self, name: str, directory: Path, log: TextIO | None = None,
                  advertise_replication: str | None = None,
                  buffer_bytes: int = 512 << 20, bitmap_bytes: int = 8 << 20,
@@ -88,7 +100,18 @@ class LocalSite:
             token = first_admin_token(self.config)
         self.token = token or local_admin_token(self.config, "local-site")
         self.url = self.config.api_url
-        self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}", token=self.token)
+        self.cert_pem = leaf_pem(self.config.api_tls_files()[0])
+        self.tls = pinned_context(self.cert_pem)
+        self.api = JsonClient(self.url, timeout_s=120.0, what=f"site {name}", token=self.token,
+                              tls=self.tls)
+        if self.cli_credentials is not None:
+            CredentialStore(self.cli_credentials).put_pin(
+                self.url, {"cert_pem": self.cert_pem, "fingerprint": self.fingerprint})
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate the API serves, as ``site init`` prints it."""
+        return fingerprint(self.cert_pem)
 
     def start(self) -> None:
         self.launch()

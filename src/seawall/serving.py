@@ -12,7 +12,9 @@ Limits (``limited_config``, for every HTTP server we run on TCP):
 - headers are at most ``HEADER_MAX_BYTES`` (h11 answers 400 past it); an idle kept-alive
   connection is closed after ``KEEP_ALIVE_TIMEOUT_S``;
 - at most ``CONNECTIONS_MAX`` connections and requests at once per server: past it uvicorn
-  answers 503 at once, so a flood costs bounded memory. Each listener (the manager's API,
+  answers 503 at once, so a flood costs bounded memory;
+- at the server's stop, idle connections are dropped, not closed with TLS's goodbye (which
+  waits for the client's, up to 30 s). Each listener (the manager's API,
   its peer API) is its own server with its own count: a flood on one leaves the other free.
 The body's limits are ``seawall.body_limit``'s (the app's side).
 """
@@ -93,6 +95,17 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """The server stops: an idle connection (or one closing already) is dropped at once.
+
+        Over TLS a close waits for the client's close_notify, up to asyncio's 30 s, and an
+        idle pooled client never reads to send one: the server's stop would wait that long
+        for every such connection. A request being served still finishes first."""
+        if self.cycle is None or self.cycle.response_complete or self.transport.is_closing():
+            self.transport.abort()
+        else:
+            super().shutdown()
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()

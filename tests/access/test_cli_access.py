@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from seawall.localsites import free_port
+from support.readme import examples
 
 PASSWORD = "correct horse battery"
 START_TIMEOUT_S = 60.0
@@ -33,6 +34,7 @@ class Site:
     url: str
     admin_token: str
     home: Path
+    fingerprint: str
 
     def run(self, *args: str, stdin: str = "", token: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -52,6 +54,11 @@ class Site:
         return self.home / ".config" / "seawall" / "credentials.json"
 
 
+def fingerprint_in(init_stderr: str) -> str:
+    """The API certificate's fingerprint ``site init`` printed."""
+    return " ".join(init_stderr.split()).split("fingerprint (sha256): ")[1].split()[0]
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     api_port = free_port()
@@ -65,7 +72,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         capture_output=True, text=True, timeout=60, check=True)
     assert "shown once" in init.stderr  # people read stderr; stdout is the token alone
     token = init.stdout.strip()
-    url = f"http://127.0.0.1:{api_port}"
+    url = f"https://127.0.0.1:{api_port}"
     log = (tmp_path / "manager.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "seawall", "manager", "run", "--data", str(tmp_path / "prod")],
@@ -75,12 +82,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
         while True:
             assert process.poll() is None, "the manager exited"
             try:
-                httpx.get(url + "/health", timeout=1.0)
+                httpx.get(url + "/health", timeout=1.0, verify=False)  # no secret sent
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the manager did not start"
                 time.sleep(0.1)
-        yield Site(tmp_path / "prod", url, token, home)
+        yield Site(tmp_path / "prod", url, token, home, fingerprint_in(init.stderr))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -91,7 +98,16 @@ def test_init_token_login_users_and_tokens(site: Site) -> None:
     # Nothing without a token; the token printed at init works once kept by login.
     refused = site.run("user", "list", check=False)
     assert refused.returncode == 6 and "seawall login" in refused.stderr + refused.stdout
-    site.run("login", "--token", site.admin_token)
+    # HTTPS: a fingerprint that is not the server's is refused, and nothing is kept...
+    wrong = site.run("login", "--token", site.admin_token, "--fingerprint", "AB" * 32,
+                     check=False)
+    assert wrong.returncode == 7 and "not AB:AB:" in " ".join(wrong.stderr.split())
+    assert not site.credentials.exists()
+    # ... on first contact, login shows the certificate's and pins it for the URL.
+    first = site.run("login", "--token", site.admin_token)
+    assert site.fingerprint in " ".join(first.stderr.split()), first.stderr
+    pins = json.loads(site.credentials.read_text())["pins"]
+    assert pins[site.url]["fingerprint"] == site.fingerprint
     assert stat.S_IMODE(site.credentials.stat().st_mode) == 0o600
     assert stat.S_IMODE(site.credentials.parent.stat().st_mode) == 0o700
     kept = json.loads(site.credentials.read_text())["managers"]
@@ -149,7 +165,10 @@ def test_init_token_login_users_and_tokens(site: Site) -> None:
     assert last.returncode == 4 and "last admin" in last.stderr
 
 
-def test_a_credentials_file_others_can_read_is_not_used(site: Site) -> None:
+def test_readme_examples_run_and_a_credentials_file_others_can_read_is_not_used(
+        site: Site) -> None:
+    """The README's user and token commands, as written there, against a real manager (one
+    manager for both parts: each start costs seconds of the suite)."""
     site.run("login", "--token", site.admin_token)
     site.credentials.chmod(0o644)
     refused = site.run("whoami", check=False)
@@ -157,3 +176,12 @@ def test_a_credentials_file_others_can_read_is_not_used(site: Site) -> None:
     assert refused.returncode == 2 and "chmod 600" in " ".join(refused.stderr.split())
     site.credentials.chmod(0o600)
     assert "admin" in site.run("whoami").stdout
+
+    ran = []
+    for line, args in examples():
+        if args[:1] in (["whoami"], ["user"], ["token"]) and "revoke" not in args:
+            result = site.run(*args, stdin="a long passphrase\n", check=False)
+            assert result.returncode == 0, f"README: {line}\n{result.stderr}"
+            ran.append(tuple(args[:2]))
+    assert {("user", "create"), ("token", "create"), ("token", "list"), ("user", "list"),
+            ("whoami",)} <= set(ran)

@@ -1,4 +1,4 @@
-"""Secrets kept off the command line, and the warning of an API in clear, through the real
+"""Secrets kept off the command line, and plain HTTP only on loopback, through the real
 ``seawall`` command against a real manager process (``site init`` + ``manager run``).
 
 A command line is readable by every local user (``ps``, ``/proc/PID/cmdline``) and kept in
@@ -9,6 +9,7 @@ the environment; the tests prove each way reaches the manager.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,11 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from seawall.cli.credentials import CredentialStore
 from seawall.config import is_loopback
 from seawall.localsites import free_port
 
 START_TIMEOUT_S = 60.0
-WARNING = "is plain HTTP and reachable from other hosts"
 
 
 @dataclass
@@ -58,7 +59,9 @@ def started_site(tmp_path: Path, api_host: str) -> Iterator[Site]:
          "--api", f"{api_host}:{api_port}", "--replication", f"127.0.0.1:{free_port()}",
          "--peer-api", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, check=True)
-    url = f"http://127.0.0.1:{api_port}"
+    url = f"https://127.0.0.1:{api_port}"
+    CredentialStore(home / ".config" / "seawall" / "credentials.json").put_pin(url, {
+        "cert_pem": (data / "tls" / "site.crt").read_text(), "fingerprint": "(the test's)"})
     log_path = tmp_path / "manager.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -69,7 +72,7 @@ def started_site(tmp_path: Path, api_host: str) -> Iterator[Site]:
         while True:
             assert process.poll() is None, log_path.read_text()
             try:
-                httpx.get(url + "/health", timeout=1.0)
+                httpx.get(url + "/health", timeout=1.0, verify=False)  # no secret sent
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the manager did not start"
@@ -173,21 +176,38 @@ def test_join_token_from_a_file_stdin_or_the_environment(site: Site, tmp_path: P
     assert not (tmp_path / "agent" / "site.json").exists()
 
 
-def test_no_warning_for_an_api_on_loopback(site: Site) -> None:
-    assert WARNING not in site.init_stderr
-    assert "--token -` reads it from standard input" in site.init_stderr
-    assert WARNING not in site.log.read_text()
-
-
-def test_an_api_beyond_loopback_is_said_to_be_in_clear(tmp_path: Path) -> None:
-    with started_site(tmp_path, "0.0.0.0") as running:
-        assert "warning: the API on 0.0.0.0:" in running.init_stderr
-        assert WARNING in running.init_stderr and "clear text" in running.init_stderr
-        deadline = time.monotonic() + 10
-        while WARNING not in running.log.read_text():
-            assert time.monotonic() < deadline, running.log.read_text()
-            time.sleep(0.1)
-        assert "WARNING" in running.log.read_text()
+def test_plain_http_only_on_loopback(site: Site, tmp_path: Path) -> None:
+    """--insecure-http is refused beyond loopback; on loopback it serves plain HTTP."""
+    assert "--token -` reads it from standard input, shows the server's fingerprint" in (
+        site.init_stderr)
+    init = [sys.executable, "-m", "seawall", "site", "init", "--name", "plain", "--replication",
+            f"127.0.0.1:{free_port()}", "--peer-api", f"127.0.0.1:{free_port()}",
+            "--insecure-http", "--json"]
+    beyond = subprocess.run([*init, "--data", str(tmp_path / "a"), "--api", "0.0.0.0:7000"],
+                            capture_output=True, text=True, timeout=60)
+    assert beyond.returncode == 2 and "only on a loopback" in " ".join(beyond.stderr.split())
+    assert not (tmp_path / "a" / "site.json").exists()
+    port = free_port()
+    made = json.loads(subprocess.run([*init, "--data", str(tmp_path / "b"), "--api",
+                                      f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                     timeout=60, check=True).stdout)
+    assert made["url"] == f"http://127.0.0.1:{port}" and made["fingerprint"] is None
+    with (tmp_path / "plain.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "seawall", "manager", "run", "--data",
+                                    str(tmp_path / "b")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while subprocess.run([sys.executable, "-m", "seawall", "whoami", "--url", made["url"]],
+                             env=site.env(SEAWALL_TOKEN=made["token"]),
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    # A client never sends a token over plain HTTP beyond loopback.
+    away = site.run("whoami", "--url", "http://192.0.2.1:7000", SEAWALL_TOKEN=made["token"])
+    assert away.returncode == 2 and "over https://" in away.stderr
 
 
 @pytest.mark.parametrize(("host", "loopback"), [
@@ -197,3 +217,13 @@ def test_an_api_beyond_loopback_is_said_to_be_in_clear(tmp_path: Path) -> None:
     ("localhost.example.org", False)])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_url_token_and_json_before_the_command(site: Site) -> None:
+    before = site.run("--url", site.url, "--token", "-", "--json", "whoami",
+                      stdin=site.token + "\n")
+    assert before.returncode == 0 and json.loads(before.stdout)["user"] == "admin", before.stderr
+    # The same option after the command wins over the one before it.
+    after = site.run("--url", "https://127.0.0.1:1", "whoami", "--url", site.url,
+                     SEAWALL_TOKEN=site.token)
+    assert after.returncode == 0 and after.stdout.startswith("admin (admin)"), after.stderr

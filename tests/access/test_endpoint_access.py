@@ -10,9 +10,10 @@ request must be refused before its body is even validated.
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from seawall.api_tls import ApiTls, leaf_pem, pinned_context
 from seawall.config import SiteConfig
 from seawall.localsites import free_port
 from seawall.manager.access.policy import POLICY, Access, Role, access_for
@@ -34,6 +36,15 @@ from seawall.serving import Server
 START_TIMEOUT_S = 20.0
 ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 BAD_CREDENTIALS = ("none", "wrong", "expired", "revoked", "deleted-user", "not-bearer")
+
+
+def api_tls(config: SiteConfig) -> Callable[..., ssl.SSLContext]:
+    """uvicorn's ``ssl_context_factory`` serving the API's certificate, as the manager does."""
+    return lambda _config, _default: ApiTls(*config.api_tls_files()).context
+
+
+def trust(config: SiteConfig) -> ssl.SSLContext:
+    return pinned_context(leaf_pem(config.api_tls_files()[0]))
 
 
 def endpoints(app: FastAPI) -> list[tuple[str, str]]:
@@ -79,7 +90,8 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
     tokens["wrong"] = "swat_" + "A" * 43
     app = create_app(config)
     server = Server(uvicorn.Config(app, host="127.0.0.1", port=config.api_port,
-                                   log_level="warning"), handle_signals=False)
+                                   log_level="warning", ssl_context_factory=api_tls(config)),
+                    handle_signals=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -87,7 +99,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
         assert time.monotonic() < deadline, "manager did not start"
         time.sleep(0.02)
     try:
-        with httpx.Client(base_url=config.api_url, timeout=30.0) as client:
+        with httpx.Client(base_url=config.api_url, timeout=30.0, verify=trust(config)) as client:
             yield Manager(app, config, config.api_url, tokens, access, client)
     finally:
         server.should_exit = True
@@ -274,14 +286,16 @@ def test_a_route_without_an_entry_is_refused_to_everyone(tmp_path: Path) -> None
     assert ("GET", "/api/v1/forgotten") in endpoints(app)
     assert access_for("GET", "/api/v1/forgotten") is None
     server = Server(uvicorn.Config(app, host="127.0.0.1", port=config.api_port,
-                                   log_level="warning"), handle_signals=False)
+                                   log_level="warning", ssl_context_factory=api_tls(config)),
+                    handle_signals=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         while not server.started:
             time.sleep(0.02)
         for headers in ({"Authorization": f"Bearer {token}"}, {}):
-            response = httpx.get(config.api_url + "/api/v1/forgotten", headers=headers)
+            response = httpx.get(config.api_url + "/api/v1/forgotten", headers=headers,
+                                 verify=trust(config))
             assert response.status_code == 403, response.text
             assert "has no access rule" in response.json()["message"]
     finally:

@@ -123,7 +123,14 @@ def test_an_agent_of_another_host_joins_serves_volumes_and_comes_back(
         # Bad tokens: a clear error, and nothing kept on either side.
         assert agent_names(site) == ["prod"]
         made = run_json(site, "agent", "token")
-        wrong = made["token"][:-2] + ("AA" if not made["token"].endswith("AA") else "BB")
+        secret, _, pin = made["token"].partition(".")
+        wrong = f"{secret[:-2]}{'AA' if not secret.endswith('AA') else 'BB'}.{pin}"
+        # A PIN that is not the manager's: refused at the TLS handshake, nothing sent.
+        other_pin = f"{secret}.{pin[:-2]}{'AA' if not pin.endswith('AA') else 'BB'}"
+        failed = refused(site, "agent", "run", "--data", str(host2.directory),
+                         *host2.join_args(site, other_pin))
+        assert failed.returncode == 7 and "presented a certificate of fingerprint" in said(
+            failed), failed.stderr
         expired = run_json(site, "agent", "token", "--ttl", "1s")["token"]
         time.sleep(1.2)
         for token in (wrong, expired):

@@ -53,7 +53,8 @@ def pair_outsider(site: LocalSite, name: str, site_id: str, identity: SiteIdenti
     """Pair a site with no process (its peer API closed) through the real handshake."""
     token = site.api.post("/api/v1/pairing/token")["token"]
     nowhere = free_port()
-    answer = httpx.post(f"{site.url}/api/v1/pairing/accept", json={"token": token, "site": {
+    answer = httpx.post(f"{site.url}/api/v1/pairing/accept", verify=site.tls, json={
+        "token": token, "site": {
         "site_id": site_id, "name": name, "api_url": f"http://127.0.0.1:{nowhere}",
         "replication_host": "127.0.0.1", "replication_port": nowhere,
         "cert_pem": identity.cert_pem, "peer_api_url": f"https://127.0.0.1:{nowhere}"}})
@@ -96,7 +97,8 @@ def test_peer_calls_need_a_pinned_certificate_and_ignore_claims(
     # Peer routes are not served on the plain API, with or without a user token.
     for headers in ({}, {"Authorization": f"Bearer {prod.token}"}):
         plain = httpx.post(f"{prod.url}/api/v1/peer/groups/app/checkpoints", headers=headers,
-                           json={"source_site_id": dr.config.site_id, "name": "plain"})
+                           json={"source_site_id": dr.config.site_id, "name": "plain"},
+                           verify=prod.tls)
         assert plain.status_code == 404 and "peer API" in plain.json()["message"]
 
     # Unpairing is refused while a group uses the peer, and changes nothing.

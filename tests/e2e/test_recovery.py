@@ -224,7 +224,7 @@ def test_clones_raw_and_qcow2_match_the_checkpoint(
         message = " ".join(answer.stderr.split())  # unwrapped
         assert answer.returncode == 2 and f"is outside {clones}:" in message, message
     operator = dr.api.post("/api/v1/users", {"name": "op", "role": "operator"})["token"]
-    as_operator = JsonClient(dr.url, token=operator, what="dr")
+    as_operator = JsonClient(dr.url, token=operator, what="dr", tls=dr.tls)
     for to in ("/root/x", "/etc"):
         with pytest.raises(InvalidInput, match=f"is outside {clones}"):
             as_operator.post("/api/v1/clones", {"group": GROUP, "checkpoint": str(checkpoint),

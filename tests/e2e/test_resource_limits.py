@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -50,25 +51,43 @@ def address(site: LocalSite) -> tuple[str, int]:
     return site.config.api_host, site.config.api_port
 
 
-class Reader(threading.Thread):
-    """Reads a connection to its end while the test writes: an answer sent before the
-    body is all in (and the connection then reset) is still seen."""
+def connect(site: LocalSite, source: str | None = None) -> ssl.SSLSocket:
+    """A raw TLS connection to the site's API (trusting its certificate only)."""
+    raw = socket.create_connection(address(site),
+                                   source_address=None if source is None else (source, 0))
+    return site.tls.wrap_socket(raw, server_hostname=site.config.api_host)
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(daemon=True)
+
+class Reader:
+    """Reads a connection from the test's own thread (a TLS socket is not for two threads
+    at once), so that an answer sent before the body is all in (and the connection then
+    reset) is still seen."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
         self.data = bytearray()
-        self.done = threading.Event()
-        self.start()
+        self.ended = False
 
-    def run(self) -> None:
-        try:
-            while chunk := self.sock.recv(65536):
-                self.data.extend(chunk)
-        except OSError:
-            pass
-        finally:
-            self.done.set()
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Take what has come in, waiting up to ``timeout_s`` for something."""
+        while not self.ended and (self.sock.pending() or select.select(
+                [self.sock], [], [], timeout_s)[0]):
+            try:
+                chunk = self.sock.recv(65536)
+            except ssl.SSLWantReadError:
+                return
+            except OSError:
+                chunk = b""
+            self.data.extend(chunk)
+            self.ended = not chunk
+            timeout_s = 0.0
+
+    def wait(self, timeout_s: float) -> bool:
+        """Read to the end of the connection; whether it ended within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ended and time.monotonic() < deadline:
+            self.poll(max(0.0, min(0.1, deadline - time.monotonic())))
+        return self.ended
 
     def response(self) -> tuple[int, dict[str, str], bytes]:
         head, _, body = bytes(self.data).partition(b"\r\n\r\n")
@@ -77,16 +96,17 @@ class Reader(threading.Thread):
         return int(lines[0].split()[1]), headers, body
 
 
-def stream_body(sock: socket.socket, reader: Reader, total_bytes: int, chunked: bool) -> int:
+def stream_body(sock: ssl.SSLSocket, reader: Reader, total_bytes: int, chunked: bool) -> int:
     """Send up to ``total_bytes`` of zeroes until the server answers or closes; bytes sent."""
     sent = 0
     frame = b"%x\r\n" % len(CHUNK) + CHUNK + b"\r\n" if chunked else CHUNK
-    while sent < total_bytes and not reader.done.is_set() and not reader.data:
+    while sent < total_bytes and not reader.ended and not reader.data:
         try:
             sock.sendall(frame)
         except OSError:  # reset by the server: it will not read the rest
             break
         sent += len(CHUNK)
+        reader.poll()
     return sent
 
 
@@ -109,20 +129,20 @@ def test_a_1_gib_login_body_is_refused_before_it_is_read(site: LocalSite) -> Non
     head = (b"POST /api/v1/login HTTP/1.1\r\nHost: manager\r\n"
             b"Content-Type: application/json\r\n")
     # Content-Length says it: answered at once, before one byte of the body is sent
-    with socket.create_connection(address(site)) as sock:
+    with connect(site) as sock:
         reader = Reader(sock)
         sock.sendall(head + b"Content-Length: %d\r\n\r\n" % GIB)
-        assert reader.done.wait(10), "no answer to a 1 GiB Content-Length"
+        assert reader.wait(10), "no answer to a 1 GiB Content-Length"
         status, headers, body = reader.response()
         assert status == 413 and headers["connection"] == "close"
         assert json.loads(body)["code"] == "too_large"
         assert "1.0 GiB" in json.loads(body)["message"]
     # chunked, no length: answered once the limit is passed, the rest never read
-    with socket.create_connection(address(site)) as sock:
+    with connect(site) as sock:
         reader = Reader(sock)
         sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
         sent = stream_body(sock, reader, GIB, chunked=True)
-        assert reader.done.wait(10)
+        assert reader.wait(10)
         assert sent < GIB // 4, f"the manager took {sent} bytes of an over-limit body"
         status, _headers, body = reader.response()
         assert status == 413 and json.loads(body)["code"] == "too_large"
@@ -137,7 +157,7 @@ def test_headers_sent_byte_by_byte_are_cut_off(site: LocalSite) -> None:
     request = (b"GET /health HTTP/1.1\r\nHost: manager\r\nUser-Agent: "
                + b"s" * 400 + b"\r\n\r\n")
     started_s = time.monotonic()
-    with socket.create_connection(address(site)) as sock:
+    with connect(site) as sock:
         for byte in request:
             try:
                 sock.sendall(bytes([byte]))
@@ -159,7 +179,7 @@ def test_headers_sent_byte_by_byte_are_cut_off(site: LocalSite) -> None:
 
 
 def login(site: LocalSite, user: str, password: str, source: str = "127.0.0.1") -> httpx.Response:
-    transport = httpx.HTTPTransport(local_address=source)
+    transport = httpx.HTTPTransport(local_address=source, verify=site.tls)
     with httpx.Client(transport=transport, timeout=60) as client:
         return client.post(f"{site.url}/api/v1/login", json={"user": user, "password": password})
 
@@ -223,7 +243,7 @@ def test_parallel_wrong_logins_leave_health_and_the_peer_alone(
         stop = threading.Event()
 
         def poll_health() -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, verify=dr.tls) as client:
                 while not stop.is_set():
                     started_s = time.monotonic()
                     client.get(f"{dr.url}/health").raise_for_status()
@@ -235,12 +255,12 @@ def test_parallel_wrong_logins_leave_health_and_the_peer_alone(
             # bounded pool of password checks stands between the flood and the event loop
             source = f"127.0.{1 + index // 250}.{1 + index % 250}"
             body = json.dumps({"user": f"user{index}", "password": "guess"}).encode()
-            with socket.create_connection(address(dr), source_address=(source, 0)) as sock:
+            with connect(dr, source) as sock:
                 reader = Reader(sock)  # raw sockets: the test's own threads stay light
                 sock.sendall(b"POST /api/v1/login HTTP/1.1\r\nHost: manager\r\n"
                              b"Connection: close\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                assert reader.done.wait(60)
+                assert reader.wait(60)
                 return reader.response()[0]
 
         poller = threading.Thread(target=poll_health)
@@ -273,7 +293,7 @@ def test_refused_requests_name_their_authenticated_caller(site: LocalSite) -> No
     viewer = site.api.post("/api/v1/users", {"name": "victor", "role": "viewer"})["token"]
     admin = {"Authorization": f"Bearer {site.token}"}
     as_viewer = {"Authorization": f"Bearer {viewer}"}
-    with httpx.Client(base_url=site.url, timeout=30) as client:
+    with httpx.Client(base_url=site.url, timeout=30, verify=site.tls) as client:
         # refused by role, by validation, by a service error, by size; none authenticated
         assert client.post("/api/v1/groups", json={"name": "x"}, headers=as_viewer
                            ).status_code == 403

@@ -47,8 +47,8 @@ def test_managers_killed_under_load_protection_and_checkpoints_go_on(
     timeline = WriteTimeline(VOLUME_BYTES)
     writer = protect(prod, dr, seed=404, timeline=timeline)
     assert prod.process is not None and dr.process is not None
-    with writer.running(), TimelineFollower(timeline, prod.url, GROUP,
-                                            token=prod.token) as follower:
+    with writer.running(), TimelineFollower(timeline, prod.url, GROUP, token=prod.token,
+                                            tls=prod.tls) as follower:
         time.sleep(1.0)
         killed_ns = time.time_ns()
         for site in (prod, dr):

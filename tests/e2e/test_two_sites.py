@@ -113,7 +113,15 @@ def test_pairing_and_errors_change_nothing(
     assert json.loads(seawall(prod, "peer", "list", "--json").stdout) == []
     assert json.loads(seawall(dr, "peer", "list", "--json").stdout) == []
     token = seawall(dr, "site", "token").stdout.strip()
-    seawall(prod, "pair", dr.url, "--token", token)
+    # Pairing runs over HTTPS: dr's token names dr's certificate; any other server (here
+    # prod's own API) is refused at the handshake, so the token never reaches it.
+    elsewhere = seawall(prod, "pair", prod.url, "--token", token, check=False)
+    assert elsewhere.returncode == 7 and f"not {dr.fingerprint}" in " ".join(
+        elsewhere.stderr.split()), elsewhere.stderr
+    plain = seawall(prod, "pair", dr.url.replace("https:", "http:"), "--token", token,
+                    check=False)  # plain HTTP to a site serving HTTPS: no answer
+    assert plain.returncode == 7, plain.stderr
+    seawall(prod, "pair", dr.url, "--token", token)  # still unused: nothing was sent
     reused = seawall(prod, "pair", dr.url, "--token", token, check=False)
     assert reused.returncode == 6
     at_prod = json.loads(seawall(prod, "peer", "list", "--json").stdout)

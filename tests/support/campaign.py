@@ -159,7 +159,8 @@ class Run:
                              write_pause_s=self.settings.write_pause_s)
             assert proxy.connections_accepted >= 1, "replication bypasses the proxy"
             follower = stack.enter_context(
-                TimelineFollower(self.timeline, prod.url, GROUP, token=prod.token))
+                TimelineFollower(self.timeline, prod.url, GROUP, token=prod.token,
+                                 tls=prod.tls))
             stack.enter_context(writer.running())
             injector = FaultInjector(prod, dr, proxy, self.rng, self.log)
             live = Live(prod, dr, injector, writer, follower)

@@ -26,6 +26,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -119,13 +120,14 @@ class TimelineFollower:
     """
 
     def __init__(self, timeline: WriteTimeline, api_url: str, group: str,
-                 interval_s: float = FOLLOW_INTERVAL_S, token: str | None = None) -> None:
+                 interval_s: float = FOLLOW_INTERVAL_S, token: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.timeline = timeline
         self.group = group
         self.interval_s = interval_s
         self.failed_listings = 0
         self._client = JsonClient(api_url, timeout_s=30.0, what="timeline follower",
-                                  token=token)
+                                  token=token, tls=tls)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

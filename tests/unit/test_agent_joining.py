@@ -77,9 +77,11 @@ def test_the_answer_must_carry_the_certificate_the_token_names(tmp_path: Path) -
 
 
 def test_manager_addresses() -> None:
-    assert manager_address("http://10.0.0.1:7000") == ("10.0.0.1", 7000)
+    assert manager_address("https://10.0.0.1:7000") == ("10.0.0.1", 7000)
     assert manager_address("https://manager.example") == ("manager.example", 443)
     assert manager_address("http://[::1]:7000/") == ("::1", 7000)
+    with pytest.raises(InvalidInput, match="plain http:// only to a loopback"):
+        manager_address("http://10.0.0.1:7000")  # the token would cross in clear
 
 
 def test_a_joined_directory_is_run_as_an_agent_not_as_a_site(tmp_path: Path) -> None:

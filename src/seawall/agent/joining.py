@@ -7,9 +7,12 @@ Rules:
   the token's form.
 - The agent makes its own identity (EC P-256, ``seawall.tls``) in a staging directory
   inside DIR, and presents its certificate with the token, its name, a new agent id and
-  its control URL (``POST /api/v1/agents/join``). It takes the answer only if the
-  manager's certificate is the one the token names (``seawall.join_tokens``: the token
-  carries its PIN), since the join runs over the manager's plain HTTP API.
+  its control URL (``POST /api/v1/agents/join``) over HTTPS, to a server presenting the
+  certificate the token names (``seawall.join_tokens``: the token carries its PIN; pinned
+  for the call, ``seawall.api_tls``), so the token goes to no one else and the answer (the
+  manager's identity, pinned from then on) comes from that manager. To a manager in plain
+  HTTP (``--insecure-http``, loopback only) the PIN names the manager's identity, and the
+  answer is taken only if its certificate is that one.
 - Only then is the identity moved to ``DIR/tls`` and ``DIR/site.json`` written (last,
   atomically): a refused join, a failed call or a wrong answer leaves no configuration,
   and the join can be tried again.
@@ -30,25 +33,29 @@ from typing import Any
 
 import httpx
 
+from seawall.api_tls import certificate_of, pinned_context
 from seawall.atomic import atomic_write_json, fsync_directory
-from seawall.config import CONFIG_NAME, SiteConfig, parse_host_port
+from seawall.config import CONFIG_NAME, SiteConfig, is_loopback, parse_host_port
 from seawall.errors import Conflict, InvalidInput, PeerError
 from seawall.http import JsonClient
-from seawall.join_tokens import certificate_pin, token_pin
+from seawall.join_tokens import certificate_pin, pin_fingerprint, token_pin
 from seawall.tls import check_certificate, ensure_identity
 
 JOIN_TIMEOUT_S = 30.0
 
 
 def manager_address(url: str) -> tuple[str, int]:
-    """(host, port) of a manager's API URL (``http://HOST:PORT``)."""
+    """(host, port) of a manager's API URL (``https://HOST:PORT``)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise InvalidInput(f"--manager must be the site manager's URL (http://HOST:PORT), "
+        raise InvalidInput(f"--manager must be the site manager's URL (https://HOST:PORT), "
                            f"not {url!r}")
+    if parsed.scheme == "http" and not is_loopback(parsed.host):
+        raise InvalidInput(f"--manager {url}: plain http:// only to a loopback address (the "
+                           "join token would cross the network in clear); use https://")
     return parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
@@ -96,10 +103,11 @@ def join_site(manager_url: str, token: str, data_dir: Path, name: str, control: 
     staging = Path(tempfile.mkdtemp(prefix=".join-", dir=data_dir))
     try:
         identity = ensure_identity(staging / "tls", name, agent_id)
-        answer = _ask_to_join(manager_url, {
+        https = manager_url.startswith("https://")
+        answer = _ask_to_join(manager_url, pin if https else None, {
             "token": token, "name": name, "agent_id": agent_id,
             "control_url": draft.control_url, "cert_pem": identity.cert_pem})
-        manager_cert = _checked_answer(answer, pin, manager_url, name)
+        manager_cert = _checked_answer(answer, None if https else pin, manager_url, name)
         config = _config({**fields, "name": answer["site"], "site_id": answer["site_id"],
                           "manager_cert_pem": manager_cert}, PeerError)
         for directory in (config.run_dir, config.agent_dir, config.volumes_dir,
@@ -122,9 +130,12 @@ def _config(fields: dict[str, Any], error: type[InvalidInput] | type[PeerError])
         raise error(f"invalid agent settings: {exc}") from None
 
 
-def _ask_to_join(manager_url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _ask_to_join(manager_url: str, pin: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """POST the join to the manager; over HTTPS only to the holder of ``pin``'s certificate."""
+    tls = None if pin is None else pinned_context(
+        certificate_of(manager_url, pin_fingerprint(pin)))
     client = JsonClient(manager_url.rstrip("/"), timeout_s=JOIN_TIMEOUT_S,
-                        what="the site manager")
+                        what="the site manager", tls=tls)
     try:
         answer = client.post("/api/v1/agents/join", body)
     finally:
@@ -134,14 +145,15 @@ def _ask_to_join(manager_url: str, body: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def _checked_answer(answer: dict[str, Any], pin: str, manager_url: str, name: str) -> str:
-    """The manager's certificate from its answer, if it is the one the token names."""
+def _checked_answer(answer: dict[str, Any], pin: str | None, manager_url: str,
+                    name: str) -> str:
+    """The manager's certificate from its answer (if ``pin``: only the one it names)."""
     cert_pem = str(answer.get("cert_pem", ""))
     try:
         check_certificate(cert_pem)
     except InvalidInput as exc:
         raise PeerError(f"the site manager's answer has no valid certificate: {exc}") from None
-    if certificate_pin(cert_pem) != pin:
+    if pin is not None and certificate_pin(cert_pem) != pin:
         raise PeerError(f"the manager at {manager_url} answered with a certificate that is "
                         "not the one the token names: not joined here (another server on "
                         "the way?). It may list this agent: `seawall agent remove "

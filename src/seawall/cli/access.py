@@ -24,12 +24,13 @@ from seawall.cli.options import (
     TokenOption,
     UrlOption,
     manager,
+    manager_client,
     manager_url,
     secret,
 )
 from seawall.cli.output import console, print_json, print_line, print_table
+from seawall.cli.trust import login_trust
 from seawall.errors import InvalidInput, SeawallError
-from seawall.http import JsonClient
 from seawall.units import parse_duration_s
 
 user_app = typer.Typer(no_args_is_help=True, help="Users of a site manager (admin).")
@@ -76,18 +77,38 @@ def login(
         "--token-file", help="Keep the API token in this file (its first line).")] = None,
     expires: Annotated[str, typer.Option(
         "--expires", help="Lifetime of the token a password login makes.")] = "30d",
+    fingerprint: Annotated[str | None, typer.Option(
+        "--fingerprint", help="Pin the server's certificate only if its SHA-256 is this "
+        "(as `site init` printed it); also to accept a new certificate.")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option(
+        "--ca-bundle", help="Trust the server's certificate if these CAs (PEM) issued it for "
+        "the URL's host name, instead of pinning it.")] = None,
 ) -> None:
-    """Log in to a site manager; later commands against its URL send the token."""
+    """Log in to a site manager; later commands against its URL send the token.
+
+    On first contact it shows the server's certificate fingerprint and pins it for the URL;
+    with --fingerprint (or --ca-bundle) and no new credentials it accepts a new certificate
+    for the token kept already."""
     base_url = manager_url(url)
     token = secret(token, token_file, None, "API token")  # SEAWALL_TOKEN needs no login
-    if token:
-        client = JsonClient(base_url, timeout_s=30.0, what="site manager", token=token)
+    tls, new_pin = login_trust(base_url, fingerprint, ca_bundle)
+    if new_pin is not None and new_pin.pop("first_contact", False):
+        console.print(f"first contact with {base_url}: its certificate's fingerprint (sha256) "
+                      f"is {new_pin['fingerprint']}; compare it with the one `seawall site "
+                      "init` printed. Pinned for this URL once logged in.", highlight=False)
+    kept = CredentialStore().get(base_url)
+    if not token and user is None and new_pin is not None and kept and kept.get("token"):
+        # A new certificate accepted (--fingerprint, --ca-bundle): the kept token goes on.
+        me = manager_client(base_url, str(kept["token"]), tls, timeout_s=30.0).get("/api/v1/me")
+        entry = kept
+    elif token:
+        client = manager_client(base_url, token, tls, timeout_s=30.0)
         me = client.get("/api/v1/me")
         entry = {"token": token, "user": me["user"], "token_id": me["token_id"],
                  "from_login": False}
     else:
         name = user or typer.prompt("User")
-        client = JsonClient(base_url, timeout_s=30.0, what="site manager")
+        client = manager_client(base_url, None, tls, timeout_s=30.0)
         made = client.post("/api/v1/login", {
             "user": name, "password": _read_password(password_stdin),
             "expires_s": parse_duration_s(expires), "name": f"login {socket.gethostname()}"})
@@ -95,6 +116,8 @@ def login(
         entry = {"token": made["token"], "user": made["user"], "token_id": made["id"],
                  "from_login": True}
     store = CredentialStore()
+    if new_pin is not None:
+        store.put_pin(base_url, new_pin)
     store.put(base_url, entry)
     console.print(f"logged in to {base_url} as {me['user']} ({me['role']}); "
                   f"token kept in {store.path}")
@@ -108,10 +131,8 @@ def logout(url: UrlOption = None) -> None:
         console.print(f"not logged in to {base_url}")
         return
     if entry.get("from_login"):
-        client = JsonClient(base_url, timeout_s=30.0, what="site manager",
-                            token=str(entry["token"]))
         try:
-            client.delete(f"/api/v1/tokens/{entry['token_id']}")
+            manager(base_url, str(entry["token"])).delete(f"/api/v1/tokens/{entry['token_id']}")
         except SeawallError as exc:  # expired, revoked, or the manager is down: forgotten
             console.print(f"token not revoked: {exc.message}")
     console.print(f"logged out of {base_url}")

@@ -1,4 +1,4 @@
-"""The CLI's per-user credentials file: one API token per site manager URL.
+"""The CLI's per-user credentials file: per site manager URL, an API token and a pin.
 
 Rules:
 - The file is ``$SEAWALL_CREDENTIALS``, else ``$XDG_CONFIG_HOME/seawall/credentials.json``,
@@ -7,6 +7,11 @@ Rules:
   read or write is refused, not used (as ssh does with keys): someone may have its tokens.
 - Keys are manager URLs without a trailing slash; an entry holds the token, the user, and
   whether ``seawall login`` made the token with a password (``logout`` revokes only those).
+- ``pins`` holds, per URL, how the CLI trusts that manager's HTTPS (``cli.trust``): the
+  certificate pinned at the first login (``cert_pem``), or an operator's CA bundle
+  (``ca_bundle``). ``logout`` keeps it (as ssh's known_hosts): a pin changes only by a
+  ``login`` with ``--fingerprint`` or ``--ca-bundle``. Being in this 0600 file, no other
+  user can slip their own certificate in.
 """
 
 from __future__ import annotations
@@ -53,7 +58,20 @@ class CredentialStore:
             self._write(managers)
         return dict(entry) if isinstance(entry, dict) else None
 
+    def pin(self, url: str) -> dict[str, Any] | None:
+        entry = self._read_file().get("pins", {}).get(manager_key(url))
+        return dict(entry) if isinstance(entry, dict) else None
+
+    def put_pin(self, url: str, pin: dict[str, Any]) -> None:
+        content = self._read_file()
+        self._write({**content.get("managers", {})},
+                    {**content.get("pins", {}), manager_key(url): pin})
+
     def _read(self) -> dict[str, Any]:
+        managers: dict[str, Any] = self._read_file().get("managers", {})
+        return managers
+
+    def _read_file(self) -> dict[str, Any]:
         try:
             mode = self.path.stat().st_mode
         except FileNotFoundError:
@@ -63,13 +81,17 @@ class CredentialStore:
                                f"not used; `chmod 600 {self.path}` if it is yours")
         try:
             content = json.loads(self.path.read_text())
-            managers = content["managers"]
-        except (ValueError, KeyError, TypeError):
-            raise InvalidInput(f"{self.path} is not a Seawall credentials file") from None
-        if not isinstance(managers, dict):
+            sections_ok = all(isinstance(content.get(key, {}), dict)
+                              for key in ("managers", "pins"))
+        except (ValueError, AttributeError):
+            sections_ok = False
+        if not sections_ok or "managers" not in content:
             raise InvalidInput(f"{self.path} is not a Seawall credentials file")
-        return managers
+        return dict(content)
 
-    def _write(self, managers: dict[str, Any]) -> None:
+    def _write(self, managers: dict[str, Any], pins: dict[str, Any] | None = None) -> None:
+        if pins is None:
+            pins = self._read_file().get("pins", {})
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"version": 1, "managers": managers}, private=True)
+        atomic_write_json(self.path, {"version": 1, "managers": managers, "pins": pins},
+                          private=True)

@@ -6,12 +6,14 @@ and nowhere else. Commands that talk to a site manager take ``--url`` or ``SEAWA
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from seawall.api_tls import leaf_pem
 from seawall.cli.access import add_access_commands
 from seawall.cli.agents import add_agent_commands, site_config
 from seawall.cli.files import add_files_commands
@@ -26,6 +28,8 @@ from seawall.cli.options import (
     MetricsOption,
     SocketGroupOption,
     ThrottleOption,
+    TlsCertOption,
+    TlsKeyOption,
     TokenOption,
     UrlOption,
     manager,
@@ -35,10 +39,11 @@ from seawall.cli.output import console, print_json, print_line, print_table, sty
 from seawall.cli.recovery import add_recovery_commands, failover_app
 from seawall.cli.vms import add_vm_commands
 from seawall.cli.volumes import print_one, volume_app
-from seawall.config import SiteConfig, check_database_url, plain_api_warning
+from seawall.config import SiteConfig, check_database_url
 from seawall.errors import InvalidInput, SeawallError
 from seawall.local_access import enter_private_umask
 from seawall.observability.logs import setup_logging
+from seawall.tls import fingerprint
 from seawall.units import parse_size_bytes
 from seawall.wan.schedule import parse_rate_bytes_per_s
 
@@ -64,6 +69,23 @@ add_monitoring_commands(app, group_app)  # group status, alert/event/task list
 add_group_commands(group_app)  # group create/update/show: seawall.cli.groups
 add_agent_commands(agent_app)  # agent run/token/list/remove: seawall.cli.agents
 add_vm_commands(app)  # vm list: seawall.cli.vms
+
+
+@app.callback()
+def global_options(url: UrlOption = None, token: TokenOption = None,
+                   json_output: JsonOption = False) -> None:
+    """Seawall: continuous data protection and disaster recovery.
+
+    --url, --token and --json may come before the command too (`seawall --url URL export
+    ...`): they then act as SEAWALL_URL, SEAWALL_TOKEN and SEAWALL_JSON for it, and the
+    same option after the command still wins."""
+    if url is not None:
+        os.environ["SEAWALL_URL"] = url
+    given = secret(token, None, None, "API token")
+    if given is not None:
+        os.environ["SEAWALL_TOKEN"] = given
+    if json_output:
+        os.environ["SEAWALL_JSON"] = "1"
 
 
 # --- sites -----------------------------------------------------------------------------
@@ -120,8 +142,14 @@ def site_init(
         help="A directory (repeat for more) where groups may keep journals (--storage) and "
              "pre-seeded replicas (--preseed), besides the data directory.")] = None,
     hypervisor: HypervisorOption = "none",
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Serve the API in plain HTTP, without TLS: only on a "
+                                "loopback --api address.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """Create a site: configuration, identity, database."""
+    """Create a site: configuration, identity, database; prints its URL and fingerprint."""
     enter_private_umask()  # the site's files are its own, whatever the caller's umask
     if database is not None:
         from seawall.manager.models import open_database
@@ -137,23 +165,36 @@ def site_init(
                                nbd_tcp_plain=nbd_tcp_plain, clone_dir=clone_dir,
                                scripts_dir=scripts_dir, script_user=script_user,
                                storage_roots=tuple(storage_root or ()),
-                               hypervisor=hypervisor or "none")
-    console.print(f"site {config.name} created in {config.data_dir} "
-                  f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
-    console.print(f"certificate fingerprint (sha256): {config.identity().fingerprint}")
-    warning = plain_api_warning(config.api_host, config.api_port)
-    if warning is not None:
-        console.print(styled("warning:", "yellow"), warning)
+                               hypervisor=hypervisor or "none", tls_cert=tls_cert,
+                               tls_key=tls_key, insecure_http=insecure_http)
+    api_fingerprint = None if config.insecure_http else fingerprint(
+        leaf_pem(config.api_tls_files()[0]))
     from seawall.manager.access.local import first_admin_token
 
     token = first_admin_token(config)
+    if json_output:
+        print_json({"name": config.name, "site_id": config.site_id,
+                    "data": str(config.data_dir), "url": config.api_url,
+                    "fingerprint": api_fingerprint,
+                    "identity_fingerprint": config.identity().fingerprint, "token": token})
+        return
+    console.print(f"site {config.name} created in {config.data_dir} "
+                  f"(id {config.site_id}); run: seawall site run --data {config.data_dir}")
+    console.print(f"API: {config.api_url}", highlight=False)
+    if api_fingerprint is not None:
+        console.print(f"API certificate fingerprint (sha256): {api_fingerprint}")
+    if api_fingerprint != config.identity().fingerprint:
+        console.print(f"site identity fingerprint (sha256, for peers): "
+                      f"{config.identity().fingerprint}")
     if token is None:
         console.print("the database has users already: no admin token made "
                       "(`seawall site admin-token` makes one)")
         return
     console.print("API token of the user admin (shown once, only its hash is kept; "
                   f"`seawall login --url {config.api_url} --token -` reads it from standard "
-                  "input and keeps it for you):")
+                  "input, shows the server's fingerprint to compare with the one above, and "
+                  "keeps both for you):",
+                  highlight=False)
     print_line(token)
 
 
@@ -172,12 +213,24 @@ def site_admin_token(
 
 
 @site_app.command("run")
-def site_run(data: DataOption, log_format: LogFormatOption = None) -> None:
-    """Run the site manager and the site's agent (foreground; Ctrl-C stops both)."""
+def site_run(data: DataOption, log_format: LogFormatOption = None,
+             tls_cert: TlsCertOption = None, tls_key: TlsKeyOption = None) -> None:
+    """Run the site manager and the site's agent (foreground; Ctrl-C stops both).
+
+    SIGHUP reloads the API's certificate and key from their files."""
     from seawall.manager.runner import run_site
 
     setup_logging(log_format)
-    run_site(site_config(data))
+    run_site(_with_api_tls(site_config(data), tls_cert, tls_key))
+
+
+def _with_api_tls(config: SiteConfig, tls_cert: Path | None,
+                  tls_key: Path | None) -> SiteConfig:
+    """``config`` serving the API with ``--tls-cert/--tls-key`` for this process, if given."""
+    if tls_cert is None and tls_key is None:
+        return config
+    return config.with_overrides(api_tls_cert=tls_cert.resolve() if tls_cert else None,
+                                 api_tls_key=tls_key.resolve() if tls_key else None)
 
 
 @site_app.command("token")
@@ -331,12 +384,13 @@ def export(
 
 
 @manager_app.command("run")
-def manager_run(data: DataOption, log_format: LogFormatOption = None) -> None:
-    """Run the site manager alone (its agent runs separately)."""
+def manager_run(data: DataOption, log_format: LogFormatOption = None,
+                tls_cert: TlsCertOption = None, tls_key: TlsKeyOption = None) -> None:
+    """Run the site manager alone (its agent runs separately); SIGHUP: as `site run`."""
     from seawall.manager.runner import run_manager
 
     setup_logging(log_format)
-    run_manager(site_config(data))
+    run_manager(_with_api_tls(site_config(data), tls_cert, tls_key))
 
 
 @app.command("demo")

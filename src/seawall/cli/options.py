@@ -1,8 +1,9 @@
 """What every command module of the CLI shares: the common options and the manager client.
 
-The API token sent to a manager is the first of: ``--token``, ``SEAWALL_TOKEN``, the file
-named by ``SEAWALL_TOKEN_FILE``, the entry for that manager's URL in the credentials file
-(``seawall login``, ``cli.credentials``).
+A manager is called over HTTPS, trusted as ``cli.trust`` says (the pin ``seawall login``
+kept for its URL). The API token sent to it is the first of: ``--token``,
+``SEAWALL_TOKEN``, the file named by ``SEAWALL_TOKEN_FILE``, the entry for that manager's
+URL in the credentials file (``seawall login``, ``cli.credentials``).
 
 Secrets (API, pairing and join tokens) are taken from the command line only as a last
 resort: any local user sees a command line in ``ps`` and ``/proc/PID/cmdline``, and the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +24,7 @@ from typing import Annotated
 import typer
 
 from seawall.cli.credentials import CredentialStore
+from seawall.cli.trust import refusal, trust_for
 from seawall.errors import InvalidInput
 from seawall.http import JsonClient
 
@@ -32,8 +35,14 @@ TokenOption = Annotated[str | None, typer.Option(
     "file named by SEAWALL_TOKEN_FILE; default: the one `seawall login` kept).",
     show_default=False)]
 STDIN = "-"
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOption = Annotated[bool, typer.Option("--json", envvar="SEAWALL_JSON",
+                                          help="Print JSON for scripts.")]
 
+TlsCertOption = Annotated[Path | None, typer.Option(
+    "--tls-cert", help="The API's certificate (PEM, chain, leaf first) instead of the site's "
+    "identity; with --tls-key. Read again on SIGHUP.")]
+TlsKeyOption = Annotated[Path | None, typer.Option(
+    "--tls-key", help="The key of --tls-cert (PEM, unencrypted).")]
 DataOption = Annotated[Path, typer.Option("--data", help="The site's data directory.")]
 ThrottleOption = Annotated[str | None, typer.Option(
     help="Replication bandwidth of the site in bytes/s, shared by its groups by priority "
@@ -91,9 +100,15 @@ def api_token(url: str, token: str | None = None) -> str | None:
 
 
 def manager(url: str | None, token: str | None = None) -> JsonClient:
+    """A client of the manager at ``url``, over HTTPS trusted as ``cli.trust`` says."""
     base_url = manager_url(url)
-    return JsonClient(base_url, timeout_s=120.0, what="site manager",
-                      token=api_token(base_url, token))
+    return manager_client(base_url, api_token(base_url, token), trust_for(base_url))
+
+
+def manager_client(base_url: str, token: str | None, tls: ssl.SSLContext | None,
+                   timeout_s: float = 120.0) -> JsonClient:
+    return JsonClient(base_url, timeout_s=timeout_s, what="site manager", token=token, tls=tls,
+                      tls_refused=lambda: refusal(base_url))
 SocketGroupOption = Annotated[str | None, typer.Option(
     help="A group (e.g. QEMU's) whose members may connect to the NBD socket; no one else "
          "can ('none': only the service's user).")]

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from seawall import __version__
+from seawall.api_tls import ApiTls
 from seawall.body_limit import JSON_BODY_LIMIT_BYTES, BodyLimit
 from seawall.config import SiteConfig
 from seawall.errors import DatabaseFull, SeawallError
@@ -91,8 +92,9 @@ def create_app(config: SiteConfig) -> FastAPI:
         log.warning("site %s has no users, so no one can use its API: "
                     "`seawall site admin-token --data %s` makes an admin token",
                     config.name, config.data_dir)
-    sites = SiteService(config, sessions)
-    agents = AgentDirectory(config, sessions, agent)  # the site's own + joined
+    app.state.api_tls = None if config.insecure_http else ApiTls(*config.api_tls_files())
+    sites = SiteService(config, sessions, app.state.api_tls)
+    agents = AgentDirectory(config, sessions, agent, api_tls=app.state.api_tls)
     app.state.agents, app.state.volumes = agents, VolumeService(agents)
     app.state.vms = VmService(agents, app.state.volumes)
     groups = GroupService(config, sessions, agent, sites, SpanningGroups(config, agents, agent),

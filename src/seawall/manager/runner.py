@@ -5,8 +5,9 @@ Rules:
   data path) survives a crash of the manager; a manager started again finds the running
   agent through its control socket and adopts it instead of starting a second one.
 - The manager serves its API and, in the same event loop, its peer API for paired managers
-  (``seawall.manager.peer_listener``); one stopping stops the other. An API bound beyond
-  loopback is logged as a warning at every start: it is plain HTTP.
+  (``seawall.manager.peer_listener``); one stopping stops the other. The API speaks TLS
+  (``seawall.api_tls``) unless the site is ``--insecure-http`` (loopback only); SIGHUP
+  reloads its certificate and key from their files, without stopping the server.
 - SIGTERM or Ctrl-C stops the manager, then asks the agent to stop and waits for it.
 - While the site runs, an agent that stops is started again (``AgentKeeper``).
 - Start-up overlaps: the agent process is spawned first, the manager imports and builds
@@ -24,11 +25,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from seawall.config import SiteConfig, plain_api_warning
+from seawall.config import SiteConfig
 from seawall.errors import PeerError, SeawallError
 from seawall.manager.agent_keeper import AgentKeeper
 from seawall.manager.clients import agent_client
+
+if TYPE_CHECKING:
+    from seawall.api_tls import ApiTls
 
 log = logging.getLogger("seawall.site")
 
@@ -113,16 +118,23 @@ def run_manager(config: SiteConfig, before_serving: Callable[[], None] | None = 
 
     config.secure()
     app = create_app(config)
-    server = Server(limited_config(app, host=config.api_host, port=config.api_port),
-                    handle_signals=True)
+    api_tls: ApiTls | None = app.state.api_tls
+    tls_settings: dict[str, Any] = {} if api_tls is None else {
+        "ssl_context_factory": lambda _config, _default: api_tls.context}
+    server = Server(limited_config(app, host=config.api_host, port=config.api_port,
+                                   **tls_settings), handle_signals=True)
     peer = peer_server(app, config, app.state.sites.peer_tls.context)
     if before_serving is not None:
         before_serving()
+    if api_tls is None:
+        log.warning("site manager %s serves its API in plain HTTP on %s (--insecure-http: "
+                    "this host's users only)", config.name, config.api_url)
+    else:
+        log.info("API certificate %s: fingerprint (sha256) %s", api_tls.cert_path,
+                 api_tls.fingerprint)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: api_tls.reload())
     log.info("site manager %s listening on %s, peer API (mutual TLS) on %s", config.name,
              config.api_url, config.peer_api_url)
-    warning = plain_api_warning(config.api_host, config.api_port)
-    if warning is not None:
-        log.warning("%s", warning)
     asyncio.run(serve_with_peer_api(server, peer))
 
 

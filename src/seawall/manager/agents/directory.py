@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from seawall.api_tls import ApiTls
 from seawall.config import SiteConfig
 from seawall.contract.agent_api import AgentApi
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
@@ -78,8 +79,12 @@ def check_control_url(url: str) -> str:
 class AgentDirectory:
     def __init__(self, config: SiteConfig, sessions: sessionmaker[Session],
                  local: JsonClient | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        """``local``: the client of the site's own agent that the manager shares, if any."""
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 api_tls: ApiTls | None = None) -> None:
+        """``local``: the client of the site's own agent that the manager shares, if any;
+        ``api_tls``: what the API serves, whose certificate join tokens pin (else the
+        site's identity: an ``--insecure-http`` site)."""
+        self.api_tls = api_tls
         self.config = config
         self.sessions = sessions
         self.clock = clock
@@ -93,13 +98,14 @@ class AgentDirectory:
     def new_token(self, ttl_s: float) -> dict[str, Any]:
         """A single-use join token (shown once; only its hash is kept)."""
         lifetime = check_ttl_s(ttl_s)
-        token, now = new_token(self._cert_pem), self.clock()
+        api_cert_pem = self._cert_pem if self.api_tls is None else self.api_tls.cert_pem
+        token, now = new_token(api_cert_pem), self.clock()
         with self.sessions.begin() as session:
             session.add(AgentJoinToken(token_hash=token_hash(token), created_at=now,
                                        expires_at=now + lifetime))
         return {"token": token, "expires_at": (now + lifetime).isoformat(),
                 "manager_url": self.config.api_url, "site": self.config.name,
-                "fingerprint": fingerprint(self._cert_pem)}
+                "fingerprint": fingerprint(api_cert_pem)}
 
     def join(self, token: str, name: str, agent_id: str, control_url: str,
              cert_pem: str) -> dict[str, Any]:

@@ -10,35 +10,57 @@ address of its peer API, and keeps the other's. From then on the managers call e
 only on their peer APIs, over mutual TLS with those pins (``peer_tls``, the listener's
 context, follows the pins of the database), and a call is taken as coming from the site
 whose pinned certificate it presented (``peer_site_id``); agents take replication only
-from, and send it only to, the holder of the certificate pinned for that peer. The token
-vouches for the presenter's certificate; the answer's certificate is only as good as the
-path to the peer's plain API, where the handshake runs, so operators compare
-fingerprints (``peer list``).
+from, and send it only to, the holder of the certificate pinned for that peer.
+
+The handshake runs on the peer's API, over HTTPS: a token is ``swpt_SECRET.PIN``, PIN being
+the SHA-256 (base64url) of the certificate the API that made it serves (as join tokens,
+``seawall.join_tokens``). The presenting manager connects only to a server presenting that
+certificate (``seawall.api_tls.certificate_of``, then pinned for the call), so the token
+never crosses to anyone else, and the answer's certificate comes from the site the
+operator's token came from. The token vouches for the presenter's certificate. A site in
+``--insecure-http`` (loopback only) makes tokens without a PIN, presented over plain HTTP
+to a loopback address only.
 """
 
 from __future__ import annotations
 
 import secrets
+import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from seawall.config import SiteConfig
+from seawall.api_tls import ApiTls, address_of, certificate_of, pinned_context
+from seawall.config import SiteConfig, is_loopback
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, Unauthorized
 from seawall.http import JsonClient
+from seawall.join_tokens import certificate_pin, pin_fingerprint
 from seawall.manager.access.hashing import token_hash
 from seawall.manager.models import PairingToken, Peer, utc
 from seawall.tls import PinnedServerContext, check_certificate, der_fingerprint, fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=1)
+PREFIX = "swpt_"
+
+
+def token_pin(token: str) -> str | None:
+    """The PIN a pairing token carries (None: none); ``Unauthorized`` if it is malformed."""
+    secret, dot, pin = token.removeprefix(PREFIX).partition(".")
+    if not token.startswith(PREFIX) or len(secret) < 32 or (dot and len(pin) != 43):
+        raise Unauthorized("pairing token is invalid (expected swpt_…, as `seawall site "
+                           "token` prints it at the other site)")
+    return pin or None
 
 
 class SiteService:
-    def __init__(self, config: SiteConfig, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, config: SiteConfig, sessions: sessionmaker[Session],
+                 api_tls: ApiTls | None = None) -> None:
+        """``api_tls``: what the API serves (its certificate's PIN goes into tokens)."""
         self.config = config
         self.sessions = sessions
+        self.api_tls = api_tls
         self.cert_pem = config.identity().cert_pem
         self.peer_tls = PinnedServerContext(config.identity(), self._pinned_certs())
 
@@ -55,7 +77,8 @@ class SiteService:
         }
 
     def new_token(self) -> str:
-        token = f"swpt_{secrets.token_urlsafe(24)}"
+        pin = "" if self.api_tls is None else "." + certificate_pin(self.api_tls.cert_pem)
+        token = f"{PREFIX}{secrets.token_urlsafe(24)}{pin}"
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
             session.add(PairingToken(token_hash=token_hash(token), created_at=now,
@@ -87,7 +110,8 @@ class SiteService:
 
     def pair(self, peer_url: str, token: str) -> dict[str, Any]:
         """Present ``token`` to the manager at ``peer_url`` and remember it on success."""
-        client = JsonClient(peer_url.rstrip("/"), what=f"the site at {peer_url}")
+        client = JsonClient(peer_url.rstrip("/"), what=f"the site at {peer_url}",
+                            tls=self._peer_api_trust(peer_url, token_pin(token)))
         try:
             peer = client.post("/api/v1/pairing/accept", {"token": token, "site": self.info()})
         finally:
@@ -104,6 +128,21 @@ class SiteService:
             self._store_peer(session, peer, datetime.now(UTC))
         self.refresh_pins()
         return dict(peer)
+
+    @staticmethod
+    def _peer_api_trust(peer_url: str, pin: str | None) -> ssl.SSLContext | None:
+        """How to reach the API of the site that made the token: its pinned certificate."""
+        scheme = peer_url.partition("://")[0]
+        if scheme == "https" and pin is not None:
+            return pinned_context(certificate_of(peer_url, pin_fingerprint(pin)))
+        if scheme == "https":
+            raise InvalidInput("this pairing token names no certificate (a site in plain "
+                               "HTTP made it): pair with https://… using a token its site "
+                               "made then")
+        if scheme == "http" and is_loopback(address_of(peer_url)[0]):
+            return None
+        raise InvalidInput(f"pair with the other site's https:// URL, not {peer_url!r} "
+                           "(plain http:// only to a loopback address)")
 
     def _store_peer(self, session: Session, peer: dict[str, Any], now: datetime) -> None:
         existing = session.get(Peer, peer["site_id"])
