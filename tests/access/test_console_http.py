@@ -1,4 +1,4 @@
-"""The console over HTTP, no browser: a real manager (uvicorn, real socket, no agent).
+"""The console over HTTPS, no browser: a real manager (uvicorn, real socket, no agent).
 
 What a browser cannot show: the headers of every answer, the cookie's attributes, the API
 left as it was under the console's mount, the event log of console logins, the login
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from seawall.api_tls import pinned_context
 from seawall.config import SiteConfig
 from seawall.localsites import free_port
 from seawall.manager.access.service import AccessService
@@ -42,6 +44,7 @@ class Manager:
     url: str
     admin: httpx.Client  # the API, as admin
     sessions: sessionmaker[Session]
+    tls: ssl.SSLContext  # trusts the manager's certificate only
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +56,13 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
     access = AccessService(sessions)
     admin_token = str(access.create_first_admin())
     access.create_user("alice", "operator", PASSWORD)
-    server = Server(uvicorn.Config(create_app(config), host="127.0.0.1",
-                                   port=config.api_port, log_level="warning"),
+    app = create_app(config)
+    api_tls = app.state.api_tls
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=config.api_port,
+                                   log_level="warning",
+                                   ssl_context_factory=lambda _c, _d: api_tls.context),
                     handle_signals=False)
+    tls = pinned_context(api_tls.cert_pem)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -63,9 +70,9 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
         assert time.monotonic() < deadline, "manager did not start"
         time.sleep(0.02)
     try:
-        with httpx.Client(base_url=config.api_url, timeout=30.0,
+        with httpx.Client(base_url=config.api_url, timeout=30.0, verify=tls,
                           headers={"Authorization": f"Bearer {admin_token}"}) as admin:
-            yield Manager(config.api_url, admin, sessions)
+            yield Manager(config.api_url, admin, sessions, tls)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -73,7 +80,8 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
 
 
 def browser(manager: Manager) -> httpx.Client:
-    return httpx.Client(base_url=manager.url, timeout=30.0, follow_redirects=False)
+    return httpx.Client(base_url=manager.url, timeout=30.0, follow_redirects=False,
+                        verify=manager.tls)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ With ``SEAWALL_UI_SCREENSHOTS=1`` the run saves a screenshot of each main page i
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import time
@@ -20,6 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
@@ -61,12 +65,25 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite,
     log.close()
 
 
+def spki_sha256(cert_pem: str) -> str:
+    """Chromium's pin of a certificate: base64 of the SHA-256 of its public key (SPKI)."""
+    key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+    spki = key.public_bytes(serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(sites: tuple[LocalSite, LocalSite],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    # The sites' own certificates are trusted by their keys, as the CLI pins them; any
+    # other certificate still fails (Chromium takes the list only with a user data dir).
+    pins = ",".join(spki_sha256(site.cert_pem) for site in sites)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,800"):
+                     "--window-size=1280,800", f"--ignore-certificate-errors-spki-list={pins}",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # The driver's path given: Selenium Manager does not run, nothing is downloaded.
@@ -139,7 +156,8 @@ def login(browser: Any, page: Callable[[str], None], user: str, password: str) -
 
 def session(browser: Any, site: LocalSite) -> httpx.Client:
     """An HTTP client holding the browser's cookies for ``site``."""
-    client = httpx.Client(base_url=site.url, follow_redirects=False, timeout=30)
+    client = httpx.Client(base_url=site.url, follow_redirects=False, timeout=30,
+                          verify=site.tls)
     for cookie in browser.get_cookies():
         client.cookies.set(cookie["name"], cookie["value"])
     return client
@@ -280,18 +298,18 @@ def test_logout_ends_the_session(browser: Any, page: Callable[[str], None],
     # A session of the other site (same host, so the browser would send it here too):
     # under its own name it is ignored, under this site's name it is unknown: to login.
     dr.api.post("/api/v1/users", {"name": "alice", "role": "admin", "password": PASSWORD})
-    with httpx.Client(base_url=dr.url, follow_redirects=False) as at_dr:
+    with httpx.Client(base_url=dr.url, follow_redirects=False, verify=dr.tls) as at_dr:
         answer = at_dr.post("/login", data={"user": "alice", "password": PASSWORD})
     (dr_name, dr_value), = answer.cookies.items()
     (prod_name, _), = old.cookies.items()
     assert dr_name != prod_name
-    with httpx.Client(base_url=dr.url, cookies={dr_name: dr_value}) as at_dr:
+    with httpx.Client(base_url=dr.url, cookies={dr_name: dr_value}, verify=dr.tls) as at_dr:
         dashboard = at_dr.get("/")  # a live session, at dr: the recovery side's pages
         assert dashboard.status_code == 200 and "receiving" in dashboard.text
         group = at_dr.get(f"/groups/{GROUP}")
         assert group.status_code == 200 and 'id="settings-form"' not in group.text
     for cookies in ({dr_name: dr_value}, {prod_name: dr_value}):
-        with httpx.Client(base_url=prod.url, cookies=cookies) as other:
+        with httpx.Client(base_url=prod.url, cookies=cookies, verify=prod.tls) as other:
             assert other.get("/").headers["location"] == "/login"
 
 
