@@ -5,6 +5,9 @@ whole module, at 1280x800; the cases run in order, as one operator's session wou
 browser's log is read after every page and must hold no Content-Security-Policy
 violation (nor any other error). Forged requests go by httpx with the browser's cookie.
 
+The second part (file-restore browser, users and tokens, agents, sites, tasks, reports)
+reads an ext4 file system written into the group's volume at the recovery site dr.
+
 With ``SEAWALL_UI_SCREENSHOTS=1`` the run saves a screenshot of each main page into
 ``docs/ui/`` (the README shows them); otherwise it writes nothing into the repository.
 """
@@ -13,8 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
+import random
 import re
+import shutil
+import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +35,8 @@ from cryptography.hazmat.primitives import serialization
 
 from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
-from support.groups import GROUP, protect
+from seawall.nbd.blocking import NbdClient
+from support.groups import GROUP, protect, tag
 from support.sites import running_pair
 
 pytestmark = pytest.mark.e2e
@@ -37,15 +46,19 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
 PASSWORD = "a console password"
 WAIT_S = 15.0
+VOLUME_BYTES = 8 << 20  # room for a small ext4 file system (the file browser's case)
+ODD_NAME = "a&b?c=#%2F <x>.txt"  # a name from the disk that must survive URLs and pages
 
 if not (CHROMEDRIVER.exists() and CHROMIUM.exists()):
     pytest.skip("needs Debian's chromium and chromium-driver (make debs)",
                 allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip '.[dev]')")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
@@ -57,7 +70,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSite,
         env.setenv("SEAWALL_MONITOR_INTERVAL_S", "0.5")  # alerts within a second
         prod, dr = LocalSite("prod", base / "prod", log), LocalSite("dr", base / "dr", log)
         with running_pair(prod, dr):
-            protect(prod, dr, bytearray(4 << 20), count=4)
+            protect(prod, dr, bytearray(VOLUME_BYTES), count=4)
             for name, role in (("alice", "admin"), ("victor", "viewer")):
                 prod.api.post("/api/v1/users", {"name": name, "role": role,
                                                 "password": PASSWORD})
@@ -129,7 +142,10 @@ def screenshot(browser: Any, name: str) -> None:
 def wait_for(condition: Callable[[], Any], what: str) -> Any:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:  # htmx swapped the element under us
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -141,16 +157,26 @@ def submit(browser: Any, selector: str) -> None:
     old = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, selector).click()
     WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    loaded(browser)
     check_log(browser)
 
 
+def loaded(browser: Any) -> None:
+    """Until the page in the window finished loading (the old one gone is not enough: the
+    new one may still be parsing, and its elements then change under a find)."""
+    WebDriverWait(browser, WAIT_S).until(
+        lambda driver: driver.execute_script("return document.readyState") == "complete")
+
+
 def login(browser: Any, page: Callable[[str], None], user: str, password: str) -> None:
-    """With the keyboard only: the user field has the focus, Tab, Enter."""
+    """With the keyboard only: the user field has the focus, Tab, Enter (``page`` goes to
+    a path of the site to log in to)."""
     page("/login")
     old = browser.find_element(By.TAG_NAME, "html")
     assert browser.switch_to.active_element.get_attribute("id") == "user"
     browser.switch_to.active_element.send_keys(user, Keys.TAB, password, Keys.ENTER)
     WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    loaded(browser)  # the login's redirect done: a page asked for next is not overtaken
     check_log(browser)
 
 
@@ -339,3 +365,165 @@ def test_viewer_sees_no_operations_and_is_refused_them(
     events = prod.api.get("/api/v1/events", limit=5)
     refused = [e for e in events if e["user"] == "victor" and e["status_code"] == 403]
     assert refused, events  # the event log names who was refused
+
+
+def logout(browser: Any, page: Callable[[str], None]) -> None:
+    page("/events")  # a page that does not refresh itself under the click
+    submit(browser, ".who button")
+
+
+def at(browser: Any, site: LocalSite) -> Callable[[str], None]:
+    """Like the ``page`` fixture, for another site."""
+    def go(path: str) -> None:
+        browser.get(site.url + path)
+        check_log(browser)
+    return go
+
+
+def click(browser: Any, selector: str, by: str = By.CSS_SELECTOR) -> None:
+    """Follow a link and wait for its page."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(by, selector).click()
+    WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    check_log(browser)
+
+
+@pytest.mark.skipif(shutil.which("mke2fs") is None, reason="needs e2fsprogs (make debs)")
+def test_files_are_restored_through_the_browser(
+    browser: Any, sites: tuple[LocalSite, LocalSite], tmp_path: Path,
+) -> None:
+    """An ext4 file system written into the volume, tagged; at dr an operator browses to a
+    file at the latest tagged checkpoint and downloads it (the browser's own download), a
+    file with an odd name, and a directory as an archive: the bytes are those written."""
+    prod, dr = sites
+    rng = random.Random(16)
+    config = b"threads = 16\n" + rng.randbytes(200_000)  # several blocks, not text only
+    odd = b"untrusted name\n"
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "app.conf").write_bytes(config)
+    (tree / "data").mkdir()
+    (tree / "data" / ODD_NAME).write_bytes(odd)
+    (tree / "data" / "notes.txt").write_bytes(b"notes\n")
+    image_path = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(image_path),
+                    f"{VOLUME_BYTES >> 10}k"], check=True, capture_output=True)
+    image = image_path.read_bytes()
+    uri = next(v["nbd_uri"] for v in prod.api.get("/api/v1/volumes") if v["name"] == "disk0")
+    with NbdClient(uri) as client:
+        for offset in range(0, len(image), 1 << 20):
+            client.write(offset, image[offset : offset + (1 << 20)])
+        client.flush()
+    checkpoint = tag(prod, dr, "files-ready")
+    dr.api.post("/api/v1/users", {"name": "olga", "role": "operator", "password": PASSWORD})
+    go = at(browser, dr)
+    login(browser, go, "olga", PASSWORD)
+
+    go("/files")
+    click(browser, "#file-volumes a.volume")
+    Select(browser.find_element(By.ID, "checkpoint")).select_by_value("latest-tagged")
+    submit(browser, "#checkpoint-form button")
+    source = browser.find_element(By.ID, "file-checkpoint").text
+    assert source.startswith(f"#{checkpoint} ") and "files-ready" in source
+    click(browser, "etc/", By.LINK_TEXT)
+    screenshot(browser, "files")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Page.setDownloadBehavior",
+                            {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.find_element(By.CSS_SELECTOR, "a[aria-label='Download app.conf']").click()
+    done = downloads / "app.conf"
+    wait_for(lambda: done.exists() and not list(downloads.glob("*.crdownload")),
+             "downloaded app.conf")
+    assert done.read_bytes() == config
+
+    click(browser, "#crumbs a")  # back to / at the same checkpoint
+    click(browser, "data/", By.LINK_TEXT)
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#files tbody tr")
+               if r.find_element(By.TAG_NAME, "th").text == ODD_NAME)  # escaped, as it is
+    odd_link = row.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
+    with session(browser, dr) as client:
+        answer = client.get(odd_link)
+        assert answer.status_code == 200 and answer.content == odd
+        assert answer.headers["content-type"] == "application/octet-stream"
+        assert answer.headers["content-disposition"].startswith('attachment; filename="a_b_c')
+        archive = client.get(browser.find_element(By.ID, "here-archive").get_attribute("href"))
+        assert archive.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+            member = tar.extractfile(f"data/{ODD_NAME}")
+            assert member is not None and member.read() == odd
+    assert not dr.api.get("/api/v1/exports")  # every export of the browser released
+
+
+def test_reports_are_shown_inside_the_console(
+    browser: Any, sites: tuple[LocalSite, LocalSite],
+) -> None:
+    """A failover test (through the API) ends with a report; the console lists it and shows
+    its page inside, in a frame under its own policy (no CSP violation in the log)."""
+    _, dr = sites
+    dr.api.post(f"/api/v1/failover/{GROUP}/test", {"checkpoint": "latest-tagged"})
+    report = dr.api.post(f"/api/v1/failover/{GROUP}/stop",
+                         {"result": "pass", "notes": "<b>boots</b>"})
+    go = at(browser, dr)
+    go("/tasks")
+    task = browser.find_element(By.CSS_SELECTOR, "#tasks tbody tr")
+    assert "failover-test" in task.text and "stopped" in task.text
+    screenshot(browser, "tasks")
+    go("/reports")
+    click(browser, report["id"], By.LINK_TEXT)
+    frame = browser.find_element(By.ID, "report-frame")
+    screenshot(browser, "report")
+    browser.switch_to.frame(frame)
+    try:
+        assert f"Failover test of group {GROUP}" in browser.find_element(By.TAG_NAME, "h1").text
+        assert "<b>boots</b>" in browser.find_element(By.TAG_NAME, "body").text  # as text
+    finally:
+        browser.switch_to.default_content()
+    check_log(browser)
+
+
+def test_admin_makes_a_viewer_and_a_token(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    prod, _ = sites
+    logout(browser, page)  # victor's session, from the viewer's case
+    login(browser, page, "alice", PASSWORD)
+    page("/users")
+    browser.find_element(By.ID, "new-user-name").send_keys("wendy")
+    Select(browser.find_element(By.ID, "new-user-role")).select_by_value("viewer")
+    browser.find_element(By.ID, "new-user-password").send_keys(PASSWORD)
+    submit(browser, "#user-form button")
+    assert browser.find_element(By.ID, "notice").text == "user wendy created (viewer)"
+    browser.find_element(By.ID, "token-name").send_keys("ci")
+    submit(browser, "#token-form button")
+    token = browser.find_element(By.ID, "new-token").get_attribute("value")
+    with httpx.Client(base_url=prod.url, timeout=30, verify=prod.tls) as api:
+        me = api.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["user"] == "alice"
+    screenshot(browser, "users")
+    page("/users")
+    assert browser.find_elements(By.ID, "new-token") == []  # shown once only
+    with session(browser, prod) as client:  # a forged POST without the CSRF token
+        forged = client.post("/users", data={"name": "mallory", "role": "admin",
+                                              "password": PASSWORD})
+        assert forged.status_code == 403 and "CSRF token is missing" in forged.text
+    assert "mallory" not in [u["name"] for u in prod.api.get("/api/v1/users")]
+    for path, form, name in (("/agents", "join-form", "agents"),
+                             ("/pairing", "pair-form", "sites")):
+        page(path)
+        assert browser.find_elements(By.ID, form)
+        screenshot(browser, name)
+    assert "yes" in browser.find_element(By.ID, "peer-dr").text  # reachable
+
+    logout(browser, page)
+    login(browser, page, "wendy", PASSWORD)
+    assert browser.find_element(By.ID, "whoami").text == "wendy (viewer)"
+    for path, absent in (("/users", ("user-form", "users")), ("/agents", ("join-form",)),
+                         ("/pairing", ("pair-form", "pairing-token-form")),
+                         (f"/groups/{GROUP}", ("tag-form", "settings-form"))):
+        page(path)
+        for element in absent:
+            assert browser.find_elements(By.ID, element) == [], (path, element)
+    assert browser.find_elements(By.LINK_TEXT, "Restore files") == []
+    page("/files")
+    assert "may not GET /api/v1/files" in browser.find_element(By.TAG_NAME, "main").text

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
 from support.cli import seawall
@@ -260,6 +262,25 @@ def gpt_partitions(prod: LocalSite, dr: LocalSite, uri: str, model: bytearray,
     assert (tmp_path / "out" / "BOOT.CFG").read_bytes() == b"timeout=5\n" * 500
     assert "no partition 3" in failed(dr, 2, "ls", GROUP, "disk0", "/", "--partition", "3",
                                       "--checkpoint", checkpoint)
+
+    # The API's content route gives a file as it is (a directory is refused); the console's
+    # file browser offers the partitions, then lists the one chosen.
+    with dr.api.stream(f"/api/v1/files/{GROUP}/disk0/content", {
+            "path": "/BOOT.CFG", "partition": 1, "checkpoint": checkpoint}) as response:
+        assert b"".join(response.iter_bytes()) == b"timeout=5\n" * 500
+    with pytest.raises(InvalidInput, match="/home is a dir, not a regular file"):
+        dr.api.request("GET", f"/api/v1/files/{GROUP}/disk0/content",
+                       params={"path": "/home", "partition": 2})
+    dr.api.post("/api/v1/users", {"name": "olga", "role": "operator", "password": "pass word"})
+    with httpx.Client(base_url=dr.url) as login:
+        cookies = login.post("/login", data={"user": "olga", "password": "pass word"}).cookies
+    with httpx.Client(base_url=dr.url, cookies=dict(cookies.items()), timeout=60) as console:
+        offered = console.get(f"/files/{GROUP}/disk0", params={"checkpoint": "latest-tagged"})
+        assert offered.status_code == 200 and "GPT partition table" in offered.text
+        assert f"checkpoint={checkpoint}&amp;part=2&amp;path=%2F" in offered.text
+        home = console.get(f"/files/{GROUP}/disk0", params={
+            "checkpoint": checkpoint, "part": "2", "path": "/home"})
+        assert home.status_code == 200 and ">notes.txt<" in home.text
 
 
 def silent_agent(dr: LocalSite) -> None:

@@ -165,6 +165,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     # file-level restore reads the protected data itself, as an export does
     ("GET", "/api/v1/files/{group}/{volume}"): OPERATOR,
     ("GET", "/api/v1/files/{group}/{volume}/archive"): OPERATOR,
+    ("GET", "/api/v1/files/{group}/{volume}/content"): OPERATOR,
     # observability (Prometheus scrapes with a bearer token)
     ("GET", "/metrics"): VIEWER,
     # status, alerts, event log, tasks (seawall.manager.monitoring, .events, .tasks)

@@ -6,7 +6,9 @@ Rules:
   takes every path but the API's (``/api/``, ``/health``, ``/metrics``, the API docs), so
   an unknown API path still gets the API's JSON 404 and a wrong method its 405. The peer
   API's listener (the same app, for paired managers) does not serve it.
-- Every answer carries the security headers (``SECURITY_HEADERS``): a Content-Security-
+- Every answer carries the security headers (``SECURITY_HEADERS``; a route may set its
+  own policy and framing instead, ``OWN_POLICY_HEADERS``: only a report's page, which is
+  stricter still and may be framed by the console): a Content-Security-
   Policy allowing only this origin's own files (no inline script or style, no framing),
   ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` (``no-referrer`` would make
   the browser send ``Origin: null`` with forms), ``nosniff``; pages are ``no-store``
@@ -32,8 +34,11 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seawall.errors import SeawallError
-from seawall.manager.console import views
+from seawall.manager.console import files_views, views
+from seawall.manager.console.admin_pages import router as admin_router
+from seawall.manager.console.files_pages import router as files_router
 from seawall.manager.console.policy import cookie_name
+from seawall.manager.console.records_pages import router as records_router
 from seawall.manager.console.routes import SignInNeeded, router
 from seawall.manager.console.sessions import ConsoleSessions
 from seawall.manager.peer_listener import PEER_LISTENER_KEY
@@ -52,6 +57,9 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
 ]
+
+OWN_POLICY_HEADERS = {b"content-security-policy", b"x-frame-options"}
+"""What a route may set for itself (both or neither): ``records_pages`` for a report."""
 
 
 class ConsoleMount(Mount):
@@ -78,9 +86,14 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in {h for h, _ in SECURITY_HEADERS}]
-                headers += SECURITY_HEADERS
+                given = message.get("headers", [])
+                # A route that sets its own policy (a report's page) keeps it, framing too.
+                own = {k.lower() for k, _ in given} & OWN_POLICY_HEADERS
+                if own and own != OWN_POLICY_HEADERS:
+                    raise RuntimeError("a console answer set half of its own policy")
+                headers = [(k, v) for k, v in given
+                           if k.lower() not in {h for h, _ in SECURITY_HEADERS} - own]
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in own]
                 if not static:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
@@ -99,7 +112,8 @@ def page_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(duration=views.format_duration, rate=views.format_rate,
                                  ratio=views.format_ratio, time_ns=views.format_time_ns,
-                                 iso=views.format_iso, bytes=format_bytes)
+                                 iso=views.format_iso, bytes=format_bytes,
+                                 readable=files_views.readable)
     return templates
 
 
@@ -111,7 +125,8 @@ def create_console(parent: FastAPI) -> FastAPI:
     templates = page_templates()
     console.state.templates = templates
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    console.include_router(router)
+    for pages in (router, files_router, admin_router, records_router):
+        console.include_router(pages)
     console.add_middleware(SecurityHeaders)
     install_error_pages(console, parent, templates)
     return console

@@ -84,11 +84,17 @@ async def _checked_form(request: Request, user: ConsoleUser | None,
     if not csrf_ok(user.csrf_token, given if isinstance(given, str) else None):
         raise Forbidden("the form's CSRF token is missing or not this session's: reload the "
                         "page and send it again")
-    if operation is not None and not user.may(*operation):
+    if operation is not None:
+        refuse_unless(user, operation)
+    return form
+
+
+def refuse_unless(user: ConsoleUser, operation: tuple[str, str]) -> None:
+    """Forbidden, in the API guard's words, unless the user's role may call the API route."""
+    if not user.may(*operation):
         method, path = operation
         raise Forbidden(f"user {user.principal.name} ({user.principal.role.label}) may not "
                         f"{method} {path}: it needs a higher role")
-    return form
 
 
 def _text(form: FormData, field: str, max_chars: int = 512) -> str:
@@ -155,6 +161,15 @@ async def logout(request: Request, user: ConsoleUser = Depends(signed_in)) -> Re
 # --- dashboard ------------------------------------------------------------------------
 
 
+def peers_with_reach(manager: Any) -> list[dict[str, Any]]:
+    """The paired sites, each with whether the status monitor reaches it (None: not yet
+    tried) and its error."""
+    reach = manager.status.peer_errors()
+    return [{**peer, "reachable": None if peer["name"] not in reach else
+             reach[peer["name"]] is None, "error": reach.get(peer["name"])}
+            for peer in manager.sites.peers()]
+
+
 def _overview(manager: Any) -> dict[str, Any]:
     """Sites and peers, agents, and every group's status with its active alerts."""
     alerts = manager.alerts.list()
@@ -162,11 +177,8 @@ def _overview(manager: Any) -> dict[str, Any]:
     for group in groups:
         group["rpo_level"] = views.rpo_level(group["rpo_s"], group["rpo_alert_s"])
         group["alert_count"] = sum(1 for a in alerts if a["group"] == group["group"])
-    reach = manager.status.peer_errors()
-    peers = [{**peer, "reachable": None if peer["name"] not in reach else
-              reach[peer["name"]] is None, "error": reach.get(peer["name"])}
-             for peer in manager.sites.peers()]
-    return {"groups": groups, "peers": peers, "agents": manager.agents.list_with_status(),
+    return {"groups": groups, "peers": peers_with_reach(manager),
+            "agents": manager.agents.list_with_status(),
             "alert_count": len(alerts),
             "updated_at": datetime.now(UTC).strftime("%H:%M:%S UTC")}
 

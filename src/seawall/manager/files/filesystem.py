@@ -22,7 +22,7 @@ Rules:
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -155,7 +155,7 @@ class FileSystem:
         if top.kind == "dir":
             yield from self._walk(normalize_path(path), (), top, frozenset({top.inode}))
 
-    def chunks(self, entry: Entry) -> Iterator[bytes]:
+    def chunks(self, entry: Entry) -> Generator[bytes, None, None]:
         """The content of a file entry, in pieces of at most ``CHUNK_BYTES``."""
         handle = self._tsk(lambda: self._fs.open_meta(inode=entry.inode), entry.name)
         for offset in range(0, entry.size_bytes, CHUNK_BYTES):

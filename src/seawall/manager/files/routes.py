@@ -1,7 +1,8 @@
 """File-restore routes: parse, call ``FileService``, return (JSON, or a tar stream).
 
-An archive's answer closes its stream (``ArchiveStream.close``, which releases the export)
-when the answer ends, however it ends: read to the end, failed, or dropped by the client.
+An archive's (or a file's content's) answer closes its stream (``ExportStream.close``,
+which releases the export) when the answer ends, however it ends: read to the end,
+failed, or dropped by the client.
 Starlette closes neither the iterator it is given nor its own wrapper on a dropped client,
 so without this the export waited for the garbage collector (``files.service`` says why
 that hung). The close runs in a worker thread (it calls the agent), shielded from the
@@ -31,7 +32,7 @@ PartitionQuery = Annotated[int | None, Query(ge=1, le=1024)]
 
 
 class ClosableStream(Protocol):
-    """What ``ClosingStreamingResponse`` streams (``files.service.ArchiveStream``)."""
+    """What ``ClosingStreamingResponse`` streams (``files.service.ExportStream``)."""
 
     def __iter__(self) -> Iterator[bytes]: ...
 
@@ -74,6 +75,21 @@ def archive(request: Request, group: str, volume: str, path: PathQuery = "/",
     summary, stream = _service(request).archive(group, volume, path, checkpoint, partition)
     try:
         return ClosingStreamingResponse(stream, media_type="application/x-tar",
+                                        headers={SUMMARY_HEADER: json.dumps(summary)})
+    except BaseException:
+        stream.close()
+        raise
+
+
+@router.get("/{group}/{volume}/content")
+def content(request: Request, group: str, volume: str, path: PathQuery,
+            checkpoint: CheckpointQuery = "latest",
+            partition: PartitionQuery = None) -> StreamingResponse:
+    """A regular file's bytes as they are; its summary is in the ``X-Seawall-Restore``
+    header."""
+    summary, stream = _service(request).read(group, volume, path, checkpoint, partition)
+    try:
+        return ClosingStreamingResponse(stream, media_type="application/octet-stream",
                                         headers={SUMMARY_HEADER: json.dumps(summary)})
     except BaseException:
         stream.close()

@@ -12,7 +12,11 @@ Rules:
 - ``archive`` walks the whole tree (metadata only) before the first byte goes out, so
   a missing path, an unreadable file system or an unsafe name is a clean error; then the
   tar stream reads file contents as it is consumed, in bounded memory.
-- An archive's export is released by ``ArchiveStream.close`` (at its end, on its error,
+- ``read`` gives one regular file's bytes, as they are (for a browser's download); the
+  summary says its name and size before the first byte goes out.
+- ``layout`` tells the chosen checkpoint and the volume's partition table without reading
+  a file system (a browser offers the partitions before listing one).
+- An archive's (or a file's) export is released by ``ExportStream.close`` (at its end, on its error,
   or by the route when the answer ends however it ends), never by the garbage collector:
   a stream left to it was released at a random allocation in a random thread, inside
   another request's call to the agent through the same client, whose connection pool
@@ -27,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,7 @@ from seawall.manager.files.filesystem import Entry, FileSystem, normalize_path
 from seawall.manager.files.partitions import Partition, PartitionTable, parse_partition_table
 from seawall.manager.files.tarstream import TAR_TYPES, TarItem, tar_stream
 from seawall.manager.groups.service import GroupService
+from seawall.manager.models import Group
 from seawall.manager.recovery.operations import recovery_group
 from seawall.nbd.blocking import NbdClient
 
@@ -62,15 +67,16 @@ class _Session:
         self.close_steps.close()
 
 
-class ArchiveStream:
-    """The tar stream of an archive, over its open session: iterate, then ``close`` (which
-    releases the export; again is a no-op). Ending or failing closes it too."""
+class ExportStream:
+    """Bytes read over an open session (an archive's tar stream, or a file's content):
+    iterate, then ``close`` (which releases the export; again is a no-op). Ending or
+    failing closes it too."""
 
-    def __init__(self, session: _Session, items: list[TarItem]) -> None:
+    def __init__(self, session: _Session, chunks: Generator[bytes, None, None]) -> None:
         self._session = session
-        self._chunks = tar_stream(items)
+        self._chunks = chunks
 
-    def __iter__(self) -> ArchiveStream:
+    def __iter__(self) -> ExportStream:
         return self
 
     def __next__(self) -> bytes:
@@ -103,7 +109,7 @@ class FileService:
                 "entries": [entry.describe() for entry in entries]}
 
     def archive(self, group_name: str, volume: str, path: str, checkpoint: str,
-                partition: int | None) -> tuple[dict[str, Any], ArchiveStream]:
+                partition: int | None) -> tuple[dict[str, Any], ExportStream]:
         """What will be restored (a summary) and the tar stream; the caller must close the
         stream, whether it was read to its end or not (closing releases the export)."""
         session = self._open(group_name, volume, checkpoint, partition)
@@ -130,7 +136,33 @@ class FileService:
                    "files": len(files), "bytes": sum(e.size_bytes for e in files),
                    "entries": len(items), "skipped_count": len(skipped),
                    "skipped": skipped[:SKIPPED_SHOWN]}
-        return summary, ArchiveStream(session, items)
+        return summary, ExportStream(session, tar_stream(items))
+
+    def read(self, group_name: str, volume: str, path: str, checkpoint: str,
+             partition: int | None) -> tuple[dict[str, Any], ExportStream]:
+        """A regular file's summary (its name, size) and its content as a stream; the caller
+        must close the stream, as an archive's."""
+        session = self._open(group_name, volume, checkpoint, partition)
+        try:
+            entry = session.fs.entry(path)
+            if entry.kind != "file":
+                raise InvalidInput(f"{normalize_path(path)} is a {entry.kind}, not a regular "
+                                   "file: restore it as an archive")
+        except BaseException:
+            session.close()
+            raise
+        summary = {**session.facts, "path": normalize_path(path), "name": entry.name,
+                   "size_bytes": entry.size_bytes}
+        return summary, ExportStream(session, session.fs.chunks(entry))
+
+    def layout(self, group_name: str, volume: str, checkpoint: str) -> dict[str, Any]:
+        """The checkpoint ``checkpoint`` names and the volume's partition table there."""
+        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        chosen = self.groups.checkpoint_of(group, checkpoint)
+        with contextlib.ExitStack() as steps:
+            whole = self._volume(group, volume, chosen, steps)
+            table = parse_partition_table(whole.read, whole.size_bytes)
+        return {**_facts(group_name, volume, chosen, table), "size_bytes": whole.size_bytes}
 
     # --- opening ------------------------------------------------------------------------
 
@@ -138,14 +170,9 @@ class FileService:
               partition: int | None) -> _Session:
         group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
         chosen = self.groups.checkpoint_of(group, checkpoint)
-        journal, at = self.groups.stream_at(group, volume, chosen)
-        export = self.agent_api.create_export(
-            ExportCreate(group_id=journal, volume=volume, checkpoint=at))
         steps = contextlib.ExitStack()
-        steps.callback(self._stop_export, export.name)
         try:
-            client = steps.enter_context(NbdClient(export.uri, timeout_s=NBD_TIMEOUT_S))
-            whole = CachedVolume(client.read, client.size)
+            whole = self._volume(group, volume, chosen, steps)
             table = parse_partition_table(whole.read, whole.size_bytes)
             chosen_partition = _choose_partition(table, partition, volume)
             source: CachedVolume | Window = whole
@@ -157,16 +184,21 @@ class FileService:
         except BaseException:
             steps.close()
             raise
-        facts = {
-            "group": group_name, "volume": volume,
-            "checkpoint": {"id": chosen["id"], "time_ns": chosen["time_ns"],
-                           "name": chosen["name"]},
-            "partition_table": table.scheme if table else None,
-            "partitions": [p.describe() for p in table.partitions] if table else [],
-            "partition": chosen_partition.describe() if chosen_partition else None,
-            "filesystem": fs.kind,
-        }
+        facts = {**_facts(group_name, volume, chosen, table),
+                 "partition": chosen_partition.describe() if chosen_partition else None,
+                 "filesystem": fs.kind}
         return _Session(facts, fs, steps)
+
+    def _volume(self, group: Group, volume: str, chosen: dict[str, Any],
+                steps: contextlib.ExitStack) -> CachedVolume:
+        """The volume at checkpoint ``chosen`` through a temporary export, which ``steps``
+        releases."""
+        journal, at = self.groups.stream_at(group, volume, chosen)
+        export = self.agent_api.create_export(
+            ExportCreate(group_id=journal, volume=volume, checkpoint=at))
+        steps.callback(self._stop_export, export.name)
+        client = steps.enter_context(NbdClient(export.uri, timeout_s=NBD_TIMEOUT_S))
+        return CachedVolume(client.read, client.size)
 
     def _stop_export(self, name: str) -> None:
         try:
@@ -175,6 +207,15 @@ class FileService:
             pass  # gone already (the agent restarted)
         except SeawallError as exc:  # the request's own outcome stands
             log.warning("export %s of a file restore not released: %s", name, exc)
+
+
+def _facts(group_name: str, volume: str, chosen: dict[str, Any],
+           table: PartitionTable | None) -> dict[str, Any]:
+    return {"group": group_name, "volume": volume,
+            "checkpoint": {"id": chosen["id"], "time_ns": chosen["time_ns"],
+                           "name": chosen["name"]},
+            "partition_table": table.scheme if table else None,
+            "partitions": [p.describe() for p in table.partitions] if table else []}
 
 
 def _content(fs: FileSystem, entry: Entry) -> Callable[[], Iterator[bytes]]:
