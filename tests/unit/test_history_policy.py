@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from seawall.cli.history import history_rows
 from seawall.errors import InvalidInput, NotFound
 from seawall.manager.models import Group, HistoryBucket, Peer, create_database
 from seawall.manager.monitoring.history import HistoryService
@@ -133,11 +134,11 @@ def test_every_tier_stays_bounded_however_long_it_runs() -> None:
     steps = ((10, 75 * 60), (600, 36 * 3600), (6 * 3600, 40 * 86400))
     t_s = T0_S
     for step_s, length_s in steps:
-        for t_s in range(t_s, t_s + length_s, step_s):
-            service.record_at([_document(group_id, 1.0)], t_s)
-            if step_s == 10 and t_s == T0_S + 75 * 60 - 10:
+        for round_s in range(t_s, t_s + length_s, step_s):
+            service.record_at([_document(group_id, 1.0)], round_s)
+            if step_s == 10 and round_s == T0_S + 75 * 60 - 10:
                 assert _counts(service)[5] == 3600 // 10 + 1  # an hour, no more
-        t_s += step_s
+        t_s = round_s + step_s
     # the last hour, day and 30 days of rounds 6 h apart: 1, 5 and 121 buckets
     assert _counts(service) == {5: 1, 60: 24 // 6 + 1, 3600: 30 * 4 + 1}
     last_round_s = t_s - 6 * 3600
@@ -151,3 +152,12 @@ def _counts(service: HistoryService) -> dict[int, int]:
         return {resolution_s: count for resolution_s, count in session.execute(
             select(HistoryBucket.resolution_s, func.count())
             .group_by(HistoryBucket.resolution_s)).all()}
+
+
+def test_the_cli_prints_points_with_units_and_gaps() -> None:
+    point = {"t": T0_S, "rpo_s": 2.25, "write_bytes_per_s": 2048.0, "sent_bytes_per_s": None,
+             "received_bytes_per_s": None, "iops": 12.4, "journal_used_bytes": 1 << 20,
+             "journal_ratio": 0.5}
+    assert history_rows([point]) == [{
+        "time": "2027-01-15 08:00:00", "rpo": "2.2 s", "writes": "2.0 KiB/s", "sent": "-",
+        "received": "-", "iops": "12", "journal": "1.0 MiB (50%)"}]

@@ -56,11 +56,8 @@ class Bucket:
             if value is None or not math.isfinite(value):
                 continue
             fold, known = self.folds.get(name, (0.0, 0))
-            if name in MAX_METRICS:
-                merged = max(fold, value) if known else value
-            else:
-                merged = fold + value
-            self.folds[name] = (merged, known + 1)
+            worst = max(fold, value) if known else value
+            self.folds[name] = (worst if name in MAX_METRICS else fold + value, known + 1)
 
     def value(self, name: str) -> float | None:
         """The bucket's figure of a metric: its max or mean; None if no sample knew it."""
