@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from seawall.errors import SeawallError
 from seawall.manager.console import views
 from seawall.manager.console.policy import cookie_name
+from seawall.manager.console.recovery_pages import StartingTests
+from seawall.manager.console.recovery_pages import router as recovery_router
 from seawall.manager.console.routes import SignInNeeded, router
 from seawall.manager.console.sessions import ConsoleSessions
 from seawall.manager.peer_listener import PEER_LISTENER_KEY
@@ -112,6 +114,8 @@ def create_console(parent: FastAPI) -> FastAPI:
     console.state.templates = templates
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(router)
+    console.include_router(recovery_router)
+    console.state.starting_tests = StartingTests()
     console.add_middleware(SecurityHeaders)
     install_error_pages(console, parent, templates)
     return console
