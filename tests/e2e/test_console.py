@@ -105,6 +105,7 @@ def screenshot(browser: Any, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         height = browser.execute_script("return document.documentElement.scrollHeight")
         browser.set_window_size(1280, min(2000, height + 150))
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
         browser.set_window_size(1280, 800)
 
@@ -273,6 +274,13 @@ def test_failover_test_from_the_wizard(browser: Any, sites: tuple[LocalSite, Loc
     browser.switch_to.active_element.send_keys("oscar", Keys.TAB, PASSWORD, Keys.ENTER)
     WebDriverWait(browser, WAIT_S).until(staleness_of(old))
     browser.get(dr.url + f"/groups/{GROUP}")
+    wait_for(lambda: browser.find_elements(By.ID, "failover-at"), "wizard")[0].send_keys(
+        "yesterday")
+    submit(browser, "#failover-form button")  # bad input: the reason, nothing started
+    assert browser.find_element(By.ID, "error-message").text == (
+        "time must be like 2026-12-08T01:30:00Z, not 'yesterday'")
+    assert browser.find_elements(By.ID, "confirm-form") == []
+    browser.back()
     choice = wait_for(lambda: browser.find_elements(By.ID, "failover-checkpoint"), "wizard")[0]
     option = choice.find_element(By.CSS_SELECTOR, f"option[value='{tagged[0]['id']}']")
     assert "tagged · before-upgrade" in option.text
@@ -281,8 +289,8 @@ def test_failover_test_from_the_wizard(browser: Any, sites: tuple[LocalSite, Loc
     submit(browser, "#failover-form button")
     assert f"#{tagged[0]['id']}" in browser.find_element(By.ID, "failover-choice").text
     submit(browser, "#confirm-start")
-    wait_for(lambda: "running" in browser.find_element(By.ID, "failover-state").text,
-             "running test")
+    wait_for(lambda: any("running" in e.text for e in
+                         browser.find_elements(By.ID, "failover-state")), "running test")
     running = dr.api.get(f"/api/v1/failover/{GROUP}")["operation"]
     assert running["checkpoint"]["id"] == tagged[0]["id"] and running["user"] == "oscar"
     images = browser.find_elements(By.CSS_SELECTOR, "#failover-images tbody tr")
@@ -317,6 +325,8 @@ def test_forms_need_this_sessions_csrf_token(
         other = client.post(f"/groups/{GROUP}/checkpoints", data={
             **tagged, "csrf_token": "another-sessions-token"})
         assert other.status_code == 403
+        started = client.post(f"/groups/{GROUP}/failover-test", data={"checkpoint": "latest"})
+        assert started.status_code == 403 and "CSRF token is missing" in started.text
         from_elsewhere = client.post(f"/groups/{GROUP}/checkpoints", data={
             **tagged, "csrf_token": csrf_of(browser)}, headers={"Origin": "https://evil.example"})
         assert from_elsewhere.status_code == 403
@@ -392,6 +402,9 @@ def test_viewer_sees_no_operations_and_is_refused_them(
         settings = client.post(f"/groups/{GROUP}/settings", data={
             "history": "48h", "csrf_token": csrf_of(browser)})
         assert settings.status_code == 403
+        test = client.post(f"/groups/{GROUP}/failover-test", data={
+            "checkpoint": "latest", "csrf_token": csrf_of(browser)})
+        assert test.status_code == 403 and "may not POST /api/v1/failover/{group}/test" in test.text
     names = [c.get("name") for c in prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")]
     assert "by-viewer" not in names
     assert prod.api.get(f"/api/v1/groups/{GROUP}/settings")["settings"]["history_s"] == 86400

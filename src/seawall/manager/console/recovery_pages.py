@@ -6,9 +6,9 @@ Rules:
   the idle deadline) by ``static/charts.js``.
 - The wizard runs at a group's recovery site, through the service the API's routes call
   (``FailoverTestService``), with the API's roles (``ConsoleUser.may``): the panel reads
-  like ``GET /api/v1/failover/{group}``, start and stop are its POSTs. A start is asked
-  twice: the first POST shows what the choice picks now (``pick_checkpoint``, the
-  service's own rule) and asks to confirm; the confirmed one starts it.
+  like ``GET /api/v1/failover/{group}``, start and stop are its POSTs. The wizard's
+  choice is first reviewed (a GET: what it picks now, by ``pick_checkpoint``, the
+  service's own rule), and only the review's confirmation POSTs the start.
 - The service's start returns only once every image is readable (and the VMs booted), so
   the console starts it in a thread of its own (``StartingTests``) and answers at once
   (or when it is done, if that is within ``START_WAIT_S``): the panel polls every second
@@ -152,23 +152,30 @@ def failover_status(request: Request, name: str,
     return _render(request, "failover_panel.html", _panel(request, user, name), user)
 
 
+@router.get("/groups/{name}/failover-test/review")
+def review_failover_test(request: Request, name: str,
+                         checkpoint: str = Query("latest", max_length=32),
+                         at: str = Query("", max_length=64),
+                         user: ConsoleUser = Depends(signed_in)) -> Response:
+    """What the wizard's choice picks now, and the button that starts it (a read: no
+    operation is asked, so nothing is logged as one)."""
+    wanted = checkpoint.strip() or "latest"
+    try:
+        chosen = pick_checkpoint(_manager(request).groups.checkpoints(name), wanted,
+                                 parse_at(at), name)
+    except SeawallError as exc:
+        return _confirm_page(request, user, name, wanted, at, None, exc)
+    return _confirm_page(request, user, name, wanted, at, chosen, None)
+
+
 @router.post("/groups/{name}/failover-test")
 async def failover_test(request: Request, name: str,
                         user: ConsoleUser = Depends(signed_in)) -> Response:
     form = await _checked_form(request, user, START)
     wanted = _text(form, "checkpoint", 32).strip() or "latest"
     at_text = _text(form, "at", 64)
-    manager = _manager(request)
-    try:
-        at = parse_at(at_text)
-        checkpoints = await run_in_threadpool(manager.groups.checkpoints, name)
-        chosen = pick_checkpoint(checkpoints, wanted, at, name)
-    except SeawallError as exc:
-        request.state.error_body = exc.body()
-        return _confirm_page(request, user, name, wanted, at_text, None, exc)
-    if _text(form, "confirmed", 8) != "yes":
-        return _confirm_page(request, user, name, wanted, at_text, chosen, None)
-    who = user.principal.name
+    at = parse_at(at_text)
+    manager, who = _manager(request), user.principal.name
     future = starting_tests(request).launch(name, lambda: manager.failover_tests.start(
         name, wanted, None, who, at))
     with contextlib.suppress(TimeoutError):  # still starting: the panel polls
@@ -176,11 +183,10 @@ async def failover_test(request: Request, name: str,
     if future.done() and future.exception() is not None:
         starting_tests(request).take(name)  # shown here, not again on the panel
         error = future.exception()
-        assert isinstance(error, BaseException)
         if not isinstance(error, SeawallError):
-            raise error
+            raise RuntimeError("the failover test's start failed") from error
         request.state.error_body = error.body()
-        return _confirm_page(request, user, name, wanted, at_text, chosen, error)
+        return _confirm_page(request, user, name, wanted, at_text, None, error)
     return RedirectResponse(f"/groups/{name}#failover-test", status_code=303)
 
 
@@ -188,7 +194,7 @@ def _confirm_page(request: Request, user: ConsoleUser, name: str, wanted: str, a
                   chosen: dict[str, Any] | None, error: SeawallError | None) -> Response:
     return _render(request, "failover_confirm.html", {
         "name": name, "wanted": wanted, "at": at_text, "chosen": chosen,
-        "error": error.message if error else None}, user,
+        "error": error.message if error else None, "may_start": user.may(*START)}, user,
         status_code=error.http_status if error else 200)
 
 
