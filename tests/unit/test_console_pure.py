@@ -162,6 +162,7 @@ def test_the_group_page_of_a_vm_group_at_its_recovery_site_renders_read_only() -
     assert "change its settings at its protected site, prod" in html
     assert 'data-checkpoint-id="7"' in html
     assert 'hx-get="/groups/web/failover-test"' in html  # the wizard, at the recovery site
+    assert 'href="/groups/web/failover-test/review?checkpoint=7"' in html  # from the timeline
     assert 'data-history-url="/groups/web/history.json"' in html
     assert '<meter id="gauge-history"' in html and 'id="gauge-journal"' not in html  # no limit
 
