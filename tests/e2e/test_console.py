@@ -23,6 +23,7 @@ import pytest
 
 from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
+from support.cli import run_json
 from support.groups import GROUP, protect
 from support.sites import running_pair
 
@@ -251,6 +252,8 @@ def test_history_charts_draw_the_monitors_samples(
         assert sampled[-1]["rpo_s"] < 5.0 and sampled[-1]["t"] % 5 == 0  # 0.5 s checkpoints
         assert viewer.get(f"/api/v1/groups/{GROUP}/history",
                           params={"range": "2y"}).status_code == 422
+    day = run_json(prod, "group", "history", GROUP, "--range", "24h")  # the CLI's view
+    assert day["resolution_s"] == 60 and day["points"][-1]["rpo_s"] is not None
     page(f"/groups/{GROUP}")
     charts = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".chart[data-points]"),
                       "charts drawn")
