@@ -225,3 +225,25 @@ def test_an_unforeseen_failure_is_a_page_without_its_traceback() -> None:
     assert answer.status_code == 500
     assert "log has the details" in answer.text
     assert "secret detail" not in answer.text and "Traceback" not in answer.text
+
+
+def test_history_and_failover_pages_need_a_session_and_check_their_input(
+        manager: Manager) -> None:
+    with browser(manager) as client:
+        assert client.get("/groups/app/history.json").headers["location"] == "/login"
+        polled = client.get("/groups/app/failover-test", headers={"HX-Request": "true"})
+        assert polled.headers["hx-redirect"] == "/login"
+    with signed_in(manager) as client:
+        unknown = client.get("/groups/nothing/history.json")
+        assert unknown.status_code == 404 and "no group named" in unknown.text
+        bad_range = client.get("/groups/nothing/history.json", params={"range": "2y"})
+        assert bad_range.status_code == 400
+        assert "range must be one of 1h, 24h, 7d, 30d, not &#39;2y&#39;" in bad_range.text
+        review = client.get("/groups/nothing/failover-test/review",
+                            params={"checkpoint": "latest"})
+        assert review.status_code == 404 and 'id="confirm-form"' not in review.text
+        stop = client.post("/groups/nothing/failover-test/stop", data={"result": "pass"})
+        assert stop.status_code == 403 and "CSRF token is missing" in stop.text
+        for report_id in ("no-such-report", "..%2F..%2Fsite.json"):
+            missing = client.get(f"/groups/nothing/reports/{report_id}")
+            assert missing.status_code == 404 and "Traceback" not in missing.text

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from seawall.errors import InvalidInput
 from seawall.localsites import LocalSite
 from seawall.nbd.blocking import NbdClient
+from support.cli import run_json
 from support.groups import GROUP, protect, tag
 from support.sites import running_pair
 
@@ -135,6 +136,7 @@ def screenshot(browser: Any, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         height = browser.execute_script("return document.documentElement.scrollHeight")
         browser.set_window_size(1280, min(2000, height + 150))
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
         browser.set_window_size(1280, 800)
 
@@ -271,6 +273,92 @@ def test_tag_a_checkpoint(browser: Any, page: Callable[[str], None],
     screenshot(browser, "group")
 
 
+def test_history_charts_draw_the_monitors_samples(
+    browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
+) -> None:
+    prod, _ = sites
+    with httpx.Client(base_url=prod.url, timeout=30, verify=prod.tls) as anonymous:
+        token = anonymous.post("/api/v1/login", json={"user": "victor",
+                                                      "password": PASSWORD}).json()["token"]
+    with httpx.Client(base_url=prod.url, timeout=30, verify=prod.tls,  # a viewer's token
+                      headers={"Authorization": f"Bearer {token}"}) as viewer:
+        def points() -> list[dict[str, Any]]:
+            answer = viewer.get(f"/api/v1/groups/{GROUP}/history", params={"range": "1h"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["resolution_s"] == 5
+            found: list[dict[str, Any]] = answer.json()["points"]
+            return found if len(found) >= 2 and found[-1]["rpo_s"] is not None else []
+        sampled = wait_for(points, "two 5 s points of history, the newest with an RPO")
+        assert sampled[-1]["rpo_s"] < 5.0 and sampled[-1]["t"] % 5 == 0  # 0.5 s checkpoints
+        assert viewer.get(f"/api/v1/groups/{GROUP}/history",
+                          params={"range": "2y"}).status_code == 422
+    day = run_json(prod, "group", "history", GROUP, "--range", "24h")  # the CLI's view
+    assert day["resolution_s"] == 60 and day["points"][-1]["rpo_s"] is not None
+    page(f"/groups/{GROUP}")
+    charts = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".chart[data-points]"),
+                      "charts drawn")
+    assert len(charts) == 2
+    for chart in charts:
+        assert int(chart.get_attribute("data-points")) >= 2
+        assert chart.find_element(By.TAG_NAME, "canvas").size["width"] > 200
+    assert browser.find_element(By.ID, "gauge-history").tag_name == "meter"
+    browser.find_element(By.CSS_SELECTOR, "button[data-range='24h']").click()
+    wait_for(lambda: "over 24h" in browser.find_element(
+        By.CSS_SELECTOR, "[data-history-status]").text, "the 24 h range")
+    check_log(browser)  # uPlot under the CSP: no violation
+
+
+def test_failover_test_from_the_wizard(browser: Any, sites: tuple[LocalSite, LocalSite]) -> None:
+    """At dr, an operator picks the tagged checkpoint, confirms, sees the images, stops the
+    test as passed with notes, and reads the report in the console."""
+    _, dr = sites
+    dr.api.post("/api/v1/users", {"name": "oscar", "role": "operator", "password": PASSWORD})
+    tagged = [c for c in dr.api.get(f"/api/v1/groups/{GROUP}/checkpoints")
+              if c.get("name") == "before-upgrade"]
+    assert tagged, "the tag of test_tag_a_checkpoint reached dr"
+    browser.get(dr.url + "/login")
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.switch_to.active_element.send_keys("oscar", Keys.TAB, PASSWORD, Keys.ENTER)
+    WebDriverWait(browser, WAIT_S).until(staleness_of(old))
+    browser.get(dr.url + f"/groups/{GROUP}")
+    wait_for(lambda: browser.find_elements(By.ID, "failover-at"), "wizard")[0].send_keys(
+        "yesterday")
+    submit(browser, "#failover-form button")  # bad input: the reason, nothing started
+    assert browser.find_element(By.ID, "error-message").text == (
+        "time must be like 2026-12-08T01:30:00Z, not 'yesterday'")
+    assert browser.find_elements(By.ID, "confirm-form") == []
+    browser.back()
+    choice = wait_for(lambda: browser.find_elements(By.ID, "failover-checkpoint"), "wizard")[0]
+    option = choice.find_element(By.CSS_SELECTOR, f"option[value='{tagged[0]['id']}']")
+    assert "tagged · before-upgrade" in option.text
+    option.click()
+    check_log(browser)
+    submit(browser, "#failover-form button")
+    assert f"#{tagged[0]['id']}" in browser.find_element(By.ID, "failover-choice").text
+    submit(browser, "#confirm-start")
+    wait_for(lambda: any("running" in e.text for e in
+                         browser.find_elements(By.ID, "failover-state")), "running test")
+    running = dr.api.get(f"/api/v1/failover/{GROUP}")["operation"]
+    assert running["checkpoint"]["id"] == tagged[0]["id"] and running["user"] == "oscar"
+    images = browser.find_elements(By.CSS_SELECTOR, "#failover-images tbody tr")
+    assert [row.find_element(By.TAG_NAME, "code").text for row in images] == [
+        image["uri"] for image in running["images"]]
+    steps = browser.find_element(By.CSS_SELECTOR, "ol.steps").text
+    assert "checkpoint chosen" in steps and "every volume readable" in steps
+    screenshot(browser, "failover-test")
+    browser.find_element(By.ID, "result-pass").click()
+    browser.find_element(By.ID, "stop-notes").send_keys("app answered on port 443")
+    submit(browser, "#stop-form button")
+    report = browser.find_element(By.ID, "report")
+    assert f"Recovery report {running['id']}" in report.text
+    assert "app answered on port 443" in report.text and "before-upgrade" in report.text
+    screenshot(browser, "report")
+    stored = dr.api.get(f"/api/v1/reports/{running['id']}")
+    assert (stored["state"], stored["result"], stored["user"]) == ("stopped", "pass", "oscar")
+    assert dr.api.get(f"/api/v1/failover/{GROUP}")["operation"] is None
+    submit(browser, ".who button")  # log out at dr: the browser keeps prod's session only
+
+
 def test_forms_need_this_sessions_csrf_token(
     browser: Any, page: Callable[[str], None], sites: tuple[LocalSite, LocalSite],
 ) -> None:
@@ -284,6 +372,8 @@ def test_forms_need_this_sessions_csrf_token(
         other = client.post(f"/groups/{GROUP}/checkpoints", data={
             **tagged, "csrf_token": "another-sessions-token"})
         assert other.status_code == 403
+        started = client.post(f"/groups/{GROUP}/failover-test", data={"checkpoint": "latest"})
+        assert started.status_code == 403 and "CSRF token is missing" in started.text
         from_elsewhere = client.post(f"/groups/{GROUP}/checkpoints", data={
             **tagged, "csrf_token": csrf_of(browser)}, headers={"Origin": "https://evil.example"})
         assert from_elsewhere.status_code == 403
@@ -359,6 +449,9 @@ def test_viewer_sees_no_operations_and_is_refused_them(
         settings = client.post(f"/groups/{GROUP}/settings", data={
             "history": "48h", "csrf_token": csrf_of(browser)})
         assert settings.status_code == 403
+        test = client.post(f"/groups/{GROUP}/failover-test", data={
+            "checkpoint": "latest", "csrf_token": csrf_of(browser)})
+        assert test.status_code == 403 and "may not POST /api/v1/failover/{group}/test" in test.text
     names = [c.get("name") for c in prod.api.get(f"/api/v1/groups/{GROUP}/checkpoints")]
     assert "by-viewer" not in names
     assert prod.api.get(f"/api/v1/groups/{GROUP}/settings")["settings"]["history_s"] == 86400

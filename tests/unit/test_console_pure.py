@@ -146,8 +146,10 @@ def test_the_group_page_of_a_vm_group_at_its_recovery_site_renders_read_only() -
                       "volumes": {"vda": "web-vda"},
                       "skipped": [{"disk": "sdb", "reason": "a CD-ROM"}]}]}
     status = {"state": "receiving", "sub_state": "", "rpo_s": 2.5, "rpo_alert_s": 300.0,
-              "rpo_level": "ok", "history": {"covered_s": 600.0, "target_s": 86400.0},
-              "journal": {"used_bytes": 1 << 20, "max_bytes": None}, "buffer": None,
+              "rpo_level": "ok", "history": {"covered_s": 600.0, "target_s": 86400.0,
+                                             "ratio": 600 / 86400, "short": None},
+              "journal": {"used_bytes": 1 << 20, "max_bytes": None, "ratio": None},
+              "buffer": None,
               "alerts": []}
     html = page_templates().env.get_template("group.html").render(
         group=group, status=status, notice=None, error=None, user=user, site="dr",
@@ -159,6 +161,10 @@ def test_the_group_page_of_a_vm_group_at_its_recovery_site_renders_read_only() -
     assert 'id="settings-form"' not in html and 'id="tag-form"' not in html  # recovery side
     assert "change its settings at its protected site, prod" in html
     assert 'data-checkpoint-id="7"' in html
+    assert 'hx-get="/groups/web/failover-test"' in html  # the wizard, at the recovery site
+    assert 'href="/groups/web/failover-test/review?checkpoint=7"' in html  # from the timeline
+    assert 'data-history-url="/groups/web/history.json"' in html
+    assert '<meter id="gauge-history"' in html and 'id="gauge-journal"' not in html  # no limit
 
 
 @pytest.mark.parametrize(("path", "state", "match"), [

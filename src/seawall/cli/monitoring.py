@@ -1,4 +1,4 @@
-"""Monitoring commands: ``group status``, ``alert list``, ``event list``, ``task list``.
+"""Monitoring commands: ``group status|history``, ``alert list``, ``event list``, ``task list``.
 
 Each asks one site manager (``--url``) and prints a table for people or, with ``--json``,
 the manager's answer as it is. ``group status`` prints the group's status document
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from seawall.cli.history import group_history
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table
 from seawall.units import format_bytes
@@ -28,6 +29,7 @@ def add_monitoring_commands(app: typer.Typer, group_app: typer.Typer) -> None:
     app.add_typer(event_app, name="event")
     app.add_typer(task_app, name="task")
     group_app.command("status")(group_status)
+    group_app.command("history")(group_history)
 
 
 def group_status(name: str, url: UrlOption = None, token: TokenOption = None,

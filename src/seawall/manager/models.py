@@ -250,6 +250,21 @@ class ConsoleSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class HistoryBucket(Base):
+    """A bucket of a group's history (``seawall.manager.monitoring.history``): the samples
+    of one ``resolution_s`` period from ``start_s`` (epoch s), folded per metric
+    (``folds``: name -> [max or sum, samples that knew it]). Rows of a deleted group and
+    rows past their tier's span are deleted by the monitor's rounds."""
+
+    __tablename__ = "history_buckets"
+
+    group_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    resolution_s: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    start_s: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    samples: Mapped[int]
+    folds: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 def create_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
     """Open the database at ``url`` (SQLite or PostgreSQL), migrated to the newest schema.
 

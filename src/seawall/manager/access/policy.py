@@ -171,6 +171,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     # status, alerts, event log, tasks (seawall.manager.monitoring, .events, .tasks)
     ("GET", "/api/v1/status/groups"): VIEWER,
     ("GET", "/api/v1/status/groups/{name}"): VIEWER,
+    ("GET", "/api/v1/groups/{name}/history"): VIEWER,
     ("GET", "/api/v1/alerts"): VIEWER,
     ("POST", "/api/v1/alerts/{alert_id}/acknowledge"): OPERATOR,
     ("GET", "/api/v1/events"): VIEWER,

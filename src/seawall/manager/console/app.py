@@ -39,6 +39,8 @@ from seawall.manager.console.admin_pages import router as admin_router
 from seawall.manager.console.files_pages import router as files_router
 from seawall.manager.console.policy import cookie_name
 from seawall.manager.console.records_pages import router as records_router
+from seawall.manager.console.recovery_pages import StartingTests
+from seawall.manager.console.recovery_pages import router as recovery_router
 from seawall.manager.console.routes import SignInNeeded, router
 from seawall.manager.console.sessions import ConsoleSessions
 from seawall.manager.peer_listener import PEER_LISTENER_KEY
@@ -125,8 +127,9 @@ def create_console(parent: FastAPI) -> FastAPI:
     templates = page_templates()
     console.state.templates = templates
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for pages in (router, files_router, admin_router, records_router):
+    for pages in (router, files_router, admin_router, records_router, recovery_router):
         console.include_router(pages)
+    console.state.starting_tests = StartingTests()
     console.add_middleware(SecurityHeaders)
     install_error_pages(console, parent, templates)
     return console

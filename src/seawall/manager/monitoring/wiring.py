@@ -1,7 +1,8 @@
-"""Wiring of status, alerts, the event log and tasks into the manager's app (called by app.py).
+"""Wiring of status, alerts, history, the event log and tasks into the manager's app (called
+by app.py).
 
 It builds the services, installs the event middleware and the routes, and returns the
-monitor for the app's lifespan to start and stop.
+monitor for the app's lifespan to start and stop; the monitor's rounds feed the history.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from seawall.manager.events.middleware import EventMiddleware
 from seawall.manager.events.routes import router as events_router
 from seawall.manager.groups.spanning import AgentReach
 from seawall.manager.monitoring.alerts import AlertStore
+from seawall.manager.monitoring.history import HistoryService
+from seawall.manager.monitoring.history_routes import router as history_router
 from seawall.manager.monitoring.monitor import Monitor, interval_from_env
 from seawall.manager.monitoring.routes import router as monitoring_router
 from seawall.manager.monitoring.service import StatusService
@@ -30,6 +33,7 @@ def install_monitoring(app: FastAPI, config: SiteConfig, sessions: sessionmaker[
     status = StatusService(config, sessions, alerts, agents)
     events = EventLog(sessions)
     app.state.alerts, app.state.status, app.state.events = alerts, status, events
+    app.state.history = HistoryService(sessions)
     app.state.tasks = TaskService(sessions, status, clones)
     access: AccessService = app.state.access
 
@@ -38,6 +42,8 @@ def install_monitoring(app: FastAPI, config: SiteConfig, sessions: sessionmaker[
         return principal.name if principal else None
 
     app.add_middleware(EventMiddleware, events=events, identify=identify)
-    for router in (monitoring_router, events_router, tasks_router):
+    for router in (monitoring_router, history_router, events_router, tasks_router):
         app.include_router(router)
-    return Monitor(status, alerts, interval_from_env())
+    monitor = Monitor(status, alerts, interval_from_env())
+    monitor.followers.append(app.state.history.record)
+    return monitor

@@ -2,7 +2,8 @@
 
 Rules: every value from the report goes through ``html.escape`` (names, notes and errors
 are typed by users or come from peers); the page uses inline CSS only, no scripts, fonts
-or images, so it reads the same offline, archived or mailed.
+or images, so it reads the same offline, archived or mailed. The web console shows the
+same body (``report_body``) inside its own page, styled by its own sheet.
 """
 
 from __future__ import annotations
@@ -42,7 +43,23 @@ def _seconds(value: float | None) -> str | None:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    kind = TITLES.get(report.get("kind", ""), str(report.get("kind")))
+    """The standalone page: ``report_body`` with its own inline style."""
+    title = f"{_kind(report)} of group {report.get('group')}"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)} — Seawall recovery report</title>"
+        f"<style>{STYLE}</style></head><body>" + report_body(report) + "</body></html>\n"
+    )
+
+
+def _kind(report: dict[str, Any]) -> str:
+    return TITLES.get(report.get("kind", ""), str(report.get("kind")))
+
+
+def report_body(report: dict[str, Any]) -> str:
+    """The report's title, sections and footer, to stand in a page of its own or inside
+    the web console's (which styles it with its own sheet: its CSP allows no inline style)."""
+    kind = _kind(report)
     checkpoint = report.get("checkpoint") or {}
     state, result = report.get("state"), report.get("result")
     if not result and report.get("kind") == "failover-test":
@@ -110,12 +127,6 @@ def render_html(report: dict[str, Any]) -> str:
         sections.append(f"<h2>Error</h2><pre>{_text(report['error'])}</pre>")
     sections.append(f"<h2>Notes</h2><pre>{_text(report.get('notes'))}</pre>")
     title = f"{kind} of group {report.get('group')}"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)} — Seawall recovery report</title>"
-        f"<style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>Recovery report {_text(report.get('id'))}</p>"
-        + "".join(sections)
-        + f"<footer>Seawall {_text(report.get('seawall_version'))}</footer>"
-        "</body></html>\n"
-    )
+    return (f"<h1>{html.escape(title)}</h1><p>Recovery report {_text(report.get('id'))}</p>"
+            + "".join(sections)
+            + f"<footer>Seawall {_text(report.get('seawall_version'))}</footer>")
