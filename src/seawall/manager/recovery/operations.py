@@ -41,8 +41,8 @@ def new_operation_id(prefix: str, now: datetime) -> str:
 def recovery_group(groups: GroupService, name: str, command: str,
                    spanning: bool = False) -> Group:
     """The group, if this site is its recovery site; else a clear error saying where to go.
-    ``spanning``: the operation works for groups spanning agents too (it reads volumes
-    through exports, ``GroupService.stream_at``)."""
+    ``spanning``: the operation works for groups spanning agents too (each volume from its
+    member's journal at that member's marker, ``GroupService.stream_at``)."""
     group, peer = groups.get(name)
     if group.role == "failed-over":
         raise InvalidInput(
@@ -56,8 +56,8 @@ def recovery_group(groups: GroupService, name: str, command: str,
         )
     if is_spanning(group.volumes) and not spanning:
         raise Conflict(f"group {name} spans agents: `{command}` is not available for such "
-                       "groups yet; `seawall export` and `seawall clone` give its volumes "
-                       "at any of its checkpoints")
+                       "groups yet; `seawall failover test`, `export`, `clone` and `files` "
+                       "give its volumes at any of its checkpoints")
     return group
 
 
