@@ -17,6 +17,8 @@ byte against the reference model replayed to the steps they show. The second tes
 the member agent in between: its outage must not hold the other agent's writes, and the
 group goes on once it is back. The third kills (SIGKILL) the member agent, then the lead
 agent, in the middle of the chains. The last restores a file from the member's volume.
+The first also runs a failover test of the group at a tagged checkpoint, reading each
+volume's image back against the model while the chains go on.
 """
 
 from __future__ import annotations
@@ -292,8 +294,8 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     assert dr.api.get("/api/v1/exports") == []  # the clone's temporary exports are gone
 
     # What a spanning group cannot do yet says so, and changes nothing.
-    test = refused(dr, "failover", "test", "app")
-    assert test.returncode == 4 and "spans agents" in " ".join(test.stderr.split())
+    live = refused(dr, "failover", "live", "app")
+    assert live.returncode == 4 and "spans agents" in " ".join(live.stderr.split())
     status = dr.group_status("app")  # the recovery side: every member's journal connected
     assert status["connected"] is True and status["rpo_s"] is not None
     assert [m["volumes"] for m in status["members"]] == [["a"], ["b"]]
@@ -315,6 +317,27 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     prod.wait_protecting("app")
     after_resync = tag(prod, dr, "after-resync")
     assert check_checkpoint(dr, {"id": after_resync}) == {0: steps[0] - 1, 1: steps[1] - 1}
+
+    # A failover test at that tagged checkpoint while the chains write on: each volume's
+    # writable image from its member's journal at that member's marker, as the model.
+    tagged_steps = {0: steps[0] - 1, 1: steps[1] - 1}
+    later = run_chains(uris, 1.0, steps)
+    tag(prod, dr, "later")  # each member journal has records past the tested markers
+    test = run_json(dr, "failover", "test", "app", "--checkpoint", str(after_resync))
+    assert test["state"] == "running" and test["checkpoint"]["id"] == after_resync
+    images = {image["volume"]: image["uri"] for image in test["images"]}
+    assert sorted(images) == list(VOLUMES)
+    for volume, uri in images.items():
+        with NbdClient(uri) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                volume, tagged_steps, outage=False), f"test image of {volume} differs"
+            client.write(0, b"scratch!" * 512)  # the test's own write, never replicated
+    assert later[0] > steps[0] and later[1] > steps[1]
+    stopped = run_json(dr, "failover", "stop", "app", "--result", "pass")
+    assert stopped["state"] == "stopped" and stopped["result"] == "pass"
+    assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
+    assert check_checkpoint(dr, {"id": tag(prod, dr, "after-test")}) == {
+        0: later[0] - 1, 1: later[1] - 1}
 
 
 def lead_rounds(prod: LocalSite) -> int:
