@@ -17,8 +17,9 @@ byte against the reference model replayed to the steps they show. The second tes
 the member agent in between: its outage must not hold the other agent's writes, and the
 group goes on once it is back. The third kills (SIGKILL) the member agent, then the lead
 agent, in the middle of the chains. The last restores a file from the member's volume.
-The first also runs a failover test of the group at a tagged checkpoint, reading each
-volume's image back against the model while the chains go on.
+The first also runs a failover test and a live failover (rolled back) of the group at a
+tagged checkpoint, reading each volume's image back against the model while the chains go
+on, and ends with a move of the group to dr.
 """
 
 from __future__ import annotations
@@ -293,9 +294,6 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
             volume, seen[middle], outage=False), f"clone of {volume} differs"
     assert dr.api.get("/api/v1/exports") == []  # the clone's temporary exports are gone
 
-    # What a spanning group cannot do yet says so, and changes nothing.
-    live = refused(dr, "failover", "live", "app")
-    assert live.returncode == 4 and "spans agents" in " ".join(live.stderr.split())
     status = dr.group_status("app")  # the recovery side: every member's journal connected
     assert status["connected"] is True and status["rpo_s"] is not None
     assert [m["volumes"] for m in status["members"]] == [["a"], ["b"]]
@@ -336,8 +334,35 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     stopped = run_json(dr, "failover", "stop", "app", "--result", "pass")
     assert stopped["state"] == "stopped" and stopped["result"] == "pass"
     assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
-    assert check_checkpoint(dr, {"id": tag(prod, dr, "after-test")}) == {
+
+    # A live failover at that checkpoint reads the same, and rolled back, every member's
+    # replication resumes where it stopped.
+    live = run_json(dr, "failover", "live", "app", "--checkpoint", str(after_resync))
+    assert live["state"] == "running"
+    for image in live["images"]:
+        with NbdClient(image["uri"]) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                image["volume"], tagged_steps, outage=False), f"live {image['volume']} differs"
+    assert sorted(i["volume"] for i in live["images"]) == list(VOLUMES)
+    assert run_json(dr, "failover", "rollback", "app")["state"] == "rolled-back"
+    prod.wait_protecting("app")
+    assert check_checkpoint(dr, {"id": tag(prod, dr, "after-live")}) == {
         0: later[0] - 1, 1: later[1] - 1}
+
+    # A move: every member stops taking writes, the lead takes the final checkpoint, and
+    # the volumes run at dr with every acknowledged write. Reverse protection: not yet.
+    reverse = refused(dr, "move", "app", "--reverse-protect")
+    assert reverse.returncode == 4 and "spans agents" in " ".join(reverse.stderr.split())
+    last = run_chains(uris, 1.0, later)  # written after the last checkpoint: moved too
+    moved = run_json(dr, "move", "app")
+    assert moved["kind"] == "move" and moved["state"] == "committed"
+    served = {v["name"]: v["nbd_uri"] for v in run_json(dr, "volume", "list")}
+    for volume in VOLUMES:
+        with NbdClient(served[volume]) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                volume, {0: last[0] - 1, 1: last[1] - 1}, outage=False), f"moved {volume}"
+    assert run_json(dr, "group", "show", "app")["role"] == "failed-over"
+    assert [m["state"] for m in prod.group_status("app")["members"]] == ["failed-over"] * 2
 
 
 def lead_rounds(prod: LocalSite) -> int:

@@ -358,7 +358,9 @@ class GroupService:
 
     def _at_agents(self, group: Group, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if is_spanning(group.volumes):
-            if action not in ("checkpoints", "resync"):
+            if action == "fence":
+                return self.spanning.fence(group.volumes, body)
+            if action not in ("checkpoints", "resync", "unfence"):
                 raise Conflict(f"group {group.name} spans agents: {action} is not available "
                                "for such groups yet")
             return self.spanning.at_members(group.volumes, action, body)
