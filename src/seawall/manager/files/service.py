@@ -136,7 +136,7 @@ class FileService:
 
     def _open(self, group_name: str, volume: str, checkpoint: str,
               partition: int | None) -> _Session:
-        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall files")
         chosen = self.groups.checkpoint_of(group, checkpoint)
         journal, at = self.groups.stream_at(group, volume, chosen)
         export = self.agent_api.create_export(

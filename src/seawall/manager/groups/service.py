@@ -360,8 +360,5 @@ class GroupService:
         if is_spanning(group.volumes):
             if action == "fence":
                 return self.spanning.fence(group.volumes, body)
-            if action not in ("checkpoints", "resync", "unfence"):
-                raise Conflict(f"group {group.name} spans agents: {action} is not available "
-                               "for such groups yet")
             return self.spanning.at_members(group.volumes, action, body)
         return at_agent(self.agent_api, group.group_id, action, body)

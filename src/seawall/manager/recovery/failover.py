@@ -57,7 +57,7 @@ class FailoverTestService(OperationRunner):
               user: str | None, at: datetime | None = None,
               network_map: dict[str, str] | None = None) -> dict[str, Any]:
         started_s, started_at = time.monotonic(), datetime.now(UTC)
-        group = recovery_group(self.groups, group_name, "seawall failover test", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall failover test")
         self._check_networks(group, network_map or {})
         self.reconcile()
         chosen = pick_checkpoint(self.groups.checkpoints(group_name), checkpoint, at,
@@ -106,7 +106,7 @@ class FailoverTestService(OperationRunner):
              user: str | None) -> dict[str, Any]:
         if result is not None and result not in RESULTS:
             raise InvalidInput(f"result must be pass or fail, not {result!r}")
-        group = recovery_group(self.groups, group_name, "seawall failover stop", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall failover stop")
         self.reconcile()
         holder = self.store.holder(group.group_id)
         if holder is None or holder.kind != KIND:
@@ -123,8 +123,7 @@ class FailoverTestService(OperationRunner):
 
     def status(self, group_name: str) -> dict[str, Any]:
         """The group's running failover test with live scratch use, or None."""
-        group = recovery_group(self.groups, group_name, "seawall failover status",
-                               spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall failover status")
         self.reconcile()
         holder = self.store.holder(group.group_id)
         if holder is None or holder.kind != KIND:

@@ -96,8 +96,7 @@ class FailoverLiveService(OperationRunner):
                                f"not {options.commit_policy!r}")
         if options.commit_after_s < COMMIT_AFTER_MIN_S:
             raise InvalidInput("--commit-after must be at least 1s")
-        group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}",
-                               spanning=True)
+        group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}")
         self._check_reverse(group, options.reverse_protect)
         self.reconcile()
         if not options.shutdown_source:
@@ -144,8 +143,7 @@ class FailoverLiveService(OperationRunner):
         return describe(operation)
 
     def commit(self, group_name: str, user: str, reverse_protect: bool = False) -> dict[str, Any]:
-        group = recovery_group(self.groups, group_name, "seawall failover commit",
-                               spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall failover commit")
         self._check_reverse(group, reverse_protect)
         self.reconcile()
         holder = self._live_holder(group, "commit")
@@ -159,8 +157,7 @@ class FailoverLiveService(OperationRunner):
             return self._finish_commit(holder)
 
     def rollback(self, group_name: str, user: str) -> dict[str, Any]:
-        group = recovery_group(self.groups, group_name, "seawall failover rollback",
-                               spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall failover rollback")
         self.reconcile()
         holder = self._live_holder(group, "roll back")
         with self._tracking(holder.operation_id):
