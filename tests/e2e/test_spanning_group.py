@@ -361,6 +361,8 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
         with NbdClient(served[volume]) as client:
             assert client.read(0, VOLUME_BYTES) == expected_image(
                 volume, {0: last[0] - 1, 1: last[1] - 1}, outage=False), f"moved {volume}"
+    back = refused(dr, "group", "reverse", "app")  # refused at prod, before any change
+    assert "spans agents" in " ".join(back.stderr.split())
     assert run_json(dr, "group", "show", "app")["role"] == "failed-over"
     assert [m["state"] for m in prod.group_status("app")["members"]] == ["failed-over"] * 2
 
