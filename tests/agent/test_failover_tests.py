@@ -28,12 +28,18 @@ def stream() -> Stream:
 
 @pytest.fixture
 def group(tmp_path: Path, stream: Stream) -> RecoveryGroup:
-    volumes = [GroupVolume(index=v, name=f"disk{v}", size_bytes=n) for v, n in VOLUME_SIZES.items()]
-    root = tmp_path / "group"
+    return recovered(tmp_path / "group", "g-1", "disk", stream)
+
+
+def recovered(root: Path, group_id: str, prefix: str, stream: Stream) -> RecoveryGroup:
+    """A recovery group of group ``app`` (or one member journal of it) holding ``stream``,
+    its volumes named ``PREFIX<index>``."""
+    volumes = [GroupVolume(index=v, name=f"{prefix}{v}", size_bytes=n)
+               for v, n in VOLUME_SIZES.items()]
     (root / "replicas").mkdir(parents=True)
     for volume, data in stream.replicas.items():
-        (root / "replicas" / f"disk{volume}.raw").write_bytes(data)
-    group = RecoveryGroup(RecoverySpec(group_id="g-1", name="app", source_site="prod",
+        (root / "replicas" / f"{prefix}{volume}.raw").write_bytes(data)
+    group = RecoveryGroup(RecoverySpec(group_id=group_id, name="app", source_site="prod",
                                        volumes=volumes), root)
     for frame, directory in stream.frames:
         group.journal.append_frame(frame, directory)
@@ -136,3 +142,42 @@ def test_leftover_scratch_of_an_earlier_process_is_cleared(
     leftover.write_bytes(b"old")
     registry.clear_leftovers()
     assert not registry.config.scratch_dir.exists()
+
+
+def test_a_group_spanning_agents_is_tested_from_each_member_journal_at_its_marker(
+    tmp_path: Path, group: RecoveryGroup, stream: Stream,
+) -> None:
+    """Member journals ``g-1`` (the lead, disk*) and ``m-2`` (log*): each image reads its
+    own journal at its own marker, a second test of either member is refused, and a part
+    that cannot be made leaves nothing of the others."""
+    other_stream = make_stream(6, record_count=300, volume_sizes=VOLUME_SIZES)
+    other = recovered(tmp_path / "member-2", "m-2", "log", other_stream)
+    groups = {"g-1": group, "m-2": other}
+    config = SiteConfig.create("dr", tmp_path / "site", "127.0.0.1:1", "127.0.0.1:2")
+    registry = FailoverTests(config, lambda group_id: groups[group_id], lambda _: 0)
+    lead, member = checkpoint(stream, 1), checkpoint(other_stream, -2)
+    assert lead.seq != member.seq  # each journal's own marker, not the group's id
+
+    not_a_marker = next(seq for seq in range(other_stream.last_seq, 0, -1)
+                        if seq not in other_stream.by_seq)
+    with pytest.raises(NotFound):  # the member's marker is not a checkpoint of its journal
+        registry.start("test-0", "app-id", str(lead.seq), None,
+                       {"g-1": str(lead.seq), "m-2": str(not_a_marker)})
+    assert registry.tests == {} and group.journal.oldest_view_seq() is None
+    assert not (config.scratch_dir / "test-0").exists()
+
+    test = registry.start("test-1", "app-id", str(lead.seq), None,
+                          {"g-1": str(lead.seq), "m-2": str(member.seq)})
+    assert (test["group_id"], test["group"], test["checkpoint"]["id"]) == (
+        "app-id", "app", lead.seq)
+    images = {image["volume"]: registry.backend(image["name"]) for image in test["images"]}
+    assert sorted(images) == ["disk0", "disk7", "log0", "log7"]
+    for prefix, expected in (("disk", lead), ("log", member)):
+        for volume, image in expected.images.items():
+            backend = images[f"{prefix}{volume}"]
+            assert backend is not None and backend.read(0, len(image)) == image
+    assert registry.running_on(group) and registry.running_on(other)
+    with pytest.raises(Conflict, match="already has a failover test"):
+        registry.start("test-2", "m-2", "latest", None)
+    registry.stop("test-1")
+    assert not registry.running_on(other) and other.journal.oldest_view_seq() is None

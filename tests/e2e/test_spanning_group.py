@@ -17,6 +17,9 @@ byte against the reference model replayed to the steps they show. The second tes
 the member agent in between: its outage must not hold the other agent's writes, and the
 group goes on once it is back. The third kills (SIGKILL) the member agent, then the lead
 agent, in the middle of the chains. The last restores a file from the member's volume.
+The first also runs a failover test and a live failover (rolled back) of the group at a
+tagged checkpoint, reading each volume's image back against the model while the chains go
+on, and ends with a move of the group to dr.
 """
 
 from __future__ import annotations
@@ -291,9 +294,6 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
             volume, seen[middle], outage=False), f"clone of {volume} differs"
     assert dr.api.get("/api/v1/exports") == []  # the clone's temporary exports are gone
 
-    # What a spanning group cannot do yet says so, and changes nothing.
-    test = refused(dr, "failover", "test", "app")
-    assert test.returncode == 4 and "spans agents" in " ".join(test.stderr.split())
     status = dr.group_status("app")  # the recovery side: every member's journal connected
     assert status["connected"] is True and status["rpo_s"] is not None
     assert [m["volumes"] for m in status["members"]] == [["a"], ["b"]]
@@ -315,6 +315,56 @@ def test_checkpoints_of_a_group_spanning_agents_are_consistent_across_them(
     prod.wait_protecting("app")
     after_resync = tag(prod, dr, "after-resync")
     assert check_checkpoint(dr, {"id": after_resync}) == {0: steps[0] - 1, 1: steps[1] - 1}
+
+    # A failover test at that tagged checkpoint while the chains write on: each volume's
+    # writable image from its member's journal at that member's marker, as the model.
+    tagged_steps = {0: steps[0] - 1, 1: steps[1] - 1}
+    later = run_chains(uris, 1.0, steps)
+    tag(prod, dr, "later")  # each member journal has records past the tested markers
+    test = run_json(dr, "failover", "test", "app", "--checkpoint", str(after_resync))
+    assert test["state"] == "running" and test["checkpoint"]["id"] == after_resync
+    images = {image["volume"]: image["uri"] for image in test["images"]}
+    assert sorted(images) == list(VOLUMES)
+    for volume, uri in images.items():
+        with NbdClient(uri) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                volume, tagged_steps, outage=False), f"test image of {volume} differs"
+            client.write(0, b"scratch!" * 512)  # the test's own write, never replicated
+    assert later[0] > steps[0] and later[1] > steps[1]
+    stopped = run_json(dr, "failover", "stop", "app", "--result", "pass")
+    assert stopped["state"] == "stopped" and stopped["result"] == "pass"
+    assert not list((dr.directory / "agent" / "scratch").glob("*/*"))
+
+    # A live failover at that checkpoint reads the same, and rolled back, every member's
+    # replication resumes where it stopped.
+    live = run_json(dr, "failover", "live", "app", "--checkpoint", str(after_resync))
+    assert live["state"] == "running"
+    for image in live["images"]:
+        with NbdClient(image["uri"]) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                image["volume"], tagged_steps, outage=False), f"live {image['volume']} differs"
+    assert sorted(i["volume"] for i in live["images"]) == list(VOLUMES)
+    assert run_json(dr, "failover", "rollback", "app")["state"] == "rolled-back"
+    prod.wait_protecting("app")
+    assert check_checkpoint(dr, {"id": tag(prod, dr, "after-live")}) == {
+        0: later[0] - 1, 1: later[1] - 1}
+
+    # A move: every member stops taking writes, the lead takes the final checkpoint, and
+    # the volumes run at dr with every acknowledged write. Reverse protection: not yet.
+    reverse = refused(dr, "move", "app", "--reverse-protect")
+    assert reverse.returncode == 4 and "spans agents" in " ".join(reverse.stderr.split())
+    last = run_chains(uris, 1.0, later)  # written after the last checkpoint: moved too
+    moved = run_json(dr, "move", "app")
+    assert moved["kind"] == "move" and moved["state"] == "committed"
+    served = {v["name"]: v["nbd_uri"] for v in run_json(dr, "volume", "list")}
+    for volume in VOLUMES:
+        with NbdClient(served[volume]) as client:
+            assert client.read(0, VOLUME_BYTES) == expected_image(
+                volume, {0: last[0] - 1, 1: last[1] - 1}, outage=False), f"moved {volume}"
+    back = refused(dr, "group", "reverse", "app")  # refused at prod, before any change
+    assert "spans agents" in " ".join(back.stderr.split())
+    assert run_json(dr, "group", "show", "app")["role"] == "failed-over"
+    assert [m["state"] for m in prod.group_status("app")["members"]] == ["failed-over"] * 2
 
 
 def lead_rounds(prod: LocalSite) -> int:

@@ -16,6 +16,13 @@ from seawall.manager.groups.members import (
     merge_status,
     plan,
 )
+from seawall.manager.models import RecoveryOperation
+from seawall.manager.recovery.member_runs import (
+    committed_volumes,
+    operation_of,
+    plan_runs,
+    run_names,
+)
 
 
 def _vol(name: str, size: int = 1 << 20) -> dict[str, Any]:
@@ -145,3 +152,24 @@ def test_members_as_rows_a_person_reads() -> None:
          "coordination": "member: 1 holds ran out"},
         {"agent": "host3", "stream": "g.2", "volumes": "y", "state": "-", "coordination": "-"},
     ]
+
+
+def test_a_live_failover_runs_once_per_member_journal_at_its_marker() -> None:
+    stored, _ = plan("g", [("site", _vol("a")), ("host2", _vol("b")), ("site", _vol("c"))],
+                     "site")
+    checkpoint = {"id": 40, "members": {"g.0": 40, "g.1": 17}}
+    assert plan_runs("live-1", "g", checkpoint) == [("live-1.0", "g.0", "40"),
+                                                      ("live-1.1", "g.1", "17")]
+    assert plan_runs("live-1", "g", {"id": 40}) == [("live-1", "g", "40")]  # one agent
+    assert {operation_of(name) for name in ("live-1", "live-1.0", "live-1.1")} == {"live-1"}
+    operation = RecoveryOperation(operation_id="live-1", details={})
+    assert run_names(operation) == ["live-1"]
+    operation.details = {"agent_runs": ["live-1.0", "live-1.1"]}
+    assert run_names(operation) == ["live-1.0", "live-1.1"]
+    committed = committed_volumes(stored, {"a": "a", "b": "app.b"})  # c not in it
+    assert committed == [{"index": 0, "name": "a", "size_bytes": 1 << 20},
+                         {"index": 1, "name": "app.b", "size_bytes": 1 << 20}]
+    assert not is_spanning(committed)  # the agent here serves every volume now
+    one, _ = plan("g", [("site", _vol("a"))], "site")
+    assert committed_volumes(one, {"a": "app.a"}) == [
+        {"index": 0, "name": "app.a", "size_bytes": 1 << 20}]

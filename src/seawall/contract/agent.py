@@ -342,6 +342,10 @@ class FailoverStart(Request):
     group_id: str
     checkpoint: str = Field(min_length=1, max_length=32)
     scratch_max_bytes: int | None = Field(default=None, gt=0)
+    members: dict[str, str] = Field(default_factory=dict)
+    """A failover test of a group spanning agents: each member journal's id here -> its
+    marker of the group checkpoint, the lead first (``group_id`` is then the group's own
+    id, which names no journal here); empty for a one-agent group."""
 
 
 class FailoverRun(Answer):

@@ -45,7 +45,7 @@ def failover_router(agent: Agent) -> APIRouter:
     @router.post("/failover-tests", response_model=FailoverRun)
     async def start_test(body: FailoverStart) -> dict[str, Any]:
         return tests.start(body.operation_id, body.group_id, body.checkpoint,
-                           body.scratch_max_bytes)
+                           body.scratch_max_bytes, body.members or None)
 
     @router.delete("/failover-tests/{operation_id}", response_model=FailoverRun)
     async def stop_test(operation_id: str) -> dict[str, Any]:

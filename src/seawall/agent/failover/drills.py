@@ -6,6 +6,11 @@ checkpoint, exported over NBD read-write, while replication goes on into the jou
 Rules and invariants:
 - At most one test per group here, and an operation id names one test: the site manager,
   which owns the operation's state machine, also keeps one failover operation per group.
+- A group spanning agents has one journal per member here (``RecoverySpec`` of each
+  member stream): its test is made of *parts*, one per member journal, each at that
+  member's marker of the group checkpoint (``members``: stream id -> marker, the lead
+  first; the lead's marker id is the group checkpoint's id). It holds every member
+  journal, and its VMs are found in the journal of the member whose agent ran them.
 - A test is made whole or not at all: if one volume's image cannot be made (checkpoint
   aged out, no space for a scratch file), the images already made are closed again.
 - Stopping a test first drops the NBD clients of its images, then closes them (views
@@ -33,6 +38,7 @@ from seawall.contract.agent import NAME_PATTERN
 from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.journal.journal import CheckpointInfo
 from seawall.journal.overlay import BLOCK_BYTES
+from seawall.wire.records import VmConfig
 
 DEFAULT_SCRATCH_FRACTION = 0.10
 DEFAULT_SCRATCH_MIN_BYTES = 64 << 20
@@ -45,14 +51,37 @@ def default_scratch_limit_bytes(size_bytes: int) -> int:
     return min(wanted, -(-size_bytes // BLOCK_BYTES) * BLOCK_BYTES)
 
 
+@dataclass(frozen=True)
+class TestPart:
+    """One journal of the test's group at its checkpoint (a group spanning agents has one
+    per member)."""
+
+    group: RecoveryGroup
+    checkpoint: CheckpointInfo
+
+
 @dataclass
 class FailoverTest:
     operation_id: str
-    group: RecoveryGroup
-    checkpoint: CheckpointInfo
+    group_id: str
+    parts: list[TestPart]
+    """The lead member's first (the group's checkpoint id is its marker's)."""
     created_ns: int
     images: dict[str, tuple[str, ScratchImage]] = field(default_factory=dict)
     """Export name -> (volume name, image)."""
+
+    @property
+    def name(self) -> str:
+        return self.parts[0].group.spec.name
+
+    @property
+    def checkpoint(self) -> CheckpointInfo:
+        return self.parts[0].checkpoint
+
+    def vm_configs(self) -> list[VmConfig]:
+        """The configuration of every VM of the group at the test's checkpoint."""
+        return [config for part in self.parts
+                for config in part.group.journal.vm_configs_at(part.checkpoint.seq).values()]
 
 
 class FailoverTests:
@@ -76,7 +105,7 @@ class FailoverTests:
         return [name for test in self.tests.values() for name in test.images]
 
     def running_on(self, group: RecoveryGroup) -> bool:
-        return any(test.group is group for test in self.tests.values())
+        return any(part.group is group for test in self.tests.values() for part in test.parts)
 
     # --- operations -----------------------------------------------------------------------
 
@@ -85,31 +114,40 @@ class FailoverTests:
         shutil.rmtree(self._scratch_dir, ignore_errors=True)
 
     def start(self, operation_id: str, group_id: str, checkpoint: str,
-              scratch_max_bytes: int | None) -> dict[str, Any]:
+              scratch_max_bytes: int | None,
+              members: dict[str, str] | None = None) -> dict[str, Any]:
+        """A test of group ``group_id`` at ``checkpoint``; of a group spanning agents
+        (``members``: each member journal's id -> its marker), at each member's marker."""
         if not _valid_id(operation_id):
             raise InvalidInput(f"invalid operation id {operation_id!r}")
         if operation_id in self.tests:
             raise Conflict(f"operation {operation_id} is already running here")
-        group = self._groups(group_id)
-        running = next((t for t in self.tests.values() if t.group is group), None)
-        if running is not None:
-            raise Conflict(f"group {group.spec.name} already has a failover test here "
-                           f"(operation {running.operation_id})")
-        info = group.resolve_checkpoint(checkpoint)
-        test = FailoverTest(operation_id, group, info, time.time_ns())
+        wanted = members or {group_id: checkpoint}
+        groups = [self._groups(member) for member in wanted]
+        for group in groups:
+            running = next((t for t in self.tests.values()
+                            if any(p.group is group for p in t.parts)), None)
+            if running is not None:
+                raise Conflict(f"group {group.spec.name} already has a failover test here "
+                               f"(operation {running.operation_id})")
+        parts = [TestPart(group, group.resolve_checkpoint(marker))
+                 for group, marker in zip(groups, wanted.values(), strict=True)]
+        test = FailoverTest(operation_id, group_id, parts, time.time_ns())
         directory = self._scratch_dir / operation_id
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            for volume in group.volumes_in(info.seq):
-                name = f"{group.spec.name}.{volume.name}.cp{info.seq}.{operation_id}"
-                limit = scratch_max_bytes or default_scratch_limit_bytes(volume.size_bytes)
-                view = group.journal.view(volume.index, info.seq)
-                try:
-                    image = ScratchImage(name, view, directory / f"{volume.name}.scratch", limit)
-                except BaseException:
-                    view.close()
-                    raise
-                test.images[name] = (volume.name, image)
+            for group, info in ((p.group, p.checkpoint) for p in parts):
+                for volume in group.volumes_in(info.seq):
+                    name = f"{group.spec.name}.{volume.name}.cp{info.seq}.{operation_id}"
+                    limit = scratch_max_bytes or default_scratch_limit_bytes(volume.size_bytes)
+                    view = group.journal.view(volume.index, info.seq)
+                    try:
+                        image = ScratchImage(name, view, directory / f"{volume.name}.scratch",
+                                             limit)
+                    except BaseException:
+                        view.close()
+                        raise
+                    test.images[name] = (volume.name, image)
         except BaseException:
             self._close(test)
             raise
@@ -160,14 +198,13 @@ class FailoverTests:
         checkpoint = test.checkpoint
         return {
             "operation_id": test.operation_id,
-            "group_id": test.group.spec.group_id,
-            "group": test.group.spec.name,
+            "group_id": test.group_id,
+            "group": test.name,
             "checkpoint": {"id": checkpoint.seq, "time_ns": checkpoint.time_ns,
                            "name": checkpoint.name},
             "created_ns": test.created_ns,
             "images": images,
-            "vms": sorted({c.name for c in
-                           test.group.journal.vm_configs_at(checkpoint.seq).values()}),
+            "vms": sorted({c.name for c in test.vm_configs()}),
             "scratch_alert": any(image["scratch_alert"] for image in images),
         }
 

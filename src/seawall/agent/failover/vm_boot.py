@@ -103,11 +103,11 @@ class RecoveredVms:
         """Define and start VM ``vm`` of ``test``'s group from the test's images, its NICs
         on the networks ``network_map`` names for them, the others on ``network``."""
         host = self._host()
-        group = test.group.spec.name
-        configs = test.group.journal.vm_configs_at(test.checkpoint.seq)
-        config = next((c for c in configs.values() if vm in (c.name, c.uuid)), None)
+        group = test.name
+        configs = test.vm_configs()  # of every member journal, for a group spanning agents
+        config = next((c for c in configs if vm in (c.name, c.uuid)), None)
         if config is None:
-            known = ", ".join(sorted(c.name for c in configs.values())) or "none"
+            known = ", ".join(sorted(c.name for c in configs)) or "none"
             raise NotFound(f"group {group} has no VM {vm!r} at checkpoint "
                            f"{test.checkpoint.seq} (VMs there: {known})")
         if config.format != "libvirt-xml":

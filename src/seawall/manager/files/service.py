@@ -168,7 +168,7 @@ class FileService:
 
     def _open(self, group_name: str, volume: str, checkpoint: str,
               partition: int | None) -> _Session:
-        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall files")
         chosen = self.groups.checkpoint_of(group, checkpoint)
         steps = contextlib.ExitStack()
         try:

@@ -22,9 +22,10 @@ from typing import Any
 from seawall.config import SiteConfig
 from seawall.contract.agent import GroupVolume, ProtectionSpec, RecoverySpec
 from seawall.contract.agent_api import AgentApi
-from seawall.errors import InvalidInput, NotFound
+from seawall.errors import Conflict, InvalidInput, NotFound
 from seawall.http import JsonClient
 from seawall.manager.clients import peer_client
+from seawall.manager.groups.members import is_spanning
 from seawall.manager.groups.service import GroupService, describe
 from seawall.manager.groups.settings import (
     options_of,
@@ -70,6 +71,9 @@ class ReverseProtection:
         group, peer = self.groups.get(name)
         if group.role != "protected" or group.peer_site_id != source_site_id:
             raise NotFound(f"no group named {name!r} protected to the requesting site")
+        if is_spanning(group.volumes):
+            raise Conflict(f"group {name} spans agents here: reverse protection is not "
+                           "available for such groups yet")
         status = AgentApi(self.agent).reverse(RecoverySpec(
             group_id=group.group_id, name=name, source_site=source_site_id,
             source_cert_pem=self.sites.pinned_cert(peer),

@@ -358,8 +358,7 @@ class GroupService:
 
     def _at_agents(self, group: Group, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if is_spanning(group.volumes):
-            if action not in ("checkpoints", "resync"):
-                raise Conflict(f"group {group.name} spans agents: {action} is not available "
-                               "for such groups yet")
+            if action == "fence":
+                return self.spanning.fence(group.volumes, body)
             return self.spanning.at_members(group.volumes, action, body)
         return at_agent(self.agent_api, group.group_id, action, body)

@@ -11,6 +11,8 @@ Rules (the shapes are ``groups.members``'):
 - The group's checkpoints are the recovery site's joined list; an operation on a volume at
   a group checkpoint goes to the volume's member journal at that member's marker
   (``GroupService.stream_at``).
+- A fence (live failover with the source shut down, move) stops every member's writes
+  before the lead takes the final group checkpoint; an unfence goes to every member.
 """
 
 from __future__ import annotations
@@ -209,6 +211,18 @@ class SpanningGroups:
         answers = [(m, at_agent(AgentApi(self._client(m.agent)), m.group_id, action, body))
                    for m in members]
         return merge_status(answers, None, time.time_ns())
+
+    def fence(self, volumes: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+        """Stop every member's writes (each ships up to a marker of its own), then take the
+        group's final checkpoint at the lead: no member takes writes any more, so it holds
+        every write of the group. The recovery site offers it once its seals arrive."""
+        members = members_of(volumes)
+        for member in members:
+            at_agent(AgentApi(self._client(member.agent)), member.group_id, "fence",
+                     {**body, "checkpoint_name": ""})
+        lead = members[0]
+        return at_agent(AgentApi(self._client(lead.agent)), lead.group_id, "checkpoints",
+                        {"name": body.get("checkpoint_name", "")})
 
     def streams(self, volumes: list[dict[str, Any]], protected: bool,
                 ) -> list[tuple[JsonClient, str]]:

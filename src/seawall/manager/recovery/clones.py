@@ -89,7 +89,7 @@ class CloneService:
         if image_format not in FORMATS:
             raise InvalidInput(f"format must be raw or qcow2, not {image_format!r}")
         directory = inside(self.config.clone_dir, to, "--to")  # first: whatever the group
-        group = recovery_group(self.groups, group_name, "seawall clone", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall clone")
         self.reconcile()
         chosen = self.groups.checkpoint_of(group, checkpoint)
         outputs = [{"volume": v["name"], "path": str(directory / f"{v['name']}.{image_format}"),

@@ -18,6 +18,9 @@ Rules:
   (``failed``), a ``stopping`` one is finished, a ``running`` one whose images the agent
   no longer has (an agent restart ends tests) becomes ``interrupted``. Each gets its report.
 - ``OperationRunner`` (``operations``) keeps the in-flight bookkeeping and reconciles.
+- A group spanning agents is tested as any group: its checkpoints are the joined list
+  (``GroupService.checkpoints``), and the agent makes every volume's image from its
+  member's journal at that member's marker of the chosen checkpoint (``members``).
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ class FailoverTestService(OperationRunner):
         group = recovery_group(self.groups, group_name, "seawall failover test")
         self._check_networks(group, network_map or {})
         self.reconcile()
-        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
-        chosen = pick_checkpoint(checkpoints, checkpoint, at, group_name)
+        chosen = pick_checkpoint(self.groups.checkpoints(group_name), checkpoint, at,
+                                 group_name)
         operation = RecoveryOperation(
             operation_id=new_operation_id("test", started_at), kind=KIND,
             group_id=group.group_id, group_name=group.name,
@@ -78,7 +81,7 @@ class FailoverTestService(OperationRunner):
             self.store.create(operation)
             try:
                 self.scripts.pre(operation_id, KIND, group, str(chosen["id"]))
-                images, vm_names = self._make_images(operation_id, group, chosen["id"],
+                images, vm_names = self._make_images(operation_id, group, chosen,
                                                      scratch_max_bytes)
             except SeawallError as exc:
                 # The agent may have made images even if its answer got lost: drop them.
@@ -156,13 +159,16 @@ class FailoverTestService(OperationRunner):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _make_images(self, operation_id: str, group: Group, checkpoint_id: int,
+    def _make_images(self, operation_id: str, group: Group, checkpoint: dict[str, Any],
                      scratch_max_bytes: int | None) -> tuple[list[dict[str, Any]], list[str]]:
         """Images from the agent, each read once over NBD (the end of the RTO), and the
         names of the VMs whose configuration the checkpoint has."""
+        markers = checkpoint.get("members") or {}  # a group spanning agents: each journal's
         test = self.agent.start_failover_test(FailoverStart(
             operation_id=operation_id, group_id=group.group_id,
-            checkpoint=str(checkpoint_id), scratch_max_bytes=scratch_max_bytes)).model_dump()
+            checkpoint=str(checkpoint["id"]), scratch_max_bytes=scratch_max_bytes,
+            members={member: str(marker) for member, marker in markers.items()},
+        )).model_dump()
         images: list[dict[str, Any]] = test["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)

@@ -22,6 +22,10 @@ Rules:
 - Restart: ``reconcile`` (at manager start and before each request) rolls back a
   ``starting`` operation, finishes a ``committing`` or ``rolling-back`` one, and marks a
   ``running`` one the agent no longer knows ``interrupted``.
+- A group spanning agents fails over as any group, from the joined checkpoints: one run
+  per member journal at the agent (``member_runs``), and a fence stops every member's
+  writes before the lead takes the final group checkpoint (``SpanningGroups.fence``),
+  awaited here until it is sealed everywhere. Reverse protection is refused for it.
 """
 
 from __future__ import annotations
@@ -37,8 +41,15 @@ from typing import Any
 
 from seawall.contract.agent import FailoverStart
 from seawall.errors import Conflict, InvalidInput, NotFound, PeerError, SeawallError
+from seawall.manager.groups.members import is_spanning
 from seawall.manager.models import Group, RecoveryOperation, utc
 from seawall.manager.recovery.machine import OperationEvent, OperationState, pick_checkpoint
+from seawall.manager.recovery.member_runs import (
+    committed_volumes,
+    operation_of,
+    plan_runs,
+    run_names,
+)
 from seawall.manager.recovery.operations import (
     OperationRunner,
     new_operation_id,
@@ -55,6 +66,9 @@ COMMIT_AFTER_MIN_S = 1.0
 POLICY_PERIOD_S = 1.0
 COMMIT_POLL_S = 0.2
 COMMIT_TIMEOUT_S = 3600.0
+FINAL_SEALED_TIMEOUT_S = 60.0
+"""How long a spanning group's final checkpoint may take to be sealed in every member
+journal here after the protected site took it."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +97,11 @@ class FailoverLiveService(OperationRunner):
         if options.commit_after_s < COMMIT_AFTER_MIN_S:
             raise InvalidInput("--commit-after must be at least 1s")
         group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}")
+        self._check_reverse(group, options.reverse_protect)
         self.reconcile()
-        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         if not options.shutdown_source:
-            chosen = pick_checkpoint(checkpoints, options.checkpoint, options.at, group_name)
+            chosen = pick_checkpoint(self.groups.checkpoints(group_name), options.checkpoint,
+                                     options.at, group_name)
         elif options.checkpoint != "latest" or options.at is not None:
             raise InvalidInput("with --shutdown-source the checkpoint is the final one "
                                "taken after the source stopped: no --checkpoint or --at")
@@ -116,7 +131,7 @@ class FailoverLiveService(OperationRunner):
                                  "final" if options.shutdown_source else str(chosen["id"]))
                 if options.shutdown_source:
                     chosen = self._fence_source(operation_id, group)
-                images = self._make_images(operation_id, group, chosen["id"])
+                images = self._make_images(operation_id, group, chosen)
             except SeawallError as exc:
                 self._roll_back_start(operation_id, group, exc.message)
                 raise
@@ -129,6 +144,7 @@ class FailoverLiveService(OperationRunner):
 
     def commit(self, group_name: str, user: str, reverse_protect: bool = False) -> dict[str, Any]:
         group = recovery_group(self.groups, group_name, "seawall failover commit")
+        self._check_reverse(group, reverse_protect)
         self.reconcile()
         holder = self._live_holder(group, "commit")
         with self._tracking(holder.operation_id):
@@ -202,9 +218,15 @@ class FailoverLiveService(OperationRunner):
                 error="the recovery site's agent no longer has this live failover"))
 
     def _at_agent(self) -> set[str]:
-        return {run.operation_id for run in self.agent.live_failovers()}
+        return {operation_of(run.operation_id) for run in self.agent.live_failovers()}
 
     # --- steps --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_reverse(group: Group, reverse_protect: bool) -> None:
+        if reverse_protect and is_spanning(group.volumes):
+            raise Conflict(f"group {group.name} spans agents: reverse protection is not "
+                           "available for such groups yet (fail over without it)")
 
     def _live_holder(self, group: Group, doing: str) -> RecoveryOperation:
         holder = self.store.holder(group.group_id)
@@ -224,25 +246,44 @@ class FailoverLiveService(OperationRunner):
                 f"the protected site did not stop the group's writes ({exc.message}); "
                 "fail over without --shutdown-source to recover from the journal as it is"
             ) from None
-        checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
-        chosen = pick_checkpoint(checkpoints, str(final["id"]), None, group.name)
+        chosen = self._offered(group, final["id"])
         self.store.update(operation_id, step="source stopped, final checkpoint durable")
         self.store.set_checkpoint(operation_id, chosen)
         return chosen
 
+    def _offered(self, group: Group, checkpoint_id: int) -> dict[str, Any]:
+        """Checkpoint ``checkpoint_id`` as offered here; a spanning group's once its marker
+        is sealed in every member journal (the seals follow the markers)."""
+        deadline_s = time.monotonic() + FINAL_SEALED_TIMEOUT_S
+        while True:
+            try:
+                return pick_checkpoint(self.groups.checkpoints(group.name),
+                                       str(checkpoint_id), None, group.name)
+            except NotFound:
+                if not is_spanning(group.volumes) or time.monotonic() > deadline_s:
+                    raise
+            time.sleep(COMMIT_POLL_S)
+
     def _make_images(self, operation_id: str, group: Group,
-                     checkpoint_id: int) -> list[dict[str, Any]]:
-        run = self.agent.start_live_failover(FailoverStart(
-            operation_id=operation_id, group_id=group.group_id, checkpoint=str(checkpoint_id)))
-        images: list[dict[str, Any]] = run.model_dump()["images"]
+                     checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        runs = plan_runs(operation_id, group.group_id, checkpoint)
+        self.store.update(operation_id, agent_runs=[name for name, _, _ in runs])
+        images: list[dict[str, Any]] = []
+        for name, journal, marker in runs:  # one per member journal of a spanning group
+            images += self.agent.start_live_failover(FailoverStart(
+                operation_id=name, group_id=journal, checkpoint=marker)).model_dump()["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
         return images
 
+    def _roll_back_runs(self, operation: RecoveryOperation) -> None:
+        for name in run_names(operation):
+            with contextlib.suppress(NotFound):
+                self.agent.roll_back_live_failover(name)
+
     def _roll_back_start(self, operation_id: str, group: Group, error: str) -> None:
-        with contextlib.suppress(NotFound):
-            self.agent.roll_back_live_failover(operation_id)
         operation = self.store.get(operation_id)
+        self._roll_back_runs(operation)
         if operation.details.get("source_fenced"):
             error += self._unfence(group.name)
         self._report(self.store.transition(operation_id, OperationEvent.FAIL,
@@ -259,26 +300,12 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_commit(self, operation: RecoveryOperation) -> dict[str, Any]:
         operation_id = operation.operation_id
-        self.agent.commit_live_failover(operation_id)
-        deadline_s = time.monotonic() + COMMIT_TIMEOUT_S
-        while True:
-            try:
-                run = self.agent.live_failover(operation_id).model_dump()
-            except NotFound:
-                break  # committed by an earlier agent process: the group is gone from it
-            if run["state"] == "committed":
-                break
-            if run.get("error"):
-                raise PeerError(f"commit of {operation_id} failed at the agent: {run['error']}; "
-                                "`seawall failover commit` tries again")
-            if time.monotonic() > deadline_s:
-                raise PeerError(f"commit of {operation_id} did not finish in time")
-            time.sleep(COMMIT_POLL_S)
+        for name in run_names(operation):
+            self._commit_run(name)
         served_as = {image["volume"]: image["name"] for image in operation.details["images"]}
         group, _ = self.groups.get(operation.group_name)
-        self.groups.set_role(operation.group_id, "failed-over", [
-            {**volume, "name": served_as.get(volume["name"], volume["name"])}
-            for volume in group.volumes])
+        self.groups.set_role(operation.group_id, "failed-over",
+                             committed_volumes(group.volumes, served_as))
         final = self.store.transition(operation_id, OperationEvent.COMMITTED,
                                       step="images consolidated into volumes")
         report = self._report(final)
@@ -286,9 +313,29 @@ class FailoverLiveService(OperationRunner):
             report["reverse"] = self.reverse(final.group_name)
         return report
 
+    def _commit_run(self, name: str) -> None:
+        """Commit run ``name`` at the agent and wait until it is committed."""
+        try:
+            self.agent.commit_live_failover(name)
+        except NotFound:
+            return  # committed by an earlier agent process: the group is gone from it
+        deadline_s = time.monotonic() + COMMIT_TIMEOUT_S
+        while True:
+            try:
+                run = self.agent.live_failover(name).model_dump()
+            except NotFound:
+                return
+            if run["state"] == "committed":
+                return
+            if run.get("error"):
+                raise PeerError(f"commit of {name} failed at the agent: {run['error']}; "
+                                "`seawall failover commit` tries again")
+            if time.monotonic() > deadline_s:
+                raise PeerError(f"commit of {name} did not finish in time")
+            time.sleep(COMMIT_POLL_S)
+
     def _finish_rollback(self, operation: RecoveryOperation) -> dict[str, Any]:
-        with contextlib.suppress(NotFound):
-            self.agent.roll_back_live_failover(operation.operation_id)
+        self._roll_back_runs(operation)
         error = self._unfence(operation.group_name) if operation.details.get(
             "source_fenced") else ""
         final = self.store.transition(operation.operation_id, OperationEvent.ROLLED_BACK,

@@ -20,9 +20,8 @@ from typing import Any
 
 from seawall.config import SiteConfig
 from seawall.contract.agent_api import AgentApi
-from seawall.errors import Conflict, InvalidInput, PeerError, SeawallError
+from seawall.errors import InvalidInput, PeerError, SeawallError
 from seawall.http import JsonClient
-from seawall.manager.groups.members import is_spanning
 from seawall.manager.groups.service import GroupService
 from seawall.manager.models import Group, RecoveryOperation
 from seawall.manager.recovery.reports import ReportStore, build_report
@@ -38,11 +37,10 @@ def new_operation_id(prefix: str, now: datetime) -> str:
     return f"{prefix}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def recovery_group(groups: GroupService, name: str, command: str,
-                   spanning: bool = False) -> Group:
+def recovery_group(groups: GroupService, name: str, command: str) -> Group:
     """The group, if this site is its recovery site; else a clear error saying where to go.
-    ``spanning``: the operation works for groups spanning agents too (it reads volumes
-    through exports, ``GroupService.stream_at``)."""
+    A group spanning agents is one too: each volume is recovered from its member's journal
+    at that member's marker (``GroupService.stream_at``)."""
     group, peer = groups.get(name)
     if group.role == "failed-over":
         raise InvalidInput(
@@ -54,10 +52,6 @@ def recovery_group(groups: GroupService, name: str, command: str,
             f"group {name} is protected from this site: run `{command}` at its recovery "
             f"site {peer.name} (--url {peer.api_url})"
         )
-    if is_spanning(group.volumes) and not spanning:
-        raise Conflict(f"group {name} spans agents: `{command}` is not available for such "
-                       "groups yet; `seawall export` and `seawall clone` give its volumes "
-                       "at any of its checkpoints")
     return group
 
 
