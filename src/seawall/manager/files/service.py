@@ -157,7 +157,7 @@ class FileService:
 
     def layout(self, group_name: str, volume: str, checkpoint: str) -> dict[str, Any]:
         """The checkpoint ``checkpoint`` names and the volume's partition table there."""
-        group = recovery_group(self.groups, group_name, "seawall files", spanning=True)
+        group = recovery_group(self.groups, group_name, "seawall files")
         chosen = self.groups.checkpoint_of(group, checkpoint)
         with contextlib.ExitStack() as steps:
             whole = self._volume(group, volume, chosen, steps)
