@@ -272,9 +272,10 @@ def gpt_partitions(prod: LocalSite, dr: LocalSite, uri: str, model: bytearray,
         dr.api.request("GET", f"/api/v1/files/{GROUP}/disk0/content",
                        params={"path": "/home", "partition": 2})
     dr.api.post("/api/v1/users", {"name": "olga", "role": "operator", "password": "pass word"})
-    with httpx.Client(base_url=dr.url) as login:
+    with httpx.Client(base_url=dr.url, verify=dr.tls) as login:
         cookies = login.post("/login", data={"user": "olga", "password": "pass word"}).cookies
-    with httpx.Client(base_url=dr.url, cookies=dict(cookies.items()), timeout=60) as console:
+    with httpx.Client(base_url=dr.url, cookies=dict(cookies.items()), timeout=60,
+                      verify=dr.tls) as console:
         offered = console.get(f"/files/{GROUP}/disk0", params={"checkpoint": "latest-tagged"})
         assert offered.status_code == 200 and "GPT partition table" in offered.text
         assert f"checkpoint={checkpoint}&amp;part=2&amp;path=%2F" in offered.text
