@@ -17,6 +17,19 @@ Rules:
 - ``rollback``: ``rolling-back`` first; the agent discards the images (replication and
   retention resume); a fenced source is unfenced. Journal and replica are untouched.
 - A move is a live failover with the source shut down, committed at once.
+- VMs: once the images read back, the checkpoint's VMs are defined and started at the
+  recovery host in the group's boot order (``vm_boot``), their NICs on the operation's
+  network map, the others on the group's failover network (see
+  ``seawall.agent.failover.vm_boot`` for names and defaults); the report has each VM's
+  state and times, and ``vms_ready_s``. Every network named is checked before anything
+  is done. A VM that cannot come up is a warning in ``error``: the others still come up
+  and the volumes are failed over. With ``shutdown_source`` (always in a move) the
+  protected site first shuts the group's VMs down (``shutdown_timeout_s``, then powered
+  off) and the report says how each went (``source_vms``); they stay defined and shut off.
+- A commit with VMs holds them (persistent definitions, memory saved) before the agent
+  consolidates, and resumes them after, on the committed volumes (same NBD URIs); a
+  resume that fails is a warning, the commit stands. A rollback's agent destroys the VMs
+  before it discards the images.
 - Commit policy: a ``running`` live failover with a policy other than ``none`` is
   committed or rolled back by ``apply_policies`` once its deadline has passed.
 - Restart: ``reconcile`` (at manager start and before each request) rolls back a
@@ -31,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +59,7 @@ from seawall.manager.recovery.operations import (
     recovery_group,
 )
 from seawall.manager.recovery.store import add_step, describe
+from seawall.manager.recovery.vm_boot import VmBooter, boot_plan, check_networks, vm_problems
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +69,7 @@ COMMIT_AFTER_MIN_S = 1.0
 POLICY_PERIOD_S = 1.0
 COMMIT_POLL_S = 0.2
 COMMIT_TIMEOUT_S = 3600.0
+SHUTDOWN_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class LiveOptions:
     commit_after_s: float = 3600.0
     shutdown_source: bool = False
     reverse_protect: bool = False
+    network_map: dict[str, str] = field(default_factory=dict)
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
 
 
 class FailoverLiveService(OperationRunner):
@@ -83,6 +100,7 @@ class FailoverLiveService(OperationRunner):
         if options.commit_after_s < COMMIT_AFTER_MIN_S:
             raise InvalidInput("--commit-after must be at least 1s")
         group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}")
+        check_networks(self.agent, options.network_map, group.failover_network)
         self.reconcile()
         checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         if not options.shutdown_source:
@@ -104,7 +122,9 @@ class FailoverLiveService(OperationRunner):
                                  "at": options.at.isoformat() if options.at else None,
                                  "commit_policy": options.commit_policy,
                                  "commit_after_s": options.commit_after_s,
-                                 "shutdown_source": options.shutdown_source},
+                                 "shutdown_source": options.shutdown_source,
+                                 "shutdown_timeout_s": options.shutdown_timeout_s,
+                                 "network_map": options.network_map},
                      "commit_deadline": deadline.isoformat(), "source_fenced": False})
         add_step(operation, "requested", started_at)
         operation_id = operation.operation_id
@@ -115,16 +135,22 @@ class FailoverLiveService(OperationRunner):
                 self.scripts.pre(operation_id, kind, group,
                                  "final" if options.shutdown_source else str(chosen["id"]))
                 if options.shutdown_source:
-                    chosen = self._fence_source(operation_id, group)
-                images = self._make_images(operation_id, group, chosen["id"])
+                    chosen = self._fence_source(operation_id, group,
+                                                options.shutdown_timeout_s)
+                images, vm_names = self._make_images(operation_id, group, chosen["id"])
             except SeawallError as exc:
                 self._roll_back_start(operation_id, group, exc.message)
                 raise
             rto_s = round(time.monotonic() - started_s, 3)
             self.store.update(operation_id, step="every volume readable")
+            details: dict[str, Any] = {"images": images}
+            problems = self._boot_vms(operation_id, group, vm_names, options.network_map,
+                                      started_s, details)
             warning = self.scripts.post(operation_id, kind, group, str(chosen["id"]), images)
+            warnings = [w for w in (*problems, warning) if w]
             operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
-                                              error=warning, details={"images": images})
+                                              error="; ".join(warnings) or None,
+                                              details=details)
         return describe(operation)
 
     def commit(self, group_name: str, user: str, reverse_protect: bool = False) -> dict[str, Any]:
@@ -153,9 +179,13 @@ class FailoverLiveService(OperationRunner):
                 raise Conflict(f"the live failover of group {group_name} is {holder.state}")
             return self._finish_rollback(holder)
 
-    def move(self, group_name: str, user: str, reverse_protect: bool) -> dict[str, Any]:
+    def move(self, group_name: str, user: str, reverse_protect: bool,
+             network_map: dict[str, str] | None = None,
+             shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> dict[str, Any]:
         """Planned migration: source shut down, final checkpoint, live failover, commit."""
-        options = LiveOptions(shutdown_source=True, reverse_protect=reverse_protect)
+        options = LiveOptions(shutdown_source=True, reverse_protect=reverse_protect,
+                              network_map=network_map or {},
+                              shutdown_timeout_s=shutdown_timeout_s)
         self.live(group_name, options, user, kind="move")
         return self.commit(group_name, user, reverse_protect)
 
@@ -213,12 +243,15 @@ class FailoverLiveService(OperationRunner):
                            "(`seawall failover live` first)")
         return holder
 
-    def _fence_source(self, operation_id: str, group: Group) -> dict[str, Any]:
-        """Stop the source taking writes; its final checkpoint, durable here."""
+    def _fence_source(self, operation_id: str, group: Group,
+                      shutdown_timeout_s: float) -> dict[str, Any]:
+        """Shut the source's VMs down, stop it taking writes; its final checkpoint, durable
+        here."""
         self.store.update(operation_id, step="stopping the source", source_fenced=True)
         try:
             final = self.groups.at_protected_agent(
-                group.name, "fence", {"name": f"failover {operation_id}"})
+                group.name, "fence", {"name": f"failover {operation_id}",
+                                      "shutdown_timeout_s": shutdown_timeout_s})
         except PeerError as exc:
             raise PeerError(
                 f"the protected site did not stop the group's writes ({exc.message}); "
@@ -226,18 +259,40 @@ class FailoverLiveService(OperationRunner):
             ) from None
         checkpoints = [c.model_dump() for c in self.agent.checkpoints(group.group_id)]
         chosen = pick_checkpoint(checkpoints, str(final["id"]), None, group.name)
+        if final.get("vms"):
+            self.store.update(operation_id, step="source VMs shut down",
+                              source_vms=final["vms"])
         self.store.update(operation_id, step="source stopped, final checkpoint durable")
         self.store.set_checkpoint(operation_id, chosen)
         return chosen
 
     def _make_images(self, operation_id: str, group: Group,
-                     checkpoint_id: int) -> list[dict[str, Any]]:
+                     checkpoint_id: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """The live images, each read once over NBD, and the checkpoint's VMs."""
         run = self.agent.start_live_failover(FailoverStart(
             operation_id=operation_id, group_id=group.group_id, checkpoint=str(checkpoint_id)))
-        images: list[dict[str, Any]] = run.model_dump()["images"]
+        described = run.model_dump()
+        images: list[dict[str, Any]] = described["images"]
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
-        return images
+        return images, list(described.get("vms", []))
+
+    def _boot_vms(self, operation_id: str, group: Group, vm_names: list[str],
+                  network_map: dict[str, str], started_s: float,
+                  details: dict[str, Any]) -> list[str]:
+        """Boot the checkpoint's VMs on the failover network into ``details``; what went
+        wrong."""
+        if not vm_names:
+            return []
+
+        def step(name: str) -> None:
+            self.store.update(operation_id, step=name)
+
+        booter = VmBooter(self.agent, step, live=True)
+        details["vms"], details["vms_ready_s"] = booter.boot(
+            operation_id, boot_plan(vm_names, group.boot_order), group.failover_network,
+            network_map, started_s)
+        return vm_problems(details["vms"])
 
     def _roll_back_start(self, operation_id: str, group: Group, error: str) -> None:
         with contextlib.suppress(NotFound):
@@ -259,6 +314,10 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_commit(self, operation: RecoveryOperation) -> dict[str, Any]:
         operation_id = operation.operation_id
+        booted = bool(operation.details.get("vms"))
+        if booted:  # saved before their disks' connections drop (see the rules)
+            self.agent.hold_live_vms(operation_id)
+            self.store.update(operation_id, step="VMs saved")
         self.agent.commit_live_failover(operation_id)
         deadline_s = time.monotonic() + COMMIT_TIMEOUT_S
         while True:
@@ -279,8 +338,17 @@ class FailoverLiveService(OperationRunner):
         self.groups.set_role(operation.group_id, "failed-over", [
             {**volume, "name": served_as.get(volume["name"], volume["name"])}
             for volume in group.volumes])
+        error = operation.error
+        if booted:
+            try:
+                self.agent.resume_live_vms(operation_id)
+                self.store.update(operation_id, step="VMs resumed on the committed volumes")
+            except SeawallError as exc:
+                error = "; ".join(filter(None, (error, (
+                    f"the VMs could not be resumed ({exc.message}): they are defined at the "
+                    "recovery host with their memory saved: `virsh start` them there"))))
         final = self.store.transition(operation_id, OperationEvent.COMMITTED,
-                                      step="images consolidated into volumes")
+                                      step="images consolidated into volumes", error=error)
         report = self._report(final)
         if final.details.get("reverse_protect") and self.reverse is not None:
             report["reverse"] = self.reverse(final.group_name)
