@@ -8,11 +8,14 @@ Rules and invariants:
   volumes took. ``unfence`` (a rollback) lets them take writes again.
 - With ``shutdown_timeout_s`` the group's VMs are first shut down through the hypervisor
   (all at once; each powered off if it is not down by then), *before* the fence: a
-  guest's last writes (its unmount, its journal) still go through the mirror, and once it
-  is off the splitter compares its disks' files with the recovery site (a delta sync) —
-  the final checkpoint, taken only when no sync runs, holds exactly the disks as the
-  guest left them. A group that is fenced already (a retry) shuts nothing down again.
-  The VMs stay defined and shut off: nothing here starts them again, not even an unfence.
+  guest's last writes (its unmount, its sync) still go through its write-blocking
+  mirrors, which acknowledge a write only once the sink has it, so when the guest is off
+  the stream holds every write it made and the final checkpoint holds its disks as it
+  left them. Its mirrors' end is no loss then (``group.vms_stopping``: the splitter does
+  not sync its files, and the final checkpoint never waits for such a sync). A group
+  that is fenced already (a retry) shuts nothing down again. The VMs stay defined and
+  shut off: nothing here starts them again; an unfence (a rollback) compares their disk
+  files with the recovery site, as for any shut-off VM.
 - ``reverse`` turns the group around after a commit at the recovery site: protection
   stops, the old volumes are no longer served (any write they took since the failover is
   overwritten by the first sync) and become the replicas of the reversed group, received
@@ -74,7 +77,11 @@ class SourceFailover:
         group = self._group(group_id)
         shutdowns = []
         if shutdown_timeout_s is not None and not group.spec.fenced:
-            shutdowns = await self._shut_down(group, shutdown_timeout_s)
+            group.vms_stopping = True
+            try:
+                shutdowns = await self._shut_down(group, shutdown_timeout_s)
+            finally:
+                group.vms_stopping = False
         if not group.spec.fenced:
             group.spec.fenced = True
             self._host.save_state()
@@ -109,6 +116,9 @@ class SourceFailover:
             group.spec.fenced = False
             self._host.save_state()
             self.set_read_only(group, False)
+            off = sorted(group.mirrors.offline)
+            if off:  # shut off while fenced: compared now, as any shut-off VM's disks
+                group.copy_sinks(off, "unfenced: VM shut off, read from its disk files")
         return self._host.group_status(group_id)
 
     def set_read_only(self, group: ProtectedGroup, read_only: bool) -> None:
