@@ -4,7 +4,8 @@ tests/vm/test_libvirt_move.py).
 
 - commit: the VMs are held (defined, memory saved) before the agent consolidates, resumed
   after; a resume that fails leaves the commit standing, with the way out in its report;
-  an operation that booted no VM asks nothing about VMs.
+  an operation that booted no VM (none, or none that could be booted) asks nothing
+  about VMs.
 - rollback: the agent's rollback (which destroys the VMs before the images close) and the
   source unfenced when the failover had fenced it.
 """
@@ -113,7 +114,8 @@ def test_a_resume_that_fails_leaves_the_commit_standing_with_the_way_out(
     assert "could not be resumed" in report["error"] and "virsh start" in report["error"]
 
 
-@pytest.mark.parametrize("details", [{}, {"vms": []}])
+@pytest.mark.parametrize("details", [{}, {"vms": []}, {"vms": [
+    {"vm": "web", "state": "failed", "error": "no libvirt at the recovery host"}]}])
 def test_an_operation_without_vms_asks_nothing_about_them(
         tmp_path: Path, details: dict[str, Any]) -> None:
     agent = FakeAgent()

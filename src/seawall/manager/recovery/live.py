@@ -314,7 +314,7 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_commit(self, operation: RecoveryOperation) -> dict[str, Any]:
         operation_id = operation.operation_id
-        booted = bool(operation.details.get("vms"))
+        booted = any("domain" in vm for vm in operation.details.get("vms", []))
         if booted:  # saved before their disks' connections drop (see the rules)
             self.agent.hold_live_vms(operation_id)
             self.store.update(operation_id, step="VMs saved")
