@@ -127,21 +127,25 @@ class JsonClient:
                                     headers=headers, verify=tls if tls is not None else True)
 
     def request(self, method: str, path: str, json: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
-        response = self._send(method, path, json, params)
+                params: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
+        """``timeout_s``: this call's deadline instead of the client's (a call that waits
+        for something slow by design, such as VMs shutting down)."""
+        response = self._send(method, path, json, params, timeout_s)
         return response.json() if response.content else None
 
     def text(self, path: str) -> str:
         """GET a text resource (an HTML report); errors come back as for JSON."""
         return self._send("GET", path, None, None).text
 
-    def _send(self, method: str, path: str, json: Any,
-              params: dict[str, Any] | None) -> httpx.Response:
+    def _send(self, method: str, path: str, json: Any, params: dict[str, Any] | None,
+              timeout_s: float | None = None) -> httpx.Response:
         with self._one_call(method, path):
             try:
-                response = self._client.request(method, path, json=json, params=params)
+                response = self._client.request(
+                    method, path, json=json, params=params,
+                    timeout=self.timeout_s if timeout_s is None else timeout_s)
             except httpx.HTTPError as exc:
-                raise self._failure(method, path, exc) from None
+                raise self._failure(method, path, exc, timeout_s) from None
         self._raise_for_error(response)
         return response
 
@@ -175,10 +179,11 @@ class JsonClient:
         finally:
             self._inside.busy = False
 
-    def _failure(self, method: str, path: str, exc: httpx.HTTPError) -> PeerError:
+    def _failure(self, method: str, path: str, exc: httpx.HTTPError,
+                 timeout_s: float | None = None) -> PeerError:
         if isinstance(exc, httpx.TimeoutException):
             return PeerError(f"{self.what} at {self.base_url} did not answer {method} {path} "
-                             f"within {self.timeout_s:g} s")
+                             f"within {timeout_s or self.timeout_s:g} s")
         if self._tls_refused is not None and is_verify_failure(exc):
             return PeerError(self._tls_refused())
         return PeerError(f"cannot reach {self.what} at {self.base_url}: {exc}")
@@ -196,8 +201,8 @@ class JsonClient:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)
 
-    def post(self, path: str, json: Any = None) -> Any:
-        return self.request("POST", path, json=json)
+    def post(self, path: str, json: Any = None, timeout_s: float | None = None) -> Any:
+        return self.request("POST", path, json=json, timeout_s=timeout_s)
 
     def put(self, path: str, json: Any = None) -> Any:
         return self.request("PUT", path, json=json)

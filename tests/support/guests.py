@@ -14,7 +14,12 @@ Rules and invariants:
   So a test reads from the console whether the guest kept writing and saw no I/O error,
   and knows from the last N what every slot holds. Before writing, init prints
   ``sw-boot-counter N``, the highest counter its disk already holds: a guest booted from a
-  recovered disk says which moment that disk is from.
+  recovered disk says which moment that disk is from; it counts on from there (counters
+  on a disk only grow, whoever boots it).
+- A clean shutdown: qemu-ga's ``guest-shutdown`` (libvirt ``shutdown`` through the guest
+  agent) runs the image's ``/sbin/shutdown``, which prints ``sw-shutdown ARGS`` and asks
+  init to stop; init finishes the write under way, syncs, prints ``sw-poweroff N`` (N the
+  last counter) and powers off.
 - The guest carries Debian's qemu-guest-agent (the host's ``/usr/sbin/qemu-ga`` and the
   shared libraries ``ldd`` names, from the host package qemu-guest-agent: its service only
   starts on a host with the virtio port, so none runs here) and virtio_console. When the
@@ -97,9 +102,9 @@ for port in /sys/class/virtio-ports/*; do
     echo "sw-guest-agent ${port##*/}"
   fi
 done
+n=$last
 if [ "$sw_writer" = counter ]; then
-  n=0
-  while true; do
+  while [ ! -e /sw-stop ]; do
     n=$((n + 1))
     if printf '%-4095s\\n' "seawall counter $n" | \\
         dd of=/dev/vda bs=4096 seek=$(( @BASE_BLOCKS@ + n % sw_slots )) conv=notrunc,fsync \\
@@ -111,7 +116,10 @@ if [ "$sw_writer" = counter ]; then
     usleep ${sw_delay_us:-50000}
   done
 fi
-while true; do sleep 3600; done
+while [ ! -e /sw-stop ]; do sleep 1; done
+sync
+echo "sw-poweroff $n"
+poweroff -f
 """.replace("@MODULES@", " ".join(VIRTIO_MODULES)).replace(
     "@BASE_BLOCKS@", str(COUNTER_BASE_BYTES // SLOT_BYTES)).replace(
     "@CHANNEL@", GUEST_AGENT_CHANNEL)
@@ -119,6 +127,13 @@ while true; do sleep 3600; done
 FSFREEZE_HOOK = """#!/bin/busybox sh
 echo "sw-fsfreeze $1 $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 """
+
+SHUTDOWN = """#!/bin/busybox sh
+echo "sw-shutdown $*" > /dev/ttyS0
+touch /sw-stop
+"""
+"""qemu-ga's ``guest-shutdown`` runs ``/sbin/shutdown -h -P +0 ...`` (busybox has none):
+init's writer stops after the write under way, syncs and powers off (``sw-poweroff N``)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,7 @@ def build_guest_image(cache: Path = GUEST_CACHE) -> GuestImage:
         raise RuntimeError("no /bin/busybox: install Debian's busybox-static")
     key = re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join((
         package, _package_version(package), _package_version("busybox-static"),
-        _guest_agent_version(), f"{hash_text(INIT_SCRIPT + FSFREEZE_HOOK):08x}")))
+        _guest_agent_version(), f"{hash_text(INIT_SCRIPT + FSFREEZE_HOOK + SHUTDOWN):08x}")))
     directory = cache / f"guest-{key}"
     image = GuestImage(directory / "vmlinuz", directory / "initramfs.cpio", package)
     cache.mkdir(parents=True, exist_ok=True)
@@ -182,7 +197,8 @@ def _guest_agent_version() -> str:
 def _guest_agent_files() -> dict[str, tuple[int, bytes]]:
     """qemu-ga and every shared library ldd names for it, at the paths ldd names."""
     files = {QEMU_GA.as_posix().lstrip("/"): (0o100755, QEMU_GA.read_bytes()),
-             "bin/sw-fsfreeze-hook": (0o100755, FSFREEZE_HOOK.encode())}
+             "bin/sw-fsfreeze-hook": (0o100755, FSFREEZE_HOOK.encode()),
+             "sbin/shutdown": (0o100755, SHUTDOWN.encode())}
     for line in _run("ldd", str(QEMU_GA)).splitlines():
         match = re.search(r"(/\S+) \(0x", line)
         if match is not None:
@@ -287,6 +303,7 @@ def domain_xml(name: str, image: GuestImage, disks: Sequence[GuestDisk], console
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{image.kernel}</kernel><initrd>{image.initramfs}</initrd>
     <cmdline>{cmdline}</cmdline></os>
+  <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
@@ -330,8 +347,15 @@ class Console:
                              f"console:\n{self.text()[-2000:]}")
 
     def wait_counter_past(self, value: int, timeout_s: float = 60.0) -> int:
-        self.wait_for(rf"^sw-count {value + 1}$", timeout_s)
-        return self.counter()
+        """Until the guest wrote a counter above ``value`` (a guest started again counts on
+        from its disk's highest, so it may skip past it); that counter."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.counter() > value:
+                return self.counter()
+            time.sleep(0.2)
+        raise AssertionError(f"the guest wrote no counter above {value} in {timeout_s:.0f} s; "
+                             f"its console:\n{self.text()[-2000:]}")
 
 
 def counter_slot(data: bytes, slot: int) -> int | None:

@@ -30,6 +30,11 @@ LIVE = {**TEST, "id": "live-1", "kind": "failover-live", "commit_deadline": "202
         "options": {"commit_policy": "rollback"},
         "images": [{"volume": "disk0", "name": "disk0", "uri": "nbd+unix:///disk0?socket=/s"}]}
 COMMITTED = {**LIVE, "state": "committed", "error": None, "reverse": {"peer": "prod"}}
+SOURCE_VM = {"vm": "web", "uuid": "u", "result": "clean", "seconds": 3.2,
+             "detail": "shut down cleanly (guest agent) in 3.2 s"}
+BOOTED_VM = {"vm": "web", "domain": "web", "state": "ready", "started_s": 1.0, "ready_s": 9.0,
+             "network": "prod-net", "console_log": "/c/web.log",
+             "notes": ["NVRAM left out: the recovered VM starts with fresh firmware variables"]}
 
 
 class CannedManager:
@@ -40,14 +45,17 @@ class CannedManager:
                 "/api/v1/reports": [REPORT], "/api/v1/reports/test-1": REPORT,
                 "/api/v1/clones/clone-1": CLONE}[path]
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
+    def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         assert "user" not in body  # the manager records who is authenticated
+        if path == "/api/v1/move/app":  # waits for the source VMs' shutdown, and more
+            assert body["shutdown_timeout_s"] == 120 and timeout_s and timeout_s > 120
         return {"/api/v1/failover/app/test": TEST, "/api/v1/failover/app/stop": REPORT,
                 "/api/v1/clones": {**CLONE, "state": "running"},
                 "/api/v1/failover/app/live": LIVE, "/api/v1/failover/app/commit": COMMITTED,
                 "/api/v1/failover/app/rollback": {**LIVE, "state": "rolled-back",
                                                   "error": None},
-                "/api/v1/move/app": {**COMMITTED, "kind": "move"},
+                "/api/v1/move/app": {**COMMITTED, "kind": "move", "source_vms": [SOURCE_VM],
+                                     "vms": [BOOTED_VM]},
                 "/api/v1/groups/app/reverse": {"peer": "prod"}}[path]
 
     def text(self, path: str) -> str:
@@ -65,7 +73,9 @@ class CannedManager:
     (["failover", "live", "app", "--commit-policy", "rollback"], "rollback by itself"),
     (["failover", "commit", "app", "--reverse-protect"], "reverse protection to prod"),
     (["failover", "rollback", "app"], "rolled back"),
-    (["move", "app"], "moved to this site"),
+    (["move", "app", "--shutdown-timeout", "2m"], "moved to this site"),
+    (["move", "app", "--shutdown-timeout", "2m"], "source VM web: shut down cleanly (guest agent)"),
+    (["move", "app", "--shutdown-timeout", "2m"], "VM web: NVRAM left out"),
     (["group", "reverse", "app"], "protected from this site to prod"),
 ])
 def test_human_output(monkeypatch: pytest.MonkeyPatch, args: list[str], shown: str) -> None:

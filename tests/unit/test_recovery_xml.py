@@ -148,7 +148,7 @@ def test_the_recovered_domain_is_new_served_by_the_recovery_site_and_validates(
     [serial] = devices.findall("serial")
     assert serial.get("type") == "pty" and serial.find("source") is None
     assert serial.find("log").attrib == {  # type: ignore[union-attr]
-        "file": "/srv/seawall/tests/web-test-app.console.log", "append": "off"}
+        "file": "/srv/seawall/tests/web-test-app.console.log", "append": "on"}
     assert devices.find("console") is None  # libvirt shows serial 0 as the console itself
     channel = devices.find("channel")
     assert channel is not None and channel.find("source") is None

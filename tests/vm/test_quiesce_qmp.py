@@ -93,3 +93,22 @@ def test_quiesce_through_qmp_and_the_guest_agent_socket(qemu_guest: tuple[Path, 
     assert [kind for kind, _ in hooks] == ["freeze", "thaw"]  # as the guest saw them
     assert float(hooks[1][1]) - float(hooks[0][1]) < quiesce.FREEZE_LIMIT_S
     assert not (tmp_path / "frozen.json").exists()
+
+
+def test_shutdown_through_qmp_powers_off_a_guest_deaf_to_acpi(
+        qemu_guest: tuple[Path, Path]) -> None:
+    """The last test of the module: the guest (busybox, no acpid) ignores the ACPI power
+    button that ``system_powerdown`` presses, so at the deadline QEMU is told to ``quit``."""
+    sockets, _ = qemu_guest
+
+    async def scenario() -> tuple[str, str, float]:
+        hypervisor = qmp_adapter.QmpHypervisor(sockets)
+        try:
+            done = await hypervisor.shutdown_vm(VM_UUID, 1.0)
+            return done.result, done.asked_by, done.seconds
+        finally:
+            await hypervisor.close()
+
+    result, asked_by, seconds = asyncio.run(scenario())
+    assert (result, asked_by) == ("forced", "ACPI") and seconds >= 1.0
+    assert asyncio.run(guest_agent.guest_command(sockets / "vm1.qga", "guest-ping", 1)) is None

@@ -13,9 +13,25 @@ import typer
 
 from seawall.cli.options import JsonOption, TokenOption, UrlOption, manager
 from seawall.cli.output import console, print_json, print_table, styled
-from seawall.cli.recovery import AtOption, CheckpointOption, at_text, checkpoint_text
+from seawall.cli.recovery import (
+    AtOption,
+    CheckpointOption,
+    at_text,
+    checkpoint_text,
+    parse_network_map,
+)
 from seawall.units import parse_duration_s
 
+NetworkMapOption = Annotated[list[str] | None, typer.Option(
+    "--network-map", help="KEY=NETWORK (repeatable): the VMs' NICs with that MAC, or on that "
+    "network or bridge, go on NETWORK of the recovery host; the others on the group's "
+    "failover network (none set: the network of their name there).")]
+ShutdownTimeoutOption = Annotated[str, typer.Option(
+    "--shutdown-timeout", help="How long the source VMs may take to shut down cleanly "
+    "(guest agent, else ACPI) before they are powered off.")]
+OPERATION_DEADLINE_S = 4500.0
+"""A live failover or move answers once its VMs are ready (a move: once committed), after
+the source VMs' shutdown: a deadline beyond ``--shutdown-timeout`` and the commit's hour."""
 ReverseOption = Annotated[bool, typer.Option(
     "--reverse-protect", help="After the commit, protect the group back to its old source "
                               "site (a delta sync against the old volumes).")]
@@ -41,17 +57,26 @@ def failover_live(
     commit_after: Annotated[str, typer.Option(help="Delay of the commit policy.")] = "60m",
     shutdown_source: Annotated[bool, typer.Option(
         "--shutdown-source", help="First stop the protected site's volumes taking writes "
-                                  "and ship the last ones: nothing is lost.")] = False,
+                                  "and ship the last ones: nothing is lost. The group's VMs "
+                                  "are shut down first.")] = False,
+    shutdown_timeout: ShutdownTimeoutOption = "5m",
+    network_map: NetworkMapOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Fail GROUP over for real: writable images of its volumes at a checkpoint, here."""
+    """Fail GROUP over for real: writable images of its volumes at a checkpoint, here, and
+    its VMs started from them."""
+    shutdown_timeout_s = parse_duration_s(shutdown_timeout)
     operation = manager(url, token).post(f"/api/v1/failover/{group}/live", {
         "checkpoint": checkpoint, "at": at_text(at), "commit_policy": commit_policy,
-        "commit_after_s": parse_duration_s(commit_after), "shutdown_source": shutdown_source})
+        "commit_after_s": parse_duration_s(commit_after), "shutdown_source": shutdown_source,
+        "shutdown_timeout_s": shutdown_timeout_s,
+        "network_map": parse_network_map(network_map or [])},
+        timeout_s=shutdown_timeout_s + OPERATION_DEADLINE_S)
     if json_output:
         print_json(operation)
         return
     print_table(operation["images"], ["volume", "name", "uri"])
+    print_vms(operation)
     policy = ("" if commit_policy == "none"
               else f"; it will {commit_policy} by itself after {commit_after}")
     console.print(f"live failover {operation['id']} of group {group} at "
@@ -81,11 +106,16 @@ def failover_rollback(group: str, url: UrlOption = None, token: TokenOption = No
 
 def move(
     group: str, reverse_protect: ReverseOption = False,
+    shutdown_timeout: ShutdownTimeoutOption = "5m", network_map: NetworkMapOption = None,
     url: UrlOption = None, token: TokenOption = None, json_output: JsonOption = False,
 ) -> None:
-    """Planned migration of GROUP here, losing nothing: stop the source, fail over, commit."""
-    report = manager(url, token).post(f"/api/v1/move/{group}",
-                                      {"reverse_protect": reverse_protect})
+    """Planned migration of GROUP here, losing nothing: shut its VMs down at the source,
+    stop the source, fail over, start the VMs here, commit."""
+    shutdown_timeout_s = parse_duration_s(shutdown_timeout)
+    report = manager(url, token).post(f"/api/v1/move/{group}", {
+        "reverse_protect": reverse_protect, "shutdown_timeout_s": shutdown_timeout_s,
+        "network_map": parse_network_map(network_map or [])},
+        timeout_s=shutdown_timeout_s + OPERATION_DEADLINE_S)
     _print_final(report, json_output, f"group {group} moved to this site")
 
 
@@ -111,12 +141,25 @@ def group_unfence(name: str, url: UrlOption = None, token: TokenOption = None,
         console.print(f"group {name}'s volumes take writes again ({status['state']})")
 
 
+def print_vms(operation: dict[str, Any]) -> None:
+    """How the source VMs went down, and the VMs started here."""
+    for vm in operation.get("source_vms", []):
+        console.print(f"source VM {vm['vm']}: {vm['detail']}")
+    if operation.get("vms"):
+        print_table(operation["vms"], ["vm", "domain", "state", "started_s", "ready_s",
+                                       "network", "console_log"])
+        for vm in operation["vms"]:
+            for note in vm.get("notes", []):
+                console.print(f"VM {vm['vm']}: {note}")
+
+
 def _print_final(report: dict[str, Any], json_output: bool, text: str) -> None:
     if json_output:
         print_json(report)
         return
     if report.get("images"):
         print_table(report["images"], ["volume", "name", "uri"])
+    print_vms(report)
     console.print(f"{text}; report {report['id']} (`seawall report show {report['id']}`)")
     if report.get("error"):
         console.print(styled("warning:", "yellow"), report["error"])

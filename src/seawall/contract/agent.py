@@ -264,6 +264,16 @@ class CheckpointTag(Request):
     crash-consistent for a VM whose guest agent does not answer)."""
 
 
+class VmShutdownReport(Answer):
+    """How one VM of a fenced group went down (``hypervisor.power``)."""
+
+    vm: str
+    uuid: str
+    result: Literal["clean", "forced", "off"]
+    detail: str
+    seconds: float
+
+
 class TaggedCheckpoint(Answer):
     """A checkpoint just taken: tagged on request, or the final one of a fence."""
 
@@ -272,6 +282,7 @@ class TaggedCheckpoint(Answer):
     name: str
     consistency: Literal["crash", "application"] = "crash"
     notes: list[str] = []  # why a quiesced checkpoint is only crash-consistent
+    vms: list[VmShutdownReport] = []  # a fence that shut the group's VMs down first
 
 
 # --- volumes, exports, pins, health ------------------------------------------------------
@@ -358,6 +369,28 @@ class FailoverRun(Answer):
 class FenceRequest(Request):
     checkpoint_name: str = Field(default="", max_length=512)
     timeout_s: float = Field(default=FENCE_TIMEOUT_S, gt=0, le=3600)
+    """How long the final checkpoint may take to be durable at the recovery site."""
+    shutdown_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    """Shut the group's VMs down first, powered off after this long; None: leave them."""
+
+
+FENCE_AFTER_SHUTDOWN_S = 300.0
+"""A fence's final checkpoint after its VMs shut down: their disks are then compared with
+the recovery site from their files (a delta sync) before it can be taken."""
+FENCE_CALL_MARGIN_S = 30.0
+
+
+def fence_request(checkpoint_name: str, shutdown_timeout_s: float | None) -> FenceRequest:
+    """The fence a failover asks of the protected site (``failover live`` / ``move``)."""
+    if shutdown_timeout_s is None:
+        return FenceRequest(checkpoint_name=checkpoint_name)
+    return FenceRequest(checkpoint_name=checkpoint_name, timeout_s=FENCE_AFTER_SHUTDOWN_S,
+                        shutdown_timeout_s=shutdown_timeout_s)
+
+
+def fence_deadline_s(request: FenceRequest) -> float:
+    """How long a fence call may take: the shutdown, the final checkpoint, a margin."""
+    return request.timeout_s + (request.shutdown_timeout_s or 0.0) + FENCE_CALL_MARGIN_S
 
 
 # --- recovery scripts (``seawall.agent.control.scripts``) ---------------------------------

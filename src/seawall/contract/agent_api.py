@@ -48,8 +48,10 @@ from seawall.contract.agent import (
     VolumeInfo,
     VolumeRemoved,
     dump,
+    fence_deadline_s,
 )
 from seawall.contract.recovered_vms import (
+    RecoveredDomains,
     RecoveredVm,
     RecoveryNetworks,
     VmBoot,
@@ -61,6 +63,8 @@ from seawall.errors import InvalidInput, PeerError
 from seawall.http import JsonClient
 
 AnswerT = TypeVar("AnswerT")
+VM_HOLD_DEADLINE_S = 600.0
+"""Saving (or restoring) the memory of a failover's VMs: gigabytes written to disk."""
 
 
 def _id(text: str) -> str:
@@ -81,10 +85,13 @@ class AgentApi:
                             f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
     def _call(self, shape: type[AnswerT], method: str, path: str,
-              body: BaseModel | None = None, **params: Any) -> AnswerT:
+              body: BaseModel | None = None, deadline_s: float | None = None,
+              **params: Any) -> AnswerT:
+        # Only a call with a deadline of its own names one (fakes in tests take the rest).
+        deadline = {} if deadline_s is None else {"timeout_s": deadline_s}
         answer = self.client.request(method, path, json=None if body is None else dump(body),
                                      params={k: v for k, v in params.items() if v is not None}
-                                     or None)
+                                     or None, **deadline)
         return self._answer(shape, f"{method} {path}", answer)
 
     # --- health, volumes, pins -----------------------------------------------------------
@@ -174,7 +181,8 @@ class AgentApi:
                           request)
 
     def fence(self, group_id: str, request: FenceRequest) -> TaggedCheckpoint:
-        return self._call(TaggedCheckpoint, "POST", f"/groups/{_id(group_id)}/fence", request)
+        return self._call(TaggedCheckpoint, "POST", f"/groups/{_id(group_id)}/fence", request,
+                          deadline_s=fence_deadline_s(request))
 
     def unfence(self, group_id: str) -> GroupStatus:
         return self._call(GroupStatus, "POST", f"/groups/{_id(group_id)}/unfence")
@@ -235,6 +243,24 @@ class AgentApi:
 
     def roll_back_live_failover(self, operation_id: str) -> FailoverRun:
         return self._call(FailoverRun, "DELETE", f"/failover-live/{_id(operation_id)}")
+
+    def boot_live_vm(self, operation_id: str, request: VmBoot) -> RecoveredVm:
+        return self._call(RecoveredVm, "POST", f"/failover-live/{_id(operation_id)}/vms",
+                          request)
+
+    def live_vms(self, operation_id: str) -> list[RecoveredVm]:
+        return self._call(list[RecoveredVm], "GET", f"/failover-live/{_id(operation_id)}/vms")
+
+    def hold_live_vms(self, operation_id: str) -> RecoveredDomains:
+        """Commit, before: the VMs persistent and saved (minutes for large memories)."""
+        return self._call(RecoveredDomains, "POST",
+                          f"/failover-live/{_id(operation_id)}/vms/hold",
+                          deadline_s=VM_HOLD_DEADLINE_S)
+
+    def resume_live_vms(self, operation_id: str) -> RecoveredDomains:
+        return self._call(RecoveredDomains, "POST",
+                          f"/failover-live/{_id(operation_id)}/vms/resume",
+                          deadline_s=VM_HOLD_DEADLINE_S)
 
 
 def at_agent(api: AgentApi, group_id: str, action: str, body: dict[str, Any]) -> dict[str, Any]:

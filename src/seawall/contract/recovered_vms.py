@@ -1,4 +1,5 @@
-"""The agent's control API about recovered VMs: the VMs a failover test boots.
+"""The agent's control API about recovered VMs: the VMs a failover test or a live failover
+boots (``/failover-tests/{id}/vms``, ``/failover-live/{id}/vms``).
 
 Rules and invariants: those of ``seawall.contract.agent`` (whose ``Request`` and ``Answer``
 these build on). This module imports neither the agent nor the manager.
@@ -18,11 +19,12 @@ NetworkKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class VmBoot(Request):
-    """``POST /failover-tests/{operation_id}/vms``: boot one VM of the test's group."""
+    """``POST .../{operation_id}/vms``: boot one VM of the operation's group."""
 
     vm: str = Field(min_length=1, max_length=255)
     network: str | None = Field(default=None, pattern=NETWORK_NAME_PATTERN)
-    """An existing network of the recovery host; None: the group's isolated network."""
+    """An existing network of the recovery host; None: for a test the group's isolated
+    network, for a live failover each NIC's own network where the host has it."""
     network_map: dict[NetworkKey, NetworkName] = Field(default={}, max_length=256)
     """NIC MAC or original network/bridge -> a network of the recovery host (``network``
     for the NICs it does not name)."""
@@ -57,3 +59,9 @@ class VmDefine(Request):
 class VmDefined(Answer):
     name: str
     uuid: str
+
+
+class RecoveredDomains(Answer):
+    """``POST /failover-live/{id}/vms/hold|resume``: the domains saved or resumed."""
+
+    domains: list[str]

@@ -29,6 +29,9 @@ Rules and invariants:
   caller then takes a crash-consistent checkpoint). A freeze that timed out may still
   happen in the guest, so a caller thaws every VM it *tried* to freeze; ``thaw`` of a VM
   that is not frozen, or has no agent, does nothing.
+- ``shutdown_vm`` asks the guest to shut down (libvirt: its guest agent, else ACPI; QMP:
+  ``system_powerdown``) and powers the VM off after ``timeout_s`` (``power``); how it
+  went is the answer, for the operator's report.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from seawall.errors import InvalidInput
+from seawall.hypervisor.power import VmShutdown
 
 VmState = Literal["running", "paused", "shut off", "other"]
 
@@ -126,6 +130,8 @@ class Hypervisor(Protocol):
     async def freeze(self, vm_uuid: str, timeout_s: float) -> int | None: ...
 
     async def thaw(self, vm_uuid: str) -> None: ...
+
+    async def shutdown_vm(self, vm_uuid: str, timeout_s: float) -> VmShutdown: ...
 
     async def close(self) -> None: ...
 

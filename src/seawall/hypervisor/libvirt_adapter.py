@@ -66,6 +66,7 @@ from seawall.hypervisor.libvirt_xml import (
     parse_domain,
     without_secrets,
 )
+from seawall.hypervisor.power import VmShutdown, shut_down
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +408,33 @@ class LibvirtHypervisor:
                          exc.get_error_message())
 
         await self._call(f"thaw of VM {vm_uuid!r}", thawed)
+
+    async def shutdown_vm(self, vm_uuid: str, timeout_s: float) -> VmShutdown:
+        """Through the guest agent (``guest-shutdown``), else the ACPI power button; then
+        ``destroy`` at the deadline (``seawall.hypervisor.power``)."""
+        def ask(connection: Any) -> str:
+            domain = find_domain(connection, vm_uuid)
+            for flag, how in ((libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT, "guest agent"),
+                              (libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN, "ACPI")):
+                try:
+                    domain.shutdownFlags(flag)
+                    return how
+                except libvirt.libvirtError as exc:
+                    log.info("VM %s: shutdown through the %s refused: %s", vm_uuid, how,
+                             exc.get_error_message())
+            return ""
+
+        def is_off(connection: Any) -> bool:
+            return not find_domain(connection, vm_uuid).isActive()
+
+        def power_off(connection: Any) -> None:
+            with contextlib.suppress(libvirt.libvirtError):  # it went down meanwhile
+                find_domain(connection, vm_uuid).destroy()
+
+        what = f"shutdown of VM {vm_uuid!r}"
+        return await shut_down(lambda: self._call(what, ask),
+                               lambda: self._call(what, is_off),
+                               lambda: self._call(what, power_off), timeout_s)
 
     # --- events --------------------------------------------------------------------------
 

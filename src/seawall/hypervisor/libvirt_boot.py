@@ -13,6 +13,10 @@ Rules and invariants:
   ``virDomainGetTime``, a read-only command libvirt offers without tainting the domain);
   a guest without an agent is never ready that way (the caller falls back to running
   plus its delay).
+- A live failover's commit makes a domain persistent from its running configuration
+  (``persist_and_save``: the inactive view, so nothing of this run's runtime state is
+  defined) and saves its memory with libvirt's managed save; ``resume`` starts it again
+  from that state. Both skip what is done already (a retried commit).
 - Every libvirt call runs through the adapter (``LibvirtHypervisor.run``): its thread,
   its connection, its errors.
 """
@@ -20,7 +24,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 import libvirt
 
@@ -114,6 +118,41 @@ class LibvirtBoot:
                 domain.undefine()
 
         await self.adapter.run(f"destroy VM {name}", destroy)
+
+    async def state(self, name: str) -> Literal["running", "shut off"] | None:
+        """Whether a domain ``name`` runs here, is only defined, or is not here (None)."""
+        def state(connection: Any) -> Literal["running", "shut off"] | None:
+            try:
+                domain = connection.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            return "running" if domain.isActive() else "shut off"
+
+        return await self.adapter.run(f"VM {name}", state)
+
+    async def persist_and_save(self, name: str) -> None:
+        """Domain ``name`` defined from its running configuration, its memory saved."""
+        def hold(connection: Any) -> None:
+            domain = connection.lookupByName(name)
+            if not domain.isActive():
+                return  # saved already
+            if not domain.isPersistent():
+                connection.defineXML(domain.XMLDesc(
+                    libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+            domain.managedSave(0)
+
+        await self.adapter.run(f"save VM {name}", hold)
+
+    async def resume(self, name: str) -> None:
+        """Start domain ``name`` again (from its managed save), unless it runs."""
+        def resume(connection: Any) -> None:
+            domain = connection.lookupByName(name)
+            if not domain.isActive():
+                domain.create()
+
+        await self.adapter.run(f"resume VM {name}", resume)
 
     async def running(self, name: str) -> bool:
         def running(connection: Any) -> bool:

@@ -74,6 +74,7 @@ from seawall.hypervisor.base import (
     VmInfo,
     VmLifecycle,
 )
+from seawall.hypervisor.power import VmShutdown, shut_down
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +445,30 @@ class QmpHypervisor:
     async def thaw(self, vm_uuid: str) -> None:
         vm = await self._find(vm_uuid)
         await guest_agent.thaw(guest_agent.qga_socket_for(vm.socket_path), THAW_TIMEOUT_S)
+
+    async def shutdown_vm(self, vm_uuid: str, timeout_s: float) -> VmShutdown:
+        """``system_powerdown`` (ACPI), then ``quit`` at the deadline; a QEMU that exited,
+        or whose guest is ``shutdown`` (kept alive by ``-no-shutdown``), is off."""
+        vm = await self._find(vm_uuid)
+        if vm.daemon:
+            raise InvalidInput(f"{vm.name} is a storage daemon: it has no guest to shut down")
+
+        async def ask() -> str:
+            await vm.run("system_powerdown")
+            return "ACPI"
+
+        async def is_off() -> bool:
+            try:
+                status = await vm.run("query-status")
+            except (Unavailable, PeerError):
+                return True  # the QEMU exited with its guest
+            return str(status.get("status")) in ("shutdown", "poweroff")
+
+        async def power_off() -> None:
+            with contextlib.suppress(Unavailable, PeerError):  # it exits as it answers
+                await vm.run("quit")
+
+        return await shut_down(ask, is_off, power_off, timeout_s)
 
     async def close(self) -> None:
         if self._rescanner is not None:

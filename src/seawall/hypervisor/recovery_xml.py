@@ -24,10 +24,11 @@ Rules and invariants:
   off: the operator chooses its networks before starting it).
   Its MAC, model, PCI address and boot order are kept; host-side settings (tap name,
   virtual port, VLAN, filter, bandwidth) are not.
-- The guest's first serial port is a pty whose output libvirt logs to ``console_log``
-  (a console is added if the VM had none); other serial ports and consoles on host files
-  or sockets go. The guest agent's channel keeps its target and loses its host path
-  (libvirt makes one for the recovered domain).
+- The guest's first serial port is a pty whose output libvirt logs to ``console_log``,
+  appended (the caller removes it before the first boot, so a commit's save and restore
+  keeps what the guest printed before); a console is added if the VM had none; other
+  serial ports and consoles on host files or sockets go. The guest agent's channel keeps
+  its target and loses its host path (libvirt makes one for the recovered domain).
 - ``domain_type`` overrides the accelerator (``qemu`` for TCG where KVM is unusable); a
   host CPU model (``host-passthrough``/``host-model``) cannot run under TCG and goes then.
 - The domain carries ``<metadata>`` with Seawall's element (``METADATA_URI``): the
@@ -315,5 +316,5 @@ def _console(devices: ET.Element, consoles: list[ET.Element], console_log: Path,
     kept = [child for child in first if child.tag in ("target", "address", "alias")]
     first.clear()
     first.set("type", "pty")
-    ET.SubElement(first, "log", file=str(console_log), append="off")
+    ET.SubElement(first, "log", file=str(console_log), append="on")
     first.extend(kept)

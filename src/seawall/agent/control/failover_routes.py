@@ -2,8 +2,9 @@
 
 ``async def`` like every control route, so that images are made and closed in the event
 loop that serves their NBD requests (no request sees half a test or half a failover).
-Failover tests: ``FailoverTests``, their VMs ``RecoveredVms``. Live failovers at the
-recovery site: ``LiveFailovers``.
+Failover tests: ``FailoverTests``; live failovers at the recovery site: ``LiveFailovers``;
+the VMs of both: ``RecoveredVms`` (a live failover's VMs held and resumed around its
+commit, destroyed before its rollback).
 At the protected site: fence (stop taking writes, ship up to a final checkpoint), unfence
 (take writes again, after a rollback) and reverse (become the recovery site of the group).
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
+from seawall.agent.failover.vm_boot import live_source, test_source
 from seawall.contract.agent import (
     FailoverRun,
     FailoverStart,
@@ -24,6 +26,7 @@ from seawall.contract.agent import (
     same_id,
 )
 from seawall.contract.recovered_vms import (
+    RecoveredDomains,
     RecoveredVm,
     RecoveryNetworks,
     VmBoot,
@@ -57,7 +60,7 @@ def failover_router(agent: Agent) -> APIRouter:
 
     @router.post("/failover-tests/{operation_id}/vms", response_model=RecoveredVm)
     async def boot_test_vm(operation_id: str, body: VmBoot) -> dict[str, Any]:
-        return await vms.boot(tests.get(operation_id), body.vm, body.network,
+        return await vms.boot(test_source(tests.get(operation_id)), body.vm, body.network,
                               body.network_map)
 
     @router.post("/vms/definitions", response_model=VmDefined)
@@ -91,11 +94,31 @@ def failover_router(agent: Agent) -> APIRouter:
 
     @router.delete("/failover-live/{operation_id}", response_model=FailoverRun)
     async def rollback_live(operation_id: str) -> dict[str, Any]:
+        if live.status(operation_id)["state"] == "running":  # else rollback refuses
+            await vms.stop(operation_id)  # before the images the VMs run on close
         return await live.rollback(operation_id)
+
+    @router.post("/failover-live/{operation_id}/vms", response_model=RecoveredVm)
+    async def boot_live_vm(operation_id: str, body: VmBoot) -> dict[str, Any]:
+        return await vms.boot(live_source(live.running(operation_id)), body.vm,
+                              body.network, body.network_map)
+
+    @router.get("/failover-live/{operation_id}/vms", response_model=list[RecoveredVm])
+    async def live_vms(operation_id: str) -> list[dict[str, Any]]:
+        return await vms.states(operation_id)
+
+    @router.post("/failover-live/{operation_id}/vms/hold", response_model=RecoveredDomains)
+    async def hold_live_vms(operation_id: str) -> dict[str, Any]:
+        return {"domains": await vms.hold(operation_id)}
+
+    @router.post("/failover-live/{operation_id}/vms/resume", response_model=RecoveredDomains)
+    async def resume_live_vms(operation_id: str) -> dict[str, Any]:
+        return {"domains": await vms.resume(operation_id)}
 
     @router.post("/groups/{group_id}/fence", response_model=TaggedCheckpoint)
     async def fence(group_id: str, body: FenceRequest) -> dict[str, Any]:
-        return await agent.source.fence(group_id, body.checkpoint_name, body.timeout_s)
+        return await agent.source.fence(group_id, body.checkpoint_name, body.timeout_s,
+                                        body.shutdown_timeout_s)
 
     @router.post("/groups/{group_id}/unfence", response_model=GroupStatus)
     async def unfence(group_id: str) -> dict[str, Any]:

@@ -150,6 +150,13 @@ class LiveFailovers:
         self.runs[operation_id] = run
         return self.describe(run)
 
+    def running(self, operation_id: str) -> LiveRun:
+        """The live failover ``operation_id``, while its images are served."""
+        run = self._run(operation_id)
+        if run.spec.state != "running":
+            raise Conflict(f"operation {operation_id} is {run.spec.state}")
+        return run
+
     def status(self, operation_id: str) -> dict[str, Any]:
         if operation_id in self.committed:
             return self.committed[operation_id]
@@ -296,9 +303,11 @@ class LiveFailovers:
                            "uri": f"nbd+unix:///{name}?socket={config.nbd_socket}",
                            "changed_extents": image.overlay.changed_extent_count,
                            "scratch_used_bytes": image.overlay.used_bytes})
+        vms = sorted({c.name for c in
+                      run.group.journal.vm_configs_at(live.checkpoint_seq).values()})
         return {"operation_id": live.operation_id, "group_id": run.group.spec.group_id,
                 "group": run.group.spec.name, "checkpoint_id": live.checkpoint_seq,
-                "state": live.state, "error": run.error, "images": images}
+                "state": live.state, "error": run.error, "images": images, "vms": vms}
 
     def list_all(self) -> list[dict[str, Any]]:
         return [self.describe(run) for run in self.runs.values()]

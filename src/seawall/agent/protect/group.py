@@ -79,6 +79,7 @@ class ProtectedGroup:
         self.link_up = False
         self.last_error = ""
         self.refusal: tuple[str, str] | None = None  # (code, message) from the recovery site
+        self.vms_stopping = False  # a fence shuts its VMs down (``SourceFailover``)
         self.overflows = 0
         self.writes = [WriteCounter() for _ in volumes]  # by place in ``volumes``
         self.wire_index = [volume.index for volume in spec.volumes]

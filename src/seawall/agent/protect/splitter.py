@@ -32,7 +32,10 @@ Rules and invariants:
   is no loss. When it starts (``started``, or a file read finds the disk open for
   writing and the hypervisor says the VM is no longer shut off) its file readers are
   killed at once, the window is restarted (the plan keeps what was not shipped) and its
-  mirrors are attached as for any running VM.
+  mirrors are attached as for any running VM. A VM that a fence shut down
+  (``group.vms_stopping``), or that stops while its group is fenced, is not synced from
+  its files: its write-blocking mirrors captured every write it made up to its power-off,
+  and the recovery site runs the group now; ``SourceFailover.unfence`` syncs it.
 - ``stop(detach=True)`` ends the mirrors first (a clean agent stop or unprotect), so that
   QEMU sees a cancelled job rather than a target that vanished.
 """
@@ -255,7 +258,11 @@ class Splitter:
                if sink.vm_uuid == vm_uuid and i not in mirrors.offline]
         for index in off:
             mirrors.sink_shut_off(index)
-        if off:
+        if off and (self.group.vms_stopping or self.group.spec.fenced):
+            log.info("group %s: VM %s is shut off for a failover: its mirrors captured "
+                     "its every write", self.group.spec.name, vm_uuid,
+                     extra={"group": self.group.spec.name})
+        elif off:
             log.info("group %s: VM %s is shut off: its disks are synced from their files",
                      self.group.spec.name, vm_uuid, extra={"group": self.group.spec.name})
             self.group.copy_sinks(off, "VM shut off: read from its disk files")

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from seawall.contract.agent import fence_request
 from seawall.manager.access.guard import peer_site
 from seawall.manager.groups.reverse import ReverseProtection
 from seawall.manager.groups.service import GroupService, GroupSettings
@@ -101,6 +102,8 @@ class PeerAction(BaseModel):
 
     name: str = Field(default="", max_length=512)
     quiesce: bool = False
+    shutdown_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    """A fence: shut the group's VMs down first (``FenceRequest``)."""
 
 
 @router.post("/peer/groups/{name}/checkpoints", status_code=201)
@@ -125,8 +128,9 @@ def peer_resync_group(request: Request, name: str, body: PeerAction) -> dict[str
 @router.post("/peer/groups/{name}/fence")
 def peer_fence_group(request: Request, name: str, body: PeerAction) -> dict[str, Any]:
     """Stop the group's writes and ship up to a final checkpoint named ``name``."""
-    return _service(request).forwarded(name, "fence", peer_site(request),
-                                       {"checkpoint_name": body.name})
+    return _service(request).forwarded(
+        name, "fence", peer_site(request),
+        fence_request(body.name, body.shutdown_timeout_s).model_dump())
 
 
 @router.post("/peer/groups/{name}/unfence")

@@ -36,7 +36,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seawall.config import SiteConfig
-from seawall.contract.agent import GroupVolume, PathsCheck, ProtectionSpec, RecoverySpec
+from seawall.contract.agent import (
+    FENCE_CALL_MARGIN_S,
+    GroupVolume,
+    PathsCheck,
+    ProtectionSpec,
+    RecoverySpec,
+    fence_deadline_s,
+    fence_request,
+)
 from seawall.contract.agent_api import AgentApi, at_agent
 from seawall.errors import Conflict, InvalidInput, NotFound, SeawallError
 from seawall.http import JsonClient
@@ -322,10 +330,12 @@ class GroupService:
     def at_protected_agent(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``action`` to the protected site's agent (through the peer if it is not us)."""
         group, peer = self.get(name)
+        fence = fence_request(body.get("name", ""), body.get("shutdown_timeout_s")) if (
+            action == "fence") else None
         if group.role == "protected":  # the body as the peer route would pass it on
-            return self._at_agents(group, action, {"checkpoint_name": body.get("name", "")}
-                                   if action == "fence" else body)
-        remote = peer_client(self.config, peer)
+            return self._at_agents(group, action, body if fence is None else fence.model_dump())
+        remote = peer_client(self.config, peer) if fence is None else peer_client(
+            self.config, peer, fence_deadline_s(fence) + FENCE_CALL_MARGIN_S)
         try:
             result: dict[str, Any] = remote.post(f"/api/v1/peer/groups/{name}/{action}", body)
         finally:

@@ -42,7 +42,7 @@ from seawall.manager.recovery.operations import (
     recovery_group,
 )
 from seawall.manager.recovery.store import add_step, describe
-from seawall.manager.recovery.vm_boot import TestVmBooter, boot_plan
+from seawall.manager.recovery.vm_boot import VmBooter, boot_plan, check_networks, vm_problems
 
 KIND = "failover-test"
 RESULTS = ("pass", "fail")
@@ -58,7 +58,7 @@ class FailoverTestService(OperationRunner):
               network_map: dict[str, str] | None = None) -> dict[str, Any]:
         started_s, started_at = time.monotonic(), datetime.now(UTC)
         group = recovery_group(self.groups, group_name, "seawall failover test")
-        self._check_networks(group, network_map or {})
+        check_networks(self.agent, network_map or {}, group.test_network)
         self.reconcile()
         chosen = pick_checkpoint(self.groups.checkpoints(group_name), checkpoint, at,
                                  group_name)
@@ -174,24 +174,6 @@ class FailoverTestService(OperationRunner):
         read_first_blocks(images)
         return images, list(test.get("vms", []))
 
-    def _check_networks(self, group: Group, network_map: dict[str, str]) -> None:
-        """Every network the test would put VMs on exists at the recovery host. Asked only
-        when one is named; a group's ``test_network`` at a host without libvirt is not an
-        error (a group of volumes boots nothing), a ``--network-map`` there is."""
-        wanted = {*network_map.values(), *([group.test_network] if group.test_network else [])}
-        if not wanted:
-            return
-        try:
-            networks = self.agent.recovery_networks().networks
-        except InvalidInput:
-            if network_map:
-                raise
-            return
-        missing = sorted(wanted - set(networks))
-        if missing:
-            raise NotFound(f"network {', '.join(missing)} does not exist at the recovery "
-                           "host (`virsh net-list --all` there); nothing was started")
-
     def _boot_vms(self, operation_id: str, group: Group, vm_names: list[str],
                   network_map: dict[str, str], started_s: float,
                   details: dict[str, Any]) -> list[str]:
@@ -202,11 +184,11 @@ class FailoverTestService(OperationRunner):
         def step(name: str) -> None:
             self.store.update(operation_id, step=name)
 
-        booter = TestVmBooter(self.agent, step)
+        booter = VmBooter(self.agent, step)
         details["vms"], details["vms_ready_s"] = booter.boot(
             operation_id, boot_plan(vm_names, group.boot_order), group.test_network,
             network_map, started_s)
-        return [f"VM {vm['vm']}: {vm['error']}" for vm in details["vms"] if "error" in vm]
+        return vm_problems(details["vms"])
 
     def _finish_stop(self, operation: RecoveryOperation) -> dict[str, Any]:
         images = self._discard_images(operation.operation_id)

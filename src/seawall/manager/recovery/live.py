@@ -17,6 +17,19 @@ Rules:
 - ``rollback``: ``rolling-back`` first; the agent discards the images (replication and
   retention resume); a fenced source is unfenced. Journal and replica are untouched.
 - A move is a live failover with the source shut down, committed at once.
+- VMs: once the images read back, the checkpoint's VMs are defined and started at the
+  recovery host in the group's boot order (``vm_boot``), their NICs on the operation's
+  network map, the others on the group's failover network (see
+  ``seawall.agent.failover.vm_boot`` for names and defaults); the report has each VM's
+  state and times, and ``vms_ready_s``. Every network named is checked before anything
+  is done. A VM that cannot come up is a warning in ``error``: the others still come up
+  and the volumes are failed over. With ``shutdown_source`` (always in a move) the
+  protected site first shuts the group's VMs down (``shutdown_timeout_s``, then powered
+  off) and the report says how each went (``source_vms``); they stay defined and shut off.
+- A commit with VMs holds them (persistent definitions, memory saved) before the agent
+  consolidates, and resumes them after, on the committed volumes (same NBD URIs); a
+  resume that fails is a warning, the commit stands. A rollback's agent destroys the VMs
+  before it discards the images.
 - Commit policy: a ``running`` live failover with a policy other than ``none`` is
   committed or rolled back by ``apply_policies`` once its deadline has passed.
 - Restart: ``reconcile`` (at manager start and before each request) rolls back a
@@ -35,7 +48,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +70,7 @@ from seawall.manager.recovery.operations import (
     recovery_group,
 )
 from seawall.manager.recovery.store import add_step, describe
+from seawall.manager.recovery.vm_boot import VmBooter, boot_plan, check_networks, vm_problems
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +83,7 @@ COMMIT_TIMEOUT_S = 3600.0
 FINAL_SEALED_TIMEOUT_S = 60.0
 """How long a spanning group's final checkpoint may take to be sealed in every member
 journal here after the protected site took it."""
+SHUTDOWN_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,8 @@ class LiveOptions:
     commit_after_s: float = 3600.0
     shutdown_source: bool = False
     reverse_protect: bool = False
+    network_map: dict[str, str] = field(default_factory=dict)
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
 
 
 class FailoverLiveService(OperationRunner):
@@ -98,6 +115,7 @@ class FailoverLiveService(OperationRunner):
             raise InvalidInput("--commit-after must be at least 1s")
         group = recovery_group(self.groups, group_name, f"seawall {kind.replace('-', ' ')}")
         self._check_reverse(group, options.reverse_protect)
+        check_networks(self.agent, options.network_map, group.failover_network)
         self.reconcile()
         if not options.shutdown_source:
             chosen = pick_checkpoint(self.groups.checkpoints(group_name), options.checkpoint,
@@ -119,7 +137,9 @@ class FailoverLiveService(OperationRunner):
                                  "at": options.at.isoformat() if options.at else None,
                                  "commit_policy": options.commit_policy,
                                  "commit_after_s": options.commit_after_s,
-                                 "shutdown_source": options.shutdown_source},
+                                 "shutdown_source": options.shutdown_source,
+                                 "shutdown_timeout_s": options.shutdown_timeout_s,
+                                 "network_map": options.network_map},
                      "commit_deadline": deadline.isoformat(), "source_fenced": False})
         add_step(operation, "requested", started_at)
         operation_id = operation.operation_id
@@ -130,16 +150,22 @@ class FailoverLiveService(OperationRunner):
                 self.scripts.pre(operation_id, kind, group,
                                  "final" if options.shutdown_source else str(chosen["id"]))
                 if options.shutdown_source:
-                    chosen = self._fence_source(operation_id, group)
-                images = self._make_images(operation_id, group, chosen)
+                    chosen = self._fence_source(operation_id, group,
+                                                options.shutdown_timeout_s)
+                images, vm_names = self._make_images(operation_id, group, chosen)
             except SeawallError as exc:
                 self._roll_back_start(operation_id, group, exc.message)
                 raise
             rto_s = round(time.monotonic() - started_s, 3)
             self.store.update(operation_id, step="every volume readable")
+            details: dict[str, Any] = {"images": images}
+            problems = self._boot_vms(operation_id, group, vm_names, options.network_map,
+                                      started_s, details)
             warning = self.scripts.post(operation_id, kind, group, str(chosen["id"]), images)
+            warnings = [w for w in (*problems, warning) if w]
             operation = self.store.transition(operation_id, OperationEvent.READY, rto_s=rto_s,
-                                              error=warning, details={"images": images})
+                                              error="; ".join(warnings) or None,
+                                              details=details)
         return describe(operation)
 
     def commit(self, group_name: str, user: str, reverse_protect: bool = False) -> dict[str, Any]:
@@ -169,9 +195,13 @@ class FailoverLiveService(OperationRunner):
                 raise Conflict(f"the live failover of group {group_name} is {holder.state}")
             return self._finish_rollback(holder)
 
-    def move(self, group_name: str, user: str, reverse_protect: bool) -> dict[str, Any]:
+    def move(self, group_name: str, user: str, reverse_protect: bool,
+             network_map: dict[str, str] | None = None,
+             shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> dict[str, Any]:
         """Planned migration: source shut down, final checkpoint, live failover, commit."""
-        options = LiveOptions(shutdown_source=True, reverse_protect=reverse_protect)
+        options = LiveOptions(shutdown_source=True, reverse_protect=reverse_protect,
+                              network_map=network_map or {},
+                              shutdown_timeout_s=shutdown_timeout_s)
         self.live(group_name, options, user, kind="move")
         return self.commit(group_name, user, reverse_protect)
 
@@ -235,18 +265,24 @@ class FailoverLiveService(OperationRunner):
                            "(`seawall failover live` first)")
         return holder
 
-    def _fence_source(self, operation_id: str, group: Group) -> dict[str, Any]:
-        """Stop the source taking writes; its final checkpoint, durable here."""
+    def _fence_source(self, operation_id: str, group: Group,
+                      shutdown_timeout_s: float) -> dict[str, Any]:
+        """Shut the source's VMs down, stop it taking writes; its final checkpoint, durable
+        here."""
         self.store.update(operation_id, step="stopping the source", source_fenced=True)
         try:
             final = self.groups.at_protected_agent(
-                group.name, "fence", {"name": f"failover {operation_id}"})
+                group.name, "fence", {"name": f"failover {operation_id}",
+                                      "shutdown_timeout_s": shutdown_timeout_s})
         except PeerError as exc:
             raise PeerError(
                 f"the protected site did not stop the group's writes ({exc.message}); "
                 "fail over without --shutdown-source to recover from the journal as it is"
             ) from None
         chosen = self._offered(group, final["id"])
+        if final.get("vms"):
+            self.store.update(operation_id, step="source VMs shut down",
+                              source_vms=final["vms"])
         self.store.update(operation_id, step="source stopped, final checkpoint durable")
         self.store.set_checkpoint(operation_id, chosen)
         return chosen
@@ -265,16 +301,40 @@ class FailoverLiveService(OperationRunner):
             time.sleep(COMMIT_POLL_S)
 
     def _make_images(self, operation_id: str, group: Group,
-                     checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+                     checkpoint: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The live images, each read once over NBD, and the checkpoint's VMs (booted only
+        for a group on one agent: a spanning group's runs are several, see the README)."""
         runs = plan_runs(operation_id, group.group_id, checkpoint)
         self.store.update(operation_id, agent_runs=[name for name, _, _ in runs])
         images: list[dict[str, Any]] = []
+        vm_names: list[str] = []
         for name, journal, marker in runs:  # one per member journal of a spanning group
-            images += self.agent.start_live_failover(FailoverStart(
-                operation_id=name, group_id=journal, checkpoint=marker)).model_dump()["images"]
+            described = self.agent.start_live_failover(FailoverStart(
+                operation_id=name, group_id=journal, checkpoint=marker)).model_dump()
+            images += described["images"]
+            vm_names += described.get("vms", [])
+        if len(runs) > 1:
+            vm_names = []
         self.store.update(operation_id, step="images exported")
         read_first_blocks(images)
-        return images
+        return images, vm_names
+
+    def _boot_vms(self, operation_id: str, group: Group, vm_names: list[str],
+                  network_map: dict[str, str], started_s: float,
+                  details: dict[str, Any]) -> list[str]:
+        """Boot the checkpoint's VMs on the failover network into ``details``; what went
+        wrong."""
+        if not vm_names:
+            return []
+
+        def step(name: str) -> None:
+            self.store.update(operation_id, step=name)
+
+        booter = VmBooter(self.agent, step, live=True)
+        details["vms"], details["vms_ready_s"] = booter.boot(
+            operation_id, boot_plan(vm_names, group.boot_order), group.failover_network,
+            network_map, started_s)
+        return vm_problems(details["vms"])
 
     def _roll_back_runs(self, operation: RecoveryOperation) -> None:
         for name in run_names(operation):
@@ -300,14 +360,27 @@ class FailoverLiveService(OperationRunner):
 
     def _finish_commit(self, operation: RecoveryOperation) -> dict[str, Any]:
         operation_id = operation.operation_id
+        booted = any("domain" in vm for vm in operation.details.get("vms", []))
+        if booted:  # saved before their disks' connections drop (see the rules)
+            self.agent.hold_live_vms(operation_id)
+            self.store.update(operation_id, step="VMs saved")
         for name in run_names(operation):
             self._commit_run(name)
         served_as = {image["volume"]: image["name"] for image in operation.details["images"]}
         group, _ = self.groups.get(operation.group_name)
         self.groups.set_role(operation.group_id, "failed-over",
                              committed_volumes(group.volumes, served_as))
+        error = operation.error
+        if booted:
+            try:
+                self.agent.resume_live_vms(operation_id)
+                self.store.update(operation_id, step="VMs resumed on the committed volumes")
+            except SeawallError as exc:
+                error = "; ".join(filter(None, (error, (
+                    f"the VMs could not be resumed ({exc.message}): they are defined at the "
+                    "recovery host with their memory saved: `virsh start` them there"))))
         final = self.store.transition(operation_id, OperationEvent.COMMITTED,
-                                      step="images consolidated into volumes")
+                                      step="images consolidated into volumes", error=error)
         report = self._report(final)
         if final.details.get("reverse_protect") and self.reverse is not None:
             report["reverse"] = self.reverse(final.group_name)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from seawall.contract.recovered_vms import NetworkKey, NetworkName
 from seawall.manager.recovery.clones import CloneService
 from seawall.manager.recovery.failover import FailoverTestService
-from seawall.manager.recovery.live import FailoverLiveService, LiveOptions
+from seawall.manager.recovery.live import SHUTDOWN_TIMEOUT_S, FailoverLiveService, LiveOptions
 from seawall.manager.recovery.reports import ReportStore
 
 router = APIRouter(prefix="/api/v1", tags=["recovery"])
@@ -111,10 +111,19 @@ class FailoverLiveRequest(BaseModel):
     commit_after_s: float = Field(default=3600.0, ge=1.0, le=30 * 86400.0)
     shutdown_source: bool = False
     reverse_protect: bool = False
+    network_map: dict[NetworkKey, NetworkName] = Field(default={}, max_length=256)
+    """VMs' NICs (MAC, or the network or bridge they were on) -> a recovery network."""
+    shutdown_timeout_s: float = Field(default=SHUTDOWN_TIMEOUT_S, gt=0, le=86400)
+    """With ``shutdown_source``: the source VMs are powered off after this long."""
 
 
 class CommitRequest(BaseModel):
     reverse_protect: bool = False
+
+
+class MoveRequest(CommitRequest):
+    network_map: dict[NetworkKey, NetworkName] = Field(default={}, max_length=256)
+    shutdown_timeout_s: float = Field(default=SHUTDOWN_TIMEOUT_S, gt=0, le=86400)
 
 
 def _live(request: Request) -> FailoverLiveService:
@@ -144,5 +153,6 @@ def failover_rollback(request: Request, group: str) -> dict[str, Any]:
 
 
 @router.post("/move/{group}")
-def move(request: Request, group: str, body: CommitRequest) -> dict[str, Any]:
-    return _live(request).move(group, _who(request), body.reverse_protect)
+def move(request: Request, group: str, body: MoveRequest) -> dict[str, Any]:
+    return _live(request).move(group, _who(request), body.reverse_protect, body.network_map,
+                               body.shutdown_timeout_s)

@@ -1,4 +1,5 @@
-"""Booting a failover test's VMs in the group's boot order: the recovery manager's part.
+"""Booting a failover's VMs in the group's boot order: the recovery manager's part (a
+failover test's, or a live failover's and a move's: ``live``).
 
 The agent defines and starts one VM per request and reports how each runs
 (``seawall.agent.failover.vm_boot``); the order, the delays and what "ready" means are
@@ -27,7 +28,7 @@ from typing import Any
 
 from seawall.contract.agent_api import AgentApi
 from seawall.contract.recovered_vms import VmBoot
-from seawall.errors import SeawallError
+from seawall.errors import InvalidInput, NotFound, SeawallError
 
 READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.5
@@ -42,13 +43,39 @@ def boot_plan(vms: list[str], boot_order: list[dict[str, Any]]) -> list[tuple[st
     return ordered + [(vm, 0.0) for vm in sorted(present - named)]
 
 
-class TestVmBooter:
-    def __init__(self, agent: AgentApi, on_step: Callable[[str], None],
+def check_networks(agent: AgentApi, network_map: dict[str, str], default: str | None) -> None:
+    """Every network a failover would put VMs on exists at the recovery host. Asked only
+    when one is named; a group's default network at a host without libvirt is not an
+    error (a group of volumes boots nothing), a ``--network-map`` there is."""
+    wanted = {*network_map.values(), *([default] if default else [])}
+    if not wanted:
+        return
+    try:
+        networks = agent.recovery_networks().networks
+    except InvalidInput:
+        if network_map:
+            raise
+        return
+    missing = sorted(wanted - set(networks))
+    if missing:
+        raise NotFound(f"network {', '.join(missing)} does not exist at the recovery "
+                       "host (`virsh net-list --all` there); nothing was started")
+
+
+def vm_problems(vms: list[dict[str, Any]]) -> list[str]:
+    """What went wrong with the booted VMs, one warning each, for the operation's error."""
+    return [f"VM {vm['vm']}: {vm['error']}" for vm in vms if "error" in vm]
+
+
+class VmBooter:
+    def __init__(self, agent: AgentApi, on_step: Callable[[str], None], live: bool = False,
                  ready_timeout_s: float = READY_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.agent = agent
         self.on_step = on_step
+        self._boot_vm = agent.boot_live_vm if live else agent.boot_test_vm
+        self._vms = agent.live_vms if live else agent.test_vms
         self.ready_timeout_s = ready_timeout_s
         self.clock = clock
         self.sleep = sleep
@@ -62,7 +89,7 @@ class TestVmBooter:
             entry: dict[str, Any] = {"vm": vm, "delay_s": delay_s}
             entries.append(entry)
             try:
-                booted = self.agent.boot_test_vm(operation_id, VmBoot(
+                booted = self._boot_vm(operation_id, VmBoot(
                     vm=vm, network=network, network_map=network_map))
             except SeawallError as exc:
                 entry.update(state="failed", error=exc.message)
@@ -84,7 +111,7 @@ class TestVmBooter:
         deadline_s = self.clock() + self.ready_timeout_s
         while True:
             try:
-                states = {v.domain: v for v in self.agent.test_vms(operation_id)}
+                states = {v.domain: v for v in self._vms(operation_id)}
             except SeawallError as exc:
                 return {"state": "failed", "error": f"its state cannot be read: {exc.message}"}
             vm = states.get(domain)
