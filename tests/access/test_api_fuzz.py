@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
@@ -92,9 +93,10 @@ def manager_schema(access: tuple[SiteConfig, AccessService]) -> Iterator[BaseSch
         thread.join(10)
 
 
-def problem(case: Any, token: str) -> str | None:
+def problem(case: Any, token: str, session: requests.Session) -> str | None:
     """What is wrong with the manager's answer to ``case``; None when nothing is."""
-    response = case.call(headers={"Authorization": f"Bearer {token}"}, verify=False)
+    response = case.call(session=session, headers={"Authorization": f"Bearer {token}"},
+                         verify=False)
     status = response.status_code
     what = f"{case.method} {case.formatted_path} -> {status}: {response.text[:300]}"
     if status < 400:
@@ -125,6 +127,7 @@ def test_no_input_makes_a_server_error(manager_schema: BaseSchema, mode: Generat
         assert isinstance(result, Ok), f"the schema has an invalid operation: {result.err()}"
         operations.append(result.ok())
     assert len(operations) > 40, "the schema lost its operations"
+    session = requests.Session()  # one kept-alive TLS connection, not a handshake a case
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
@@ -132,9 +135,10 @@ def test_no_input_makes_a_server_error(manager_schema: BaseSchema, mode: Generat
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate])
         def run(case: Any) -> None:
             token = service.create_token("admin", "fuzz", None)["token"]
-            wrong = problem(case, token)
+            wrong = problem(case, token, session)
             if wrong is not None:
                 found.setdefault(case.operation.label, wrong)
 
         run()
+    session.close()
     assert not found, "\n".join(found.values())
