@@ -20,7 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --durations=25  # two workers: the end-to-end tests mostly wait on their sites
+	$(BIN)/pytest -q -n 3 --durations=25  # three workers on two cores: the end-to-end tests mostly wait on their sites
 
 # The randomized fault-injection campaign (README, Testing): exit status 0 only if clean.
 campaign: setup
