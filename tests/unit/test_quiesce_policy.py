@@ -5,6 +5,7 @@ blocked: a host file system is never frozen)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -131,3 +132,30 @@ def test_a_group_checkpoint_spanning_agents_is_application_only_if_every_marker_
     joined = join_checkpoints(members, lists)
     assert [(c["id"], c["consistency"]) for c in joined] == [(10, "application"),
                                                                (20, "crash")]
+
+
+def test_guest_agent_client_skips_an_earlier_syncs_delimited_answer(tmp_path: Path) -> None:
+    """A VM's agent channel keeps what an earlier, timed-out client left: here the
+    delimited answer of an earlier sync (0xFF, then its line) comes before ours, whose
+    line then starts with our 0xFF."""
+    async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'\xff{"return": 12345}\n')  # left by an earlier client
+        while line := (await reader.readline()).lstrip(b"\xff"):
+            request = json.loads(line)
+            if request["execute"] == "guest-sync-delimited":
+                writer.write(b"\xff" + json.dumps({"return": request["arguments"]["id"]})
+                             .encode() + b"\n")
+            else:
+                writer.write(b'{"return": "thawed"}\n')
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_unix_server(agent, str(tmp_path / "vm.qga"))
+        try:
+            assert await guest_agent.guest_command(tmp_path / "vm.qga",
+                                                   "guest-fsfreeze-status", 5) == "thawed"
+        finally:
+            server.close()
+
+    asyncio.run(scenario())

@@ -53,10 +53,14 @@ class _Channel:
         self.writer.write(json.dumps(message).encode() + b"\n")
         await self.writer.drain()
 
-    async def answer(self) -> dict[str, Any]:
+    async def line(self) -> bytes:
         line = await self.reader.readuntil(b"\n")
         if len(line) > MAX_LINE_BYTES:
             raise PeerError("guest agent: an answer longer than 64 KiB")
+        return line
+
+    async def answer(self) -> dict[str, Any]:
+        line = await self.line()
         try:
             answer = json.loads(line)
         except ValueError:
@@ -70,8 +74,16 @@ class _Channel:
         sync_id = secrets.randbelow(2**31)
         await self.send("guest-sync-delimited", {"id": sync_id})
         await self.reader.readuntil(SYNC_BYTE)  # anything before the delimiter is stale
-        while (await self.answer()).get("return") != sync_id:
-            pass  # a stale answer to an earlier client's command
+        while True:
+            # Stale lines may come first: an earlier client's answers, or the delimited
+            # answer of an earlier sync (its 0xFF the one just read, ours still ahead).
+            line = (await self.line()).lstrip(SYNC_BYTE)
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(answer, dict) and answer.get("return") == sync_id:
+                return
 
     async def run(self, command: str) -> Any:
         await self.send(command)
