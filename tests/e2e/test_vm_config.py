@@ -83,7 +83,7 @@ def test_vm_config_per_checkpoint_at_both_sites_and_after_retention(
                          "--xml").stdout
     assert json.loads(definition) == json.loads(at_first["definition"])  # verbatim
 
-    time.sleep(2.0)  # periodic checkpoints with the first configuration
+    time.sleep(6.0)  # periodic checkpoints with the first configuration (see retention)
     changed_at_s = time.time()
 
     vdc = tmp_path / "vdc.raw"
@@ -144,13 +144,15 @@ def test_vm_config_per_checkpoint_at_both_sites_and_after_retention(
     assert vdc.read_bytes()[65536:65540] == b"\x5c" * 4
     assert disk_volumes(vm_show(dr, first)) == disk_volumes(at_first)  # c1 is as it was
 
-    # Retention: everything older than a second before the change goes to the replicas,
-    # the records of the first configuration with it; the oldest checkpoint kept predates
-    # the change and still shows the first configuration (from the journal's base).
+    # Retention: everything older than 3 s before the change goes to the replicas, the
+    # records of the first configuration with it; the oldest checkpoint kept predates the
+    # change and still shows the first configuration (from the journal's base). Aging runs
+    # every second and its cut-off moves on with the clock until it is frozen below: the
+    # 3 s (of 6 s of checkpoints before the change) leave room for a late or second run.
     recovery = AgentApi(agent_client(dr.config))
     group_id = prod.api.get("/api/v1/groups/app")["group_id"]
     recovery.update_retention(group_id, RetentionChange(
-        history_s=time.time() - changed_at_s + 1.0, journal_max_bytes=None,
+        history_s=time.time() - changed_at_s + 3.0, journal_max_bytes=None,
         journal_warning_ratio=0.75))
 
     def oldest() -> int:
