@@ -19,6 +19,7 @@ from seawall.cli.recovery import (
     at_text,
     checkpoint_text,
     parse_network_map,
+    print_vms,
 )
 from seawall.units import parse_duration_s
 
@@ -139,18 +140,6 @@ def group_unfence(name: str, url: UrlOption = None, token: TokenOption = None,
         print_json(status)
     else:
         console.print(f"group {name}'s volumes take writes again ({status['state']})")
-
-
-def print_vms(operation: dict[str, Any]) -> None:
-    """How the source VMs went down, and the VMs started here."""
-    for vm in operation.get("source_vms", []):
-        console.print(f"source VM {vm['vm']}: {vm['detail']}")
-    if operation.get("vms"):
-        print_table(operation["vms"], ["vm", "domain", "state", "started_s", "ready_s",
-                                       "network", "console_log"])
-        for vm in operation["vms"]:
-            for note in vm.get("notes", []):
-                console.print(f"VM {vm['vm']}: {note}")
 
 
 def _print_final(report: dict[str, Any], json_output: bool, text: str) -> None:

@@ -72,12 +72,7 @@ def failover_test(
         print_json(test)
         return
     print_table(test["images"], ["volume", "uri"])
-    if test.get("vms"):
-        print_table(test["vms"], ["vm", "domain", "state", "started_s", "ready_s",
-                                  "network", "console_log"])
-        for vm in test["vms"]:
-            for note in vm.get("notes", []):
-                console.print(f"VM {vm['vm']}: {note}")
+    print_vms(test)
     ready = test.get("vms_ready_s")
     vms_text = f", every VM ready in {ready:.3f} s" if ready is not None else ""
     console.print(f"failover test {test['id']} of group {group} at {checkpoint_text(test)}: "
@@ -222,6 +217,18 @@ def report_show(
     rows += [{"field": key, "value": report.get(key)} for key in fields]
     print_table(rows, ["field", "value"])
     print_table(report.get("steps", []), ["step", "at", "elapsed_s"])
+
+
+def print_vms(operation: dict[str, Any]) -> None:
+    """How the source VMs went down (live, move), and the VMs started here."""
+    for vm in operation.get("source_vms", []):
+        console.print(f"source VM {vm['vm']}: {vm['detail']}")
+    if operation.get("vms"):
+        print_table(operation["vms"], ["vm", "domain", "state", "started_s", "ready_s",
+                                       "network", "console_log"])
+        for vm in operation["vms"]:
+            for note in vm.get("notes", []):
+                console.print(f"VM {vm['vm']}: {note}")
 
 
 def parse_network_map(items: list[str]) -> dict[str, str]:
