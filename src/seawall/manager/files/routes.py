@@ -72,13 +72,8 @@ def archive(request: Request, group: str, volume: str, path: PathQuery = "/",
             checkpoint: CheckpointQuery = "latest",
             partition: PartitionQuery = None) -> StreamingResponse:
     """A tar stream of ``path``; what it holds is in the ``X-Seawall-Restore`` header."""
-    summary, stream = _service(request).archive(group, volume, path, checkpoint, partition)
-    try:
-        return ClosingStreamingResponse(stream, media_type="application/x-tar",
-                                        headers={SUMMARY_HEADER: json.dumps(summary)})
-    except BaseException:
-        stream.close()
-        raise
+    return _streamed(*_service(request).archive(group, volume, path, checkpoint, partition),
+                     "application/x-tar")
 
 
 @router.get("/{group}/{volume}/content")
@@ -87,9 +82,15 @@ def content(request: Request, group: str, volume: str, path: PathQuery,
             partition: PartitionQuery = None) -> StreamingResponse:
     """A regular file's bytes as they are; its summary is in the ``X-Seawall-Restore``
     header."""
-    summary, stream = _service(request).read(group, volume, path, checkpoint, partition)
+    return _streamed(*_service(request).read(group, volume, path, checkpoint, partition),
+                     "application/octet-stream")
+
+
+def _streamed(summary: dict[str, Any], stream: ClosableStream,
+              media_type: str) -> StreamingResponse:
+    """``stream`` as the answer, ``summary`` in its header; closed if no answer is made."""
     try:
-        return ClosingStreamingResponse(stream, media_type="application/octet-stream",
+        return ClosingStreamingResponse(stream, media_type=media_type,
                                         headers={SUMMARY_HEADER: json.dumps(summary)})
     except BaseException:
         stream.close()
